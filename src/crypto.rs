@@ -1,0 +1,324 @@
+//! ES256 (P-256) and ES256K (secp256k1) keys and signatures, the atproto way.
+//!
+//! atproto cryptography spec: 64-byte `r || s` signatures only (never DER) and low-S on both
+//! curves. k256 rejects high-S itself; p256 accepts it, so the check here is explicit and comes
+//! first for both curves, so the two behave the same (AT-SMS envelope v1, section 3.2).
+
+use std::fmt;
+
+use p256::ecdsa::signature::{Signer, Verifier};
+use p256::elliptic_curve::scalar::IsHigh;
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+
+/// The JWS algorithms AT-SMS allows (RFC 7518 §3.4, RFC 8812 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    /// ECDSA on P-256 with SHA-256.
+    Es256,
+    /// ECDSA on secp256k1 with SHA-256.
+    Es256k,
+}
+
+impl Alg {
+    pub fn from_jws(name: &str) -> Option<Alg> {
+        match name {
+            "ES256" => Some(Alg::Es256),
+            "ES256K" => Some(Alg::Es256k),
+            _ => None,
+        }
+    }
+
+    pub fn jws_name(self) -> &'static str {
+        match self {
+            Alg::Es256 => "ES256",
+            Alg::Es256k => "ES256K",
+        }
+    }
+
+    /// The multicodec varint for the curve's compressed public key (`p256-pub`, `secp256k1-pub`).
+    fn multicodec(self) -> [u8; 2] {
+        match self {
+            Alg::Es256 => [0x80, 0x24],
+            Alg::Es256k => [0xe7, 0x01],
+        }
+    }
+
+    pub fn curve_name(self) -> &'static str {
+        match self {
+            Alg::Es256 => "P-256",
+            Alg::Es256k => "secp256k1",
+        }
+    }
+}
+
+impl fmt::Display for Alg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.jws_name())
+    }
+}
+
+/// Why a public key could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("multibase encoding is not base58btc ('z')")]
+    NotBase58btc,
+    #[error("invalid base58btc")]
+    InvalidBase58,
+    #[error("unsupported multicodec key type")]
+    UnsupportedCodec,
+    #[error("key is not a valid {0} point")]
+    InvalidPoint(&'static str),
+    #[error("not a did:key")]
+    NotDidKey,
+}
+
+/// Why a signature did not verify. Each of these makes an envelope `fail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("signature is not 64 bytes (r||s); DER is not accepted")]
+    WrongLength,
+    #[error("signature r or s out of range")]
+    OutOfRange,
+    #[error("high-S signature (s > n/2)")]
+    HighS,
+    #[error("signature does not verify")]
+    Invalid,
+}
+
+/// A verification key on one of the two curves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKey {
+    P256(p256::ecdsa::VerifyingKey),
+    K256(k256::ecdsa::VerifyingKey),
+}
+
+impl PublicKey {
+    /// A SEC1 point, compressed (33 bytes) or not (65 bytes), on the curve of `alg`.
+    pub fn from_sec1(alg: Alg, bytes: &[u8]) -> Result<PublicKey, KeyError> {
+        let invalid = || KeyError::InvalidPoint(alg.curve_name());
+        if bytes.len() != 33 && bytes.len() != 65 {
+            return Err(invalid());
+        }
+        match alg {
+            Alg::Es256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
+                .map(PublicKey::P256)
+                .map_err(|_| invalid()),
+            Alg::Es256k => k256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
+                .map(PublicKey::K256)
+                .map_err(|_| invalid()),
+        }
+    }
+
+    /// `Multikey` `publicKeyMultibase`: `z` + base58btc(multicodec varint + compressed point).
+    pub fn from_multikey(multibase: &str) -> Result<PublicKey, KeyError> {
+        let bytes = decode_base58btc(multibase)?;
+        for alg in [Alg::Es256, Alg::Es256k] {
+            if let Some(point) = bytes.strip_prefix(&alg.multicodec()[..]) {
+                return PublicKey::from_sec1(alg, point);
+            }
+        }
+        Err(KeyError::UnsupportedCodec)
+    }
+
+    /// Legacy `EcdsaSecp256{k,r}1VerificationKey2019`: `z` + base58btc(raw SEC1 point), the
+    /// curve given by the method's `type`.
+    pub fn from_legacy_multibase(alg: Alg, multibase: &str) -> Result<PublicKey, KeyError> {
+        PublicKey::from_sec1(alg, &decode_base58btc(multibase)?)
+    }
+
+    pub fn from_did_key(did_key: &str) -> Result<PublicKey, KeyError> {
+        let multibase = did_key.strip_prefix("did:key:").ok_or(KeyError::NotDidKey)?;
+        PublicKey::from_multikey(multibase)
+    }
+
+    pub fn alg(&self) -> Alg {
+        match self {
+            PublicKey::P256(_) => Alg::Es256,
+            PublicKey::K256(_) => Alg::Es256k,
+        }
+    }
+
+    pub fn compressed_point(&self) -> Vec<u8> {
+        match self {
+            PublicKey::P256(k) => k.to_sec1_point(true).as_bytes().to_vec(),
+            PublicKey::K256(k) => k.to_sec1_point(true).as_bytes().to_vec(),
+        }
+    }
+
+    /// `0x04 || X || Y`, 65 bytes: what a device certificate fingerprint hashes (spec 5.2).
+    pub fn uncompressed_point(&self) -> Vec<u8> {
+        match self {
+            PublicKey::P256(k) => k.to_sec1_point(false).as_bytes().to_vec(),
+            PublicKey::K256(k) => k.to_sec1_point(false).as_bytes().to_vec(),
+        }
+    }
+
+    pub fn to_multikey(&self) -> String {
+        let mut bytes = self.alg().multicodec().to_vec();
+        bytes.extend_from_slice(&self.compressed_point());
+        format!("z{}", bs58::encode(bytes).into_string())
+    }
+
+    pub fn to_did_key(&self) -> String {
+        format!("did:key:{}", self.to_multikey())
+    }
+
+    /// Verifies a compact 64-byte signature over `message` (hashed here with SHA-256).
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+        if signature.len() != 64 {
+            return Err(SignatureError::WrongLength);
+        }
+        match self {
+            PublicKey::P256(key) => {
+                let sig = p256::ecdsa::Signature::from_slice(signature)
+                    .map_err(|_| SignatureError::OutOfRange)?;
+                if bool::from(sig.s().is_high()) {
+                    return Err(SignatureError::HighS);
+                }
+                key.verify(message, &sig).map_err(|_| SignatureError::Invalid)
+            }
+            PublicKey::K256(key) => {
+                let sig = k256::ecdsa::Signature::from_slice(signature)
+                    .map_err(|_| SignatureError::OutOfRange)?;
+                if bool::from(sig.s().is_high()) {
+                    return Err(SignatureError::HighS);
+                }
+                key.verify(message, &sig).map_err(|_| SignatureError::Invalid)
+            }
+        }
+    }
+}
+
+fn decode_base58btc(multibase: &str) -> Result<Vec<u8>, KeyError> {
+    let encoded = multibase.strip_prefix('z').ok_or(KeyError::NotBase58btc)?;
+    // A key is at most 67 bytes; refuse long strings before decoding (base58 is quadratic).
+    if encoded.len() > 128 {
+        return Err(KeyError::InvalidBase58);
+    }
+    bs58::decode(encoded).into_vec().map_err(|_| KeyError::InvalidBase58)
+}
+
+/// Why a private key could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    #[error("not a PKCS#8 P-256 or secp256k1 private key in PEM")]
+    Unsupported,
+    #[error("the system random number generator failed: {0}")]
+    Random(String),
+}
+
+/// A private key, for `sign` and `keygen`.
+#[derive(Clone)]
+pub enum SigningKey {
+    P256(p256::ecdsa::SigningKey),
+    K256(k256::ecdsa::SigningKey),
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        write!(f, "SigningKey({})", self.alg())
+    }
+}
+
+impl SigningKey {
+    pub fn from_pkcs8_pem(pem: &str) -> Result<SigningKey, SigningKeyError> {
+        if let Ok(key) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
+            return Ok(SigningKey::P256(key));
+        }
+        k256::ecdsa::SigningKey::from_pkcs8_pem(pem)
+            .map(SigningKey::K256)
+            .map_err(|_| SigningKeyError::Unsupported)
+    }
+
+    /// A fresh key from the operating system's random number generator.
+    pub fn generate(alg: Alg) -> Result<SigningKey, SigningKeyError> {
+        // Rejection sampling: a 32-byte string is a valid scalar unless it is zero or >= n,
+        // which happens with negligible probability; retry rather than reduce (no bias).
+        loop {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| SigningKeyError::Random(e.to_string()))?;
+            let key = match alg {
+                Alg::Es256 => p256::ecdsa::SigningKey::from_slice(&secret).map(SigningKey::P256),
+                Alg::Es256k => k256::ecdsa::SigningKey::from_slice(&secret).map(SigningKey::K256),
+            };
+            if let Ok(key) = key {
+                return Ok(key);
+            }
+        }
+    }
+
+    /// A key from its 32-byte big-endian secret scalar.
+    pub fn from_secret_bytes(alg: Alg, secret: &[u8]) -> Result<SigningKey, SigningKeyError> {
+        match alg {
+            Alg::Es256 => p256::ecdsa::SigningKey::from_slice(secret).map(SigningKey::P256),
+            Alg::Es256k => k256::ecdsa::SigningKey::from_slice(secret).map(SigningKey::K256),
+        }
+        .map_err(|_| SigningKeyError::Unsupported)
+    }
+
+    pub fn to_pkcs8_pem(&self) -> String {
+        let pem = match self {
+            SigningKey::P256(k) => k.to_pkcs8_pem(LineEnding::LF),
+            SigningKey::K256(k) => k.to_pkcs8_pem(LineEnding::LF),
+        };
+        // Encoding a valid in-memory key cannot fail.
+        pem.map(|p| p.to_string()).unwrap_or_default()
+    }
+
+    pub fn alg(&self) -> Alg {
+        match self {
+            SigningKey::P256(_) => Alg::Es256,
+            SigningKey::K256(_) => Alg::Es256k,
+        }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        match self {
+            SigningKey::P256(k) => PublicKey::P256(*k.verifying_key()),
+            SigningKey::K256(k) => PublicKey::K256(*k.verifying_key()),
+        }
+    }
+
+    /// A deterministic (RFC 6979) compact signature, normalised to low-S as atproto requires.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        match self {
+            SigningKey::P256(k) => {
+                let sig: p256::ecdsa::Signature = k.sign(message);
+                out.copy_from_slice(&sig.normalize_s().to_bytes());
+            }
+            SigningKey::K256(k) => {
+                let sig: k256::ecdsa::Signature = k.sign(message);
+                out.copy_from_slice(&sig.normalize_s().to_bytes());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_and_verify_both_curves() {
+        for alg in [Alg::Es256, Alg::Es256k] {
+            let key = SigningKey::generate(alg).unwrap();
+            let public = key.public_key();
+            let sig = key.sign(b"hello");
+            assert_eq!(public.verify(b"hello", &sig), Ok(()));
+            assert_eq!(public.verify(b"hellO", &sig), Err(SignatureError::Invalid));
+            assert_eq!(public.verify(b"hello", &sig[..63]), Err(SignatureError::WrongLength));
+            assert_eq!(PublicKey::from_multikey(&public.to_multikey()).unwrap(), public);
+            let reloaded = SigningKey::from_pkcs8_pem(&key.to_pkcs8_pem()).unwrap();
+            assert_eq!(reloaded.public_key(), public);
+        }
+    }
+
+    #[test]
+    fn zero_scalars_are_out_of_range() {
+        let key = SigningKey::generate(Alg::Es256).unwrap().public_key();
+        assert_eq!(key.verify(b"x", &[0u8; 64]), Err(SignatureError::OutOfRange));
+    }
+}

@@ -1,0 +1,258 @@
+//! DKIM "relaxed" canonicalization (RFC 6376 §3.4.2, §3.4.4), as AT-SMS section 4 uses it.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+/// One header field as received: the name, and the raw value after the colon (leading space
+/// and folding included; folds may be CRLF or a bare LF, as a milter receives them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderField {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl HeaderField {
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> HeaderField {
+        HeaderField { name: name.into(), value: value.into() }
+    }
+
+    pub fn is(&self, name: &str) -> bool {
+        self.name.trim_end_matches([' ', '\t']).eq_ignore_ascii_case(name)
+    }
+}
+
+fn is_wsp(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+/// Appends `name:value` + CRLF in relaxed form (RFC 6376 §3.4.2).
+pub fn relaxed_header(field: &HeaderField, out: &mut Vec<u8>) {
+    out.extend(field.name.trim_end_matches([' ', '\t']).bytes().map(|b| b.to_ascii_lowercase()));
+    out.push(b':');
+    let mut pending_space = false;
+    let mut started = false;
+    let value = &field.value;
+    let mut i = 0;
+    while i < value.len() {
+        let b = value[i];
+        // Unfold: a line break (CRLF, or LF alone) is removed; the WSP after it stays.
+        if b == b'\r' && value.get(i + 1) == Some(&b'\n') {
+            i += 2;
+            continue;
+        }
+        if b == b'\n' {
+            i += 1;
+            continue;
+        }
+        if is_wsp(b) {
+            pending_space = started;
+        } else {
+            if pending_space {
+                out.push(b' ');
+                pending_space = false;
+            }
+            out.push(b);
+            started = true;
+        }
+        i += 1;
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `hh`: SHA-256 over the fields named in `h`, each the last instance not yet used,
+/// bottom-up (RFC 6376 §5.4.2); a name with no instance left contributes nothing.
+pub fn header_hash(h: &[String], headers: &[HeaderField]) -> [u8; 32] {
+    let mut remaining: HashMap<String, Vec<usize>> = HashMap::new();
+    for (index, field) in headers.iter().enumerate() {
+        let name = field.name.trim_end_matches([' ', '\t']).to_ascii_lowercase();
+        remaining.entry(name).or_default().push(index);
+    }
+    let mut canonical = Vec::with_capacity(1024);
+    for name in h {
+        if let Some(index) = remaining.get_mut(&name.to_ascii_lowercase()).and_then(Vec::pop) {
+            relaxed_header(&headers[index], &mut canonical);
+        }
+    }
+    Sha256::digest(&canonical).into()
+}
+
+/// The relaxed body canonicalizer as a stream (RFC 6376 §3.4.4): fed chunks of any size,
+/// it keeps a few flags, never the body. Bare LF counts as a line end (spec 4.2: a file
+/// with LF line ends is read as if each LF were CRLF); a CR not followed by LF is content.
+#[derive(Clone)]
+pub struct BodyHasher {
+    sha: Sha256,
+    /// Canonical output waiting to be hashed in one larger `update`.
+    buffer: Vec<u8>,
+    /// WSP seen since the last content byte of this line.
+    pending_space: bool,
+    /// A CR whose meaning depends on the next byte.
+    pending_cr: bool,
+    /// Whether the current line has content yet.
+    line_has_content: bool,
+    /// Empty lines seen but not yet emitted: only emitted if content follows them.
+    pending_empty_lines: usize,
+    /// Raw body bytes fed, for logs and size checks.
+    pub raw_len: u64,
+}
+
+impl Default for BodyHasher {
+    fn default() -> Self {
+        BodyHasher {
+            sha: Sha256::new(),
+            buffer: Vec::with_capacity(BUFFER),
+            pending_space: false,
+            pending_cr: false,
+            line_has_content: false,
+            pending_empty_lines: 0,
+            raw_len: 0,
+        }
+    }
+}
+
+const BUFFER: usize = 16 * 1024;
+
+impl BodyHasher {
+    pub fn new() -> BodyHasher {
+        BodyHasher::default()
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.raw_len += chunk.len() as u64;
+        for &b in chunk {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b == b'\n' {
+                    self.end_line();
+                    continue;
+                }
+                self.content(b'\r');
+            }
+            match b {
+                b'\r' => self.pending_cr = true,
+                b'\n' => self.end_line(),
+                b' ' | b'\t' => self.pending_space = true,
+                _ => self.content(b),
+            }
+        }
+        if self.buffer.len() >= BUFFER {
+            self.sha.update(&self.buffer);
+            self.buffer.clear();
+        }
+    }
+
+    #[inline]
+    fn content(&mut self, b: u8) {
+        if !self.line_has_content {
+            self.line_has_content = true;
+            for _ in 0..self.pending_empty_lines {
+                self.buffer.extend_from_slice(b"\r\n");
+            }
+            self.pending_empty_lines = 0;
+        }
+        if self.pending_space {
+            self.buffer.push(b' ');
+            self.pending_space = false;
+        }
+        self.buffer.push(b);
+    }
+
+    #[inline]
+    fn end_line(&mut self) {
+        // Trailing WSP is dropped; an empty (or all-WSP) line waits to see if content follows.
+        self.pending_space = false;
+        if self.line_has_content {
+            self.buffer.extend_from_slice(b"\r\n");
+            self.line_has_content = false;
+        } else {
+            self.pending_empty_lines += 1;
+        }
+    }
+
+    /// `bh`: empty lines at the end are dropped; a non-empty body ends in exactly one CRLF.
+    pub fn finish(mut self) -> [u8; 32] {
+        if self.pending_cr {
+            self.pending_cr = false;
+            self.content(b'\r');
+        }
+        if self.line_has_content {
+            self.buffer.extend_from_slice(b"\r\n");
+        }
+        self.sha.update(&self.buffer);
+        self.sha.finalize().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canonical_body(chunks: &[&[u8]]) -> [u8; 32] {
+        let mut hasher = BodyHasher::new();
+        for chunk in chunks {
+            hasher.update(chunk);
+        }
+        hasher.finish()
+    }
+
+    fn sha(bytes: &[u8]) -> [u8; 32] {
+        Sha256::digest(bytes).into()
+    }
+
+    #[test]
+    fn empty_body_stays_empty() {
+        assert_eq!(canonical_body(&[]), sha(b""));
+        assert_eq!(canonical_body(&[b"\r\n\r\n"]), sha(b""));
+        assert_eq!(canonical_body(&[b" \t \r\n"]), sha(b""));
+    }
+
+    #[test]
+    fn missing_final_crlf_is_added() {
+        assert_eq!(canonical_body(&[b"abc"]), sha(b"abc\r\n"));
+        assert_eq!(canonical_body(&[b"abc  "]), sha(b"abc\r\n"));
+    }
+
+    #[test]
+    fn whitespace_runs_and_trailing_lines() {
+        let expect = sha(b" a b\r\n\r\nc\r\n");
+        assert_eq!(canonical_body(&[b"  a \t b \t\r\n\r\nc\r\n\r\n\r\n"]), expect);
+        assert_eq!(canonical_body(&[b"  a \t b \t\n\nc\n\n\n"]), expect);
+    }
+
+    #[test]
+    fn chunk_boundaries_do_not_matter() {
+        let body = b"line one  \r\n\r\n  line\ttwo\r\nlone\rcr\r\n\r\n".as_slice();
+        let whole = canonical_body(&[body]);
+        for split in 0..body.len() {
+            assert_eq!(canonical_body(&[&body[..split], &body[split..]]), whole, "split {split}");
+        }
+        assert_eq!(whole, sha(b"line one\r\n\r\n line two\r\nlone\rcr\r\n"));
+    }
+
+    #[test]
+    fn eight_bit_bytes_are_content() {
+        assert_eq!(canonical_body(&[b"gr\xc3\xbc\xc3\x9fe \xff\r\n"]), sha(b"gr\xc3\xbc\xc3\x9fe \xff\r\n"));
+    }
+
+    #[test]
+    fn relaxed_header_unfolds_and_collapses() {
+        let mut out = Vec::new();
+        relaxed_header(&HeaderField::new("Subject ", &b" \t Hello \r\n\t  from\n atproto  "[..]), &mut out);
+        assert_eq!(out, b"subject:Hello from atproto\r\n");
+    }
+
+    #[test]
+    fn header_hash_takes_last_unused_instance() {
+        let headers = vec![
+            HeaderField::new("From", " first"),
+            HeaderField::new("To", " x"),
+            HeaderField::new("from", " second"),
+        ];
+        let h = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            header_hash(&h(&["from", "to", "from", "from"]), &headers),
+            sha(b"from:second\r\nto:x\r\nfrom:first\r\n")
+        );
+    }
+}

@@ -1,0 +1,333 @@
+//! The JWS token inside `t=`: compact serialization, protected header and claims
+//! (spec section 3; RFC 7515 §7.1).
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+
+use crate::crypto::Alg;
+use crate::syntax;
+
+/// The only `typ` a mail signature may carry: keeps atproto service-auth JWTs out.
+pub const TYP: &str = "atsms+jwt";
+/// The only canonicalization of v1.
+pub const CANONICALIZATION: &str = "relaxed/relaxed";
+/// Shortest `jti`, in characters.
+pub const MIN_JTI_CHARS: usize = 16;
+/// How far in the verifier's future `iat` may lie (clock skew).
+pub const MAX_FUTURE_SKEW: i64 = 300;
+/// Longest lifetime `exp - iat`: mail may sit in queues for days.
+pub const MAX_LIFETIME: i64 = 604_800;
+/// Grace after `exp` before a signature counts as expired.
+pub const EXPIRY_GRACE: i64 = 300;
+
+/// Where the key for a signature is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kid {
+    /// `<DID>#<fragment>`: a verification method of the DID document (spec 5.1).
+    VerificationMethod { did: String, fragment: String },
+    /// `at://<DID>/at.atsms.x509/<fingerprint>`: a device certificate record (spec 5.2).
+    DeviceCertificate { did: String, fingerprint: String },
+}
+
+/// The record collection holding device certificates.
+pub const DEVICE_CERT_COLLECTION: &str = "at.atsms.x509";
+
+impl Kid {
+    pub fn parse(kid: &str) -> Option<Kid> {
+        if let Some(rest) = kid.strip_prefix("at://") {
+            let (did, path) = rest.split_once('/')?;
+            let fingerprint = path.strip_prefix(DEVICE_CERT_COLLECTION)?.strip_prefix('/')?;
+            let hex = fingerprint.len() == 64
+                && fingerprint.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            return (syntax::is_valid_did(did) && hex).then(|| Kid::DeviceCertificate {
+                did: did.to_string(),
+                fingerprint: fingerprint.to_string(),
+            });
+        }
+        let (did, fragment) = kid.split_once('#')?;
+        let fragment_ok = !fragment.is_empty()
+            && fragment.len() <= 256
+            && fragment.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+        (syntax::is_valid_did(did) && fragment_ok).then(|| Kid::VerificationMethod {
+            did: did.to_string(),
+            fragment: fragment.to_string(),
+        })
+    }
+
+    pub fn did(&self) -> &str {
+        match self {
+            Kid::VerificationMethod { did, .. } | Kid::DeviceCertificate { did, .. } => did,
+        }
+    }
+}
+
+impl fmt::Display for Kid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kid::VerificationMethod { did, fragment } => write!(f, "{did}#{fragment}"),
+            Kid::DeviceCertificate { did, fingerprint } => {
+                write!(f, "at://{did}/{DEVICE_CERT_COLLECTION}/{fingerprint}")
+            }
+        }
+    }
+}
+
+/// The claims of section 3.3, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub iss: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    pub from: String,
+    pub h: Vec<String>,
+    pub hh: [u8; 32],
+    pub bh: [u8; 32],
+    pub rcpt: Option<Vec<String>>,
+    pub aud: Option<Vec<String>>,
+}
+
+/// A token that passed steps 2 to 4 of section 8.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub alg: Alg,
+    pub kid: Kid,
+    pub claims: Claims,
+    /// `BASE64URL(header) "." BASE64URL(claims)`, the bytes the signature covers.
+    pub signing_input: String,
+    pub signature: Vec<u8>,
+}
+
+/// A JSON object read member by member, so that repeated names are seen (serde_json's own
+/// maps keep the last one silently).
+struct Members(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Members {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    members.push(entry);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, String> {
+    if part.contains('=') {
+        return Err(format!("padded base64url in token {what}"));
+    }
+    URL_SAFE_NO_PAD.decode(part).map_err(|_| format!("invalid base64url in token {what}"))
+}
+
+fn decode_object(part: &str, what: &str) -> Result<Vec<(String, Value)>, String> {
+    let bytes = decode_part(part, what)?;
+    let Members(members) = serde_json::from_slice(&bytes)
+        .map_err(|_| format!("token {what} is not a JSON object"))?;
+    for (i, (name, _)) in members.iter().enumerate() {
+        if members[..i].iter().any(|(other, _)| other == name) {
+            return Err(format!("repeated member \"{}\" in token {what}", name.escape_default()));
+        }
+    }
+    Ok(members)
+}
+
+fn member<'a>(members: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    members.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+/// Parses and checks the token: steps 2, 3 and 4 of section 8. `d` is the `d=` tag.
+pub fn parse(t: &str, d: &str) -> Result<Token, String> {
+    // Step 2: three base64url parts, two JSON objects.
+    let mut parts = t.split('.');
+    let (Some(header_b64), Some(claims_b64), Some(sig_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("token is not three base64url parts".into());
+    };
+    let header = decode_object(header_b64, "header")?;
+    let claims = decode_object(claims_b64, "claims")?;
+    let signature = decode_part(sig_b64, "signature")?;
+
+    // Step 3: protected header.
+    match member(&header, "typ") {
+        Some(Value::String(typ)) if typ == TYP => {}
+        Some(_) => return Err(format!("typ is not \"{TYP}\"")),
+        None => return Err("typ missing".into()),
+    }
+    let alg = match member(&header, "alg") {
+        Some(Value::String(alg)) => Alg::from_jws(alg)
+            .ok_or_else(|| format!("unsupported alg \"{}\"", alg.escape_default()))?,
+        Some(_) => return Err("alg is not a string".into()),
+        None => return Err("alg missing".into()),
+    };
+    let kid = match member(&header, "kid") {
+        Some(Value::String(kid)) => Kid::parse(kid).ok_or("kid is not a DID key or device URI")?,
+        Some(_) => return Err("kid is not a string".into()),
+        None => return Err("kid missing".into()),
+    };
+    if member(&header, "crit").is_some() {
+        return Err("crit is not allowed".into());
+    }
+
+    // Step 4: claims present and typed, then their rules.
+    let claims = read_claims(&claims)?;
+    if claims.iss != d {
+        return Err("iss does not equal d=".into());
+    }
+    if syntax::supported_did_method(&claims.iss).is_none() {
+        return Err("iss is not a did:plc or did:web DID".into());
+    }
+    if !claims.h.iter().any(|name| name.eq_ignore_ascii_case("from")) {
+        return Err("h does not include from".into());
+    }
+    if claims.jti.chars().count() < MIN_JTI_CHARS {
+        return Err("jti shorter than 16 characters".into());
+    }
+    let signing_input = format!("{header_b64}.{claims_b64}");
+    Ok(Token { alg, kid, claims, signing_input, signature })
+}
+
+fn read_claims(members: &[(String, Value)]) -> Result<Claims, String> {
+    let string = |name: &str| match member(members, name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("claim {name} is not a string")),
+        None => Err(format!("claim {name} missing")),
+    };
+    // "integer": a JSON number without fraction or exponent that fits in 64 bits.
+    let integer = |name: &str| match member(members, name) {
+        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| format!("claim {name} is not an integer")),
+        Some(_) => Err(format!("claim {name} is not an integer")),
+        None => Err(format!("claim {name} missing")),
+    };
+    let strings = |name: &str| -> Result<Option<Vec<String>>, String> {
+        match member(members, name) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| format!("claim {name} is not an array of strings")),
+            Some(_) => Err(format!("claim {name} is not an array of strings")),
+        }
+    };
+    let digest = |name: &str| -> Result<[u8; 32], String> {
+        let encoded = string(name)?;
+        let bytes = decode_part(&encoded, &format!("claim {name}"))?;
+        bytes.try_into().map_err(|_| format!("claim {name} is not a SHA-256 digest"))
+    };
+    let claims = Claims {
+        iss: string("iss")?,
+        iat: integer("iat")?,
+        exp: integer("exp")?,
+        jti: string("jti")?,
+        from: string("from")?,
+        h: strings("h")?.ok_or("claim h missing")?,
+        hh: digest("hh")?,
+        bh: digest("bh")?,
+        rcpt: strings("rcpt")?,
+        aud: strings("aud")?,
+    };
+    if string("c")? != CANONICALIZATION {
+        return Err(format!("c is not \"{CANONICALIZATION}\""));
+    }
+    Ok(claims)
+}
+
+impl Claims {
+    /// Step 5: `iat ≤ now + 300` and `iat < exp ≤ iat + 604800`.
+    pub fn check_times(&self, now: i64) -> Result<(), String> {
+        if self.iat > now.saturating_add(MAX_FUTURE_SKEW) {
+            return Err("iat is in the future".into());
+        }
+        if self.exp <= self.iat {
+            return Err("exp is not after iat".into());
+        }
+        if self.exp > self.iat.saturating_add(MAX_LIFETIME) {
+            return Err("lifetime longer than 7 days".into());
+        }
+        Ok(())
+    }
+
+    /// Step 7: `now ≤ exp + 300`.
+    pub fn is_expired(&self, now: i64) -> bool {
+        now > self.exp.saturating_add(EXPIRY_GRACE)
+    }
+}
+
+/// base64url without padding, as JWS uses it.
+pub fn b64url(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(header: &str, claims: &str) -> String {
+        format!("{}.{}.{}", b64url(header.as_bytes()), b64url(claims.as_bytes()), b64url(&[1; 64]))
+    }
+
+    const HEADER: &str = r#"{"alg":"ES256K","typ":"atsms+jwt","kid":"did:plc:ofurdhfyhjhgomvfygxergep#atproto"}"#;
+    const D: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
+
+    fn claims(extra: &str) -> String {
+        let hash = b64url(&[7; 32]);
+        format!(
+            r#"{{"iss":"{D}","iat":1000,"exp":2000,"jti":"0123456789abcdef","from":"a@b.c","h":["from"],"hh":"{hash}","bh":"{hash}","c":"relaxed/relaxed"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn good_token_parses() {
+        let t = parse(&token(HEADER, &claims("")), D).unwrap();
+        assert_eq!(t.alg, Alg::Es256k);
+        assert_eq!(t.claims.iat, 1000);
+        assert_eq!(t.kid.did(), D);
+    }
+
+    #[test]
+    fn each_defect_is_an_error() {
+        let cases = [
+            token(HEADER, &claims(r#","iat":5"#)), // repeated member
+            token(HEADER, "[]"),
+            token(HEADER, &claims("").replace("1000", "1000.0")),
+            token(HEADER, &claims("").replace("1000", "1e3")),
+            token(HEADER, &claims("").replace("1000", "true")),
+            token(&HEADER.replace("ES256K", "none"), &claims("")),
+            token(&HEADER.replace("atsms+jwt", "ATSMS+JWT"), &claims("")),
+            token(&HEADER.replace("}", r#","crit":["x"]}"#), &claims("")),
+            token(HEADER, &claims("").replace("relaxed/relaxed", "simple/simple")),
+            token(HEADER, &claims("").replace(r#"["from"]"#, r#"["to"]"#)),
+            format!("{}=", token(HEADER, &claims(""))),
+            "a.b".to_string(),
+        ];
+        for case in cases {
+            assert!(parse(&case, D).is_err(), "{case}");
+        }
+    }
+
+    #[test]
+    fn times() {
+        let t = parse(&token(HEADER, &claims("")), D).unwrap().claims;
+        assert!(t.check_times(1000).is_ok());
+        assert!(t.check_times(699).is_err());
+        assert!(t.check_times(700).is_ok());
+        assert!(!t.is_expired(2300));
+        assert!(t.is_expired(2301));
+    }
+}

@@ -1,0 +1,308 @@
+//! Identity resolution: DIDs (did:plc, did:web), keys, device certificates and handles, each
+//! cached in one place. Knows nothing of mail transports or policy.
+
+pub mod device_cert;
+pub mod did_doc;
+pub mod net;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use crate::config::{CacheConfig, ResolverConfig};
+use crate::crypto::PublicKey;
+use crate::envelope::Kid;
+use crate::envelope::token::DEVICE_CERT_COLLECTION;
+use crate::syntax::{self, DidMethod};
+pub use device_cert::DeviceCertificate;
+pub use did_doc::DidDocument;
+use net::{FetchError, FetchErrorKind, Net, Origin};
+
+/// Why an identity could not be had. `transient` decides `temperror` against `permerror`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct IdentityError {
+    pub transient: bool,
+    pub reason: String,
+}
+
+impl IdentityError {
+    pub fn permanent(reason: impl Into<String>) -> IdentityError {
+        IdentityError { transient: false, reason: reason.into() }
+    }
+
+    pub fn transient(reason: impl Into<String>) -> IdentityError {
+        IdentityError { transient: true, reason: reason.into() }
+    }
+}
+
+impl From<FetchError> for IdentityError {
+    fn from(e: FetchError) -> IdentityError {
+        IdentityError { transient: e.kind == FetchErrorKind::Transient, reason: e.message }
+    }
+}
+
+/// A DID document and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDid {
+    pub document: DidDocument,
+    /// The URL the document was fetched from.
+    pub source: String,
+}
+
+/// The key a `kid` names, with the document it came from.
+#[derive(Debug, Clone)]
+pub struct ResolvedKey {
+    pub key: PublicKey,
+    pub did: Arc<ResolvedDid>,
+    /// Served from a cache entry past its maximum age (stale-if-error).
+    pub stale: bool,
+}
+
+/// How a handle was resolved to a DID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandleSource {
+    Dns,
+    Https,
+}
+
+type Cached<T> = Result<Arc<T>, IdentityError>;
+
+/// Cache lifetimes by outcome: success, definite failure, transient failure.
+struct OutcomeExpiry {
+    fresh: Duration,
+    negative: Duration,
+    error: Duration,
+}
+
+impl<K, T> Expiry<K, Cached<T>> for OutcomeExpiry {
+    fn expire_after_create(&self, _key: &K, value: &Cached<T>, _now: Instant) -> Option<Duration> {
+        Some(match value {
+            Ok(_) => self.fresh,
+            Err(e) if e.transient => self.error,
+            Err(_) => self.negative,
+        })
+    }
+}
+
+fn build_cache<T: Send + Sync + 'static>(config: &CacheConfig) -> Cache<String, Cached<T>> {
+    Cache::builder()
+        .max_capacity(config.max_entries)
+        .expire_after(OutcomeExpiry {
+            fresh: Duration::from_secs(config.fresh),
+            negative: Duration::from_secs(config.negative),
+            error: Duration::from_secs(config.error),
+        })
+        .build()
+}
+
+/// Longest `/.well-known/atproto-did` answer read: one DID and a line end.
+const MAX_HANDLE_BODY: usize = 2048;
+/// Redirects followed for the handle's HTTPS method (atproto allows "a reasonable number";
+/// DID documents get none, spec section 6).
+const HANDLE_REDIRECTS: usize = 3;
+
+/// Resolves and caches identities. One per process, shared by every connection.
+pub struct IdentityResolver {
+    net: Net,
+    plc_urls: Vec<String>,
+    max_document_size: usize,
+    documents: Cache<String, Cached<ResolvedDid>>,
+    certificates: Cache<String, Cached<DeviceCertificate>>,
+    handles: Cache<String, Cached<(String, HandleSource)>>,
+}
+
+impl IdentityResolver {
+    pub fn new(resolver: &ResolverConfig, cache: &CacheConfig) -> Result<IdentityResolver, String> {
+        Ok(IdentityResolver {
+            net: Net::new(resolver)?,
+            plc_urls: resolver.plc_urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
+            max_document_size: resolver.max_document_size,
+            documents: build_cache(cache),
+            certificates: build_cache(cache),
+            handles: build_cache(cache),
+        })
+    }
+
+    /// The DID document of `did`, from the cache when it holds one. Concurrent lookups of one
+    /// DID are merged into one fetch.
+    pub async fn resolve_did(&self, did: &str) -> Cached<ResolvedDid> {
+        self.documents.get_with(did.to_string(), self.fetch_did(did)).await
+    }
+
+    async fn fetch_did(&self, did: &str) -> Cached<ResolvedDid> {
+        let accept = "application/did+ld+json, application/json";
+        match syntax::supported_did_method(did) {
+            Some(DidMethod::Plc) => {
+                // Directories in order; a definite "no such DID" needs every one to say so.
+                let mut last = IdentityError::permanent("no PLC directory configured");
+                let mut any_transient = false;
+                for plc in &self.plc_urls {
+                    let url = format!("{plc}/{did}");
+                    match self.net.get(&url, Origin::Operator, accept, self.max_document_size, 0).await {
+                        Ok(r) if (200..300).contains(&r.status) => return self.document(&r.body, did, url),
+                        Ok(r) if r.status == 404 || r.status == 410 => {
+                            last = IdentityError::permanent(format!("{did} not found in the PLC directory"));
+                        }
+                        Ok(r) => {
+                            any_transient = true;
+                            last = IdentityError::transient(format!("PLC directory answered HTTP {}", r.status));
+                        }
+                        Err(e) => {
+                            let e = IdentityError::from(e);
+                            any_transient |= e.transient;
+                            last = e;
+                        }
+                    }
+                }
+                if any_transient && !last.transient {
+                    last.transient = true;
+                }
+                Err(last)
+            }
+            Some(DidMethod::Web) => {
+                let identifier = &did["did:web:".len()..];
+                let Some((host, port)) = syntax::web_did_host(identifier) else {
+                    return Err(IdentityError::permanent("unsupported did:web"));
+                };
+                let url = match port {
+                    Some(port) if self.net.allow_private() => {
+                        format!("http://{host}:{port}/.well-known/did.json")
+                    }
+                    Some(_) => return Err(IdentityError::permanent("did:web with a port (test setups only)")),
+                    None => format!("https://{host}/.well-known/did.json"),
+                };
+                match self.net.get(&url, Origin::Untrusted, accept, self.max_document_size, 0).await {
+                    Ok(r) if (200..300).contains(&r.status) => self.document(&r.body, did, url),
+                    Ok(r) if r.status == 404 || r.status == 410 => {
+                        Err(IdentityError::permanent(format!("{url} answered HTTP {}", r.status)))
+                    }
+                    Ok(r) if (300..400).contains(&r.status) => {
+                        Err(IdentityError::permanent(format!("{url} redirects; redirects are not followed")))
+                    }
+                    Ok(r) => Err(IdentityError::transient(format!("{url} answered HTTP {}", r.status))),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            None => Err(IdentityError::permanent("not a did:plc or did:web DID")),
+        }
+    }
+
+    fn document(&self, body: &[u8], did: &str, source: String) -> Cached<ResolvedDid> {
+        let document = DidDocument::parse(body, did).map_err(IdentityError::permanent)?;
+        Ok(Arc::new(ResolvedDid { document, source }))
+    }
+
+    /// The key a `kid` names (spec section 5), checked as of `now`.
+    pub async fn resolve_key(&self, kid: &Kid, now: i64) -> Result<ResolvedKey, IdentityError> {
+        let did = self.resolve_did(kid.did()).await?;
+        let key = match kid {
+            Kid::VerificationMethod { fragment, .. } => {
+                did.document.key(fragment).map_err(IdentityError::permanent)?
+            }
+            Kid::DeviceCertificate { fingerprint, .. } => {
+                let kid_uri = kid.to_string();
+                let cert = self
+                    .certificates
+                    .get_with(kid_uri.clone(), self.fetch_device_cert(&did.document, &kid_uri, fingerprint))
+                    .await?;
+                cert.check_validity(now).map_err(IdentityError::permanent)?;
+                cert.key.clone()
+            }
+        };
+        Ok(ResolvedKey { key, did, stale: false })
+    }
+
+    async fn fetch_device_cert(
+        &self,
+        document: &DidDocument,
+        kid: &str,
+        fingerprint: &str,
+    ) -> Cached<DeviceCertificate> {
+        let pds = document
+            .pds()
+            .ok_or_else(|| IdentityError::permanent("DID document names no PDS"))?;
+        let mut url = reqwest::Url::parse(pds)
+            .map_err(|_| IdentityError::permanent("PDS endpoint is not a URL"))?;
+        url.set_path("/xrpc/com.atproto.repo.getRecord");
+        url.query_pairs_mut()
+            .append_pair("repo", &document.id)
+            .append_pair("collection", DEVICE_CERT_COLLECTION)
+            .append_pair("rkey", fingerprint);
+        let response = self
+            .net
+            .get(url.as_str(), Origin::Untrusted, "application/json", self.max_document_size, 0)
+            .await?;
+        match response.status {
+            200..=299 => {}
+            400 | 404 | 410 => return Err(IdentityError::permanent("revoked or unknown device")),
+            408 | 429 | 500..=599 => {
+                return Err(IdentityError::transient(format!("PDS answered HTTP {}", response.status)));
+            }
+            status => return Err(IdentityError::permanent(format!("PDS answered HTTP {status}"))),
+        }
+        let record: serde_json::Value = serde_json::from_slice(&response.body)
+            .map_err(|_| IdentityError::permanent("device record is not JSON"))?;
+        let pem = record
+            .pointer("/value/certificate")
+            .and_then(|c| c.as_str())
+            .ok_or_else(|| IdentityError::permanent("device record has no certificate"))?;
+        DeviceCertificate::parse(pem, kid, fingerprint)
+            .map(Arc::new)
+            .map_err(IdentityError::permanent)
+    }
+
+    /// The DID a handle names: DNS TXT `_atproto.<handle>`, else HTTPS
+    /// `/.well-known/atproto-did` (atproto handle spec).
+    pub async fn resolve_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
+        let handle = handle.to_ascii_lowercase();
+        self.handles.get_with(handle.clone(), self.fetch_handle(&handle)).await
+    }
+
+    async fn fetch_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
+        if !syntax::is_valid_handle(handle) || !syntax::handle_may_resolve(handle, self.net.allow_private()) {
+            return Err(IdentityError::permanent("handle cannot resolve"));
+        }
+        let dns_error = match self.net.txt(&format!("_atproto.{handle}")).await {
+            Ok(records) => {
+                let mut dids: Vec<&str> = records.iter().filter_map(|r| r.strip_prefix("did=")).collect();
+                dids.sort_unstable();
+                dids.dedup();
+                match dids.as_slice() {
+                    [did] if syntax::is_valid_did(did) => {
+                        return Ok(Arc::new((did.to_string(), HandleSource::Dns)));
+                    }
+                    [] => IdentityError::permanent("no did= TXT record"),
+                    _ => return Err(IdentityError::permanent("conflicting did= TXT records")),
+                }
+            }
+            Err(e) => e.into(),
+        };
+        let url = format!("https://{handle}/.well-known/atproto-did");
+        let response = match self.net.get(&url, Origin::Untrusted, "text/plain", MAX_HANDLE_BODY, HANDLE_REDIRECTS).await {
+            Ok(r) => r,
+            // Report the DNS failure when it was transient and HTTPS failed too.
+            Err(e) if dns_error.transient => return Err(IdentityError::transient(format!("{dns_error}; {e}"))),
+            Err(e) => return Err(e.into()),
+        };
+        if !(200..300).contains(&response.status) {
+            return Err(IdentityError::permanent(format!("{url} answered HTTP {}", response.status)));
+        }
+        let text = String::from_utf8_lossy(&response.body);
+        let did = text.lines().next().unwrap_or_default().trim();
+        if !syntax::is_valid_did(did) {
+            return Err(IdentityError::permanent(format!("{url} does not hold a DID")));
+        }
+        Ok(Arc::new((did.to_string(), HandleSource::Https)))
+    }
+
+    /// The document's handle if it resolves back to the same DID (spec section 7), else none.
+    pub async fn checked_handle(&self, document: &DidDocument) -> Option<(String, HandleSource)> {
+        let handle = document.handle_claim()?;
+        let resolved = self.resolve_handle(&handle).await.ok()?;
+        (resolved.0 == document.id).then(|| (handle, resolved.1))
+    }
+}

@@ -1,0 +1,376 @@
+//! The network edge of identity resolution: an HTTP client and a DNS resolver that refuse to
+//! be pointed at this host's own networks.
+//!
+//! DID documents (did:web), handles and PDS endpoints name hosts an attacker chooses. The
+//! check is made on the addresses the name resolves to, in the resolver the HTTP client
+//! connects through, so DNS cannot change the answer between check and connect.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig as DnsConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use crate::config::ResolverConfig;
+
+/// How a fetch failed. `NotFound` and `Refused` are definite; the others may pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchErrorKind {
+    /// NXDOMAIN, or no record of the type asked for.
+    NotFound,
+    /// The target is not allowed: non-public address, plain http, a port where none may be.
+    Refused,
+    /// The answer is larger than allowed.
+    TooLarge,
+    /// Timeouts, refused connections, TLS and protocol errors, SERVFAIL.
+    Transient,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    pub kind: FetchErrorKind,
+    pub message: String,
+}
+
+impl FetchError {
+    fn new(kind: FetchErrorKind, message: impl Into<String>) -> FetchError {
+        FetchError { kind, message: message.into() }
+    }
+}
+
+/// Whether an address is on the public Internet. Everything else (loopback, RFC 1918,
+/// link-local including 169.254.169.254, CGNAT, documentation, multicast, reserved, and
+/// IPv6 forms that embed such IPv4 addresses) is refused unless the operator allows it.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || a >= 240
+        || (a == 100 && (64..128).contains(&b)) // 100.64.0.0/10, shared address space
+        || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24, IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19))) // 198.18.0.0/15, benchmarking
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let segments = ip.segments();
+    // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach the IPv4 address they embed.
+    if segments[0] == 0x64 && segments[1] == 0xff9b && segments[2..6] == [0, 0, 0, 0] {
+        let [a, b] = segments[6].to_be_bytes();
+        let [c, d] = segments[7].to_be_bytes();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    if segments[0] == 0x2002 {
+        let [a, b] = segments[1].to_be_bytes();
+        let [c, d] = segments[2].to_be_bytes();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    // Global unicast is 2000::/3; within it, documentation 2001:db8::/32 and Teredo
+    // 2001::/32 are not somewhere to fetch a DID document from.
+    (segments[0] & 0xe000) == 0x2000
+        && !(segments[0] == 0x2001 && (segments[1] == 0x0db8 || segments[1] == 0))
+}
+
+/// `"IP:PORT"`, `"[IPv6]:PORT"` or `"IP"` (port 53).
+pub fn parse_dns_server(server: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    server
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("\"{server}\" is not IP or IP:PORT"))
+}
+
+/// Marks a resolution refused by address policy, so the HTTP error can be told apart.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves only to non-public addresses")]
+struct AddressRefused(String);
+
+/// The resolver reqwest connects through: hickory, then the address policy.
+struct GuardedResolver {
+    dns: Arc<TokioResolver>,
+    allow_private: bool,
+    /// Hosts the operator configured (PLC directories): their addresses are not checked.
+    trusted_hosts: Arc<HashSet<String>>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let dns = self.dns.clone();
+        let allow_any = self.allow_private || self.trusted_hosts.contains(&host);
+        Box::pin(async move {
+            let ips: Vec<IpAddr> = if host == "localhost" {
+                // RFC 6761 §6.3: localhost is loopback, never asked of DNS.
+                vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+            } else {
+                dns.lookup_ip(format!("{host}.")).await?.iter().collect()
+            };
+            let allowed: Vec<SocketAddr> = ips
+                .into_iter()
+                .filter(|ip| allow_any || is_public(*ip))
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            if allowed.is_empty() {
+                return Err(Box::new(AddressRefused(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// An HTTP answer whose body was read within the size limit.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Who chose the URL: the operator (configured PLC directories) or a DID document, handle or
+/// message (everything else), which decides the rules applied to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Operator,
+    Untrusted,
+}
+
+/// The HTTP client and DNS resolver every identity lookup goes through.
+pub struct Net {
+    http: reqwest::Client,
+    dns: Arc<TokioResolver>,
+    allow_private: bool,
+    trusted_hosts: Arc<HashSet<String>>,
+}
+
+const USER_AGENT: &str = concat!("atsms-milter/", env!("CARGO_PKG_VERSION"));
+
+impl Net {
+    pub fn new(config: &ResolverConfig) -> Result<Net, String> {
+        let dns = Arc::new(build_dns(config)?);
+        let trusted_hosts: HashSet<String> = config
+            .plc_urls
+            .iter()
+            .filter_map(|u| Url::parse(u).ok()?.host_str().map(|h| h.to_ascii_lowercase()))
+            .collect();
+        let trusted_hosts = Arc::new(trusted_hosts);
+        let resolver = GuardedResolver {
+            dns: dns.clone(),
+            allow_private: config.allow_private_addresses,
+            trusted_hosts: trusted_hosts.clone(),
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .no_proxy()
+            // Redirects are followed by hand, one checked hop at a time (`get`).
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(resolver))
+            .timeout(config.timeout())
+            .connect_timeout(config.timeout())
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Net { http, dns, allow_private: config.allow_private_addresses, trusted_hosts })
+    }
+
+    /// Checks a URL before any connection: scheme, and an IP-literal host (which reqwest
+    /// connects to without asking the resolver).
+    fn check_url(&self, url: &Url, origin: Origin) -> Result<(), FetchError> {
+        let refused = |why: String| Err(FetchError::new(FetchErrorKind::Refused, why));
+        let operator = origin == Origin::Operator
+            || url.host_str().is_some_and(|h| self.trusted_hosts.contains(&h.to_ascii_lowercase()));
+        match url.scheme() {
+            "https" => {}
+            "http" if operator || self.allow_private => {}
+            scheme => return refused(format!("refusing {scheme}: URL {url}")),
+        }
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+            Some(url::Host::Domain(_)) => None,
+            None => return refused(format!("URL without a host: {url}")),
+        };
+        if let Some(ip) = ip
+            && !operator
+            && !self.allow_private
+            && !is_public(ip)
+        {
+            return refused(format!("refusing non-public address {ip}"));
+        }
+        Ok(())
+    }
+
+    /// GET with a body limit, following at most `max_redirects` redirects, each checked as
+    /// the first URL was.
+    pub async fn get(
+        &self,
+        url: &str,
+        origin: Origin,
+        accept: &str,
+        max_body: usize,
+        max_redirects: usize,
+    ) -> Result<HttpResponse, FetchError> {
+        let mut url = Url::parse(url)
+            .map_err(|e| FetchError::new(FetchErrorKind::Refused, format!("bad URL {url}: {e}")))?;
+        let mut redirects = 0;
+        loop {
+            self.check_url(&url, origin)?;
+            let response = self
+                .http
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, accept)
+                .send()
+                .await
+                .map_err(|e| classify_http_error(&url, &e))?;
+            let status = response.status();
+            if status.is_redirection() && redirects < max_redirects {
+                let next = response
+                    .headers()
+                    .get(reqwest::header::LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| url.join(l).ok());
+                if let Some(next) = next {
+                    redirects += 1;
+                    url = next;
+                    continue;
+                }
+            }
+            let body = read_limited(response, max_body, &url).await?;
+            return Ok(HttpResponse { status: status.as_u16(), body });
+        }
+    }
+
+    /// TXT records of `name`, each record's strings joined (RFC 7208 §3.3 does the same).
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, FetchError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.dns.txt_lookup(fqdn).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                Err(FetchError::new(FetchErrorKind::NotFound, format!("no TXT record at {name}")))
+            }
+            Err(e) => Err(FetchError::new(FetchErrorKind::Transient, format!("DNS lookup of {name}: {e}"))),
+        }
+    }
+
+    pub fn allow_private(&self) -> bool {
+        self.allow_private
+    }
+}
+
+async fn read_limited(
+    mut response: reqwest::Response,
+    max_body: usize,
+    url: &Url,
+) -> Result<Vec<u8>, FetchError> {
+    let too_large = || FetchError::new(FetchErrorKind::TooLarge, format!("{url}: answer larger than {max_body} bytes"));
+    if response.content_length().is_some_and(|len| len > max_body as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| classify_http_error(url, &e))?
+    {
+        if body.len() + chunk.len() > max_body {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn classify_http_error(url: &Url, error: &reqwest::Error) -> FetchError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<AddressRefused>() {
+            return FetchError::new(FetchErrorKind::Refused, refused.to_string());
+        }
+        if let Some(net) = e.downcast_ref::<hickory_resolver::net::NetError>()
+            && (net.is_nx_domain() || net.is_no_records_found())
+        {
+            let host = url.host_str().unwrap_or_default();
+            return FetchError::new(FetchErrorKind::NotFound, format!("{host} does not exist (NXDOMAIN)"));
+        }
+        source = e.source();
+    }
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    FetchError::new(FetchErrorKind::Transient, format!("{}: {what}", url.host_str().unwrap_or_default()))
+}
+
+fn build_dns(config: &ResolverConfig) -> Result<TokioResolver, String> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if config.dns_servers.is_empty() {
+        TokioResolver::builder(provider).map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+    } else {
+        let mut servers = Vec::new();
+        for server in &config.dns_servers {
+            let addr = parse_dns_server(server)?;
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+            ns.connections = vec![udp, tcp];
+            servers.push(ns);
+        }
+        TokioResolver::builder_with_config(DnsConfig::from_name_servers(servers), provider)
+    };
+    let options = builder.options_mut();
+    options.timeout = config.timeout().min(Duration::from_secs(2));
+    options.attempts = 2;
+    builder.build().map_err(|e| format!("cannot build the DNS resolver: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_not() {
+        for ip in ["127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.0.1", "172.16.5.4", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "64:ff9b::a00:1", "2002:a00:1::", "2001:db8::1", "ff02::1"] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! atsms-milter: verifies AT-SMS signatures (mail signed by atproto identities) for Postfix
+//! (milter) and for Postfix and Exim local delivery (LMTP).
+//!
+//! The rooms and the direction of their arrows are in docs/architecture.md: `envelope` and
+//! `crypto` are pure; `identity` owns the network and the cache; `verify` turns a message into
+//! a `Verdict`; `auth_results` renders it; transports only translate.
+
+pub mod auth_results;
+pub mod config;
+pub mod crypto;
+pub mod envelope;
+pub mod identity;
+pub mod message;
+pub mod syntax;
+pub mod verify;

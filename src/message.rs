@@ -1,0 +1,179 @@
+//! Reading a whole message from a stream: the header section into fields, the body through
+//! the streaming hasher. Used where a message arrives as bytes (the command line, LMTP);
+//! the milter receives fields and body chunks already split.
+
+use std::io::{self, BufRead, Read};
+
+use crate::envelope::{BodyHasher, HeaderField};
+
+/// The largest header section read. A real one is a few KiB; Postfix caps a single field at
+/// 100 KiB by default. This bounds memory, not the number of signatures.
+pub const MAX_HEADER_SECTION: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("header section larger than {} bytes", MAX_HEADER_SECTION)]
+    HeaderTooLarge,
+}
+
+/// A message as the verifier needs it: its fields in order and its relaxed body hash.
+#[derive(Debug, Clone)]
+pub struct ParsedMessage {
+    pub headers: Vec<HeaderField>,
+    pub body_hash: [u8; 32],
+    pub body_len: u64,
+    /// The line end the message uses (`"\r\n"` or `"\n"`), to write fields back in kind.
+    pub newline: &'static str,
+}
+
+/// Splits header lines into fields. A line that is neither a field nor a continuation
+/// ends the header section and is the first body line, as Postfix's cleanup treats it.
+#[derive(Default)]
+struct HeaderCollector {
+    fields: Vec<HeaderField>,
+}
+
+enum Line {
+    Header,
+    EndOfHeaders,
+    FirstBodyLine,
+}
+
+fn strip_line_end(value: &mut Vec<u8>) {
+    if value.last() == Some(&b'\n') {
+        value.pop();
+        if value.last() == Some(&b'\r') {
+            value.pop();
+        }
+    }
+}
+
+impl HeaderCollector {
+    fn push(&mut self, line: &[u8]) -> Line {
+        if line == b"\r\n" || line == b"\n" {
+            self.finish_last();
+            return Line::EndOfHeaders;
+        }
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(last) = self.fields.last_mut() {
+                last.value.extend_from_slice(line);
+                return Line::Header;
+            }
+            return Line::FirstBodyLine;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            self.finish_last();
+            return Line::FirstBodyLine;
+        };
+        let name = &line[..colon];
+        let trimmed = name.strip_suffix(b" ").unwrap_or(name);
+        let name_ok = !trimmed.is_empty() && trimmed.iter().all(|b| (33..=126).contains(b));
+        let Ok(name) = std::str::from_utf8(name) else {
+            self.finish_last();
+            return Line::FirstBodyLine;
+        };
+        if !name_ok {
+            self.finish_last();
+            return Line::FirstBodyLine;
+        }
+        self.finish_last();
+        self.fields.push(HeaderField::new(name, &line[colon + 1..]));
+        Line::Header
+    }
+
+    fn finish_last(&mut self) {
+        if let Some(last) = self.fields.last_mut() {
+            strip_line_end(&mut last.value);
+        }
+    }
+}
+
+/// Reads a message, hashing the body as it streams past: memory holds the header section
+/// and one buffer, whatever the body's size.
+pub fn read_message<R: Read>(input: R) -> Result<ParsedMessage, ReadError> {
+    let mut reader = io::BufReader::with_capacity(64 * 1024, input);
+    let mut collector = HeaderCollector::default();
+    let mut hasher = BodyHasher::new();
+    let mut used: u64 = 0;
+    let mut newline = None;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let budget = MAX_HEADER_SECTION - used;
+        let n = (&mut reader).take(budget + 1).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            collector.finish_last();
+            break;
+        }
+        used += n as u64;
+        if used > MAX_HEADER_SECTION {
+            return Err(ReadError::HeaderTooLarge);
+        }
+        if newline.is_none() && line.ends_with(b"\n") {
+            newline = Some(if line.ends_with(b"\r\n") { "\r\n" } else { "\n" });
+        }
+        match collector.push(&line) {
+            Line::Header => {
+                if !line.ends_with(b"\n") {
+                    collector.finish_last();
+                    break;
+                }
+            }
+            Line::EndOfHeaders => break,
+            Line::FirstBodyLine => {
+                hasher.update(&line);
+                break;
+            }
+        }
+    }
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            break;
+        }
+        hasher.update(chunk);
+        let n = chunk.len();
+        reader.consume(n);
+    }
+    Ok(ParsedMessage {
+        headers: collector.fields,
+        body_len: hasher.raw_len,
+        body_hash: hasher.finish(),
+        newline: newline.unwrap_or("\r\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_folds_and_body() {
+        let raw = b"From: a@b.c\r\nSubject: one\r\n\ttwo\r\nX:\r\n\r\nbody\r\n";
+        let m = read_message(&raw[..]).unwrap();
+        assert_eq!(m.headers.len(), 3);
+        assert_eq!(m.headers[1].value, b" one\r\n\ttwo");
+        assert_eq!(m.headers[2].value, b"");
+        assert_eq!(m.newline, "\r\n");
+        let mut h = BodyHasher::new();
+        h.update(b"body\r\n");
+        assert_eq!(m.body_hash, h.finish());
+    }
+
+    #[test]
+    fn lf_files_and_missing_body() {
+        let m = read_message(&b"From: a@b.c\nSubject: x"[..]).unwrap();
+        assert_eq!(m.newline, "\n");
+        assert_eq!(m.headers[1].value, b" x");
+        assert_eq!(m.body_len, 0);
+    }
+
+    #[test]
+    fn non_header_line_starts_the_body() {
+        let m = read_message(&b"From: a@b.c\nthis is body\nmore\n"[..]).unwrap();
+        assert_eq!(m.headers.len(), 1);
+        assert_eq!(m.body_len, b"this is body\nmore\n".len() as u64);
+    }
+}

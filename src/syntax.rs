@@ -1,0 +1,140 @@
+//! atproto identifier syntax: DIDs and handles.
+//!
+//! The rules follow the atproto DID and handle specifications (atproto.com/specs/did,
+//! atproto.com/specs/handle). They are checked before anything touches the network, so a
+//! malformed identifier never turns into a lookup.
+
+/// Longest DID the atproto DID spec allows.
+const MAX_DID_LEN: usize = 2048;
+/// Longest handle: a DNS name, less room for the `_atproto.` prefix of the TXT lookup.
+const MAX_HANDLE_LEN: usize = 253;
+
+/// Generic atproto DID syntax: `did:<method>:<identifier>`, ASCII only, case-sensitive.
+pub fn is_valid_did(did: &str) -> bool {
+    if did.len() > MAX_DID_LEN || !did.is_ascii() {
+        return false;
+    }
+    let Some(rest) = did.strip_prefix("did:") else {
+        return false;
+    };
+    let Some((method, identifier)) = rest.split_once(':') else {
+        return false;
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_lowercase()) {
+        return false;
+    }
+    if identifier.is_empty() || identifier.ends_with(':') || identifier.ends_with('%') {
+        return false;
+    }
+    identifier
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'%' | b'-'))
+}
+
+/// The two DID methods atproto (and so AT-SMS) accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DidMethod {
+    Plc,
+    Web,
+}
+
+/// A DID that AT-SMS can use as `iss`: valid syntax, and either `did:plc` with its 24-character
+/// base32 identifier or `did:web` naming a host (a port only for `localhost`, spec section 6).
+pub fn supported_did_method(did: &str) -> Option<DidMethod> {
+    if !is_valid_did(did) {
+        return None;
+    }
+    if let Some(id) = did.strip_prefix("did:plc:") {
+        let base32 = id.len() == 24 && id.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'));
+        return base32.then_some(DidMethod::Plc);
+    }
+    if let Some(id) = did.strip_prefix("did:web:") {
+        return web_did_host(id).map(|_| DidMethod::Web);
+    }
+    None
+}
+
+/// The host (and optional port) a `did:web` identifier names: `example.com`, or
+/// `localhost:PORT` from `localhost%3APORT`. Path-based did:web (`host:path`) is not atproto.
+pub fn web_did_host(identifier: &str) -> Option<(String, Option<u16>)> {
+    if identifier.contains(':') {
+        return None;
+    }
+    if let Some((host, port)) = identifier.split_once("%3A").or_else(|| identifier.split_once("%3a")) {
+        if host != "localhost" || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        return Some((host.to_string(), Some(port)));
+    }
+    if identifier.contains('%') || !is_valid_handle(identifier) {
+        return None;
+    }
+    Some((identifier.to_ascii_lowercase(), None))
+}
+
+/// Handle syntax: a DNS name of at least two labels, the last not starting with a digit.
+pub fn is_valid_handle(handle: &str) -> bool {
+    if handle.is_empty() || handle.len() > MAX_HANDLE_LEN || !handle.is_ascii() {
+        return false;
+    }
+    let labels: Vec<&str> = handle.split('.').collect();
+    if labels.len() < 2 {
+        return false;
+    }
+    let label_ok = |label: &str| {
+        let bytes = label.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && bytes[0] != b'-'
+            && bytes[bytes.len() - 1] != b'-'
+    };
+    if !labels.iter().all(|l| label_ok(l)) {
+        return false;
+    }
+    labels.last().is_some_and(|tld| tld.as_bytes()[0].is_ascii_alphabetic())
+}
+
+/// Top-level domains that pass handle syntax but must never resolve (atproto handle spec):
+/// they name nothing on the public Internet.
+const RESERVED_TLDS: &[&str] = &[
+    "alt", "arpa", "example", "internal", "invalid", "local", "localhost", "onion",
+];
+
+/// Whether a syntactically valid handle may be resolved. `.test` only in test setups.
+pub fn handle_may_resolve(handle: &str, test_setup: bool) -> bool {
+    let tld = handle.rsplit('.').next().unwrap_or_default().to_ascii_lowercase();
+    if tld == "test" {
+        return test_setup;
+    }
+    !RESERVED_TLDS.contains(&tld.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plc_and_web_methods() {
+        assert_eq!(
+            supported_did_method("did:plc:ofurdhfyhjhgomvfygxergep"),
+            Some(DidMethod::Plc)
+        );
+        assert_eq!(supported_did_method("did:plc:ofurdhfyhjhgomvfygxerge"), None);
+        assert_eq!(supported_did_method("did:plc:OFURDHFYHJHGOMVFYGXERGEP"), None);
+        assert_eq!(supported_did_method("did:web:example.com"), Some(DidMethod::Web));
+        assert_eq!(supported_did_method("did:web:localhost%3A8080"), Some(DidMethod::Web));
+        assert_eq!(supported_did_method("did:web:example.com%3A8080"), None);
+        assert_eq!(supported_did_method("did:web:example.com:u:alice"), None);
+        assert_eq!(supported_did_method("did:key:zQ3sh"), None);
+    }
+
+    #[test]
+    fn reserved_tlds_do_not_resolve() {
+        assert!(handle_may_resolve("alice.example.com", false));
+        assert!(!handle_may_resolve("alice.onion", false));
+        assert!(!handle_may_resolve("alice.test", false));
+        assert!(handle_may_resolve("alice.test", true));
+    }
+}
