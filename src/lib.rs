@@ -6,6 +6,7 @@
 //! a `Verdict`; `auth_results` renders it; transports only translate.
 
 pub mod auth_results;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod envelope;

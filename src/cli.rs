@@ -1,0 +1,382 @@
+//! The command line (docs/interfaces: commands, options, JSON fields and exit codes are fixed).
+//! Wiring only: every decision is made by the library rooms.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth_results;
+use crate::config::{CacheConfig, ResolverConfig};
+use crate::crypto::{Alg, SigningKey};
+use crate::envelope::{AuthResult, sign};
+use crate::identity::{IdentityResolver, net};
+use crate::message;
+use crate::verify::{Context, Verifier};
+
+/// Exit statuses of `verify` (and the other commands where they fit): sysexits.h.
+pub mod exit {
+    pub const PASS: u8 = 0;
+    pub const NO_PASS: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NO_SIGNATURE: u8 = 3;
+    /// EX_NOINPUT: the input cannot be read.
+    pub const NO_INPUT: u8 = 66;
+    /// EX_SOFTWARE: an internal error.
+    pub const SOFTWARE: u8 = 70;
+    /// EX_TEMPFAIL: try again later.
+    pub const TEMPFAIL: u8 = 75;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "atsms-milter", version, about = "Verifies AT-SMS signatures on mail from atproto identities")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify a saved message and print the Authentication-Results field it would get.
+    Verify(VerifyArgs),
+    /// Add an AT-SMS-Signature field to a message.
+    Sign(SignArgs),
+    /// Make a private key (PKCS#8 PEM on stdout; its Multikey and did:key on stderr).
+    Keygen(KeygenArgs),
+    /// Resolve a DID or handle and check it in both directions.
+    Resolve(ResolveArgs),
+}
+
+/// How identities are looked up (shared by `verify` and `resolve`).
+#[derive(Args, Debug)]
+struct ResolverArgs {
+    /// Verify as of this time (Unix seconds) instead of now.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    now: Option<i64>,
+    /// PLC directory URL; repeat to try several in order.
+    #[arg(long = "plc-url", value_name = "URL")]
+    plc_urls: Vec<String>,
+    /// DNS server (IP or IP:PORT) instead of the system resolver; repeatable.
+    #[arg(long = "dns-server", value_name = "IP:PORT")]
+    dns_servers: Vec<String>,
+    /// Permit loopback and private targets, and plain http to them (test setups only).
+    #[arg(long)]
+    allow_private_addresses: bool,
+    /// Seconds allowed for one identity lookup.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    timeout: u64,
+}
+
+impl ResolverArgs {
+    fn config(&self) -> ResolverConfig {
+        let mut config = ResolverConfig::default();
+        if !self.plc_urls.is_empty() {
+            config.plc_urls = self.plc_urls.clone();
+        }
+        config.dns_servers = self.dns_servers.clone();
+        config.allow_private_addresses = self.allow_private_addresses;
+        config.timeout = self.timeout.max(1);
+        config
+    }
+
+    fn now(&self) -> i64 {
+        self.now.unwrap_or_else(unix_now)
+    }
+
+    fn resolver(&self) -> Result<IdentityResolver, String> {
+        let config = self.config();
+        for server in &config.dns_servers {
+            net::parse_dns_server(server)?;
+        }
+        IdentityResolver::new(&config, &CacheConfig::default())
+    }
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// The message (RFC 5322); standard input when absent.
+    file: Option<PathBuf>,
+    /// One JSON object per AT-SMS-Signature field, top first.
+    #[arg(long)]
+    json: bool,
+    /// The authserv-id of the Authentication-Results field (default: this host's name).
+    #[arg(long, value_name = "NAME")]
+    authserv_id: Option<String>,
+    /// An envelope recipient, for the rcpt claim; repeatable.
+    #[arg(long, value_name = "ADDR")]
+    rcpt: Vec<String>,
+    #[command(flatten)]
+    resolver: ResolverArgs,
+}
+
+#[derive(Args, Debug)]
+struct SignArgs {
+    /// PKCS#8 PEM private key (P-256 or secp256k1).
+    #[arg(long, value_name = "KEY.pem")]
+    key: PathBuf,
+    /// The key id: DID#fragment, or at://DID/at.atsms.x509/FINGERPRINT.
+    #[arg(long, value_name = "KID")]
+    kid: String,
+    /// Lifetime of the signature in seconds (at most 604800).
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    ttl: i64,
+    /// Restrict the signature to this recipient; repeatable.
+    #[arg(long, value_name = "ADDR")]
+    rcpt: Vec<String>,
+    /// Sign as of this time (Unix seconds) instead of now.
+    #[arg(long, value_name = "UNIX_SECONDS")]
+    now: Option<i64>,
+    /// The message; standard input when absent.
+    file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Curve {
+    K256,
+    P256,
+}
+
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    #[arg(long, value_enum)]
+    curve: Curve,
+}
+
+#[derive(Args, Debug)]
+struct ResolveArgs {
+    /// A DID (did:plc:…, did:web:…) or a handle.
+    identity: String,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    resolver: ResolverArgs,
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// The name of this host, the default authserv-id.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
+    }
+}
+
+fn read_input(file: Option<&PathBuf>) -> Result<Box<dyn Read>, String> {
+    match file {
+        Some(path) => std::fs::File::open(path)
+            .map(|f| Box::new(f) as Box<dyn Read>)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        None => Ok(Box::new(io::stdin().lock())),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("atsms-milter: {message}");
+    ExitCode::from(code)
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Verify(args) => verify(args),
+        Command::Sign(args) => sign(args),
+        Command::Keygen(args) => keygen(args),
+        Command::Resolve(args) => resolve(args),
+    }
+}
+
+fn verify(args: VerifyArgs) -> ExitCode {
+    let parsed = match read_input(args.file.as_ref()).and_then(|r| message::read_message(r).map_err(|e| e.to_string())) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(exit::NO_INPUT, e),
+    };
+    let resolver = match args.resolver.resolver() {
+        Ok(r) => r,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let Ok(rt) = runtime() else {
+        return fail(exit::SOFTWARE, "cannot start the async runtime");
+    };
+    let verifier = Verifier::new(Arc::new(resolver), args.resolver.config().timeout());
+    let recipients: Vec<String> = args.rcpt.iter().map(|r| r.to_ascii_lowercase()).collect();
+    let context = Context { now: args.resolver.now(), recipients: &recipients };
+    let verdict = rt.block_on(verifier.verify(&parsed.headers, &parsed.body_hash, &context));
+    let output = if args.json {
+        serde_json::to_string_pretty(&verdict).unwrap_or_else(|_| "[]".into())
+    } else {
+        let authserv_id = args.authserv_id.unwrap_or_else(host_name);
+        format!("{}:{}", auth_results::FIELD_NAME, auth_results::format_value(&authserv_id, &verdict, "\n"))
+    };
+    println!("{output}");
+    let results: Vec<AuthResult> = verdict.signatures.iter().map(|s| s.result).collect();
+    ExitCode::from(if results.is_empty() {
+        exit::NO_SIGNATURE
+    } else if results.contains(&AuthResult::Pass) {
+        exit::PASS
+    } else if results.contains(&AuthResult::Temperror) {
+        exit::TEMPFAIL
+    } else {
+        exit::NO_PASS
+    })
+}
+
+fn sign(args: SignArgs) -> ExitCode {
+    let pem = match std::fs::read_to_string(&args.key) {
+        Ok(pem) => pem,
+        Err(e) => return fail(exit::NO_INPUT, format!("{}: {e}", args.key.display())),
+    };
+    let key = match SigningKey::from_pkcs8_pem(&pem) {
+        Ok(key) => key,
+        Err(e) => return fail(exit::NO_PASS, format!("{}: {e}", args.key.display())),
+    };
+    let mut raw = Vec::new();
+    if let Err(e) = read_input(args.file.as_ref()).and_then(|mut r| r.read_to_end(&mut raw).map_err(|e| e.to_string())) {
+        return fail(exit::NO_INPUT, e);
+    }
+    let parsed = match message::read_message(&raw[..]) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(exit::NO_INPUT, e),
+    };
+    let request = sign::SignRequest {
+        key: &key,
+        kid: &args.kid,
+        now: args.now.unwrap_or_else(unix_now),
+        ttl: args.ttl,
+        rcpt: &args.rcpt,
+        jti: sign::random_jti(),
+    };
+    let token = match sign::sign_token(&request, &parsed.headers, parsed.body_hash) {
+        Ok(token) => token,
+        Err(e) => return fail(exit::NO_PASS, e),
+    };
+    let did = crate::envelope::Kid::parse(&args.kid).map(|k| k.did().to_string()).unwrap_or_default();
+    let field = sign::format_field(&did, &token, parsed.newline);
+    let mut out = io::stdout().lock();
+    let written = out
+        .write_all(field.as_bytes())
+        .and_then(|_| out.write_all(parsed.newline.as_bytes()))
+        .and_then(|_| out.write_all(&raw))
+        .and_then(|_| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(exit::SOFTWARE, format!("writing the message: {e}")),
+    }
+}
+
+fn keygen(args: KeygenArgs) -> ExitCode {
+    let alg = match args.curve {
+        Curve::K256 => Alg::Es256k,
+        Curve::P256 => Alg::Es256,
+    };
+    match SigningKey::generate(alg) {
+        Ok(key) => {
+            let public = key.public_key();
+            print!("{}", key.to_pkcs8_pem());
+            eprintln!("multikey: {}", public.to_multikey());
+            eprintln!("did:key: {}", public.to_did_key());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(exit::SOFTWARE, e),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Resolution {
+    did: String,
+    handle: Option<String>,
+    handle_claimed: Option<String>,
+    key: Option<String>,
+    alg: Option<&'static str>,
+    pds: Option<String>,
+    mail_service: Option<String>,
+    source: ResolutionSource,
+}
+
+#[derive(serde::Serialize)]
+struct ResolutionSource {
+    /// The URL the DID document came from.
+    document: String,
+    /// How the handle was resolved to the DID (`dns` or `https`), when it was.
+    handle: Option<crate::identity::HandleSource>,
+    /// Where the key came from: the `#atproto` verification method.
+    key: Option<String>,
+}
+
+fn resolve(args: ResolveArgs) -> ExitCode {
+    let resolver = match args.resolver.resolver() {
+        Ok(r) => r,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let Ok(rt) = runtime() else {
+        return fail(exit::SOFTWARE, "cannot start the async runtime");
+    };
+    let timeout = args.resolver.config().timeout();
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(timeout * 3, async {
+            let input = args.identity.trim();
+            let did = if input.starts_with("did:") {
+                input.to_string()
+            } else {
+                resolver.resolve_handle(input).await.map_err(|e| (e.transient, e.reason))?.0.clone()
+            };
+            let resolved = resolver.resolve_did(&did).await.map_err(|e| (e.transient, e.reason))?;
+            let checked = resolver.checked_handle(&resolved.document).await;
+            Ok::<_, (bool, String)>((resolved, checked))
+        })
+        .await
+        .unwrap_or_else(|_| Err((true, "timed out".to_string())))
+    });
+    let (resolved, checked) = match outcome {
+        Ok(found) => found,
+        Err((transient, reason)) => {
+            return fail(if transient { exit::TEMPFAIL } else { exit::NO_PASS }, reason);
+        }
+    };
+    let document = &resolved.document;
+    let key = document.key("atproto").ok();
+    let resolution = Resolution {
+        did: document.id.clone(),
+        handle: checked.as_ref().map(|(h, _)| h.clone()),
+        handle_claimed: document.handle_claim(),
+        key: key.as_ref().map(|k| k.to_multikey()),
+        alg: key.as_ref().map(|k| k.alg().jws_name()),
+        pds: document.pds().map(str::to_string),
+        mail_service: document.mail_service().map(str::to_string),
+        source: ResolutionSource {
+            document: resolved.source.clone(),
+            handle: checked.as_ref().map(|(_, s)| *s),
+            key: key.as_ref().map(|_| format!("{}#atproto", document.id)),
+        },
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&resolution).unwrap_or_default());
+    } else {
+        let show = |o: &Option<String>| o.clone().unwrap_or_else(|| "(none)".into());
+        println!("did:          {}", resolution.did);
+        println!("handle:       {}", show(&resolution.handle));
+        println!("claimed:      {}", show(&resolution.handle_claimed));
+        println!("key:          {} {}", show(&resolution.key), resolution.alg.unwrap_or(""));
+        println!("pds:          {}", show(&resolution.pds));
+        println!("mail service: {}", show(&resolution.mail_service));
+        println!("document:     {}", resolution.source.document);
+    }
+    if resolution.key.is_some() { ExitCode::SUCCESS } else { ExitCode::from(exit::NO_PASS) }
+}

@@ -1,0 +1,117 @@
+//! A small HTTP/1.1 server on 127.0.0.1 for tests, on its own thread and runtime so that
+//! synchronous tests (which run the binary) can use it too.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the server does with a request.
+pub enum Reply {
+    /// A complete answer.
+    Body { status: u16, content_type: &'static str, body: Vec<u8> },
+    /// Accept the request and never answer.
+    Hang,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply::Body { status, content_type: "application/json", body: body.into() }
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&str) -> Reply + Send + Sync>;
+
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    /// Request targets (path and query) in the order received.
+    pub requests: Arc<Mutex<Vec<String>>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    pub fn start(handler: Handler) -> HttpServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let log = requests.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((stream, _)) = accepted else { continue };
+                            tokio::spawn(serve(stream, handler.clone(), log.clone()));
+                        }
+                    }
+                }
+            });
+        });
+        HttpServer { addr, requests, shutdown: Some(tx), thread: Some(thread) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, log: Arc<Mutex<Vec<String>>>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+    log.lock().unwrap().push(target.clone());
+    match handler(&target) {
+        Reply::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+        Reply::Body { status, content_type, body } => {
+            let head = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}
+
+/// The value of `name` in a query string (no percent-decoding beyond `%3A`, which is all
+/// DIDs need).
+pub fn query_param(target: &str, name: &str) -> Option<String> {
+    let query = target.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.replace("%3A", ":").replace("%3a", ":"))
+    })
+}

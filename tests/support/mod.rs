@@ -1,0 +1,14 @@
+//! Loopback stand-ins for what is outside this machine's reach: a PLC directory and PDS
+//! (HTTP) and DNS. They speak the real protocols to the real client code.
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod http;
+pub mod vectors;
+
+use std::path::PathBuf;
+
+/// `../shared/vectors/<sub>`, read in place.
+pub fn shared_vectors(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors").join(sub)
+}

@@ -1,0 +1,97 @@
+//! The shared envelope vectors, served as the independent implementation published them: DID
+//! documents by a loopback PLC directory, device records by a loopback PDS, handles by DNS.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::dns::{Answer, DnsServer};
+use super::http::{HttpServer, Reply, query_param};
+use super::shared_vectors;
+
+pub struct VectorWorld {
+    pub vectors: Value,
+    pub keys: Value,
+    pub plc: HttpServer,
+    pub dns: DnsServer,
+}
+
+fn load(name: &str) -> Value {
+    let path = shared_vectors("envelope").join(name);
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+impl VectorWorld {
+    pub fn start() -> VectorWorld {
+        let vectors = load("vectors.json");
+        let dids = load("dids.json");
+        let records = load("records.json");
+        let handles = load("handles.json");
+        let keys = load("keys.json");
+        // The documents name a placeholder PDS; this server is the PDS too.
+        let own_url: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
+        let url = own_url.clone();
+        let plc = HttpServer::start(Arc::new(move |target: &str| {
+            if target.starts_with("/xrpc/com.atproto.repo.getRecord") {
+                let uri = format!(
+                    "at://{}/{}/{}",
+                    query_param(target, "repo").unwrap_or_default(),
+                    query_param(target, "collection").unwrap_or_default(),
+                    query_param(target, "rkey").unwrap_or_default()
+                );
+                return match records.get(&uri) {
+                    Some(record) => Reply::json(200, record.to_string()),
+                    None => Reply::json(400, r#"{"error":"RecordNotFound","message":"Could not locate record"}"#),
+                };
+            }
+            let did = target.trim_start_matches('/');
+            match dids.get(did) {
+                Some(Value::Object(_)) => {
+                    let pds = url.get().cloned().unwrap_or_default();
+                    let doc = dids[did].to_string().replace("https://pds.example.net", &pds);
+                    Reply::json(200, doc)
+                }
+                _ => Reply::json(404, format!(r#"{{"message":"DID not registered: {did}"}}"#)),
+            }
+        }));
+        own_url.set(plc.url()).unwrap();
+        let mut zone = HashMap::new();
+        for (handle, did) in handles.as_object().unwrap() {
+            zone.insert(format!("_atproto.{handle}"), vec![Answer::Txt(format!("did={}", did.as_str().unwrap()))]);
+        }
+        let dns = DnsServer::start(zone);
+        VectorWorld { vectors, keys, plc, dns }
+    }
+
+    pub fn now(&self) -> i64 {
+        self.vectors["now"].as_i64().unwrap()
+    }
+
+    pub fn cases(&self) -> &Vec<Value> {
+        self.vectors["cases"].as_array().unwrap()
+    }
+
+    pub fn resolver_config(&self) -> atsms_milter::config::ResolverConfig {
+        atsms_milter::config::ResolverConfig {
+            plc_urls: vec![self.plc.url()],
+            dns_servers: vec![self.dns.server_arg()],
+            allow_private_addresses: true,
+            timeout: 5,
+            ..Default::default()
+        }
+    }
+
+    /// The resolver options of `verify` and `resolve` that point at this world.
+    pub fn cli_args(&self) -> Vec<String> {
+        vec![
+            "--now".into(),
+            self.now().to_string(),
+            "--plc-url".into(),
+            self.plc.url(),
+            "--dns-server".into(),
+            self.dns.server_arg(),
+            "--allow-private-addresses".into(),
+        ]
+    }
+}
