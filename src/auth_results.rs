@@ -24,8 +24,14 @@ fn quoted(value: &str) -> String {
 /// A value safe as an RFC 8601 `pvalue` without quotes (dot-atom or addr-spec characters).
 fn plain_or_quoted(value: &str) -> String {
     let plain = !value.is_empty()
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&b));
-    if plain { value.to_string() } else { quoted(value) }
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&b));
+    if plain {
+        value.to_string()
+    } else {
+        quoted(value)
+    }
 }
 
 /// The field's value (without the name), one resinfo per signature on its own folded line.
@@ -41,7 +47,11 @@ pub fn format_value(authserv_id: &str, verdict: &Verdict, newline: &str) -> Stri
             out.push(';');
         }
         let mut parts = vec![format!("{METHOD}={}", sig.result)];
-        if let Some(reason) = sig.reason.as_deref().filter(|_| sig.result != AuthResult::Pass) {
+        if let Some(reason) = sig
+            .reason
+            .as_deref()
+            .filter(|_| sig.result != AuthResult::Pass)
+        {
             parts.push(format!("reason={}", quoted(reason)));
         }
         if let Some(did) = &sig.did {
@@ -55,7 +65,10 @@ pub fn format_value(authserv_id: &str, verdict: &Verdict, newline: &str) -> Stri
                 parts.push(format!("header.handle={}", plain_or_quoted(handle)));
             }
             if let Some(aligned) = sig.aligned {
-                parts.push(format!("policy.aligned={}", if aligned { "yes" } else { "no" }));
+                parts.push(format!(
+                    "policy.aligned={}",
+                    if aligned { "yes" } else { "no" }
+                ));
             }
         }
         // Fold before a part that would take the line past 78 columns (RFC 5322 §2.1.1).
@@ -135,13 +148,22 @@ mod tests {
             value,
             " mx.example.net;\n\tatsms=fail reason=\"signature does not \\\"verify\\\"\"\n\theader.d=\"did:plc:hxdv4c2etoo2mbhg4alzhnno\";\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n\theader.from=alice@alice.example.com header.handle=alice.example.com\n\tpolicy.aligned=yes"
         );
-        assert_eq!(format_value("mx", &Verdict::default(), "\n"), " mx; atsms=none");
+        assert_eq!(
+            format_value("mx", &Verdict::default(), "\n"),
+            " mx; atsms=none"
+        );
     }
 
     #[test]
     fn reads_authserv_id() {
-        assert_eq!(authserv_id(b" mx.example.net (comment); atsms=pass").as_deref(), Some("mx.example.net"));
-        assert_eq!(authserv_id(b" mx.example.net 1; none").as_deref(), Some("mx.example.net"));
+        assert_eq!(
+            authserv_id(b" mx.example.net (comment); atsms=pass").as_deref(),
+            Some("mx.example.net")
+        );
+        assert_eq!(
+            authserv_id(b" mx.example.net 1; none").as_deref(),
+            Some("mx.example.net")
+        );
         assert_eq!(authserv_id(b"  ").as_deref(), None);
     }
 }

@@ -31,7 +31,11 @@ pub mod exit {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "atsms-milter", version, about = "Verifies AT-SMS signatures on mail from atproto identities")]
+#[command(
+    name = "atsms-milter",
+    version,
+    about = "Verifies AT-SMS signatures on mail from atproto identities"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -204,7 +208,9 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn verify(args: VerifyArgs) -> ExitCode {
-    let parsed = match read_input(args.file.as_ref()).and_then(|r| message::read_message(r).map_err(|e| e.to_string())) {
+    let parsed = match read_input(args.file.as_ref())
+        .and_then(|r| message::read_message(r).map_err(|e| e.to_string()))
+    {
         Ok(parsed) => parsed,
         Err(e) => return fail(exit::NO_INPUT, e),
     };
@@ -217,13 +223,20 @@ fn verify(args: VerifyArgs) -> ExitCode {
     };
     let verifier = Verifier::new(Arc::new(resolver), args.resolver.config().timeout());
     let recipients: Vec<String> = args.rcpt.iter().map(|r| r.to_ascii_lowercase()).collect();
-    let context = Context { now: args.resolver.now(), recipients: &recipients };
+    let context = Context {
+        now: args.resolver.now(),
+        recipients: &recipients,
+    };
     let verdict = rt.block_on(verifier.verify(&parsed.headers, &parsed.body_hash, &context));
     let output = if args.json {
         serde_json::to_string_pretty(&verdict).unwrap_or_else(|_| "[]".into())
     } else {
         let authserv_id = args.authserv_id.unwrap_or_else(host_name);
-        format!("{}:{}", auth_results::FIELD_NAME, auth_results::format_value(&authserv_id, &verdict, "\n"))
+        format!(
+            "{}:{}",
+            auth_results::FIELD_NAME,
+            auth_results::format_value(&authserv_id, &verdict, "\n")
+        )
     };
     println!("{output}");
     let results: Vec<AuthResult> = verdict.signatures.iter().map(|s| s.result).collect();
@@ -248,7 +261,9 @@ fn sign(args: SignArgs) -> ExitCode {
         Err(e) => return fail(exit::NO_PASS, format!("{}: {e}", args.key.display())),
     };
     let mut raw = Vec::new();
-    if let Err(e) = read_input(args.file.as_ref()).and_then(|mut r| r.read_to_end(&mut raw).map_err(|e| e.to_string())) {
+    if let Err(e) = read_input(args.file.as_ref())
+        .and_then(|mut r| r.read_to_end(&mut raw).map_err(|e| e.to_string()))
+    {
         return fail(exit::NO_INPUT, e);
     }
     let parsed = match message::read_message(&raw[..]) {
@@ -267,7 +282,9 @@ fn sign(args: SignArgs) -> ExitCode {
         Ok(token) => token,
         Err(e) => return fail(exit::NO_PASS, e),
     };
-    let did = crate::envelope::Kid::parse(&args.kid).map(|k| k.did().to_string()).unwrap_or_default();
+    let did = crate::envelope::Kid::parse(&args.kid)
+        .map(|k| k.did().to_string())
+        .unwrap_or_default();
     let field = sign::format_field(&did, &token, parsed.newline);
     let mut out = io::stdout().lock();
     let written = out
@@ -335,9 +352,17 @@ fn resolve(args: ResolveArgs) -> ExitCode {
             let did = if input.starts_with("did:") {
                 input.to_string()
             } else {
-                resolver.resolve_handle(input).await.map_err(|e| (e.transient, e.reason))?.0.clone()
+                resolver
+                    .resolve_handle(input)
+                    .await
+                    .map_err(|e| (e.transient, e.reason))?
+                    .0
+                    .clone()
             };
-            let resolved = resolver.resolve_did(&did).await.map_err(|e| (e.transient, e.reason))?;
+            let resolved = resolver
+                .resolve_did(&did)
+                .await
+                .map_err(|e| (e.transient, e.reason))?;
             let checked = resolver.checked_handle(&resolved.document).await;
             Ok::<_, (bool, String)>((resolved, checked))
         })
@@ -347,7 +372,14 @@ fn resolve(args: ResolveArgs) -> ExitCode {
     let (resolved, checked) = match outcome {
         Ok(found) => found,
         Err((transient, reason)) => {
-            return fail(if transient { exit::TEMPFAIL } else { exit::NO_PASS }, reason);
+            return fail(
+                if transient {
+                    exit::TEMPFAIL
+                } else {
+                    exit::NO_PASS
+                },
+                reason,
+            );
         }
     };
     let document = &resolved.document;
@@ -367,16 +399,27 @@ fn resolve(args: ResolveArgs) -> ExitCode {
         },
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&resolution).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&resolution).unwrap_or_default()
+        );
     } else {
         let show = |o: &Option<String>| o.clone().unwrap_or_else(|| "(none)".into());
         println!("did:          {}", resolution.did);
         println!("handle:       {}", show(&resolution.handle));
         println!("claimed:      {}", show(&resolution.handle_claimed));
-        println!("key:          {} {}", show(&resolution.key), resolution.alg.unwrap_or(""));
+        println!(
+            "key:          {} {}",
+            show(&resolution.key),
+            resolution.alg.unwrap_or("")
+        );
         println!("pds:          {}", show(&resolution.pds));
         println!("mail service: {}", show(&resolution.mail_service));
         println!("document:     {}", resolution.source.document);
     }
-    if resolution.key.is_some() { ExitCode::SUCCESS } else { ExitCode::from(exit::NO_PASS) }
+    if resolution.key.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::NO_PASS)
+    }
 }

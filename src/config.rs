@@ -86,23 +86,33 @@ impl Default for CacheConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
 
 impl Config {
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Invalid { path: path.to_string(), message: e.to_string() })?;
-        config.validate().map_err(|message| ConfigError::Invalid { path: path.to_string(), message })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_string(),
+            message,
+        })?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: display.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
         Config::from_toml(&text, &display)
     }
 
@@ -115,7 +125,9 @@ impl Config {
             let parsed = reqwest::Url::parse(url)
                 .map_err(|e| format!("resolver.plc_urls: \"{url}\": {e}"))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                return Err(format!("resolver.plc_urls: \"{url}\" is not an http(s) URL"));
+                return Err(format!(
+                    "resolver.plc_urls: \"{url}\" is not an http(s) URL"
+                ));
             }
         }
         for server in &self.resolver.dns_servers {

@@ -127,7 +127,9 @@ impl PublicKey {
     }
 
     pub fn from_did_key(did_key: &str) -> Result<PublicKey, KeyError> {
-        let multibase = did_key.strip_prefix("did:key:").ok_or(KeyError::NotDidKey)?;
+        let multibase = did_key
+            .strip_prefix("did:key:")
+            .ok_or(KeyError::NotDidKey)?;
         PublicKey::from_multikey(multibase)
     }
 
@@ -175,7 +177,8 @@ impl PublicKey {
                 if bool::from(sig.s().is_high()) {
                     return Err(SignatureError::HighS);
                 }
-                key.verify(message, &sig).map_err(|_| SignatureError::Invalid)
+                key.verify(message, &sig)
+                    .map_err(|_| SignatureError::Invalid)
             }
             PublicKey::K256(key) => {
                 let sig = k256::ecdsa::Signature::from_slice(signature)
@@ -183,7 +186,8 @@ impl PublicKey {
                 if bool::from(sig.s().is_high()) {
                     return Err(SignatureError::HighS);
                 }
-                key.verify(message, &sig).map_err(|_| SignatureError::Invalid)
+                key.verify(message, &sig)
+                    .map_err(|_| SignatureError::Invalid)
             }
         }
     }
@@ -195,7 +199,9 @@ fn decode_base58btc(multibase: &str) -> Result<Vec<u8>, KeyError> {
     if encoded.len() > 128 {
         return Err(KeyError::InvalidBase58);
     }
-    bs58::decode(encoded).into_vec().map_err(|_| KeyError::InvalidBase58)
+    bs58::decode(encoded)
+        .into_vec()
+        .map_err(|_| KeyError::InvalidBase58)
 }
 
 /// Why a private key could not be loaded or made.
@@ -309,8 +315,14 @@ mod tests {
             let sig = key.sign(b"hello");
             assert_eq!(public.verify(b"hello", &sig), Ok(()));
             assert_eq!(public.verify(b"hellO", &sig), Err(SignatureError::Invalid));
-            assert_eq!(public.verify(b"hello", &sig[..63]), Err(SignatureError::WrongLength));
-            assert_eq!(PublicKey::from_multikey(&public.to_multikey()).unwrap(), public);
+            assert_eq!(
+                public.verify(b"hello", &sig[..63]),
+                Err(SignatureError::WrongLength)
+            );
+            assert_eq!(
+                PublicKey::from_multikey(&public.to_multikey()).unwrap(),
+                public
+            );
             let reloaded = SigningKey::from_pkcs8_pem(&key.to_pkcs8_pem()).unwrap();
             assert_eq!(reloaded.public_key(), public);
         }
@@ -319,6 +331,9 @@ mod tests {
     #[test]
     fn zero_scalars_are_out_of_range() {
         let key = SigningKey::generate(Alg::Es256).unwrap().public_key();
-        assert_eq!(key.verify(b"x", &[0u8; 64]), Err(SignatureError::OutOfRange));
+        assert_eq!(
+            key.verify(b"x", &[0u8; 64]),
+            Err(SignatureError::OutOfRange)
+        );
     }
 }

@@ -35,8 +35,8 @@ struct HeaderCollector {
     fields: Vec<HeaderField>,
 }
 
-enum Line {
-    Header,
+enum LineKind {
+    Field,
     EndOfHeaders,
     FirstBodyLine,
 }
@@ -51,36 +51,36 @@ fn strip_line_end(value: &mut Vec<u8>) {
 }
 
 impl HeaderCollector {
-    fn push(&mut self, line: &[u8]) -> Line {
+    fn push(&mut self, line: &[u8]) -> LineKind {
         if line == b"\r\n" || line == b"\n" {
             self.finish_last();
-            return Line::EndOfHeaders;
+            return LineKind::EndOfHeaders;
         }
         if matches!(line.first(), Some(b' ' | b'\t')) {
             if let Some(last) = self.fields.last_mut() {
                 last.value.extend_from_slice(line);
-                return Line::Header;
+                return LineKind::Field;
             }
-            return Line::FirstBodyLine;
+            return LineKind::FirstBodyLine;
         }
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             self.finish_last();
-            return Line::FirstBodyLine;
+            return LineKind::FirstBodyLine;
         };
         let name = &line[..colon];
         let trimmed = name.strip_suffix(b" ").unwrap_or(name);
         let name_ok = !trimmed.is_empty() && trimmed.iter().all(|b| (33..=126).contains(b));
         let Ok(name) = std::str::from_utf8(name) else {
             self.finish_last();
-            return Line::FirstBodyLine;
+            return LineKind::FirstBodyLine;
         };
         if !name_ok {
             self.finish_last();
-            return Line::FirstBodyLine;
+            return LineKind::FirstBodyLine;
         }
         self.finish_last();
         self.fields.push(HeaderField::new(name, &line[colon + 1..]));
-        Line::Header
+        LineKind::Field
     }
 
     fn finish_last(&mut self) {
@@ -102,7 +102,9 @@ pub fn read_message<R: Read>(input: R) -> Result<ParsedMessage, ReadError> {
     loop {
         line.clear();
         let budget = MAX_HEADER_SECTION - used;
-        let n = (&mut reader).take(budget + 1).read_until(b'\n', &mut line)?;
+        let n = (&mut reader)
+            .take(budget + 1)
+            .read_until(b'\n', &mut line)?;
         if n == 0 {
             collector.finish_last();
             break;
@@ -112,17 +114,21 @@ pub fn read_message<R: Read>(input: R) -> Result<ParsedMessage, ReadError> {
             return Err(ReadError::HeaderTooLarge);
         }
         if newline.is_none() && line.ends_with(b"\n") {
-            newline = Some(if line.ends_with(b"\r\n") { "\r\n" } else { "\n" });
+            newline = Some(if line.ends_with(b"\r\n") {
+                "\r\n"
+            } else {
+                "\n"
+            });
         }
         match collector.push(&line) {
-            Line::Header => {
+            LineKind::Field => {
                 if !line.ends_with(b"\n") {
                     collector.finish_last();
                     break;
                 }
             }
-            Line::EndOfHeaders => break,
-            Line::FirstBodyLine => {
+            LineKind::EndOfHeaders => break,
+            LineKind::FirstBodyLine => {
                 hasher.update(&line);
                 break;
             }

@@ -60,7 +60,10 @@ pub fn web_did_host(identifier: &str) -> Option<(String, Option<u16>)> {
     if identifier.contains(':') {
         return None;
     }
-    if let Some((host, port)) = identifier.split_once("%3A").or_else(|| identifier.split_once("%3a")) {
+    if let Some((host, port)) = identifier
+        .split_once("%3A")
+        .or_else(|| identifier.split_once("%3a"))
+    {
         if host != "localhost" || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
             return None;
         }
@@ -86,25 +89,40 @@ pub fn is_valid_handle(handle: &str) -> bool {
         let bytes = label.as_bytes();
         !bytes.is_empty()
             && bytes.len() <= 63
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
             && bytes[0] != b'-'
             && bytes[bytes.len() - 1] != b'-'
     };
     if !labels.iter().all(|l| label_ok(l)) {
         return false;
     }
-    labels.last().is_some_and(|tld| tld.as_bytes()[0].is_ascii_alphabetic())
+    labels
+        .last()
+        .is_some_and(|tld| tld.as_bytes()[0].is_ascii_alphabetic())
 }
 
 /// Top-level domains that pass handle syntax but must never resolve (atproto handle spec):
 /// they name nothing on the public Internet.
 const RESERVED_TLDS: &[&str] = &[
-    "alt", "arpa", "example", "internal", "invalid", "local", "localhost", "onion",
+    "alt",
+    "arpa",
+    "example",
+    "internal",
+    "invalid",
+    "local",
+    "localhost",
+    "onion",
 ];
 
 /// Whether a syntactically valid handle may be resolved. `.test` only in test setups.
 pub fn handle_may_resolve(handle: &str, test_setup: bool) -> bool {
-    let tld = handle.rsplit('.').next().unwrap_or_default().to_ascii_lowercase();
+    let tld = handle
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     if tld == "test" {
         return test_setup;
     }
@@ -121,10 +139,22 @@ mod tests {
             supported_did_method("did:plc:ofurdhfyhjhgomvfygxergep"),
             Some(DidMethod::Plc)
         );
-        assert_eq!(supported_did_method("did:plc:ofurdhfyhjhgomvfygxerge"), None);
-        assert_eq!(supported_did_method("did:plc:OFURDHFYHJHGOMVFYGXERGEP"), None);
-        assert_eq!(supported_did_method("did:web:example.com"), Some(DidMethod::Web));
-        assert_eq!(supported_did_method("did:web:localhost%3A8080"), Some(DidMethod::Web));
+        assert_eq!(
+            supported_did_method("did:plc:ofurdhfyhjhgomvfygxerge"),
+            None
+        );
+        assert_eq!(
+            supported_did_method("did:plc:OFURDHFYHJHGOMVFYGXERGEP"),
+            None
+        );
+        assert_eq!(
+            supported_did_method("did:web:example.com"),
+            Some(DidMethod::Web)
+        );
+        assert_eq!(
+            supported_did_method("did:web:localhost%3A8080"),
+            Some(DidMethod::Web)
+        );
         assert_eq!(supported_did_method("did:web:example.com%3A8080"), None);
         assert_eq!(supported_did_method("did:web:example.com:u:alice"), None);
         assert_eq!(supported_did_method("did:key:zQ3sh"), None);

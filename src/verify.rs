@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::envelope::{
-    self, AuthResult, FIELD_NAME, HeaderField, header_hash, same_address, single_from_address, tags, token,
+    self, AuthResult, FIELD_NAME, HeaderField, header_hash, same_address, single_from_address,
+    tags, token,
 };
 use crate::identity::{DidDocument, IdentityResolver};
 
@@ -36,7 +37,12 @@ pub struct SignatureVerdict {
 }
 
 impl SignatureVerdict {
-    fn rejected(result: AuthResult, did: Option<String>, kid: Option<String>, reason: impl Into<String>) -> Self {
+    fn rejected(
+        result: AuthResult,
+        did: Option<String>,
+        kid: Option<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         SignatureVerdict {
             result,
             did,
@@ -64,16 +70,28 @@ impl Verdict {
         if self.signatures.is_empty() {
             return AuthResult::None;
         }
-        [AuthResult::Pass, AuthResult::Temperror, AuthResult::Fail, AuthResult::Permerror, AuthResult::Policy]
-            .into_iter()
-            .find(|r| self.signatures.iter().any(|s| s.result == *r))
-            .unwrap_or(AuthResult::Permerror)
+        [
+            AuthResult::Pass,
+            AuthResult::Temperror,
+            AuthResult::Fail,
+            AuthResult::Permerror,
+            AuthResult::Policy,
+        ]
+        .into_iter()
+        .find(|r| self.signatures.iter().any(|s| s.result == *r))
+        .unwrap_or(AuthResult::Permerror)
     }
 
     /// The passing signature to report in the log: aligned ones first.
     pub fn best_pass(&self) -> Option<&SignatureVerdict> {
-        let passing = || self.signatures.iter().filter(|s| s.result == AuthResult::Pass);
-        passing().find(|s| s.aligned == Some(true)).or_else(|| passing().next())
+        let passing = || {
+            self.signatures
+                .iter()
+                .filter(|s| s.result == AuthResult::Pass)
+        };
+        passing()
+            .find(|s| s.aligned == Some(true))
+            .or_else(|| passing().next())
     }
 }
 
@@ -102,11 +120,17 @@ impl Verifier {
         &self.identity
     }
 
-    pub async fn verify(&self, headers: &[HeaderField], body_hash: &[u8; 32], context: &Context<'_>) -> Verdict {
+    pub async fn verify(
+        &self,
+        headers: &[HeaderField],
+        body_hash: &[u8; 32],
+        context: &Context<'_>,
+    ) -> Verdict {
         let mut signatures = Vec::new();
         for (index, field) in headers.iter().filter(|f| f.is(FIELD_NAME)).enumerate() {
             let verdict = if index < MAX_SIGNATURES {
-                self.verify_one(&field.value, headers, body_hash, context).await
+                self.verify_one(&field.value, headers, body_hash, context)
+                    .await
             } else {
                 let d = tags::parse(&field.value).ok().map(|t| t.d);
                 SignatureVerdict::rejected(
@@ -131,16 +155,22 @@ impl Verifier {
         // Step 1: the tag list.
         let tag_list = match tags::parse(value) {
             Ok(t) => t,
-            Err(e) => return SignatureVerdict::rejected(AuthResult::Permerror, e.d, None, e.reason),
+            Err(e) => {
+                return SignatureVerdict::rejected(AuthResult::Permerror, e.d, None, e.reason);
+            }
         };
         let did = Some(tag_list.d.clone());
         // Steps 2 to 4: token, protected header, claims.
         let token = match token::parse(&tag_list.t, &tag_list.d) {
             Ok(t) => t,
-            Err(reason) => return SignatureVerdict::rejected(AuthResult::Permerror, did, None, reason),
+            Err(reason) => {
+                return SignatureVerdict::rejected(AuthResult::Permerror, did, None, reason);
+            }
         };
         let kid = Some(token.kid.to_string());
-        let reject = |result, reason: &str| SignatureVerdict::rejected(result, did.clone(), kid.clone(), reason);
+        let reject = |result, reason: &str| {
+            SignatureVerdict::rejected(result, did.clone(), kid.clone(), reason)
+        };
         let claims = &token.claims;
         // Step 5: times.
         if let Err(reason) = claims.check_times(context.now) {
@@ -150,13 +180,31 @@ impl Verifier {
         if token.kid.did() != claims.iss {
             return reject(AuthResult::Permerror, "kid names another DID than iss");
         }
-        let resolved = match tokio::time::timeout(self.timeout, self.identity.resolve_key(&token.kid, context.now)).await {
+        let resolved = match tokio::time::timeout(
+            self.timeout,
+            self.identity.resolve_key(&token.kid, context.now),
+        )
+        .await
+        {
             Ok(Ok(resolved)) => resolved,
-            Ok(Err(e)) => return reject(if e.transient { AuthResult::Temperror } else { AuthResult::Permerror }, &e.reason),
+            Ok(Err(e)) => {
+                return reject(
+                    if e.transient {
+                        AuthResult::Temperror
+                    } else {
+                        AuthResult::Permerror
+                    },
+                    &e.reason,
+                );
+            }
             Err(_) => return reject(AuthResult::Temperror, "identity lookup timed out"),
         };
         if resolved.key.alg() != token.alg {
-            let reason = format!("alg {} does not match the key's curve {}", token.alg, resolved.key.alg().curve_name());
+            let reason = format!(
+                "alg {} does not match the key's curve {}",
+                token.alg,
+                resolved.key.alg().curve_name()
+            );
             return reject(AuthResult::Permerror, &reason);
         }
         // Step 7: expiry.
@@ -164,7 +212,10 @@ impl Verifier {
             return reject(AuthResult::Fail, "expired");
         }
         // Step 8: the signature.
-        if let Err(e) = resolved.key.verify(token.signing_input.as_bytes(), &token.signature) {
+        if let Err(e) = resolved
+            .key
+            .verify(token.signing_input.as_bytes(), &token.signature)
+        {
             return reject(AuthResult::Fail, &e.to_string());
         }
         // Step 9: the hashes.
@@ -180,7 +231,10 @@ impl Verifier {
             Err(reason) => return reject(AuthResult::Fail, reason),
         };
         if !same_address(&claims.from, &from) {
-            return reject(AuthResult::Fail, "from claim does not match the From address");
+            return reject(
+                AuthResult::Fail,
+                "from claim does not match the From address",
+            );
         }
         // Step 11: local policy.
         if let Some(rcpt) = &claims.rcpt {
@@ -214,7 +268,8 @@ impl Verifier {
 }
 
 fn same_domain(a: &str, b: &str) -> bool {
-    a.trim_end_matches('.').eq_ignore_ascii_case(b.trim_end_matches('.'))
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
 /// Section 7: From is aligned with the DID when its domain is the checked handle, or it is
@@ -228,7 +283,10 @@ pub fn is_aligned(from: &str, handle: Option<&str>, document: &DidDocument) -> b
     }
     match document.mail_service() {
         Some(endpoint) if endpoint.starts_with("smtp://") => {
-            let authority = endpoint["smtp://".len()..].split('/').next().unwrap_or_default();
+            let authority = endpoint["smtp://".len()..]
+                .split('/')
+                .next()
+                .unwrap_or_default();
             let host = match authority.rsplit_once(':') {
                 Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
                 _ => authority,

@@ -9,14 +9,18 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use serde_json::Value;
 
 fn fixture(path: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(support::shared_vectors("atproto").join(path)).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(support::shared_vectors("atproto").join(path)).unwrap())
+        .unwrap()
 }
 
 /// One case per line; `#` lines and blank lines skipped, nothing trimmed (some invalid cases
 /// have deliberate leading or trailing spaces).
 fn lines(path: &str) -> Vec<String> {
     let text = std::fs::read_to_string(support::shared_vectors("atproto").join(path)).unwrap();
-    text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+    text.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -27,19 +31,34 @@ fn signature_fixtures() {
     for case in cases {
         let comment = case["comment"].as_str().unwrap();
         let alg = Alg::from_jws(case["algorithm"].as_str().unwrap()).unwrap();
-        let message = STANDARD_NO_PAD.decode(case["messageBase64"].as_str().unwrap()).unwrap();
-        let signature = STANDARD_NO_PAD.decode(case["signatureBase64"].as_str().unwrap()).unwrap();
+        let message = STANDARD_NO_PAD
+            .decode(case["messageBase64"].as_str().unwrap())
+            .unwrap();
+        let signature = STANDARD_NO_PAD
+            .decode(case["signatureBase64"].as_str().unwrap())
+            .unwrap();
         let from_did_key = PublicKey::from_did_key(case["publicKeyDid"].as_str().unwrap()).unwrap();
         let legacy_alg = match case["didDocSuite"].as_str().unwrap() {
             "EcdsaSecp256r1VerificationKey2019" => Alg::Es256,
             "EcdsaSecp256k1VerificationKey2019" => Alg::Es256k,
             other => panic!("unknown suite {other}"),
         };
-        let from_legacy =
-            PublicKey::from_legacy_multibase(legacy_alg, case["publicKeyMultibase"].as_str().unwrap()).unwrap();
-        assert_eq!(from_did_key, from_legacy, "{comment}: both encodings name one key");
+        let from_legacy = PublicKey::from_legacy_multibase(
+            legacy_alg,
+            case["publicKeyMultibase"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            from_did_key, from_legacy,
+            "{comment}: both encodings name one key"
+        );
         assert_eq!(from_did_key.alg(), alg, "{comment}");
-        let tags: Vec<&str> = case["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let tags: Vec<&str> = case["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
         let result = from_did_key.verify(&message, &signature);
         if case["validSignature"].as_bool().unwrap() {
             assert_eq!(result, Ok(()), "{comment}");
@@ -59,10 +78,16 @@ fn did_key_k256_from_private_keys() {
     for case in cases.as_array().unwrap() {
         let secret: Vec<u8> = (0..64)
             .step_by(2)
-            .map(|i| u8::from_str_radix(&case["privateKeyBytesHex"].as_str().unwrap()[i..i + 2], 16).unwrap())
+            .map(|i| {
+                u8::from_str_radix(&case["privateKeyBytesHex"].as_str().unwrap()[i..i + 2], 16)
+                    .unwrap()
+            })
             .collect();
         let key = SigningKey::from_secret_bytes(Alg::Es256k, &secret).unwrap();
-        assert_eq!(key.public_key().to_did_key(), case["publicDidKey"].as_str().unwrap());
+        assert_eq!(
+            key.public_key().to_did_key(),
+            case["publicDidKey"].as_str().unwrap()
+        );
     }
 }
 
@@ -70,7 +95,9 @@ fn did_key_k256_from_private_keys() {
 fn did_key_p256_from_private_keys() {
     let cases = fixture("crypto/w3c_didkey_P256.json");
     for case in cases.as_array().unwrap() {
-        let secret = bs58::decode(case["privateKeyBytesBase58"].as_str().unwrap()).into_vec().unwrap();
+        let secret = bs58::decode(case["privateKeyBytesBase58"].as_str().unwrap())
+            .into_vec()
+            .unwrap();
         let key = SigningKey::from_secret_bytes(Alg::Es256, &secret).unwrap();
         let did_key = case["publicDidKey"].as_str().unwrap();
         assert_eq!(key.public_key().to_did_key(), did_key);

@@ -14,25 +14,43 @@ use support::vectors::VectorWorld;
 #[tokio::test]
 async fn every_vector_gives_its_result() {
     let world = VectorWorld::start();
-    let resolver = IdentityResolver::new(&world.resolver_config(), &CacheConfig::default()).unwrap();
+    let resolver =
+        IdentityResolver::new(&world.resolver_config(), &CacheConfig::default()).unwrap();
     let verifier = Verifier::new(Arc::new(resolver), std::time::Duration::from_secs(5));
     let mut checked = 0;
     for case in world.cases() {
         let name = case["name"].as_str().unwrap();
         let path = support::shared_vectors("envelope").join(case["file"].as_str().unwrap());
         let message = read_message(std::fs::File::open(&path).unwrap()).unwrap();
-        let context = Context { now: world.now(), recipients: &[] };
-        let verdict = verifier.verify(&message.headers, &message.body_hash, &context).await;
+        let context = Context {
+            now: world.now(),
+            recipients: &[],
+        };
+        let verdict = verifier
+            .verify(&message.headers, &message.body_hash, &context)
+            .await;
         let expect = case["expect"].as_array().unwrap();
-        assert_eq!(verdict.signatures.len(), expect.len(), "{name}: number of signatures");
+        assert_eq!(
+            verdict.signatures.len(),
+            expect.len(),
+            "{name}: number of signatures"
+        );
         for (got, want) in verdict.signatures.iter().zip(expect) {
-            assert_eq!(got.result.as_str(), want["result"].as_str().unwrap(), "{name}: result ({:?})", got.reason);
+            assert_eq!(
+                got.result.as_str(),
+                want["result"].as_str().unwrap(),
+                "{name}: result ({:?})",
+                got.reason
+            );
             assert_eq!(got.did.as_deref(), want["did"].as_str(), "{name}: did");
             assert_eq!(got.aligned, want["aligned"].as_bool(), "{name}: aligned");
             if got.result.as_str() == "pass" {
                 assert!(got.reason.is_none(), "{name}: pass has no reason");
             } else {
-                assert!(got.reason.as_deref().is_some_and(|r| !r.is_empty()), "{name}: reason");
+                assert!(
+                    got.reason.as_deref().is_some_and(|r| !r.is_empty()),
+                    "{name}: reason"
+                );
             }
         }
         checked += 1;
@@ -40,7 +58,13 @@ async fn every_vector_gives_its_result() {
     // Every message in the directory is a case: none is left unchecked.
     let files = std::fs::read_dir(support::shared_vectors("envelope"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "eml"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "eml")
+        })
         .count();
     assert_eq!(checked, files, "every .eml file has a case");
 }

@@ -14,11 +14,16 @@ pub struct HeaderField {
 
 impl HeaderField {
     pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> HeaderField {
-        HeaderField { name: name.into(), value: value.into() }
+        HeaderField {
+            name: name.into(),
+            value: value.into(),
+        }
     }
 
     pub fn is(&self, name: &str) -> bool {
-        self.name.trim_end_matches([' ', '\t']).eq_ignore_ascii_case(name)
+        self.name
+            .trim_end_matches([' ', '\t'])
+            .eq_ignore_ascii_case(name)
     }
 }
 
@@ -28,7 +33,13 @@ fn is_wsp(b: u8) -> bool {
 
 /// Appends `name:value` + CRLF in relaxed form (RFC 6376 §3.4.2).
 pub fn relaxed_header(field: &HeaderField, out: &mut Vec<u8>) {
-    out.extend(field.name.trim_end_matches([' ', '\t']).bytes().map(|b| b.to_ascii_lowercase()));
+    out.extend(
+        field
+            .name
+            .trim_end_matches([' ', '\t'])
+            .bytes()
+            .map(|b| b.to_ascii_lowercase()),
+    );
     out.push(b':');
     let mut pending_space = false;
     let mut started = false;
@@ -65,12 +76,18 @@ pub fn relaxed_header(field: &HeaderField, out: &mut Vec<u8>) {
 pub fn header_hash(h: &[String], headers: &[HeaderField]) -> [u8; 32] {
     let mut remaining: HashMap<String, Vec<usize>> = HashMap::new();
     for (index, field) in headers.iter().enumerate() {
-        let name = field.name.trim_end_matches([' ', '\t']).to_ascii_lowercase();
+        let name = field
+            .name
+            .trim_end_matches([' ', '\t'])
+            .to_ascii_lowercase();
         remaining.entry(name).or_default().push(index);
     }
     let mut canonical = Vec::with_capacity(1024);
     for name in h {
-        if let Some(index) = remaining.get_mut(&name.to_ascii_lowercase()).and_then(Vec::pop) {
+        if let Some(index) = remaining
+            .get_mut(&name.to_ascii_lowercase())
+            .and_then(Vec::pop)
+        {
             relaxed_header(&headers[index], &mut canonical);
         }
     }
@@ -216,7 +233,10 @@ mod tests {
     #[test]
     fn whitespace_runs_and_trailing_lines() {
         let expect = sha(b" a b\r\n\r\nc\r\n");
-        assert_eq!(canonical_body(&[b"  a \t b \t\r\n\r\nc\r\n\r\n\r\n"]), expect);
+        assert_eq!(
+            canonical_body(&[b"  a \t b \t\r\n\r\nc\r\n\r\n\r\n"]),
+            expect
+        );
         assert_eq!(canonical_body(&[b"  a \t b \t\n\nc\n\n\n"]), expect);
     }
 
@@ -225,20 +245,30 @@ mod tests {
         let body = b"line one  \r\n\r\n  line\ttwo\r\nlone\rcr\r\n\r\n".as_slice();
         let whole = canonical_body(&[body]);
         for split in 0..body.len() {
-            assert_eq!(canonical_body(&[&body[..split], &body[split..]]), whole, "split {split}");
+            assert_eq!(
+                canonical_body(&[&body[..split], &body[split..]]),
+                whole,
+                "split {split}"
+            );
         }
         assert_eq!(whole, sha(b"line one\r\n\r\n line two\r\nlone\rcr\r\n"));
     }
 
     #[test]
     fn eight_bit_bytes_are_content() {
-        assert_eq!(canonical_body(&[b"gr\xc3\xbc\xc3\x9fe \xff\r\n"]), sha(b"gr\xc3\xbc\xc3\x9fe \xff\r\n"));
+        assert_eq!(
+            canonical_body(&[b"gr\xc3\xbc\xc3\x9fe \xff\r\n"]),
+            sha(b"gr\xc3\xbc\xc3\x9fe \xff\r\n")
+        );
     }
 
     #[test]
     fn relaxed_header_unfolds_and_collapses() {
         let mut out = Vec::new();
-        relaxed_header(&HeaderField::new("Subject ", &b" \t Hello \r\n\t  from\n atproto  "[..]), &mut out);
+        relaxed_header(
+            &HeaderField::new("Subject ", &b" \t Hello \r\n\t  from\n atproto  "[..]),
+            &mut out,
+        );
         assert_eq!(out, b"subject:Hello from atproto\r\n");
     }
 

@@ -72,7 +72,9 @@ pub fn same_address(a: &str, b: &str) -> bool {
     match (a.rsplit_once('@'), b.rsplit_once('@')) {
         (Some((local_a, domain_a)), Some((local_b, domain_b))) => {
             local_a == local_b
-                && domain_a.trim_end_matches('.').eq_ignore_ascii_case(domain_b.trim_end_matches('.'))
+                && domain_a
+                    .trim_end_matches('.')
+                    .eq_ignore_ascii_case(domain_b.trim_end_matches('.'))
         }
         _ => false,
     }
@@ -94,9 +96,15 @@ mod tests {
     fn from_address_rules() {
         let one = [HeaderField::new("From", " Alice <alice@Example.COM>")];
         assert_eq!(single_from_address(&one).unwrap(), "alice@Example.COM");
-        let folded = [HeaderField::new("From", " \"Alice\"\n\t<alice@example.com>")];
+        let folded = [HeaderField::new(
+            "From",
+            " \"Alice\"\n\t<alice@example.com>",
+        )];
         assert_eq!(single_from_address(&folded).unwrap(), "alice@example.com");
-        let two = [HeaderField::new("From", " a@b.c"), HeaderField::new("FROM", " a@b.c")];
+        let two = [
+            HeaderField::new("From", " a@b.c"),
+            HeaderField::new("FROM", " a@b.c"),
+        ];
         assert!(single_from_address(&two).is_err());
         let list = [HeaderField::new("From", " a@b.c, d@e.f")];
         assert!(single_from_address(&list).is_err());

@@ -106,7 +106,11 @@ pub fn sign_token(
         "c": CANONICALIZATION,
     });
     if !request.rcpt.is_empty() {
-        let rcpt: Vec<String> = request.rcpt.iter().map(|r| r.to_ascii_lowercase()).collect();
+        let rcpt: Vec<String> = request
+            .rcpt
+            .iter()
+            .map(|r| r.to_ascii_lowercase())
+            .collect();
         claims["rcpt"] = json!(rcpt);
     }
     let signing_input = format!(

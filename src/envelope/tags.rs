@@ -30,7 +30,10 @@ fn trim_fws(s: &[u8]) -> &[u8] {
 
 /// Parses a field value (folded with CRLF or bare LF, as a milter receives it).
 pub fn parse(value: &[u8]) -> Result<TagList, TagError> {
-    let unreadable = |reason: &str| TagError { reason: reason.to_string(), d: None };
+    let unreadable = |reason: &str| TagError {
+        reason: reason.to_string(),
+        d: None,
+    };
     let mut v = None;
     let mut d = None;
     let mut t = None;
@@ -78,7 +81,10 @@ pub fn parse(value: &[u8]) -> Result<TagList, TagError> {
             Err(_) => return Err(unreadable("d= tag is not UTF-8")),
         },
     };
-    let fail = |reason: &str| TagError { reason: reason.to_string(), d: Some(d.clone()) };
+    let fail = |reason: &str| TagError {
+        reason: reason.to_string(),
+        d: Some(d.clone()),
+    };
     match v {
         None => return Err(fail("missing v= tag")),
         Some(v) if v.iter().any(|b| is_fws(*b)) => return Err(fail("whitespace inside v= tag")),
@@ -119,7 +125,10 @@ mod tests {
         assert!(parse(b"v=1; d=did:plc: abc; t=x").is_err());
         assert!(parse(b"v= 1 ; d=x; t=x").is_ok());
         assert!(parse(b"v=1 1; d=x; t=x").is_err());
-        assert!(parse(b"V=1; d=x; t=x").is_err(), "tag names are case-sensitive");
+        assert!(
+            parse(b"V=1; d=x; t=x").is_err(),
+            "tag names are case-sensitive"
+        );
         assert!(parse(b"v=1; d=x; t=x; x=unknown").is_ok());
         assert!(parse(b"v=1;; d=x; t=x").is_err());
         assert!(parse(b"").is_err());

@@ -40,9 +40,13 @@ impl Kid {
     pub fn parse(kid: &str) -> Option<Kid> {
         if let Some(rest) = kid.strip_prefix("at://") {
             let (did, path) = rest.split_once('/')?;
-            let fingerprint = path.strip_prefix(DEVICE_CERT_COLLECTION)?.strip_prefix('/')?;
+            let fingerprint = path
+                .strip_prefix(DEVICE_CERT_COLLECTION)?
+                .strip_prefix('/')?;
             let hex = fingerprint.len() == 64
-                && fingerprint.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                && fingerprint
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
             return (syntax::is_valid_did(did) && hex).then(|| Kid::DeviceCertificate {
                 did: did.to_string(),
                 fingerprint: fingerprint.to_string(),
@@ -130,16 +134,21 @@ fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, String> {
     if part.contains('=') {
         return Err(format!("padded base64url in token {what}"));
     }
-    URL_SAFE_NO_PAD.decode(part).map_err(|_| format!("invalid base64url in token {what}"))
+    URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| format!("invalid base64url in token {what}"))
 }
 
 fn decode_object(part: &str, what: &str) -> Result<Vec<(String, Value)>, String> {
     let bytes = decode_part(part, what)?;
-    let Members(members) = serde_json::from_slice(&bytes)
-        .map_err(|_| format!("token {what} is not a JSON object"))?;
+    let Members(members) =
+        serde_json::from_slice(&bytes).map_err(|_| format!("token {what} is not a JSON object"))?;
     for (i, (name, _)) in members.iter().enumerate() {
         if members[..i].iter().any(|(other, _)| other == name) {
-            return Err(format!("repeated member \"{}\" in token {what}", name.escape_default()));
+            return Err(format!(
+                "repeated member \"{}\" in token {what}",
+                name.escape_default()
+            ));
         }
     }
     Ok(members)
@@ -191,14 +200,24 @@ pub fn parse(t: &str, d: &str) -> Result<Token, String> {
     if syntax::supported_did_method(&claims.iss).is_none() {
         return Err("iss is not a did:plc or did:web DID".into());
     }
-    if !claims.h.iter().any(|name| name.eq_ignore_ascii_case("from")) {
+    if !claims
+        .h
+        .iter()
+        .any(|name| name.eq_ignore_ascii_case("from"))
+    {
         return Err("h does not include from".into());
     }
     if claims.jti.chars().count() < MIN_JTI_CHARS {
         return Err("jti shorter than 16 characters".into());
     }
     let signing_input = format!("{header_b64}.{claims_b64}");
-    Ok(Token { alg, kid, claims, signing_input, signature })
+    Ok(Token {
+        alg,
+        kid,
+        claims,
+        signing_input,
+        signature,
+    })
 }
 
 fn read_claims(members: &[(String, Value)]) -> Result<Claims, String> {
@@ -209,7 +228,9 @@ fn read_claims(members: &[(String, Value)]) -> Result<Claims, String> {
     };
     // "integer": a JSON number without fraction or exponent that fits in 64 bits.
     let integer = |name: &str| match member(members, name) {
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| format!("claim {name} is not an integer")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| format!("claim {name} is not an integer")),
         Some(_) => Err(format!("claim {name} is not an integer")),
         None => Err(format!("claim {name} missing")),
     };
@@ -228,7 +249,9 @@ fn read_claims(members: &[(String, Value)]) -> Result<Claims, String> {
     let digest = |name: &str| -> Result<[u8; 32], String> {
         let encoded = string(name)?;
         let bytes = decode_part(&encoded, &format!("claim {name}"))?;
-        bytes.try_into().map_err(|_| format!("claim {name} is not a SHA-256 digest"))
+        bytes
+            .try_into()
+            .map_err(|_| format!("claim {name} is not a SHA-256 digest"))
     };
     let claims = Claims {
         iss: string("iss")?,
@@ -279,10 +302,16 @@ mod tests {
     use super::*;
 
     fn token(header: &str, claims: &str) -> String {
-        format!("{}.{}.{}", b64url(header.as_bytes()), b64url(claims.as_bytes()), b64url(&[1; 64]))
+        format!(
+            "{}.{}.{}",
+            b64url(header.as_bytes()),
+            b64url(claims.as_bytes()),
+            b64url(&[1; 64])
+        )
     }
 
-    const HEADER: &str = r#"{"alg":"ES256K","typ":"atsms+jwt","kid":"did:plc:ofurdhfyhjhgomvfygxergep#atproto"}"#;
+    const HEADER: &str =
+        r#"{"alg":"ES256K","typ":"atsms+jwt","kid":"did:plc:ofurdhfyhjhgomvfygxergep#atproto"}"#;
     const D: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
     fn claims(extra: &str) -> String {
@@ -311,7 +340,10 @@ mod tests {
             token(&HEADER.replace("ES256K", "none"), &claims("")),
             token(&HEADER.replace("atsms+jwt", "ATSMS+JWT"), &claims("")),
             token(&HEADER.replace("}", r#","crit":["x"]}"#), &claims("")),
-            token(HEADER, &claims("").replace("relaxed/relaxed", "simple/simple")),
+            token(
+                HEADER,
+                &claims("").replace("relaxed/relaxed", "simple/simple"),
+            ),
             token(HEADER, &claims("").replace(r#"["from"]"#, r#"["to"]"#)),
             format!("{}=", token(HEADER, &claims(""))),
             "a.b".to_string(),

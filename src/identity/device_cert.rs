@@ -43,7 +43,8 @@ impl DeviceCertificate {
             .subject_public_key
             .as_bytes()
             .ok_or("device certificate key is not a whole number of bytes")?;
-        let key = PublicKey::from_sec1(Alg::Es256, point).map_err(|e| format!("device certificate: {e}"))?;
+        let key = PublicKey::from_sec1(Alg::Es256, point)
+            .map_err(|e| format!("device certificate: {e}"))?;
         let actual = hex(&Sha256::digest(key.uncompressed_point()));
         if actual != fingerprint {
             return Err("device certificate fingerprint does not match kid".into());
@@ -67,7 +68,9 @@ impl DeviceCertificate {
             return Err("device certificate subjectAltName does not name the kid".into());
         }
         let validity = tbs.validity();
-        let seconds = |t: &x509_cert::time::Time| i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX);
+        let seconds = |t: &x509_cert::time::Time| {
+            i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+        };
         Ok(DeviceCertificate {
             key,
             not_before: seconds(&validity.not_before),

@@ -84,12 +84,20 @@ impl DidDocument {
             .iter()
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect();
-        Ok(DidDocument { id: raw.id, also_known_as, verification_methods, services })
+        Ok(DidDocument {
+            id: raw.id,
+            also_known_as,
+            verification_methods,
+            services,
+        })
     }
 
     fn matches_fragment(&self, id: &str, fragment: &str) -> bool {
         id.strip_prefix('#') == Some(fragment)
-            || id.strip_prefix(self.id.as_str()).and_then(|r| r.strip_prefix('#')) == Some(fragment)
+            || id
+                .strip_prefix(self.id.as_str())
+                .and_then(|r| r.strip_prefix('#'))
+                == Some(fragment)
     }
 
     /// The key of `#fragment` (spec 5.1): the first method with that id and this DID as
@@ -106,16 +114,27 @@ impl DidDocument {
             .ok_or_else(|| format!("key #{fragment} has no publicKeyMultibase"))?;
         let decoded = match method.kind.as_str() {
             "Multikey" => PublicKey::from_multikey(multibase),
-            "EcdsaSecp256k1VerificationKey2019" => PublicKey::from_legacy_multibase(Alg::Es256k, multibase),
-            "EcdsaSecp256r1VerificationKey2019" => PublicKey::from_legacy_multibase(Alg::Es256, multibase),
-            other => return Err(format!("key #{fragment} has unsupported type \"{}\"", other.escape_default())),
+            "EcdsaSecp256k1VerificationKey2019" => {
+                PublicKey::from_legacy_multibase(Alg::Es256k, multibase)
+            }
+            "EcdsaSecp256r1VerificationKey2019" => {
+                PublicKey::from_legacy_multibase(Alg::Es256, multibase)
+            }
+            other => {
+                return Err(format!(
+                    "key #{fragment} has unsupported type \"{}\"",
+                    other.escape_default()
+                ));
+            }
         };
         decoded.map_err(|e| format!("key #{fragment}: {e}"))
     }
 
     /// The first service with id `#name` or `<DID>#name`.
     pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.iter().find(|s| self.matches_fragment(&s.id, name))
+        self.services
+            .iter()
+            .find(|s| self.matches_fragment(&s.id, name))
     }
 
     /// The PDS endpoint: `#atproto_pds` of type `AtprotoPersonalDataServer`.
@@ -127,7 +146,8 @@ impl DidDocument {
 
     /// The `#atsms_mail` endpoint (spec section 9).
     pub fn mail_service(&self) -> Option<&str> {
-        self.service("atsms_mail").and_then(|s| s.endpoint.as_deref())
+        self.service("atsms_mail")
+            .and_then(|s| s.endpoint.as_deref())
     }
 
     /// The claimed handle: the first `alsoKnownAs` entry `at://<handle>`, lower-cased
@@ -148,15 +168,25 @@ mod tests {
     const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
     fn doc(methods: &str) -> String {
-        format!(r##"{{"id":"{DID}","alsoKnownAs":["at://Alice.example.com"],"verificationMethod":{methods},"service":[{{"id":"#atproto_pds","type":"AtprotoPersonalDataServer","serviceEndpoint":"https://pds.example"}}]}}"##)
+        format!(
+            r##"{{"id":"{DID}","alsoKnownAs":["at://Alice.example.com"],"verificationMethod":{methods},"service":[{{"id":"#atproto_pds","type":"AtprotoPersonalDataServer","serviceEndpoint":"https://pds.example"}}]}}"##
+        )
     }
 
     #[test]
     fn first_matching_method_decides() {
-        let good = format!(r##"{{"id":"#atproto","type":"Multikey","controller":"{DID}","publicKeyMultibase":"zQ3shQiS1yTKJR5D5YJqFuyhgAYLhbSQXMH2BBwzWaAg21U3X"}}"##);
-        let bad = format!(r##"{{"id":"{DID}#atproto","type":"Multikey","controller":"{DID}","publicKeyMultibase":"zBAD"}}"##);
+        let good = format!(
+            r##"{{"id":"#atproto","type":"Multikey","controller":"{DID}","publicKeyMultibase":"zQ3shQiS1yTKJR5D5YJqFuyhgAYLhbSQXMH2BBwzWaAg21U3X"}}"##
+        );
+        let bad = format!(
+            r##"{{"id":"{DID}#atproto","type":"Multikey","controller":"{DID}","publicKeyMultibase":"zBAD"}}"##
+        );
         let other_controller = r##"{"id":"#atproto","type":"Multikey","controller":"did:plc:aaaaaaaaaaaaaaaaaaaaaaaa","publicKeyMultibase":"zBAD"}"##;
-        let d = DidDocument::parse(doc(&format!("[{other_controller},{good},{bad}]")).as_bytes(), DID).unwrap();
+        let d = DidDocument::parse(
+            doc(&format!("[{other_controller},{good},{bad}]")).as_bytes(),
+            DID,
+        )
+        .unwrap();
         assert_eq!(d.key("atproto").unwrap().alg(), Alg::Es256k);
         let d = DidDocument::parse(doc(&format!("[{bad},{good}]")).as_bytes(), DID).unwrap();
         assert!(d.key("atproto").is_err());
@@ -167,7 +197,9 @@ mod tests {
 
     #[test]
     fn hostile_documents() {
-        assert!(DidDocument::parse(doc("[]").as_bytes(), "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").is_err());
+        assert!(
+            DidDocument::parse(doc("[]").as_bytes(), "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").is_err()
+        );
         assert!(DidDocument::parse(b"[]", DID).is_err());
         assert!(DidDocument::parse(b"\xff\xfe", DID).is_err());
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));

@@ -30,17 +30,26 @@ pub struct IdentityError {
 
 impl IdentityError {
     pub fn permanent(reason: impl Into<String>) -> IdentityError {
-        IdentityError { transient: false, reason: reason.into() }
+        IdentityError {
+            transient: false,
+            reason: reason.into(),
+        }
     }
 
     pub fn transient(reason: impl Into<String>) -> IdentityError {
-        IdentityError { transient: true, reason: reason.into() }
+        IdentityError {
+            transient: true,
+            reason: reason.into(),
+        }
     }
 }
 
 impl From<FetchError> for IdentityError {
     fn from(e: FetchError) -> IdentityError {
-        IdentityError { transient: e.kind == FetchErrorKind::Transient, reason: e.message }
+        IdentityError {
+            transient: e.kind == FetchErrorKind::Transient,
+            reason: e.message,
+        }
     }
 }
 
@@ -119,7 +128,11 @@ impl IdentityResolver {
     pub fn new(resolver: &ResolverConfig, cache: &CacheConfig) -> Result<IdentityResolver, String> {
         Ok(IdentityResolver {
             net: Net::new(resolver)?,
-            plc_urls: resolver.plc_urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
+            plc_urls: resolver
+                .plc_urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .collect(),
             max_document_size: resolver.max_document_size,
             documents: build_cache(cache),
             certificates: build_cache(cache),
@@ -130,7 +143,9 @@ impl IdentityResolver {
     /// The DID document of `did`, from the cache when it holds one. Concurrent lookups of one
     /// DID are merged into one fetch.
     pub async fn resolve_did(&self, did: &str) -> Cached<ResolvedDid> {
-        self.documents.get_with(did.to_string(), self.fetch_did(did)).await
+        self.documents
+            .get_with(did.to_string(), self.fetch_did(did))
+            .await
     }
 
     async fn fetch_did(&self, did: &str) -> Cached<ResolvedDid> {
@@ -142,14 +157,25 @@ impl IdentityResolver {
                 let mut any_transient = false;
                 for plc in &self.plc_urls {
                     let url = format!("{plc}/{did}");
-                    match self.net.get(&url, Origin::Operator, accept, self.max_document_size, 0).await {
-                        Ok(r) if (200..300).contains(&r.status) => return self.document(&r.body, did, url),
+                    match self
+                        .net
+                        .get(&url, Origin::Operator, accept, self.max_document_size, 0)
+                        .await
+                    {
+                        Ok(r) if (200..300).contains(&r.status) => {
+                            return self.document(&r.body, did, url);
+                        }
                         Ok(r) if r.status == 404 || r.status == 410 => {
-                            last = IdentityError::permanent(format!("{did} not found in the PLC directory"));
+                            last = IdentityError::permanent(format!(
+                                "{did} not found in the PLC directory"
+                            ));
                         }
                         Ok(r) => {
                             any_transient = true;
-                            last = IdentityError::transient(format!("PLC directory answered HTTP {}", r.status));
+                            last = IdentityError::transient(format!(
+                                "PLC directory answered HTTP {}",
+                                r.status
+                            ));
                         }
                         Err(e) => {
                             let e = IdentityError::from(e);
@@ -172,18 +198,29 @@ impl IdentityResolver {
                     Some(port) if self.net.allow_private() => {
                         format!("http://{host}:{port}/.well-known/did.json")
                     }
-                    Some(_) => return Err(IdentityError::permanent("did:web with a port (test setups only)")),
+                    Some(_) => {
+                        return Err(IdentityError::permanent(
+                            "did:web with a port (test setups only)",
+                        ));
+                    }
                     None => format!("https://{host}/.well-known/did.json"),
                 };
-                match self.net.get(&url, Origin::Untrusted, accept, self.max_document_size, 0).await {
+                match self
+                    .net
+                    .get(&url, Origin::Untrusted, accept, self.max_document_size, 0)
+                    .await
+                {
                     Ok(r) if (200..300).contains(&r.status) => self.document(&r.body, did, url),
-                    Ok(r) if r.status == 404 || r.status == 410 => {
-                        Err(IdentityError::permanent(format!("{url} answered HTTP {}", r.status)))
-                    }
-                    Ok(r) if (300..400).contains(&r.status) => {
-                        Err(IdentityError::permanent(format!("{url} redirects; redirects are not followed")))
-                    }
-                    Ok(r) => Err(IdentityError::transient(format!("{url} answered HTTP {}", r.status))),
+                    Ok(r) if r.status == 404 || r.status == 410 => Err(IdentityError::permanent(
+                        format!("{url} answered HTTP {}", r.status),
+                    )),
+                    Ok(r) if (300..400).contains(&r.status) => Err(IdentityError::permanent(
+                        format!("{url} redirects; redirects are not followed"),
+                    )),
+                    Ok(r) => Err(IdentityError::transient(format!(
+                        "{url} answered HTTP {}",
+                        r.status
+                    ))),
                     Err(e) => Err(e.into()),
                 }
             }
@@ -200,20 +237,28 @@ impl IdentityResolver {
     pub async fn resolve_key(&self, kid: &Kid, now: i64) -> Result<ResolvedKey, IdentityError> {
         let did = self.resolve_did(kid.did()).await?;
         let key = match kid {
-            Kid::VerificationMethod { fragment, .. } => {
-                did.document.key(fragment).map_err(IdentityError::permanent)?
-            }
+            Kid::VerificationMethod { fragment, .. } => did
+                .document
+                .key(fragment)
+                .map_err(IdentityError::permanent)?,
             Kid::DeviceCertificate { fingerprint, .. } => {
                 let kid_uri = kid.to_string();
                 let cert = self
                     .certificates
-                    .get_with(kid_uri.clone(), self.fetch_device_cert(&did.document, &kid_uri, fingerprint))
+                    .get_with(
+                        kid_uri.clone(),
+                        self.fetch_device_cert(&did.document, &kid_uri, fingerprint),
+                    )
                     .await?;
                 cert.check_validity(now).map_err(IdentityError::permanent)?;
                 cert.key.clone()
             }
         };
-        Ok(ResolvedKey { key, did, stale: false })
+        Ok(ResolvedKey {
+            key,
+            did,
+            stale: false,
+        })
     }
 
     async fn fetch_device_cert(
@@ -234,15 +279,28 @@ impl IdentityResolver {
             .append_pair("rkey", fingerprint);
         let response = self
             .net
-            .get(url.as_str(), Origin::Untrusted, "application/json", self.max_document_size, 0)
+            .get(
+                url.as_str(),
+                Origin::Untrusted,
+                "application/json",
+                self.max_document_size,
+                0,
+            )
             .await?;
         match response.status {
             200..=299 => {}
             400 | 404 | 410 => return Err(IdentityError::permanent("revoked or unknown device")),
             408 | 429 | 500..=599 => {
-                return Err(IdentityError::transient(format!("PDS answered HTTP {}", response.status)));
+                return Err(IdentityError::transient(format!(
+                    "PDS answered HTTP {}",
+                    response.status
+                )));
             }
-            status => return Err(IdentityError::permanent(format!("PDS answered HTTP {status}"))),
+            status => {
+                return Err(IdentityError::permanent(format!(
+                    "PDS answered HTTP {status}"
+                )));
+            }
         }
         let record: serde_json::Value = serde_json::from_slice(&response.body)
             .map_err(|_| IdentityError::permanent("device record is not JSON"))?;
@@ -259,16 +317,23 @@ impl IdentityResolver {
     /// `/.well-known/atproto-did` (atproto handle spec).
     pub async fn resolve_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
         let handle = handle.to_ascii_lowercase();
-        self.handles.get_with(handle.clone(), self.fetch_handle(&handle)).await
+        self.handles
+            .get_with(handle.clone(), self.fetch_handle(&handle))
+            .await
     }
 
     async fn fetch_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
-        if !syntax::is_valid_handle(handle) || !syntax::handle_may_resolve(handle, self.net.allow_private()) {
+        if !syntax::is_valid_handle(handle)
+            || !syntax::handle_may_resolve(handle, self.net.allow_private())
+        {
             return Err(IdentityError::permanent("handle cannot resolve"));
         }
         let dns_error = match self.net.txt(&format!("_atproto.{handle}")).await {
             Ok(records) => {
-                let mut dids: Vec<&str> = records.iter().filter_map(|r| r.strip_prefix("did=")).collect();
+                let mut dids: Vec<&str> = records
+                    .iter()
+                    .filter_map(|r| r.strip_prefix("did="))
+                    .collect();
                 dids.sort_unstable();
                 dids.dedup();
                 match dids.as_slice() {
@@ -282,19 +347,36 @@ impl IdentityResolver {
             Err(e) => e.into(),
         };
         let url = format!("https://{handle}/.well-known/atproto-did");
-        let response = match self.net.get(&url, Origin::Untrusted, "text/plain", MAX_HANDLE_BODY, HANDLE_REDIRECTS).await {
+        let response = match self
+            .net
+            .get(
+                &url,
+                Origin::Untrusted,
+                "text/plain",
+                MAX_HANDLE_BODY,
+                HANDLE_REDIRECTS,
+            )
+            .await
+        {
             Ok(r) => r,
             // Report the DNS failure when it was transient and HTTPS failed too.
-            Err(e) if dns_error.transient => return Err(IdentityError::transient(format!("{dns_error}; {e}"))),
+            Err(e) if dns_error.transient => {
+                return Err(IdentityError::transient(format!("{dns_error}; {e}")));
+            }
             Err(e) => return Err(e.into()),
         };
         if !(200..300).contains(&response.status) {
-            return Err(IdentityError::permanent(format!("{url} answered HTTP {}", response.status)));
+            return Err(IdentityError::permanent(format!(
+                "{url} answered HTTP {}",
+                response.status
+            )));
         }
         let text = String::from_utf8_lossy(&response.body);
         let did = text.lines().next().unwrap_or_default().trim();
         if !syntax::is_valid_did(did) {
-            return Err(IdentityError::permanent(format!("{url} does not hold a DID")));
+            return Err(IdentityError::permanent(format!(
+                "{url} does not hold a DID"
+            )));
         }
         Ok(Arc::new((did.to_string(), HandleSource::Https)))
     }

@@ -40,7 +40,10 @@ pub struct FetchError {
 
 impl FetchError {
     fn new(kind: FetchErrorKind, message: impl Into<String>) -> FetchError {
-        FetchError { kind, message: message.into() }
+        FetchError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -124,7 +127,10 @@ impl Resolve for GuardedResolver {
         Box::pin(async move {
             let ips: Vec<IpAddr> = if host == "localhost" {
                 // RFC 6761 §6.3: localhost is loopback, never asked of DNS.
-                vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]
+                vec![
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ]
             } else {
                 dns.lookup_ip(format!("{host}.")).await?.iter().collect()
             };
@@ -134,7 +140,9 @@ impl Resolve for GuardedResolver {
                 .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             if allowed.is_empty() {
-                return Err(Box::new(AddressRefused(host)) as Box<dyn std::error::Error + Send + Sync>);
+                return Err(
+                    Box::new(AddressRefused(host)) as Box<dyn std::error::Error + Send + Sync>
+                );
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -172,7 +180,12 @@ impl Net {
         let trusted_hosts: HashSet<String> = config
             .plc_urls
             .iter()
-            .filter_map(|u| Url::parse(u).ok()?.host_str().map(|h| h.to_ascii_lowercase()))
+            .filter_map(|u| {
+                Url::parse(u)
+                    .ok()?
+                    .host_str()
+                    .map(|h| h.to_ascii_lowercase())
+            })
             .collect();
         let trusted_hosts = Arc::new(trusted_hosts);
         let resolver = GuardedResolver {
@@ -190,7 +203,12 @@ impl Net {
             .connect_timeout(config.timeout())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Net { http, dns, allow_private: config.allow_private_addresses, trusted_hosts })
+        Ok(Net {
+            http,
+            dns,
+            allow_private: config.allow_private_addresses,
+            trusted_hosts,
+        })
     }
 
     /// Checks a URL before any connection: scheme, and an IP-literal host (which reqwest
@@ -198,7 +216,9 @@ impl Net {
     fn check_url(&self, url: &Url, origin: Origin) -> Result<(), FetchError> {
         let refused = |why: String| Err(FetchError::new(FetchErrorKind::Refused, why));
         let operator = origin == Origin::Operator
-            || url.host_str().is_some_and(|h| self.trusted_hosts.contains(&h.to_ascii_lowercase()));
+            || url
+                .host_str()
+                .is_some_and(|h| self.trusted_hosts.contains(&h.to_ascii_lowercase()));
         match url.scheme() {
             "https" => {}
             "http" if operator || self.allow_private => {}
@@ -256,7 +276,10 @@ impl Net {
                 }
             }
             let body = read_limited(response, max_body, &url).await?;
-            return Ok(HttpResponse { status: status.as_u16(), body });
+            return Ok(HttpResponse {
+                status: status.as_u16(),
+                body,
+            });
         }
     }
 
@@ -277,10 +300,14 @@ impl Net {
                     _ => None,
                 })
                 .collect()),
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
-                Err(FetchError::new(FetchErrorKind::NotFound, format!("no TXT record at {name}")))
-            }
-            Err(e) => Err(FetchError::new(FetchErrorKind::Transient, format!("DNS lookup of {name}: {e}"))),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Err(FetchError::new(
+                FetchErrorKind::NotFound,
+                format!("no TXT record at {name}"),
+            )),
+            Err(e) => Err(FetchError::new(
+                FetchErrorKind::Transient,
+                format!("DNS lookup of {name}: {e}"),
+            )),
         }
     }
 
@@ -294,8 +321,16 @@ async fn read_limited(
     max_body: usize,
     url: &Url,
 ) -> Result<Vec<u8>, FetchError> {
-    let too_large = || FetchError::new(FetchErrorKind::TooLarge, format!("{url}: answer larger than {max_body} bytes"));
-    if response.content_length().is_some_and(|len| len > max_body as u64) {
+    let too_large = || {
+        FetchError::new(
+            FetchErrorKind::TooLarge,
+            format!("{url}: answer larger than {max_body} bytes"),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > max_body as u64)
+    {
         return Err(too_large());
     }
     let mut body = Vec::new();
@@ -322,7 +357,10 @@ fn classify_http_error(url: &Url, error: &reqwest::Error) -> FetchError {
             && (net.is_nx_domain() || net.is_no_records_found())
         {
             let host = url.host_str().unwrap_or_default();
-            return FetchError::new(FetchErrorKind::NotFound, format!("{host} does not exist (NXDOMAIN)"));
+            return FetchError::new(
+                FetchErrorKind::NotFound,
+                format!("{host} does not exist (NXDOMAIN)"),
+            );
         }
         source = e.source();
     }
@@ -333,13 +371,17 @@ fn classify_http_error(url: &Url, error: &reqwest::Error) -> FetchError {
     } else {
         "request failed"
     };
-    FetchError::new(FetchErrorKind::Transient, format!("{}: {what}", url.host_str().unwrap_or_default()))
+    FetchError::new(
+        FetchErrorKind::Transient,
+        format!("{}: {what}", url.host_str().unwrap_or_default()),
+    )
 }
 
 fn build_dns(config: &ResolverConfig) -> Result<TokioResolver, String> {
     let provider = TokioRuntimeProvider::default();
     let mut builder = if config.dns_servers.is_empty() {
-        TokioResolver::builder(provider).map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
+        TokioResolver::builder(provider)
+            .map_err(|e| format!("cannot read the system DNS configuration: {e}"))?
     } else {
         let mut servers = Vec::new();
         for server in &config.dns_servers {
@@ -357,7 +399,9 @@ fn build_dns(config: &ResolverConfig) -> Result<TokioResolver, String> {
     let options = builder.options_mut();
     options.timeout = config.timeout().min(Duration::from_secs(2));
     options.attempts = 2;
-    builder.build().map_err(|e| format!("cannot build the DNS resolver: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the DNS resolver: {e}"))
 }
 
 #[cfg(test)]
@@ -366,7 +410,23 @@ mod tests {
 
     #[test]
     fn public_and_not() {
-        for ip in ["127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.0.1", "172.16.5.4", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "64:ff9b::a00:1", "2002:a00:1::", "2001:db8::1", "ff02::1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "169.254.169.254",
+            "192.168.0.1",
+            "172.16.5.4",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::",
+            "2001:db8::1",
+            "ff02::1",
+        ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {

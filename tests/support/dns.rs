@@ -32,7 +32,9 @@ impl DnsServer {
                 if n == 1 && buf[0] == 0 {
                     break; // shutdown byte from Drop
                 }
-                let Ok(request) = Message::from_vec(&buf[..n]) else { continue };
+                let Ok(request) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
                 let response = answer(&request, &zone);
                 if let Ok(bytes) = response.to_vec() {
                     let _ = server.send_to(&bytes, peer);
@@ -54,7 +56,11 @@ impl Drop for DnsServer {
 }
 
 fn answer(request: &Message, zone: &HashMap<String, Vec<Answer>>) -> Message {
-    let mut response = Message::new(request.metadata.id, MessageType::Response, request.metadata.op_code);
+    let mut response = Message::new(
+        request.metadata.id,
+        MessageType::Response,
+        request.metadata.op_code,
+    );
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.metadata.recursion_available = true;
     response.metadata.authoritative = true;
@@ -63,7 +69,11 @@ fn answer(request: &Message, zone: &HashMap<String, Vec<Answer>>) -> Message {
         return response;
     };
     response.add_query(query.clone());
-    let key = query.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+    let key = query
+        .name
+        .to_ascii()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     let Some(records) = zone.get(&key) else {
         response.metadata.response_code = ResponseCode::NXDomain;
         return response;

@@ -10,14 +10,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// What the server does with a request.
 pub enum Reply {
     /// A complete answer.
-    Body { status: u16, content_type: &'static str, body: Vec<u8> },
+    Body {
+        status: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
     /// Accept the request and never answer.
     Hang,
 }
 
 impl Reply {
     pub fn json(status: u16, body: impl Into<Vec<u8>>) -> Reply {
-        Reply::Body { status, content_type: "application/json", body: body.into() }
+        Reply::Body {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+        }
     }
 }
 
@@ -40,7 +48,11 @@ impl HttpServer {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let log = requests.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
@@ -54,7 +66,12 @@ impl HttpServer {
                 }
             });
         });
-        HttpServer { addr, requests, shutdown: Some(tx), thread: Some(thread) }
+        HttpServer {
+            addr,
+            requests,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -94,7 +111,11 @@ async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, log: Arc<Mut
     log.lock().unwrap().push(target.clone());
     match handler(&target) {
         Reply::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
-        Reply::Body { status, content_type, body } => {
+        Reply::Body {
+            status,
+            content_type,
+            body,
+        } => {
             let head = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()

@@ -10,5 +10,7 @@ use std::path::PathBuf;
 
 /// `../shared/vectors/<sub>`, read in place.
 pub fn shared_vectors(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors").join(sub)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/vectors")
+        .join(sub)
 }

@@ -19,7 +19,10 @@ pub struct VectorWorld {
 
 fn load(name: &str) -> Value {
     let path = shared_vectors("envelope").join(name);
-    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
 }
 
 impl VectorWorld {
@@ -42,14 +45,19 @@ impl VectorWorld {
                 );
                 return match records.get(&uri) {
                     Some(record) => Reply::json(200, record.to_string()),
-                    None => Reply::json(400, r#"{"error":"RecordNotFound","message":"Could not locate record"}"#),
+                    None => Reply::json(
+                        400,
+                        r#"{"error":"RecordNotFound","message":"Could not locate record"}"#,
+                    ),
                 };
             }
             let did = target.trim_start_matches('/');
             match dids.get(did) {
                 Some(Value::Object(_)) => {
                     let pds = url.get().cloned().unwrap_or_default();
-                    let doc = dids[did].to_string().replace("https://pds.example.net", &pds);
+                    let doc = dids[did]
+                        .to_string()
+                        .replace("https://pds.example.net", &pds);
                     Reply::json(200, doc)
                 }
                 _ => Reply::json(404, format!(r#"{{"message":"DID not registered: {did}"}}"#)),
@@ -58,10 +66,18 @@ impl VectorWorld {
         own_url.set(plc.url()).unwrap();
         let mut zone = HashMap::new();
         for (handle, did) in handles.as_object().unwrap() {
-            zone.insert(format!("_atproto.{handle}"), vec![Answer::Txt(format!("did={}", did.as_str().unwrap()))]);
+            zone.insert(
+                format!("_atproto.{handle}"),
+                vec![Answer::Txt(format!("did={}", did.as_str().unwrap()))],
+            );
         }
         let dns = DnsServer::start(zone);
-        VectorWorld { vectors, keys, plc, dns }
+        VectorWorld {
+            vectors,
+            keys,
+            plc,
+            dns,
+        }
     }
 
     pub fn now(&self) -> i64 {

@@ -1,0 +1,349 @@
+//! Hostile and broken input: each case ends in a clear result with a reason, within the
+//! resolver's time limit, without a panic or unbounded memory.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atsms_milter::config::{CacheConfig, ResolverConfig};
+use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::envelope::{AuthResult, sign};
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::message::{ParsedMessage, read_message};
+use atsms_milter::verify::{Context, MAX_SIGNATURES, SignatureVerdict, Verifier};
+use support::dns::{Answer, DnsServer};
+use support::http::{HttpServer, Reply};
+use support::vectors::VectorWorld;
+
+fn verifier(config: &ResolverConfig) -> Verifier {
+    let resolver = IdentityResolver::new(config, &CacheConfig::default()).unwrap();
+    Verifier::new(Arc::new(resolver), config.timeout())
+}
+
+async fn verify(verifier: &Verifier, message: &[u8], now: i64) -> Vec<SignatureVerdict> {
+    let parsed = read_message(message).unwrap();
+    verifier
+        .verify(
+            &parsed.headers,
+            &parsed.body_hash,
+            &Context {
+                now,
+                recipients: &[],
+            },
+        )
+        .await
+        .signatures
+}
+
+fn vector_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(support::shared_vectors("envelope").join(name)).unwrap()
+}
+
+/// The first field of a vector file (the AT-SMS-Signature, folded), and the rest.
+fn split_first_field(message: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut end = 0;
+    loop {
+        let next = end + message[end..].iter().position(|b| *b == b'\n').unwrap() + 1;
+        end = next;
+        if !matches!(message[end], b' ' | b'\t') {
+            return (message[..end].to_vec(), message[end..].to_vec());
+        }
+    }
+}
+
+#[tokio::test]
+async fn ten_thousand_signatures() {
+    let world = VectorWorld::start();
+    let verifier = verifier(&world.resolver_config());
+    let original = vector_bytes("k256-multikey-pass.eml");
+    let (field, rest) = split_first_field(&original);
+    let mut message = field.repeat(10_000);
+    message.extend_from_slice(&rest);
+    let started = Instant::now();
+    let verdicts = verify(&verifier, &message, world.now()).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(verdicts.len(), 10_000);
+    assert!(
+        verdicts[..MAX_SIGNATURES]
+            .iter()
+            .all(|v| v.result == AuthResult::Pass)
+    );
+    assert!(
+        verdicts[MAX_SIGNATURES..]
+            .iter()
+            .all(|v| v.result == AuthResult::Permerror
+                && v.reason.as_deref().unwrap().contains("not verified")
+                && v.did.as_deref() == Some("did:plc:ofurdhfyhjhgomvfygxergep"))
+    );
+    assert_eq!(world.plc.request_count(), 1, "one DID fetched once");
+}
+
+#[tokio::test]
+async fn gigantic_unsigned_header_field_and_body() {
+    let world = VectorWorld::start();
+    let verifier = verifier(&world.resolver_config());
+    let original = vector_bytes("k256-multikey-pass.eml");
+    let (field, rest) = split_first_field(&original);
+    let mut message = field;
+    message.extend_from_slice(b"X-Huge: ");
+    for _ in 0..100_000 {
+        message.extend_from_slice(b"0123456789012345678901234567890123456789\r\n\t");
+    }
+    message.extend_from_slice(b"end\r\n");
+    message.extend_from_slice(&rest);
+    let verdicts = verify(&verifier, &message, world.now()).await;
+    assert_eq!(
+        verdicts[0].result,
+        AuthResult::Pass,
+        "{:?}",
+        verdicts[0].reason
+    );
+    // Over the header section limit: a clear error, not unbounded memory.
+    let mut over = b"X-Huge: ".to_vec();
+    over.resize(17 * 1024 * 1024, b'x');
+    let err = read_message(&over[..]).unwrap_err();
+    assert!(
+        err.to_string().contains("header section larger than"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn truncated_and_mangled_tokens_are_permerror() {
+    let world = VectorWorld::start();
+    let verifier = verifier(&world.resolver_config());
+    let original = String::from_utf8(vector_bytes("k256-multikey-pass.eml")).unwrap();
+    let (field, rest) = split_first_field(original.as_bytes());
+    let field = String::from_utf8(field).unwrap();
+    let start = field.find("t=").unwrap() + 2;
+    let token: String = field[start..]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let rest = String::from_utf8(rest).unwrap();
+    let prefix = &field[..start];
+    let claims_end = token.rfind('.').unwrap();
+    // Cuts inside the header and claims parts: the token cannot be read.
+    for cut in (0..claims_end).step_by(7) {
+        let message = format!("{prefix}{}\r\n{rest}", &token[..cut]);
+        let v = verify(&verifier, message.as_bytes(), world.now()).await;
+        assert_eq!(
+            v[0].result,
+            AuthResult::Permerror,
+            "cut at {cut}: {:?}",
+            v[0].reason
+        );
+        assert!(v[0].reason.is_some());
+    }
+    // A signature cut to 63 bytes (84 base64url characters) is readable but does not verify.
+    let signature_start = claims_end + 1;
+    assert_eq!(token.len() - signature_start, 86);
+    let message = format!("{prefix}{}\r\n{rest}", &token[..signature_start + 84]);
+    let v = verify(&verifier, message.as_bytes(), world.now()).await;
+    assert_eq!(v[0].result, AuthResult::Fail);
+    assert!(v[0].reason.as_deref().unwrap().contains("not 64 bytes"));
+    for mangled in [
+        token.replace('e', "*"),
+        format!("{token}=="),
+        format!("{token}.x"),
+        token.replacen('.', "", 1),
+    ] {
+        let message = format!("{prefix}{mangled}\r\n{rest}");
+        let v = verify(&verifier, message.as_bytes(), world.now()).await;
+        assert_eq!(v[0].result, AuthResult::Permerror, "{mangled}");
+    }
+}
+
+/// A message signed by a freshly made key for `did` (its DID document served by the test).
+fn signed_message(key: &SigningKey, kid: &str, now: i64) -> Vec<u8> {
+    let body = b"From: someone@example.com\r\nSubject: hostile\r\n\r\nhello\r\n";
+    let parsed: ParsedMessage = read_message(&body[..]).unwrap();
+    let request = sign::SignRequest {
+        key,
+        kid,
+        now,
+        ttl: 3600,
+        rcpt: &[],
+        jti: sign::random_jti(),
+    };
+    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+    let did = kid
+        .split('#')
+        .next()
+        .unwrap()
+        .trim_start_matches("at://")
+        .split('/')
+        .next()
+        .unwrap();
+    let mut out = sign::format_field(did, &token, "\r\n").into_bytes();
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+fn document(did: &str, key: &SigningKey, pds: &str) -> String {
+    serde_json::json!({
+        "id": did,
+        "alsoKnownAs": [],
+        "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": did, "publicKeyMultibase": key.public_key().to_multikey()}],
+        "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": pds}],
+    })
+    .to_string()
+}
+
+const NOW: i64 = 1_795_000_000;
+
+#[tokio::test]
+async fn ten_megabyte_did_document_is_refused() {
+    let did = "did:plc:ofurdhfyhjhgomvfygxergep";
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let padding = "x".repeat(10 * 1024 * 1024);
+    let big = document(did, &key, "https://pds.example.net").replace(
+        "\"alsoKnownAs\":[]",
+        &format!("\"alsoKnownAs\":[\"{padding}\"]"),
+    );
+    let plc = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, big.clone())));
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url()],
+        ..Default::default()
+    };
+    let v = verify(
+        &verifier(&config),
+        &signed_message(&key, &format!("{did}#atproto"), NOW),
+        NOW,
+    )
+    .await;
+    assert_eq!(v[0].result, AuthResult::Permerror);
+    assert!(
+        v[0].reason
+            .as_deref()
+            .unwrap()
+            .contains("larger than 65536"),
+        "{:?}",
+        v[0].reason
+    );
+}
+
+#[tokio::test]
+async fn document_for_another_did_is_refused() {
+    let did = "did:plc:ofurdhfyhjhgomvfygxergep";
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let other = document(
+        "did:plc:hxdv4c2etoo2mbhg4alzhnno",
+        &key,
+        "https://pds.example.net",
+    );
+    let plc = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, other.clone())));
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url()],
+        ..Default::default()
+    };
+    let v = verify(
+        &verifier(&config),
+        &signed_message(&key, &format!("{did}#atproto"), NOW),
+        NOW,
+    )
+    .await;
+    assert_eq!(v[0].result, AuthResult::Permerror);
+    assert!(v[0].reason.as_deref().unwrap().contains("another DID"));
+}
+
+/// did:web names a host the attacker chooses; here its DNS points at this very machine.
+#[tokio::test]
+async fn did_web_host_resolving_to_loopback_is_refused_unless_allowed() {
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    for (name, ip) in [
+        ("loop.example.com", Ipv4Addr::LOCALHOST),
+        ("meta.example.com", Ipv4Addr::new(169, 254, 169, 254)),
+        ("ten.example.com", Ipv4Addr::new(10, 0, 0, 1)),
+    ] {
+        let did = format!("did:web:{name}");
+        let dns = DnsServer::start(HashMap::from([(name.to_string(), vec![Answer::A(ip)])]));
+        let config = ResolverConfig {
+            dns_servers: vec![dns.server_arg()],
+            timeout: 2,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let v = verify(
+            &verifier(&config),
+            &signed_message(&key, &format!("{did}#atproto"), NOW),
+            NOW,
+        )
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(
+            v[0].result,
+            AuthResult::Permerror,
+            "{name}: {:?}",
+            v[0].reason
+        );
+        assert!(
+            v[0].reason.as_deref().unwrap().contains("non-public"),
+            "{name}: {:?}",
+            v[0].reason
+        );
+    }
+}
+
+#[tokio::test]
+async fn did_web_on_localhost_with_a_port_passes_in_test_setups_only() {
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let slot: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
+    let served = slot.clone();
+    let key_for_server = key.clone();
+    let web = HttpServer::start(Arc::new(move |target: &str| {
+        assert_eq!(target, "/.well-known/did.json");
+        Reply::json(
+            200,
+            document(
+                served.get().unwrap(),
+                &key_for_server,
+                "https://pds.example.net",
+            ),
+        )
+    }));
+    let did = format!("did:web:localhost%3A{}", web.addr.port());
+    slot.set(did.clone()).unwrap();
+    let message = signed_message(&key, &format!("{did}#atproto"), NOW);
+    let allowed = ResolverConfig {
+        allow_private_addresses: true,
+        ..Default::default()
+    };
+    let v = verify(&verifier(&allowed), &message, NOW).await;
+    assert_eq!(v[0].result, AuthResult::Pass, "{:?}", v[0].reason);
+    assert_eq!(v[0].aligned, Some(false));
+    let v = verify(&verifier(&ResolverConfig::default()), &message, NOW).await;
+    assert_eq!(v[0].result, AuthResult::Permerror);
+    assert_eq!(
+        web.request_count(),
+        1,
+        "without the flag nothing is fetched"
+    );
+}
+
+#[tokio::test]
+async fn pds_at_a_link_local_address_is_not_contacted() {
+    let did = "did:plc:hxdv4c2etoo2mbhg4alzhnno";
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let doc = document(did, &key, "https://169.254.169.254");
+    let plc = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, doc.clone())));
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url()],
+        ..Default::default()
+    };
+    let kid = format!("at://{did}/at.atsms.x509/{}", "ab".repeat(32));
+    let v = verify(&verifier(&config), &signed_message(&key, &kid, NOW), NOW).await;
+    assert_eq!(v[0].result, AuthResult::Permerror);
+    assert!(
+        v[0].reason
+            .as_deref()
+            .unwrap()
+            .contains("non-public address 169.254.169.254"),
+        "{:?}",
+        v[0].reason
+    );
+}
