@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth_results;
-use crate::config::{CacheConfig, ResolverConfig};
+use crate::config::{CacheConfig, Config, DEFAULT_CONFIG_PATH, ResolverConfig};
 use crate::crypto::{Alg, SigningKey};
 use crate::envelope::{AuthResult, sign};
 use crate::identity::{IdentityResolver, net};
@@ -43,6 +43,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the daemon: the milter (and LMTP when configured).
+    Serve(ServeArgs),
+    /// Print the effective configuration (defaults filled in); exit 1 naming the error.
+    CheckConfig(ConfigArgs),
     /// Verify a saved message and print the Authentication-Results field it would get.
     Verify(VerifyArgs),
     /// Add an AT-SMS-Signature field to a message.
@@ -51,6 +55,36 @@ enum Command {
     Keygen(KeygenArgs),
     /// Resolve a DID or handle and check it in both directions.
     Resolve(ResolveArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConfigArgs {
+    /// The configuration file (default: /etc/atsms-milter/atsms-milter.toml when it exists,
+    /// else built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, String> {
+        match &self.config {
+            Some(path) => Config::load(path).map_err(|e| e.to_string()),
+            None => {
+                let default = std::path::Path::new(DEFAULT_CONFIG_PATH);
+                if default.exists() {
+                    Config::load(default).map_err(|e| e.to_string())
+                } else {
+                    Ok(Config::default())
+                }
+            }
+        }
+    }
 }
 
 /// How identities are looked up (shared by `verify` and `resolve`).
@@ -200,10 +234,46 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => check_config(args),
         Command::Verify(args) => verify(args),
         Command::Sign(args) => sign(args),
         Command::Keygen(args) => keygen(args),
         Command::Resolve(args) => resolve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.config.load() {
+        Ok(config) => config,
+        Err(e) => return fail(exit::NO_PASS, e),
+    };
+    crate::daemon::init_logging(&config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    let Ok(runtime) = runtime else {
+        return fail(exit::SOFTWARE, "cannot start the async runtime");
+    };
+    match runtime.block_on(crate::daemon::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            fail(exit::NO_PASS, e)
+        }
+    }
+}
+
+fn check_config(args: ConfigArgs) -> ExitCode {
+    match args.load() {
+        Ok(config) => match toml::to_string(&config.effective()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(exit::SOFTWARE, e),
+        },
+        Err(e) => fail(exit::NO_PASS, e),
     }
 }
 

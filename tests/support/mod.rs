@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod milter;
 pub mod vectors;
 
 use std::path::PathBuf;

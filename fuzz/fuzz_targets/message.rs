@@ -1,0 +1,18 @@
+//! A whole message: header section split, relaxed canonicalization of every field and the
+//! body, From parsing and Authentication-Results recognition.
+#![no_main]
+
+use atsms_milter::auth_results;
+use atsms_milter::envelope::{self, canon};
+use atsms_milter::message::read_message;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(message) = read_message(data) else { return };
+    let names: Vec<String> = message.headers.iter().map(|f| f.name.clone()).collect();
+    let _ = canon::header_hash(&names, &message.headers);
+    let _ = envelope::single_from_address(&message.headers);
+    for field in &message.headers {
+        let _ = auth_results::authserv_id(&field.value);
+    }
+});

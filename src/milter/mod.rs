@@ -1,0 +1,366 @@
+//! Milter mode: thin indymilter callbacks over a per-connection `Connection`. Every error is
+//! logged with the queue id and becomes a tempfail: never a panic, never a silent accept.
+
+use std::ffi::{CStr, CString};
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, NegotiateContext,
+    ProtoOpts, SetErrorReply, SocketInfo, Status,
+};
+use tracing::{debug, error, info, warn};
+
+use crate::auth_results;
+use crate::config::Action;
+use crate::policy;
+use crate::session::{MessageSession, Settings};
+use crate::socket::BoundListener;
+
+/// How often to tell the MTA we are still working while identities resolve (SMFIR_PROGRESS),
+/// well inside Postfix's `milter_content_timeout` (300 s).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The settings in force; replaced on reload, read once per connection.
+pub type SharedSettings = Arc<RwLock<Arc<Settings>>>;
+
+/// Per-connection state.
+pub struct Connection {
+    settings: Arc<Settings>,
+    skip_negotiated: bool,
+    message: Option<MessageSession>,
+    recipients: Vec<String>,
+}
+
+fn queue_id(macros: &indymilter::Macros) -> String {
+    macros
+        .get(c"i")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("NOQUEUE")
+        .to_string()
+}
+
+fn lossy(s: &CStr) -> String {
+    String::from_utf8_lossy(s.to_bytes()).into_owned()
+}
+
+pub fn callbacks(shared: SharedSettings) -> Callbacks<Connection> {
+    Callbacks::new()
+        .on_negotiate(move |cx, actions, opts| {
+            let settings = shared.read().map(|s| s.clone()).ok();
+            Box::pin(async move {
+                match settings {
+                    Some(settings) => handle_negotiate(cx, settings, actions, opts),
+                    None => {
+                        error!("settings lock poisoned; refusing connection");
+                        Status::Reject
+                    }
+                }
+            })
+        })
+        .on_connect(|cx, _hostname, socket| Box::pin(async move { handle_connect(cx, socket) }))
+        .on_mail(|cx, _args| Box::pin(async move { handle_mail(cx) }))
+        .on_rcpt(|cx, args| Box::pin(async move { handle_rcpt(cx, args) }))
+        .on_header(|cx, name, value| Box::pin(async move { handle_header(cx, name, value) }))
+        .on_body(|cx, chunk| Box::pin(async move { handle_body(cx, chunk) }))
+        .on_eom(|cx| Box::pin(handle_eom(cx)))
+        .on_abort(|cx| Box::pin(async move { handle_abort(cx) }))
+}
+
+/// The actions this configuration may take: add and delete header fields always, quarantine
+/// only if some result is configured to quarantine.
+fn needed_actions(settings: &Settings) -> Actions {
+    let p = &settings.policy;
+    let quarantine = [
+        p.on_pass,
+        p.on_fail,
+        p.on_permerror,
+        p.on_temperror,
+        p.on_policy,
+        p.on_none,
+        p.on_unaligned,
+    ]
+    .contains(&Action::Quarantine);
+    let mut actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
+    if quarantine {
+        actions |= Actions::QUARANTINE;
+    }
+    actions
+}
+
+fn handle_negotiate(
+    cx: &mut NegotiateContext<Connection>,
+    settings: Arc<Settings>,
+    mta_actions: Actions,
+    mta_opts: ProtoOpts,
+) -> Status {
+    let needed = needed_actions(&settings);
+    if !mta_actions.contains(needed) {
+        error!(
+            "MTA does not offer the actions needed ({needed:?}, offered {mta_actions:?}); refusing connection"
+        );
+        return Status::Reject;
+    }
+    // Header values must arrive exactly as sent (leading space included): the header hash
+    // covers them (RFC 6376 §3.4.2 needs the raw value).
+    if !mta_opts.contains(ProtoOpts::LEADING_SPACE) {
+        error!("MTA does not offer SMFIP_HDR_LEADSPC; refusing connection");
+        return Status::Reject;
+    }
+    cx.requested_actions = needed;
+    cx.requested_opts |=
+        ProtoOpts::LEADING_SPACE | ProtoOpts::NO_HELO | ProtoOpts::NO_UNKNOWN | ProtoOpts::NO_DATA;
+    let skip_negotiated = mta_opts.contains(ProtoOpts::SKIP);
+    if skip_negotiated {
+        cx.requested_opts |= ProtoOpts::SKIP;
+    }
+    let macro_list = |names: &str| CString::new(names).expect("no NUL in macro names");
+    cx.requested_macros
+        .insert(MacroStage::Mail, macro_list("{auth_authen} i"));
+    cx.requested_macros
+        .insert(MacroStage::Rcpt, macro_list("i"));
+    cx.requested_macros.insert(MacroStage::Eom, macro_list("i"));
+    cx.data = Some(Connection {
+        settings,
+        skip_negotiated,
+        message: None,
+        recipients: Vec::new(),
+    });
+    Status::Continue
+}
+
+fn handle_connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
+    let Some(conn) = cx.data.as_ref() else {
+        error!("connection state missing at connect");
+        return Status::Tempfail;
+    };
+    if let SocketInfo::Inet(addr) = socket
+        && policy::is_trusted(addr.ip(), &conn.settings.trusted_networks)
+    {
+        debug!("client {} is in trusted_networks; not judged", addr.ip());
+        return Status::Accept;
+    }
+    Status::Continue
+}
+
+fn handle_mail(cx: &mut Context<Connection>) -> Status {
+    let authenticated = cx
+        .macros
+        .get(c"{auth_authen}")
+        .is_some_and(|v| !v.is_empty());
+    let Some(conn) = cx.data.as_mut() else {
+        error!("connection state missing at MAIL");
+        return Status::Tempfail;
+    };
+    conn.message = None;
+    conn.recipients.clear();
+    if authenticated && conn.settings.policy.skip_authenticated {
+        debug!(
+            "{}: SMTP-authenticated sender; not judged",
+            queue_id(&cx.macros)
+        );
+        return Status::Accept;
+    }
+    conn.message = Some(MessageSession::new());
+    Status::Continue
+}
+
+fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
+    let Some(conn) = cx.data.as_mut() else {
+        error!("connection state missing at RCPT");
+        return Status::Tempfail;
+    };
+    if let Some(rcpt) = args.first() {
+        let rcpt = lossy(rcpt);
+        conn.recipients.push(
+            rcpt.trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_ascii_lowercase(),
+        );
+    }
+    Status::Continue
+}
+
+fn handle_header(cx: &mut Context<Connection>, name: CString, value: CString) -> Status {
+    let id = queue_id(&cx.macros);
+    let Some(conn) = cx.data.as_mut() else {
+        error!("{id}: connection state missing at header");
+        return Status::Tempfail;
+    };
+    let Some(message) = conn.message.as_mut() else {
+        error!("{id}: header outside a message");
+        return Status::Tempfail;
+    };
+    message.header(&lossy(&name), value.as_bytes(), &conn.settings.authserv_id);
+    Status::Continue
+}
+
+fn handle_body(cx: &mut Context<Connection>, chunk: Bytes) -> Status {
+    let id = queue_id(&cx.macros);
+    let Some(conn) = cx.data.as_mut() else {
+        error!("{id}: connection state missing at body");
+        return Status::Tempfail;
+    };
+    let Some(message) = conn.message.as_mut() else {
+        error!("{id}: body outside a message");
+        return Status::Tempfail;
+    };
+    if !message.wants_body() && conn.skip_negotiated {
+        return Status::Skip;
+    }
+    message.body(&chunk);
+    Status::Continue
+}
+
+fn handle_abort(cx: &mut Context<Connection>) -> Status {
+    if let Some(conn) = cx.data.as_mut() {
+        conn.message = None;
+        conn.recipients.clear();
+    }
+    Status::Continue
+}
+
+async fn handle_eom(cx: &mut EomContext<Connection>) -> Status {
+    let id = queue_id(&cx.macros);
+    match eom(cx, &id).await {
+        Ok(status) => status,
+        Err(e) => {
+            error!("{id}: {e}; temporary failure");
+            let _ = cx.reply.set_error_reply(
+                "451",
+                Some("4.7.1"),
+                ["AT-SMS verification failed temporarily"],
+            );
+            Status::Tempfail
+        }
+    }
+}
+
+async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String> {
+    let conn = cx
+        .data
+        .as_mut()
+        .ok_or("connection state missing at end of message")?;
+    let mut message = conn
+        .message
+        .take()
+        .ok_or("end of message outside a message")?;
+    let settings = conn.settings.clone();
+    let recipients = std::mem::take(&mut conn.recipients);
+
+    // Keep the MTA informed while identities resolve.
+    let outcome = {
+        let finish = message.finish(&settings, settings.now(), &recipients);
+        tokio::pin!(finish);
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + PROGRESS_INTERVAL,
+            PROGRESS_INTERVAL,
+        );
+        loop {
+            tokio::select! {
+                outcome = &mut finish => break outcome,
+                _ = ticker.tick() => {
+                    if let Err(e) = cx.actions.progress().await {
+                        warn!("{id}: cannot send progress: {e}");
+                    }
+                }
+            }
+        }
+    };
+    let dry_run = settings.policy.dry_run;
+    info!("{}", outcome.log_line(id, dry_run));
+    if dry_run {
+        return Ok(Status::Accept);
+    }
+
+    match outcome.decision.action {
+        Action::Reject => {
+            let text = format!("AT-SMS signature {}", outcome.decision.result);
+            let text = if outcome.decision.unaligned {
+                "AT-SMS signer is not aligned with From".to_string()
+            } else {
+                text
+            };
+            cx.reply
+                .set_error_reply("550", Some("5.7.1"), [text])
+                .map_err(|e| e.to_string())?;
+            return Ok(Status::Reject);
+        }
+        Action::Tempfail => {
+            let text = format!(
+                "AT-SMS signature {}, try again later",
+                outcome.decision.result
+            );
+            cx.reply
+                .set_error_reply("451", Some("4.7.1"), [text])
+                .map_err(|e| e.to_string())?;
+            return Ok(Status::Tempfail);
+        }
+        Action::Discard => return Ok(Status::Discard),
+        Action::Accept | Action::Junk | Action::Quarantine => {}
+    }
+
+    // RFC 8601 §5: remove fields claiming our authserv-id, last first so indices hold.
+    for index in message.forged_indices() {
+        cx.actions
+            .change_header(auth_results::FIELD_NAME, index, None::<CString>)
+            .await
+            .map_err(|e| format!("cannot delete Authentication-Results #{index}: {e}"))?;
+    }
+    cx.actions
+        .insert_header(0, auth_results::FIELD_NAME, outcome.header_value.as_str())
+        .await
+        .map_err(|e| format!("cannot add Authentication-Results: {e}"))?;
+    if outcome.decision.action == Action::Quarantine {
+        let reason = format!("AT-SMS {}", outcome.decision.result);
+        cx.actions
+            .quarantine(reason)
+            .await
+            .map_err(|e| format!("cannot quarantine: {e}"))?;
+    }
+    Ok(Status::Continue)
+}
+
+/// Serves the milter protocol on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: BoundListener,
+    shared: SharedSettings,
+    max_connections: usize,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let config = indymilter::Config {
+        max_connections,
+        // Idle connections are closed after this (libmilter's default is 7210 s).
+        connection_timeout: Duration::from_secs(7210),
+        ..Default::default()
+    };
+    info!("milter listening on {}", listener.describe());
+    let callbacks = callbacks(shared);
+    match listener {
+        BoundListener::Tcp(l) => indymilter::run(NoDelay(l), callbacks, config, shutdown).await,
+        BoundListener::Unix(l, _file) => indymilter::run(l, callbacks, config, shutdown).await,
+    }
+}
+
+/// A TCP listener whose connections have Nagle's algorithm off: a milter reply is one small
+/// packet the MTA waits for, and delaying it for a delayed ACK costs 40 ms per reply.
+struct NoDelay(tokio::net::TcpListener);
+
+impl indymilter::Listener for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map(|r| {
+            r.map(|(stream, _)| {
+                let _ = stream.set_nodelay(true);
+                stream
+            })
+        })
+    }
+}

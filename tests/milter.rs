@@ -1,0 +1,328 @@
+//! Milter protocol details, driven in-process by indymilter-test as the MTA.
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use atsms_milter::config::{Action, PolicyConfig};
+use indymilter_test::{EomAction, MacroStage, ProtoOpts, Status, TestConnection};
+use support::http::{HttpServer, Reply};
+use support::milter::{RunningMilter, split_message};
+use support::vectors::VectorWorld;
+
+const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 25)), 40000);
+
+fn policy() -> PolicyConfig {
+    PolicyConfig {
+        authserv_id: Some("mx.test".into()),
+        trusted_networks: vec![],
+        ..Default::default()
+    }
+}
+
+fn vector(name: &str) -> Vec<u8> {
+    std::fs::read(support::shared_vectors("envelope").join(name)).unwrap()
+}
+
+/// Sends one message on `conn` as Postfix would, returning the end-of-message result.
+async fn send(
+    conn: &mut TestConnection,
+    raw: &[u8],
+    extra_headers: &[(&str, &str)],
+) -> (Vec<EomAction>, Status) {
+    conn.macros(MacroStage::Mail, [("i", "4ABCDEF")])
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.mail(["<alice@alice.example.com>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<bob@mx.example.net>"]).await.unwrap(),
+        Status::Continue
+    );
+    let (fields, body) = split_message(raw);
+    for (name, value) in extra_headers {
+        conn.header(*name, *value).await.unwrap();
+    }
+    for (name, value) in fields {
+        conn.header(name.as_str(), value.as_str()).await.unwrap();
+    }
+    let status = conn.body(body).await.unwrap();
+    assert!(
+        matches!(status, Status::Continue | Status::Skip),
+        "{status:?}"
+    );
+    conn.macros(MacroStage::Eom, [("i", "4ABCDEF")])
+        .await
+        .unwrap();
+    let (actions, status) = conn.eom().await.unwrap();
+    (actions.actions, status)
+}
+
+async fn open(milter: &RunningMilter) -> TestConnection {
+    let mut conn = TestConnection::configure()
+        .open_tcp(milter.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.connect("client.example", CLIENT).await.unwrap(),
+        Status::Continue
+    );
+    conn
+}
+
+fn inserted_header(actions: &[EomAction]) -> String {
+    let inserted: Vec<String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::InsertHeader {
+                index: 0,
+                name,
+                value,
+            } if name.as_bytes() == b"Authentication-Results" => {
+                Some(value.to_str().unwrap().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(inserted.len(), 1, "{actions:?}");
+    inserted[0].clone()
+}
+
+#[tokio::test]
+async fn pass_adds_authentication_results_at_the_top() {
+    let world = VectorWorld::start();
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let mut conn = open(&milter).await;
+    let (actions, status) = send(&mut conn, &vector("k256-multikey-pass.eml"), &[]).await;
+    assert_eq!(status, Status::Continue);
+    let value = inserted_header(&actions);
+    assert!(
+        value.starts_with(" mx.test;\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""),
+        "{value:?}"
+    );
+    assert!(value.contains("header.handle=alice.example.com"), "{value}");
+    assert!(value.contains("policy.aligned=yes"), "{value}");
+    // The negotiated session: exact leading space, only the actions used.
+    assert!(conn.negotiated_opts().contains(ProtoOpts::LEADING_SPACE));
+    conn.close().await.unwrap();
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn forged_authentication_results_are_removed_last_first() {
+    let world = VectorWorld::start();
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let mut conn = open(&milter).await;
+    let forged = [
+        (
+            "Authentication-Results",
+            " mx.test; atsms=pass header.d=\"did:plc:forged\"",
+        ),
+        (
+            "Authentication-Results",
+            " other.example; spf=pass smtp.mailfrom=example.com",
+        ),
+        ("Authentication-Results", " MX.TEST (spoof); dkim=pass"),
+        ("Authentication-Results", " ;;;"),
+    ];
+    let (actions, _) = send(&mut conn, &vector("p256-multikey-pass.eml"), &forged).await;
+    let deleted: Vec<i32> = actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::DeleteHeader { name, index }
+                if name.as_bytes() == b"Authentication-Results" =>
+            {
+                Some(*index)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![4, 3, 1],
+        "ours and unreadable ones, in reverse order; other.example stays"
+    );
+    assert!(inserted_header(&actions).contains("atsms=pass"));
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn forged_message_is_rejected_or_tagged_by_policy() {
+    let world = VectorWorld::start();
+    let reject = PolicyConfig {
+        on_fail: Action::Reject,
+        ..policy()
+    };
+    let milter = RunningMilter::start(world.resolver_config(), reject, world.now()).await;
+    let mut conn = open(&milter).await;
+    let (_, status) = send(&mut conn, &vector("body-tampered-fail.eml"), &[]).await;
+    match status {
+        Status::Reject { message: Some(m) } => {
+            let m = m.to_str().unwrap();
+            assert!(m.starts_with("550 5.7.1 "), "{m}");
+            assert!(m.contains("fail"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The next message on the same connection is judged afresh.
+    let (actions, status) = send(&mut conn, &vector("k256-multikey-pass.eml"), &[]).await;
+    assert_eq!(status, Status::Continue);
+    assert!(inserted_header(&actions).contains("atsms=pass"));
+    milter.stop().await;
+
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let mut conn = open(&milter).await;
+    let (actions, status) = send(&mut conn, &vector("body-tampered-fail.eml"), &[]).await;
+    assert_eq!(status, Status::Continue);
+    let value = inserted_header(&actions);
+    assert!(
+        value.contains("atsms=fail reason=\"body hash mismatch\""),
+        "{value}"
+    );
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn unsigned_mail_gets_none_and_its_body_is_skipped() {
+    let world = VectorWorld::start();
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let mut conn = open(&milter).await;
+    conn.macros(MacroStage::Mail, [("i", "4UNSIGNED")])
+        .await
+        .unwrap();
+    conn.mail(["<a@example.com>"]).await.unwrap();
+    conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
+    let (fields, body) = split_message(&vector("no-signature-none.eml"));
+    for (name, value) in fields {
+        conn.header(name.as_str(), value.as_str()).await.unwrap();
+    }
+    assert_eq!(conn.body(body).await.unwrap(), Status::Skip);
+    let (actions, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    assert_eq!(inserted_header(&actions.actions), " mx.test; atsms=none");
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn dead_plc_directory_is_a_tempfail() {
+    let world = VectorWorld::start();
+    let dead = HttpServer::start(Arc::new(|_: &str| Reply::json(503, "{}")));
+    let mut resolver = world.resolver_config();
+    resolver.plc_urls = vec![dead.url()];
+    let milter = RunningMilter::start(resolver, policy(), world.now()).await;
+    let mut conn = open(&milter).await;
+    let (_, status) = send(&mut conn, &vector("k256-multikey-pass.eml"), &[]).await;
+    match status {
+        Status::Tempfail { message: Some(m) } => {
+            assert!(m.to_str().unwrap().starts_with("451 4.7.1 "), "{m:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn trusted_networks_and_authenticated_senders_are_not_judged() {
+    let world = VectorWorld::start();
+    let trusting = PolicyConfig {
+        trusted_networks: vec!["192.0.2.0/24".into()],
+        ..policy()
+    };
+    let milter = RunningMilter::start(world.resolver_config(), trusting, world.now()).await;
+    let mut conn = TestConnection::open(milter.addr).await.unwrap();
+    assert_eq!(
+        conn.connect("client.example", CLIENT).await.unwrap(),
+        Status::Accept
+    );
+    milter.stop().await;
+
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let mut conn = open(&milter).await;
+    conn.macros(MacroStage::Mail, [("{auth_authen}", "alice")])
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.mail(["<alice@alice.example.com>"]).await.unwrap(),
+        Status::Accept
+    );
+    // A later unauthenticated message on the same connection is judged again.
+    conn.macros(MacroStage::Mail, [("{auth_authen}", "")])
+        .await
+        .unwrap();
+    let (actions, _) = send(&mut conn, &vector("no-signature-none.eml"), &[]).await;
+    assert_eq!(inserted_header(&actions), " mx.test; atsms=none");
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn quarantine_dry_run_and_discard() {
+    let world = VectorWorld::start();
+    let quarantine = PolicyConfig {
+        on_fail: Action::Quarantine,
+        ..policy()
+    };
+    let milter = RunningMilter::start(world.resolver_config(), quarantine, world.now()).await;
+    let mut conn = open(&milter).await;
+    let (actions, status) = send(&mut conn, &vector("subject-tampered-fail.eml"), &[]).await;
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.iter().any(
+            |a| matches!(a, EomAction::Quarantine { reason } if reason.as_bytes() == b"AT-SMS fail")
+        ),
+        "{actions:?}"
+    );
+    milter.stop().await;
+
+    let dry = PolicyConfig {
+        on_fail: Action::Reject,
+        dry_run: true,
+        ..policy()
+    };
+    let milter = RunningMilter::start(world.resolver_config(), dry, world.now()).await;
+    let mut conn = open(&milter).await;
+    let (actions, status) = send(
+        &mut conn,
+        &vector("subject-tampered-fail.eml"),
+        &[("Authentication-Results", " mx.test; atsms=pass")],
+    )
+    .await;
+    assert_eq!(status, Status::Accept, "dry run changes nothing");
+    assert!(actions.is_empty(), "{actions:?}");
+    milter.stop().await;
+
+    let discard = PolicyConfig {
+        on_fail: Action::Discard,
+        ..policy()
+    };
+    let milter = RunningMilter::start(world.resolver_config(), discard, world.now()).await;
+    let mut conn = open(&milter).await;
+    let (_, status) = send(&mut conn, &vector("subject-tampered-fail.eml"), &[]).await;
+    assert_eq!(status, Status::Discard);
+    milter.stop().await;
+}
+
+#[tokio::test]
+async fn an_mta_without_leading_space_or_header_changes_is_refused() {
+    let world = VectorWorld::start();
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let no_leadspc = ProtoOpts::all() - ProtoOpts::LEADING_SPACE;
+    let refused = TestConnection::configure()
+        .available_opts(no_leadspc)
+        .open_tcp(milter.addr)
+        .await;
+    assert!(refused.is_err());
+    let no_change = indymilter_test::Actions::ADD_HEADER;
+    let refused = TestConnection::configure()
+        .available_actions(no_change)
+        .open_tcp(milter.addr)
+        .await;
+    assert!(refused.is_err());
+    // The milter keeps serving.
+    let mut conn = open(&milter).await;
+    let (actions, _) = send(&mut conn, &vector("no-signature-none.eml"), &[]).await;
+    assert_eq!(inserted_header(&actions), " mx.test; atsms=none");
+    milter.stop().await;
+}

@@ -1,0 +1,62 @@
+//! Runs the milter in-process on a loopback port, and feeds it messages the way Postfix does.
+
+use std::sync::{Arc, RwLock};
+
+use atsms_milter::config::{CacheConfig, PolicyConfig, ResolverConfig};
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::milter;
+use atsms_milter::session::Settings;
+use atsms_milter::socket::{self, SocketSpec};
+use atsms_milter::verify::Verifier;
+
+pub struct RunningMilter {
+    pub addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningMilter {
+    /// A milter judging as of `now` (the vectors' fixed time).
+    pub async fn start(resolver: ResolverConfig, policy: PolicyConfig, now: i64) -> RunningMilter {
+        let identity = Arc::new(IdentityResolver::new(&resolver, &CacheConfig::default()).unwrap());
+        let mut settings =
+            Settings::new(Verifier::new(identity, resolver.timeout()), policy).unwrap();
+        settings.fixed_now = Some(now);
+        let shared = Arc::new(RwLock::new(Arc::new(settings)));
+        let spec = SocketSpec::parse("inet:127.0.0.1:0").unwrap();
+        let listener = socket::bind(&spec, 0o660, None).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(milter::run(listener, shared, 100, async move {
+            let _ = rx.await;
+        }));
+        RunningMilter {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+/// A raw message split as a milter receives it: fields (name, value after the colon with
+/// folds as bare LF, as Postfix sends them) and the body with CRLF line ends.
+pub fn split_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
+    let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.split('\n') {
+        if line.starts_with([' ', '\t']) {
+            let last = fields.last_mut().unwrap();
+            last.1.push('\n');
+            last.1.push_str(line);
+        } else if let Some((name, value)) = line.split_once(':') {
+            fields.push((name.to_string(), value.to_string()));
+        }
+    }
+    (fields, body.replace('\n', "\r\n").into_bytes())
+}
