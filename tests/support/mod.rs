@@ -2,9 +2,11 @@
 //! (HTTP) and DNS. They speak the real protocols to the real client code.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod dns;
 pub mod http;
 pub mod milter;
+pub mod postfix;
 pub mod vectors;
 
 use std::path::PathBuf;

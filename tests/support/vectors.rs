@@ -111,3 +111,41 @@ impl VectorWorld {
         ]
     }
 }
+
+impl VectorWorld {
+    /// Signs `message` now with the vector key of `did`, as a sender's AT-SMS client would.
+    pub fn sign_now(&self, did: &str, message: &[u8]) -> Vec<u8> {
+        use atsms_milter::crypto::SigningKey;
+        use atsms_milter::envelope::sign;
+        let entry = &self.keys[did];
+        let key = SigningKey::from_pkcs8_pem(entry["pkcs8_pem"].as_str().unwrap()).unwrap();
+        let kid = entry["kid"].as_str().unwrap();
+        let parsed = atsms_milter::message::read_message(message).unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let request = sign::SignRequest {
+            key: &key,
+            kid,
+            now,
+            ttl: 3600,
+            rcpt: &[],
+            jti: sign::random_jti(),
+        };
+        let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+        let mut out = sign::format_field(did, &token, "\r\n").into_bytes();
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(message);
+        out
+    }
+
+    /// The `[resolver]` section pointing at this world, for a daemon's config file.
+    pub fn resolver_toml(&self) -> String {
+        format!(
+            "[resolver]\nplc_urls = [\"{}\"]\ndns_servers = [\"{}\"]\nallow_private_addresses = true\ntimeout = 3\n",
+            self.plc.url(),
+            self.dns.server_arg()
+        )
+    }
+}

@@ -1,0 +1,246 @@
+//! A throwaway Postfix for tests: its own configuration, queue and data directories under a
+//! temporary directory, loopback ports only, chroot off, `postfix -c DIR start-fg`. Never the
+//! system instance. Needs root (Postfix's master runs as root) and the Debian package.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Postfix {
+    pub dir: tempfile::TempDir,
+    pub smtp_port: u16,
+    child: Option<Child>,
+}
+
+/// A free loopback port (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn must(status: std::io::Result<std::process::ExitStatus>, what: &str) {
+    let status = status.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(status.success(), "{what}: {status}");
+}
+
+const MASTER_CF: &str = "\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+impl Postfix {
+    /// Starts Postfix accepting mail for `mailboxes` at mx.example.net (delivered into
+    /// Maildirs by virtual(8)), with `extra` appended to main.cf (smtpd_milters, say).
+    pub fn start(mailboxes: &[&str], extra: &str) -> Postfix {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the Postfix integration tests run a real Postfix and need root (CI runs as root)"
+        );
+        assert!(
+            Path::new("/usr/sbin/postfix").exists(),
+            "Postfix is not installed: run scripts/test"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("atsms-postfix-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path();
+        for sub in ["etc", "queue", "data", "mail"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        // The temp dir must be reachable by the unprivileged Postfix processes.
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let smtp_port = free_port();
+        let map: String = mailboxes
+            .iter()
+            .map(|m| format!("{m}@mx.example.net {m}/Maildir/\n"))
+            .collect();
+        std::fs::write(root.join("etc/vmailbox"), map).unwrap();
+        let r = root.display();
+        let main_cf = format!(
+            "compatibility_level = 3.6
+config_directory = {r}/etc
+queue_directory = {r}/queue
+data_directory = {r}/data
+maillog_file = {r}/maillog
+maillog_file_prefixes = {r}
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = mx.test
+mydomain = test
+myorigin = mx.test
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost =
+alias_maps =
+alias_database =
+smtputf8_enable = yes
+biff = no
+virtual_mailbox_domains = mx.example.net
+virtual_mailbox_maps = texthash:{r}/etc/vmailbox
+virtual_mailbox_base = {r}/mail
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+milter_default_action = tempfail
+{extra}
+"
+        );
+        std::fs::write(root.join("etc/main.cf"), main_cf).unwrap();
+        let master = format!("127.0.0.1:{smtp_port} inet n - n - - smtpd\n{MASTER_CF}");
+        std::fs::write(root.join("etc/master.cf"), master).unwrap();
+        let nobody =
+            |path: &Path| std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+        nobody(&root.join("mail"));
+        let postfix_uid = uid_of("postfix");
+        std::os::unix::fs::chown(root.join("data"), Some(postfix_uid), None).unwrap();
+        let etc = format!("{r}/etc");
+        must(
+            Command::new("/usr/sbin/postfix")
+                .args(["-c", &etc, "set-permissions"])
+                .stdout(Stdio::null())
+                .status(),
+            "postfix set-permissions",
+        );
+        let child = Command::new("/usr/sbin/postfix")
+            .args(["-c", &etc, "start-fg"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postfix start-fg");
+        let postfix = Postfix {
+            dir,
+            smtp_port,
+            child: Some(child),
+        };
+        postfix.wait_for_smtp();
+        postfix
+    }
+
+    fn wait_for_smtp(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.smtp_port)) {
+                let mut reader = BufReader::new(stream);
+                let mut banner = String::new();
+                if reader.read_line(&mut banner).is_ok() && banner.starts_with("220") {
+                    let _ = reader.get_mut().write_all(b"QUIT\r\n");
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("Postfix did not start; maillog:\n{}", self.maillog());
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.root().join("maillog")).unwrap_or_default()
+    }
+
+    pub fn new_dir(&self, mailbox: &str) -> PathBuf {
+        self.root().join("mail").join(mailbox).join("Maildir/new")
+    }
+
+    /// Waits until `count` messages are in the mailbox's `new/`; returns their contents.
+    pub fn wait_for_mail(&self, mailbox: &str, count: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(self.new_dir(mailbox))
+                .map(|d| d.map(|e| e.unwrap().path()).collect())
+                .unwrap_or_default();
+            if files.len() >= count {
+                files.sort();
+                return files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no delivery to {mailbox}; maillog:\n{}",
+                self.maillog()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends `message` with swaks (a real SMTP client); returns its transcript and success.
+    pub fn swaks(&self, from: &str, to: &str, message: &[u8]) -> (String, bool) {
+        let file = self.root().join(format!("swaks-{}.eml", free_port()));
+        std::fs::write(&file, message).unwrap();
+        let output = Command::new("swaks")
+            .args([
+                "--server",
+                &format!("127.0.0.1:{}", self.smtp_port),
+                "--from",
+                from,
+                "--to",
+                to,
+            ])
+            .args(["--helo", "client.example", "--data"])
+            .arg(&file)
+            .output()
+            .expect("swaks is not installed: run scripts/test");
+        let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
+        (transcript, output.status.success())
+    }
+}
+
+fn uid_of(user: &str) -> u32 {
+    let name = std::ffi::CString::new(user).unwrap();
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!entry.is_null(), "no user {user}");
+    unsafe { (*entry).pw_uid }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let etc = self.root().join("etc");
+        let _ = Command::new("/usr/sbin/postfix")
+            .arg("-c")
+            .arg(&etc)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
