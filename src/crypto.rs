@@ -229,6 +229,9 @@ impl fmt::Debug for SigningKey {
 
 impl SigningKey {
     pub fn from_pkcs8_pem(pem: &str) -> Result<SigningKey, SigningKeyError> {
+        // Editors and `echo` leave blank lines or CRLF around a PEM block; the parser is strict.
+        let pem = format!("{}\n", pem.trim().replace("\r\n", "\n"));
+        let pem = pem.as_str();
         if let Ok(key) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
             return Ok(SigningKey::P256(key));
         }
@@ -325,6 +328,11 @@ mod tests {
             );
             let reloaded = SigningKey::from_pkcs8_pem(&key.to_pkcs8_pem()).unwrap();
             assert_eq!(reloaded.public_key(), public);
+            let untidy = format!("\n{}\n\n", key.to_pkcs8_pem().replace('\n', "\r\n"));
+            assert_eq!(
+                SigningKey::from_pkcs8_pem(&untidy).unwrap().public_key(),
+                public
+            );
         }
     }
 

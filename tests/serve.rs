@@ -1,0 +1,125 @@
+//! The daemon as an admin runs it: `serve` on a unix socket, clean shutdown on SIGTERM, and
+//! `check-config` naming the key and line of an error.
+
+mod support;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use indymilter_test::{Status, TestConnection};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+}
+
+#[tokio::test]
+async fn serve_on_a_unix_socket_and_stop_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("milter.sock");
+    // A stale socket from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let config = dir.path().join("atsms-milter.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[milter]\nlisten = \"unix:{}\"\nsocket_mode = \"0600\"\n\n[policy]\nauthserv_id = \"mx.test\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        if let Ok(conn) = TestConnection::configure().open_unix(&socket).await {
+            break conn;
+        }
+        assert!(Instant::now() < deadline, "no socket");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // A unix-socket client is not in trusted_networks: the message is judged.
+    assert_eq!(
+        conn.connect("localhost", indymilter_test::SocketInfo::Unknown)
+            .await
+            .unwrap(),
+        Status::Continue
+    );
+    conn.close().await.unwrap();
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "the socket is removed at exit");
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(
+        log.contains("SIGTERM received, shutting down") && log.contains("shut down"),
+        "{log}"
+    );
+}
+
+#[test]
+fn check_config_prints_defaults_and_names_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[policy]\non_fail = \"reject\"\nauthserv_id = \"mx.test\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let effective: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(effective["policy"]["on_fail"].as_str(), Some("reject"));
+    assert_eq!(
+        effective["policy"]["on_temperror"].as_str(),
+        Some("tempfail")
+    );
+    assert_eq!(
+        effective["milter"]["listen"].as_str(),
+        Some("inet:127.0.0.1:8898")
+    );
+    assert_eq!(
+        effective["resolver"]["plc_urls"][0].as_str(),
+        Some("https://plc.directory")
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[policy]\non_fail = \"reject\"\n\n[resolver]\ntimeout = 5\nplc_url = \"x\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("plc_url") && err.contains("line 6"), "{err}");
+
+    let missing = bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(dir.path().join("none.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+}
