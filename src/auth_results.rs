@@ -130,6 +130,7 @@ mod tests {
                     aligned: None,
                     stale: false,
                     from: None,
+                    rcpt: None,
                 },
                 SignatureVerdict {
                     result: AuthResult::Pass,
@@ -140,6 +141,7 @@ mod tests {
                     aligned: Some(true),
                     stale: false,
                     from: Some("alice@alice.example.com".into()),
+                    rcpt: None,
                 },
             ],
         };

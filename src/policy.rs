@@ -77,6 +77,7 @@ mod tests {
             aligned,
             stale: false,
             from: None,
+            rcpt: None,
         }
     }
 

@@ -34,6 +34,9 @@ pub struct SignatureVerdict {
     /// The From address, on pass (for `header.from`).
     #[serde(skip)]
     pub from: Option<String>,
+    /// The token's `rcpt` claim, on pass: the recipients this copy is meant for.
+    #[serde(skip)]
+    pub rcpt: Option<Vec<String>>,
 }
 
 impl SignatureVerdict {
@@ -52,6 +55,7 @@ impl SignatureVerdict {
             aligned: None,
             stale: false,
             from: None,
+            rcpt: None,
         }
     }
 }
@@ -80,6 +84,25 @@ impl Verdict {
         .into_iter()
         .find(|r| self.signatures.iter().any(|s| s.result == *r))
         .unwrap_or(AuthResult::Permerror)
+    }
+
+    /// The verdict for a delivery to `recipients` (step 11 of section 8): a passing signature
+    /// whose `rcpt` claim leaves out one of them becomes `policy`. Cheap: nothing is verified
+    /// again, so LMTP can judge each recipient on its own.
+    pub fn restricted_to(&self, recipients: &[String]) -> Verdict {
+        let mut verdict = self.clone();
+        for sig in &mut verdict.signatures {
+            let Some(rcpt) = &sig.rcpt else { continue };
+            let outside = recipients.iter().any(|r| !rcpt.iter().any(|allowed| allowed.eq_ignore_ascii_case(r)));
+            if sig.result == AuthResult::Pass && outside {
+                sig.result = AuthResult::Policy;
+                sig.reason = Some("recipient not in rcpt".into());
+                sig.aligned = None;
+                sig.handle = None;
+                sig.from = None;
+            }
+        }
+        verdict
     }
 
     /// The passing signature to report in the log: aligned ones first.
@@ -142,7 +165,8 @@ impl Verifier {
             };
             signatures.push(verdict);
         }
-        Verdict { signatures }
+        // Step 11, the rcpt claim, judged against the recipients known here.
+        Verdict { signatures }.restricted_to(context.recipients)
     }
 
     async fn verify_one(
@@ -236,16 +260,7 @@ impl Verifier {
                 "from claim does not match the From address",
             );
         }
-        // Step 11: local policy.
-        if let Some(rcpt) = &claims.rcpt {
-            let outside = context
-                .recipients
-                .iter()
-                .any(|r| !rcpt.iter().any(|allowed| allowed.eq_ignore_ascii_case(r)));
-            if outside {
-                return reject(AuthResult::Policy, "recipient not in rcpt");
-            }
-        }
+        // Step 11 (the rcpt claim) is applied by `restricted_to`, per recipient.
         // Step 12: pass; the handle and alignment never change that.
         let document = &resolved.did.document;
         let handle = tokio::time::timeout(self.timeout, self.identity.checked_handle(document))
@@ -263,6 +278,7 @@ impl Verifier {
             aligned: Some(aligned),
             stale: resolved.stale,
             from: Some(from),
+            rcpt: claims.rcpt.clone(),
         }
     }
 }
