@@ -69,6 +69,10 @@ struct ConfigArgs {
 struct ServeArgs {
     #[command(flatten)]
     config: ConfigArgs,
+    /// Speak one LMTP session on standard input and output, then exit (for Exim's
+    /// pipe-style lmtp transport).
+    #[arg(long)]
+    stdio: bool,
 }
 
 impl ConfigArgs {
@@ -255,7 +259,14 @@ fn serve(args: ServeArgs) -> ExitCode {
     let Ok(runtime) = runtime else {
         return fail(exit::SOFTWARE, "cannot start the async runtime");
     };
-    match runtime.block_on(crate::daemon::serve(config)) {
+    let run = async {
+        if args.stdio {
+            crate::daemon::serve_stdio(config).await
+        } else {
+            crate::daemon::serve(config).await
+        }
+    };
+    match runtime.block_on(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

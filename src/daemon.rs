@@ -7,6 +7,7 @@ use tracing::info;
 
 use crate::config::{Config, parse_mode};
 use crate::identity::IdentityResolver;
+use crate::lmtp::{self, LmtpService};
 use crate::milter;
 use crate::session::Settings;
 use crate::socket::{self, SocketSpec};
@@ -47,33 +48,136 @@ pub fn build_settings(config: &Config) -> Result<Arc<Settings>, String> {
     Settings::new(verifier, config.policy.clone()).map(Arc::new)
 }
 
-/// Runs the daemon with `config` until a shutdown signal.
+/// A file size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which LMTP reports as
+/// "insufficient storage", not kill the daemon with SIGXFSZ.
+fn ignore_sigxfsz() {
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+async fn bind(
+    listen: &str,
+    mode: &str,
+    group: Option<&str>,
+    key: &str,
+) -> Result<socket::BoundListener, String> {
+    let spec = SocketSpec::parse(listen).map_err(|e| format!("{key}.listen: {e}"))?;
+    let mode = parse_mode(mode).map_err(|e| format!("{key}.socket_mode: {e}"))?;
+    socket::bind(&spec, mode, group)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))
+}
+
+/// Runs the daemon with `config` until a shutdown signal: the milter, LMTP, or both in one
+/// process with one identity cache.
 pub async fn serve(config: Config) -> Result<(), String> {
     if config.log.destination == "syslog" {
         tracing::warn!(
             "log.destination = \"syslog\" is not supported yet; logging to standard error"
         );
     }
+    ignore_sigxfsz();
     let settings = build_settings(&config)?;
     let shared = Arc::new(RwLock::new(settings));
-    let Some(milter_config) = config.milter_in_force() else {
-        return Err("no [milter] section and LMTP is not available in this version".into());
+    let milter_config = config.milter_in_force();
+    let lmtp_listen = config
+        .lmtp
+        .as_ref()
+        .and_then(|l| l.listen.clone().map(|listen| (l.clone(), listen)));
+    if milter_config.is_none() && lmtp_listen.is_none() {
+        return Err(
+            "nothing to serve: [lmtp] has no listen address and there is no [milter] section \
+                    (use `serve --stdio` for one LMTP session on standard input)"
+                .into(),
+        );
+    }
+    // Bind everything before serving anything: a bad address fails the start, not half of it.
+    let milter_listener = match &milter_config {
+        Some(m) => Some((
+            bind(
+                &m.listen,
+                &m.socket_mode,
+                m.socket_group.as_deref(),
+                "milter",
+            )
+            .await?,
+            m.max_connections,
+        )),
+        None => None,
     };
-    let spec =
-        SocketSpec::parse(&milter_config.listen).map_err(|e| format!("milter.listen: {e}"))?;
-    let mode = parse_mode(&milter_config.socket_mode)?;
-    let listener = socket::bind(&spec, mode, milter_config.socket_group.as_deref())
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", milter_config.listen))?;
+    let lmtp = match &lmtp_listen {
+        Some((lmtp_config, listen)) => {
+            let listener = bind(
+                listen,
+                &lmtp_config.socket_mode,
+                lmtp_config.socket_group.as_deref(),
+                "lmtp",
+            )
+            .await?;
+            let service =
+                LmtpService::new(shared.clone(), lmtp_config, crate::cli::host_name(), true)?;
+            service.clean_known_maildirs();
+            Some((listener, Arc::new(service)))
+        }
+        None => None,
+    };
     info!("atsms-milter {} starting", env!("CARGO_PKG_VERSION"));
-    milter::run(
-        listener,
-        shared,
-        milter_config.max_connections,
-        shutdown_signal(),
-    )
-    .await
-    .map_err(|e| format!("milter stopped: {e}"))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some((listener, max_connections)) = milter_listener {
+        let shared = shared.clone();
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            milter::run(listener, shared, max_connections, stop)
+                .await
+                .map_err(|e| format!("milter stopped: {e}"))
+        });
+    }
+    if let Some((listener, service)) = lmtp {
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            lmtp::run(listener, service, stop)
+                .await
+                .map_err(|e| format!("LMTP stopped: {e}"))
+        });
+    }
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        Some(result) = tasks.join_next() => {
+            // A service ended on its own: its listener broke. Stop the rest too.
+            let _ = stop_tx.send(true);
+            tasks.join_all().await;
+            return result.map_err(|e| e.to_string()).and_then(|r| r).and_then(|()| Err("a service stopped unexpectedly".into()));
+        }
+    }
+    let _ = stop_tx.send(true);
+    for result in tasks.join_all().await {
+        result?;
+    }
     info!("atsms-milter shut down");
     Ok(())
+}
+
+/// `serve --stdio`: one LMTP session on standard input and output (Exim's pipe-style `lmtp`
+/// transport runs one process per delivery). Stale `tmp/` files are left alone.
+pub async fn serve_stdio(config: Config) -> Result<(), String> {
+    ignore_sigxfsz();
+    let settings = build_settings(&config)?;
+    let shared = Arc::new(RwLock::new(settings));
+    let lmtp_config = config.lmtp.clone().unwrap_or_default();
+    let service = Arc::new(LmtpService::new(
+        shared,
+        &lmtp_config,
+        crate::cli::host_name(),
+        false,
+    )?);
+    let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    lmtp::session(stream, service)
+        .await
+        .map_err(|e| format!("LMTP session: {e}"))
 }

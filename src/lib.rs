@@ -12,6 +12,8 @@ pub mod crypto;
 pub mod daemon;
 pub mod envelope;
 pub mod identity;
+pub mod lmtp;
+pub mod maildir;
 pub mod message;
 pub mod milter;
 pub mod policy;

@@ -90,64 +90,115 @@ impl HeaderCollector {
     }
 }
 
+/// Splits a header section arriving in pieces of any size (a pipe, LMTP's BDAT chunks) into
+/// fields, and says where the body starts. Memory is bounded by `MAX_HEADER_SECTION`.
+#[derive(Default)]
+pub struct HeaderSplitter {
+    collector: HeaderCollector,
+    partial: Vec<u8>,
+    used: u64,
+    newline: Option<&'static str>,
+}
+
+/// Where the header section ended in the bytes just pushed.
+pub enum Split {
+    /// More header bytes are needed.
+    More,
+    /// The body starts at this offset of the pushed bytes; `prefix` holds body bytes that
+    /// were buffered before (a line that was not a field), to be hashed first.
+    Body { offset: usize, prefix: Vec<u8> },
+}
+
+impl HeaderSplitter {
+    pub fn push(&mut self, data: &[u8]) -> Result<Split, ReadError> {
+        let mut start = 0;
+        while let Some(pos) = data[start..].iter().position(|b| *b == b'\n') {
+            let end = start + pos + 1;
+            self.used += (end - start) as u64;
+            if self.used > MAX_HEADER_SECTION {
+                return Err(ReadError::HeaderTooLarge);
+            }
+            let line: Vec<u8> = if self.partial.is_empty() {
+                data[start..end].to_vec()
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&data[start..end]);
+                line
+            };
+            if self.newline.is_none() {
+                self.newline = Some(if line.ends_with(b"\r\n") {
+                    "\r\n"
+                } else {
+                    "\n"
+                });
+            }
+            match self.collector.push(&line) {
+                LineKind::Field => {}
+                LineKind::EndOfHeaders => {
+                    return Ok(Split::Body {
+                        offset: end,
+                        prefix: Vec::new(),
+                    });
+                }
+                LineKind::FirstBodyLine => {
+                    return Ok(Split::Body {
+                        offset: end,
+                        prefix: line,
+                    });
+                }
+            }
+            start = end;
+        }
+        self.used += (data.len() - start) as u64;
+        if self.used > MAX_HEADER_SECTION {
+            return Err(ReadError::HeaderTooLarge);
+        }
+        self.partial.extend_from_slice(&data[start..]);
+        Ok(Split::More)
+    }
+
+    /// The fields, once the header section ended or the input did (a message without body).
+    pub fn finish(mut self) -> (Vec<HeaderField>, &'static str) {
+        if !self.partial.is_empty() {
+            let partial = std::mem::take(&mut self.partial);
+            match self.collector.push(&partial) {
+                LineKind::Field => {}
+                LineKind::EndOfHeaders | LineKind::FirstBodyLine => {}
+            }
+        }
+        self.collector.finish_last();
+        (self.collector.fields, self.newline.unwrap_or("\r\n"))
+    }
+}
+
 /// Reads a message, hashing the body as it streams past: memory holds the header section
 /// and one buffer, whatever the body's size.
 pub fn read_message<R: Read>(input: R) -> Result<ParsedMessage, ReadError> {
     let mut reader = io::BufReader::with_capacity(64 * 1024, input);
-    let mut collector = HeaderCollector::default();
+    let mut splitter = HeaderSplitter::default();
     let mut hasher = BodyHasher::new();
-    let mut used: u64 = 0;
-    let mut newline = None;
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let budget = MAX_HEADER_SECTION - used;
-        let n = (&mut reader)
-            .take(budget + 1)
-            .read_until(b'\n', &mut line)?;
-        if n == 0 {
-            collector.finish_last();
-            break;
-        }
-        used += n as u64;
-        if used > MAX_HEADER_SECTION {
-            return Err(ReadError::HeaderTooLarge);
-        }
-        if newline.is_none() && line.ends_with(b"\n") {
-            newline = Some(if line.ends_with(b"\r\n") {
-                "\r\n"
-            } else {
-                "\n"
-            });
-        }
-        match collector.push(&line) {
-            LineKind::Field => {
-                if !line.ends_with(b"\n") {
-                    collector.finish_last();
-                    break;
-                }
-            }
-            LineKind::EndOfHeaders => break,
-            LineKind::FirstBodyLine => {
-                hasher.update(&line);
-                break;
-            }
-        }
-    }
+    let mut in_body = false;
     loop {
         let chunk = reader.fill_buf()?;
         if chunk.is_empty() {
             break;
         }
-        hasher.update(chunk);
         let n = chunk.len();
+        if in_body {
+            hasher.update(chunk);
+        } else if let Split::Body { offset, prefix } = splitter.push(chunk)? {
+            in_body = true;
+            hasher.update(&prefix);
+            hasher.update(&chunk[offset..]);
+        }
         reader.consume(n);
     }
+    let (headers, newline) = splitter.finish();
     Ok(ParsedMessage {
-        headers: collector.fields,
+        headers,
         body_len: hasher.raw_len,
         body_hash: hasher.finish(),
-        newline: newline.unwrap_or("\r\n"),
+        newline,
     })
 }
 
@@ -174,6 +225,29 @@ mod tests {
         assert_eq!(m.newline, "\n");
         assert_eq!(m.headers[1].value, b" x");
         assert_eq!(m.body_len, 0);
+    }
+
+    #[test]
+    fn any_split_of_the_input_gives_the_same_fields_and_hash() {
+        let raw =
+            b"From: a@b.c\r\nSubject: one\r\n two\r\nX: y\r\n\r\nbody line\r\n\r\n".as_slice();
+        let whole = read_message(raw).unwrap();
+        for split in 0..raw.len() {
+            let mut splitter = HeaderSplitter::default();
+            let mut hasher = BodyHasher::new();
+            let mut in_body = false;
+            for part in [&raw[..split], &raw[split..]] {
+                if in_body {
+                    hasher.update(part);
+                } else if let Split::Body { offset, prefix } = splitter.push(part).unwrap() {
+                    in_body = true;
+                    hasher.update(&prefix);
+                    hasher.update(&part[offset..]);
+                }
+            }
+            assert_eq!(splitter.finish().0, whole.headers, "split {split}");
+            assert_eq!(hasher.finish(), whole.body_hash, "split {split}");
+        }
     }
 
     #[test]

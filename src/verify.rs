@@ -93,7 +93,9 @@ impl Verdict {
         let mut verdict = self.clone();
         for sig in &mut verdict.signatures {
             let Some(rcpt) = &sig.rcpt else { continue };
-            let outside = recipients.iter().any(|r| !rcpt.iter().any(|allowed| allowed.eq_ignore_ascii_case(r)));
+            let outside = recipients
+                .iter()
+                .any(|r| !rcpt.iter().any(|allowed| allowed.eq_ignore_ascii_case(r)));
             if sig.result == AuthResult::Pass && outside {
                 sig.result = AuthResult::Policy;
                 sig.reason = Some("recipient not in rcpt".into());

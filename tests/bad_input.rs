@@ -347,3 +347,26 @@ async fn pds_at_a_link_local_address_is_not_contacted() {
         v[0].reason
     );
 }
+
+#[tokio::test]
+async fn an_unresolvable_plc_directory_is_temperror_not_permerror() {
+    let dns = DnsServer::start(HashMap::new()); // NXDOMAIN for every name
+    let config = ResolverConfig {
+        plc_urls: vec!["https://plc.directory.example.com".into()],
+        dns_servers: vec![dns.server_arg()],
+        ..Default::default()
+    };
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let v = verify(
+        &verifier(&config),
+        &signed_message(&key, "did:plc:ofurdhfyhjhgomvfygxergep#atproto", NOW),
+        NOW,
+    )
+    .await;
+    assert_eq!(v[0].result, AuthResult::Temperror, "{:?}", v[0].reason);
+    assert!(
+        v[0].reason.as_deref().unwrap().contains("NXDOMAIN"),
+        "{:?}",
+        v[0].reason
+    );
+}

@@ -177,10 +177,14 @@ impl IdentityResolver {
                                 r.status
                             ));
                         }
+                        // A document the directory did serve but that is too large is the DID's.
+                        Err(e) if e.kind == FetchErrorKind::TooLarge => last = e.into(),
                         Err(e) => {
-                            let e = IdentityError::from(e);
-                            any_transient |= e.transient;
-                            last = e;
+                            // The directory is the operator's own infrastructure: that it cannot
+                            // be reached (even NXDOMAIN for its host, or a refused address) says
+                            // nothing about the DID. Only its 404/410 is definite.
+                            any_transient = true;
+                            last = IdentityError::transient(e.message);
                         }
                     }
                 }

@@ -1,0 +1,161 @@
+//! One message arriving over LMTP: its header section and body fed to the message session,
+//! the body spooled (in memory up to a limit, then to an unlinked temporary file) with LF line
+//! ends for delivery. The message is never held whole in memory.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+
+use tempfile::SpooledTempFile;
+
+use crate::message::{HeaderSplitter, ReadError, Split};
+use crate::session::MessageSession;
+
+/// Bodies up to this size stay in memory; larger ones go to a temporary file.
+const SPOOL_IN_MEMORY: usize = 256 * 1024;
+
+pub struct Incoming {
+    pub session: MessageSession,
+    splitter: Option<HeaderSplitter>,
+    spool: SpooledTempFile,
+    /// A CR at the end of the last chunk, not yet known to start a CRLF.
+    pending_cr: bool,
+    /// Bytes received, as on the wire.
+    pub size: u64,
+    max_size: u64,
+    /// Over the size limit, or the header section too large: the rest is discarded.
+    pub refused: Option<&'static str>,
+    pub io_error: Option<io::Error>,
+    authserv_id: String,
+}
+
+impl Incoming {
+    pub fn new(max_size: u64, authserv_id: &str) -> Incoming {
+        Incoming {
+            session: MessageSession::new(),
+            splitter: Some(HeaderSplitter::default()),
+            spool: SpooledTempFile::new(SPOOL_IN_MEMORY),
+            pending_cr: false,
+            size: 0,
+            max_size,
+            refused: None,
+            io_error: None,
+            authserv_id: authserv_id.to_string(),
+        }
+    }
+
+    /// Feeds message bytes (already dot-unstuffed), CRLF or not.
+    pub fn push(&mut self, data: &[u8]) {
+        self.size += data.len() as u64;
+        if self.refused.is_some() {
+            return;
+        }
+        if self.size > self.max_size {
+            self.refused = Some("message too large");
+            return;
+        }
+        let body = match self.splitter.as_mut() {
+            None => data,
+            Some(splitter) => match splitter.push(data) {
+                Ok(Split::More) => return,
+                Ok(Split::Body { offset, prefix }) => {
+                    self.end_headers();
+                    self.body(&prefix);
+                    &data[offset..]
+                }
+                Err(ReadError::HeaderTooLarge) => {
+                    self.refused = Some("header section too large");
+                    return;
+                }
+                Err(ReadError::Io(e)) => {
+                    self.io_error = Some(e);
+                    return;
+                }
+            },
+        };
+        self.body(body);
+    }
+
+    fn end_headers(&mut self) {
+        if let Some(splitter) = self.splitter.take() {
+            let (fields, _) = splitter.finish();
+            for field in fields {
+                self.session
+                    .header(&field.name, &field.value, &self.authserv_id);
+            }
+        }
+    }
+
+    fn body(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.session.body(data);
+        if self.io_error.is_some() {
+            return;
+        }
+        // Stored with LF line ends: CRLF becomes LF, a lone CR stays.
+        let mut out = Vec::with_capacity(data.len() + 1);
+        let mut i = 0;
+        if self.pending_cr {
+            self.pending_cr = false;
+            if data[0] != b'\n' {
+                out.push(b'\r');
+            }
+        }
+        while i < data.len() {
+            let b = data[i];
+            if b == b'\r' {
+                if i + 1 == data.len() {
+                    self.pending_cr = true;
+                } else if data[i + 1] != b'\n' {
+                    out.push(b'\r');
+                }
+            } else {
+                out.push(b);
+            }
+            i += 1;
+        }
+        if let Err(e) = self.spool.write_all(&out) {
+            self.io_error = Some(e);
+        }
+    }
+
+    /// Ends the message: the header section is complete even without a body.
+    pub fn finish(&mut self) {
+        self.end_headers();
+        if self.pending_cr {
+            self.pending_cr = false;
+            if let Err(e) = self.spool.write_all(b"\r") {
+                self.io_error = Some(e);
+            }
+        }
+    }
+
+    /// The spooled body, from its start.
+    pub fn body_reader(&mut self) -> io::Result<&mut dyn Read> {
+        self.spool.seek(SeekFrom::Start(0))?;
+        Ok(&mut self.spool)
+    }
+
+    /// The header section as stored: every field but forged `Authentication-Results`, with LF
+    /// line ends.
+    pub fn kept_header_section(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, field) in self.session.headers().iter().enumerate() {
+            if self.session.is_forged(i) {
+                continue;
+            }
+            out.extend_from_slice(field.name.as_bytes());
+            out.push(b':');
+            let mut j = 0;
+            let v = &field.value;
+            while j < v.len() {
+                if !(v[j] == b'\r' && v.get(j + 1) == Some(&b'\n')) {
+                    out.push(v[j]);
+                }
+                j += 1;
+            }
+            out.push(b'\n');
+        }
+        out
+    }
+}
