@@ -618,12 +618,16 @@ async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
     let kept_headers = incoming.kept_header_section();
     let incoming = Arc::new(Mutex::new(incoming));
     let single = t.recipients.len() == 1;
+    // A recipient given twice is delivered once and answered twice (RFC 2033 §4.2), each
+    // reply naming the address as that RCPT gave it.
     let mut done: HashMap<String, String> = HashMap::new();
     let mut replies = Vec::with_capacity(t.recipients.len());
     for recipient in &t.recipients {
         let key = recipient.address.to_lowercase();
         if let Some(reply) = done.get(&key) {
-            replies.push(reply.clone());
+            let (code, rest) = reply.split_once(" <").unwrap_or((reply.as_str(), ""));
+            let rest = rest.split_once("> ").map_or("", |(_, r)| r);
+            replies.push(format!("{code} <{}> {rest}", recipient.address));
             continue;
         }
         let verdict = outcome.verdict.restricted_to(std::slice::from_ref(&key));

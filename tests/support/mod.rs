@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod dns;
 pub mod http;
+pub mod lmtp;
 pub mod milter;
 pub mod postfix;
 pub mod vectors;

@@ -115,29 +115,11 @@ impl VectorWorld {
 impl VectorWorld {
     /// Signs `message` now with the vector key of `did`, as a sender's AT-SMS client would.
     pub fn sign_now(&self, did: &str, message: &[u8]) -> Vec<u8> {
-        use atsms_milter::crypto::SigningKey;
-        use atsms_milter::envelope::sign;
-        let entry = &self.keys[did];
-        let key = SigningKey::from_pkcs8_pem(entry["pkcs8_pem"].as_str().unwrap()).unwrap();
-        let kid = entry["kid"].as_str().unwrap();
-        let parsed = atsms_milter::message::read_message(message).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let request = sign::SignRequest {
-            key: &key,
-            kid,
-            now,
-            ttl: 3600,
-            rcpt: &[],
-            jti: sign::random_jti(),
-        };
-        let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
-        let mut out = sign::format_field(did, &token, "\r\n").into_bytes();
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(message);
-        out
+        self.sign_at(did, message, now, &[])
     }
 
     /// The `[resolver]` section pointing at this world, for a daemon's config file.
@@ -147,5 +129,31 @@ impl VectorWorld {
             self.plc.url(),
             self.dns.server_arg()
         )
+    }
+}
+
+impl VectorWorld {
+    /// Signs `message` as of `now` (use `self.now()` for in-process servers with a fixed
+    /// clock) with the vector key of `did`, restricted to `rcpt` when given.
+    pub fn sign_at(&self, did: &str, message: &[u8], now: i64, rcpt: &[String]) -> Vec<u8> {
+        use atsms_milter::crypto::SigningKey;
+        use atsms_milter::envelope::sign;
+        let entry = &self.keys[did];
+        let key = SigningKey::from_pkcs8_pem(entry["pkcs8_pem"].as_str().unwrap()).unwrap();
+        let kid = entry["kid"].as_str().unwrap();
+        let parsed = atsms_milter::message::read_message(message).unwrap();
+        let request = sign::SignRequest {
+            key: &key,
+            kid,
+            now,
+            ttl: 3600,
+            rcpt,
+            jti: sign::random_jti(),
+        };
+        let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+        let mut out = sign::format_field(did, &token, "\r\n").into_bytes();
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(message);
+        out
     }
 }

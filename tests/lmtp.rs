@@ -1,0 +1,350 @@
+//! The LMTP protocol driven directly: pipelining, BDAT, dot-stuffing, per-recipient replies
+//! with mixed outcomes, limits and timeouts, and what lands in the Maildirs, byte for byte.
+
+mod support;
+
+use atsms_milter::config::{Action, PolicyConfig};
+use support::lmtp::{RunningLmtp, dot_stuffed};
+use support::vectors::VectorWorld;
+
+const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
+
+fn policy() -> PolicyConfig {
+    PolicyConfig {
+        authserv_id: Some("mx.test".into()),
+        ..Default::default()
+    }
+}
+
+fn message(subject: &str, body: &str) -> Vec<u8> {
+    format!("From: Alice <alice@alice.example.com>\r\nTo: <bob@mx.example.net>\r\nSubject: {subject}\r\n\r\n{body}").into_bytes()
+}
+
+/// The stored form: LF line ends.
+fn lf(bytes: &[u8]) -> Vec<u8> {
+    String::from_utf8_lossy(bytes)
+        .replace("\r\n", "\n")
+        .into_bytes()
+}
+
+async fn start(world: &VectorWorld, policy: PolicyConfig) -> RunningLmtp {
+    RunningLmtp::start(world.resolver_config(), policy, world.now(), |_, _| {}).await
+}
+
+#[tokio::test]
+async fn pipelined_transaction_with_mixed_outcomes_and_duplicates() {
+    let world = VectorWorld::start();
+    let reject_policy = PolicyConfig {
+        on_policy: Action::Reject,
+        ..policy()
+    };
+    let server = RunningLmtp::start(
+        world.resolver_config(),
+        reject_policy,
+        world.now(),
+        |config, dir| {
+            let list = dir.join("recipients");
+            std::fs::write(&list, "bob@mx.example.net\ncarol@mx.example.net\n").unwrap();
+            config.recipients = Some(list.display().to_string());
+        },
+    )
+    .await;
+    // Signed for bob only: carol's copy is refused by policy (the rcpt claim).
+    let signed = world.sign_at(
+        ALICE,
+        &message("for bob", "Hi Bob\r\n"),
+        world.now(),
+        &["bob@mx.example.net".into()],
+    );
+    let mut c = server.client().await;
+    c.send(b"LHLO client.example\r\nMAIL FROM:<alice@alice.example.com> BODY=8BITMIME SIZE=2000\r\nRCPT TO:<bob@mx.example.net>\r\nRCPT TO:<eve@mx.example.net>\r\nRCPT TO:<carol@mx.example.net>\r\nRCPT TO:<Bob@mx.example.net>\r\nDATA\r\n").await;
+    let lhlo = c.reply().await;
+    for keyword in [
+        "PIPELINING",
+        "ENHANCEDSTATUSCODES",
+        "8BITMIME",
+        "SMTPUTF8",
+        "CHUNKING",
+        "SIZE 52428800",
+    ] {
+        assert!(lhlo.contains(keyword), "{lhlo}");
+    }
+    let replies = c.replies(6).await;
+    assert_eq!(replies[0], "250 2.1.0 OK");
+    assert_eq!(replies[1], "250 2.1.5 OK");
+    assert_eq!(replies[2], "550 5.1.1 <eve@mx.example.net> user unknown");
+    assert_eq!(replies[3], "250 2.1.5 OK");
+    assert_eq!(replies[4], "250 2.1.5 OK");
+    assert!(replies[5].starts_with("354 "), "{replies:?}");
+    // The message, then QUIT in the same packet: every reply comes before the 221.
+    let mut tail = dot_stuffed(&signed);
+    tail.extend_from_slice(b"QUIT\r\n");
+    c.send(&tail).await;
+    let done = c.replies(4).await;
+    assert!(
+        done[0].starts_with("250 2.0.0 <bob@mx.example.net> ") && done[0].ends_with(" Saved"),
+        "{done:?}"
+    );
+    assert_eq!(
+        done[1],
+        "550 5.7.1 <carol@mx.example.net> AT-SMS signature policy"
+    );
+    assert!(
+        done[2].starts_with("250 2.0.0 <Bob@mx.example.net> "),
+        "duplicates get their own reply: {done:?}"
+    );
+    assert_eq!(
+        done[0].split(' ').nth(3),
+        done[2].split(' ').nth(3),
+        "but one delivery"
+    );
+    assert!(done[3].starts_with("221 2.0.0"), "{done:?}");
+    assert!(c.closed().await);
+
+    let bob = RunningLmtp::new_files(&server.maildir("bob"));
+    assert_eq!(bob.len(), 1);
+    assert!(RunningLmtp::new_files(&server.maildir("carol")).is_empty());
+    let stored = String::from_utf8(bob[0].clone()).unwrap();
+    // Byte for byte: our fields on top, then the message with LF line ends.
+    let head = "Return-Path: <alice@alice.example.com>\nAuthentication-Results: mx.test;\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n\theader.from=alice@alice.example.com header.handle=alice.example.com\n\tpolicy.aligned=yes\n";
+    assert!(stored.starts_with(head), "{stored}");
+    assert_eq!(stored.as_bytes()[head.len()..], lf(&signed)[..], "{stored}");
+    assert!(
+        !stored.contains("Delivered-To"),
+        "only with a single recipient"
+    );
+}
+
+#[tokio::test]
+async fn single_recipient_gets_delivered_to_and_forged_results_are_dropped() {
+    let world = VectorWorld::start();
+    let server = start(&world, policy()).await;
+    let raw =
+        std::fs::read(support::shared_vectors("envelope").join("p256-multikey-pass.eml")).unwrap();
+    let message = [
+        b"Authentication-Results: mx.test; atsms=pass header.d=\"did:plc:forged\"\r\n".as_slice(),
+        b"Authentication-Results: other.example; spf=pass\r\n",
+        &raw,
+    ]
+    .concat();
+    let mut c = server.client().await;
+    c.send(b"LHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<bob@mx.example.net>\r\nDATA\r\n")
+        .await;
+    c.replies(4).await;
+    c.send(&dot_stuffed(&message)).await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    let stored =
+        String::from_utf8(RunningLmtp::new_files(&server.maildir("bob")).remove(0)).unwrap();
+    assert!(stored.starts_with("Return-Path: <>\nDelivered-To: bob@mx.example.net\nAuthentication-Results: mx.test;\n\tatsms=pass"), "{stored}");
+    assert!(!stored.contains("did:plc:forged"), "{stored}");
+    assert!(
+        stored.contains("\nAuthentication-Results: other.example; spf=pass\n"),
+        "{stored}"
+    );
+    assert!(
+        stored.ends_with(&String::from_utf8(lf(&raw)).unwrap()),
+        "{stored}"
+    );
+}
+
+#[tokio::test]
+async fn forgeries_go_to_junk_and_detail_folders_are_used_when_present() {
+    let world = VectorWorld::start();
+    let server = start(
+        &world,
+        PolicyConfig {
+            on_fail: Action::Junk,
+            ..policy()
+        },
+    )
+    .await;
+    let forged =
+        std::fs::read(support::shared_vectors("envelope").join("body-tampered-fail.eml")).unwrap();
+    let good =
+        std::fs::read(support::shared_vectors("envelope").join("k256-multikey-pass.eml")).unwrap();
+    std::fs::create_dir_all(server.maildir("bob").join(".Lists/new")).unwrap();
+    std::fs::create_dir_all(server.maildir("bob").join(".Lists/tmp")).unwrap();
+    std::fs::create_dir_all(server.maildir("bob").join(".Lists/cur")).unwrap();
+    let mut c = server.client().await;
+    c.send(b"LHLO x\r\n").await;
+    c.reply().await;
+    for (to, message) in [
+        ("bob", &forged),
+        ("bob+Lists", &good),
+        ("bob+Nowhere", &good),
+    ] {
+        c.send(
+            format!("MAIL FROM:<a@b.example>\r\nRCPT TO:<{to}@mx.example.net>\r\nDATA\r\n")
+                .as_bytes(),
+        )
+        .await;
+        c.replies(3).await;
+        c.send(&dot_stuffed(message)).await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("250 2.0.0"), "{to}: {reply}");
+    }
+    let junk = server.maildir("bob").join(".Junk");
+    assert!(junk.join("maildirfolder").exists());
+    let junked = RunningLmtp::new_files(&junk);
+    assert_eq!(junked.len(), 1);
+    assert!(
+        String::from_utf8_lossy(&junked[0]).contains("atsms=fail reason=\"body hash mismatch\"")
+    );
+    assert_eq!(
+        RunningLmtp::new_files(&server.maildir("bob").join(".Lists")).len(),
+        1
+    );
+    assert_eq!(
+        RunningLmtp::new_files(&server.maildir("bob")).len(),
+        1,
+        "no such folder: INBOX"
+    );
+}
+
+#[tokio::test]
+async fn bdat_chunks_and_dot_stuffing() {
+    let world = VectorWorld::start();
+    let server = start(&world, policy()).await;
+    let mut c = server.client().await;
+    c.send(b"LHLO x\r\n").await;
+    c.reply().await;
+    // BDAT: no dot-unstuffing; a chunk may end anywhere; LAST gets the per-recipient replies.
+    let body = b"From: a@b.example\r\nSubject: chunks\r\n\r\n.leading dot stays\r\nend\r\n";
+    let (one, two) = body.split_at(23);
+    c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nRCPT TO:<carol@mx.example.net>\r\n").await;
+    c.replies(3).await;
+    c.send(format!("BDAT {}\r\n", one.len()).as_bytes()).await;
+    c.send(one).await;
+    c.send(format!("BDAT {} LAST\r\n", two.len()).as_bytes())
+        .await;
+    c.send(two).await;
+    assert_eq!(c.reply().await, "250 2.0.0 23 octets received");
+    let last = c.replies(2).await;
+    assert!(
+        last[0].starts_with("250 2.0.0 <bob@") && last[1].starts_with("250 2.0.0 <carol@"),
+        "{last:?}"
+    );
+    let stored =
+        String::from_utf8(RunningLmtp::new_files(&server.maildir("bob")).remove(0)).unwrap();
+    assert!(
+        stored.ends_with("\n\n.leading dot stays\nend\n"),
+        "{stored}"
+    );
+
+    // DATA: a dot-stuffed first line, and the empty message.
+    c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<dan@mx.example.net>\r\nDATA\r\n")
+        .await;
+    c.replies(3).await;
+    c.send(b"..first line had a dot\r\nX\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    let stored =
+        String::from_utf8(RunningLmtp::new_files(&server.maildir("dan")).remove(0)).unwrap();
+    assert!(
+        stored.ends_with("\n.first line had a dot\nX\n"),
+        "{stored:?}"
+    );
+    c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<erin@mx.example.net>\r\nDATA\r\n")
+        .await;
+    c.replies(3).await;
+    c.send(b".\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    let stored =
+        String::from_utf8(RunningLmtp::new_files(&server.maildir("erin")).remove(0)).unwrap();
+    assert!(stored.ends_with("atsms=none\n\n"), "{stored:?}");
+    // BDAT 0 LAST is a legal empty message; BDAT without recipients is refused after reading it.
+    c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<fay@mx.example.net>\r\nBDAT 0 LAST\r\n")
+        .await;
+    let r = c.replies(3).await;
+    assert!(r[2].starts_with("250 2.0.0 <fay@"), "{r:?}");
+    c.send(b"BDAT 5\r\nhello").await;
+    assert_eq!(c.reply().await, "503 5.5.1 no valid recipients");
+    c.send(b"NOOP\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 OK", "the stream stayed in step");
+}
+
+#[tokio::test]
+async fn a_bare_lf_dot_does_not_end_the_message() {
+    let world = VectorWorld::start();
+    let server = start(&world, policy()).await;
+    let mut c = server.client().await;
+    c.send(b"LHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nDATA\r\n")
+        .await;
+    c.replies(4).await;
+    // "\n.\r\n" is not CRLF.CRLF: the smuggled MAIL stays part of this message.
+    c.send(b"Subject: s\r\n\r\nline\n.\r\nMAIL FROM:<evil@x>\r\n.\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    c.send(b"NOOP\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 OK");
+    let stored =
+        String::from_utf8(RunningLmtp::new_files(&server.maildir("bob")).remove(0)).unwrap();
+    assert!(
+        stored.ends_with("line\n.\nMAIL FROM:<evil@x>\n"),
+        "{stored:?}"
+    );
+}
+
+#[tokio::test]
+async fn sequence_errors_limits_and_timeouts() {
+    let world = VectorWorld::start();
+    let server = RunningLmtp::start(
+        world.resolver_config(),
+        policy(),
+        world.now(),
+        |config, _| {
+            config.max_message_size = 1000;
+            config.idle_timeout = 1;
+        },
+    )
+    .await;
+    let mut c = server.client().await;
+    c.send(
+        b"EHLO x\r\nMAIL FROM:<a@b.example>\r\nLHLO x\r\nRCPT TO:<bob@mx.example.net>\r\nDATA\r\n",
+    )
+    .await;
+    let r = c.replies(5).await;
+    assert_eq!(r[0], "500 5.5.1 this is LMTP: use LHLO");
+    assert_eq!(r[1], "503 5.5.1 LHLO first");
+    assert!(r[2].starts_with("250-"));
+    assert_eq!(r[3], "503 5.5.1 MAIL first");
+    assert_eq!(r[4], "503 5.5.1 MAIL first");
+    c.send(b"MAIL FROM:<a@b.example> SIZE=5000\r\nMAIL FROM:<a@b.example> XYZ=1\r\nMAIL FROM:<a@b.example>\r\nMAIL FROM:<a@b.example>\r\nDATA\r\nRCPT TO:<>\r\nRCPT TO:<../x@y>\r\nRSET\r\nBOGUS\r\nVRFY x\r\n").await;
+    let r = c.replies(10).await;
+    assert_eq!(
+        r[0],
+        "552 5.3.4 message size exceeds fixed maximum message size"
+    );
+    assert_eq!(r[1], "555 5.5.4 unsupported parameter XYZ");
+    assert_eq!(r[2], "250 2.1.0 OK");
+    assert_eq!(r[3], "503 5.5.1 nested MAIL command");
+    assert_eq!(r[4], "503 5.5.1 no valid recipients");
+    assert_eq!(r[5], "550 5.1.1 empty recipient address");
+    assert_eq!(r[6], "550 5.1.3 <../x@y> unusable address");
+    assert_eq!(r[7], "250 2.0.0 OK");
+    assert_eq!(r[8], "500 5.5.2 command not recognized");
+    assert!(r[9].starts_with("252 "));
+    let long = format!("NOOP {}\r\nNOOP\r\n", "x".repeat(10_000));
+    c.send(long.as_bytes()).await;
+    assert_eq!(
+        c.replies(2).await,
+        vec!["500 5.5.2 line too long", "250 2.0.0 OK"]
+    );
+    // Over the size limit: the data is read to its end, then each recipient gets 552.
+    c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nRCPT TO:<carol@mx.example.net>\r\nDATA\r\n").await;
+    c.replies(4).await;
+    let big = format!("Subject: big\r\n\r\n{}\r\n", "y".repeat(2000));
+    c.send(&dot_stuffed(big.as_bytes())).await;
+    assert_eq!(
+        c.replies(2).await,
+        vec![
+            "552 5.3.4 <bob@mx.example.net> message too large",
+            "552 5.3.4 <carol@mx.example.net> message too large"
+        ]
+    );
+    assert!(RunningLmtp::new_files(&server.maildir("bob")).is_empty());
+    // Idle: 421 after idle_timeout.
+    let started = std::time::Instant::now();
+    assert!(c.reply().await.starts_with("421 4.4.2"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(c.closed().await);
+}

@@ -1,0 +1,157 @@
+//! LMTP in-process on a loopback port with Maildirs under a temporary directory, and a raw
+//! client that writes exactly the bytes a test gives it (pipelining included).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use atsms_milter::config::{CacheConfig, LmtpConfig, PolicyConfig, ResolverConfig};
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::lmtp::{self, LmtpService};
+use atsms_milter::session::Settings;
+use atsms_milter::socket::{self, SocketSpec};
+use atsms_milter::verify::Verifier;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub struct RunningLmtp {
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl RunningLmtp {
+    /// `configure` adjusts the [lmtp] section (its maildir template points into `dir`).
+    pub async fn start(
+        resolver: ResolverConfig,
+        policy: PolicyConfig,
+        now: i64,
+        configure: impl FnOnce(&mut LmtpConfig, &Path),
+    ) -> RunningLmtp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = LmtpConfig {
+            maildir: format!("{}/%d/%n/Maildir", dir.path().display()),
+            ..Default::default()
+        };
+        configure(&mut config, dir.path());
+        let identity = Arc::new(IdentityResolver::new(&resolver, &CacheConfig::default()).unwrap());
+        let mut settings =
+            Settings::new(Verifier::new(identity, resolver.timeout()), policy).unwrap();
+        settings.fixed_now = Some(now);
+        let shared = Arc::new(RwLock::new(Arc::new(settings)));
+        let service =
+            Arc::new(LmtpService::new(shared, &config, "lmtp.test".into(), true).unwrap());
+        let listener = socket::bind(&SocketSpec::parse("inet:127.0.0.1:0").unwrap(), 0o660, None)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(lmtp::run(listener, service, async move {
+            let _ = rx.await;
+        }));
+        RunningLmtp {
+            addr,
+            dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn maildir(&self, user: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("mx.example.net")
+            .join(user)
+            .join("Maildir")
+    }
+
+    /// Files in `folder/new`, oldest name first.
+    pub fn new_files(folder: &Path) -> Vec<Vec<u8>> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(folder.join("new"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names.iter().map(|p| std::fs::read(p).unwrap()).collect()
+    }
+
+    pub async fn client(&self) -> LmtpClient {
+        let stream = TcpStream::connect(self.addr).await.unwrap();
+        let mut client = LmtpClient {
+            stream: BufReader::new(stream),
+        };
+        let greeting = client.reply().await;
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        client
+    }
+}
+
+impl Drop for RunningLmtp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub struct LmtpClient {
+    pub stream: BufReader<TcpStream>,
+}
+
+impl LmtpClient {
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// One reply, multi-line replies joined with `\n`.
+    pub async fn reply(&mut self) -> String {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read_line(&mut line))
+                .await
+                .expect("reply timed out")
+                .unwrap();
+            assert!(n > 0, "connection closed; replies so far: {lines:?}");
+            let line = line.trim_end().to_string();
+            let more = line.as_bytes().get(3) == Some(&b'-');
+            lines.push(line);
+            if !more {
+                return lines.join("\n");
+            }
+        }
+    }
+
+    pub async fn replies(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.reply().await);
+        }
+        out
+    }
+
+    /// True once the server has closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        let mut line = String::new();
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read_line(&mut line)).await,
+            Ok(Ok(0))
+        )
+    }
+}
+
+/// Dot-stuffs a message for DATA (RFC 5321 §4.5.2) and appends the terminator.
+pub fn dot_stuffed(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at_line_start = true;
+    for &b in message {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
