@@ -48,18 +48,56 @@ pub struct SignRequest<'a> {
     pub jti: String,
 }
 
-/// The `h` list: every recommended field as often as it occurs (at least once, so that adding
-/// an absent one breaks the hash), `from` and `subject` once more.
+/// Fields an MTA adds to a message that lacks them (RFC 5321 §4.4, Postfix's cleanup(8)
+/// adds both): signing them while absent would break the signature in transit.
+const ADDED_IN_TRANSIT: &[&str] = &["date", "message-id"];
+
+/// The `h` list: every recommended field as often as it occurs; an absent one listed once
+/// (so that adding it breaks the hash), except those MTAs add in transit; `from` and `subject`
+/// once more.
 pub fn header_names_to_sign(headers: &[HeaderField]) -> Vec<String> {
     let mut names = Vec::new();
     for name in RECOMMENDED_HEADERS {
-        let count = headers.iter().filter(|f| f.is(name)).count().max(1);
+        let present = headers.iter().filter(|f| f.is(name)).count();
+        let count = if present == 0 && ADDED_IN_TRANSIT.contains(name) {
+            0
+        } else {
+            present.max(1)
+        };
         names.extend(std::iter::repeat_n(name.to_string(), count));
     }
     for name in OVER_SIGNED {
         names.push(name.to_string());
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_fields_are_covered_except_those_added_in_transit() {
+        let headers = [
+            HeaderField::new("From", " a@b.example"),
+            HeaderField::new("To", " x@y"),
+            HeaderField::new("To", " z@y"),
+        ];
+        let names = header_names_to_sign(&headers);
+        assert_eq!(names.iter().filter(|n| *n == "to").count(), 2);
+        assert_eq!(
+            names.iter().filter(|n| *n == "cc").count(),
+            1,
+            "absent: listed to block additions"
+        );
+        assert!(!names.contains(&"date".to_string()) && !names.contains(&"message-id".to_string()));
+        assert_eq!(names.iter().filter(|n| *n == "from").count(), 2);
+        let with_date = [
+            HeaderField::new("From", " a@b.example"),
+            HeaderField::new("Date", " now"),
+        ];
+        assert!(header_names_to_sign(&with_date).contains(&"date".to_string()));
+    }
 }
 
 /// A fresh random `jti`: 18 random bytes, 24 base64url characters.

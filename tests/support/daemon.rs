@@ -16,20 +16,42 @@ impl Daemon {
     /// Starts the daemon and waits until `wait_port` (a loopback TCP port it listens on)
     /// accepts connections.
     pub fn start(config: &str, wait_port: u16) -> Daemon {
+        Daemon::start_limited(config, wait_port, None)
+    }
+
+    /// As `start`, with RLIMIT_FSIZE set to `file_size_limit` bytes in the daemon: a stand-in
+    /// for a full file system.
+    pub fn start_limited(config: &str, wait_port: u16, file_size_limit: Option<u64>) -> Daemon {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("atsms-milter.toml");
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_atsms-milter"));
+        command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(limit) = file_size_limit {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &rlim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().unwrap();
         let daemon = Daemon {
             child: Some(child),
             config_path,
@@ -58,6 +80,13 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill_dash_9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     /// SIGTERM, and the exit status.

@@ -174,9 +174,14 @@ milter_default_action = tempfail
 
     /// Waits until `count` messages are in the mailbox's `new/`; returns their contents.
     pub fn wait_for_mail(&self, mailbox: &str, count: usize) -> Vec<Vec<u8>> {
+        self.wait_for_files(&self.new_dir(mailbox), count)
+    }
+
+    /// Waits until `count` files are in `dir` (a `new/`); returns their contents by name.
+    pub fn wait_for_files(&self, dir: &Path, count: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(self.new_dir(mailbox))
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
                 .map(|d| d.map(|e| e.unwrap().path()).collect())
                 .unwrap_or_default();
             if files.len() >= count {
@@ -185,7 +190,8 @@ milter_default_action = tempfail
             }
             assert!(
                 Instant::now() < deadline,
-                "no delivery to {mailbox}; maillog:\n{}",
+                "no delivery to {}; maillog:\n{}",
+                dir.display(),
                 self.maillog()
             );
             std::thread::sleep(Duration::from_millis(100));
