@@ -72,34 +72,6 @@ pub fn header_names_to_sign(headers: &[HeaderField]) -> Vec<String> {
     names
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn absent_fields_are_covered_except_those_added_in_transit() {
-        let headers = [
-            HeaderField::new("From", " a@b.example"),
-            HeaderField::new("To", " x@y"),
-            HeaderField::new("To", " z@y"),
-        ];
-        let names = header_names_to_sign(&headers);
-        assert_eq!(names.iter().filter(|n| *n == "to").count(), 2);
-        assert_eq!(
-            names.iter().filter(|n| *n == "cc").count(),
-            1,
-            "absent: listed to block additions"
-        );
-        assert!(!names.contains(&"date".to_string()) && !names.contains(&"message-id".to_string()));
-        assert_eq!(names.iter().filter(|n| *n == "from").count(), 2);
-        let with_date = [
-            HeaderField::new("From", " a@b.example"),
-            HeaderField::new("Date", " now"),
-        ];
-        assert!(header_names_to_sign(&with_date).contains(&"date".to_string()));
-    }
-}
-
 /// A fresh random `jti`: 18 random bytes, 24 base64url characters.
 pub fn random_jti() -> String {
     let mut bytes = [0u8; 18];
@@ -179,4 +151,32 @@ pub fn format_field(did: &str, token: &str, newline: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absent_fields_are_covered_except_those_added_in_transit() {
+        let headers = [
+            HeaderField::new("From", " a@b.example"),
+            HeaderField::new("To", " x@y"),
+            HeaderField::new("To", " z@y"),
+        ];
+        let names = header_names_to_sign(&headers);
+        assert_eq!(names.iter().filter(|n| *n == "to").count(), 2);
+        assert_eq!(
+            names.iter().filter(|n| *n == "cc").count(),
+            1,
+            "absent: listed to block additions"
+        );
+        assert!(!names.contains(&"date".to_string()) && !names.contains(&"message-id".to_string()));
+        assert_eq!(names.iter().filter(|n| *n == "from").count(), 2);
+        let with_date = [
+            HeaderField::new("From", " a@b.example"),
+            HeaderField::new("Date", " now"),
+        ];
+        assert!(header_names_to_sign(&with_date).contains(&"date".to_string()));
+    }
 }

@@ -152,6 +152,8 @@ struct Transaction {
     recipients: Vec<Recipient>,
     /// Set by the first BDAT.
     incoming: Option<Incoming>,
+    /// How the message came: "data" or "bdat" (for the log).
+    via: &'static str,
 }
 
 enum Line {
@@ -342,6 +344,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                             "503 5.5.1 no valid recipients".into()
                         } else {
                             let t = transaction.as_mut().expect("checked above");
+                            t.via = "bdat";
                             let authserv_id = current_authserv_id(&service);
                             let incoming = t.incoming.get_or_insert_with(|| {
                                 Incoming::new(service.max_message_size, &authserv_id)
@@ -443,6 +446,7 @@ fn mail(
         sender,
         recipients: Vec::new(),
         incoming: None,
+        via: "data",
     });
     "250 2.1.0 OK".into()
 }
@@ -616,6 +620,7 @@ async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
         .finish(&settings, settings.now(), &[])
         .await;
     let kept_headers = incoming.kept_header_section();
+    let size = incoming.size;
     let incoming = Arc::new(Mutex::new(incoming));
     let single = t.recipients.len() == 1;
     // A recipient given twice is delivered once and answered twice (RFC 2033 §4.2), each
@@ -706,9 +711,11 @@ async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
         };
         let best = verdict.best_pass().or_else(|| verdict.signatures.first());
         info!(
-            "lmtp: from=<{}> to=<{}> atsms={} did={} handle={} action={}{} folder={} resolve_ms={} reply=\"{}\"",
+            "lmtp: from=<{}> to=<{}> via={} size={} atsms={} did={} handle={} action={}{} folder={} resolve_ms={} reply=\"{}\"",
             t.sender,
             recipient.address,
+            t.via,
+            size,
             decision.result,
             best.and_then(|s| s.did.as_deref()).unwrap_or("-"),
             best.and_then(|s| s.handle.as_deref()).unwrap_or("-"),

@@ -1,0 +1,137 @@
+//! A throwaway Exim (unpacked beside Postfix by scripts/test): its own configuration, spool and
+//! logs under a temporary directory, `exim4 -C FILE -bd` on a loopback port.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::postfix::free_port;
+
+pub struct Exim {
+    pub dir: tempfile::TempDir,
+    pub smtp_port: u16,
+    child: Option<Child>,
+}
+
+impl Exim {
+    /// Starts Exim accepting mail for mx.example.net and handing it to `transport` (the body
+    /// of a transport definition).
+    pub fn start(transport: &str) -> Exim {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "the Exim integration tests need root (CI runs as root)"
+        );
+        assert!(
+            Path::new("/usr/sbin/exim4").exists(),
+            "Exim is not unpacked: run scripts/test"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("atsms-exim-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path();
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        for sub in ["spool", "log"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+            std::os::unix::fs::chown(root.join(sub), Some(65534), Some(65534)).unwrap();
+        }
+        let smtp_port = free_port();
+        let r = root.display();
+        let config = format!(
+            "primary_hostname = exim.test
+exim_user = nobody
+exim_group = nogroup
+never_users =
+spool_directory = {r}/spool
+log_file_path = {r}/log/%slog
+daemon_smtp_ports = {smtp_port}
+local_interfaces = 127.0.0.1
+domainlist local_domains = mx.example.net
+acl_smtp_rcpt = acl_check_rcpt
+tls_advertise_hosts =
+
+begin acl
+acl_check_rcpt:
+  accept domains = +local_domains
+  deny message = relay not permitted
+
+begin routers
+to_atsms:
+  driver = accept
+  domains = +local_domains
+  transport = atsms
+
+begin transports
+atsms:
+{transport}
+
+begin retry
+* * F,2h,1m
+"
+        );
+        let config_path = root.join("exim.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("/usr/sbin/exim4")
+            .arg("-C")
+            .arg(&config_path)
+            .args(["-bd", "-q1m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("exim4");
+        let exim = Exim {
+            dir,
+            smtp_port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", smtp_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "Exim did not start:\n{}\n{}",
+                exim.log("main"),
+                exim.log("panic")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        exim
+    }
+
+    pub fn log(&self, which: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("log/{which}log"))).unwrap_or_default()
+    }
+
+    pub fn swaks(&self, from: &str, to: &str, message: &[u8]) -> (String, bool) {
+        let file = self.dir.path().join(format!("swaks-{}.eml", free_port()));
+        std::fs::write(&file, message).unwrap();
+        let output = Command::new("swaks")
+            .args([
+                "--server",
+                &format!("127.0.0.1:{}", self.smtp_port),
+                "--from",
+                from,
+                "--to",
+                to,
+                "--helo",
+                "client.example",
+                "--data",
+            ])
+            .arg(&file)
+            .output()
+            .expect("swaks");
+        (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            output.status.success(),
+        )
+    }
+}
+
+impl Drop for Exim {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
