@@ -348,3 +348,28 @@ async fn sequence_errors_limits_and_timeouts() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     assert!(c.closed().await);
 }
+
+#[tokio::test]
+async fn an_io_error_other_than_a_full_disk_is_451() {
+    let world = VectorWorld::start();
+    let server = RunningLmtp::start(
+        world.resolver_config(),
+        policy(),
+        world.now(),
+        |config, dir| {
+            // The template runs through a regular file: creating the Maildir fails with ENOTDIR.
+            std::fs::write(dir.join("not-a-directory"), b"").unwrap();
+            config.maildir = format!("{}/not-a-directory/%n/Maildir", dir.display());
+        },
+    )
+    .await;
+    let mut c = server.client().await;
+    c.send(b"LHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nDATA\r\n")
+        .await;
+    c.replies(4).await;
+    c.send(&dot_stuffed(b"Subject: s\r\n\r\nx\r\n")).await;
+    assert_eq!(
+        c.reply().await,
+        "451 4.3.0 <bob@mx.example.net> temporary delivery failure"
+    );
+}

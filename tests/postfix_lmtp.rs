@@ -92,9 +92,15 @@ fn deliver_through_postfix(
         "{unsigned}"
     );
     let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("atsms=fail"))
+        .unwrap_or_else(|| panic!("{log}"));
     assert!(
-        log.contains("to=<bob@mx.example.net> atsms=fail") && log.contains("action=junk"),
-        "{log}"
+        line.contains("to=<bob@mx.example.net>")
+            && line.contains("action=junk")
+            && line.contains("/.Junk"),
+        "{line}"
     );
     assert!(
         postfix
