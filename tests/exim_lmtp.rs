@@ -55,11 +55,16 @@ fn exim_lmtp_driver_on_a_unix_socket() {
     .unwrap();
     let socket = root.path().join("lmtp.sock");
     let milter_port = free_port();
-    let config = format!(
-        "[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n\n[lmtp]\nlisten = \"unix:{}\"\nsocket_mode = \"0666\"\nmaildir = \"{}/%d/%n/Maildir\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\n",
-        socket.display(),
-        root.path().display(),
-        world.resolver_toml()
+    let milter = format!(
+        "[milter]
+listen = \"inet:127.0.0.1:{milter_port}\"
+"
+    );
+    let config = world.lmtp_daemon_config(
+        &format!("unix:{}", socket.display()),
+        root.path(),
+        &milter,
+        "",
     );
     let daemon = Daemon::start(&config, milter_port);
     let exim = Exim::start(&format!(
@@ -83,11 +88,7 @@ fn exim_smtp_driver_speaking_lmtp_sends_bdat() {
     let world = VectorWorld::start();
     let root = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = format!(
-        "[lmtp]\nlisten = \"inet:127.0.0.1:{port}\"\nmaildir = \"{}/%d/%n/Maildir\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\n",
-        root.path().display(),
-        world.resolver_toml()
-    );
+    let config = world.lmtp_daemon_config(&format!("inet:127.0.0.1:{port}"), root.path(), "", "");
     let daemon = Daemon::start(&config, port);
     let exim = Exim::start(&format!(
         "  driver = smtp\n  protocol = lmtp\n  hosts = 127.0.0.1\n  port = {port}\n  hosts_override\n  allow_localhost\n  hosts_try_chunking = *\n  message_linelength_limit = 1000000000\n"

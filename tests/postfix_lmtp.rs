@@ -33,11 +33,7 @@ fn deliver_through_postfix(
     root: &std::path::Path,
     world: &VectorWorld,
 ) {
-    let config = format!(
-        "[lmtp]\nlisten = \"{daemon_listen}\"\nsocket_mode = \"0666\"\nmaildir = \"{}/%d/%n/Maildir\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\non_fail = \"junk\"\n",
-        root.display(),
-        world.resolver_toml()
-    );
+    let config = world.lmtp_daemon_config(daemon_listen, root, "", "on_fail = \"junk\"");
     let daemon = Daemon::start(&config, wait_port);
     let postfix = Postfix::start(
         &["bob"],
@@ -137,10 +133,10 @@ fn postfix_delivers_over_lmtp_on_a_unix_socket() {
     let socket = root.path().join("lmtp.sock");
     // The daemon also runs the (default) milter; its port tells when it is up.
     let milter_port = free_port();
-    let world_toml_marker = format!("[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n");
+    let milter_section = format!("[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n");
     let config_listen = format!("unix:{}", socket.display());
     deliver_through_postfix_with_milter(
-        &world_toml_marker,
+        &milter_section,
         &config_listen,
         milter_port,
         root.path(),
@@ -157,11 +153,7 @@ fn deliver_through_postfix_with_milter(
     world: &VectorWorld,
     socket: &std::path::Path,
 ) {
-    let config = format!(
-        "{milter_section}\n[lmtp]\nlisten = \"{listen}\"\nsocket_mode = \"0666\"\nmaildir = \"{}/%d/%n/Maildir\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\n",
-        root.display(),
-        world.resolver_toml()
-    );
+    let config = world.lmtp_daemon_config(listen, root, milter_section, "");
     let daemon = Daemon::start(&config, milter_port);
     assert!(socket.exists(), "{}", daemon.log());
     let postfix = Postfix::start(

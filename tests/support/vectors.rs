@@ -157,3 +157,23 @@ impl VectorWorld {
         out
     }
 }
+
+impl VectorWorld {
+    /// A daemon config with an `[lmtp]` section listening on `listen` (socket mode 0666, so
+    /// MTAs running as other users can connect), Maildirs under `root`, this world's resolver,
+    /// authserv-id `mx.test`; `sections` (a `[milter]` section, say) and `policy` (extra
+    /// `[policy]` lines) are added.
+    pub fn lmtp_daemon_config(
+        &self,
+        listen: &str,
+        root: &std::path::Path,
+        sections: &str,
+        policy: &str,
+    ) -> String {
+        format!(
+            "{sections}\n[lmtp]\nlisten = \"{listen}\"\nsocket_mode = \"0666\"\nmaildir = \"{}/%d/%n/Maildir\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\n{policy}\n",
+            root.display(),
+            self.resolver_toml()
+        )
+    }
+}
