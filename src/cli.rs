@@ -420,7 +420,7 @@ struct ResolutionSource {
 
 fn resolve(args: ResolveArgs) -> ExitCode {
     let resolver = match args.resolver.resolver() {
-        Ok(r) => r,
+        Ok(r) => Arc::new(r),
         Err(e) => return fail(exit::USAGE, e),
     };
     let Ok(rt) = runtime() else {
@@ -444,8 +444,8 @@ fn resolve(args: ResolveArgs) -> ExitCode {
                 .resolve_did(&did)
                 .await
                 .map_err(|e| (e.transient, e.reason))?;
-            let checked = resolver.checked_handle(&resolved.document).await;
-            Ok::<_, (bool, String)>((resolved, checked))
+            let checked = resolver.checked_handle(&resolved.value.document).await;
+            Ok::<_, (bool, String)>((resolved.value, checked))
         })
         .await
         .unwrap_or_else(|_| Err((true, "timed out".to_string())))

@@ -206,44 +206,33 @@ impl Verifier {
         if token.kid.did() != claims.iss {
             return reject(AuthResult::Permerror, "kid names another DID than iss");
         }
-        let resolved = match tokio::time::timeout(
-            self.timeout,
-            self.identity.resolve_key(&token.kid, context.now),
-        )
-        .await
-        {
-            Ok(Ok(resolved)) => resolved,
-            Ok(Err(e)) => {
-                return reject(
-                    if e.transient {
-                        AuthResult::Temperror
-                    } else {
-                        AuthResult::Permerror
-                    },
-                    &e.reason,
-                );
+        // Steps 6 to 8. If they fail with a cached document, the DID may have rotated its key:
+        // fetch it again (at most once per DID per five minutes) and, if it changed, judge again.
+        let resolved = match self.key_and_signature(&token, context.now, None).await {
+            Ok(resolved) => resolved,
+            Err(rejection) => {
+                let fresh = match rejection.retry_with_fresh_document {
+                    true => tokio::time::timeout(
+                        self.timeout,
+                        self.identity.refresh_after_failure(&claims.iss),
+                    )
+                    .await
+                    .ok()
+                    .flatten(),
+                    false => None,
+                };
+                let Some(document) = fresh else {
+                    return reject(rejection.result, &rejection.reason);
+                };
+                match self
+                    .key_and_signature(&token, context.now, Some(document))
+                    .await
+                {
+                    Ok(resolved) => resolved,
+                    Err(rejection) => return reject(rejection.result, &rejection.reason),
+                }
             }
-            Err(_) => return reject(AuthResult::Temperror, "identity lookup timed out"),
         };
-        if resolved.key.alg() != token.alg {
-            let reason = format!(
-                "alg {} does not match the key's curve {}",
-                token.alg,
-                resolved.key.alg().curve_name()
-            );
-            return reject(AuthResult::Permerror, &reason);
-        }
-        // Step 7: expiry.
-        if claims.is_expired(context.now) {
-            return reject(AuthResult::Fail, "expired");
-        }
-        // Step 8: the signature.
-        if let Err(e) = resolved
-            .key
-            .verify(token.signing_input.as_bytes(), &token.signature)
-        {
-            return reject(AuthResult::Fail, &e.to_string());
-        }
         // Step 9: the hashes.
         if header_hash(&claims.h, headers) != claims.hh {
             return reject(AuthResult::Fail, "header hash mismatch");
@@ -282,6 +271,89 @@ impl Verifier {
             from: Some(from),
             rcpt: claims.rcpt.clone(),
         }
+    }
+}
+
+/// Why steps 6 to 8 failed, and whether a fresher DID document could change that.
+struct Rejection {
+    result: AuthResult,
+    reason: String,
+    retry_with_fresh_document: bool,
+}
+
+impl Verifier {
+    /// Steps 6 (key), 7 (expiry) and 8 (signature), with the cached document or `document`.
+    async fn key_and_signature(
+        &self,
+        token: &envelope::Token,
+        now: i64,
+        document: Option<Arc<crate::identity::ResolvedDid>>,
+    ) -> Result<crate::identity::ResolvedKey, Rejection> {
+        let lookup = async {
+            match &document {
+                Some(document) => {
+                    self.identity
+                        .key_in(document, &token.kid, now, false, false)
+                        .await
+                }
+                None => self.identity.resolve_key(&token.kid, now).await,
+            }
+        };
+        let resolved = match tokio::time::timeout(self.timeout, lookup).await {
+            Ok(Ok(resolved)) => resolved,
+            Ok(Err(e)) => {
+                return Err(Rejection {
+                    result: if e.error.transient {
+                        AuthResult::Temperror
+                    } else {
+                        AuthResult::Permerror
+                    },
+                    reason: e.error.reason,
+                    retry_with_fresh_document: !e.error.transient && e.cached_document,
+                });
+            }
+            Err(_) => {
+                let reason = "identity lookup timed out".to_string();
+                return Err(Rejection {
+                    result: AuthResult::Temperror,
+                    reason,
+                    retry_with_fresh_document: false,
+                });
+            }
+        };
+        if resolved.key.alg() != token.alg {
+            let reason = format!(
+                "alg {} does not match the key's curve {}",
+                token.alg,
+                resolved.key.alg().curve_name()
+            );
+            return Err(Rejection {
+                result: AuthResult::Permerror,
+                reason,
+                retry_with_fresh_document: resolved.cached,
+            });
+        }
+        // Step 7: expiry (no fresher document changes it).
+        if token.claims.is_expired(now) {
+            let reason = "expired".to_string();
+            return Err(Rejection {
+                result: AuthResult::Fail,
+                reason,
+                retry_with_fresh_document: false,
+            });
+        }
+        // Step 8: the signature.
+        if let Err(e) = resolved
+            .key
+            .verify(token.signing_input.as_bytes(), &token.signature)
+        {
+            return Err(Rejection {
+                result: AuthResult::Fail,
+                reason: e.to_string(),
+                retry_with_fresh_document: resolved.cached,
+            });
+        }
+        Ok(resolved)
     }
 }
 

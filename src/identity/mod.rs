@@ -1,21 +1,20 @@
 //! Identity resolution: DIDs (did:plc, did:web), keys, device certificates and handles, each
 //! cached in one place. Knows nothing of mail transports or policy.
 
+pub mod cache;
 pub mod device_cert;
 pub mod did_doc;
 pub mod net;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use moka::Expiry;
-use moka::future::Cache;
+use std::time::Duration;
 
 use crate::config::{CacheConfig, ResolverConfig};
 use crate::crypto::PublicKey;
 use crate::envelope::Kid;
 use crate::envelope::token::DEVICE_CERT_COLLECTION;
 use crate::syntax::{self, DidMethod};
+use cache::{Counters, Found, TimedCache};
 pub use device_cert::DeviceCertificate;
 pub use did_doc::DidDocument;
 use net::{FetchError, FetchErrorKind, Net, Origin};
@@ -68,6 +67,27 @@ pub struct ResolvedKey {
     pub did: Arc<ResolvedDid>,
     /// Served from a cache entry past its maximum age (stale-if-error).
     pub stale: bool,
+    /// The document came from the cache, not from a fetch made for this lookup: if the key
+    /// fails, the DID may have rotated it since.
+    pub cached: bool,
+}
+
+/// Why a key could not be had, and whether the document behind the answer was a cached one.
+#[derive(Debug, Clone)]
+pub struct KeyError {
+    pub error: IdentityError,
+    pub cached_document: bool,
+}
+
+/// Cache statistics, per kind of entry.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheStats {
+    pub documents: Counters,
+    pub document_entries: u64,
+    pub certificates: Counters,
+    pub certificate_entries: u64,
+    pub handles: Counters,
+    pub handle_entries: u64,
 }
 
 /// How a handle was resolved to a DID.
@@ -80,33 +100,9 @@ pub enum HandleSource {
 
 type Cached<T> = Result<Arc<T>, IdentityError>;
 
-/// Cache lifetimes by outcome: success, definite failure, transient failure.
-struct OutcomeExpiry {
-    fresh: Duration,
-    negative: Duration,
-    error: Duration,
-}
-
-impl<K, T> Expiry<K, Cached<T>> for OutcomeExpiry {
-    fn expire_after_create(&self, _key: &K, value: &Cached<T>, _now: Instant) -> Option<Duration> {
-        Some(match value {
-            Ok(_) => self.fresh,
-            Err(e) if e.transient => self.error,
-            Err(_) => self.negative,
-        })
-    }
-}
-
-fn build_cache<T: Send + Sync + 'static>(config: &CacheConfig) -> Cache<String, Cached<T>> {
-    Cache::builder()
-        .max_capacity(config.max_entries)
-        .expire_after(OutcomeExpiry {
-            fresh: Duration::from_secs(config.fresh),
-            negative: Duration::from_secs(config.negative),
-            error: Duration::from_secs(config.error),
-        })
-        .build()
-}
+/// How long after a forced refresh (a signature failed with a cached key) another one for the
+/// same DID is refused: forged mail must not be able to hammer the directory (spec section 6).
+pub const ROTATION_CHECK_INTERVAL: Duration = Duration::from_secs(300);
 
 /// Longest `/.well-known/atproto-did` answer read: one DID and a line end.
 const MAX_HANDLE_BODY: usize = 2048;
@@ -119,9 +115,11 @@ pub struct IdentityResolver {
     net: Net,
     plc_urls: Vec<String>,
     max_document_size: usize,
-    documents: Cache<String, Cached<ResolvedDid>>,
-    certificates: Cache<String, Cached<DeviceCertificate>>,
-    handles: Cache<String, Cached<(String, HandleSource)>>,
+    documents: TimedCache<ResolvedDid>,
+    certificates: TimedCache<DeviceCertificate>,
+    handles: TimedCache<(String, HandleSource)>,
+    /// DIDs refreshed after a failure recently (ROTATION_CHECK_INTERVAL).
+    rotation_checks: moka::sync::Cache<String, ()>,
 }
 
 impl IdentityResolver {
@@ -134,18 +132,74 @@ impl IdentityResolver {
                 .map(|u| u.trim_end_matches('/').to_string())
                 .collect(),
             max_document_size: resolver.max_document_size,
-            documents: build_cache(cache),
-            certificates: build_cache(cache),
-            handles: build_cache(cache),
+            documents: TimedCache::new(cache),
+            certificates: TimedCache::new(cache),
+            handles: TimedCache::new(cache),
+            rotation_checks: moka::sync::Cache::builder()
+                .max_capacity(cache.max_entries)
+                .time_to_live(ROTATION_CHECK_INTERVAL)
+                .build(),
         })
     }
-
-    /// The DID document of `did`, from the cache when it holds one. Concurrent lookups of one
-    /// DID are merged into one fetch.
-    pub async fn resolve_did(&self, did: &str) -> Cached<ResolvedDid> {
+    /// The DID document of `did`, from the cache when it may serve (cache.rs has the rules).
+    /// Concurrent lookups of one DID are merged into one fetch.
+    pub async fn resolve_did(
+        self: &Arc<Self>,
+        did: &str,
+    ) -> Result<Found<ResolvedDid>, IdentityError> {
+        let refresh = || {
+            let this = self.clone();
+            let did = did.to_string();
+            tokio::spawn(async move {
+                let _ = this
+                    .documents
+                    .fetch(&did, || this.fetch_did(&did), true)
+                    .await;
+            });
+        };
         self.documents
-            .get_with(did.to_string(), self.fetch_did(did))
+            .get(did, || self.fetch_did(did), refresh)
             .await
+    }
+
+    /// After a signature failed with a cached key: fetch the document again, at most once per
+    /// DID per five minutes. Returns the new document only if it differs from the cached one.
+    pub async fn refresh_after_failure(self: &Arc<Self>, did: &str) -> Option<Arc<ResolvedDid>> {
+        if self.rotation_checks.contains_key(did) {
+            return None;
+        }
+        self.rotation_checks.insert(did.to_string(), ());
+        let before = self
+            .documents
+            .peek(did)
+            .await
+            .and_then(|e| e.value.clone().ok());
+        let found = self
+            .documents
+            .fetch(did, || self.fetch_did(did), false)
+            .await
+            .ok()?;
+        let changed = before.is_none_or(|b| b.document != found.value.document);
+        (changed && !found.cached).then_some(found.value)
+    }
+
+    /// Drops what is cached for `did` (its document and device certificates).
+    pub async fn purge(&self, did: &str) -> bool {
+        let removed = self.documents.invalidate(did).await;
+        self.rotation_checks.invalidate(did);
+        self.certificates.invalidate_prefix(&format!("at://{did}/"));
+        removed
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            documents: self.documents.counters(),
+            document_entries: self.documents.entry_count(),
+            certificates: self.certificates.counters(),
+            certificate_entries: self.certificates.entry_count(),
+            handles: self.handles.counters(),
+            handle_entries: self.handles.entry_count(),
+        }
     }
 
     async fn fetch_did(&self, did: &str) -> Cached<ResolvedDid> {
@@ -236,32 +290,69 @@ impl IdentityResolver {
         let document = DidDocument::parse(body, did).map_err(IdentityError::permanent)?;
         Ok(Arc::new(ResolvedDid { document, source }))
     }
-
     /// The key a `kid` names (spec section 5), checked as of `now`.
-    pub async fn resolve_key(&self, kid: &Kid, now: i64) -> Result<ResolvedKey, IdentityError> {
-        let did = self.resolve_did(kid.did()).await?;
+    pub async fn resolve_key(
+        self: &Arc<Self>,
+        kid: &Kid,
+        now: i64,
+    ) -> Result<ResolvedKey, KeyError> {
+        let found = self
+            .resolve_did(kid.did())
+            .await
+            .map_err(|error| KeyError {
+                error,
+                cached_document: false,
+            })?;
+        self.key_in(&found.value, kid, now, found.stale, found.cached)
+            .await
+    }
+
+    /// The key a `kid` names in a given document.
+    pub async fn key_in(
+        self: &Arc<Self>,
+        did: &Arc<ResolvedDid>,
+        kid: &Kid,
+        now: i64,
+        stale: bool,
+        cached: bool,
+    ) -> Result<ResolvedKey, KeyError> {
+        let fail = |error| KeyError {
+            error,
+            cached_document: cached,
+        };
         let key = match kid {
             Kid::VerificationMethod { fragment, .. } => did
                 .document
                 .key(fragment)
-                .map_err(IdentityError::permanent)?,
+                .map_err(|e| fail(IdentityError::permanent(e)))?,
             Kid::DeviceCertificate { fingerprint, .. } => {
                 let kid_uri = kid.to_string();
+                let refresh = || {
+                    let this = self.clone();
+                    let (document, kid_uri, fingerprint) =
+                        (did.document.clone(), kid_uri.clone(), fingerprint.clone());
+                    tokio::spawn(async move {
+                        let fetch = || this.fetch_device_cert(&document, &kid_uri, &fingerprint);
+                        let _ = this.certificates.fetch(&kid_uri, fetch, true).await;
+                    });
+                };
+                let fetch = || self.fetch_device_cert(&did.document, &kid_uri, fingerprint);
                 let cert = self
                     .certificates
-                    .get_with(
-                        kid_uri.clone(),
-                        self.fetch_device_cert(&did.document, &kid_uri, fingerprint),
-                    )
-                    .await?;
-                cert.check_validity(now).map_err(IdentityError::permanent)?;
-                cert.key.clone()
+                    .get(&kid_uri, fetch, refresh)
+                    .await
+                    .map_err(fail)?;
+                cert.value
+                    .check_validity(now)
+                    .map_err(|e| fail(IdentityError::permanent(e)))?;
+                cert.value.key.clone()
             }
         };
         Ok(ResolvedKey {
             key,
-            did,
-            stale: false,
+            did: did.clone(),
+            stale,
+            cached,
         })
     }
 
@@ -316,14 +407,24 @@ impl IdentityResolver {
             .map(Arc::new)
             .map_err(IdentityError::permanent)
     }
-
     /// The DID a handle names: DNS TXT `_atproto.<handle>`, else HTTPS
     /// `/.well-known/atproto-did` (atproto handle spec).
-    pub async fn resolve_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
+    pub async fn resolve_handle(self: &Arc<Self>, handle: &str) -> Cached<(String, HandleSource)> {
         let handle = handle.to_ascii_lowercase();
+        let refresh = || {
+            let this = self.clone();
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = this
+                    .handles
+                    .fetch(&handle, || this.fetch_handle(&handle), true)
+                    .await;
+            });
+        };
         self.handles
-            .get_with(handle.clone(), self.fetch_handle(&handle))
+            .get(&handle, || self.fetch_handle(&handle), refresh)
             .await
+            .map(|found| found.value)
     }
 
     async fn fetch_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
@@ -386,7 +487,10 @@ impl IdentityResolver {
     }
 
     /// The document's handle if it resolves back to the same DID (spec section 7), else none.
-    pub async fn checked_handle(&self, document: &DidDocument) -> Option<(String, HandleSource)> {
+    pub async fn checked_handle(
+        self: &Arc<Self>,
+        document: &DidDocument,
+    ) -> Option<(String, HandleSource)> {
         let handle = document.handle_claim()?;
         let resolved = self.resolve_handle(&handle).await.ok()?;
         (resolved.0 == document.id).then(|| (handle, resolved.1))
