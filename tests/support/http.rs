@@ -17,6 +17,10 @@ pub enum Reply {
     },
     /// Accept the request and never answer.
     Hang,
+    /// Answer after a delay.
+    Delayed(Duration, Box<Reply>),
+    /// Send the answer one byte per interval (a server that trickles).
+    Trickle(Duration, Box<Reply>),
 }
 
 impl Reply {
@@ -109,20 +113,45 @@ async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, log: Arc<Mut
     let text = String::from_utf8_lossy(&head);
     let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
     log.lock().unwrap().push(target.clone());
-    match handler(&target) {
-        Reply::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
-        Reply::Body {
-            status,
-            content_type,
-            body,
-        } => {
-            let head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).await;
-            let _ = stream.write_all(&body).await;
-            let _ = stream.shutdown().await;
+    let mut reply = handler(&target);
+    let mut trickle = None;
+    loop {
+        match reply {
+            Reply::Hang => return tokio::time::sleep(Duration::from_secs(3600)).await,
+            Reply::Delayed(delay, inner) => {
+                tokio::time::sleep(delay).await;
+                reply = *inner;
+            }
+            Reply::Trickle(interval, inner) => {
+                trickle = Some(interval);
+                reply = *inner;
+            }
+            Reply::Body {
+                status,
+                content_type,
+                body,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let bytes = [head.into_bytes(), body].concat();
+                match trickle {
+                    None => {
+                        let _ = stream.write_all(&bytes).await;
+                    }
+                    Some(interval) => {
+                        for b in bytes {
+                            if stream.write_all(&[b]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(interval).await;
+                        }
+                    }
+                }
+                let _ = stream.shutdown().await;
+                return;
+            }
         }
     }
 }

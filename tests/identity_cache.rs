@@ -1,0 +1,254 @@
+//! The identity cache and key rotation, against a loopback PLC directory whose behaviour the
+//! test changes as it goes. Lifetimes are set to seconds so the rules can be watched.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atsms_milter::config::{CacheConfig, ResolverConfig};
+use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::envelope::{AuthResult, sign};
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::message::read_message;
+use atsms_milter::verify::{Context, SignatureVerdict, Verifier};
+use support::http::{HttpServer, Reply};
+
+const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
+const NOW: i64 = 1_795_000_000;
+
+#[derive(Clone)]
+enum Plc {
+    Serve(SigningKey),
+    Unavailable,
+    NotFound,
+    Slow(SigningKey, Duration),
+}
+
+fn document(did: &str, key: &SigningKey) -> String {
+    serde_json::json!({
+        "id": did,
+        "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": did, "publicKeyMultibase": key.public_key().to_multikey()}],
+    })
+    .to_string()
+}
+
+/// A PLC directory doing what `mode` says at the time of each request.
+fn plc(mode: Arc<Mutex<Plc>>) -> HttpServer {
+    HttpServer::start(Arc::new(move |target: &str| {
+        let did = target.trim_start_matches('/');
+        match mode.lock().unwrap().clone() {
+            Plc::Serve(key) => Reply::json(200, document(did, &key)),
+            Plc::Slow(key, delay) => {
+                Reply::Delayed(delay, Box::new(Reply::json(200, document(did, &key))))
+            }
+            Plc::Unavailable => Reply::json(503, "{}"),
+            Plc::NotFound => Reply::json(404, "{\"message\":\"DID not registered\"}"),
+        }
+    }))
+}
+
+fn verifier(plc: &HttpServer, cache: CacheConfig) -> Verifier {
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url()],
+        timeout: 3,
+        ..Default::default()
+    };
+    Verifier::new(
+        Arc::new(IdentityResolver::new(&config, &cache).unwrap()),
+        config.timeout(),
+    )
+}
+
+fn signed(key: &SigningKey, did: &str) -> Vec<u8> {
+    let body = b"From: alice@alice.example.com\r\nSubject: cache\r\n\r\nhello\r\n";
+    let parsed = read_message(&body[..]).unwrap();
+    let kid = format!("{did}#atproto");
+    let request = sign::SignRequest {
+        key,
+        kid: &kid,
+        now: NOW,
+        ttl: 3600,
+        rcpt: &[],
+        jti: sign::random_jti(),
+    };
+    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+    [
+        sign::format_field(did, &token, "\r\n").into_bytes(),
+        b"\r\n".to_vec(),
+        body.to_vec(),
+    ]
+    .concat()
+}
+
+async fn verify(v: &Verifier, message: &[u8]) -> SignatureVerdict {
+    let parsed = read_message(message).unwrap();
+    v.verify(
+        &parsed.headers,
+        &parsed.body_hash,
+        &Context {
+            now: NOW,
+            recipients: &[],
+        },
+    )
+    .await
+    .signatures
+    .remove(0)
+}
+
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn fresh_refresh_stale_and_expiry() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let mode = Arc::new(Mutex::new(Plc::Serve(key.clone())));
+    let directory = plc(mode.clone());
+    let cache = CacheConfig {
+        fresh: 1,
+        max_age: 2,
+        stale_if_error: 2,
+        error: 1,
+        ..Default::default()
+    };
+    let v = verifier(&directory, cache);
+    let message = signed(&key, ALICE);
+
+    assert_eq!(verify(&v, &message).await.result, AuthResult::Pass);
+    assert_eq!(verify(&v, &message).await.result, AuthResult::Pass);
+    assert_eq!(directory.request_count(), 1, "fresh: served from the cache");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        verify(&v, &message).await.result,
+        AuthResult::Pass,
+        "between fresh and max_age: served"
+    );
+    settle().await;
+    assert_eq!(
+        directory.request_count(),
+        2,
+        "…and refreshed in the background"
+    );
+
+    // The directory goes down; past max_age the refetch fails and the entry serves stale.
+    *mode.lock().unwrap() = Plc::Unavailable;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let stale = verify(&v, &message).await;
+    assert_eq!(stale.result, AuthResult::Pass, "{:?}", stale.reason);
+    assert!(stale.stale, "flagged stale");
+    assert!(stale.reason.is_none(), "stale is not a reason");
+    let requests = directory.request_count();
+    assert_eq!(verify(&v, &message).await.result, AuthResult::Pass);
+    assert_eq!(
+        directory.request_count(),
+        requests,
+        "a failed refetch is not retried for cache.error"
+    );
+
+    // Past max_age + stale_if_error nothing may serve: temperror, never a pass on old data.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let gone = verify(&v, &message).await;
+    assert_eq!(gone.result, AuthResult::Temperror, "{:?}", gone.reason);
+
+    // The directory is back: a good answer replaces everything.
+    *mode.lock().unwrap() = Plc::Serve(key.clone());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let back = verify(&v, &message).await;
+    assert_eq!(back.result, AuthResult::Pass);
+    assert!(!back.stale);
+}
+
+#[tokio::test]
+async fn negative_and_error_answers_are_remembered() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let mode = Arc::new(Mutex::new(Plc::NotFound));
+    let directory = plc(mode.clone());
+    let v = verifier(
+        &directory,
+        CacheConfig {
+            negative: 600,
+            error: 1,
+            ..Default::default()
+        },
+    );
+    let message = signed(&key, ALICE);
+    for _ in 0..5 {
+        assert_eq!(verify(&v, &message).await.result, AuthResult::Permerror);
+    }
+    assert_eq!(
+        directory.request_count(),
+        1,
+        "404 remembered for cache.negative"
+    );
+
+    let bob = "did:plc:hxdv4c2etoo2mbhg4alzhnno";
+    *mode.lock().unwrap() = Plc::Unavailable;
+    let message = signed(&key, bob);
+    for _ in 0..5 {
+        assert_eq!(verify(&v, &message).await.result, AuthResult::Temperror);
+    }
+    assert_eq!(
+        directory.request_count(),
+        2,
+        "503 remembered for cache.error"
+    );
+    *mode.lock().unwrap() = Plc::Serve(key.clone());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        verify(&v, &message).await.result,
+        AuthResult::Pass,
+        "then asked again"
+    );
+    assert_eq!(directory.request_count(), 3);
+}
+
+#[tokio::test]
+async fn concurrent_lookups_of_one_did_are_one_request() {
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let directory = plc(Arc::new(Mutex::new(Plc::Slow(
+        key.clone(),
+        Duration::from_millis(300),
+    ))));
+    let v = verifier(&directory, CacheConfig::default());
+    let message = signed(&key, ALICE);
+    let all = futures::future::join_all((0..50).map(|_| verify(&v, &message))).await;
+    assert!(all.iter().all(|s| s.result == AuthResult::Pass));
+    assert_eq!(directory.request_count(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_noticed_at_once_and_the_old_key_then_fails() {
+    let old = SigningKey::generate(Alg::Es256k).unwrap();
+    let new = SigningKey::generate(Alg::Es256k).unwrap();
+    let mode = Arc::new(Mutex::new(Plc::Serve(old.clone())));
+    let directory = plc(mode.clone());
+    let v = verifier(&directory, CacheConfig::default());
+    assert_eq!(
+        verify(&v, &signed(&old, ALICE)).await.result,
+        AuthResult::Pass
+    );
+    assert_eq!(directory.request_count(), 1);
+
+    // The DID rotates its key in the directory; the cache still holds the old document.
+    *mode.lock().unwrap() = Plc::Serve(new.clone());
+    let next = verify(&v, &signed(&new, ALICE)).await;
+    assert_eq!(
+        next.result,
+        AuthResult::Pass,
+        "the next message passes: {:?}",
+        next.reason
+    );
+    assert_eq!(directory.request_count(), 2, "one refetch");
+    let stale_key = verify(&v, &signed(&old, ALICE)).await;
+    assert_eq!(stale_key.result, AuthResult::Fail, "the old key then fails");
+    // Forged mail cannot make us hammer the directory: one forced refetch per DID per 5 min.
+    for _ in 0..10 {
+        assert_eq!(
+            verify(&v, &signed(&old, ALICE)).await.result,
+            AuthResult::Fail
+        );
+    }
+    assert_eq!(directory.request_count(), 2);
+}
