@@ -55,6 +55,26 @@ enum Command {
     Keygen(KeygenArgs),
     /// Resolve a DID or handle and check it in both directions.
     Resolve(ResolveArgs),
+    /// Ask a running daemon for its identity cache statistics, or drop a DID from its cache.
+    Cache(CacheArgs),
+}
+
+#[derive(Args, Debug)]
+struct CacheArgs {
+    /// The daemon's control socket (default: control.socket of the configuration,
+    /// /run/atsms-milter/control.sock).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    action: CacheAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheAction {
+    /// Hits, misses, stale serves and entries of the identity cache, as JSON.
+    Stats,
+    /// Forget a DID's document and device certificates (after a known key change).
+    Purge { did: String },
 }
 
 #[derive(Args, Debug)]
@@ -244,6 +264,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sign(args) => sign(args),
         Command::Keygen(args) => keygen(args),
         Command::Resolve(args) => resolve(args),
+        Command::Cache(args) => cache(args),
     }
 }
 
@@ -376,6 +397,28 @@ fn sign(args: SignArgs) -> ExitCode {
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(exit::SOFTWARE, format!("writing the message: {e}")),
+    }
+}
+
+fn cache(args: CacheArgs) -> ExitCode {
+    let socket = args.socket.unwrap_or_else(|| {
+        let config = ConfigArgs { config: None }.load().unwrap_or_default();
+        PathBuf::from(config.control.socket)
+    });
+    let request = match &args.action {
+        CacheAction::Stats => "stats".to_string(),
+        CacheAction::Purge { did } => format!("purge {did}"),
+    };
+    match crate::control::request(&socket, &request) {
+        Ok(reply) if reply.starts_with("error") => fail(exit::USAGE, reply.trim()),
+        Ok(reply) => {
+            print!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(
+            exit::TEMPFAIL,
+            format!("{}: {e} (is the daemon running?)", socket.display()),
+        ),
     }
 }
 

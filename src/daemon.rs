@@ -48,6 +48,17 @@ pub fn build_settings(config: &Config) -> Result<Arc<Settings>, String> {
     Settings::new(verifier, config.policy.clone()).map(Arc::new)
 }
 
+/// Starts the control socket; a daemon without one (no writable directory for it) still runs.
+fn start_control_socket(config: &Config, settings: &Settings) -> tokio::task::JoinHandle<()> {
+    let path = std::path::PathBuf::from(&config.control.socket);
+    let identity = settings.verifier.identity().clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::control::serve(path.clone(), identity).await {
+            tracing::warn!("no control socket at {}: {e}", path.display());
+        }
+    })
+}
+
 /// A file size limit (RLIMIT_FSIZE) must fail a write with EFBIG, which LMTP reports as
 /// "insufficient storage", not kill the daemon with SIGXFSZ.
 fn ignore_sigxfsz() {
@@ -129,6 +140,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let control = {
+        let settings = shared.read().map_err(|_| "settings lock poisoned")?.clone();
+        start_control_socket(&config, &settings)
+    };
     if let Some((listener, max_connections)) = milter_listener {
         let shared = shared.clone();
         let stop = stopped(stop_rx.clone());
@@ -151,11 +166,15 @@ pub async fn serve(config: Config) -> Result<(), String> {
         Some(result) = tasks.join_next() => {
             // A service ended on its own: its listener broke. Stop the rest too.
             let _ = stop_tx.send(true);
+            control.abort();
             tasks.join_all().await;
             return result.map_err(|e| e.to_string()).and_then(|r| r).and_then(|()| Err("a service stopped unexpectedly".into()));
         }
     }
     let _ = stop_tx.send(true);
+    control.abort();
+    // Let the aborted task drop its listener, which removes the socket file.
+    let _ = control.await;
     for result in tasks.join_all().await {
         result?;
     }

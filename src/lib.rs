@@ -8,6 +8,7 @@
 pub mod auth_results;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod daemon;
 pub mod envelope;

@@ -123,3 +123,76 @@ fn check_config_prints_defaults_and_names_errors() {
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn cache_stats_and_purge_through_the_control_socket() {
+    let world = support::vectors::VectorWorld::start();
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control.sock");
+    let port = support::postfix::free_port();
+    let config = format!(
+        "[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\n\n[control]\nsocket = \"{}\"\n",
+        world.resolver_toml(),
+        control.display()
+    );
+    let daemon = support::daemon::Daemon::start(&config, port);
+    // One message: its DID is resolved and cached (the vector is expired by now, but the key
+    // is looked up before the expiry is judged).
+    let mut conn = TestConnection::open(("127.0.0.1", port)).await.unwrap();
+    conn.connect(
+        "client.example",
+        std::net::SocketAddr::from(([192, 0, 2, 1], 4000)),
+    )
+    .await
+    .unwrap();
+    conn.mail(["<a@b.example>"]).await.unwrap();
+    conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
+    let raw =
+        std::fs::read(support::shared_vectors("envelope").join("k256-multikey-pass.eml")).unwrap();
+    let (fields, body) = support::milter::split_message(&raw);
+    for (name, value) in fields {
+        conn.header(name.as_str(), value.as_str()).await.unwrap();
+    }
+    conn.body(body).await.unwrap();
+    let eom = conn.eom().await;
+    assert!(eom.is_ok(), "{eom:?}\n{}", daemon.log());
+
+    let cache = |args: &[&str]| {
+        let out = bin()
+            .arg("cache")
+            .arg("--socket")
+            .arg(&control)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, stats) = cache(&["stats"]);
+    assert_eq!(code, Some(0), "{}", daemon.log());
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["document_entries"], 1, "{stats}");
+    assert_eq!(stats["documents"]["misses"], 1, "{stats}");
+    assert_eq!(stats["documents"]["fetches"], 1, "{stats}");
+    assert_eq!(
+        cache(&["purge", "did:plc:ofurdhfyhjhgomvfygxergep"]),
+        (
+            Some(0),
+            "purged did:plc:ofurdhfyhjhgomvfygxergep\n".to_string()
+        )
+    );
+    assert_eq!(
+        cache(&["purge", "did:plc:ofurdhfyhjhgomvfygxergep"]).1,
+        "not cached: did:plc:ofurdhfyhjhgomvfygxergep\n"
+    );
+    let stats: serde_json::Value = serde_json::from_str(&cache(&["stats"]).1).unwrap();
+    assert_eq!(stats["document_entries"], 0, "{stats}");
+    let missing = bin()
+        .args(["cache", "--socket"])
+        .arg(dir.path().join("nope.sock"))
+        .arg("stats")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(75));
+    drop(daemon);
+    assert!(!control.exists(), "the control socket is removed at exit");
+}

@@ -153,7 +153,9 @@ impl<T: Send + Sync + 'static> TimedCache<T> {
         self.counters.lock().map(|c| *c).unwrap_or_default()
     }
 
-    pub fn entry_count(&self) -> u64 {
+    /// Entries held now (pending inserts and evictions applied first: moka counts lazily).
+    pub async fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
         self.entries.entry_count()
     }
 

@@ -191,14 +191,14 @@ impl IdentityResolver {
         removed
     }
 
-    pub fn stats(&self) -> CacheStats {
+    pub async fn stats(&self) -> CacheStats {
         CacheStats {
             documents: self.documents.counters(),
-            document_entries: self.documents.entry_count(),
+            document_entries: self.documents.entry_count().await,
             certificates: self.certificates.counters(),
-            certificate_entries: self.certificates.entry_count(),
+            certificate_entries: self.certificates.entry_count().await,
             handles: self.handles.counters(),
-            handle_entries: self.handles.entry_count(),
+            handle_entries: self.handles.entry_count().await,
         }
     }
 
