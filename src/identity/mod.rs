@@ -120,6 +120,8 @@ pub struct IdentityResolver {
     handles: TimedCache<(String, HandleSource)>,
     /// DIDs refreshed after a failure recently (ROTATION_CHECK_INTERVAL).
     rotation_checks: moka::sync::Cache<String, ()>,
+    /// PLC directories that answered 429, and until when they asked us to stay away.
+    plc_backoff: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl IdentityResolver {
@@ -139,6 +141,7 @@ impl IdentityResolver {
                 .max_capacity(cache.max_entries)
                 .time_to_live(ROTATION_CHECK_INTERVAL)
                 .build(),
+            plc_backoff: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
     /// The DID document of `did`, from the cache when it may serve (cache.rs has the rules).
@@ -210,6 +213,21 @@ impl IdentityResolver {
                 let mut last = IdentityError::permanent("no PLC directory configured");
                 let mut any_transient = false;
                 for plc in &self.plc_urls {
+                    // A directory that answered 429 is left alone for as long as it asked
+                    // (RFC 6585 §4, Retry-After); the next one is asked meanwhile.
+                    let backing_off = self
+                        .plc_backoff
+                        .lock()
+                        .ok()
+                        .and_then(|b| b.get(plc).copied())
+                        .is_some_and(|until| std::time::Instant::now() < until);
+                    if backing_off {
+                        any_transient = true;
+                        last = IdentityError::transient(format!(
+                            "{plc} asked us to retry later (429)"
+                        ));
+                        continue;
+                    }
                     let url = format!("{plc}/{did}");
                     match self
                         .net
@@ -225,6 +243,13 @@ impl IdentityResolver {
                             ));
                         }
                         Ok(r) => {
+                            if r.status == 429 {
+                                let wait =
+                                    Duration::from_secs(r.retry_after.unwrap_or(60).min(3600));
+                                if let Ok(mut backoff) = self.plc_backoff.lock() {
+                                    backoff.insert(plc.clone(), std::time::Instant::now() + wait);
+                                }
+                            }
                             any_transient = true;
                             last = IdentityError::transient(format!(
                                 "PLC directory answered HTTP {}",

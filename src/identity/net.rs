@@ -154,6 +154,8 @@ impl Resolve for GuardedResolver {
 pub struct HttpResponse {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `Retry-After` in seconds (RFC 9110 §10.2.3), when given as a number.
+    pub retry_after: Option<u64>,
 }
 
 /// Who chose the URL: the operator (configured PLC directories) or a DID document, handle or
@@ -170,6 +172,11 @@ pub struct Net {
     dns: Arc<TokioResolver>,
     allow_private: bool,
     trusted_hosts: Arc<HashSet<String>>,
+    /// Fetches in flight, all hosts together (`resolver.max_concurrent_fetches`).
+    all_hosts: Arc<tokio::sync::Semaphore>,
+    /// Fetches in flight per host (`resolver.max_concurrent_per_host`).
+    per_host: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    per_host_limit: usize,
 }
 
 const USER_AGENT: &str = concat!("atsms-milter/", env!("CARGO_PKG_VERSION"));
@@ -208,6 +215,11 @@ impl Net {
             dns,
             allow_private: config.allow_private_addresses,
             trusted_hosts,
+            all_hosts: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_fetches.max(1),
+            )),
+            per_host: std::sync::Mutex::new(std::collections::HashMap::new()),
+            per_host_limit: config.max_concurrent_per_host.max(1),
         })
     }
 
@@ -255,6 +267,29 @@ impl Net {
         let mut redirects = 0;
         loop {
             self.check_url(&url, origin)?;
+            // Bounded concurrency: a flood of mail from many DIDs queues here instead of
+            // opening thousands of connections, and no single host gets more than its share.
+            let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+            let host_limit = {
+                let mut per_host = self.per_host.lock().unwrap_or_else(|e| e.into_inner());
+                if per_host.len() > 10_000 {
+                    per_host.retain(|_, s| Arc::strong_count(s) > 1);
+                }
+                per_host
+                    .entry(host)
+                    .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_host_limit)))
+                    .clone()
+            };
+            let _host_permit = host_limit
+                .acquire_owned()
+                .await
+                .map_err(|_| FetchError::new(FetchErrorKind::Transient, "shutting down"))?;
+            let _permit = self
+                .all_hosts
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| FetchError::new(FetchErrorKind::Transient, "shutting down"))?;
             let response = self
                 .http
                 .get(url.clone())
@@ -275,10 +310,16 @@ impl Net {
                     continue;
                 }
             }
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             let body = read_limited(response, max_body, &url).await?;
             return Ok(HttpResponse {
                 status: status.as_u16(),
                 body,
+                retry_after,
             });
         }
     }

@@ -23,6 +23,12 @@ pub struct DnsServer {
 impl DnsServer {
     /// `zone` maps lower-case names without the trailing dot to their records.
     pub fn start(zone: HashMap<String, Vec<Answer>>) -> DnsServer {
+        DnsServer::start_with(Arc::new(move |name: &str| zone.get(name).cloned()))
+    }
+
+    /// Answers from `lookup` (a lower-case name without the trailing dot → its records, or
+    /// None for NXDOMAIN), asked anew for every query.
+    pub fn start_with(lookup: Arc<dyn Fn(&str) -> Option<Vec<Answer>> + Send + Sync>) -> DnsServer {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let addr = socket.local_addr().unwrap();
         let server = socket.clone();
@@ -35,7 +41,7 @@ impl DnsServer {
                 let Ok(request) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
-                let response = answer(&request, &zone);
+                let response = answer(&request, &*lookup);
                 if let Ok(bytes) = response.to_vec() {
                     let _ = server.send_to(&bytes, peer);
                 }
@@ -55,7 +61,10 @@ impl Drop for DnsServer {
     }
 }
 
-fn answer(request: &Message, zone: &HashMap<String, Vec<Answer>>) -> Message {
+fn answer(
+    request: &Message,
+    lookup: &(dyn Fn(&str) -> Option<Vec<Answer>> + Send + Sync),
+) -> Message {
     let mut response = Message::new(
         request.metadata.id,
         MessageType::Response,
@@ -74,12 +83,12 @@ fn answer(request: &Message, zone: &HashMap<String, Vec<Answer>>) -> Message {
         .to_ascii()
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    let Some(records) = zone.get(&key) else {
+    let Some(records) = lookup(&key) else {
         response.metadata.response_code = ResponseCode::NXDomain;
         return response;
     };
     let name: Name = query.name.clone();
-    for record in records {
+    for record in &records {
         let rdata = match (record, query.query_type) {
             (Answer::Txt(text), RecordType::TXT) => RData::TXT(TXT::new(vec![text.clone()])),
             (Answer::A(ip), RecordType::A) => RData::A(A(*ip)),

@@ -21,6 +21,8 @@ pub enum Reply {
     Delayed(Duration, Box<Reply>),
     /// Send the answer one byte per interval (a server that trickles).
     Trickle(Duration, Box<Reply>),
+    /// Add header fields to the answer.
+    Headers(Vec<(&'static str, String)>, Box<Reply>),
 }
 
 impl Reply {
@@ -39,6 +41,8 @@ pub struct HttpServer {
     pub addr: SocketAddr,
     /// Request targets (path and query) in the order received.
     pub requests: Arc<Mutex<Vec<String>>>,
+    /// The most requests ever being answered at once.
+    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -51,6 +55,9 @@ impl HttpServer {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let log = requests.clone();
+        let max_in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (peak, current) = (max_in_flight.clone(), in_flight.clone());
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -64,7 +71,14 @@ impl HttpServer {
                         _ = &mut rx => break,
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
-                            tokio::spawn(serve(stream, handler.clone(), log.clone()));
+                            let (handler, log, peak, current) = (handler.clone(), log.clone(), peak.clone(), current.clone());
+                            tokio::spawn(async move {
+                                use std::sync::atomic::Ordering;
+                                let now = current.fetch_add(1, Ordering::SeqCst) + 1;
+                                peak.fetch_max(now, Ordering::SeqCst);
+                                serve(stream, handler, log).await;
+                                current.fetch_sub(1, Ordering::SeqCst);
+                            });
                         }
                     }
                 }
@@ -73,6 +87,7 @@ impl HttpServer {
         HttpServer {
             addr,
             requests,
+            max_in_flight,
             shutdown: Some(tx),
             thread: Some(thread),
         }
@@ -115,6 +130,7 @@ async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, log: Arc<Mut
     log.lock().unwrap().push(target.clone());
     let mut reply = handler(&target);
     let mut trickle = None;
+    let mut extra = String::new();
     loop {
         match reply {
             Reply::Hang => return tokio::time::sleep(Duration::from_secs(3600)).await,
@@ -126,13 +142,19 @@ async fn serve(mut stream: tokio::net::TcpStream, handler: Handler, log: Arc<Mut
                 trickle = Some(interval);
                 reply = *inner;
             }
+            Reply::Headers(fields, inner) => {
+                for (name, value) in fields {
+                    extra.push_str(&format!("{name}: {value}\r\n"));
+                }
+                reply = *inner;
+            }
             Reply::Body {
                 status,
                 content_type,
                 body,
             } => {
                 let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
                     body.len()
                 );
                 let bytes = [head.into_bytes(), body].concat();

@@ -1,0 +1,394 @@
+//! Hostile and failing identity infrastructure: every case ends in permerror or temperror
+//! within the time limit, with a reason, and the milter keeps serving other mail.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atsms_milter::config::{CacheConfig, PolicyConfig, ResolverConfig};
+use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::envelope::{AuthResult, sign};
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::message::read_message;
+use atsms_milter::verify::{Context, SignatureVerdict, Verifier};
+use support::dns::{Answer, DnsServer};
+use support::http::{HttpServer, Reply};
+
+const NOW: i64 = 1_795_000_000;
+
+fn document(did: &str, key: &SigningKey) -> String {
+    serde_json::json!({
+        "id": did,
+        "alsoKnownAs": ["at://evil.example.com"],
+        "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": did, "publicKeyMultibase": key.public_key().to_multikey()}],
+    })
+    .to_string()
+}
+
+fn signed(key: &SigningKey, did: &str) -> Vec<u8> {
+    let body = b"From: someone@example.com\r\nSubject: hostile\r\n\r\nhello\r\n";
+    let parsed = read_message(&body[..]).unwrap();
+    let kid = format!("{did}#atproto");
+    let request = sign::SignRequest {
+        key,
+        kid: &kid,
+        now: NOW,
+        ttl: 3600,
+        rcpt: &[],
+        jti: sign::random_jti(),
+    };
+    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+    [
+        sign::format_field(did, &token, "\r\n").into_bytes(),
+        b"\r\n".to_vec(),
+        body.to_vec(),
+    ]
+    .concat()
+}
+
+fn verifier(config: ResolverConfig) -> Verifier {
+    Verifier::new(
+        Arc::new(
+            IdentityResolver::new(
+                &config,
+                &CacheConfig {
+                    error: 0,
+                    negative: 0,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        ),
+        config.timeout(),
+    )
+}
+
+async fn verify(v: &Verifier, message: &[u8]) -> SignatureVerdict {
+    let parsed = read_message(message).unwrap();
+    v.verify(
+        &parsed.headers,
+        &parsed.body_hash,
+        &Context {
+            now: NOW,
+            recipients: &[],
+        },
+    )
+    .await
+    .signatures
+    .remove(0)
+}
+
+/// A did:plc made of a number, so tests can use many distinct DIDs.
+fn plc_did(n: usize) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut id = String::new();
+    let mut x = n;
+    for _ in 0..24 {
+        id.push(alphabet[x % 32] as char);
+        x /= 32;
+    }
+    format!("did:plc:{id}")
+}
+
+#[tokio::test]
+async fn a_plc_that_answers_500_then_garbage_then_hangs() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let plc = HttpServer::start(Arc::new(move |_: &str| {
+        match counter.fetch_add(1, Ordering::SeqCst) {
+            0 => Reply::json(500, "{}"),
+            1 => Reply::json(200, "\u{1f4a9} not json at all {{{"),
+            _ => Reply::Hang,
+        }
+    }));
+    let v = verifier(ResolverConfig {
+        plc_urls: vec![plc.url()],
+        timeout: 2,
+        ..Default::default()
+    });
+    let message = signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep");
+    let first = verify(&v, &message).await;
+    assert_eq!(
+        (first.result, first.reason.as_deref()),
+        (
+            AuthResult::Temperror,
+            Some("PLC directory answered HTTP 500")
+        )
+    );
+    let second = verify(&v, &message).await;
+    assert_eq!(second.result, AuthResult::Permerror);
+    assert!(
+        second
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("invalid DID document"),
+        "{:?}",
+        second.reason
+    );
+    let started = Instant::now();
+    let third = verify(&v, &message).await;
+    assert_eq!(third.result, AuthResult::Temperror, "{:?}", third.reason);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "within the time limit"
+    );
+}
+
+#[tokio::test]
+async fn a_server_sending_one_byte_a_second_is_cut_off() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let doc = document("did:plc:ofurdhfyhjhgomvfygxergep", &key);
+    let plc = HttpServer::start(Arc::new(move |_: &str| {
+        Reply::Trickle(
+            Duration::from_secs(1),
+            Box::new(Reply::json(200, doc.clone())),
+        )
+    }));
+    let v = verifier(ResolverConfig {
+        plc_urls: vec![plc.url()],
+        timeout: 2,
+        ..Default::default()
+    });
+    let started = Instant::now();
+    let verdict = verify(&v, &signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep")).await;
+    assert_eq!(
+        verdict.result,
+        AuthResult::Temperror,
+        "{:?}",
+        verdict.reason
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test]
+async fn invalid_utf8_and_wrong_shapes_are_permerror() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    for body in [
+        b"\xff\xfe{\"id\":1}".to_vec(),
+        b"[\"an array\"]".to_vec(),
+        b"{\"id\":\"did:plc:ofurdhfyhjhgomvfygxergep\",\"verificationMethod\":7}".to_vec(),
+    ] {
+        let plc = HttpServer::start(Arc::new(move |_: &str| Reply::Body {
+            status: 200,
+            content_type: "application/json",
+            body: body.clone(),
+        }));
+        let v = verifier(ResolverConfig {
+            plc_urls: vec![plc.url()],
+            ..Default::default()
+        });
+        let verdict = verify(&v, &signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep")).await;
+        assert_eq!(
+            verdict.result,
+            AuthResult::Permerror,
+            "{:?}",
+            verdict.reason
+        );
+    }
+}
+
+#[tokio::test]
+async fn retry_after_on_429_is_honoured_and_the_next_directory_asked() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let busy = HttpServer::start(Arc::new(|_: &str| {
+        Reply::Headers(
+            vec![("Retry-After", "120".into())],
+            Box::new(Reply::json(429, "{}")),
+        )
+    }));
+    let k = key.clone();
+    let mirror = HttpServer::start(Arc::new(move |t: &str| {
+        Reply::json(200, document(t.trim_start_matches('/'), &k))
+    }));
+    let v = verifier(ResolverConfig {
+        plc_urls: vec![busy.url(), mirror.url()],
+        ..Default::default()
+    });
+    for n in 0..5 {
+        let verdict = verify(&v, &signed(&key, &plc_did(n))).await;
+        assert_eq!(verdict.result, AuthResult::Pass, "{:?}", verdict.reason);
+    }
+    assert_eq!(
+        busy.request_count(),
+        1,
+        "asked once, then left alone for Retry-After"
+    );
+    assert_eq!(mirror.request_count(), 5);
+}
+
+#[tokio::test]
+async fn outbound_fetches_are_limited_per_host_and_overall() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let k = key.clone();
+    let plc = HttpServer::start(Arc::new(move |t: &str| {
+        Reply::Delayed(
+            Duration::from_millis(100),
+            Box::new(Reply::json(200, document(t.trim_start_matches('/'), &k))),
+        )
+    }));
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url()],
+        max_concurrent_per_host: 3,
+        timeout: 10,
+        ..Default::default()
+    };
+    let v = verifier(config);
+    let messages: Vec<Vec<u8>> = (0..20).map(|n| signed(&key, &plc_did(n))).collect();
+    let verdicts = futures::future::join_all(messages.iter().map(|m| verify(&v, m))).await;
+    assert!(verdicts.iter().all(|v| v.result == AuthResult::Pass));
+    assert_eq!(plc.request_count(), 20);
+    let peak = plc.max_in_flight.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&peak), "at most 3 at once, saw {peak}");
+
+    let overall = ResolverConfig {
+        plc_urls: vec![plc.url()],
+        max_concurrent_fetches: 2,
+        timeout: 10,
+        ..Default::default()
+    };
+    let plc2 = plc.max_in_flight.clone();
+    plc2.store(0, Ordering::SeqCst);
+    let v = verifier(overall);
+    let messages: Vec<Vec<u8>> = (100..120).map(|n| signed(&key, &plc_did(n))).collect();
+    futures::future::join_all(messages.iter().map(|m| verify(&v, m))).await;
+    assert!(plc.max_in_flight.load(Ordering::SeqCst) <= 2);
+}
+
+/// DNS rebinding: the did:web host's name answers a public address, then loopback. Every
+/// answer is checked where the connection is made, so loopback is never contacted.
+#[tokio::test]
+async fn a_did_web_host_switching_to_loopback_is_never_contacted() {
+    // Anything that reaches 127.0.0.1:443 is counted.
+    let listener = std::net::TcpListener::bind("127.0.0.1:443").expect("tests run as root");
+    listener.set_nonblocking(true).unwrap();
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let answers = Arc::new(Mutex::new(0usize));
+    let name = "rebind.example.com";
+    // 8.8.8.8 is public (and unreachable from here); 127.0.0.1 is refused where it is used.
+    let dns = DnsServer::start_with(Arc::new(move |qname: &str| {
+        if qname != name {
+            return None;
+        }
+        let mut n = answers.lock().unwrap();
+        *n += 1;
+        Some(vec![Answer::A(if *n % 2 == 1 {
+            Ipv4Addr::new(8, 8, 8, 8)
+        } else {
+            Ipv4Addr::LOCALHOST
+        })])
+    }));
+    let config = ResolverConfig {
+        dns_servers: vec![dns.server_arg()],
+        timeout: 2,
+        ..Default::default()
+    };
+    let v = verifier(config);
+    let message = signed(&key, &format!("did:web:{name}"));
+    for _ in 0..4 {
+        let verdict = verify(&v, &message).await;
+        assert!(
+            matches!(
+                verdict.result,
+                AuthResult::Permerror | AuthResult::Temperror
+            ),
+            "{:?}",
+            verdict.reason
+        );
+    }
+    assert!(listener.accept().is_err(), "nothing connected to loopback");
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_for_documents_and_checked_for_handles() {
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let web = HttpServer::start(Arc::new(|_: &str| {
+        Reply::Headers(
+            vec![("Location", "http://127.0.0.1:9/x".into())],
+            Box::new(Reply::json(302, "")),
+        )
+    }));
+    let did = format!("did:web:localhost%3A{}", web.addr.port());
+    let v = verifier(ResolverConfig {
+        allow_private_addresses: true,
+        ..Default::default()
+    });
+    let verdict = verify(&v, &signed(&key, &did)).await;
+    assert_eq!(verdict.result, AuthResult::Permerror);
+    assert!(
+        verdict
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("redirects are not followed"),
+        "{:?}",
+        verdict.reason
+    );
+}
+
+#[tokio::test]
+async fn the_milter_keeps_serving_while_one_identity_hangs() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let good_did = "did:plc:hxdv4c2etoo2mbhg4alzhnno";
+    let k = key.clone();
+    let plc = HttpServer::start(Arc::new(move |t: &str| {
+        let did = t.trim_start_matches('/');
+        if did == good_did {
+            Reply::json(200, document(did, &k))
+        } else {
+            Reply::Hang
+        }
+    }));
+    let resolver = ResolverConfig {
+        plc_urls: vec![plc.url()],
+        timeout: 3,
+        ..Default::default()
+    };
+    let policy = PolicyConfig {
+        authserv_id: Some("mx.test".into()),
+        trusted_networks: vec![],
+        ..Default::default()
+    };
+    let milter = support::milter::RunningMilter::start(resolver, policy, NOW).await;
+    let hanging = signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep");
+    let good = signed(&key, good_did);
+    let send = |message: Vec<u8>| {
+        let addr = milter.addr;
+        async move {
+            let mut conn = indymilter_test::TestConnection::open(addr).await.unwrap();
+            conn.connect("c", std::net::SocketAddr::from(([192, 0, 2, 9], 1)))
+                .await
+                .unwrap();
+            conn.mail(["<a@b>"]).await.unwrap();
+            conn.rcpt(["<c@d>"]).await.unwrap();
+            let (fields, body) = support::milter::split_message(&message);
+            for (n, v) in fields {
+                conn.header(n.as_str(), v.as_str()).await.unwrap();
+            }
+            conn.body(body).await.unwrap();
+            let started = Instant::now();
+            let (_, status) = conn.eom().await.unwrap();
+            (status, started.elapsed())
+        }
+    };
+    let (stuck, good) = tokio::join!(send(hanging), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send(good).await
+    });
+    assert!(
+        matches!(stuck.0, indymilter_test::Status::Tempfail { .. }),
+        "{stuck:?}"
+    );
+    assert!(stuck.1 < Duration::from_secs(5));
+    assert_eq!(good.0, indymilter_test::Status::Continue);
+    assert!(
+        good.1 < Duration::from_secs(2),
+        "not held up by the hanging lookup: {:?}",
+        good.1
+    );
+    milter.stop().await;
+}
