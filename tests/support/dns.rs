@@ -15,6 +15,9 @@ pub enum Answer {
     A(Ipv4Addr),
 }
 
+/// Answers a query name (lower-case, no trailing dot) with records, or None for NXDOMAIN.
+pub type Lookup = Arc<dyn Fn(&str) -> Option<Vec<Answer>> + Send + Sync>;
+
 pub struct DnsServer {
     pub addr: SocketAddr,
     socket: Arc<UdpSocket>,
@@ -28,7 +31,7 @@ impl DnsServer {
 
     /// Answers from `lookup` (a lower-case name without the trailing dot → its records, or
     /// None for NXDOMAIN), asked anew for every query.
-    pub fn start_with(lookup: Arc<dyn Fn(&str) -> Option<Vec<Answer>> + Send + Sync>) -> DnsServer {
+    pub fn start_with(lookup: Lookup) -> DnsServer {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let addr = socket.local_addr().unwrap();
         let server = socket.clone();
