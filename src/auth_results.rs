@@ -131,6 +131,8 @@ mod tests {
                     stale: false,
                     from: None,
                     rcpt: None,
+                    jti: None,
+                    exp: None,
                 },
                 SignatureVerdict {
                     result: AuthResult::Pass,
@@ -142,6 +144,8 @@ mod tests {
                     stale: false,
                     from: Some("alice@alice.example.com".into()),
                     rcpt: None,
+                    jti: None,
+                    exp: None,
                 },
             ],
         };

@@ -42,10 +42,25 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Everything a running daemon judges with, from its configuration.
 pub fn build_settings(config: &Config) -> Result<Arc<Settings>, String> {
-    let identity = Arc::new(IdentityResolver::new(&config.resolver, &config.cache)?);
-    let verifier = Verifier::new(identity, config.resolver.timeout());
-    Settings::new(verifier, config.policy.clone()).map(Arc::new)
+    let shared = match &config.store.redis {
+        Some(url) => Some(Arc::new(crate::store::SharedStore::new(url)?)),
+        None => None,
+    };
+    let identity =
+        IdentityResolver::new(&config.resolver, &config.cache)?.with_shared_store(shared.clone());
+    let verifier = Verifier::new(Arc::new(identity), config.resolver.timeout());
+    let mut settings = Settings::new(verifier, config.policy.clone())?;
+    if config.policy.replay {
+        settings.replay = Some(Arc::new(crate::replay::ReplaySet::new(
+            config.cache.max_entries.max(100_000) * 10,
+            shared,
+        )));
+    }
+    let lmtp_in_process = config.lmtp.as_ref().is_some_and(|l| l.listen.is_some());
+    settings.replay_in_milter = !lmtp_in_process;
+    Ok(Arc::new(settings))
 }
 
 /// Starts the control socket; a daemon without one (no writable directory for it) still runs.

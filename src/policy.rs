@@ -78,6 +78,8 @@ mod tests {
             stale: false,
             from: None,
             rcpt: None,
+            jti: None,
+            exp: None,
         }
     }
 

@@ -7,7 +7,9 @@ use crate::auth_results;
 use crate::config::PolicyConfig;
 use crate::envelope::{BodyHasher, FIELD_NAME, HeaderField};
 use crate::policy::{self, Decision, IpNet};
+use crate::replay::ReplaySet;
 use crate::verify::{Context, Verdict, Verifier};
+use std::sync::Arc;
 
 /// What a running daemon judges with. Built once per configuration (re)load; a connection
 /// keeps the one it started with.
@@ -19,6 +21,11 @@ pub struct Settings {
     /// A fixed verification time (Unix seconds) instead of the clock: for tests against the
     /// time-stamped vectors. Never set from configuration.
     pub fixed_now: Option<i64>,
+    /// Replay detection (`policy.replay`).
+    pub replay: Option<Arc<ReplaySet>>,
+    /// The milter checks replays only when LMTP does not run in the same process (LMTP sees
+    /// each recipient's delivery; the milter would record mail LMTP then refuses).
+    pub replay_in_milter: bool,
 }
 
 impl Settings {
@@ -39,6 +46,8 @@ impl Settings {
             trusted_networks: policy::parse_networks(&policy.trusted_networks)?,
             policy,
             fixed_now: None,
+            replay: None,
+            replay_in_milter: false,
         })
     }
 }
@@ -152,6 +161,12 @@ impl Default for MessageSession {
 }
 
 impl Outcome {
+    /// Decides and formats again after the verdict changed (replays found).
+    pub fn redecide(&mut self, settings: &Settings) {
+        self.decision = policy::decide(&self.verdict, &settings.policy);
+        self.header_value = auth_results::format_value(&settings.authserv_id, &self.verdict, "\n");
+    }
+
     /// The one log line per message: queue id, result, DID, checked handle, action and time
     /// spent resolving. No secrets, no message content.
     pub fn log_line(&self, queue_id: &str, dry_run: bool) -> String {

@@ -37,6 +37,11 @@ pub struct SignatureVerdict {
     /// The token's `rcpt` claim, on pass: the recipients this copy is meant for.
     #[serde(skip)]
     pub rcpt: Option<Vec<String>>,
+    /// The token's `jti` and `exp`, on pass (replay detection).
+    #[serde(skip)]
+    pub jti: Option<String>,
+    #[serde(skip)]
+    pub exp: Option<i64>,
 }
 
 impl SignatureVerdict {
@@ -56,6 +61,8 @@ impl SignatureVerdict {
             stale: false,
             from: None,
             rcpt: None,
+            jti: None,
+            exp: None,
         }
     }
 }
@@ -270,6 +277,8 @@ impl Verifier {
             stale: resolved.stale,
             from: Some(from),
             rcpt: claims.rcpt.clone(),
+            jti: Some(claims.jti.clone()),
+            exp: Some(claims.exp),
         }
     }
 }

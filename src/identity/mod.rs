@@ -58,6 +58,8 @@ pub struct ResolvedDid {
     pub document: DidDocument,
     /// The URL the document was fetched from.
     pub source: String,
+    /// The document as served (to share it with other instances).
+    pub raw: Vec<u8>,
 }
 
 /// The key a `kid` names, with the document it came from.
@@ -122,6 +124,9 @@ pub struct IdentityResolver {
     rotation_checks: moka::sync::Cache<String, ()>,
     /// PLC directories that answered 429, and until when they asked us to stay away.
     plc_backoff: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Documents shared with the other instances of a fleet (Redis), if configured.
+    shared: Option<Arc<crate::store::SharedStore>>,
+    lifetimes: cache::Lifetimes,
 }
 
 impl IdentityResolver {
@@ -142,8 +147,44 @@ impl IdentityResolver {
                 .time_to_live(ROTATION_CHECK_INTERVAL)
                 .build(),
             plc_backoff: std::sync::Mutex::new(std::collections::HashMap::new()),
+            shared: None,
+            lifetimes: cache::Lifetimes::from(cache),
         })
     }
+    /// Shares fetched documents with the other instances through `store`.
+    pub fn with_shared_store(
+        mut self,
+        store: Option<Arc<crate::store::SharedStore>>,
+    ) -> IdentityResolver {
+        self.shared = store;
+        self
+    }
+
+    /// A document: one another instance fetched recently (shared store), else the network,
+    /// whose answer is then shared.
+    async fn fetch_did_shared(&self, did: &str) -> Cached<ResolvedDid> {
+        let Some(shared) = &self.shared else {
+            return self.fetch_did(did).await;
+        };
+        if let Some(doc) = shared.document(did, self.lifetimes.fresh).await
+            && let Ok(document) = DidDocument::parse(doc.body.as_bytes(), did)
+        {
+            return Ok(Arc::new(ResolvedDid {
+                document,
+                source: doc.source,
+                raw: doc.body.into_bytes(),
+            }));
+        }
+        let fetched = self.fetch_did(did).await;
+        if let Ok(resolved) = &fetched {
+            let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
+            shared
+                .put_document(did, &resolved.source, &resolved.raw, keep)
+                .await;
+        }
+        fetched
+    }
+
     /// The DID document of `did`, from the cache when it may serve (cache.rs has the rules).
     /// Concurrent lookups of one DID are merged into one fetch.
     pub async fn resolve_did(
@@ -156,12 +197,12 @@ impl IdentityResolver {
             tokio::spawn(async move {
                 let _ = this
                     .documents
-                    .fetch(&did, || this.fetch_did(&did), true)
+                    .fetch(&did, || this.fetch_did_shared(&did), true)
                     .await;
             });
         };
         self.documents
-            .get(did, || self.fetch_did(did), refresh)
+            .get(did, || self.fetch_did_shared(did), refresh)
             .await
     }
 
@@ -182,12 +223,21 @@ impl IdentityResolver {
             .fetch(did, || self.fetch_did(did), false)
             .await
             .ok()?;
+        if let Some(shared) = self.shared.as_ref().filter(|_| !found.cached) {
+            let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
+            shared
+                .put_document(did, &found.value.source, &found.value.raw, keep)
+                .await;
+        }
         let changed = before.is_none_or(|b| b.document != found.value.document);
         (changed && !found.cached).then_some(found.value)
     }
 
     /// Drops what is cached for `did` (its document and device certificates).
     pub async fn purge(&self, did: &str) -> bool {
+        if let Some(shared) = &self.shared {
+            shared.forget_document(did).await;
+        }
         let removed = self.documents.invalidate(did).await;
         self.rotation_checks.invalidate(did);
         self.certificates.invalidate_prefix(&format!("at://{did}/"));
@@ -313,7 +363,11 @@ impl IdentityResolver {
 
     fn document(&self, body: &[u8], did: &str, source: String) -> Cached<ResolvedDid> {
         let document = DidDocument::parse(body, did).map_err(IdentityError::permanent)?;
-        Ok(Arc::new(ResolvedDid { document, source }))
+        Ok(Arc::new(ResolvedDid {
+            document,
+            source,
+            raw: body.to_vec(),
+        }))
     }
     /// The key a `kid` names (spec section 5), checked as of `now`.
     pub async fn resolve_key(

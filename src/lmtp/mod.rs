@@ -635,7 +635,10 @@ async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
             replies.push(format!("{code} <{}> {rest}", recipient.address));
             continue;
         }
-        let verdict = outcome.verdict.restricted_to(std::slice::from_ref(&key));
+        let mut verdict = outcome.verdict.restricted_to(std::slice::from_ref(&key));
+        if let Some(replay) = &settings.replay {
+            replay.check(&mut verdict, &key).await;
+        }
         let decision = policy::decide(&verdict, &settings.policy);
         let action = if settings.policy.dry_run {
             Action::Accept
@@ -689,6 +692,11 @@ async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
                 head.push(b'\n');
                 let shown = folder.display().to_string();
                 let result = store(service, &incoming, folder, subfolder, head).await;
+                if result.is_ok()
+                    && let Some(replay) = &settings.replay
+                {
+                    replay.record(&verdict, &key, settings.now()).await;
+                }
                 let reply = match result {
                     Ok(id) => format!("250 2.0.0 <{}> {id} Saved", recipient.address),
                     Err(DeliveryError::Full(e)) => {

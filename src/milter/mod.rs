@@ -252,7 +252,7 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
     let recipients = std::mem::take(&mut conn.recipients);
 
     // Keep the MTA informed while identities resolve.
-    let outcome = {
+    let mut outcome = {
         let finish = message.finish(&settings, settings.now(), &recipients);
         tokio::pin!(finish);
         let mut ticker = tokio::time::interval_at(
@@ -270,6 +270,16 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
             }
         }
     };
+    let replay = settings
+        .replay
+        .as_ref()
+        .filter(|_| settings.replay_in_milter);
+    if let Some(replay) = replay {
+        for recipient in &recipients {
+            replay.check(&mut outcome.verdict, recipient).await;
+        }
+        outcome.redecide(&settings);
+    }
     let dry_run = settings.policy.dry_run;
     info!("{}", outcome.log_line(id, dry_run));
     if dry_run {
@@ -320,6 +330,14 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
             .quarantine(reason)
             .await
             .map_err(|e| format!("cannot quarantine: {e}"))?;
+    }
+    // Accepted for these recipients: the same signature to them again is a replay.
+    if let Some(replay) = replay {
+        for recipient in &recipients {
+            replay
+                .record(&outcome.verdict, recipient, settings.now())
+                .await;
+        }
     }
     Ok(Status::Continue)
 }

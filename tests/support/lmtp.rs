@@ -38,6 +38,9 @@ impl RunningLmtp {
         let mut settings =
             Settings::new(Verifier::new(identity, resolver.timeout()), policy).unwrap();
         settings.fixed_now = Some(now);
+        if settings.policy.replay {
+            settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
+        }
         let shared = Arc::new(RwLock::new(Arc::new(settings)));
         let service =
             Arc::new(LmtpService::new(shared, &config, "lmtp.test".into(), true).unwrap());

@@ -18,10 +18,23 @@ pub struct RunningMilter {
 impl RunningMilter {
     /// A milter judging as of `now` (the vectors' fixed time).
     pub async fn start(resolver: ResolverConfig, policy: PolicyConfig, now: i64) -> RunningMilter {
-        let identity = Arc::new(IdentityResolver::new(&resolver, &CacheConfig::default()).unwrap());
+        RunningMilter::start_with_cache(resolver, policy, now, CacheConfig::default()).await
+    }
+
+    pub async fn start_with_cache(
+        resolver: ResolverConfig,
+        policy: PolicyConfig,
+        now: i64,
+        cache: CacheConfig,
+    ) -> RunningMilter {
+        let identity = Arc::new(IdentityResolver::new(&resolver, &cache).unwrap());
         let mut settings =
             Settings::new(Verifier::new(identity, resolver.timeout()), policy).unwrap();
         settings.fixed_now = Some(now);
+        if settings.policy.replay {
+            settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
+            settings.replay_in_milter = true;
+        }
         let shared = Arc::new(RwLock::new(Arc::new(settings)));
         let spec = SocketSpec::parse("inet:127.0.0.1:0").unwrap();
         let listener = socket::bind(&spec, 0o660, None).await.unwrap();

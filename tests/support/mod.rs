@@ -9,6 +9,7 @@ pub mod http;
 pub mod lmtp;
 pub mod milter;
 pub mod postfix;
+pub mod redis;
 pub mod vectors;
 
 use std::path::PathBuf;
