@@ -365,6 +365,11 @@ impl Config {
         }
         crate::policy::parse_networks(&self.policy.trusted_networks)
             .map_err(|e| format!("policy.trusted_networks: {e}"))?;
+        if let Some(listen) = &self.metrics.listen {
+            listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                format!("metrics.listen: \"{listen}\" is not HOST:PORT (an IP address and port)")
+            })?;
+        }
         if !matches!(self.log.destination.as_str(), "stderr" | "syslog") {
             return Err(format!(
                 "log.destination: \"{}\" is neither stderr nor syslog",

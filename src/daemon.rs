@@ -155,9 +155,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
-    let control = {
+    let (control, metrics) = {
         let settings = shared.read().map_err(|_| "settings lock poisoned")?.clone();
-        start_control_socket(&config, &settings)
+        let metrics = config.metrics.listen.clone().map(|listen| {
+            let identity = settings.verifier.identity().clone();
+            tokio::spawn(crate::metrics::serve(listen, identity))
+        });
+        (start_control_socket(&config, &settings), metrics)
     };
     if let Some((listener, max_connections)) = milter_listener {
         let shared = shared.clone();
@@ -188,6 +192,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     let _ = stop_tx.send(true);
     control.abort();
+    if let Some(metrics) = &metrics {
+        metrics.abort();
+    }
     // Let the aborted task drop its listener, which removes the socket file.
     let _ = control.await;
     for result in tasks.join_all().await {

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod lmtp;
 pub mod maildir;
 pub mod message;
+pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod replay;

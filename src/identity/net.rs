@@ -290,13 +290,36 @@ impl Net {
                 .acquire_owned()
                 .await
                 .map_err(|_| FetchError::new(FetchErrorKind::Transient, "shutting down"))?;
+            let sent = std::time::Instant::now();
             let response = self
                 .http
                 .get(url.clone())
                 .header(reqwest::header::ACCEPT, accept)
                 .send()
-                .await
-                .map_err(|e| classify_http_error(&url, &e))?;
+                .await;
+            let response = match response {
+                Ok(r) => {
+                    let outcome = match r.status().as_u16() {
+                        200..=299 => "ok",
+                        404 | 410 => "not_found",
+                        429 => "rate_limited",
+                        500..=599 => "server_error",
+                        _ => "other_status",
+                    };
+                    crate::metrics::global().resolver_request(outcome, sent.elapsed());
+                    r
+                }
+                Err(e) => {
+                    let error = classify_http_error(&url, &e);
+                    let outcome = match error.kind {
+                        FetchErrorKind::Refused => "refused",
+                        FetchErrorKind::NotFound => "nxdomain",
+                        _ => "failed",
+                    };
+                    crate::metrics::global().resolver_request(outcome, sent.elapsed());
+                    return Err(error);
+                }
+            };
             let status = response.status();
             if status.is_redirection() && redirects < max_redirects {
                 let next = response

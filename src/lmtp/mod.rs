@@ -241,6 +241,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     service: Arc<LmtpService>,
 ) -> io::Result<()> {
+    let _open = crate::metrics::global().lmtp_connection();
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut writer = BufWriter::new(write_half);
@@ -737,6 +738,13 @@ async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
             outcome.resolve_time.as_millis(),
             reply.escape_default()
         );
+        let metrics = crate::metrics::global();
+        metrics.message("lmtp", decision.result.as_str(), decision.action.as_str());
+        metrics.lmtp_delivery(match reply.as_bytes().first() {
+            Some(b'2') => "saved",
+            Some(b'5') => "rejected",
+            _ => "deferred",
+        });
         done.insert(key, reply.clone());
         replies.push(reply);
     }

@@ -28,6 +28,7 @@ pub type SharedSettings = Arc<RwLock<Arc<Settings>>>;
 
 /// Per-connection state.
 pub struct Connection {
+    _open: crate::metrics::ConnectionGuard,
     settings: Arc<Settings>,
     skip_negotiated: bool,
     message: Option<MessageSession>,
@@ -124,6 +125,7 @@ fn handle_negotiate(
         .insert(MacroStage::Rcpt, macro_list("i"));
     cx.requested_macros.insert(MacroStage::Eom, macro_list("i"));
     cx.data = Some(Connection {
+        _open: crate::metrics::global().milter_connection(),
         settings,
         skip_negotiated,
         message: None,
@@ -282,6 +284,11 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
     }
     let dry_run = settings.policy.dry_run;
     info!("{}", outcome.log_line(id, dry_run));
+    crate::metrics::global().message(
+        "milter",
+        outcome.decision.result.as_str(),
+        outcome.decision.action.as_str(),
+    );
     if dry_run {
         return Ok(Status::Accept);
     }

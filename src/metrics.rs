@@ -1,0 +1,206 @@
+//! Prometheus metrics (`[metrics] listen = "127.0.0.1:9898"`): counters kept in one global
+//! registry, served as text format 0.0.4 on `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{info, warn};
+
+/// Upper bounds (seconds) of the resolver latency histogram.
+const LATENCY_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    /// (mode, result, action) → messages (per recipient for LMTP).
+    messages: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
+    /// outcome → outbound identity requests.
+    resolver_requests: Mutex<BTreeMap<&'static str, u64>>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+    /// (status class) → LMTP delivery replies.
+    lmtp_deliveries: Mutex<BTreeMap<&'static str, u64>>,
+    milter_connections: AtomicI64,
+    lmtp_connections: AtomicI64,
+}
+
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::default)
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    if let Ok(mut m) = map.lock() {
+        *m.entry(key).or_default() += 1;
+    }
+}
+
+/// Counts an open connection while alive.
+pub struct ConnectionGuard(&'static AtomicI64);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn message(&self, mode: &'static str, result: &'static str, action: &'static str) {
+        bump(&self.messages, (mode, result, action));
+    }
+
+    pub fn resolver_request(&self, outcome: &'static str, took: Duration) {
+        bump(&self.resolver_requests, outcome);
+        let secs = took.as_secs_f64();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// `status`: "saved", "rejected", "deferred", "failed".
+    pub fn lmtp_delivery(&self, status: &'static str) {
+        bump(&self.lmtp_deliveries, status);
+    }
+
+    pub fn milter_connection(&'static self) -> ConnectionGuard {
+        self.milter_connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(&self.milter_connections)
+    }
+
+    pub fn lmtp_connection(&'static self) -> ConnectionGuard {
+        self.lmtp_connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(&self.lmtp_connections)
+    }
+
+    /// The text exposition, with the identity cache's own counters.
+    pub fn render(&self, cache: &crate::identity::CacheStats) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP atsms_messages_total Messages judged (LMTP: per recipient), by mode, result and action.\n# TYPE atsms_messages_total counter\n");
+        for ((mode, result, action), n) in
+            self.messages.lock().map(|m| m.clone()).unwrap_or_default()
+        {
+            out.push_str(&format!("atsms_messages_total{{mode=\"{mode}\",result=\"{result}\",action=\"{action}\"}} {n}\n"));
+        }
+        out.push_str("# HELP atsms_resolver_requests_total Outbound identity requests (HTTP), by outcome.\n# TYPE atsms_resolver_requests_total counter\n");
+        for (outcome, n) in self
+            .resolver_requests
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "atsms_resolver_requests_total{{outcome=\"{outcome}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP atsms_resolver_request_seconds Latency of outbound identity requests.\n# TYPE atsms_resolver_request_seconds histogram\n");
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            out.push_str(&format!(
+                "atsms_resolver_request_seconds_bucket{{le=\"{bound}\"}} {}\n",
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            ));
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        out.push_str(&format!(
+            "atsms_resolver_request_seconds_bucket{{le=\"+Inf\"}} {count}\n"
+        ));
+        out.push_str(&format!(
+            "atsms_resolver_request_seconds_sum {}\n",
+            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        ));
+        out.push_str(&format!("atsms_resolver_request_seconds_count {count}\n"));
+        out.push_str("# HELP atsms_cache_lookups_total Identity cache lookups, by kind and outcome.\n# TYPE atsms_cache_lookups_total counter\n");
+        for (kind, c) in [
+            ("document", &cache.documents),
+            ("certificate", &cache.certificates),
+            ("handle", &cache.handles),
+        ] {
+            for (outcome, n) in [
+                ("hit", c.hits),
+                ("miss", c.misses),
+                ("stale", c.stale_served),
+            ] {
+                out.push_str(&format!(
+                    "atsms_cache_lookups_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}\n"
+                ));
+            }
+        }
+        out.push_str("# HELP atsms_cache_entries Identity cache entries, by kind.\n# TYPE atsms_cache_entries gauge\n");
+        for (kind, n) in [
+            ("document", cache.document_entries),
+            ("certificate", cache.certificate_entries),
+            ("handle", cache.handle_entries),
+        ] {
+            out.push_str(&format!("atsms_cache_entries{{kind=\"{kind}\"}} {n}\n"));
+        }
+        out.push_str("# HELP atsms_lmtp_deliveries_total LMTP end-of-data replies per recipient, by status.\n# TYPE atsms_lmtp_deliveries_total counter\n");
+        for (status, n) in self
+            .lmtp_deliveries
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "atsms_lmtp_deliveries_total{{status=\"{status}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP atsms_open_connections Open connections, by mode.\n# TYPE atsms_open_connections gauge\n");
+        out.push_str(&format!(
+            "atsms_open_connections{{mode=\"milter\"}} {}\n",
+            self.milter_connections.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "atsms_open_connections{{mode=\"lmtp\"}} {}\n",
+            self.lmtp_connections.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listen` (plain HTTP: keep it on loopback or a management network).
+pub async fn serve(listen: String, identity: std::sync::Arc<crate::identity::IdentityResolver>) {
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("metrics: cannot listen on {listen}: {e}");
+            return;
+        }
+    };
+    info!("metrics on http://{listen}/metrics");
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            let mut request = vec![0u8; 2048];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or(0);
+            let line = String::from_utf8_lossy(&request[..n]);
+            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
+            {
+                ("200 OK", global().render(&identity.stats().await))
+            } else {
+                ("404 Not Found", "not found\n".to_string())
+            };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
