@@ -96,6 +96,14 @@ struct ServeArgs {
 }
 
 impl ConfigArgs {
+    /// The file the configuration comes from: the one given, or the default path if present.
+    fn path(&self) -> Option<PathBuf> {
+        match &self.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
+        }
+    }
+
     fn load(&self) -> Result<Config, String> {
         match &self.config {
             Some(path) => Config::load(path).map_err(|e| e.to_string()),
@@ -284,7 +292,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         if args.stdio {
             crate::daemon::serve_stdio(config).await
         } else {
-            crate::daemon::serve(config).await
+            crate::daemon::serve(config, args.config.path()).await
         }
     };
     match runtime.block_on(run) {

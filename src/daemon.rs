@@ -44,6 +44,46 @@ pub async fn shutdown_signal() {
 
 /// Everything a running daemon judges with, from its configuration.
 pub fn build_settings(config: &Config) -> Result<Arc<Settings>, String> {
+    build_settings_reusing(config, None)
+}
+
+/// As `build_settings`; on reload, the identity cache and replay set of `previous` are kept
+/// when the sections they come from did not change (a reload must not empty the cache).
+fn build_settings_reusing(
+    config: &Config,
+    previous: Option<(&Config, &Settings)>,
+) -> Result<Arc<Settings>, String> {
+    if let Some((old, settings)) = previous
+        && old.resolver == config.resolver
+        && old.cache == config.cache
+        && old.store == config.store
+    {
+        let mut next = Settings::new(settings.verifier.clone(), config.policy.clone())?;
+        next.replay = if config.policy.replay {
+            settings
+                .replay
+                .clone()
+                .or_else(|| new_replay_set(config, None))
+        } else {
+            None
+        };
+        next.replay_in_milter = settings.replay_in_milter;
+        return Ok(Arc::new(next));
+    }
+    build_fresh_settings(config)
+}
+
+fn new_replay_set(
+    config: &Config,
+    shared: Option<Arc<crate::store::SharedStore>>,
+) -> Option<Arc<crate::replay::ReplaySet>> {
+    Some(Arc::new(crate::replay::ReplaySet::new(
+        config.cache.max_entries.max(100_000) * 10,
+        shared,
+    )))
+}
+
+fn build_fresh_settings(config: &Config) -> Result<Arc<Settings>, String> {
     let shared = match &config.store.redis {
         Some(url) => Some(Arc::new(crate::store::SharedStore::new(url)?)),
         None => None,
@@ -96,9 +136,87 @@ async fn bind(
         .map_err(|e| format!("cannot listen on {listen}: {e}"))
 }
 
-/// Runs the daemon with `config` until a shutdown signal: the milter, LMTP, or both in one
-/// process with one identity cache.
-pub async fn serve(config: Config) -> Result<(), String> {
+/// Settings that only take effect when the daemon starts: listening sockets and logging.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.milter_in_force() != new.milter_in_force() {
+        changed.push("[milter]");
+    }
+    let lmtp_fixed = |c: &Config| {
+        c.lmtp.as_ref().map(|l| {
+            (
+                l.listen.clone(),
+                l.socket_mode.clone(),
+                l.socket_group.clone(),
+                l.max_message_size,
+                l.idle_timeout,
+            )
+        })
+    };
+    if lmtp_fixed(old) != lmtp_fixed(new) {
+        changed.push("lmtp.listen, socket_mode, socket_group, max_message_size or idle_timeout");
+    }
+    if old.control != new.control {
+        changed.push("[control]");
+    }
+    if old.metrics != new.metrics {
+        changed.push("[metrics]");
+    }
+    if old.log != new.log {
+        changed.push("[log]");
+    }
+    changed
+}
+
+/// SIGHUP: re-reads the configuration file. A broken file is logged and the running
+/// configuration kept; what cannot change at runtime is reported. Connections in progress
+/// keep the settings they started with (each takes a snapshot when it begins).
+fn reload(
+    path: Option<&std::path::Path>,
+    current: &mut Config,
+    shared: &crate::milter::SharedSettings,
+    lmtp: Option<&LmtpService>,
+) {
+    let Some(path) = path else {
+        info!("SIGHUP: running on built-in defaults, no configuration file to reload");
+        return;
+    };
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    for what in restart_only_changes(current, &new) {
+        tracing::warn!(
+            "reload: {what} changed; this takes effect only when atsms-milter is restarted"
+        );
+    }
+    let previous = shared.read().map(|s| s.clone()).ok();
+    let settings = match build_settings_reusing(&new, previous.as_deref().map(|p| (&*current, p))) {
+        Ok(settings) => settings,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running configuration: {e}");
+            return;
+        }
+    };
+    if let (Some(service), Some(lmtp_config)) = (lmtp, &new.lmtp)
+        && let Err(e) = service.reload_mailboxes(lmtp_config)
+    {
+        tracing::error!("reload failed, keeping the running configuration: {e}");
+        return;
+    }
+    if let Ok(mut slot) = shared.write() {
+        *slot = settings;
+    }
+    info!("configuration reloaded from {}", path.display());
+    *current = new;
+}
+
+/// Runs the daemon with `config` (read from `path`, for reloads) until a shutdown signal: the
+/// milter, LMTP, or both in one process with one identity cache.
+pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(), String> {
     if config.log.destination == "syslog" {
         tracing::warn!(
             "log.destination = \"syslog\" is not supported yet; logging to standard error"
@@ -172,6 +290,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| format!("milter stopped: {e}"))
         });
     }
+    let lmtp_service = lmtp.as_ref().map(|(_, service)| service.clone());
     if let Some((listener, service)) = lmtp {
         let stop = stopped(stop_rx.clone());
         tasks.spawn(async move {
@@ -180,14 +299,25 @@ pub async fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| format!("LMTP stopped: {e}"))
         });
     }
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        Some(result) = tasks.join_next() => {
+    let mut config = config;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                reload(path.as_deref(), &mut config, &shared, lmtp_service.as_deref());
+                continue;
+            }
+            _ = &mut shutdown => break,
+            Some(result) = tasks.join_next() => {
             // A service ended on its own: its listener broke. Stop the rest too.
             let _ = stop_tx.send(true);
             control.abort();
             tasks.join_all().await;
             return result.map_err(|e| e.to_string()).and_then(|r| r).and_then(|()| Err("a service stopped unexpectedly".into()));
+            }
         }
     }
     let _ = stop_tx.send(true);

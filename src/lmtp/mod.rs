@@ -36,7 +36,8 @@ const DATA_SEGMENT: u64 = 64 * 1024;
 /// Everything an LMTP session needs; shared by all connections.
 pub struct LmtpService {
     pub settings: SharedSettings,
-    pub mailboxes: Mailboxes,
+    /// Replaced on reload (a new recipients list, say); a session keeps the one it began with.
+    pub mailboxes: std::sync::RwLock<Arc<Mailboxes>>,
     pub max_message_size: u64,
     pub idle_timeout: Duration,
     pub host: String,
@@ -56,7 +57,7 @@ impl LmtpService {
     ) -> Result<LmtpService, String> {
         Ok(LmtpService {
             settings,
-            mailboxes: Mailboxes::new(config)?,
+            mailboxes: std::sync::RwLock::new(Arc::new(Mailboxes::new(config)?)),
             max_message_size: config.max_message_size,
             idle_timeout: Duration::from_secs(config.idle_timeout.max(1)),
             host,
@@ -68,11 +69,28 @@ impl LmtpService {
 
     /// At start: stale `tmp/` files of every known mailbox (and its Junk folder) go.
     pub fn clean_known_maildirs(&self) {
-        for maildir in self.mailboxes.known_maildirs() {
+        for maildir in self.mailboxes().known_maildirs() {
             for folder in [maildir.clone(), maildir.join(".Junk")] {
                 self.clean_once(&folder);
             }
         }
+    }
+
+    /// The recipients configuration in force.
+    pub fn mailboxes(&self) -> Arc<Mailboxes> {
+        self.mailboxes
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Takes a reloaded `[lmtp]` section's recipients list and template.
+    pub fn reload_mailboxes(&self, config: &LmtpConfig) -> Result<(), String> {
+        let mailboxes = Arc::new(Mailboxes::new(config)?);
+        if let Ok(mut slot) = self.mailboxes.write() {
+            *slot = mailboxes;
+        }
+        Ok(())
     }
 
     fn clean_once(&self, folder: &Path) {
@@ -249,6 +267,12 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     writer
         .write_all(format!("220 {host} atsms-milter LMTP ready\r\n").as_bytes())
         .await?;
+    // The configuration this session began with stays its own until it ends, reloads or not.
+    let settings = match service.settings.read() {
+        Ok(s) => s.clone(),
+        Err(_) => return Err(io::Error::other("settings lock poisoned")),
+    };
+    let mailboxes = service.mailboxes();
     let mut greeted = false;
     let mut transaction: Option<Transaction> = None;
     loop {
@@ -291,7 +315,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             "HELO" | "EHLO" => "500 5.5.1 this is LMTP: use LHLO".into(),
             "MAIL" => mail(&service, greeted, &mut transaction, rest),
-            "RCPT" => rcpt(&service, &mut transaction, rest),
+            "RCPT" => rcpt(&mailboxes, &mut transaction, rest),
             "DATA" => {
                 let ready = match &transaction {
                     _ if !rest.trim().is_empty() => Err("501 5.5.4 DATA takes no parameters"),
@@ -308,8 +332,8 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                             .await?;
                         writer.flush().await?;
                         let mut t = transaction.take().expect("checked above");
-                        let authserv_id = current_authserv_id(&service);
-                        let mut incoming = Incoming::new(service.max_message_size, &authserv_id);
+                        let mut incoming =
+                            Incoming::new(service.max_message_size, &settings.authserv_id);
                         match tokio::time::timeout(
                             service.idle_timeout,
                             read_data(&mut reader, &mut incoming),
@@ -322,7 +346,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                             Ok(Ok(true)) => {}
                         }
                         t.incoming = Some(incoming);
-                        deliver_all(&service, t).await
+                        deliver_all(&service, &settings, t).await
                     }
                 }
             }
@@ -346,9 +370,8 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                         } else {
                             let t = transaction.as_mut().expect("checked above");
                             t.via = "bdat";
-                            let authserv_id = current_authserv_id(&service);
                             let incoming = t.incoming.get_or_insert_with(|| {
-                                Incoming::new(service.max_message_size, &authserv_id)
+                                Incoming::new(service.max_message_size, &settings.authserv_id)
                             });
                             if !read_exact_into(&mut reader, size, incoming, service.idle_timeout)
                                 .await?
@@ -357,7 +380,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                             if last {
                                 let t = transaction.take().expect("checked above");
-                                deliver_all(&service, t).await
+                                deliver_all(&service, &settings, t).await
                             } else {
                                 format!("250 2.0.0 {size} octets received")
                             }
@@ -384,14 +407,6 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         writer.write_all(reply.as_bytes()).await?;
         writer.write_all(b"\r\n").await?;
     }
-}
-
-fn current_authserv_id(service: &LmtpService) -> String {
-    service
-        .settings
-        .read()
-        .map(|s| s.authserv_id.clone())
-        .unwrap_or_default()
 }
 
 fn mail(
@@ -452,7 +467,7 @@ fn mail(
     "250 2.1.0 OK".into()
 }
 
-fn rcpt(service: &LmtpService, transaction: &mut Option<Transaction>, rest: &str) -> String {
+fn rcpt(mailboxes: &Mailboxes, transaction: &mut Option<Transaction>, rest: &str) -> String {
     let Some(t) = transaction.as_mut() else {
         return "503 5.5.1 MAIL first".into();
     };
@@ -481,7 +496,7 @@ fn rcpt(service: &LmtpService, transaction: &mut Option<Transaction>, rest: &str
     if t.recipients.len() >= MAX_RECIPIENTS {
         return "452 4.5.3 too many recipients".into();
     }
-    match service.mailboxes.resolve(&address) {
+    match mailboxes.resolve(&address) {
         Ok(recipient) => {
             t.recipients.push(recipient);
             "250 2.1.5 OK".into()
@@ -584,7 +599,11 @@ enum Placement {
 
 /// Verifies the message once, then decides, delivers and replies for each recipient in
 /// order, duplicates included (RFC 2033 §4.2). Returns the replies as one block.
-async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
+async fn deliver_all(
+    service: &Arc<LmtpService>,
+    settings: &Arc<crate::session::Settings>,
+    mut t: Transaction,
+) -> String {
     let Some(mut incoming) = t.incoming.take() else {
         return "451 4.3.0 internal error: no message".into();
     };
@@ -612,10 +631,6 @@ async fn deliver_all(service: &Arc<LmtpService>, mut t: Transaction) -> String {
             )
         });
     }
-    let settings = match service.settings.read() {
-        Ok(s) => s.clone(),
-        Err(_) => return one_each(&|r| format!("451 4.3.0 <{}> internal error", r.address)),
-    };
     let outcome = incoming
         .session
         .finish(&settings, settings.now(), &[])
