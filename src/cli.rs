@@ -281,7 +281,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(exit::NO_PASS, e),
     };
-    crate::daemon::init_logging(&config.log.level);
+    crate::logging::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();

@@ -13,32 +13,24 @@ use crate::session::Settings;
 use crate::socket::{self, SocketSpec};
 use crate::verify::Verifier;
 
-/// Sets up logging to standard error (journald picks it up under systemd).
-pub fn init_logging(level: &str) {
-    let level = level
-        .parse::<tracing::Level>()
-        .unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Completes on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    // The handlers are installed now, not when the future is first polled: a SIGTERM that
+    // arrives during start-up must shut down cleanly too.
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon can still be stopped by SIGKILL; run on.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM received, shutting down"),
-        _ = int.recv() => info!("SIGINT received, shutting down"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = signals else {
+            // Without signal handlers the daemon can still be stopped by SIGKILL; run on.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received, shutting down"),
+            _ = int.recv() => info!("SIGINT received, shutting down"),
+        }
     }
 }
 
@@ -217,11 +209,10 @@ fn reload(
 /// Runs the daemon with `config` (read from `path`, for reloads) until a shutdown signal: the
 /// milter, LMTP, or both in one process with one identity cache.
 pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(), String> {
-    if config.log.destination == "syslog" {
-        tracing::warn!(
-            "log.destination = \"syslog\" is not supported yet; logging to standard error"
-        );
-    }
+    let shutdown = shutdown_signal();
+    // Before anything else: SIGHUP's default action would end the process.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     ignore_sigxfsz();
     let settings = build_settings(&config)?;
     let shared = Arc::new(RwLock::new(settings));
@@ -300,9 +291,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         });
     }
     let mut config = config;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-    let shutdown = shutdown_signal();
+
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod envelope;
 pub mod identity;
 pub mod lmtp;
+pub mod logging;
 pub mod maildir;
 pub mod message;
 pub mod metrics;

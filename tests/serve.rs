@@ -196,3 +196,52 @@ async fn cache_stats_and_purge_through_the_control_socket() {
     drop(daemon);
     assert!(!control.exists(), "the control socket is removed at exit");
 }
+
+/// The test stands in for the syslog daemon: a datagram socket where /dev/log would be.
+#[test]
+fn syslog_destination_sends_mail_facility_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("log");
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    syslog
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let port = support::postfix::free_port();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n\n[log]\ndestination = \"syslog\"\n"
+        ),
+    )
+    .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("ATSMS_MILTER_SYSLOG_SOCKET", &socket_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let mut buf = [0u8; 2048];
+    let n = syslog.recv(&mut buf).unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    // <22> = facility mail (2) * 8 + severity info (6).
+    assert!(
+        line.starts_with(&format!(
+            "<22>atsms-milter[{}]: atsms-milter ",
+            child.0.id()
+        )),
+        "{line}"
+    );
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    assert!(child.0.wait().unwrap().success());
+}
