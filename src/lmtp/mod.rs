@@ -633,7 +633,7 @@ async fn deliver_all(
     }
     let outcome = incoming
         .session
-        .finish(&settings, settings.now(), &[])
+        .finish(settings, settings.now(), &[])
         .await;
     let kept_headers = incoming.kept_header_section();
     let size = incoming.size;
