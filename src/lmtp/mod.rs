@@ -631,10 +631,7 @@ async fn deliver_all(
             )
         });
     }
-    let outcome = incoming
-        .session
-        .finish(settings, settings.now(), &[])
-        .await;
+    let outcome = incoming.session.finish(settings, settings.now(), &[]).await;
     let kept_headers = incoming.kept_header_section();
     let size = incoming.size;
     let incoming = Arc::new(Mutex::new(incoming));
