@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use atsms_milter::config::{CacheConfig, ResolverConfig};
 use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::{AuthResult, sign};
+use atsms_milter::envelope::AuthResult;
 use atsms_milter::identity::IdentityResolver;
-use atsms_milter::message::{ParsedMessage, read_message};
+use atsms_milter::message::read_message;
 use atsms_milter::verify::{Context, MAX_SIGNATURES, SignatureVerdict, Verifier};
 use support::dns::{Answer, DnsServer};
 use support::http::{HttpServer, Reply};
+use support::signing::{NOW, document, signed_message};
 use support::vectors::VectorWorld;
 
 fn verifier(config: &ResolverConfig) -> Verifier {
@@ -157,51 +158,12 @@ async fn truncated_and_mangled_tokens_are_permerror() {
     }
 }
 
-/// A message signed by a freshly made key for `did` (its DID document served by the test).
-fn signed_message(key: &SigningKey, kid: &str, now: i64) -> Vec<u8> {
-    let body = b"From: someone@example.com\r\nSubject: hostile\r\n\r\nhello\r\n";
-    let parsed: ParsedMessage = read_message(&body[..]).unwrap();
-    let request = sign::SignRequest {
-        key,
-        kid,
-        now,
-        ttl: 3600,
-        rcpt: &[],
-        jti: sign::random_jti(),
-    };
-    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
-    let did = kid
-        .split('#')
-        .next()
-        .unwrap()
-        .trim_start_matches("at://")
-        .split('/')
-        .next()
-        .unwrap();
-    let mut out = sign::format_field(did, &token, "\r\n").into_bytes();
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
-
-fn document(did: &str, key: &SigningKey, pds: &str) -> String {
-    serde_json::json!({
-        "id": did,
-        "alsoKnownAs": [],
-        "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": did, "publicKeyMultibase": key.public_key().to_multikey()}],
-        "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": pds}],
-    })
-    .to_string()
-}
-
-const NOW: i64 = 1_795_000_000;
-
 #[tokio::test]
 async fn ten_megabyte_did_document_is_refused() {
     let did = "did:plc:ofurdhfyhjhgomvfygxergep";
     let key = SigningKey::generate(Alg::Es256k).unwrap();
     let padding = "x".repeat(10 * 1024 * 1024);
-    let big = document(did, &key, "https://pds.example.net").replace(
+    let big = document(did, &key, Some("https://pds.example.net")).replace(
         "\"alsoKnownAs\":[]",
         &format!("\"alsoKnownAs\":[\"{padding}\"]"),
     );
@@ -234,7 +196,7 @@ async fn document_for_another_did_is_refused() {
     let other = document(
         "did:plc:hxdv4c2etoo2mbhg4alzhnno",
         &key,
-        "https://pds.example.net",
+        Some("https://pds.example.net"),
     );
     let plc = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, other.clone())));
     let config = ResolverConfig {
@@ -302,7 +264,7 @@ async fn did_web_on_localhost_with_a_port_passes_in_test_setups_only() {
             document(
                 served.get().unwrap(),
                 &key_for_server,
-                "https://pds.example.net",
+                Some("https://pds.example.net"),
             ),
         )
     }));
@@ -329,7 +291,7 @@ async fn did_web_on_localhost_with_a_port_passes_in_test_setups_only() {
 async fn pds_at_a_link_local_address_is_not_contacted() {
     let did = "did:plc:hxdv4c2etoo2mbhg4alzhnno";
     let key = SigningKey::generate(Alg::Es256).unwrap();
-    let doc = document(did, &key, "https://169.254.169.254");
+    let doc = document(did, &key, Some("https://169.254.169.254"));
     let plc = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, doc.clone())));
     let config = ResolverConfig {
         plc_urls: vec![plc.url()],

@@ -10,44 +10,13 @@ use std::time::{Duration, Instant};
 
 use atsms_milter::config::{CacheConfig, PolicyConfig, ResolverConfig};
 use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::{AuthResult, sign};
+use atsms_milter::envelope::AuthResult;
 use atsms_milter::identity::IdentityResolver;
 use atsms_milter::message::read_message;
 use atsms_milter::verify::{Context, SignatureVerdict, Verifier};
 use support::dns::{Answer, DnsServer};
 use support::http::{HttpServer, Reply};
-
-const NOW: i64 = 1_795_000_000;
-
-fn document(did: &str, key: &SigningKey) -> String {
-    serde_json::json!({
-        "id": did,
-        "alsoKnownAs": ["at://evil.example.com"],
-        "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": did, "publicKeyMultibase": key.public_key().to_multikey()}],
-    })
-    .to_string()
-}
-
-fn signed(key: &SigningKey, did: &str) -> Vec<u8> {
-    let body = b"From: someone@example.com\r\nSubject: hostile\r\n\r\nhello\r\n";
-    let parsed = read_message(&body[..]).unwrap();
-    let kid = format!("{did}#atproto");
-    let request = sign::SignRequest {
-        key,
-        kid: &kid,
-        now: NOW,
-        ttl: 3600,
-        rcpt: &[],
-        jti: sign::random_jti(),
-    };
-    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
-    [
-        sign::format_field(did, &token, "\r\n").into_bytes(),
-        b"\r\n".to_vec(),
-        body.to_vec(),
-    ]
-    .concat()
-}
+use support::signing::{NOW, document, plc_did, signed};
 
 fn verifier(config: ResolverConfig) -> Verifier {
     Verifier::new(
@@ -79,18 +48,6 @@ async fn verify(v: &Verifier, message: &[u8]) -> SignatureVerdict {
     .await
     .signatures
     .remove(0)
-}
-
-/// A did:plc made of a number, so tests can use many distinct DIDs.
-fn plc_did(n: usize) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut id = String::new();
-    let mut x = n;
-    for _ in 0..24 {
-        id.push(alphabet[x % 32] as char);
-        x /= 32;
-    }
-    format!("did:plc:{id}")
 }
 
 #[tokio::test]
@@ -142,7 +99,7 @@ async fn a_plc_that_answers_500_then_garbage_then_hangs() {
 #[tokio::test]
 async fn a_server_sending_one_byte_a_second_is_cut_off() {
     let key = SigningKey::generate(Alg::Es256k).unwrap();
-    let doc = document("did:plc:ofurdhfyhjhgomvfygxergep", &key);
+    let doc = document("did:plc:ofurdhfyhjhgomvfygxergep", &key, None);
     let plc = HttpServer::start(Arc::new(move |_: &str| {
         Reply::Trickle(
             Duration::from_secs(1),
@@ -203,7 +160,7 @@ async fn retry_after_on_429_is_honoured_and_the_next_directory_asked() {
     }));
     let k = key.clone();
     let mirror = HttpServer::start(Arc::new(move |t: &str| {
-        Reply::json(200, document(t.trim_start_matches('/'), &k))
+        Reply::json(200, document(t.trim_start_matches('/'), &k, None))
     }));
     let v = verifier(ResolverConfig {
         plc_urls: vec![busy.url(), mirror.url()],
@@ -228,7 +185,10 @@ async fn outbound_fetches_are_limited_per_host_and_overall() {
     let plc = HttpServer::start(Arc::new(move |t: &str| {
         Reply::Delayed(
             Duration::from_millis(100),
-            Box::new(Reply::json(200, document(t.trim_start_matches('/'), &k))),
+            Box::new(Reply::json(
+                200,
+                document(t.trim_start_matches('/'), &k, None),
+            )),
         )
     }));
     let config = ResolverConfig {
@@ -338,7 +298,7 @@ async fn the_milter_keeps_serving_while_one_identity_hangs() {
     let plc = HttpServer::start(Arc::new(move |t: &str| {
         let did = t.trim_start_matches('/');
         if did == good_did {
-            Reply::json(200, document(did, &k))
+            Reply::json(200, document(did, &k, None))
         } else {
             Reply::Hang
         }

@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use atsms_milter::config::{CacheConfig, ResolverConfig};
 use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::{AuthResult, sign};
+use atsms_milter::envelope::AuthResult;
 use atsms_milter::identity::IdentityResolver;
 use atsms_milter::message::read_message;
 use atsms_milter::verify::{Context, SignatureVerdict, Verifier};
 use support::http::{HttpServer, Reply};
+use support::signing::{NOW, document, signed};
 
 const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
-const NOW: i64 = 1_795_000_000;
 
 #[derive(Clone)]
 enum Plc {
@@ -25,22 +25,14 @@ enum Plc {
     Slow(SigningKey, Duration),
 }
 
-fn document(did: &str, key: &SigningKey) -> String {
-    serde_json::json!({
-        "id": did,
-        "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": did, "publicKeyMultibase": key.public_key().to_multikey()}],
-    })
-    .to_string()
-}
-
 /// A PLC directory doing what `mode` says at the time of each request.
 fn plc(mode: Arc<Mutex<Plc>>) -> HttpServer {
     HttpServer::start(Arc::new(move |target: &str| {
         let did = target.trim_start_matches('/');
         match mode.lock().unwrap().clone() {
-            Plc::Serve(key) => Reply::json(200, document(did, &key)),
+            Plc::Serve(key) => Reply::json(200, document(did, &key, None)),
             Plc::Slow(key, delay) => {
-                Reply::Delayed(delay, Box::new(Reply::json(200, document(did, &key))))
+                Reply::Delayed(delay, Box::new(Reply::json(200, document(did, &key, None))))
             }
             Plc::Unavailable => Reply::json(503, "{}"),
             Plc::NotFound => Reply::json(404, "{\"message\":\"DID not registered\"}"),
@@ -58,27 +50,6 @@ fn verifier(plc: &HttpServer, cache: CacheConfig) -> Verifier {
         Arc::new(IdentityResolver::new(&config, &cache).unwrap()),
         config.timeout(),
     )
-}
-
-fn signed(key: &SigningKey, did: &str) -> Vec<u8> {
-    let body = b"From: alice@alice.example.com\r\nSubject: cache\r\n\r\nhello\r\n";
-    let parsed = read_message(&body[..]).unwrap();
-    let kid = format!("{did}#atproto");
-    let request = sign::SignRequest {
-        key,
-        kid: &kid,
-        now: NOW,
-        ttl: 3600,
-        rcpt: &[],
-        jti: sign::random_jti(),
-    };
-    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
-    [
-        sign::format_field(did, &token, "\r\n").into_bytes(),
-        b"\r\n".to_vec(),
-        body.to_vec(),
-    ]
-    .concat()
 }
 
 async fn verify(v: &Verifier, message: &[u8]) -> SignatureVerdict {

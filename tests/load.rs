@@ -16,21 +16,12 @@ use atsms_milter::message::read_message;
 use indymilter_test::{EomAction, Status, TestConnection};
 use support::http::{HttpServer, Reply};
 use support::milter::{RunningMilter, split_message};
+use support::signing::plc_did;
 
 const NOW: i64 = 1_795_000_000;
 const DIDS: usize = 500;
 const PER_DID: usize = 10;
 const CONNECTIONS: usize = 50;
-
-fn plc_did(n: usize) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let (mut id, mut x) = (String::new(), n);
-    for _ in 0..24 {
-        id.push(alphabet[x % 32] as char);
-        x /= 32;
-    }
-    format!("did:plc:{id}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_messages_from_five_hundred_dids() {

@@ -6,8 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use indymilter_test::{Status, TestConnection};
+use indymilter_test::Status;
 use support::daemon::Daemon;
+use support::milter::{open_client, send};
 use support::postfix::free_port;
 use support::vectors::VectorWorld;
 
@@ -16,25 +17,6 @@ fn config(world: &VectorWorld, port: u16, policy: &str) -> String {
         "[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\nreplay = false\n{policy}\n",
         world.resolver_toml()
     )
-}
-
-async fn open(port: u16) -> TestConnection {
-    let mut conn = TestConnection::open(("127.0.0.1", port)).await.unwrap();
-    conn.connect("c", std::net::SocketAddr::from(([192, 0, 2, 1], 1)))
-        .await
-        .unwrap();
-    conn
-}
-
-async fn send(conn: &mut TestConnection, message: &[u8]) -> Status {
-    conn.mail(["<a@b.example>"]).await.unwrap();
-    conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
-    let (fields, body) = support::milter::split_message(message);
-    for (n, v) in fields {
-        conn.header(n.as_str(), v.as_str()).await.unwrap();
-    }
-    conn.body(body).await.unwrap();
-    conn.eom().await.unwrap().1
 }
 
 fn hup_and_wait(daemon: &Daemon, marker: &str, occurrences: usize) {
@@ -62,9 +44,9 @@ async fn sighup_reloads_and_a_broken_file_changes_nothing() {
     let at = forged.windows(3).position(|w| w == b"100").unwrap();
     forged[at] = b'9';
 
-    let mut before = open(port).await;
+    let mut before = open_client(("127.0.0.1", port)).await;
     assert_eq!(
-        send(&mut before, &forged).await,
+        send(&mut before, &forged).await.1,
         Status::Continue,
         "accepted and tagged"
     );
@@ -75,13 +57,13 @@ async fn sighup_reloads_and_a_broken_file_changes_nothing() {
     )
     .unwrap();
     hup_and_wait(&daemon, "configuration reloaded", 1);
-    let mut after = open(port).await;
+    let mut after = open_client(("127.0.0.1", port)).await;
     assert!(
-        matches!(send(&mut after, &forged).await, Status::Reject { .. }),
+        matches!(send(&mut after, &forged).await.1, Status::Reject { .. }),
         "new connections use the new file"
     );
     assert_eq!(
-        send(&mut before, &forged).await,
+        send(&mut before, &forged).await.1,
         Status::Continue,
         "a connection in progress keeps its settings"
     );
@@ -93,9 +75,9 @@ async fn sighup_reloads_and_a_broken_file_changes_nothing() {
         1,
     );
     assert!(daemon.log().contains("explode"), "{}", daemon.log());
-    let mut later = open(port).await;
+    let mut later = open_client(("127.0.0.1", port)).await;
     assert!(
-        matches!(send(&mut later, &forged).await, Status::Reject { .. }),
+        matches!(send(&mut later, &forged).await.1, Status::Reject { .. }),
         "still the last good configuration"
     );
 
@@ -110,9 +92,9 @@ async fn sighup_reloads_and_a_broken_file_changes_nothing() {
         "{}",
         daemon.log()
     );
-    let mut still = open(port).await;
+    let mut still = open_client(("127.0.0.1", port)).await;
     assert!(
-        matches!(send(&mut still, &forged).await, Status::Reject { .. }),
+        matches!(send(&mut still, &forged).await.1, Status::Reject { .. }),
         "still listening where it was"
     );
 }

@@ -11,9 +11,10 @@ use atsms_milter::message::read_message;
 use atsms_milter::replay::ReplaySet;
 use atsms_milter::store::SharedStore;
 use atsms_milter::verify::{Context, Verifier};
-use indymilter_test::{EomAction, Status, TestConnection};
+use indymilter_test::{EomAction, Status};
 use support::http::{HttpServer, Reply};
 use support::lmtp::{RunningLmtp, dot_stuffed};
+use support::milter::{open_client, send};
 use support::redis::Redis;
 use support::vectors::VectorWorld;
 
@@ -69,25 +70,6 @@ async fn lmtp_delivers_a_replay_tagged_and_other_recipients_are_not_replays() {
     );
 }
 
-async fn send_through_milter(
-    addr: std::net::SocketAddr,
-    message: &[u8],
-) -> (Vec<EomAction>, Status) {
-    let mut conn = TestConnection::open(addr).await.unwrap();
-    conn.connect("c", std::net::SocketAddr::from(([192, 0, 2, 9], 1)))
-        .await
-        .unwrap();
-    conn.mail(["<a@b.example>"]).await.unwrap();
-    conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
-    let (fields, body) = support::milter::split_message(message);
-    for (n, v) in fields {
-        conn.header(n.as_str(), v.as_str()).await.unwrap();
-    }
-    conn.body(body).await.unwrap();
-    let (actions, status) = conn.eom().await.unwrap();
-    (actions.actions, status)
-}
-
 fn inserted(actions: &[EomAction]) -> String {
     actions
         .iter()
@@ -127,16 +109,16 @@ async fn milter_a_retry_after_our_tempfail_is_not_a_replay_a_second_delivery_is(
     )
     .await;
     let signed = world.sign_at(ALICE, &message(), world.now(), &[]);
-    let (_, status) = send_through_milter(milter.addr, &signed).await;
+    let (_, status) = send(&mut open_client(milter.addr).await, &signed).await;
     assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
     *up.lock().unwrap() = true;
-    let (actions, status) = send_through_milter(milter.addr, &signed).await;
+    let (actions, status) = send(&mut open_client(milter.addr).await, &signed).await;
     assert_eq!(status, Status::Continue);
     assert!(
         inserted(&actions).contains("atsms=pass"),
         "the MTA's retry is not a replay"
     );
-    let (actions, _) = send_through_milter(milter.addr, &signed).await;
+    let (actions, _) = send(&mut open_client(milter.addr).await, &signed).await;
     let header = inserted(&actions);
     assert!(
         header.contains("atsms=policy reason=\"replayed\""),

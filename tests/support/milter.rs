@@ -73,3 +73,31 @@ pub fn split_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
     }
     (fields, body.replace('\n', "\r\n").into_bytes())
 }
+
+/// A milter client connected as an MTA would, for a client at 192.0.2.1.
+pub async fn open_client(addr: impl tokio::net::ToSocketAddrs) -> indymilter_test::TestConnection {
+    let mut conn = indymilter_test::TestConnection::open(addr).await.unwrap();
+    conn.connect(
+        "client.example",
+        std::net::SocketAddr::from(([192, 0, 2, 1], 4000)),
+    )
+    .await
+    .unwrap();
+    conn
+}
+
+/// One message (MAIL, RCPT, its fields and body, end of message) on `conn`.
+pub async fn send(
+    conn: &mut indymilter_test::TestConnection,
+    message: &[u8],
+) -> (Vec<indymilter_test::EomAction>, indymilter_test::Status) {
+    conn.mail(["<a@b.example>"]).await.unwrap();
+    conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
+    let (fields, body) = split_message(message);
+    for (name, value) in fields {
+        conn.header(name.as_str(), value.as_str()).await.unwrap();
+    }
+    conn.body(body).await.unwrap();
+    let (actions, status) = conn.eom().await.unwrap();
+    (actions.actions, status)
+}

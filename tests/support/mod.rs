@@ -10,6 +10,7 @@ pub mod lmtp;
 pub mod milter;
 pub mod postfix;
 pub mod redis;
+pub mod signing;
 pub mod vectors;
 
 use std::path::PathBuf;

@@ -1,0 +1,64 @@
+//! Keys, DID documents and signed messages made on the spot, for tests that run their own
+//! loopback directory.
+
+use atsms_milter::crypto::SigningKey;
+use atsms_milter::envelope::sign;
+use atsms_milter::message::read_message;
+
+/// The vectors' verification time; in-process servers are given it as their clock.
+pub const NOW: i64 = 1_795_000_000;
+
+/// A DID document with one `#atproto` Multikey for `key`, and a PDS when given.
+pub fn document(did: &str, key: &SigningKey, pds: Option<&str>) -> String {
+    let mut doc = serde_json::json!({
+        "id": did,
+        "alsoKnownAs": [],
+        "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": did, "publicKeyMultibase": key.public_key().to_multikey()}],
+    });
+    if let Some(pds) = pds {
+        doc["service"] = serde_json::json!([{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": pds}]);
+    }
+    doc.to_string()
+}
+
+/// A small message signed as of `now` by `key` under `kid` (`DID#atproto` or a device URI).
+pub fn signed_message(key: &SigningKey, kid: &str, now: i64) -> Vec<u8> {
+    let body = b"From: someone@example.com\r\nSubject: test\r\n\r\nhello\r\n";
+    let parsed = read_message(&body[..]).unwrap();
+    let request = sign::SignRequest {
+        key,
+        kid,
+        now,
+        ttl: 3600,
+        rcpt: &[],
+        jti: sign::random_jti(),
+    };
+    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+    let did = kid
+        .trim_start_matches("at://")
+        .split(['#', '/'])
+        .next()
+        .unwrap();
+    [
+        sign::format_field(did, &token, "\r\n").into_bytes(),
+        b"\r\n".to_vec(),
+        body.to_vec(),
+    ]
+    .concat()
+}
+
+/// `signed_message` by the `#atproto` key of `did` at `NOW`.
+pub fn signed(key: &SigningKey, did: &str) -> Vec<u8> {
+    signed_message(key, &format!("{did}#atproto"), NOW)
+}
+
+/// The n-th of many distinct, valid did:plc identifiers.
+pub fn plc_did(n: usize) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    let (mut id, mut x) = (String::new(), n);
+    for _ in 0..24 {
+        id.push(alphabet[x % 32] as char);
+        x /= 32;
+    }
+    format!("did:plc:{id}")
+}
