@@ -137,25 +137,54 @@ impl BodyHasher {
 
     pub fn update(&mut self, chunk: &[u8]) {
         self.raw_len += chunk.len() as u64;
-        for &b in chunk {
-            if self.pending_cr {
-                self.pending_cr = false;
-                if b == b'\n' {
-                    self.end_line();
+        let mut i = 0;
+        while i < chunk.len() {
+            // Fast path, the common case in the middle of a line: copy a run of bytes that
+            // canonicalization leaves alone in one go. A single SP followed by an ordinary byte
+            // is left alone too (it stays one SP); anything else goes through `byte`.
+            if !self.pending_cr && !self.pending_space && self.line_has_content {
+                let rest = &chunk[i..];
+                let mut run = 0;
+                while run < rest.len() {
+                    match rest[run] {
+                        b'\t' | b'\r' | b'\n' => break,
+                        b' ' => match rest.get(run + 1) {
+                            Some(b' ' | b'\t' | b'\r' | b'\n') | None => break,
+                            Some(_) => run += 2,
+                        },
+                        _ => run += 1,
+                    }
+                }
+                if run > 0 {
+                    self.buffer.extend_from_slice(&rest[..run]);
+                    i += run;
                     continue;
                 }
-                self.content(b'\r');
             }
-            match b {
-                b'\r' => self.pending_cr = true,
-                b'\n' => self.end_line(),
-                b' ' | b'\t' => self.pending_space = true,
-                _ => self.content(b),
-            }
+            self.byte(chunk[i]);
+            i += 1;
         }
         if self.buffer.len() >= BUFFER {
             self.sha.update(&self.buffer);
             self.buffer.clear();
+        }
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        if self.pending_cr {
+            self.pending_cr = false;
+            if b == b'\n' {
+                self.end_line();
+                return;
+            }
+            self.content(b'\r');
+        }
+        match b {
+            b'\r' => self.pending_cr = true,
+            b'\n' => self.end_line(),
+            b' ' | b'\t' => self.pending_space = true,
+            _ => self.content(b),
         }
     }
 

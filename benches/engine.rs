@@ -1,0 +1,213 @@
+//! Function benchmarks (criterion): canonicalization throughput against raw SHA-256 of the same
+//! buffer (the physical limit), token parsing, ES256 and ES256K verification, and the whole
+//! verification of a message whose signer's identity is cached.
+//!
+//! `cargo bench --bench engine`; docs/performance.md has figures and what limits each.
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use atsms_milter::config::{CacheConfig, ResolverConfig};
+use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::envelope::{BodyHasher, HeaderField, header_hash, sign, tags, token};
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::message::read_message;
+use atsms_milter::verify::{Context, Verifier};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use sha2::{Digest, Sha256};
+
+const NOW: i64 = 1_795_000_000;
+const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
+
+/// A body of mail-like text: 72-column lines, a few runs of spaces, trailing blanks.
+fn body(size: usize) -> Vec<u8> {
+    let line = b"Lorem ipsum dolor sit amet,  consectetur adipiscing elit; sed do eiusmod \r\n";
+    let mut out = Vec::with_capacity(size + line.len());
+    while out.len() < size {
+        out.extend_from_slice(line);
+    }
+    out.truncate(size);
+    out
+}
+
+fn headers() -> Vec<HeaderField> {
+    [
+        ("From", " Alice <alice@alice.example.com>"),
+        (
+            "To",
+            " Bob <bob@mx.example.net>,\r\n\tCarol <carol@mx.example.net>",
+        ),
+        ("Subject", " Quarterly   report\r\n  and figures"),
+        ("Date", " Thu, 26 Nov 2026 09:00:00 +0000"),
+        ("Message-ID", " <9291e320df606358@alice.example.com>"),
+        ("MIME-Version", " 1.0"),
+        ("Content-Type", " text/plain; charset=utf-8"),
+        ("Content-Transfer-Encoding", " 8bit"),
+        (
+            "Received",
+            " from a by b with ESMTP id X; Thu, 26 Nov 2026 09:00:01 +0000",
+        ),
+        (
+            "Received",
+            " from c by d with ESMTP id Y; Thu, 26 Nov 2026 09:00:02 +0000",
+        ),
+    ]
+    .into_iter()
+    .map(|(n, v)| HeaderField::new(n, v))
+    .collect()
+}
+
+fn canonicalization(c: &mut Criterion) {
+    let mut group = c.benchmark_group("body");
+    for size in [4 * 1024, 64 * 1024, 1024 * 1024] {
+        let data = body(size);
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("relaxed_hash", size), &data, |b, data| {
+            b.iter(|| {
+                let mut hasher = BodyHasher::new();
+                for chunk in data.chunks(65_535) {
+                    hasher.update(chunk);
+                }
+                black_box(hasher.finish())
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("raw_sha256", size), &data, |b, data| {
+            b.iter(|| black_box(<[u8; 32]>::from(Sha256::digest(data))))
+        });
+    }
+    group.finish();
+
+    let fields = headers();
+    let h = sign::header_names_to_sign(&fields);
+    let bytes: usize = fields
+        .iter()
+        .map(|f| f.name.len() + f.value.len() + 3)
+        .sum();
+    let mut group = c.benchmark_group("header");
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("relaxed_hash", |b| {
+        b.iter(|| black_box(header_hash(&h, &fields)))
+    });
+    group.finish();
+}
+
+fn signed_message(key: &SigningKey, size: usize) -> Vec<u8> {
+    let mut message = b"From: Alice <alice@alice.example.com>\r\nTo: <bob@mx.example.net>\r\nSubject: bench\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\nMessage-ID: <b@alice.example.com>\r\n\r\n".to_vec();
+    message.extend_from_slice(&body(size));
+    let parsed = read_message(&message[..]).unwrap();
+    let kid = format!("{DID}#atproto");
+    let request = sign::SignRequest {
+        key,
+        kid: &kid,
+        now: NOW,
+        ttl: 3600,
+        rcpt: &[],
+        jti: "bench-0123456789abcdef".into(),
+    };
+    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+    [
+        sign::format_field(DID, &token, "\r\n").into_bytes(),
+        b"\r\n".to_vec(),
+        message,
+    ]
+    .concat()
+}
+
+fn token_and_signatures(c: &mut Criterion) {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let message = signed_message(&key, 1024);
+    let parsed = read_message(&message[..]).unwrap();
+    let field = &parsed.headers[0].value;
+    c.bench_function("token/parse", |b| {
+        b.iter(|| {
+            let list = tags::parse(black_box(field)).unwrap();
+            black_box(token::parse(&list.t, &list.d).unwrap())
+        })
+    });
+    for alg in [Alg::Es256, Alg::Es256k] {
+        let key = SigningKey::generate(alg).unwrap();
+        let public = key.public_key();
+        let input = b"eyJhbGciOiJFUzI1NksiLCJ0eXAiOiJhdHNtcytqd3QifQ.eyJpc3MiOiJkaWQ6cGxjOm9mdXJkaGZ5aGpoZ29tdmZ5Z3hlcmdlcCJ9";
+        let signature = key.sign(input);
+        c.bench_function(&format!("verify/{alg}"), |b| {
+            b.iter(|| {
+                public
+                    .verify(black_box(input), black_box(&signature))
+                    .unwrap()
+            })
+        });
+    }
+}
+
+/// Serves one DID document on loopback, once per connection, until the process ends.
+fn serve_document(document: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
+                document.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    url
+}
+
+fn end_to_end(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("verify_message_cached");
+    for alg in [Alg::Es256k, Alg::Es256] {
+        let key = SigningKey::generate(alg).unwrap();
+        let document = serde_json::json!({
+            "id": DID,
+            "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": DID, "publicKeyMultibase": key.public_key().to_multikey()}],
+        })
+        .to_string();
+        let resolver = ResolverConfig {
+            plc_urls: vec![serve_document(document)],
+            ..Default::default()
+        };
+        let identity = Arc::new(IdentityResolver::new(&resolver, &CacheConfig::default()).unwrap());
+        let verifier = Verifier::new(identity, resolver.timeout());
+        for size in [4 * 1024, 64 * 1024] {
+            let message = signed_message(&key, size);
+            let context = Context {
+                now: NOW,
+                recipients: &[],
+            };
+            // Warm the cache: the benchmark measures a sender seen recently.
+            let parsed = read_message(&message[..]).unwrap();
+            let first =
+                runtime.block_on(verifier.verify(&parsed.headers, &parsed.body_hash, &context));
+            assert_eq!(first.signatures[0].result.as_str(), "pass");
+            group.throughput(Throughput::Bytes(message.len() as u64));
+            group.bench_with_input(
+                BenchmarkId::new(alg.to_string(), size),
+                &message,
+                |b, message| {
+                    b.iter(|| {
+                        let parsed = read_message(&message[..]).unwrap();
+                        runtime.block_on(verifier.verify(
+                            &parsed.headers,
+                            &parsed.body_hash,
+                            &context,
+                        ))
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, canonicalization, token_and_signatures, end_to_end);
+criterion_main!(benches);
