@@ -174,6 +174,38 @@ fn base_message(size: usize) -> Vec<u8> {
     m
 }
 
+/// Current RSS (KiB) of a process.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+}
+
+/// The memory goals: a 50 MB message raises peak RSS by less than 5 MB (the body streams
+/// through the hasher); 1 000 idle connections cost less than 50 MB.
+async fn memory(atsms: &Daemon, key: &SigningKey) {
+    let pid = atsms.child.id();
+    let base = base_message(50 * 1024 * 1024);
+    let parsed = read_message(&base[..]).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let kid = format!("{DID}#atproto");
+    let request = sign::SignRequest { key, kid: &kid, now, ttl: 86400, rcpt: &[], jti: sign::random_jti() };
+    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
+    let big = Arc::new(split(&[sign::format_field(DID, &token, "\r\n").into_bytes(), b"\r\n".to_vec(), base].concat()));
+    let (_, before) = usage(pid);
+    let run = load(atsms, &big, 1, 1, "atsms=pass").await;
+    let (_, after) = usage(pid);
+    println!("\nmemory: one 50 MiB message: peak RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB), end-of-message {:.0} ms", before as f64 / 1024.0, after as f64 / 1024.0, (after - before) as f64 / 1024.0, run.p50.as_secs_f64() * 1e3);
+    let idle_before = rss(pid);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(open(&atsms.socket).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_after = rss(pid);
+    println!("memory: 1000 idle connections: RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB, {:.1} KiB each)", idle_before as f64 / 1024.0, idle_after as f64 / 1024.0, (idle_after - idle_before) as f64 / 1024.0, (idle_after - idle_before) as f64 / 1000.0);
+    drop(idle);
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -267,6 +299,9 @@ async fn main() {
             }
             ratios.push((size, connections, ours.rate / theirs.rate, ours.cpu_per_1000 / theirs.cpu_per_1000));
         }
+    }
+    if args.iter().any(|a| a == "--memory") {
+        memory(&atsms, &key).await;
     }
     println!("\n| size | connections | msgs/s atsms/opendkim | CPU per msg atsms/opendkim |");
     println!("|---|---|---|---|");
