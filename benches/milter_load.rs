@@ -43,12 +43,26 @@ fn wait_for_socket(path: &Path) {
 /// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
 fn usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let cpu = (ticks(11) + ticks(12)) / hz;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
     (cpu, hwm)
 }
 
@@ -60,7 +74,12 @@ fn split(raw: &[u8]) -> Message {
     let fields = parsed
         .headers
         .iter()
-        .map(|f| (f.name.clone(), String::from_utf8_lossy(&f.value).replace("\r\n", "\n")))
+        .map(|f| {
+            (
+                f.name.clone(),
+                String::from_utf8_lossy(&f.value).replace("\r\n", "\n"),
+            )
+        })
         .collect();
     let body_start = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     (fields, raw[body_start..].to_vec())
@@ -90,8 +109,17 @@ async fn send(conn: &mut TestConnection, (fields, body): &Message) -> (Vec<EomAc
 }
 
 async fn open(socket: &Path) -> TestConnection {
-    let mut conn = TestConnection::configure().read_timeout(Duration::from_secs(120)).open_unix(socket).await.unwrap();
-    conn.connect("client.example", std::net::SocketAddr::from(([192, 0, 2, 1], 4000))).await.unwrap();
+    let mut conn = TestConnection::configure()
+        .read_timeout(Duration::from_secs(120))
+        .open_unix(socket)
+        .await
+        .unwrap();
+    conn.connect(
+        "client.example",
+        std::net::SocketAddr::from(([192, 0, 2, 1], 4000)),
+    )
+    .await
+    .unwrap();
     conn
 }
 
@@ -103,7 +131,13 @@ struct Run {
     peak_rss_kib: u64,
 }
 
-async fn load(daemon: &Daemon, message: &Arc<Message>, connections: usize, messages: usize, expect: &'static str) -> Run {
+async fn load(
+    daemon: &Daemon,
+    message: &Arc<Message>,
+    connections: usize,
+    messages: usize,
+    expect: &'static str,
+) -> Run {
     let pid = daemon.child.id();
     let (cpu_before, _) = usage(pid);
     let started = Instant::now();
@@ -153,7 +187,10 @@ fn serve_document(document: String) -> String {
             let Ok(mut stream) = stream else { continue };
             let mut buf = [0u8; 4096];
             let _ = stream.read(&mut buf);
-            let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}", document.len());
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
+                document.len()
+            );
             let _ = stream.write_all(reply.as_bytes());
         }
     });
@@ -161,13 +198,19 @@ fn serve_document(document: String) -> String {
 }
 
 fn arg(args: &[String], name: &str, default: &str) -> Vec<usize> {
-    let value = args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str).unwrap_or(default);
+    let value = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or(default);
     value.split(',').map(|v| v.parse().unwrap()).collect()
 }
 
 fn base_message(size: usize) -> Vec<u8> {
     let mut m = format!("From: Alice <alice@example.com>\r\nTo: <bob@mx.example.net>\r\nSubject: load {size}\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\nMessage-ID: <load-{size}@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").into_bytes();
-    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\r\n";
+    let line =
+        b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\r\n";
     while m.len() < size {
         m.extend_from_slice(line);
     }
@@ -177,7 +220,11 @@ fn base_message(size: usize) -> Vec<u8> {
 /// Current RSS (KiB) of a process.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The memory goals: a 50 MB message raises peak RSS by less than 5 MB (the body streams
@@ -186,15 +233,38 @@ async fn memory(atsms: &Daemon, key: &SigningKey) {
     let pid = atsms.child.id();
     let base = base_message(50 * 1024 * 1024);
     let parsed = read_message(&base[..]).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let kid = format!("{DID}#atproto");
-    let request = sign::SignRequest { key, kid: &kid, now, ttl: 86400, rcpt: &[], jti: sign::random_jti() };
+    let request = sign::SignRequest {
+        key,
+        kid: &kid,
+        now,
+        ttl: 86400,
+        rcpt: &[],
+        jti: sign::random_jti(),
+    };
     let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
-    let big = Arc::new(split(&[sign::format_field(DID, &token, "\r\n").into_bytes(), b"\r\n".to_vec(), base].concat()));
+    let big = Arc::new(split(
+        &[
+            sign::format_field(DID, &token, "\r\n").into_bytes(),
+            b"\r\n".to_vec(),
+            base,
+        ]
+        .concat(),
+    ));
     let (_, before) = usage(pid);
     let run = load(atsms, &big, 1, 1, "atsms=pass").await;
     let (_, after) = usage(pid);
-    println!("\nmemory: one 50 MiB message: peak RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB), end-of-message {:.0} ms", before as f64 / 1024.0, after as f64 / 1024.0, (after - before) as f64 / 1024.0, run.p50.as_secs_f64() * 1e3);
+    println!(
+        "\nmemory: one 50 MiB message: peak RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB), end-of-message {:.0} ms",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        (after - before) as f64 / 1024.0,
+        run.p50.as_secs_f64() * 1e3
+    );
     let idle_before = rss(pid);
     let mut idle = Vec::new();
     for _ in 0..1000 {
@@ -202,7 +272,13 @@ async fn memory(atsms: &Daemon, key: &SigningKey) {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_after = rss(pid);
-    println!("memory: 1000 idle connections: RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB, {:.1} KiB each)", idle_before as f64 / 1024.0, idle_after as f64 / 1024.0, (idle_after - idle_before) as f64 / 1024.0, (idle_after - idle_before) as f64 / 1000.0);
+    println!(
+        "memory: 1000 idle connections: RSS {:.1} MiB -> {:.1} MiB (+{:.1} MiB, {:.1} KiB each)",
+        idle_before as f64 / 1024.0,
+        idle_after as f64 / 1024.0,
+        (idle_after - idle_before) as f64 / 1024.0,
+        (idle_after - idle_before) as f64 / 1000.0
+    );
     drop(idle);
 }
 
@@ -218,23 +294,52 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
     let run = |cmd: &mut Command| assert!(cmd.status().unwrap().success(), "{cmd:?}");
-    run(Command::new("opendkim-genkey").args(["-b", "2048", "-d", "example.com", "-s", "bench", "-D"]).arg(&work));
+    run(Command::new("opendkim-genkey")
+        .args(["-b", "2048", "-d", "example.com", "-s", "bench", "-D"])
+        .arg(&work));
     let txt = std::fs::read_to_string(work.join("bench.txt")).unwrap();
     let record: String = txt.split('"').skip(1).step_by(2).collect();
-    std::fs::write(work.join("keys"), format!("bench._domainkey.example.com {record}\n")).unwrap();
-    run(Command::new("chown").args(["-R", "opendkim:opendkim"]).arg(&work));
+    std::fs::write(
+        work.join("keys"),
+        format!("bench._domainkey.example.com {record}\n"),
+    )
+    .unwrap();
+    run(Command::new("chown")
+        .args(["-R", "opendkim:opendkim"])
+        .arg(&work));
     let conf = |name: &str, body: String| {
         let path = work.join(name);
         std::fs::write(&path, body).unwrap();
         path
     };
     let w = work.display();
-    let signer_conf = conf("sign.conf", format!("Mode s\nDomain example.com\nSelector bench\nKeyFile {w}/bench.private\nSocket local:{w}/sign.sock\nUserID opendkim\nBackground no\nSyslog no\nInternalHosts 0.0.0.0/0\nCanonicalization relaxed/relaxed\nRequireSafeKeys no\n"));
-    let verify_conf = conf("verify.conf", format!("Mode v\nSocket local:{w}/opendkim.sock\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"));
+    let signer_conf = conf(
+        "sign.conf",
+        format!(
+            "Mode s\nDomain example.com\nSelector bench\nKeyFile {w}/bench.private\nSocket local:{w}/sign.sock\nUserID opendkim\nBackground no\nSyslog no\nInternalHosts 0.0.0.0/0\nCanonicalization relaxed/relaxed\nRequireSafeKeys no\n"
+        ),
+    );
+    let verify_conf = conf(
+        "verify.conf",
+        format!(
+            "Mode v\nSocket local:{w}/opendkim.sock\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"
+        ),
+    );
     let start_opendkim = |name, conf: &Path, socket: PathBuf| {
-        let child = Command::new("opendkim").arg("-x").arg(conf).arg("-f").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new("opendkim")
+            .arg("-x")
+            .arg(conf)
+            .arg("-f")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         wait_for_socket(&socket);
-        Daemon { name, child, socket }
+        Daemon {
+            name,
+            child,
+            socket,
+        }
     };
     let signer = start_opendkim("opendkim-signer", &signer_conf, work.join("sign.sock"));
     let opendkim = start_opendkim("opendkim", &verify_conf, work.join("opendkim.sock"));
@@ -247,13 +352,27 @@ async fn main() {
     let plc = serve_document(document.to_string());
     let atsms_conf = conf(
         "atsms.toml",
-        format!("[milter]\nlisten = \"unix:{w}/atsms.sock\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\nallow_private_addresses = true\n\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\nreplay = false\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{w}/control.sock\"\n"),
+        format!(
+            "[milter]\nlisten = \"unix:{w}/atsms.sock\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\nallow_private_addresses = true\n\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\nreplay = false\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{w}/control.sock\"\n"
+        ),
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_atsms-milter")).arg("serve").arg("--config").arg(&atsms_conf).stdout(Stdio::null()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&atsms_conf)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_for_socket(&work.join("atsms.sock"));
-    let atsms = Daemon { name: "atsms-milter", child, socket: work.join("atsms.sock") };
+    let atsms = Daemon {
+        name: "atsms-milter",
+        child,
+        socket: work.join("atsms.sock"),
+    };
 
-    println!("| size | connections | program | msgs/s | p50 ms | p99 ms | CPU s / 1000 msgs | peak RSS MiB |");
+    println!(
+        "| size | connections | program | msgs/s | p50 ms | p99 ms | CPU s / 1000 msgs | peak RSS MiB |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     for &size in &sizes {
@@ -264,21 +383,53 @@ async fn main() {
         let dkim = actions
             .iter()
             .find_map(|a| match a {
-                EomAction::InsertHeader { name, value, .. } | EomAction::AddHeader { name, value } if name.to_bytes() == b"DKIM-Signature" => {
+                EomAction::InsertHeader { name, value, .. }
+                | EomAction::AddHeader { name, value }
+                    if name.to_bytes() == b"DKIM-Signature" =>
+                {
                     Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
                 }
                 _ => None,
             })
             .expect("OpenDKIM signed the message");
-        let dkim_message = [format!("DKIM-Signature:{dkim}\r\n").replace('\n', "\r\n").replace("\r\r\n", "\r\n").into_bytes(), base.clone()].concat();
+        let dkim_message = [
+            format!("DKIM-Signature:{dkim}\r\n")
+                .replace('\n', "\r\n")
+                .replace("\r\r\n", "\r\n")
+                .into_bytes(),
+            base.clone(),
+        ]
+        .concat();
         let parsed = read_message(&base[..]).unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         let kid = format!("{DID}#atproto");
-        let request = sign::SignRequest { key: &key, kid: &kid, now, ttl: 86400, rcpt: &[], jti: sign::random_jti() };
+        let request = sign::SignRequest {
+            key: &key,
+            kid: &kid,
+            now,
+            ttl: 86400,
+            rcpt: &[],
+            jti: sign::random_jti(),
+        };
         let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash).unwrap();
-        let atsms_message = [sign::format_field(DID, &token, "\r\n").into_bytes(), b"\r\n".to_vec(), base.clone()].concat();
-        let (dkim_message, atsms_message) = (Arc::new(split(&dkim_message)), Arc::new(split(&atsms_message)));
-        let count = if size >= 1024 * 1024 { messages / 10 } else { messages };
+        let atsms_message = [
+            sign::format_field(DID, &token, "\r\n").into_bytes(),
+            b"\r\n".to_vec(),
+            base.clone(),
+        ]
+        .concat();
+        let (dkim_message, atsms_message) = (
+            Arc::new(split(&dkim_message)),
+            Arc::new(split(&atsms_message)),
+        );
+        let count = if size >= 1024 * 1024 {
+            messages / 10
+        } else {
+            messages
+        };
         // Warm-up: the identity cache and both daemons' lazy state.
         load(&atsms, &atsms_message, 1, 20, "atsms=pass").await;
         load(&opendkim, &dkim_message, 1, 20, "dkim=pass").await;
@@ -297,7 +448,12 @@ async fn main() {
                     r.peak_rss_kib as f64 / 1024.0
                 );
             }
-            ratios.push((size, connections, ours.rate / theirs.rate, ours.cpu_per_1000 / theirs.cpu_per_1000));
+            ratios.push((
+                size,
+                connections,
+                ours.rate / theirs.rate,
+                ours.cpu_per_1000 / theirs.cpu_per_1000,
+            ));
         }
     }
     if args.iter().any(|a| a == "--memory") {
@@ -306,7 +462,10 @@ async fn main() {
     println!("\n| size | connections | msgs/s atsms/opendkim | CPU per msg atsms/opendkim |");
     println!("|---|---|---|---|");
     for (size, connections, rate, cpu) in ratios {
-        println!("| {} KiB | {connections} | {rate:.2}x | {cpu:.2}x |", size / 1024);
+        println!(
+            "| {} KiB | {connections} | {rate:.2}x | {cpu:.2}x |",
+            size / 1024
+        );
     }
     drop(signer);
 }
