@@ -7,7 +7,7 @@
 //!   cargo bench --bench postfix_e2e -- [--messages 2000] [--connections 1,16] [--size 4096]
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod support;
 
 use std::sync::Arc;
