@@ -107,6 +107,8 @@ async fn pass_adds_authentication_results_at_the_top() {
     assert!(value.contains("policy.aligned=yes"), "{value}");
     // The negotiated session: exact leading space, only the actions used.
     assert!(conn.negotiated_opts().contains(ProtoOpts::LEADING_SPACE));
+    // Header fields are only recorded: no reply (and no round trip) per field.
+    assert!(conn.negotiated_opts().contains(ProtoOpts::NOREPLY_HEADER));
     conn.close().await.unwrap();
     milter.stop().await;
 }

@@ -31,6 +31,8 @@ pub struct Connection {
     _open: crate::metrics::ConnectionGuard,
     settings: Arc<Settings>,
     skip_negotiated: bool,
+    /// The MTA sends header fields without waiting for a reply to each (SMFIP_NR_HDR).
+    noreply_header: bool,
     message: Option<MessageSession>,
     recipients: Vec<String>,
 }
@@ -114,6 +116,12 @@ fn handle_negotiate(
     cx.requested_actions = needed;
     cx.requested_opts |=
         ProtoOpts::LEADING_SPACE | ProtoOpts::NO_HELO | ProtoOpts::NO_UNKNOWN | ProtoOpts::NO_DATA;
+    // Header fields need no answer (they are only recorded): saying so up front saves the MTA a
+    // round trip per field. A failure while recording one is answered at end of message.
+    let noreply_header = mta_opts.contains(ProtoOpts::NOREPLY_HEADER);
+    if noreply_header {
+        cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
+    }
     let skip_negotiated = mta_opts.contains(ProtoOpts::SKIP);
     if skip_negotiated {
         cx.requested_opts |= ProtoOpts::SKIP;
@@ -128,6 +136,7 @@ fn handle_negotiate(
         _open: crate::metrics::global().milter_connection(),
         settings,
         skip_negotiated,
+        noreply_header,
         message: None,
         recipients: Vec::new(),
     });
@@ -189,15 +198,26 @@ fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
 fn handle_header(cx: &mut Context<Connection>, name: CString, value: CString) -> Status {
     let id = queue_id(&cx.macros);
     let Some(conn) = cx.data.as_mut() else {
+        // Without connection state the end of message fails too: never a silent accept.
         error!("{id}: connection state missing at header");
         return Status::Tempfail;
     };
+    let reply = if conn.noreply_header {
+        Status::Noreply
+    } else {
+        Status::Continue
+    };
     let Some(message) = conn.message.as_mut() else {
+        // The end of message finds no message either and tempfails there.
         error!("{id}: header outside a message");
-        return Status::Tempfail;
+        return if conn.noreply_header {
+            Status::Noreply
+        } else {
+            Status::Tempfail
+        };
     };
     message.header(&lossy(&name), value.as_bytes(), &conn.settings.authserv_id);
-    Status::Continue
+    reply
 }
 
 fn handle_body(cx: &mut Context<Connection>, chunk: Bytes) -> Status {
