@@ -2,7 +2,8 @@
 # LMTP delivery, atsms-milter against Dovecot's LMTP in the same run: Postfix's smtp-source -L
 # against each (unix sockets, Maildir, full durability), 1 and 16 sessions, 4 and 64 KiB.
 # Installs Dovecot, Postfix (smtp-source) and strace if missing. Run as root.
-# Usage: bench/lmtp.sh [messages per run, default 2000]
+# Usage: bench/lmtp.sh [messages per run, default 2000] [--tmpfs]
+#   --tmpfs: Maildirs in /dev/shm, to separate CPU from disk
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -15,4 +16,4 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 cargo build --release --locked --quiet
 ulimit -n 8192
-exec python3 bench/lmtp_bench.py "${1:-2000}"
+exec python3 bench/lmtp_bench.py "$@"
