@@ -4,8 +4,10 @@
 //!
 //! `cargo bench --bench engine`; docs/performance.md has figures and what limits each.
 
+#[path = "common.rs"]
+mod common;
+
 use std::hint::black_box;
-use std::io::{Read, Write};
 use std::sync::Arc;
 
 use atsms_milter::config::{CacheConfig, ResolverConfig};
@@ -140,25 +142,6 @@ fn token_and_signatures(c: &mut Criterion) {
     }
 }
 
-/// Serves one DID document on loopback, once per connection, until the process ends.
-fn serve_document(document: String) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
-                document.len()
-            );
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
-    url
-}
-
 fn end_to_end(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -173,7 +156,7 @@ fn end_to_end(c: &mut Criterion) {
         })
         .to_string();
         let resolver = ResolverConfig {
-            plc_urls: vec![serve_document(document)],
+            plc_urls: vec![common::serve_document(document)],
             ..Default::default()
         };
         let identity = Arc::new(IdentityResolver::new(&resolver, &CacheConfig::default()).unwrap());

@@ -6,7 +6,9 @@
 //! Run by bench/milter.sh (which installs OpenDKIM if missing):
 //!   cargo bench --bench milter_load -- [--sizes 4096,65536,1048576] [--concurrency 1,16,128] [--messages 3000]
 
-use std::io::{Read, Write};
+#[path = "common.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -179,34 +181,6 @@ async fn load(
     }
 }
 
-fn serve_document(document: String) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{document}",
-                document.len()
-            );
-            let _ = stream.write_all(reply.as_bytes());
-        }
-    });
-    url
-}
-
-fn arg(args: &[String], name: &str, default: &str) -> Vec<usize> {
-    let value = args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-        .unwrap_or(default);
-    value.split(',').map(|v| v.parse().unwrap()).collect()
-}
-
 fn base_message(size: usize) -> Vec<u8> {
     let mut m = format!("From: Alice <alice@example.com>\r\nTo: <bob@mx.example.net>\r\nSubject: load {size}\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\nMessage-ID: <load-{size}@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").into_bytes();
     let line =
@@ -285,9 +259,9 @@ async fn memory(atsms: &Daemon, key: &SigningKey) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let sizes = arg(&args, "--sizes", "4096,65536,1048576");
-    let concurrency = arg(&args, "--concurrency", "1,16,128");
-    let messages = arg(&args, "--messages", "3000")[0];
+    let sizes = common::numbers(&args, "--sizes", "4096,65536,1048576");
+    let concurrency = common::numbers(&args, "--concurrency", "1,16,128");
+    let messages = common::numbers(&args, "--messages", "3000")[0];
 
     // OpenDKIM checks that no directory above its key is writable by others: not /tmp.
     let work = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-milter");
@@ -349,7 +323,7 @@ async fn main() {
         "id": DID,
         "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": DID, "publicKeyMultibase": key.public_key().to_multikey()}],
     });
-    let plc = serve_document(document.to_string());
+    let plc = common::serve_document(document.to_string());
     let atsms_conf = conf(
         "atsms.toml",
         format!(

@@ -10,6 +10,9 @@
 #[allow(unused_imports)]
 mod support;
 
+#[path = "common.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,22 +83,12 @@ async fn client(port: u16, message: Arc<Vec<u8>>, count: usize) -> Vec<Duration>
     latencies
 }
 
-fn arg(args: &[String], name: &str, default: &str) -> Vec<usize> {
-    let value = args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-        .unwrap_or(default);
-    value.split(',').map(|v| v.parse().unwrap()).collect()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let messages = arg(&args, "--messages", "2000")[0];
-    let connections = arg(&args, "--connections", "1,16");
-    let size = arg(&args, "--size", "4096")[0];
+    let messages = common::numbers(&args, "--messages", "2000")[0];
+    let connections = common::numbers(&args, "--connections", "1,16");
+    let size = common::numbers(&args, "--size", "4096")[0];
 
     let world = VectorWorld::start();
     let milter_port = free_port();
