@@ -231,18 +231,6 @@ fn unix_now() -> i64 {
         .unwrap_or_default()
 }
 
-/// The name of this host, the default authserv-id.
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..len]) {
-        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
-        _ => "localhost".to_string(),
-    }
-}
-
 fn read_input(file: Option<&PathBuf>) -> Result<Box<dyn Read>, String> {
     match file {
         Some(path) => std::fs::File::open(path)
@@ -341,7 +329,7 @@ fn verify(args: VerifyArgs) -> ExitCode {
     let output = if args.json {
         serde_json::to_string_pretty(&verdict).unwrap_or_else(|_| "[]".into())
     } else {
-        let authserv_id = args.authserv_id.unwrap_or_else(host_name);
+        let authserv_id = args.authserv_id.unwrap_or_else(crate::config::host_name);
         format!(
             "{}:{}",
             auth_results::FIELD_NAME,

@@ -160,9 +160,7 @@ impl Default for PolicyConfig {
 impl PolicyConfig {
     /// The authserv-id of our Authentication-Results fields.
     pub fn authserv_id(&self) -> String {
-        self.authserv_id
-            .clone()
-            .unwrap_or_else(crate::cli::host_name)
+        self.authserv_id.clone().unwrap_or_else(host_name)
     }
 }
 
@@ -389,6 +387,18 @@ impl Config {
             return Err("resolver.max_concurrent_*: must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// The name of this host, the default authserv-id.
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
     }
 }
 

@@ -166,7 +166,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 fn reload(
     path: Option<&std::path::Path>,
     current: &mut Config,
-    shared: &crate::milter::SharedSettings,
+    shared: &crate::session::SharedSettings,
     lmtp: Option<&LmtpService>,
 ) {
     let Some(path) = path else {
@@ -251,8 +251,12 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
                 "lmtp",
             )
             .await?;
-            let service =
-                LmtpService::new(shared.clone(), lmtp_config, crate::cli::host_name(), true)?;
+            let service = LmtpService::new(
+                shared.clone(),
+                lmtp_config,
+                crate::config::host_name(),
+                true,
+            )?;
             service.clean_known_maildirs();
             Some((listener, Arc::new(service)))
         }
@@ -333,7 +337,7 @@ pub async fn serve_stdio(config: Config) -> Result<(), String> {
     let service = Arc::new(LmtpService::new(
         shared,
         &lmtp_config,
-        crate::cli::host_name(),
+        crate::config::host_name(),
         false,
     )?);
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());

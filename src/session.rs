@@ -52,6 +52,9 @@ impl Settings {
     }
 }
 
+/// The settings in force; replaced on reload, read once per connection by both transports.
+pub type SharedSettings = Arc<std::sync::RwLock<Arc<Settings>>>;
+
 /// One message being received.
 pub struct MessageSession {
     headers: Vec<HeaderField>,

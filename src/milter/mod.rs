@@ -3,7 +3,7 @@
 
 use std::ffi::{CStr, CString};
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,15 +16,12 @@ use tracing::{debug, error, info, warn};
 use crate::auth_results;
 use crate::config::Action;
 use crate::policy;
-use crate::session::{MessageSession, Settings};
+use crate::session::{MessageSession, Settings, SharedSettings};
 use crate::socket::BoundListener;
 
 /// How often to tell the MTA we are still working while identities resolve (SMFIR_PROGRESS),
 /// well inside Postfix's `milter_content_timeout` (300 s).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
-
-/// The settings in force; replaced on reload, read once per connection.
-pub type SharedSettings = Arc<RwLock<Arc<Settings>>>;
 
 /// Per-connection state.
 pub struct Connection {
