@@ -13,30 +13,15 @@ use atsms_milter::crypto::{Alg, SigningKey};
 use atsms_milter::envelope::AuthResult;
 use atsms_milter::identity::IdentityResolver;
 use atsms_milter::message::read_message;
-use atsms_milter::verify::{Context, MAX_SIGNATURES, SignatureVerdict, Verifier};
+use atsms_milter::verify::{MAX_SIGNATURES, Verifier};
 use support::dns::{Answer, DnsServer};
 use support::http::{HttpServer, Reply};
-use support::signing::{NOW, document, signed_message};
+use support::signing::{NOW, document, signed_message, verify_at};
 use support::vectors::VectorWorld;
 
 fn verifier(config: &ResolverConfig) -> Verifier {
     let resolver = IdentityResolver::new(config, &CacheConfig::default()).unwrap();
     Verifier::new(Arc::new(resolver), config.timeout())
-}
-
-async fn verify(verifier: &Verifier, message: &[u8], now: i64) -> Vec<SignatureVerdict> {
-    let parsed = read_message(message).unwrap();
-    verifier
-        .verify(
-            &parsed.headers,
-            &parsed.body_hash,
-            &Context {
-                now,
-                recipients: &[],
-            },
-        )
-        .await
-        .signatures
 }
 
 fn vector_bytes(name: &str) -> Vec<u8> {
@@ -64,7 +49,7 @@ async fn ten_thousand_signatures() {
     let mut message = field.repeat(10_000);
     message.extend_from_slice(&rest);
     let started = Instant::now();
-    let verdicts = verify(&verifier, &message, world.now()).await;
+    let verdicts = verify_at(&verifier, &message, world.now()).await;
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(verdicts.len(), 10_000);
     assert!(
@@ -95,7 +80,7 @@ async fn gigantic_unsigned_header_field_and_body() {
     }
     message.extend_from_slice(b"end\r\n");
     message.extend_from_slice(&rest);
-    let verdicts = verify(&verifier, &message, world.now()).await;
+    let verdicts = verify_at(&verifier, &message, world.now()).await;
     assert_eq!(
         verdicts[0].result,
         AuthResult::Pass,
@@ -130,7 +115,7 @@ async fn truncated_and_mangled_tokens_are_permerror() {
     // Cuts inside the header and claims parts: the token cannot be read.
     for cut in (0..claims_end).step_by(7) {
         let message = format!("{prefix}{}\r\n{rest}", &token[..cut]);
-        let v = verify(&verifier, message.as_bytes(), world.now()).await;
+        let v = verify_at(&verifier, message.as_bytes(), world.now()).await;
         assert_eq!(
             v[0].result,
             AuthResult::Permerror,
@@ -143,7 +128,7 @@ async fn truncated_and_mangled_tokens_are_permerror() {
     let signature_start = claims_end + 1;
     assert_eq!(token.len() - signature_start, 86);
     let message = format!("{prefix}{}\r\n{rest}", &token[..signature_start + 84]);
-    let v = verify(&verifier, message.as_bytes(), world.now()).await;
+    let v = verify_at(&verifier, message.as_bytes(), world.now()).await;
     assert_eq!(v[0].result, AuthResult::Fail);
     assert!(v[0].reason.as_deref().unwrap().contains("not 64 bytes"));
     for mangled in [
@@ -153,7 +138,7 @@ async fn truncated_and_mangled_tokens_are_permerror() {
         token.replacen('.', "", 1),
     ] {
         let message = format!("{prefix}{mangled}\r\n{rest}");
-        let v = verify(&verifier, message.as_bytes(), world.now()).await;
+        let v = verify_at(&verifier, message.as_bytes(), world.now()).await;
         assert_eq!(v[0].result, AuthResult::Permerror, "{mangled}");
     }
 }
@@ -172,7 +157,7 @@ async fn ten_megabyte_did_document_is_refused() {
         plc_urls: vec![plc.url()],
         ..Default::default()
     };
-    let v = verify(
+    let v = verify_at(
         &verifier(&config),
         &signed_message(&key, &format!("{did}#atproto"), NOW),
         NOW,
@@ -203,7 +188,7 @@ async fn document_for_another_did_is_refused() {
         plc_urls: vec![plc.url()],
         ..Default::default()
     };
-    let v = verify(
+    let v = verify_at(
         &verifier(&config),
         &signed_message(&key, &format!("{did}#atproto"), NOW),
         NOW,
@@ -230,7 +215,7 @@ async fn did_web_host_resolving_to_loopback_is_refused_unless_allowed() {
             ..Default::default()
         };
         let started = Instant::now();
-        let v = verify(
+        let v = verify_at(
             &verifier(&config),
             &signed_message(&key, &format!("{did}#atproto"), NOW),
             NOW,
@@ -275,10 +260,10 @@ async fn did_web_on_localhost_with_a_port_passes_in_test_setups_only() {
         allow_private_addresses: true,
         ..Default::default()
     };
-    let v = verify(&verifier(&allowed), &message, NOW).await;
+    let v = verify_at(&verifier(&allowed), &message, NOW).await;
     assert_eq!(v[0].result, AuthResult::Pass, "{:?}", v[0].reason);
     assert_eq!(v[0].aligned, Some(false));
-    let v = verify(&verifier(&ResolverConfig::default()), &message, NOW).await;
+    let v = verify_at(&verifier(&ResolverConfig::default()), &message, NOW).await;
     assert_eq!(v[0].result, AuthResult::Permerror);
     assert_eq!(
         web.request_count(),
@@ -298,7 +283,7 @@ async fn pds_at_a_link_local_address_is_not_contacted() {
         ..Default::default()
     };
     let kid = format!("at://{did}/at.atsms.x509/{}", "ab".repeat(32));
-    let v = verify(&verifier(&config), &signed_message(&key, &kid, NOW), NOW).await;
+    let v = verify_at(&verifier(&config), &signed_message(&key, &kid, NOW), NOW).await;
     assert_eq!(v[0].result, AuthResult::Permerror);
     assert!(
         v[0].reason
@@ -319,7 +304,7 @@ async fn an_unresolvable_plc_directory_is_temperror_not_permerror() {
         ..Default::default()
     };
     let key = SigningKey::generate(Alg::Es256k).unwrap();
-    let v = verify(
+    let v = verify_at(
         &verifier(&config),
         &signed_message(&key, "did:plc:ofurdhfyhjhgomvfygxergep#atproto", NOW),
         NOW,

@@ -47,12 +47,7 @@ fn check_delivery(stored: &str, signed: &[u8]) {
 #[test]
 fn exim_lmtp_driver_on_a_unix_socket() {
     let world = VectorWorld::start();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let root = support::public_tempdir();
     let socket = root.path().join("lmtp.sock");
     let milter_port = free_port();
     let milter = format!(

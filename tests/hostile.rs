@@ -12,11 +12,10 @@ use atsms_milter::config::{CacheConfig, PolicyConfig, ResolverConfig};
 use atsms_milter::crypto::{Alg, SigningKey};
 use atsms_milter::envelope::AuthResult;
 use atsms_milter::identity::IdentityResolver;
-use atsms_milter::message::read_message;
-use atsms_milter::verify::{Context, SignatureVerdict, Verifier};
+use atsms_milter::verify::Verifier;
 use support::dns::{Answer, DnsServer};
 use support::http::{HttpServer, Reply};
-use support::signing::{NOW, document, plc_did, signed};
+use support::signing::{NOW, document, plc_did, signed, verify_first};
 
 fn verifier(config: ResolverConfig) -> Verifier {
     Verifier::new(
@@ -33,21 +32,6 @@ fn verifier(config: ResolverConfig) -> Verifier {
         ),
         config.timeout(),
     )
-}
-
-async fn verify(v: &Verifier, message: &[u8]) -> SignatureVerdict {
-    let parsed = read_message(message).unwrap();
-    v.verify(
-        &parsed.headers,
-        &parsed.body_hash,
-        &Context {
-            now: NOW,
-            recipients: &[],
-        },
-    )
-    .await
-    .signatures
-    .remove(0)
 }
 
 #[tokio::test]
@@ -68,7 +52,7 @@ async fn a_plc_that_answers_500_then_garbage_then_hangs() {
         ..Default::default()
     });
     let message = signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep");
-    let first = verify(&v, &message).await;
+    let first = verify_first(&v, &message).await;
     assert_eq!(
         (first.result, first.reason.as_deref()),
         (
@@ -76,7 +60,7 @@ async fn a_plc_that_answers_500_then_garbage_then_hangs() {
             Some("PLC directory answered HTTP 500")
         )
     );
-    let second = verify(&v, &message).await;
+    let second = verify_first(&v, &message).await;
     assert_eq!(second.result, AuthResult::Permerror);
     assert!(
         second
@@ -88,7 +72,7 @@ async fn a_plc_that_answers_500_then_garbage_then_hangs() {
         second.reason
     );
     let started = Instant::now();
-    let third = verify(&v, &message).await;
+    let third = verify_first(&v, &message).await;
     assert_eq!(third.result, AuthResult::Temperror, "{:?}", third.reason);
     assert!(
         started.elapsed() < Duration::from_secs(4),
@@ -112,7 +96,7 @@ async fn a_server_sending_one_byte_a_second_is_cut_off() {
         ..Default::default()
     });
     let started = Instant::now();
-    let verdict = verify(&v, &signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep")).await;
+    let verdict = verify_first(&v, &signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep")).await;
     assert_eq!(
         verdict.result,
         AuthResult::Temperror,
@@ -139,7 +123,7 @@ async fn invalid_utf8_and_wrong_shapes_are_permerror() {
             plc_urls: vec![plc.url()],
             ..Default::default()
         });
-        let verdict = verify(&v, &signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep")).await;
+        let verdict = verify_first(&v, &signed(&key, "did:plc:ofurdhfyhjhgomvfygxergep")).await;
         assert_eq!(
             verdict.result,
             AuthResult::Permerror,
@@ -167,7 +151,7 @@ async fn retry_after_on_429_is_honoured_and_the_next_directory_asked() {
         ..Default::default()
     });
     for n in 0..5 {
-        let verdict = verify(&v, &signed(&key, &plc_did(n))).await;
+        let verdict = verify_first(&v, &signed(&key, &plc_did(n))).await;
         assert_eq!(verdict.result, AuthResult::Pass, "{:?}", verdict.reason);
     }
     assert_eq!(
@@ -199,7 +183,7 @@ async fn outbound_fetches_are_limited_per_host_and_overall() {
     };
     let v = verifier(config);
     let messages: Vec<Vec<u8>> = (0..20).map(|n| signed(&key, &plc_did(n))).collect();
-    let verdicts = futures::future::join_all(messages.iter().map(|m| verify(&v, m))).await;
+    let verdicts = futures::future::join_all(messages.iter().map(|m| verify_first(&v, m))).await;
     assert!(verdicts.iter().all(|v| v.result == AuthResult::Pass));
     assert_eq!(plc.request_count(), 20);
     let peak = plc.max_in_flight.load(Ordering::SeqCst);
@@ -215,7 +199,7 @@ async fn outbound_fetches_are_limited_per_host_and_overall() {
     plc2.store(0, Ordering::SeqCst);
     let v = verifier(overall);
     let messages: Vec<Vec<u8>> = (100..120).map(|n| signed(&key, &plc_did(n))).collect();
-    futures::future::join_all(messages.iter().map(|m| verify(&v, m))).await;
+    futures::future::join_all(messages.iter().map(|m| verify_first(&v, m))).await;
     assert!(plc.max_in_flight.load(Ordering::SeqCst) <= 2);
 }
 
@@ -250,7 +234,7 @@ async fn a_did_web_host_switching_to_loopback_is_never_contacted() {
     let v = verifier(config);
     let message = signed(&key, &format!("did:web:{name}"));
     for _ in 0..4 {
-        let verdict = verify(&v, &message).await;
+        let verdict = verify_first(&v, &message).await;
         assert!(
             matches!(
                 verdict.result,
@@ -277,7 +261,7 @@ async fn redirects_are_not_followed_for_documents_and_checked_for_handles() {
         allow_private_addresses: true,
         ..Default::default()
     });
-    let verdict = verify(&v, &signed(&key, &did)).await;
+    let verdict = verify_first(&v, &signed(&key, &did)).await;
     assert_eq!(verdict.result, AuthResult::Permerror);
     assert!(
         verdict

@@ -10,10 +10,9 @@ use atsms_milter::config::{CacheConfig, ResolverConfig};
 use atsms_milter::crypto::{Alg, SigningKey};
 use atsms_milter::envelope::AuthResult;
 use atsms_milter::identity::IdentityResolver;
-use atsms_milter::message::read_message;
-use atsms_milter::verify::{Context, SignatureVerdict, Verifier};
+use atsms_milter::verify::Verifier;
 use support::http::{HttpServer, Reply};
-use support::signing::{NOW, document, signed};
+use support::signing::{document, signed, verify_first};
 
 const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
@@ -52,21 +51,6 @@ fn verifier(plc: &HttpServer, cache: CacheConfig) -> Verifier {
     )
 }
 
-async fn verify(v: &Verifier, message: &[u8]) -> SignatureVerdict {
-    let parsed = read_message(message).unwrap();
-    v.verify(
-        &parsed.headers,
-        &parsed.body_hash,
-        &Context {
-            now: NOW,
-            recipients: &[],
-        },
-    )
-    .await
-    .signatures
-    .remove(0)
-}
-
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
@@ -86,13 +70,13 @@ async fn fresh_refresh_stale_and_expiry() {
     let v = verifier(&directory, cache);
     let message = signed(&key, ALICE);
 
-    assert_eq!(verify(&v, &message).await.result, AuthResult::Pass);
-    assert_eq!(verify(&v, &message).await.result, AuthResult::Pass);
+    assert_eq!(verify_first(&v, &message).await.result, AuthResult::Pass);
+    assert_eq!(verify_first(&v, &message).await.result, AuthResult::Pass);
     assert_eq!(directory.request_count(), 1, "fresh: served from the cache");
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        verify(&v, &message).await.result,
+        verify_first(&v, &message).await.result,
         AuthResult::Pass,
         "between fresh and max_age: served"
     );
@@ -106,12 +90,12 @@ async fn fresh_refresh_stale_and_expiry() {
     // The directory goes down; past max_age the refetch fails and the entry serves stale.
     *mode.lock().unwrap() = Plc::Unavailable;
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    let stale = verify(&v, &message).await;
+    let stale = verify_first(&v, &message).await;
     assert_eq!(stale.result, AuthResult::Pass, "{:?}", stale.reason);
     assert!(stale.stale, "flagged stale");
     assert!(stale.reason.is_none(), "stale is not a reason");
     let requests = directory.request_count();
-    assert_eq!(verify(&v, &message).await.result, AuthResult::Pass);
+    assert_eq!(verify_first(&v, &message).await.result, AuthResult::Pass);
     assert_eq!(
         directory.request_count(),
         requests,
@@ -120,13 +104,13 @@ async fn fresh_refresh_stale_and_expiry() {
 
     // Past max_age + stale_if_error nothing may serve: temperror, never a pass on old data.
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    let gone = verify(&v, &message).await;
+    let gone = verify_first(&v, &message).await;
     assert_eq!(gone.result, AuthResult::Temperror, "{:?}", gone.reason);
 
     // The directory is back: a good answer replaces everything.
     *mode.lock().unwrap() = Plc::Serve(key.clone());
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let back = verify(&v, &message).await;
+    let back = verify_first(&v, &message).await;
     assert_eq!(back.result, AuthResult::Pass);
     assert!(!back.stale);
 }
@@ -146,7 +130,10 @@ async fn negative_and_error_answers_are_remembered() {
     );
     let message = signed(&key, ALICE);
     for _ in 0..5 {
-        assert_eq!(verify(&v, &message).await.result, AuthResult::Permerror);
+        assert_eq!(
+            verify_first(&v, &message).await.result,
+            AuthResult::Permerror
+        );
     }
     assert_eq!(
         directory.request_count(),
@@ -158,7 +145,10 @@ async fn negative_and_error_answers_are_remembered() {
     *mode.lock().unwrap() = Plc::Unavailable;
     let message = signed(&key, bob);
     for _ in 0..5 {
-        assert_eq!(verify(&v, &message).await.result, AuthResult::Temperror);
+        assert_eq!(
+            verify_first(&v, &message).await.result,
+            AuthResult::Temperror
+        );
     }
     assert_eq!(
         directory.request_count(),
@@ -168,7 +158,7 @@ async fn negative_and_error_answers_are_remembered() {
     *mode.lock().unwrap() = Plc::Serve(key.clone());
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        verify(&v, &message).await.result,
+        verify_first(&v, &message).await.result,
         AuthResult::Pass,
         "then asked again"
     );
@@ -184,7 +174,7 @@ async fn concurrent_lookups_of_one_did_are_one_request() {
     ))));
     let v = verifier(&directory, CacheConfig::default());
     let message = signed(&key, ALICE);
-    let all = futures::future::join_all((0..50).map(|_| verify(&v, &message))).await;
+    let all = futures::future::join_all((0..50).map(|_| verify_first(&v, &message))).await;
     assert!(all.iter().all(|s| s.result == AuthResult::Pass));
     assert_eq!(directory.request_count(), 1);
 }
@@ -197,14 +187,14 @@ async fn a_rotated_key_is_noticed_at_once_and_the_old_key_then_fails() {
     let directory = plc(mode.clone());
     let v = verifier(&directory, CacheConfig::default());
     assert_eq!(
-        verify(&v, &signed(&old, ALICE)).await.result,
+        verify_first(&v, &signed(&old, ALICE)).await.result,
         AuthResult::Pass
     );
     assert_eq!(directory.request_count(), 1);
 
     // The DID rotates its key in the directory; the cache still holds the old document.
     *mode.lock().unwrap() = Plc::Serve(new.clone());
-    let next = verify(&v, &signed(&new, ALICE)).await;
+    let next = verify_first(&v, &signed(&new, ALICE)).await;
     assert_eq!(
         next.result,
         AuthResult::Pass,
@@ -212,12 +202,12 @@ async fn a_rotated_key_is_noticed_at_once_and_the_old_key_then_fails() {
         next.reason
     );
     assert_eq!(directory.request_count(), 2, "one refetch");
-    let stale_key = verify(&v, &signed(&old, ALICE)).await;
+    let stale_key = verify_first(&v, &signed(&old, ALICE)).await;
     assert_eq!(stale_key.result, AuthResult::Fail, "the old key then fails");
     // Forged mail cannot make us hammer the directory: one forced refetch per DID per 5 min.
     for _ in 0..10 {
         assert_eq!(
-            verify(&v, &signed(&old, ALICE)).await.result,
+            verify_first(&v, &signed(&old, ALICE)).await.result,
             AuthResult::Fail
         );
     }

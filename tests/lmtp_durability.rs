@@ -113,12 +113,7 @@ fn stale_tmp_files_are_cleaned_at_start() {
 #[test]
 fn kill_dash_9_mid_delivery_then_the_mta_retries_and_delivers() {
     let world = VectorWorld::start();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let root = support::public_tempdir();
     let port = free_port();
     // First life: the PLC never answers, so the daemon is mid-delivery (message received,
     // verifying) when it is killed.

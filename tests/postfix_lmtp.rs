@@ -124,12 +124,7 @@ fn postfix_delivers_over_lmtp_on_tcp() {
 #[test]
 fn postfix_delivers_over_lmtp_on_a_unix_socket() {
     let world = VectorWorld::start();
-    let root = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        root.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let root = support::public_tempdir();
     let socket = root.path().join("lmtp.sock");
     // The daemon also runs the (default) milter; its port tells when it is up.
     let milter_port = free_port();

@@ -21,3 +21,15 @@ pub fn shared_vectors(sub: &str) -> PathBuf {
         .join("../shared/vectors")
         .join(sub)
 }
+
+/// A temporary directory other users may enter (mode 0755): MTAs running as their own users
+/// (postfix, nobody) reach sockets and Maildirs below it.
+pub fn public_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    dir
+}

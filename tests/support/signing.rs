@@ -62,3 +62,28 @@ pub fn plc_did(n: usize) -> String {
     }
     format!("did:plc:{id}")
 }
+
+/// Every signature's verdict for a raw message, judged as of `now` with no recipients known.
+pub async fn verify_at(
+    verifier: &atsms_milter::verify::Verifier,
+    message: &[u8],
+    now: i64,
+) -> Vec<atsms_milter::verify::SignatureVerdict> {
+    let parsed = read_message(message).unwrap();
+    let context = atsms_milter::verify::Context {
+        now,
+        recipients: &[],
+    };
+    verifier
+        .verify(&parsed.headers, &parsed.body_hash, &context)
+        .await
+        .signatures
+}
+
+/// The top signature's verdict, as of `NOW`.
+pub async fn verify_first(
+    verifier: &atsms_milter::verify::Verifier,
+    message: &[u8],
+) -> atsms_milter::verify::SignatureVerdict {
+    verify_at(verifier, message, NOW).await.remove(0)
+}
