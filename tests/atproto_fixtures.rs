@@ -1,4 +1,4 @@
-//! The official atproto interop fixtures (../shared/vectors/atproto), read in place.
+//! The official atproto interop fixtures (tests/data/atproto), read in place.
 
 mod support;
 
@@ -9,14 +9,14 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use serde_json::Value;
 
 fn fixture(path: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(support::shared_vectors("atproto").join(path)).unwrap())
+    serde_json::from_slice(&std::fs::read(support::test_data("atproto").join(path)).unwrap())
         .unwrap()
 }
 
 /// One case per line; `#` lines and blank lines skipped, nothing trimmed (some invalid cases
 /// have deliberate leading or trailing spaces).
 fn lines(path: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(support::shared_vectors("atproto").join(path)).unwrap();
+    let text = std::fs::read_to_string(support::test_data("atproto").join(path)).unwrap();
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)

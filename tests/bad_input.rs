@@ -25,7 +25,7 @@ fn verifier(config: &ResolverConfig) -> Verifier {
 }
 
 fn vector_bytes(name: &str) -> Vec<u8> {
-    std::fs::read(support::shared_vectors("envelope").join(name)).unwrap()
+    std::fs::read(support::test_data("envelope").join(name)).unwrap()
 }
 
 /// The first field of a vector file (the AT-SMS-Signature, folded), and the rest.

@@ -17,7 +17,7 @@ fn bin() -> Command {
 }
 
 fn vector(name: &str) -> String {
-    support::shared_vectors("envelope")
+    support::test_data("envelope")
         .join(name)
         .display()
         .to_string()

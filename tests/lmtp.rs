@@ -120,7 +120,7 @@ async fn single_recipient_gets_delivered_to_and_forged_results_are_dropped() {
     let world = VectorWorld::start();
     let server = start(&world, policy()).await;
     let raw =
-        std::fs::read(support::shared_vectors("envelope").join("p256-multikey-pass.eml")).unwrap();
+        std::fs::read(support::test_data("envelope").join("p256-multikey-pass.eml")).unwrap();
     let message = [
         b"Authentication-Results: mx.test; atsms=pass header.d=\"did:plc:forged\"\r\n".as_slice(),
         b"Authentication-Results: other.example; spf=pass\r\n",
@@ -159,9 +159,9 @@ async fn forgeries_go_to_junk_and_detail_folders_are_used_when_present() {
     )
     .await;
     let forged =
-        std::fs::read(support::shared_vectors("envelope").join("body-tampered-fail.eml")).unwrap();
+        std::fs::read(support::test_data("envelope").join("body-tampered-fail.eml")).unwrap();
     let good =
-        std::fs::read(support::shared_vectors("envelope").join("k256-multikey-pass.eml")).unwrap();
+        std::fs::read(support::test_data("envelope").join("k256-multikey-pass.eml")).unwrap();
     std::fs::create_dir_all(server.maildir("bob").join(".Lists/new")).unwrap();
     std::fs::create_dir_all(server.maildir("bob").join(".Lists/tmp")).unwrap();
     std::fs::create_dir_all(server.maildir("bob").join(".Lists/cur")).unwrap();

@@ -22,7 +22,7 @@ fn policy() -> PolicyConfig {
 }
 
 fn vector(name: &str) -> Vec<u8> {
-    std::fs::read(support::shared_vectors("envelope").join(name)).unwrap()
+    std::fs::read(support::test_data("envelope").join(name)).unwrap()
 }
 
 /// Sends one message on `conn` as Postfix would, returning the end-of-message result.

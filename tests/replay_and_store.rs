@@ -87,7 +87,7 @@ async fn milter_a_retry_after_our_tempfail_is_not_a_replay_a_second_delivery_is(
     let up = Arc::new(Mutex::new(false));
     let flag = up.clone();
     let dids: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(support::shared_vectors("envelope").join("dids.json")).unwrap(),
+        &std::fs::read(support::test_data("envelope").join("dids.json")).unwrap(),
     )
     .unwrap();
     let plc = HttpServer::start(Arc::new(move |t: &str| {
@@ -140,7 +140,7 @@ async fn instances_share_documents_and_the_replay_set_through_redis() {
     };
     let (mx1, mx2) = (instance(store()), instance(store()));
     let raw =
-        std::fs::read(support::shared_vectors("envelope").join("k256-multikey-pass.eml")).unwrap();
+        std::fs::read(support::test_data("envelope").join("k256-multikey-pass.eml")).unwrap();
     let parsed = read_message(&raw[..]).unwrap();
     let context = Context {
         now: world.now(),
@@ -190,7 +190,7 @@ async fn without_redis_each_instance_falls_back_to_its_memory() {
         .with_shared_store(Some(shared.clone()));
     let verifier = Verifier::new(Arc::new(identity), std::time::Duration::from_secs(5));
     let raw =
-        std::fs::read(support::shared_vectors("envelope").join("p256-multikey-pass.eml")).unwrap();
+        std::fs::read(support::test_data("envelope").join("p256-multikey-pass.eml")).unwrap();
     let parsed = read_message(&raw[..]).unwrap();
     let verdict = verifier
         .verify(

@@ -1,4 +1,4 @@
-//! Conformance: every case of ../shared/vectors/envelope/vectors.json, made by an independent
+//! Conformance: every case of tests/data/envelope/vectors.json, made by an independent
 //! implementation, resolved through the real HTTP and DNS client code.
 
 mod support;
@@ -20,7 +20,7 @@ async fn every_vector_gives_its_result() {
     let mut checked = 0;
     for case in world.cases() {
         let name = case["name"].as_str().unwrap();
-        let path = support::shared_vectors("envelope").join(case["file"].as_str().unwrap());
+        let path = support::test_data("envelope").join(case["file"].as_str().unwrap());
         let message = read_message(std::fs::File::open(&path).unwrap()).unwrap();
         let context = Context {
             now: world.now(),
@@ -56,7 +56,7 @@ async fn every_vector_gives_its_result() {
         checked += 1;
     }
     // Every message in the directory is a case: none is left unchecked.
-    let files = std::fs::read_dir(support::shared_vectors("envelope"))
+    let files = std::fs::read_dir(support::test_data("envelope"))
         .unwrap()
         .filter(|e| {
             e.as_ref()

@@ -15,10 +15,10 @@ pub mod vectors;
 
 use std::path::PathBuf;
 
-/// `../shared/vectors/<sub>`, read in place.
-pub fn shared_vectors(sub: &str) -> PathBuf {
+/// `tests/data/<sub>`: the project's own copy of the vectors (tests/data/SOURCES.md).
+pub fn test_data(sub: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/vectors")
+        .join("tests/data")
         .join(sub)
 }
 

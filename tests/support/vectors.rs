@@ -1,5 +1,6 @@
-//! The shared envelope vectors, served as the independent implementation published them: DID
-//! documents by a loopback PLC directory, device records by a loopback PDS, handles by DNS.
+//! The envelope vectors (tests/data/envelope), served as the independent implementation
+//! published them: DID documents by a loopback PLC directory, device records by a loopback
+//! PDS, handles and mail hosts (`_atsms-mail` TXT) by DNS.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 use super::dns::{Answer, DnsServer};
 use super::http::{HttpServer, Reply, query_param};
-use super::shared_vectors;
+use super::test_data;
 
 pub struct VectorWorld {
     pub vectors: Value,
@@ -18,7 +19,7 @@ pub struct VectorWorld {
 }
 
 fn load(name: &str) -> Value {
-    let path = shared_vectors("envelope").join(name);
+    let path = test_data("envelope").join(name);
     serde_json::from_slice(
         &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
@@ -32,6 +33,7 @@ impl VectorWorld {
         let records = load("records.json");
         let handles = load("handles.json");
         let keys = load("keys.json");
+        let mailhosts = load("mailhosts.json");
         // The documents name a placeholder PDS; this server is the PDS too.
         let own_url: Arc<std::sync::OnceLock<String>> = Arc::new(std::sync::OnceLock::new());
         let url = own_url.clone();
@@ -69,6 +71,12 @@ impl VectorWorld {
             zone.insert(
                 format!("_atproto.{handle}"),
                 vec![Answer::Txt(format!("did={}", did.as_str().unwrap()))],
+            );
+        }
+        for host in mailhosts.as_array().unwrap() {
+            zone.insert(
+                format!("_atsms-mail.{}", host.as_str().unwrap()),
+                vec![Answer::Txt("v=atsms1".into())],
             );
         }
         let dns = DnsServer::start(zone);
