@@ -156,7 +156,7 @@ fn end_to_end(c: &mut Criterion) {
         })
         .to_string();
         let resolver = ResolverConfig {
-            plc_urls: vec![common::serve_document(document)],
+            plc_urls: vec![common::serve_document(document).parse().unwrap()],
             ..Default::default()
         };
         let identity = Arc::new(IdentityResolver::new(&resolver, &CacheConfig::default()).unwrap());

@@ -1,76 +1,142 @@
-//! Our `Authentication-Results` field (RFC 8601), written here and nowhere else.
+//! Our `Authentication-Results` field (RFC 8601), written here and nowhere else, and the
+//! reading of incoming ones' authserv-ids.
+//!
+//! Written so that the common independent parsers read every property (spec section 8, as
+//! amended): `reason` right after the result; `header.d`, the one quoted property, last;
+//! `header.from` the address only when its local part is a dot-atom, else the domain alone;
+//! reasons without `"` or `\`.
 
-use crate::envelope::AuthResult;
-use crate::verify::Verdict;
+use crate::envelope::{AuthResult, Mailbox};
+use crate::identity::did_doc::ascii_domain;
+use crate::verify::{SignatureVerdict, Verdict};
 
 pub const FIELD_NAME: &str = "Authentication-Results";
 /// The method name registered by the spec (section 8).
 pub const METHOD: &str = "atsms";
 
-/// A quoted-string (RFC 5322 §3.2.4): `\` and `"` escaped, control characters dropped.
-fn quoted(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars().filter(|c| !c.is_control()) {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
+/// A `policy.*` property our rules add (inbox rules, reputation, AT-SMS client messages):
+/// `policy.<name>=<value>`, both tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Property {
+    pub name: String,
+    pub value: String,
 }
 
-/// A value safe as an RFC 8601 `pvalue` without quotes (dot-atom or addr-spec characters).
-fn plain_or_quoted(value: &str) -> String {
-    let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&b));
-    if plain {
-        value.to_string()
+impl Property {
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Property {
+        Property {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// RFC 2045 `token` characters: what a property value may hold unquoted.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c)
+}
+
+/// A reason as a quoted-string holding no `"`, `\` or control character (spec section 8):
+/// everything else of printable ASCII is kept, at most 120 characters.
+fn reason(text: &str) -> String {
+    let kept: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .filter(|c| *c != '"' && *c != '\\')
+        .take(120)
+        .collect();
+    format!("\"{kept}\"")
+}
+
+/// `header.from`: the address when its local part is an ASCII dot-atom, else the domain alone
+/// (as DMARC writes it), in A-label form. None when even the domain cannot be written.
+fn header_from(from: &Mailbox) -> Option<String> {
+    let domain = ascii_domain(&from.domain)?;
+    let dot_atom = !from.local.is_empty()
+        && from.local.split('.').all(|atom| {
+            !atom.is_empty()
+                && atom
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c))
+        });
+    Some(if dot_atom {
+        format!("{}@{domain}", from.local)
     } else {
-        quoted(value)
+        domain
+    })
+}
+
+/// One resinfo's parts, in the order RFC 8601 and the common parsers want them.
+fn resinfo(sig: &SignatureVerdict, extra: &[Property]) -> Vec<String> {
+    let mut parts = vec![format!("{METHOD}={}", sig.result)];
+    if sig.result != AuthResult::Pass
+        && let Some(why) = &sig.reason
+    {
+        parts.push(format!("reason={}", reason(&why.to_string())));
+    }
+    if let Some(passed) = &sig.passed {
+        if let Some(from) = header_from(&passed.from) {
+            parts.push(format!("header.from={from}"));
+        }
+        if let Some(handle) = passed
+            .handle
+            .as_deref()
+            .filter(|h| h.chars().all(is_token_char))
+        {
+            parts.push(format!("header.handle={handle}"));
+        }
+        parts.push(format!(
+            "policy.aligned={}",
+            if passed.aligned { "yes" } else { "no" }
+        ));
+    }
+    push_extra(&mut parts, extra);
+    // A DID never holds '"' or '\' (syntax::is_valid_did): quoting needs no escapes.
+    if let Some(did) = &sig.did {
+        parts.push(format!("header.d=\"{did}\""));
+    }
+    parts
+}
+
+fn push_extra(parts: &mut Vec<String>, extra: &[Property]) {
+    for p in extra {
+        if p.name.chars().all(is_token_char) && p.value.chars().all(is_token_char) {
+            parts.push(format!("policy.{}={}", p.name, p.value));
+        }
     }
 }
 
 /// The field's value (without the name), one resinfo per signature on its own folded line.
-/// `newline` is what folds: `"\n"` for milter and files, `"\r\n"` on the wire.
-pub fn format_value(authserv_id: &str, verdict: &Verdict, newline: &str) -> String {
+/// `extra` properties go on the reported signature's resinfo (the best pass, else the
+/// first; or the `none` result). `newline` is what folds: `"\n"` for milter and files,
+/// `"\r\n"` on the wire.
+pub fn format_value(
+    authserv_id: &str,
+    verdict: &Verdict,
+    extra: &[Property],
+    newline: &str,
+) -> String {
     let mut out = format!(" {authserv_id};");
     if verdict.signatures.is_empty() {
-        out.push_str(&format!(" {METHOD}={}", AuthResult::None));
+        let mut parts = vec![format!("{METHOD}={}", AuthResult::None)];
+        push_extra(&mut parts, extra);
+        out.push(' ');
+        out.push_str(&parts.join(" "));
         return out;
     }
+    let reported = verdict.reported_index();
     for (index, sig) in verdict.signatures.iter().enumerate() {
         if index > 0 {
             out.push(';');
         }
-        let mut parts = vec![format!("{METHOD}={}", sig.result)];
-        if let Some(reason) = sig
-            .reason
-            .as_deref()
-            .filter(|_| sig.result != AuthResult::Pass)
-        {
-            parts.push(format!("reason={}", quoted(reason)));
-        }
-        if let Some(did) = &sig.did {
-            parts.push(format!("header.d={}", quoted(did)));
-        }
-        if sig.result == AuthResult::Pass {
-            if let Some(from) = &sig.from {
-                parts.push(format!("header.from={}", plain_or_quoted(from)));
-            }
-            if let Some(handle) = &sig.handle {
-                parts.push(format!("header.handle={}", plain_or_quoted(handle)));
-            }
-            if let Some(aligned) = sig.aligned {
-                parts.push(format!(
-                    "policy.aligned={}",
-                    if aligned { "yes" } else { "no" }
-                ));
-            }
-        }
+        let here: &[Property] = if index == reported { extra } else { &[] };
+        let parts = resinfo(sig, here);
         // Fold before a part that would take the line past 78 columns (RFC 5322 §2.1.1).
         let mut column = 8;
         out.push_str(newline);
@@ -93,83 +159,308 @@ pub fn format_value(authserv_id: &str, verdict: &Verdict, newline: &str) -> Stri
     out
 }
 
-/// The authserv-id an incoming `Authentication-Results` value names (RFC 8601 §2.2), if
-/// it can be read: the token before the first `;`, comments and an optional version dropped.
-pub fn authserv_id(value: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(value).ok()?;
-    let head = text.split(';').next()?;
-    let mut depth = 0usize;
-    let mut cleaned = String::new();
-    for c in head.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
-            _ if depth == 0 => cleaned.push(c),
-            _ => {}
+/// Is `authserv_id` one we may write (RFC 8601 §2.2 `value`, as we write it: a token)?
+pub fn valid_authserv_id(authserv_id: &str) -> bool {
+    !authserv_id.is_empty() && authserv_id.len() <= 255 && authserv_id.chars().all(is_token_char)
+}
+
+/// A reader of RFC 5322 CFWS and RFC 2045 values over a field value.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    /// Skips whitespace, folds and comments (nested, with quoted-pairs: `(a\)b)` is one
+    /// comment). False when a comment does not end.
+    fn cfws(&mut self) -> bool {
+        loop {
+            match self.bytes.get(self.pos) {
+                Some(b' ' | b'\t' | b'\r' | b'\n') => self.pos += 1,
+                Some(b'(') => {
+                    let mut depth = 0usize;
+                    loop {
+                        match self.bytes.get(self.pos) {
+                            None => return false,
+                            Some(b'\\') => self.pos += 2,
+                            Some(b'(') => {
+                                depth += 1;
+                                self.pos += 1;
+                            }
+                            Some(b')') => {
+                                depth -= 1;
+                                self.pos += 1;
+                                if depth == 0 {
+                                    break;
+                                }
+                            }
+                            Some(_) => self.pos += 1,
+                        }
+                    }
+                }
+                _ => return true,
+            }
         }
     }
-    let id = cleaned.split_whitespace().next()?;
-    Some(id.trim_matches('"').to_string())
+
+    /// A quoted-string, decoded (quoted-pairs unescaped, folds removed).
+    fn quoted(&mut self) -> Option<Vec<u8>> {
+        self.pos += 1; // the opening quote
+        let mut out = Vec::new();
+        loop {
+            match *self.bytes.get(self.pos)? {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(out);
+                }
+                b'\\' => {
+                    out.push(*self.bytes.get(self.pos + 1)?);
+                    self.pos += 2;
+                }
+                b'\r' | b'\n' => self.pos += 1,
+                b => {
+                    out.push(b);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    /// An RFC 2045 token.
+    fn token(&mut self) -> Vec<u8> {
+        let start = self.pos;
+        while self
+            .bytes
+            .get(self.pos)
+            .is_some_and(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(b))
+        {
+            self.pos += 1;
+        }
+        self.bytes[start..self.pos].to_vec()
+    }
+}
+
+/// The authserv-id an incoming `Authentication-Results` value names (RFC 8601 §2.2:
+/// `[CFWS] authserv-id`, `authserv-id = value`), read by the grammar: comments skipped, a
+/// quoted string decoded, a final dot dropped (`mx.example.net.` is `mx.example.net`).
+/// None when it cannot be read; such a field is treated as claiming to be ours.
+pub fn authserv_id(value: &[u8]) -> Option<String> {
+    let mut r = Reader {
+        bytes: value,
+        pos: 0,
+    };
+    if !r.cfws() {
+        return None;
+    }
+    let id = match r.bytes.get(r.pos)? {
+        b'"' => r.quoted()?,
+        _ => r.token(),
+    };
+    let id = String::from_utf8(id).ok()?;
+    let id = id.strip_suffix('.').unwrap_or(&id).trim().to_string();
+    (!id.is_empty()).then_some(id)
+}
+
+/// Whether an incoming field value claims our authserv-id (or cannot be read).
+pub fn claims_ours(value: &[u8], ours: &str) -> bool {
+    authserv_id(value).is_none_or(|id| id.eq_ignore_ascii_case(ours))
+}
+
+/// Whether a field's value hides an `Authentication-Results` field claiming `ours` after a
+/// line break that is not a fold (a bare CR, or CR/LF not followed by WSP): readers that
+/// split lines there see a field of its own, which must go like any forged one.
+pub fn hides_ours(value: &[u8], ours: &str) -> bool {
+    let mut i = 0;
+    while i < value.len() {
+        if matches!(value[i], b'\r' | b'\n') {
+            let mut next = i + 1;
+            if value[i] == b'\r' && value.get(next) == Some(&b'\n') {
+                next += 1;
+            }
+            let fold = matches!(value.get(next), Some(b' ' | b'\t'));
+            if !fold {
+                let rest = &value[next..];
+                let name = FIELD_NAME.len();
+                if rest.len() > name && rest[..name].eq_ignore_ascii_case(FIELD_NAME.as_bytes()) {
+                    let after = rest[name..]
+                        .iter()
+                        .position(|b| *b != b' ' && *b != b'\t')
+                        .map(|p| &rest[name + p..]);
+                    if let Some(after) = after.and_then(|a| a.strip_prefix(b":"))
+                        && claims_ours(after, ours)
+                    {
+                        return true;
+                    }
+                }
+            }
+            i = next;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::SignatureVerdict;
+    use crate::envelope::fields::parse_mailbox;
+    use crate::verify::{Passed, Reason};
+
+    fn pass(from: &str, handle: Option<&str>, aligned: bool) -> SignatureVerdict {
+        SignatureVerdict {
+            result: AuthResult::Pass,
+            did: Some("did:plc:ofurdhfyhjhgomvfygxergep".into()),
+            kid: None,
+            reason: None,
+            stale: false,
+            passed: Some(Passed {
+                from: parse_mailbox(format!(" <{from}>").as_bytes()).unwrap(),
+                handle: handle.map(str::to_string),
+                aligned,
+                rcpt: None,
+                jti: "0123456789abcdef".into(),
+                exp: 0,
+            }),
+        }
+    }
 
     #[test]
-    fn formats_pass_and_fail() {
+    fn formats_pass_and_fail_with_header_d_last() {
+        let fail = SignatureVerdict {
+            result: AuthResult::Fail,
+            did: Some("did:plc:hxdv4c2etoo2mbhg4alzhnno".into()),
+            kid: None,
+            reason: Some(Reason::HeaderHash),
+            stale: false,
+            passed: None,
+        };
         let verdict = Verdict {
             signatures: vec![
-                SignatureVerdict {
-                    result: AuthResult::Fail,
-                    did: Some("did:plc:hxdv4c2etoo2mbhg4alzhnno".into()),
-                    kid: None,
-                    reason: Some("signature does not \"verify\"".into()),
-                    handle: None,
-                    aligned: None,
-                    stale: false,
-                    from: None,
-                    rcpt: None,
-                    jti: None,
-                    exp: None,
-                },
-                SignatureVerdict {
-                    result: AuthResult::Pass,
-                    did: Some("did:plc:ofurdhfyhjhgomvfygxergep".into()),
-                    kid: None,
-                    reason: None,
-                    handle: Some("alice.example.com".into()),
-                    aligned: Some(true),
-                    stale: false,
-                    from: Some("alice@alice.example.com".into()),
-                    rcpt: None,
-                    jti: None,
-                    exp: None,
-                },
+                fail,
+                pass("alice@alice.example.com", Some("alice.example.com"), true),
             ],
         };
-        let value = format_value("mx.example.net", &verdict, "\n");
+        let value = format_value("mx.example.net", &verdict, &[], "\n");
         assert_eq!(
             value,
-            " mx.example.net;\n\tatsms=fail reason=\"signature does not \\\"verify\\\"\"\n\theader.d=\"did:plc:hxdv4c2etoo2mbhg4alzhnno\";\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n\theader.from=alice@alice.example.com header.handle=alice.example.com\n\tpolicy.aligned=yes"
+            " mx.example.net;\n\tatsms=fail reason=\"header hash mismatch\"\n\theader.d=\"did:plc:hxdv4c2etoo2mbhg4alzhnno\";\n\tatsms=pass header.from=alice@alice.example.com\n\theader.handle=alice.example.com policy.aligned=yes\n\theader.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""
         );
         assert_eq!(
-            format_value("mx", &Verdict::default(), "\n"),
+            format_value("mx", &Verdict::default(), &[], "\n"),
             " mx; atsms=none"
+        );
+        assert_eq!(
+            format_value(
+                "mx",
+                &Verdict::default(),
+                &[Property::new("atsms-envelope", "yes")],
+                "\n"
+            ),
+            " mx; atsms=none policy.atsms-envelope=yes"
         );
     }
 
     #[test]
-    fn reads_authserv_id() {
-        assert_eq!(
-            authserv_id(b" mx.example.net (comment); atsms=pass").as_deref(),
-            Some("mx.example.net")
+    fn at_most_one_quoted_value_and_clean_reasons() {
+        let quoted_local = pass("\"alice smith\"@Alice.Example.com", None, false);
+        let value = format_value(
+            "mx",
+            &Verdict {
+                signatures: vec![quoted_local],
+            },
+            &[Property::new("atsms-label", "spam")],
+            "\n",
         );
-        assert_eq!(
-            authserv_id(b" mx.example.net 1; none").as_deref(),
-            Some("mx.example.net")
+        assert!(
+            value.contains("header.from=alice.example.com policy.aligned=no"),
+            "{value}"
         );
-        assert_eq!(authserv_id(b"  ").as_deref(), None);
+        assert!(
+            value.contains("policy.atsms-label=spam header.d="),
+            "{value}"
+        );
+        assert_eq!(value.matches('"').count(), 2, "{value}");
+        let weird = SignatureVerdict {
+            result: AuthResult::Permerror,
+            did: None,
+            kid: None,
+            reason: Some(Reason::Token(
+                crate::envelope::token::TokenError::AlgUnsupported("\"no\\ne\"".into()),
+            )),
+            stale: false,
+            passed: None,
+        };
+        let value = format_value(
+            "mx",
+            &Verdict {
+                signatures: vec![weird],
+            },
+            &[],
+            "\n",
+        );
+        assert!(
+            value.ends_with("atsms=permerror reason=\"unsupported alg none\""),
+            "{value}"
+        );
+    }
+
+    #[test]
+    fn reads_authserv_id_by_the_grammar() {
+        for (value, id) in [
+            (
+                &b" mx.example.net (comment); atsms=pass"[..],
+                "mx.example.net",
+            ),
+            (b" mx.example.net 1; none", "mx.example.net"),
+            (b" (a\\)b) mx.example.net; atsms=pass", "mx.example.net"),
+            (b" \"mx\\.example.net\"; atsms=pass", "mx.example.net"),
+            (b" mx.example.net.; atsms=pass", "mx.example.net"),
+            (b"\n\t(x (nested) y)\n\tMX.example.net;", "MX.example.net"),
+            (b"mx.example.net;", "mx.example.net"),
+        ] {
+            assert_eq!(authserv_id(value).as_deref(), Some(id), "{value:?}");
+        }
+        for value in [
+            &b"  "[..],
+            b" (unterminated mx.example.net;",
+            b" ; x",
+            b" \xff;",
+        ] {
+            assert_eq!(authserv_id(value), None, "{value:?}");
+        }
+        assert!(claims_ours(b" (a\\)b) MX.example.net; x", "mx.example.net"));
+        assert!(claims_ours(b" \"mx\\.example.net\"", "mx.example.net"));
+        assert!(!claims_ours(b" other.example; x", "mx.example.net"));
+    }
+
+    #[test]
+    fn finds_fields_hidden_after_bare_line_breaks() {
+        let ours = "mx.example.net";
+        assert!(hides_ours(
+            b" x\rAuthentication-Results: mx.example.net; atsms=pass",
+            ours
+        ));
+        assert!(hides_ours(
+            b" x\nauthentication-results : (c) mx.example.net.;",
+            ours
+        ));
+        assert!(!hides_ours(
+            b" x\n\tAuthentication-Results: mx.example.net;",
+            ours
+        ));
+        assert!(!hides_ours(
+            b" x\rAuthentication-Results: other.example;",
+            ours
+        ));
+        assert!(!hides_ours(b" plain value", ours));
+    }
+
+    #[test]
+    fn authserv_ids_we_may_write() {
+        assert!(valid_authserv_id("mx.example.net"));
+        for bad in ["", "a b", "mx;x", "a\"b", "mx\n", "(c)"] {
+            assert!(!valid_authserv_id(bad), "{bad:?}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use crate::auth_results;
 use crate::config::{CacheConfig, Config, DEFAULT_CONFIG_PATH, ResolverConfig};
 use crate::crypto::{Alg, SigningKey};
 use crate::envelope::{AuthResult, sign};
-use crate::identity::{IdentityResolver, net};
+use crate::identity::IdentityResolver;
 use crate::message;
 use crate::verify::{Context, Verifier};
 
@@ -127,10 +127,10 @@ struct ResolverArgs {
     now: Option<i64>,
     /// PLC directory URL; repeat to try several in order.
     #[arg(long = "plc-url", value_name = "URL")]
-    plc_urls: Vec<String>,
+    plc_urls: Vec<crate::config::HttpUrl>,
     /// DNS server (IP or IP:PORT) instead of the system resolver; repeatable.
     #[arg(long = "dns-server", value_name = "IP:PORT")]
-    dns_servers: Vec<String>,
+    dns_servers: Vec<crate::config::DnsServer>,
     /// Permit loopback and private targets, and plain http to them (test setups only).
     #[arg(long)]
     allow_private_addresses: bool,
@@ -147,20 +147,16 @@ impl ResolverArgs {
         }
         config.dns_servers = self.dns_servers.clone();
         config.allow_private_addresses = self.allow_private_addresses;
-        config.timeout = self.timeout.max(1);
+        config.timeout = std::num::NonZeroU64::new(self.timeout.max(1)).unwrap_or(config.timeout);
         config
     }
 
     fn now(&self) -> i64 {
-        self.now.unwrap_or_else(unix_now)
+        self.now.unwrap_or_else(crate::clock::unix_now)
     }
 
     fn resolver(&self) -> Result<IdentityResolver, String> {
-        let config = self.config();
-        for server in &config.dns_servers {
-            net::parse_dns_server(server)?;
-        }
-        IdentityResolver::new(&config, &CacheConfig::default())
+        IdentityResolver::new(&self.config(), &CacheConfig::default())
     }
 }
 
@@ -222,13 +218,6 @@ struct ResolveArgs {
     json: bool,
     #[command(flatten)]
     resolver: ResolverArgs,
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 fn read_input(file: Option<&PathBuf>) -> Result<Box<dyn Read>, String> {
@@ -333,7 +322,7 @@ fn verify(args: VerifyArgs) -> ExitCode {
         format!(
             "{}:{}",
             auth_results::FIELD_NAME,
-            auth_results::format_value(&authserv_id, &verdict, "\n")
+            auth_results::format_value(&authserv_id, &verdict, &[], "\n")
         )
     };
     println!("{output}");
@@ -371,7 +360,7 @@ fn sign(args: SignArgs) -> ExitCode {
     let request = sign::SignRequest {
         key: &key,
         kid: &args.kid,
-        now: args.now.unwrap_or_else(unix_now),
+        now: args.now.unwrap_or_else(crate::clock::unix_now),
         ttl: args.ttl,
         rcpt: &args.rcpt,
         jti: sign::random_jti(),
@@ -399,7 +388,7 @@ fn sign(args: SignArgs) -> ExitCode {
 fn cache(args: CacheArgs) -> ExitCode {
     let socket = args.socket.unwrap_or_else(|| {
         let config = ConfigArgs { config: None }.load().unwrap_or_default();
-        PathBuf::from(config.control.socket)
+        config.control.path()
     });
     let request = match &args.action {
         CacheAction::Stats => "stats".to_string(),
@@ -475,14 +464,14 @@ fn resolve(args: ResolveArgs) -> ExitCode {
                 resolver
                     .resolve_handle(input)
                     .await
-                    .map_err(|e| (e.transient, e.reason))?
+                    .map_err(|e| (e.is_transient(), e.to_string()))?
                     .0
                     .clone()
             };
             let resolved = resolver
                 .resolve_did(&did)
                 .await
-                .map_err(|e| (e.transient, e.reason))?;
+                .map_err(|e| (e.is_transient(), e.to_string()))?;
             let checked = resolver.checked_handle(&resolved.value.document).await;
             Ok::<_, (bool, String)>((resolved.value, checked))
         })

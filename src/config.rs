@@ -1,14 +1,279 @@
-//! The configuration file (TOML), its defaults and validation. Keys and defaults are fixed in
-//! docs/configuration.md (from the project's interfaces); every key is optional and an unknown
-//! key is an error naming the key and its line.
+//! The configuration file (TOML): its model, defaults and validation. Keys and defaults are
+//! fixed in docs/configuration.md (from the project's interfaces); every key is optional and
+//! an unknown key is an error naming the key and its line.
+//!
+//! Values are parsed into their types when the file is read (sockets, networks, DNS servers,
+//! URLs, modes, log settings), so a bad value is reported with its TOML line and the rest of
+//! the program never parses a configuration string again. A leaf: it uses no other room.
 
-use std::path::Path;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use ipnet::IpNet;
+
 /// Where the daemon looks when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/atsms-milter/atsms-milter.toml";
+
+/// A value type read from a TOML string: `FromStr` gives the error text (toml adds the line),
+/// `Display` writes it back for `check-config`.
+macro_rules! string_value {
+    ($type:ty) => {
+        impl TryFrom<String> for $type {
+            type Error = String;
+            fn try_from(text: String) -> Result<Self, String> {
+                text.parse()
+            }
+        }
+        impl From<$type> for String {
+            fn from(value: $type) -> String {
+                value.to_string()
+            }
+        }
+    };
+}
+
+/// A listening socket in Postfix's notation: `inet:HOST:PORT`, `inet:[IPv6]:PORT`,
+/// `inet6:[IPv6]:PORT`, `unix:/path`, and libmilter's `inet:PORT@HOST` too.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum SocketSpec {
+    Inet { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for SocketSpec {
+    type Err = String;
+    fn from_str(spec: &str) -> Result<SocketSpec, String> {
+        let bad = || format!("\"{spec}\" is not inet:HOST:PORT, inet6:[HOST]:PORT or unix:/path");
+        if let Some(path) = spec
+            .strip_prefix("unix:")
+            .or_else(|| spec.strip_prefix("local:"))
+        {
+            if !path.starts_with('/') {
+                return Err(format!("\"{spec}\": the socket path must be absolute"));
+            }
+            return Ok(SocketSpec::Unix(PathBuf::from(path)));
+        }
+        let rest = spec
+            .strip_prefix("inet:")
+            .or_else(|| spec.strip_prefix("inet6:"))
+            .ok_or_else(bad)?;
+        let (host, port) = if let Some((port, host)) = rest.split_once('@') {
+            (host, port)
+        } else if let Some(bracketed) = rest.strip_prefix('[') {
+            let (host, port) = bracketed.split_once("]:").ok_or_else(bad)?;
+            (host, port)
+        } else {
+            rest.rsplit_once(':').ok_or_else(bad)?
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(SocketSpec::Inet {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl SocketSpec {
+    pub fn parse(spec: &str) -> Result<SocketSpec, String> {
+        spec.parse()
+    }
+}
+
+impl fmt::Display for SocketSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketSpec::Unix(path) => write!(f, "unix:{}", path.display()),
+            SocketSpec::Inet { host, port } if host.contains(':') => {
+                write!(f, "inet:[{host}]:{port}")
+            }
+            SocketSpec::Inet { host, port } => write!(f, "inet:{host}:{port}"),
+        }
+    }
+}
+string_value!(SocketSpec);
+
+/// Octal permissions such as `"0660"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Mode(pub u32);
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(mode: &str) -> Result<Mode, String> {
+        u32::from_str_radix(mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o7777)
+            .map(Mode)
+            .ok_or_else(|| format!("\"{mode}\" is not an octal mode"))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+string_value!(Mode);
+
+/// A network in CIDR notation; a bare address is a host route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Network(pub IpNet);
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Network, String> {
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map(Network)
+            .map_err(|_| format!("\"{text}\" is not a network (CIDR) or address"))
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+string_value!(Network);
+
+impl Network {
+    /// Whether `ip` is inside (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+/// Whether `ip` is inside one of `networks`.
+pub fn in_networks(ip: IpAddr, networks: &[Network]) -> bool {
+    networks.iter().any(|n| n.contains(ip))
+}
+
+/// A DNS server: `"IP:PORT"`, `"[IPv6]:PORT"` or `"IP"` (port 53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DnsServer(pub SocketAddr);
+
+impl std::str::FromStr for DnsServer {
+    type Err = String;
+    fn from_str(server: &str) -> Result<DnsServer, String> {
+        if let Ok(addr) = server.parse::<SocketAddr>() {
+            return Ok(DnsServer(addr));
+        }
+        server
+            .parse::<IpAddr>()
+            .map(|ip| DnsServer(SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("\"{server}\" is not IP or IP:PORT"))
+    }
+}
+
+impl fmt::Display for DnsServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+string_value!(DnsServer);
+
+/// A plain `HOST:PORT` TCP address (an IP address and a port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TcpAddress(pub SocketAddr);
+
+impl std::str::FromStr for TcpAddress {
+    type Err = String;
+    fn from_str(text: &str) -> Result<TcpAddress, String> {
+        text.parse()
+            .map(TcpAddress)
+            .map_err(|_| format!("\"{text}\" is not HOST:PORT (an IP address and port)"))
+    }
+}
+
+impl fmt::Display for TcpAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+string_value!(TcpAddress);
+
+/// An `http(s)://` URL with a host (a PLC directory), kept as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HttpUrl(String);
+
+impl std::str::FromStr for HttpUrl {
+    type Err = String;
+    fn from_str(text: &str) -> Result<HttpUrl, String> {
+        let parsed = url::Url::parse(text).map_err(|e| format!("\"{text}\": {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(format!("\"{text}\" is not an http(s) URL"));
+        }
+        Ok(HttpUrl(text.to_string()))
+    }
+}
+
+impl HttpUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_value!(HttpUrl);
+
+/// An RFC 8601 authserv-id as we write it: an RFC 2045 token (a host name, say).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AuthservId(String);
+
+impl std::str::FromStr for AuthservId {
+    type Err = String;
+    fn from_str(text: &str) -> Result<AuthservId, String> {
+        let token = !text.is_empty()
+            && text.len() <= 255
+            && text
+                .chars()
+                .all(|c| c.is_ascii_graphic() && !"()<>@,;:\\\"/[]?=".contains(c));
+        if token {
+            Ok(AuthservId(text.to_string()))
+        } else {
+            Err(format!(
+                "\"{}\" is not a valid authserv-id (a host name: letters, digits, dots, hyphens)",
+                text.escape_default()
+            ))
+        }
+    }
+}
+
+impl AuthservId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AuthservId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_value!(AuthservId);
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -22,6 +287,7 @@ pub struct Config {
     pub resolver: ResolverConfig,
     pub cache: CacheConfig,
     pub policy: PolicyConfig,
+    pub limits: LimitsConfig,
     pub store: StoreConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
@@ -31,22 +297,24 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MilterConfig {
-    /// `inet:HOST:PORT`, `inet6:[HOST]:PORT`, `unix:/path` or libmilter's `inet:PORT@HOST`.
-    pub listen: String,
-    /// Octal permissions of a `unix:` socket.
-    pub socket_mode: String,
+    pub listen: SocketSpec,
+    /// Permissions of a `unix:` socket.
+    pub socket_mode: Mode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
 }
 
 impl Default for MilterConfig {
     fn default() -> Self {
         MilterConfig {
-            listen: "inet:127.0.0.1:8898".into(),
-            socket_mode: "0660".into(),
+            listen: SocketSpec::Inet {
+                host: "127.0.0.1".into(),
+                port: 8898,
+            },
+            socket_mode: Mode(0o660),
             socket_group: None,
-            max_connections: 1000,
+            max_connections: NonZeroUsize::new(1000).expect("non-zero"),
         }
     }
 }
@@ -54,10 +322,10 @@ impl Default for MilterConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LmtpConfig {
-    /// `inet:HOST:PORT` or `unix:/path`; unset: only `serve --stdio` speaks LMTP.
+    /// Unset: only `serve --stdio` speaks LMTP.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    pub socket_mode: String,
+    pub listen: Option<SocketSpec>,
+    pub socket_mode: Mode,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
     /// `%u` address, `%n` local part, `%d` domain.
@@ -66,26 +334,30 @@ pub struct LmtpConfig {
     pub recipients: Option<String>,
     pub recipient_delimiter: String,
     pub max_message_size: u64,
-    pub idle_timeout: u64,
+    /// Seconds per read.
+    pub idle_timeout: NonZeroU64,
+    /// Seconds for one whole DATA or BDAT transfer.
+    pub data_timeout: NonZeroU64,
 }
 
 impl Default for LmtpConfig {
     fn default() -> Self {
         LmtpConfig {
             listen: None,
-            socket_mode: "0660".into(),
+            socket_mode: Mode(0o660),
             socket_group: None,
             maildir: "/var/mail/%d/%n/Maildir".into(),
             recipients: None,
             recipient_delimiter: "+".into(),
             max_message_size: 52_428_800,
-            idle_timeout: 300,
+            idle_timeout: NonZeroU64::new(300).expect("non-zero"),
+            data_timeout: NonZeroU64::new(600).expect("non-zero"),
         }
     }
 }
 
 /// What to do with a message, by result (docs/configuration.md, "Actions").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Add the header field and deliver.
@@ -113,6 +385,19 @@ impl Action {
             Action::Discard => "discard",
         }
     }
+
+    /// How strict an action is, for "the strictest action wins": accept < junk < quarantine
+    /// < discard < tempfail < reject.
+    pub fn strictness(self) -> u8 {
+        match self {
+            Action::Accept => 0,
+            Action::Junk => 1,
+            Action::Quarantine => 2,
+            Action::Discard => 3,
+            Action::Tempfail => 4,
+            Action::Reject => 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -120,7 +405,7 @@ impl Action {
 pub struct PolicyConfig {
     /// Unset: this host's name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub authserv_id: Option<String>,
+    pub authserv_id: Option<AuthservId>,
     pub on_pass: Action,
     pub on_fail: Action,
     pub on_permerror: Action,
@@ -130,7 +415,7 @@ pub struct PolicyConfig {
     /// Applies when the message passes but no passing signature is aligned.
     pub on_unaligned: Action,
     /// Networks whose mail is not judged (milter).
-    pub trusted_networks: Vec<String>,
+    pub trusted_networks: Vec<Network>,
     /// SMTP-authenticated mail is not judged (milter).
     pub skip_authenticated: bool,
     pub dry_run: bool,
@@ -149,7 +434,10 @@ impl Default for PolicyConfig {
             on_policy: Action::Accept,
             on_none: Action::Accept,
             on_unaligned: Action::Accept,
-            trusted_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            trusted_networks: vec![
+                "127.0.0.0/8".parse().expect("a network"),
+                "::1/128".parse().expect("a network"),
+            ],
             skip_authenticated: true,
             dry_run: false,
             replay: true,
@@ -160,28 +448,69 @@ impl Default for PolicyConfig {
 impl PolicyConfig {
     /// The authserv-id of our Authentication-Results fields.
     pub fn authserv_id(&self) -> String {
-        self.authserv_id.clone().unwrap_or_else(host_name)
+        match &self.authserv_id {
+            Some(id) => id.to_string(),
+            None => host_name(),
+        }
+    }
+}
+
+/// Bounds on what a message may make us hold (a header section is kept in memory).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_header_bytes: u64,
+    pub max_header_fields: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_header_bytes: 1_048_576,
+            max_header_fields: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `redis://…` or `rediss://…` (TLS), credentials in the URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// The fleet key authenticating every shared entry (HMAC-SHA-256).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The replay set of `serve --stdio` runs without Redis.
+    pub replay_file: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            redis: None,
+            key_file: None,
+            replay_file: PathBuf::from("/var/lib/atsms-milter/replay"),
+        }
     }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
-    pub socket: String,
+    /// Unset: `DEFAULT_CONTROL_SOCKET`, and a daemon that cannot make it runs without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
 }
 
-impl Default for ControlConfig {
-    fn default() -> Self {
-        ControlConfig {
-            socket: "/run/atsms-milter/control.sock".into(),
-        }
+/// The control socket's default path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/atsms-milter/control.sock";
+
+impl ControlConfig {
+    pub fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
     }
 }
 
@@ -189,22 +518,42 @@ impl Default for ControlConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
+    pub listen: Option<TcpAddress>,
+}
+
+/// `log.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// `log.destination`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogDestination {
+    /// Standard error (journald picks it up under systemd).
+    Stderr,
+    /// The local syslog socket, facility mail.
+    Syslog,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    pub level: String,
-    /// `stderr` or `syslog` (facility mail).
-    pub destination: String,
+    pub level: LogLevel,
+    pub destination: LogDestination,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            level: "info".into(),
-            destination: "stderr".into(),
+            level: LogLevel::Info,
+            destination: LogDestination::Stderr,
         }
     }
 }
@@ -213,36 +562,36 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ResolverConfig {
     /// PLC directories, tried in order (a site's own mirror first).
-    pub plc_urls: Vec<String>,
-    /// `IP:PORT` or `IP`; empty means the system resolver (/etc/resolv.conf).
-    pub dns_servers: Vec<String>,
+    pub plc_urls: Vec<HttpUrl>,
+    /// Empty means the system resolver (/etc/resolv.conf).
+    pub dns_servers: Vec<DnsServer>,
     /// Permit loopback, private and link-local targets and plain http to them (test setups).
     pub allow_private_addresses: bool,
     /// Seconds for one identity lookup, every fetch included.
-    pub timeout: u64,
+    pub timeout: NonZeroU64,
     /// Bytes; larger DID documents and records are refused.
     pub max_document_size: usize,
-    pub max_concurrent_fetches: usize,
-    pub max_concurrent_per_host: usize,
+    pub max_concurrent_fetches: NonZeroUsize,
+    pub max_concurrent_per_host: NonZeroUsize,
 }
 
 impl Default for ResolverConfig {
     fn default() -> Self {
         ResolverConfig {
-            plc_urls: vec!["https://plc.directory".to_string()],
+            plc_urls: vec!["https://plc.directory".parse().expect("a URL")],
             dns_servers: Vec::new(),
             allow_private_addresses: false,
-            timeout: 5,
+            timeout: NonZeroU64::new(5).expect("non-zero"),
             max_document_size: 65_536,
-            max_concurrent_fetches: 64,
-            max_concurrent_per_host: 8,
+            max_concurrent_fetches: NonZeroUsize::new(64).expect("non-zero"),
+            max_concurrent_per_host: NonZeroUsize::new(8).expect("non-zero"),
         }
     }
 }
 
 impl ResolverConfig {
     pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout.max(1))
+        Duration::from_secs(self.timeout.get())
     }
 }
 
@@ -260,6 +609,8 @@ pub struct CacheConfig {
     /// Seconds a transient error is remembered.
     pub error: u64,
     pub max_entries: u64,
+    /// Bytes the identity cache may hold, all kinds of entry together.
+    pub max_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -271,6 +622,7 @@ impl Default for CacheConfig {
             negative: 600,
             error: 60,
             max_entries: 100_000,
+            max_bytes: 67_108_864,
         }
     }
 }
@@ -284,6 +636,24 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+}
+
+/// Whether a Redis URL names this host (no fleet key needed there).
+fn redis_on_loopback(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        // redis:// is not a "special" URL scheme: its host stays a string, IP or not.
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            name.eq_ignore_ascii_case("localhost")
+                || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+        None => parsed.scheme() == "redis+unix" || parsed.scheme() == "unix",
+    }
 }
 
 impl Config {
@@ -312,7 +682,7 @@ impl Config {
     pub fn effective(&self) -> Config {
         let mut effective = self.clone();
         effective.milter = self.milter_in_force();
-        effective.policy.authserv_id = Some(self.policy.authserv_id());
+        effective.policy.authserv_id = self.policy.authserv_id().parse().ok();
         effective
     }
 
@@ -325,66 +695,32 @@ impl Config {
         Config::from_toml(&text, &display)
     }
 
-    /// Checks that serde cannot express: value ranges and formats.
+    /// Rules between keys, which no single value's type can hold.
     pub fn validate(&self) -> Result<(), String> {
         if self.resolver.plc_urls.is_empty() {
             return Err("resolver.plc_urls: at least one PLC directory is needed".into());
         }
-        for url in &self.resolver.plc_urls {
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|e| format!("resolver.plc_urls: \"{url}\": {e}"))?;
-            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        if self.limits.max_header_fields == 0 || self.limits.max_header_bytes < 1024 {
+            return Err(
+                "limits: max_header_fields must be at least 1, max_header_bytes at least 1024"
+                    .into(),
+            );
+        }
+        if let Some(redis) = &self.store.redis {
+            let parsed = url::Url::parse(redis).map_err(|e| format!("store.redis: {e}"))?;
+            if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
                 return Err(format!(
-                    "resolver.plc_urls: \"{url}\" is not an http(s) URL"
+                    "store.redis: \"{}\" is not a redis:// or rediss:// URL",
+                    parsed.scheme()
                 ));
             }
-        }
-        for server in &self.resolver.dns_servers {
-            crate::identity::net::parse_dns_server(server)
-                .map_err(|e| format!("resolver.dns_servers: {e}"))?;
-        }
-        if self.resolver.timeout == 0 {
-            return Err("resolver.timeout: must be at least 1 second".into());
-        }
-        if let Some(milter) = &self.milter {
-            crate::socket::SocketSpec::parse(&milter.listen)
-                .map_err(|e| format!("milter.listen: {e}"))?;
-            parse_mode(&milter.socket_mode).map_err(|e| format!("milter.socket_mode: {e}"))?;
-            if milter.max_connections == 0 {
-                return Err("milter.max_connections: must be at least 1".into());
+            if self.store.key_file.is_none() && !redis_on_loopback(redis) {
+                return Err(
+                    "store.redis: a Redis server that is not on loopback needs store.key_file \
+                     (entries shared through it must be authenticated)"
+                        .into(),
+                );
             }
-        }
-        if let Some(lmtp) = &self.lmtp {
-            if let Some(listen) = &lmtp.listen {
-                crate::socket::SocketSpec::parse(listen)
-                    .map_err(|e| format!("lmtp.listen: {e}"))?;
-            }
-            parse_mode(&lmtp.socket_mode).map_err(|e| format!("lmtp.socket_mode: {e}"))?;
-        }
-        crate::policy::parse_networks(&self.policy.trusted_networks)
-            .map_err(|e| format!("policy.trusted_networks: {e}"))?;
-        if let Some(listen) = &self.metrics.listen {
-            listen.parse::<std::net::SocketAddr>().map_err(|_| {
-                format!("metrics.listen: \"{listen}\" is not HOST:PORT (an IP address and port)")
-            })?;
-        }
-        if !matches!(self.log.destination.as_str(), "stderr" | "syslog") {
-            return Err(format!(
-                "log.destination: \"{}\" is neither stderr nor syslog",
-                self.log.destination
-            ));
-        }
-        if !matches!(
-            self.log.level.as_str(),
-            "error" | "warn" | "info" | "debug" | "trace"
-        ) {
-            return Err(format!(
-                "log.level: \"{}\" is not one of error, warn, info, debug, trace",
-                self.log.level
-            ));
-        }
-        if self.resolver.max_concurrent_fetches == 0 || self.resolver.max_concurrent_per_host == 0 {
-            return Err("resolver.max_concurrent_*: must be at least 1".into());
         }
         Ok(())
     }
@@ -402,49 +738,115 @@ pub fn host_name() -> String {
     }
 }
 
-/// An octal permission string such as `"0660"`.
-pub fn parse_mode(mode: &str) -> Result<u32, String> {
-    u32::from_str_radix(mode, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("\"{mode}\" is not an octal mode"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error(text: &str) -> String {
+        Config::from_toml(text, "t.toml").unwrap_err().to_string()
+    }
 
     #[test]
     fn defaults_and_errors_name_key_and_line() {
         let config = Config::from_toml("", "x").unwrap();
         assert_eq!(
-            config.milter_in_force().unwrap().listen,
+            config.milter_in_force().unwrap().listen.to_string(),
             "inet:127.0.0.1:8898"
         );
         assert_eq!(config.policy.on_temperror, Action::Tempfail);
         let only_lmtp =
             Config::from_toml("[lmtp]\nlisten = \"inet:127.0.0.1:2424\"\n", "x").unwrap();
         assert!(only_lmtp.milter_in_force().is_none());
-        let err = Config::from_toml("[policy]\n\non_fail = \"accept\"\nbogus = 1\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let err = error("[policy]\n\non_fail = \"accept\"\nbogus = 1\n");
         assert!(err.contains("bogus") && err.contains("line 4"), "{err}");
-        let err = Config::from_toml("[policy]\non_fail = \"explode\"\n", "t.toml")
-            .unwrap_err()
-            .to_string();
+        let err = error("[policy]\non_fail = \"explode\"\n");
         assert!(err.contains("explode") && err.contains("line 2"), "{err}");
-        let err = Config::from_toml("[milter]\nlisten = \"tcp:1\"\n", "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("milter.listen"), "{err}");
+    }
+
+    #[test]
+    fn typed_values_report_their_line() {
+        for (text, line, words) in [
+            ("[milter]\nlisten = \"tcp:1\"\n", 2, "is not inet:HOST:PORT"),
+            (
+                "[milter]\n\nsocket_mode = \"999\"\n",
+                3,
+                "not an octal mode",
+            ),
+            ("[milter]\nmax_connections = 0\n", 2, "nonzero"),
+            (
+                "[resolver]\ndns_servers = [\"1.2.3.4\", \"x\"]\n",
+                2,
+                "is not IP or IP:PORT",
+            ),
+            (
+                "[resolver]\nplc_urls = [\"ftp://x\"]\n",
+                2,
+                "is not an http(s) URL",
+            ),
+            ("[resolver]\ntimeout = 0\n", 2, "nonzero"),
+            (
+                "[policy]\ntrusted_networks = [\"10.0.0.0/33\"]\n",
+                2,
+                "not a network",
+            ),
+            (
+                "[policy]\nauthserv_id = \"mx; evil\"\n",
+                2,
+                "not a valid authserv-id",
+            ),
+            ("[metrics]\nlisten = \"localhost\"\n", 2, "is not HOST:PORT"),
+            ("\n[log]\nlevel = \"loud\"\n", 3, "loud"),
+            ("[log]\ndestination = \"file\"\n", 2, "file"),
+        ] {
+            let err = error(text);
+            assert!(
+                err.contains(&format!("line {line}")) && err.contains(words),
+                "{text:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn cross_key_rules() {
+        assert!(error("[resolver]\nplc_urls = []\n").contains("at least one"));
+        assert!(error("[store]\nredis = \"redis://10.0.0.5/\"\n").contains("key_file"));
+        assert!(Config::from_toml("[store]\nredis = \"redis://127.0.0.1:6379/\"\n", "x").is_ok());
+        assert!(
+            Config::from_toml(
+                "[store]\nredis = \"rediss://u:p@redis.example:6380/\"\nkey_file = \"/k\"\n",
+                "x"
+            )
+            .is_ok()
+        );
+        assert!(error("[store]\nredis = \"http://x/\"\n").contains("redis://"));
     }
 
     #[test]
     fn effective_config_round_trips() {
-        let config = Config::from_toml("[policy]\nauthserv_id = \"mx.test\"\n", "x").unwrap();
+        let config = Config::from_toml(
+            "[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = [\"192.0.2.7\"]\n[milter]\nsocket_mode = \"660\"\n",
+            "x",
+        )
+        .unwrap();
         let text = toml::to_string(&config.effective()).unwrap();
         let again = Config::from_toml(&text, "again").unwrap();
         assert_eq!(again.effective(), config.effective());
-        assert!(text.contains("[milter]"));
+        assert!(
+            text.contains("[milter]") && text.contains("socket_mode = \"0660\""),
+            "{text}"
+        );
+        assert!(text.contains("\"192.0.2.7/32\""), "{text}");
+    }
+
+    #[test]
+    fn networks_hold_mapped_addresses() {
+        let nets: Vec<Network> = ["127.0.0.0/8", "::1/128", "192.0.2.7"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(in_networks("127.0.0.1".parse().unwrap(), &nets));
+        assert!(in_networks("::ffff:127.0.0.1".parse().unwrap(), &nets));
+        assert!(in_networks("192.0.2.7".parse().unwrap(), &nets));
+        assert!(!in_networks("192.0.2.8".parse().unwrap(), &nets));
     }
 }

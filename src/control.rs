@@ -2,7 +2,7 @@
 //! One request line per connection, one answer: `stats` → JSON; `purge DID` → a line.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -10,28 +10,39 @@ use tracing::{info, warn};
 
 use crate::identity::IdentityResolver;
 
-/// Serves the control socket at `path` (mode 0600: only the daemon's user and root may
-/// purge the cache) until the task is dropped.
-pub async fn serve(path: PathBuf, identity: Arc<IdentityResolver>) -> io::Result<()> {
-    let spec = crate::socket::SocketSpec::Unix(path.clone());
-    let listener = crate::socket::bind(&spec, 0o600, None).await?;
-    let crate::socket::BoundListener::Unix(listener, _file) = listener else {
-        return Err(io::Error::other("control socket must be a unix socket"));
-    };
-    info!("control socket on {}", path.display());
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let identity = identity.clone();
-        tokio::spawn(async move {
-            if let Err(e) = answer(stream, identity).await {
-                warn!("control socket: {e}");
-            }
-        });
+/// Binds the control socket at `path` (mode 0600: only the daemon's user and root may purge
+/// the cache), making its directory when it is missing.
+pub async fn bind(path: &Path) -> io::Result<crate::socket::BoundListener> {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir)?;
     }
+    let spec = crate::socket::SocketSpec::Unix(path.to_path_buf());
+    crate::socket::bind(&spec, 0o600, None).await
 }
 
-async fn answer(stream: tokio::net::UnixStream, identity: Arc<IdentityResolver>) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
+/// Serves the control socket until the task is dropped.
+pub async fn serve(listener: crate::socket::BoundListener, identity: Arc<IdentityResolver>) {
+    info!("control socket on {}", listener.describe());
+    crate::socket::serve(
+        &listener,
+        "control socket",
+        std::future::pending::<()>(),
+        |stream| {
+            let identity = identity.clone();
+            async move {
+                if let Err(e) = answer(stream, identity).await {
+                    warn!("control socket: {e}");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+async fn answer(stream: crate::socket::Stream, identity: Arc<IdentityResolver>) -> io::Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
     BufReader::new(read.take(4096)).read_line(&mut line).await?;
     let mut words = line.split_whitespace();

@@ -68,6 +68,8 @@ pub enum KeyError {
     UnsupportedCodec,
     #[error("key is not a valid {0} point")]
     InvalidPoint(&'static str),
+    #[error("Multikey is not a 33-byte compressed point")]
+    NotCompressed,
     #[error("not a did:key")]
     NotDidKey,
 }
@@ -96,8 +98,12 @@ impl PublicKey {
     /// A SEC1 point, compressed (33 bytes) or not (65 bytes), on the curve of `alg`.
     pub fn from_sec1(alg: Alg, bytes: &[u8]) -> Result<PublicKey, KeyError> {
         let invalid = || KeyError::InvalidPoint(alg.curve_name());
-        if bytes.len() != 33 && bytes.len() != 65 {
-            return Err(invalid());
+        // SEC1 §2.3.3: 0x02/0x03 + X (compressed) or 0x04 + X + Y (uncompressed); nothing
+        // else (the "hybrid" 0x06/0x07 and other tags some decoders take are refused).
+        match bytes {
+            [0x02 | 0x03, rest @ ..] if rest.len() == 32 => {}
+            [0x04, rest @ ..] if rest.len() == 64 => {}
+            _ => return Err(invalid()),
         }
         match alg {
             Alg::Es256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
@@ -110,10 +116,14 @@ impl PublicKey {
     }
 
     /// `Multikey` `publicKeyMultibase`: `z` + base58btc(multicodec varint + compressed point).
+    /// Only the 33-byte compressed form (spec 5.1): any other length or tag is refused.
     pub fn from_multikey(multibase: &str) -> Result<PublicKey, KeyError> {
         let bytes = decode_base58btc(multibase)?;
         for alg in [Alg::Es256, Alg::Es256k] {
             if let Some(point) = bytes.strip_prefix(&alg.multicodec()[..]) {
+                if point.len() != 33 || !matches!(point[0], 0x02 | 0x03) {
+                    return Err(KeyError::NotCompressed);
+                }
                 return PublicKey::from_sec1(alg, point);
             }
         }
@@ -343,5 +353,36 @@ mod tests {
             key.verify(b"x", &[0u8; 64]),
             Err(SignatureError::OutOfRange)
         );
+    }
+
+    #[test]
+    fn multikey_takes_only_compressed_points() {
+        for alg in [Alg::Es256, Alg::Es256k] {
+            let public = SigningKey::generate(alg).unwrap().public_key();
+            let multikey = |point: &[u8]| {
+                let mut bytes = alg.multicodec().to_vec();
+                bytes.extend_from_slice(point);
+                format!("z{}", bs58::encode(bytes).into_string())
+            };
+            let uncompressed = public.uncompressed_point();
+            assert_eq!(
+                PublicKey::from_multikey(&multikey(&uncompressed)),
+                Err(KeyError::NotCompressed),
+                "65-byte point"
+            );
+            // The "compact" tag 0x05 some decoders read as a negated point.
+            let mut compact = public.compressed_point();
+            compact[0] = 0x05;
+            assert_eq!(
+                PublicKey::from_multikey(&multikey(&compact)),
+                Err(KeyError::NotCompressed)
+            );
+            assert_eq!(
+                PublicKey::from_multikey(&multikey(&public.compressed_point())),
+                Ok(public.clone())
+            );
+            compact[0] = 0x07;
+            assert!(PublicKey::from_sec1(alg, &compact).is_err());
+        }
     }
 }

@@ -5,12 +5,12 @@ use std::sync::{Arc, RwLock};
 
 use tracing::info;
 
-use crate::config::{Config, parse_mode};
+use crate::config::{Config, Mode, SocketSpec};
 use crate::identity::IdentityResolver;
 use crate::lmtp::{self, LmtpService};
 use crate::milter;
 use crate::session::Settings;
-use crate::socket::{self, SocketSpec};
+use crate::socket;
 use crate::verify::Verifier;
 
 /// Completes on the first SIGTERM or SIGINT.
@@ -39,70 +39,78 @@ pub fn build_settings(config: &Config) -> Result<Arc<Settings>, String> {
     build_settings_reusing(config, None)
 }
 
+/// The replay set of a daemon: in memory, shared through Redis when configured.
+fn new_replay_set(
+    config: &Config,
+    shared: Option<Arc<crate::store::SharedStore>>,
+) -> Arc<crate::replay::ReplaySet> {
+    Arc::new(crate::replay::ReplaySet::new(
+        config.cache.max_entries.max(100_000) * 10,
+        shared,
+    ))
+}
+
 /// As `build_settings`; on reload, the identity cache and replay set of `previous` are kept
 /// when the sections they come from did not change (a reload must not empty the cache).
 fn build_settings_reusing(
     config: &Config,
     previous: Option<(&Config, &Settings)>,
 ) -> Result<Arc<Settings>, String> {
-    if let Some((old, settings)) = previous
-        && old.resolver == config.resolver
-        && old.cache == config.cache
-        && old.store == config.store
-    {
-        let mut next = Settings::new(settings.verifier.clone(), config.policy.clone())?;
-        next.replay = if config.policy.replay {
-            settings
-                .replay
-                .clone()
-                .or_else(|| new_replay_set(config, None))
-        } else {
-            None
-        };
-        next.replay_in_milter = settings.replay_in_milter;
-        return Ok(Arc::new(next));
-    }
-    build_fresh_settings(config)
-}
-
-fn new_replay_set(
-    config: &Config,
-    shared: Option<Arc<crate::store::SharedStore>>,
-) -> Option<Arc<crate::replay::ReplaySet>> {
-    Some(Arc::new(crate::replay::ReplaySet::new(
-        config.cache.max_entries.max(100_000) * 10,
-        shared,
-    )))
-}
-
-fn build_fresh_settings(config: &Config) -> Result<Arc<Settings>, String> {
-    let shared = match &config.store.redis {
-        Some(url) => Some(Arc::new(crate::store::SharedStore::new(url)?)),
-        None => None,
+    let (verifier, replay) = match previous {
+        Some((old, settings))
+            if old.resolver == config.resolver
+                && old.cache == config.cache
+                && old.store == config.store =>
+        {
+            (settings.verifier.clone(), settings.replay.clone())
+        }
+        _ => {
+            let shared = match &config.store.redis {
+                Some(url) => Some(Arc::new(crate::store::SharedStore::new(
+                    url,
+                    config.store.key_file.as_deref(),
+                )?)),
+                None => None,
+            };
+            let identity = IdentityResolver::new(&config.resolver, &config.cache)?
+                .with_shared_store(shared.clone());
+            let verifier = Verifier::new(Arc::new(identity), config.resolver.timeout());
+            (verifier, Some(new_replay_set(config, shared)))
+        }
     };
-    let identity =
-        IdentityResolver::new(&config.resolver, &config.cache)?.with_shared_store(shared.clone());
-    let verifier = Verifier::new(Arc::new(identity), config.resolver.timeout());
-    let mut settings = Settings::new(verifier, config.policy.clone())?;
-    if config.policy.replay {
-        settings.replay = Some(Arc::new(crate::replay::ReplaySet::new(
-            config.cache.max_entries.max(100_000) * 10,
-            shared,
-        )));
-    }
+    let mut settings = Settings::from_config(verifier, config);
+    settings.replay = if config.policy.replay {
+        replay.or_else(|| Some(new_replay_set(config, None)))
+    } else {
+        None
+    };
     let lmtp_in_process = config.lmtp.as_ref().is_some_and(|l| l.listen.is_some());
     settings.replay_in_milter = !lmtp_in_process;
     Ok(Arc::new(settings))
 }
 
-/// Starts the control socket; a daemon without one (no writable directory for it) still runs.
-fn start_control_socket(config: &Config, settings: &Settings) -> tokio::task::JoinHandle<()> {
-    let path = std::path::PathBuf::from(&config.control.socket);
-    let identity = settings.verifier.identity().clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::control::serve(path.clone(), identity).await {
-            tracing::warn!("no control socket at {}: {e}", path.display());
+/// The control socket: a configured path that cannot be bound is an error; the default one
+/// (no writable /run/atsms-milter for a user running the daemon by hand) is skipped quietly.
+async fn bind_control_socket(config: &Config) -> Result<Option<socket::BoundListener>, String> {
+    let path = config.control.path();
+    match crate::control::bind(&path).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if config.control.socket.is_none() => {
+            tracing::debug!("no control socket at {}: {e}", path.display());
+            Ok(None)
         }
+        Err(e) => Err(format!(
+            "control.socket: cannot listen on {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// What `[metrics]` shows of the identity cache.
+fn cache_source(identity: Arc<IdentityResolver>) -> crate::metrics::CacheSource {
+    Arc::new(move || {
+        let identity = identity.clone();
+        Box::pin(async move { identity.stats().await.gauges() })
     })
 }
 
@@ -116,14 +124,11 @@ fn ignore_sigxfsz() {
 }
 
 async fn bind(
-    listen: &str,
-    mode: &str,
+    listen: &SocketSpec,
+    mode: Mode,
     group: Option<&str>,
-    key: &str,
 ) -> Result<socket::BoundListener, String> {
-    let spec = SocketSpec::parse(listen).map_err(|e| format!("{key}.listen: {e}"))?;
-    let mode = parse_mode(mode).map_err(|e| format!("{key}.socket_mode: {e}"))?;
-    socket::bind(&spec, mode, group)
+    socket::bind(listen, mode.0, group)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))
 }
@@ -138,15 +143,18 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         c.lmtp.as_ref().map(|l| {
             (
                 l.listen.clone(),
-                l.socket_mode.clone(),
+                l.socket_mode,
                 l.socket_group.clone(),
                 l.max_message_size,
                 l.idle_timeout,
+                l.data_timeout,
             )
         })
     };
     if lmtp_fixed(old) != lmtp_fixed(new) {
-        changed.push("lmtp.listen, socket_mode, socket_group, max_message_size or idle_timeout");
+        changed.push(
+            "lmtp.listen, socket_mode, socket_group, max_message_size, idle_timeout or data_timeout",
+        );
     }
     if old.control != new.control {
         changed.push("[control]");
@@ -231,14 +239,8 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     // Bind everything before serving anything: a bad address fails the start, not half of it.
     let milter_listener = match &milter_config {
         Some(m) => Some((
-            bind(
-                &m.listen,
-                &m.socket_mode,
-                m.socket_group.as_deref(),
-                "milter",
-            )
-            .await?,
-            m.max_connections,
+            bind(&m.listen, m.socket_mode, m.socket_group.as_deref()).await?,
+            m.max_connections.get(),
         )),
         None => None,
     };
@@ -246,9 +248,8 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         Some((lmtp_config, listen)) => {
             let listener = bind(
                 listen,
-                &lmtp_config.socket_mode,
+                lmtp_config.socket_mode,
                 lmtp_config.socket_group.as_deref(),
-                "lmtp",
             )
             .await?;
             let service = LmtpService::new(
@@ -268,13 +269,19 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let control_listener = bind_control_socket(&config).await?;
     let (control, metrics) = {
         let settings = shared.read().map_err(|_| "settings lock poisoned")?.clone();
-        let metrics = config.metrics.listen.clone().map(|listen| {
-            let identity = settings.verifier.identity().clone();
-            tokio::spawn(crate::metrics::serve(listen, identity))
+        let identity = settings.verifier.identity().clone();
+        let metrics = config.metrics.listen.map(|listen| {
+            tokio::spawn(crate::metrics::serve(
+                listen.0,
+                cache_source(identity.clone()),
+            ))
         });
-        (start_control_socket(&config, &settings), metrics)
+        let control = control_listener
+            .map(|listener| tokio::spawn(crate::control::serve(listener, identity)));
+        (control, metrics)
     };
     if let Some((listener, max_connections)) = milter_listener {
         let shared = shared.clone();
@@ -307,19 +314,23 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
             Some(result) = tasks.join_next() => {
             // A service ended on its own: its listener broke. Stop the rest too.
             let _ = stop_tx.send(true);
-            control.abort();
+            if let Some(control) = &control {
+                control.abort();
+            }
             tasks.join_all().await;
             return result.map_err(|e| e.to_string()).and_then(|r| r).and_then(|()| Err("a service stopped unexpectedly".into()));
             }
         }
     }
     let _ = stop_tx.send(true);
-    control.abort();
     if let Some(metrics) = &metrics {
         metrics.abort();
     }
-    // Let the aborted task drop its listener, which removes the socket file.
-    let _ = control.await;
+    if let Some(control) = control {
+        control.abort();
+        // Let the aborted task drop its listener, which removes the socket file.
+        let _ = control.await;
+    }
     for result in tasks.join_all().await {
         result?;
     }

@@ -1,12 +1,21 @@
+#![recursion_limit = "256"]
 //! atsms-milter: verifies AT-SMS signatures (mail signed by atproto identities) for Postfix
 //! (milter) and for Postfix and Exim local delivery (LMTP).
 //!
+//! This is the implementation of one program, split into a library so that its tests and
+//! benchmarks can reach the rooms; it is **not a stable library API**. Its stable interfaces
+//! are the command line, the configuration file, the sockets and the header fields it writes
+//! (docs/configuration.md, docs/envelope-v1.md).
+//!
 //! The rooms and the direction of their arrows are in docs/architecture.md: `envelope` and
 //! `crypto` are pure; `identity` owns the network and the cache; `verify` turns a message into
-//! a `Verdict`; `auth_results` renders it; transports only translate.
+//! a `Verdict`; the judge in `session` turns a verdict and the recipients into decisions;
+//! transports only translate.
 
+pub mod address;
 pub mod auth_results;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod crypto;
@@ -21,6 +30,7 @@ pub mod metrics;
 pub mod milter;
 pub mod policy;
 pub mod replay;
+pub mod reply;
 pub mod session;
 pub mod socket;
 pub mod store;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, LogDestination, LogLevel};
 
 /// The local syslog socket. `ATSMS_MILTER_SYSLOG_SOCKET` overrides it (tests stand in for a
 /// syslog daemon with it; production has no reason to set it).
@@ -104,8 +104,14 @@ impl<'a> MakeWriter<'a> for Syslog {
 
 /// Installs the logger `config` asks for (once per process).
 pub fn init(config: &LogConfig) {
-    let level = config.level.parse::<Level>().unwrap_or(Level::INFO);
-    if config.destination == "syslog" {
+    let level = match config.level {
+        LogLevel::Error => Level::ERROR,
+        LogLevel::Warn => Level::WARN,
+        LogLevel::Info => Level::INFO,
+        LogLevel::Debug => Level::DEBUG,
+        LogLevel::Trace => Level::TRACE,
+    };
+    if config.destination == LogDestination::Syslog {
         let syslog = Syslog {
             socket: Arc::new(Mutex::new(None)),
             path: syslog_socket_path(),

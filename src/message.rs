@@ -6,15 +6,13 @@ use std::io::{self, BufRead, Read};
 
 use crate::envelope::{BodyHasher, HeaderField};
 
-/// The largest header section read. A real one is a few KiB; Postfix caps a single field at
-/// 100 KiB by default. This bounds memory, not the number of signatures.
-pub const MAX_HEADER_SECTION: u64 = 16 * 1024 * 1024;
+use crate::config::LimitsConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("header section larger than {} bytes", MAX_HEADER_SECTION)]
+    #[error("header section too large (too many or too long fields)")]
     HeaderTooLarge,
 }
 
@@ -91,13 +89,20 @@ impl HeaderCollector {
 }
 
 /// Splits a header section arriving in pieces of any size (a pipe, LMTP's BDAT chunks) into
-/// fields, and says where the body starts. Memory is bounded by `MAX_HEADER_SECTION`.
-#[derive(Default)]
+/// fields, and says where the body starts. Memory is bounded by `limits` (bytes and fields).
 pub struct HeaderSplitter {
     collector: HeaderCollector,
     partial: Vec<u8>,
     used: u64,
     newline: Option<&'static str>,
+    max_bytes: u64,
+    max_fields: usize,
+}
+
+impl Default for HeaderSplitter {
+    fn default() -> Self {
+        HeaderSplitter::new(&LimitsConfig::default())
+    }
 }
 
 /// Where the header section ended in the bytes just pushed.
@@ -110,12 +115,23 @@ pub enum Split {
 }
 
 impl HeaderSplitter {
+    pub fn new(limits: &LimitsConfig) -> HeaderSplitter {
+        HeaderSplitter {
+            collector: HeaderCollector::default(),
+            partial: Vec::new(),
+            used: 0,
+            newline: None,
+            max_bytes: limits.max_header_bytes,
+            max_fields: limits.max_header_fields,
+        }
+    }
+
     pub fn push(&mut self, data: &[u8]) -> Result<Split, ReadError> {
         let mut start = 0;
         while let Some(pos) = data[start..].iter().position(|b| *b == b'\n') {
             let end = start + pos + 1;
             self.used += (end - start) as u64;
-            if self.used > MAX_HEADER_SECTION {
+            if self.used > self.max_bytes || self.collector.fields.len() > self.max_fields {
                 return Err(ReadError::HeaderTooLarge);
             }
             let line: Vec<u8> = if self.partial.is_empty() {
@@ -150,32 +166,52 @@ impl HeaderSplitter {
             start = end;
         }
         self.used += (data.len() - start) as u64;
-        if self.used > MAX_HEADER_SECTION {
+        if self.used > self.max_bytes {
             return Err(ReadError::HeaderTooLarge);
         }
         self.partial.extend_from_slice(&data[start..]);
         Ok(Split::More)
     }
 
-    /// The fields, once the header section ended or the input did (a message without body).
-    pub fn finish(mut self) -> (Vec<HeaderField>, &'static str) {
+    /// The fields, once the header section ended or the input did (a message without body),
+    /// and the body bytes the input ended in: a last line without a line end that is not a
+    /// field is the body's (it is kept, never dropped).
+    pub fn finish(mut self) -> Finished {
+        let mut body = Vec::new();
         if !self.partial.is_empty() {
             let partial = std::mem::take(&mut self.partial);
             match self.collector.push(&partial) {
-                LineKind::Field => {}
-                LineKind::EndOfHeaders | LineKind::FirstBodyLine => {}
+                LineKind::Field | LineKind::EndOfHeaders => {}
+                LineKind::FirstBodyLine => body = partial,
             }
         }
         self.collector.finish_last();
-        (self.collector.fields, self.newline.unwrap_or("\r\n"))
+        Finished {
+            fields: self.collector.fields,
+            newline: self.newline.unwrap_or("\r\n"),
+            body,
+        }
     }
+}
+
+/// What `HeaderSplitter::finish` found.
+pub struct Finished {
+    pub fields: Vec<HeaderField>,
+    /// The line end the message uses.
+    pub newline: &'static str,
+    /// Body bytes still held (a last line without a line end).
+    pub body: Vec<u8>,
 }
 
 /// Reads a message, hashing the body as it streams past: memory holds the header section
 /// and one buffer, whatever the body's size.
 pub fn read_message<R: Read>(input: R) -> Result<ParsedMessage, ReadError> {
     let mut reader = io::BufReader::with_capacity(64 * 1024, input);
-    let mut splitter = HeaderSplitter::default();
+    // A saved message is read whole by an operator's command: a generous bound.
+    let mut splitter = HeaderSplitter::new(&LimitsConfig {
+        max_header_bytes: 16 * 1024 * 1024,
+        max_header_fields: 100_000,
+    });
     let mut hasher = BodyHasher::new();
     let mut in_body = false;
     loop {
@@ -193,7 +229,9 @@ pub fn read_message<R: Read>(input: R) -> Result<ParsedMessage, ReadError> {
         }
         reader.consume(n);
     }
-    let (headers, newline) = splitter.finish();
+    let finished = splitter.finish();
+    hasher.update(&finished.body);
+    let (headers, newline) = (finished.fields, finished.newline);
     Ok(ParsedMessage {
         headers,
         body_len: hasher.raw_len,
@@ -245,9 +283,33 @@ mod tests {
                     hasher.update(&part[offset..]);
                 }
             }
-            assert_eq!(splitter.finish().0, whole.headers, "split {split}");
+            assert_eq!(splitter.finish().fields, whole.headers, "split {split}");
             assert_eq!(hasher.finish(), whole.body_hash, "split {split}");
         }
+    }
+
+    #[test]
+    fn a_last_line_without_a_line_end_is_kept() {
+        let m = read_message(&b"From: a@b.c\nno colon here, no newline"[..]).unwrap();
+        assert_eq!(m.headers.len(), 1);
+        assert_eq!(m.body_len, b"no colon here, no newline".len() as u64);
+        let m = read_message(&b"From: a@b.c\n\nlast"[..]).unwrap();
+        let mut h = BodyHasher::new();
+        h.update(b"last\r\n");
+        assert_eq!(m.body_hash, h.finish());
+    }
+
+    #[test]
+    fn too_many_fields_is_an_error() {
+        let limits = LimitsConfig {
+            max_header_bytes: 1 << 20,
+            max_header_fields: 10,
+        };
+        let mut splitter = HeaderSplitter::new(&limits);
+        assert!(matches!(
+            splitter.push(&b"a:\n".repeat(20)),
+            Err(ReadError::HeaderTooLarge)
+        ));
     }
 
     #[test]

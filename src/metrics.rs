@@ -1,5 +1,8 @@
 //! Prometheus metrics (`[metrics] listen = "127.0.0.1:9898"`): counters kept in one global
 //! registry, served as text format 0.0.4 on `GET /metrics`.
+//!
+//! A leaf: the other rooms report into it; it imports none of them. What it cannot count
+//! itself (the identity cache's sizes) is handed to `serve` as a source by the daemon.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -83,7 +86,7 @@ impl Metrics {
     }
 
     /// The text exposition, with the identity cache's own counters.
-    pub fn render(&self, cache: &crate::identity::CacheStats) -> String {
+    pub fn render(&self, cache: &[CacheGauge]) -> String {
         let mut out = String::new();
         out.push_str("# HELP atsms_messages_total Messages judged (LMTP: per recipient), by mode, result and action.\n# TYPE atsms_messages_total counter\n");
         for ((mode, result, action), n) in
@@ -119,28 +122,20 @@ impl Metrics {
         ));
         out.push_str(&format!("atsms_resolver_request_seconds_count {count}\n"));
         out.push_str("# HELP atsms_cache_lookups_total Identity cache lookups, by kind and outcome.\n# TYPE atsms_cache_lookups_total counter\n");
-        for (kind, c) in [
-            ("document", &cache.documents),
-            ("certificate", &cache.certificates),
-            ("handle", &cache.handles),
-        ] {
-            for (outcome, n) in [
-                ("hit", c.hits),
-                ("miss", c.misses),
-                ("stale", c.stale_served),
-            ] {
+        for c in cache {
+            let kind = c.kind;
+            for (outcome, n) in [("hit", c.hits), ("miss", c.misses), ("stale", c.stale)] {
                 out.push_str(&format!(
                     "atsms_cache_lookups_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}\n"
                 ));
             }
         }
         out.push_str("# HELP atsms_cache_entries Identity cache entries, by kind.\n# TYPE atsms_cache_entries gauge\n");
-        for (kind, n) in [
-            ("document", cache.document_entries),
-            ("certificate", cache.certificate_entries),
-            ("handle", cache.handle_entries),
-        ] {
-            out.push_str(&format!("atsms_cache_entries{{kind=\"{kind}\"}} {n}\n"));
+        for c in cache {
+            out.push_str(&format!(
+                "atsms_cache_entries{{kind=\"{}\"}} {}\n",
+                c.kind, c.entries
+            ));
         }
         out.push_str("# HELP atsms_lmtp_deliveries_total LMTP end-of-data replies per recipient, by status.\n# TYPE atsms_lmtp_deliveries_total counter\n");
         for (status, n) in self
@@ -166,9 +161,27 @@ impl Metrics {
     }
 }
 
+/// One kind of identity cache entry, as `render` shows it.
+#[derive(Debug, Clone, Default)]
+pub struct CacheGauge {
+    pub kind: &'static str,
+    pub hits: u64,
+    pub misses: u64,
+    pub stale: u64,
+    pub entries: u64,
+}
+
+/// Where the cache's figures come from when a scrape asks (the daemon wires the identity
+/// cache in).
+pub type CacheSource = std::sync::Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<CacheGauge>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Serves `GET /metrics` on `listen` (plain HTTP: keep it on loopback or a management network).
-pub async fn serve(listen: String, identity: std::sync::Arc<crate::identity::IdentityResolver>) {
-    let listener = match tokio::net::TcpListener::bind(&listen).await {
+pub async fn serve(listen: std::net::SocketAddr, cache: CacheSource) {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
             warn!("metrics: cannot listen on {listen}: {e}");
@@ -177,10 +190,16 @@ pub async fn serve(listen: String, identity: std::sync::Arc<crate::identity::Ide
     };
     info!("metrics on http://{listen}/metrics");
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, say: wait, never spin.
+                warn!("metrics: accept failed: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        let identity = identity.clone();
+        let cache = cache.clone();
         tokio::spawn(async move {
             let mut request = vec![0u8; 2048];
             let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request))
@@ -191,7 +210,7 @@ pub async fn serve(listen: String, identity: std::sync::Arc<crate::identity::Ide
             let line = String::from_utf8_lossy(&request[..n]);
             let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
             {
-                ("200 OK", global().render(&identity.stats().await))
+                ("200 OK", global().render(&cache().await))
             } else {
                 ("404 Not Found", "not found\n".to_string())
             };

@@ -1,17 +1,14 @@
-//! `Verdict` + policy settings → `Action`. Pure: no I/O.
-
-use std::net::IpAddr;
-
-pub use ipnet::IpNet;
+//! `Verdict` + policy settings → `Decision`: the action the verification result asks for.
+//! Pure: no I/O. The judge (`session::judge`) combines it with inbox rules and reputation.
 
 use crate::config::{Action, PolicyConfig};
 use crate::envelope::AuthResult;
 use crate::verify::Verdict;
 
-/// What the transport is told to do with a message, and why.
+/// What the verification result asks the transport to do, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    /// The message's result (docs/configuration.md: pass if any signature passes, …).
+    /// The message's result (interfaces: pass if any signature passes, …).
     pub result: AuthResult,
     /// True when the message passes but no passing signature is aligned with From.
     pub unaligned: bool,
@@ -20,11 +17,8 @@ pub struct Decision {
 
 pub fn decide(verdict: &Verdict, policy: &PolicyConfig) -> Decision {
     let result = verdict.message_result();
-    let unaligned = result == AuthResult::Pass
-        && !verdict
-            .signatures
-            .iter()
-            .any(|s| s.result == AuthResult::Pass && s.aligned == Some(true));
+    let unaligned =
+        result == AuthResult::Pass && verdict.best_pass().and_then(|s| s.aligned()) != Some(true);
     let action = match result {
         AuthResult::Pass if unaligned => policy.on_unaligned,
         AuthResult::Pass => policy.on_pass,
@@ -41,45 +35,26 @@ pub fn decide(verdict: &Verdict, policy: &PolicyConfig) -> Decision {
     }
 }
 
-/// Whether `ip` is inside one of `networks` (an IPv4-mapped IPv6 peer counts as IPv4).
-pub fn is_trusted(ip: IpAddr, networks: &[IpNet]) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    networks.iter().any(|net| net.contains(&ip))
-}
-
-/// Parses `trusted_networks`; a bare address is a host route.
-pub fn parse_networks(networks: &[String]) -> Result<Vec<IpNet>, String> {
-    networks
-        .iter()
-        .map(|n| {
-            n.parse::<IpNet>()
-                .or_else(|_| n.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| format!("\"{n}\" is not a network (CIDR) or address"))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::SignatureVerdict;
+    use crate::verify::{Passed, Reason, SignatureVerdict};
 
     fn sig(result: AuthResult, aligned: Option<bool>) -> SignatureVerdict {
         SignatureVerdict {
             result,
             did: None,
             kid: None,
-            reason: None,
-            handle: None,
-            aligned,
+            reason: (result != AuthResult::Pass).then_some(Reason::Expired),
             stale: false,
-            from: None,
-            rcpt: None,
-            jti: None,
-            exp: None,
+            passed: aligned.map(|aligned| Passed {
+                from: crate::envelope::fields::parse_mailbox(b" a@b.c").unwrap(),
+                handle: None,
+                aligned,
+                rcpt: None,
+                jti: "0123456789abcdef".into(),
+                exp: 0,
+            }),
         }
     }
 
@@ -105,6 +80,13 @@ mod tests {
         let unaligned = d(vec![sig(AuthResult::Pass, Some(false))]);
         assert!(unaligned.unaligned);
         assert_eq!(unaligned.action, Action::Junk);
+        assert!(
+            !d(vec![
+                sig(AuthResult::Pass, Some(false)),
+                sig(AuthResult::Pass, Some(true))
+            ])
+            .unaligned
+        );
         assert_eq!(
             d(vec![
                 sig(AuthResult::Fail, None),
@@ -122,27 +104,8 @@ mod tests {
             Action::Reject
         );
         assert_eq!(
-            d(vec![
-                sig(AuthResult::Policy, None),
-                sig(AuthResult::Permerror, None)
-            ])
-            .result,
-            AuthResult::Permerror
-        );
-        assert_eq!(
             d(vec![sig(AuthResult::Policy, None)]).action,
             Action::Quarantine
         );
-    }
-
-    #[test]
-    fn trusted_networks() {
-        let nets =
-            parse_networks(&["127.0.0.0/8".into(), "::1/128".into(), "192.0.2.7".into()]).unwrap();
-        assert!(is_trusted("127.0.0.1".parse().unwrap(), &nets));
-        assert!(is_trusted("::ffff:127.0.0.1".parse().unwrap(), &nets));
-        assert!(is_trusted("192.0.2.7".parse().unwrap(), &nets));
-        assert!(!is_trusted("192.0.2.8".parse().unwrap(), &nets));
-        assert!(parse_networks(&["10.0.0.0/33".into()]).is_err());
     }
 }

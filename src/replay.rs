@@ -1,5 +1,5 @@
-//! Replay detection (docs/configuration.md, "Replay"): a signature's (DID, `jti`, envelope
-//! recipient) is recorded once the message is accepted for that recipient, until the token
+//! Replay detection (docs/configuration.md, "Replay"): a signature's (DID, `jti`, recipient
+//! mailbox) is recorded once the message is accepted for that recipient, until the token
 //! expires; the same triple again is `policy` with reason "replayed". Nothing is recorded for a
 //! message we refused or deferred, so an MTA's retry after our own tempfail is not a replay.
 
@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
-use crate::envelope::AuthResult;
 use crate::envelope::token::EXPIRY_GRACE;
-use crate::verify::Verdict;
+use crate::verify::{Reason, Verdict};
 
 /// Keeps each entry until the token it records can no longer verify.
 struct UntilExpiry;
@@ -33,9 +32,9 @@ pub struct ReplaySet {
     shared: Option<Arc<crate::store::SharedStore>>,
 }
 
-fn key(did: &str, jti: &str, recipient: &str) -> String {
+fn key(did: &str, jti: &str, mailbox: &str) -> String {
     // NUL cannot occur in any of the three.
-    format!("{did}\0{jti}\0{}", recipient.to_ascii_lowercase())
+    format!("{did}\0{jti}\0{mailbox}")
 }
 
 impl ReplaySet {
@@ -59,34 +58,27 @@ impl ReplaySet {
         }
     }
 
-    /// Marks passing signatures that were already accepted for `recipient` as replays.
-    pub async fn check(&self, verdict: &mut Verdict, recipient: &str) {
+    /// Marks passing signatures that were already accepted for `mailbox` as replays.
+    pub async fn check(&self, verdict: &mut Verdict, mailbox: &str) {
         for sig in &mut verdict.signatures {
-            let (Some(did), Some(jti)) = (&sig.did, &sig.jti) else {
+            let (Some(did), Some(passed)) = (&sig.did, &sig.passed) else {
                 continue;
             };
-            if sig.result == AuthResult::Pass && self.seen(&key(did, jti, recipient)).await {
-                sig.result = AuthResult::Policy;
-                sig.reason = Some("replayed".into());
-                sig.aligned = None;
-                sig.handle = None;
-                sig.from = None;
+            if self.seen(&key(did, &passed.jti, mailbox)).await {
+                sig.refuse_by_policy(Reason::Replayed);
             }
         }
     }
 
     /// Records the passing signatures of a message accepted for `recipient`, until their
     /// tokens expire (`exp` + the verifier's grace).
-    pub async fn record(&self, verdict: &Verdict, recipient: &str, now: i64) {
+    pub async fn record(&self, verdict: &Verdict, mailbox: &str, now: i64) {
         for sig in &verdict.signatures {
-            let (Some(did), Some(jti), Some(exp)) = (&sig.did, &sig.jti, sig.exp) else {
+            let (Some(did), Some(passed)) = (&sig.did, &sig.passed) else {
                 continue;
             };
-            if sig.result != AuthResult::Pass {
-                continue;
-            }
-            let ttl = Duration::from_secs((exp + EXPIRY_GRACE - now).max(1) as u64);
-            let key = key(did, jti, recipient);
+            let ttl = Duration::from_secs((passed.exp + EXPIRY_GRACE - now).max(1) as u64);
+            let key = key(did, &passed.jti, mailbox);
             if let Some(shared) = &self.shared {
                 shared.replay_record(&key, ttl).await;
             }

@@ -6,52 +6,97 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SocketSpec {
-    Inet { host: String, port: u16 },
-    Unix(PathBuf),
-}
-
-impl SocketSpec {
-    pub fn parse(spec: &str) -> Result<SocketSpec, String> {
-        let bad = || format!("\"{spec}\" is not inet:HOST:PORT, inet6:[HOST]:PORT or unix:/path");
-        if let Some(path) = spec
-            .strip_prefix("unix:")
-            .or_else(|| spec.strip_prefix("local:"))
-        {
-            if !path.starts_with('/') {
-                return Err(format!("\"{spec}\": the socket path must be absolute"));
-            }
-            return Ok(SocketSpec::Unix(PathBuf::from(path)));
-        }
-        let rest = spec
-            .strip_prefix("inet:")
-            .or_else(|| spec.strip_prefix("inet6:"))
-            .ok_or_else(bad)?;
-        let (host, port) = if let Some((port, host)) = rest.split_once('@') {
-            (host, port)
-        } else if let Some(bracketed) = rest.strip_prefix('[') {
-            let (host, port) = bracketed.split_once("]:").ok_or_else(bad)?;
-            (host, port)
-        } else {
-            rest.rsplit_once(':').ok_or_else(bad)?
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() {
-            return Err(bad());
-        }
-        Ok(SocketSpec::Inet {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
+pub use crate::config::SocketSpec;
 
 /// A bound listener. A unix socket file is removed again when this is dropped.
 pub enum BoundListener {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener, UnixSocketFile),
+}
+
+/// An accepted connection on either kind of listener.
+pub enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// How long to wait after a failed `accept()` (EMFILE, ENFILE, ENOBUFS) before trying again.
+pub const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Accepts connections on `listener` until `shutdown`, handing each to `handle` on a task of
+/// its own. A failed `accept()` (out of file descriptors, say) is logged and retried after a
+/// pause: it never stops the service, and it never spins.
+pub async fn serve<F, Fut>(
+    listener: &BoundListener,
+    what: &str,
+    shutdown: impl std::future::Future,
+    handle: F,
+) where
+    F: Fn(Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(stream) => {
+                tokio::spawn(handle(stream));
+            }
+            Err(e) => {
+                tracing::warn!("{what}: accept failed: {e}; retrying");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
 }
 
 /// Removes the socket file on drop.
@@ -71,6 +116,18 @@ impl BoundListener {
                 .map(|a| format!("inet:{a}"))
                 .unwrap_or_default(),
             BoundListener::Unix(_, file) => format!("unix:{}", file.0.display()),
+        }
+    }
+
+    /// The next connection (TCP ones with TCP_NODELAY: our replies are small and awaited).
+    pub async fn accept(&self) -> io::Result<Stream> {
+        match self {
+            BoundListener::Tcp(l) => {
+                let (stream, _) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Stream::Tcp(stream))
+            }
+            BoundListener::Unix(l, _) => l.accept().await.map(|(s, _)| Stream::Unix(s)),
         }
     }
 

@@ -2,12 +2,20 @@
 //! instance fetched, and the replay set, visible to every instance. When Redis cannot be
 //! reached each instance carries on with its own memory, says so once, and tries Redis again
 //! every few seconds. Without the key nothing here is used: one machine needs nothing else.
+//!
+//! Redis is not trusted: anyone who can write to it could otherwise hand every instance a
+//! document making their key verify as a victim's. With `store.key_file`, every entry carries
+//! HMAC-SHA-256 (RFC 2104) over its Redis key and value under the fleet key; an entry that does
+//! not verify is ignored and logged. `rediss://` URLs speak TLS; credentials go in the URL.
 
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, KeyInit, Mac};
 use redis::aio::MultiplexedConnection;
+use sha2::Sha256;
 use tracing::{info, warn};
 
 /// How long one Redis operation may take before the instance falls back to its memory: a
@@ -15,12 +23,19 @@ use tracing::{info, warn};
 const OPERATION_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often an unreachable Redis is tried again.
 const RECONNECT_INTERVAL: Duration = Duration::from_secs(5);
+/// The largest entry read or written: a document (64 KiB by default) and its wrapping. An
+/// entry larger than this is ignored, so Redis cannot make an instance hold more.
+pub const MAX_ENTRY: usize = 256 * 1024;
+/// The shortest fleet key accepted.
+pub const MIN_KEY_LEN: usize = 32;
 
 pub struct SharedStore {
     client: redis::Client,
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     last_attempt: Mutex<Option<Instant>>,
     healthy: AtomicBool,
+    /// The fleet key; without it (a Redis on loopback) entries are not authenticated.
+    key: Option<Vec<u8>>,
 }
 
 /// A DID document as one instance fetched it.
@@ -33,27 +48,97 @@ pub struct SharedDocument {
     pub body: String,
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
+/// Reads the fleet key: at least 32 bytes, not readable or writable by others.
+pub fn read_key(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("store.key_file: {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o006 != 0 {
+        return Err(format!(
+            "store.key_file: {} is readable or writable by others (use mode 0600 or 0640)",
+            path.display()
+        ));
+    }
+    let key =
+        std::fs::read(path).map_err(|e| format!("store.key_file: {}: {e}", path.display()))?;
+    if key.len() < MIN_KEY_LEN {
+        return Err(format!(
+            "store.key_file: {} holds {} bytes; at least {MIN_KEY_LEN} random bytes are needed",
+            path.display(),
+            key.len()
+        ));
+    }
+    Ok(key)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl SharedStore {
-    pub fn new(url: &str) -> Result<SharedStore, String> {
+    pub fn new(url: &str, key_file: Option<&Path>) -> Result<SharedStore, String> {
+        let key = key_file.map(read_key).transpose()?;
         let client = redis::Client::open(url).map_err(|e| format!("store.redis: {e}"))?;
         Ok(SharedStore {
             client,
             connection: tokio::sync::Mutex::new(None),
             last_attempt: Mutex::new(None),
             healthy: AtomicBool::new(true),
+            key,
         })
     }
 
     /// Whether the last operation reached Redis.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn mac(&self, key: &str, value: &[u8]) -> Option<String> {
+        let fleet = self.key.as_ref()?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(fleet).ok()?;
+        mac.update(key.as_bytes());
+        mac.update(&[0]);
+        mac.update(value);
+        Some(hex(&mac.finalize().into_bytes()))
+    }
+
+    /// The value as stored: `<hex HMAC>.<value>` with a fleet key, the value alone without.
+    fn seal(&self, key: &str, value: &str) -> String {
+        match self.mac(key, value.as_bytes()) {
+            Some(mac) => format!("{mac}.{value}"),
+            None => value.to_string(),
+        }
+    }
+
+    /// The value of a stored entry, if it is authentic (and not too large).
+    fn open(&self, key: &str, stored: &str) -> Option<String> {
+        if stored.len() > MAX_ENTRY {
+            warn!("shared store: {key} is larger than {MAX_ENTRY} bytes; ignored");
+            return None;
+        }
+        if self.key.is_none() {
+            return Some(stored.to_string());
+        }
+        let verified = stored.split_once('.').and_then(|(mac, value)| {
+            let fleet = self.key.as_ref()?;
+            let mut check = Hmac::<Sha256>::new_from_slice(fleet).ok()?;
+            check.update(key.as_bytes());
+            check.update(&[0]);
+            check.update(value.as_bytes());
+            let mac = (0..mac.len())
+                .step_by(2)
+                .map(|i| {
+                    mac.get(i..i + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
+                .collect::<Option<Vec<u8>>>()?;
+            check.verify_slice(&mac).ok()?;
+            Some(value.to_string())
+        });
+        if verified.is_none() {
+            warn!("shared store: {key} does not carry a valid HMAC under the fleet key; ignored");
+        }
+        verified
     }
 
     fn mark(&self, healthy: bool, why: &str) {
@@ -118,28 +203,42 @@ impl SharedStore {
         }
     }
 
-    pub async fn replay_seen(&self, key: &str) -> bool {
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(format!("atsms:replay:{key}"));
-        self.run::<i64>(cmd).await.unwrap_or(0) > 0
+    /// An entry's value, read at most `MAX_ENTRY` (+ the HMAC) bytes, if authentic.
+    async fn get(&self, key: &str) -> Option<String> {
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(key).arg(0).arg(MAX_ENTRY + 65);
+        let stored: String = self.run(cmd).await?;
+        if stored.is_empty() {
+            return None;
+        }
+        self.open(key, &stored)
     }
 
-    pub async fn replay_record(&self, key: &str, ttl: Duration) {
+    async fn set(&self, key: &str, value: &str, ttl: Duration) {
+        if value.len() > MAX_ENTRY {
+            return;
+        }
         let mut cmd = redis::cmd("SET");
-        cmd.arg(format!("atsms:replay:{key}"))
-            .arg(1)
+        cmd.arg(key)
+            .arg(self.seal(key, value))
             .arg("EX")
             .arg(ttl.as_secs().max(1));
         let _ = self.run::<()>(cmd).await;
     }
 
+    pub async fn replay_seen(&self, key: &str) -> bool {
+        self.get(&format!("atsms:replay:{key}")).await.as_deref() == Some("1")
+    }
+
+    pub async fn replay_record(&self, key: &str, ttl: Duration) {
+        self.set(&format!("atsms:replay:{key}"), "1", ttl).await;
+    }
+
     /// A document another instance fetched no longer ago than `max_age`.
     pub async fn document(&self, did: &str, max_age: Duration) -> Option<SharedDocument> {
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(format!("atsms:did:{did}"));
-        let text: Option<String> = self.run(cmd).await?;
-        let doc: SharedDocument = serde_json::from_str(&text?).ok()?;
-        (unix_now() - doc.fetched <= max_age.as_secs() as i64).then_some(doc)
+        let text = self.get(&format!("atsms:did:{did}")).await?;
+        let doc: SharedDocument = serde_json::from_str(&text).ok()?;
+        (crate::clock::unix_now() - doc.fetched <= max_age.as_secs() as i64).then_some(doc)
     }
 
     pub async fn put_document(&self, did: &str, source: &str, body: &[u8], keep: Duration) {
@@ -147,24 +246,80 @@ impl SharedStore {
             return;
         };
         let doc = SharedDocument {
-            fetched: unix_now(),
+            fetched: crate::clock::unix_now(),
             source: source.to_string(),
             body: body.to_string(),
         };
         let Ok(text) = serde_json::to_string(&doc) else {
             return;
         };
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(format!("atsms:did:{did}"))
-            .arg(text)
-            .arg("EX")
-            .arg(keep.as_secs().max(1));
-        let _ = self.run::<()>(cmd).await;
+        self.set(&format!("atsms:did:{did}"), &text, keep).await;
     }
 
     pub async fn forget_document(&self, did: &str) {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(format!("atsms:did:{did}"));
         let _ = self.run::<i64>(cmd).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(key: Option<&[u8]>) -> SharedStore {
+        SharedStore {
+            client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
+            connection: tokio::sync::Mutex::new(None),
+            last_attempt: Mutex::new(None),
+            healthy: AtomicBool::new(true),
+            key: key.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn sealed_entries_open_only_under_their_key_and_name() {
+        let a = store(Some(&[7; 32]));
+        let sealed = a.seal("atsms:did:x", "{\"doc\":1}");
+        assert_eq!(
+            a.open("atsms:did:x", &sealed).as_deref(),
+            Some("{\"doc\":1}")
+        );
+        assert_eq!(a.open("atsms:did:y", &sealed), None, "moved to another key");
+        let other = store(Some(&[8; 32]));
+        assert_eq!(
+            other.open("atsms:did:x", &sealed),
+            None,
+            "another fleet's key"
+        );
+        assert_eq!(
+            a.open("atsms:did:x", "{\"doc\":1}"),
+            None,
+            "written without a MAC"
+        );
+        let tampered = sealed.replace("1}", "2}");
+        assert_eq!(a.open("atsms:did:x", &tampered), None);
+        let plain = store(None);
+        assert_eq!(plain.open("k", "v").as_deref(), Some("v"));
+        assert_eq!(plain.open("k", &"x".repeat(MAX_ENTRY + 1)), None);
+    }
+
+    #[test]
+    fn the_key_file_must_be_private_and_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, [1u8; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(read_key(&path).unwrap().len(), 32);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            read_key(&path)
+                .unwrap_err()
+                .contains("readable or writable by others")
+        );
+        std::fs::write(&path, [1u8; 16]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(read_key(&path).unwrap_err().contains("at least 32"));
     }
 }

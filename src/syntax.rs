@@ -78,13 +78,17 @@ pub fn web_did_host(identifier: &str) -> Option<(String, Option<u16>)> {
 
 /// Handle syntax: a DNS name of at least two labels, the last not starting with a digit.
 pub fn is_valid_handle(handle: &str) -> bool {
-    if handle.is_empty() || handle.len() > MAX_HANDLE_LEN || !handle.is_ascii() {
-        return false;
-    }
-    let labels: Vec<&str> = handle.split('.').collect();
-    if labels.len() < 2 {
-        return false;
-    }
+    is_domain_name(handle)
+        && handle.contains('.')
+        && handle
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.as_bytes()[0].is_ascii_alphabetic())
+}
+
+/// An ASCII host name (RFC 1123 §2.1 LDH labels of 1 to 63 characters, at most 253 in all);
+/// one label is enough (`localhost`, in test setups).
+pub fn is_domain_name(name: &str) -> bool {
     let label_ok = |label: &str| {
         let bytes = label.as_bytes();
         !bytes.is_empty()
@@ -95,12 +99,7 @@ pub fn is_valid_handle(handle: &str) -> bool {
             && bytes[0] != b'-'
             && bytes[bytes.len() - 1] != b'-'
     };
-    if !labels.iter().all(|l| label_ok(l)) {
-        return false;
-    }
-    labels
-        .last()
-        .is_some_and(|tld| tld.as_bytes()[0].is_ascii_alphabetic())
+    !name.is_empty() && name.len() <= MAX_HANDLE_LEN && name.split('.').all(label_ok)
 }
 
 /// Top-level domains that pass handle syntax but must never resolve (atproto handle spec):

@@ -5,43 +5,100 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use serde::ser::SerializeStruct;
 
+use crate::crypto::{Alg, SignatureError};
+use crate::envelope::tags::TagProblem;
+use crate::envelope::token::{TimeError, TokenError};
 use crate::envelope::{
-    self, AuthResult, FIELD_NAME, HeaderField, header_hash, same_address, single_from_address,
+    self, AuthResult, FIELD_NAME, FieldError, HeaderField, Mailbox, check_fields, header_hash,
     tags, token,
 };
-use crate::identity::{DidDocument, IdentityResolver};
+use crate::identity::did_doc::{MailEndpoint, MailHost, ascii_domain};
+use crate::identity::{DidDocument, IdentityError, IdentityResolver, ResolvedDid, ResolvedKey};
+use crate::syntax;
 
 /// Signatures verified per message; fields beyond this are reported as `permerror` without
 /// any lookup, so a message with thousands of fields costs no more than one with ten.
 pub const MAX_SIGNATURES: usize = 10;
 
-/// The judgement of one `AT-SMS-Signature` field (the JSON of `verify --json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SignatureVerdict {
-    pub result: AuthResult,
-    /// The `d=` tag's value, whenever the tag list could be read.
-    pub did: Option<String>,
-    pub kid: Option<String>,
-    /// A short human reason; none on pass.
-    pub reason: Option<String>,
+/// Why a signature did not pass, typed; `Display` is the short English reason written into
+/// `reason=` (never holding `"` or `\`: attacker-chosen parts are filtered where they enter).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    /// Step 1.
+    #[error("{0}")]
+    Tags(TagProblem),
+    /// Steps 2 to 4.
+    #[error("{0}")]
+    Token(TokenError),
+    /// Step 5.
+    #[error("{0}")]
+    Times(TimeError),
+    /// Step 6: the DID in `kid` is not `iss`.
+    #[error("kid names another DID than iss")]
+    KidOtherDid,
+    /// Step 6: the DID, its key or device certificate could not be had.
+    #[error("{0}")]
+    Identity(IdentityError),
+    /// Step 6: `alg` does not match the key's curve.
+    #[error("alg {alg} does not match the key's curve {}", key.curve_name())]
+    AlgMismatch { alg: Alg, key: Alg },
+    /// Step 7.
+    #[error("expired")]
+    Expired,
+    /// Step 8.
+    #[error("{0}")]
+    Signature(SignatureError),
+    /// Step 9.
+    #[error("header hash mismatch")]
+    HeaderHash,
+    #[error("body hash mismatch")]
+    BodyHash,
+    /// Step 10.
+    #[error("{0}")]
+    Fields(FieldError),
+    #[error("from claim does not match the From address")]
+    FromClaim,
+    /// Step 11: a recipient outside the `rcpt` claim.
+    #[error("recipient not in rcpt")]
+    NotInRcpt,
+    /// Step 11: the same (DID, jti, mailbox) was accepted before.
+    #[error("replayed")]
+    Replayed,
+    #[error("more than {MAX_SIGNATURES} signatures; not verified")]
+    TooManySignatures,
+}
+
+/// What only a passing signature has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passed {
+    /// The From mailbox (for `header.from`).
+    pub from: Mailbox,
     /// The handle, only once checked in both directions.
     pub handle: Option<String>,
-    /// Whether From is aligned with the DID; only on pass.
-    pub aligned: Option<bool>,
+    /// Whether From is aligned with the DID (section 7).
+    pub aligned: bool,
+    /// The token's `rcpt` claim: the recipients this copy is meant for.
+    pub rcpt: Option<Vec<String>>,
+    /// The token's `jti` and `exp` (replay detection).
+    pub jti: String,
+    pub exp: i64,
+}
+
+/// The judgement of one `AT-SMS-Signature` field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureVerdict {
+    pub result: AuthResult,
+    /// The `d=` tag's value, when the tag list could be read and it is a valid DID.
+    pub did: Option<String>,
+    pub kid: Option<String>,
+    /// Why it did not pass; none on pass.
+    pub reason: Option<Reason>,
     /// The key came from a stale cache entry.
     pub stale: bool,
-    /// The From address, on pass (for `header.from`).
-    #[serde(skip)]
-    pub from: Option<String>,
-    /// The token's `rcpt` claim, on pass: the recipients this copy is meant for.
-    #[serde(skip)]
-    pub rcpt: Option<Vec<String>>,
-    /// The token's `jti` and `exp`, on pass (replay detection).
-    #[serde(skip)]
-    pub jti: Option<String>,
-    #[serde(skip)]
-    pub exp: Option<i64>,
+    /// Present exactly when `result` is `pass`.
+    pub passed: Option<Passed>,
 }
 
 impl SignatureVerdict {
@@ -49,21 +106,46 @@ impl SignatureVerdict {
         result: AuthResult,
         did: Option<String>,
         kid: Option<String>,
-        reason: impl Into<String>,
+        reason: Reason,
     ) -> Self {
         SignatureVerdict {
             result,
             did,
             kid,
-            reason: Some(reason.into()),
-            handle: None,
-            aligned: None,
+            reason: Some(reason),
             stale: false,
-            from: None,
-            rcpt: None,
-            jti: None,
-            exp: None,
+            passed: None,
         }
+    }
+
+    pub fn handle(&self) -> Option<&str> {
+        self.passed.as_ref().and_then(|p| p.handle.as_deref())
+    }
+
+    pub fn aligned(&self) -> Option<bool> {
+        self.passed.as_ref().map(|p| p.aligned)
+    }
+
+    /// A passing signature turned into `policy` by local policy (step 11).
+    pub fn refuse_by_policy(&mut self, reason: Reason) {
+        self.result = AuthResult::Policy;
+        self.reason = Some(reason);
+        self.passed = None;
+    }
+}
+
+/// The JSON of `verify --json` (interfaces: result, did, kid, reason, handle, aligned, stale).
+impl Serialize for SignatureVerdict {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("SignatureVerdict", 7)?;
+        s.serialize_field("result", &self.result)?;
+        s.serialize_field("did", &self.did)?;
+        s.serialize_field("kid", &self.kid)?;
+        s.serialize_field("reason", &self.reason.as_ref().map(|r| r.to_string()))?;
+        s.serialize_field("handle", &self.handle())?;
+        s.serialize_field("aligned", &self.aligned())?;
+        s.serialize_field("stale", &self.stale)?;
+        s.end()
     }
 }
 
@@ -74,56 +156,71 @@ pub struct Verdict {
     pub signatures: Vec<SignatureVerdict>,
 }
 
+/// The message's result, for choosing an action (interfaces: "A message's result"): `pass` if
+/// any signature passes, else the first present of temperror, fail, permerror, policy; `none`
+/// without signatures.
+pub fn message_result(results: impl Iterator<Item = AuthResult> + Clone) -> AuthResult {
+    [
+        AuthResult::Pass,
+        AuthResult::Temperror,
+        AuthResult::Fail,
+        AuthResult::Permerror,
+        AuthResult::Policy,
+    ]
+    .into_iter()
+    .find(|r| results.clone().any(|s| s == *r))
+    .unwrap_or(AuthResult::None)
+}
+
 impl Verdict {
-    /// The message's result, for choosing an action: `pass` if any signature passes, else the
-    /// first present of temperror, fail, permerror, policy; `none` without signatures.
     pub fn message_result(&self) -> AuthResult {
-        if self.signatures.is_empty() {
-            return AuthResult::None;
-        }
-        [
-            AuthResult::Pass,
-            AuthResult::Temperror,
-            AuthResult::Fail,
-            AuthResult::Permerror,
-            AuthResult::Policy,
-        ]
-        .into_iter()
-        .find(|r| self.signatures.iter().any(|s| s.result == *r))
-        .unwrap_or(AuthResult::Permerror)
+        message_result(self.signatures.iter().map(|s| s.result))
     }
 
     /// The verdict for a delivery to `recipients` (step 11 of section 8): a passing signature
     /// whose `rcpt` claim leaves out one of them becomes `policy`. Cheap: nothing is verified
-    /// again, so LMTP can judge each recipient on its own.
+    /// again, so each recipient can be judged on its own.
     pub fn restricted_to(&self, recipients: &[String]) -> Verdict {
         let mut verdict = self.clone();
         for sig in &mut verdict.signatures {
-            let Some(rcpt) = &sig.rcpt else { continue };
-            let outside = recipients
-                .iter()
-                .any(|r| !rcpt.iter().any(|allowed| allowed.eq_ignore_ascii_case(r)));
-            if sig.result == AuthResult::Pass && outside {
-                sig.result = AuthResult::Policy;
-                sig.reason = Some("recipient not in rcpt".into());
-                sig.aligned = None;
-                sig.handle = None;
-                sig.from = None;
+            let outside = sig
+                .passed
+                .as_ref()
+                .and_then(|p| p.rcpt.as_ref())
+                .is_some_and(|rcpt| {
+                    recipients
+                        .iter()
+                        .any(|r| !rcpt.iter().any(|allowed| allowed.eq_ignore_ascii_case(r)))
+                });
+            if outside {
+                sig.refuse_by_policy(Reason::NotInRcpt);
             }
         }
         verdict
     }
 
-    /// The passing signature to report in the log: aligned ones first.
+    /// The passing signature to report: aligned ones first.
     pub fn best_pass(&self) -> Option<&SignatureVerdict> {
+        self.best_pass_index().map(|i| &self.signatures[i])
+    }
+
+    fn best_pass_index(&self) -> Option<usize> {
         let passing = || {
             self.signatures
                 .iter()
-                .filter(|s| s.result == AuthResult::Pass)
+                .enumerate()
+                .filter(|(_, s)| s.passed.is_some())
         };
         passing()
-            .find(|s| s.aligned == Some(true))
+            .find(|(_, s)| s.aligned() == Some(true))
             .or_else(|| passing().next())
+            .map(|(i, _)| i)
+    }
+
+    /// The signature a message is reported by (logs, the rules' properties): the best pass,
+    /// else the first.
+    pub fn reported_index(&self) -> usize {
+        self.best_pass_index().unwrap_or(0)
     }
 }
 
@@ -143,6 +240,11 @@ pub struct Verifier {
     timeout: Duration,
 }
 
+/// The DID reported for a field (section 8): the `d=` value when it is a valid DID.
+fn reported_did(d: Option<String>) -> Option<String> {
+    d.filter(|d| syntax::is_valid_did(d))
+}
+
 impl Verifier {
     pub fn new(identity: Arc<IdentityResolver>, timeout: Duration) -> Verifier {
         Verifier { identity, timeout }
@@ -158,18 +260,20 @@ impl Verifier {
         body_hash: &[u8; 32],
         context: &Context<'_>,
     ) -> Verdict {
+        // Step 10 depends on the message only: read it once for all signatures.
+        let fields = check_fields(headers);
         let mut signatures = Vec::new();
         for (index, field) in headers.iter().filter(|f| f.is(FIELD_NAME)).enumerate() {
             let verdict = if index < MAX_SIGNATURES {
-                self.verify_one(&field.value, headers, body_hash, context)
+                self.verify_one(&field.value, headers, &fields, body_hash, context)
                     .await
             } else {
                 let d = tags::parse(&field.value).ok().map(|t| t.d);
                 SignatureVerdict::rejected(
                     AuthResult::Permerror,
-                    d,
+                    reported_did(d),
                     None,
-                    format!("more than {MAX_SIGNATURES} signatures; not verified"),
+                    Reason::TooManySignatures,
                 )
             };
             signatures.push(verdict);
@@ -182,6 +286,7 @@ impl Verifier {
         &self,
         value: &[u8],
         headers: &[HeaderField],
+        fields: &Result<Mailbox, FieldError>,
         body_hash: &[u8; 32],
         context: &Context<'_>,
     ) -> SignatureVerdict {
@@ -189,29 +294,39 @@ impl Verifier {
         let tag_list = match tags::parse(value) {
             Ok(t) => t,
             Err(e) => {
-                return SignatureVerdict::rejected(AuthResult::Permerror, e.d, None, e.reason);
+                return SignatureVerdict::rejected(
+                    AuthResult::Permerror,
+                    reported_did(e.d),
+                    None,
+                    Reason::Tags(e.problem),
+                );
             }
         };
-        let did = Some(tag_list.d.clone());
+        let did = reported_did(Some(tag_list.d.clone()));
         // Steps 2 to 4: token, protected header, claims.
         let token = match token::parse(&tag_list.t, &tag_list.d) {
             Ok(t) => t,
-            Err(reason) => {
-                return SignatureVerdict::rejected(AuthResult::Permerror, did, None, reason);
+            Err(e) => {
+                return SignatureVerdict::rejected(
+                    AuthResult::Permerror,
+                    did,
+                    None,
+                    Reason::Token(e),
+                );
             }
         };
         let kid = Some(token.kid.to_string());
-        let reject = |result, reason: &str| {
+        let reject = |result, reason: Reason| {
             SignatureVerdict::rejected(result, did.clone(), kid.clone(), reason)
         };
         let claims = &token.claims;
         // Step 5: times.
-        if let Err(reason) = claims.check_times(context.now) {
-            return reject(AuthResult::Permerror, &reason);
+        if let Err(e) = claims.check_times(context.now) {
+            return reject(AuthResult::Permerror, Reason::Times(e));
         }
         // Step 6: the key.
         if token.kid.did() != claims.iss {
-            return reject(AuthResult::Permerror, "kid names another DID than iss");
+            return reject(AuthResult::Permerror, Reason::KidOtherDid);
         }
         // Steps 6 to 8. If they fail with a cached document, the DID may have rotated its key:
         // fetch it again (at most once per DID per five minutes) and, if it changed, judge again.
@@ -229,64 +344,82 @@ impl Verifier {
                     false => None,
                 };
                 let Some(document) = fresh else {
-                    return reject(rejection.result, &rejection.reason);
+                    return reject(rejection.result, rejection.reason);
                 };
                 match self
                     .key_and_signature(&token, context.now, Some(document))
                     .await
                 {
                     Ok(resolved) => resolved,
-                    Err(rejection) => return reject(rejection.result, &rejection.reason),
+                    Err(rejection) => return reject(rejection.result, rejection.reason),
                 }
             }
         };
+        let fail = |reason| {
+            let mut v = reject(AuthResult::Fail, reason);
+            v.stale = resolved.stale;
+            v
+        };
         // Step 9: the hashes.
         if header_hash(&claims.h, headers) != claims.hh {
-            return reject(AuthResult::Fail, "header hash mismatch");
+            return fail(Reason::HeaderHash);
         }
         if *body_hash != claims.bh {
-            return reject(AuthResult::Fail, "body hash mismatch");
+            return fail(Reason::BodyHash);
         }
-        // Step 10: From.
-        let from = match single_from_address(headers) {
-            Ok(from) => from,
-            Err(reason) => return reject(AuthResult::Fail, reason),
+        // Step 10: one strict From mailbox, no duplicated singleton field, the claim names it.
+        let from = match fields {
+            Ok(from) => from.clone(),
+            Err(e) => return fail(Reason::Fields(e.clone())),
         };
-        if !same_address(&claims.from, &from) {
-            return reject(
-                AuthResult::Fail,
-                "from claim does not match the From address",
-            );
+        if !envelope::claim_names(&claims.from, &from) {
+            return fail(Reason::FromClaim);
         }
         // Step 11 (the rcpt claim) is applied by `restricted_to`, per recipient.
         // Step 12: pass; the handle and alignment never change that.
         let document = &resolved.did.document;
-        let handle = tokio::time::timeout(self.timeout, self.identity.checked_handle(document))
+        let (handle, aligned) = tokio::time::timeout(self.timeout, self.alignment(&from, document))
             .await
-            .ok()
-            .flatten()
-            .map(|(handle, _)| handle);
-        let aligned = is_aligned(&from, handle.as_deref(), document);
+            .unwrap_or((None, false));
         SignatureVerdict {
             result: AuthResult::Pass,
             did,
             kid,
             reason: None,
-            handle,
-            aligned: Some(aligned),
             stale: resolved.stale,
-            from: Some(from),
-            rcpt: claims.rcpt.clone(),
-            jti: Some(claims.jti.clone()),
-            exp: Some(claims.exp),
+            passed: Some(Passed {
+                from,
+                handle,
+                aligned,
+                rcpt: claims.rcpt.clone(),
+                jti: claims.jti.clone(),
+                exp: claims.exp,
+            }),
         }
+    }
+
+    /// Section 7: the checked handle, and whether From is aligned with the DID.
+    async fn alignment(&self, from: &Mailbox, document: &DidDocument) -> (Option<String>, bool) {
+        let handle = self
+            .identity
+            .checked_handle(document)
+            .await
+            .map(|(handle, _)| handle);
+        if aligned_by_handle(from, handle.as_deref()) {
+            return (handle, true);
+        }
+        let aligned = match vouching_domain(from, document) {
+            Some(domain) => self.identity.mail_host_vouches(&domain).await,
+            None => false,
+        };
+        (handle, aligned)
     }
 }
 
 /// Why steps 6 to 8 failed, and whether a fresher DID document could change that.
 struct Rejection {
     result: AuthResult,
-    reason: String,
+    reason: Reason,
     retry_with_fresh_document: bool,
 }
 
@@ -296,8 +429,8 @@ impl Verifier {
         &self,
         token: &envelope::Token,
         now: i64,
-        document: Option<Arc<crate::identity::ResolvedDid>>,
-    ) -> Result<crate::identity::ResolvedKey, Rejection> {
+        document: Option<Arc<ResolvedDid>>,
+    ) -> Result<ResolvedKey, Rejection> {
         let lookup = async {
             match &document {
                 Some(document) => {
@@ -312,42 +445,38 @@ impl Verifier {
             Ok(Ok(resolved)) => resolved,
             Ok(Err(e)) => {
                 return Err(Rejection {
-                    result: if e.error.transient {
+                    result: if e.error.is_transient() {
                         AuthResult::Temperror
                     } else {
                         AuthResult::Permerror
                     },
-                    reason: e.error.reason,
-                    retry_with_fresh_document: !e.error.transient && e.cached_document,
+                    retry_with_fresh_document: !e.error.is_transient() && e.cached_document,
+                    reason: Reason::Identity(e.error),
                 });
             }
             Err(_) => {
-                let reason = "identity lookup timed out".to_string();
                 return Err(Rejection {
                     result: AuthResult::Temperror,
-                    reason,
+                    reason: Reason::Identity(IdentityError::TimedOut),
                     retry_with_fresh_document: false,
                 });
             }
         };
         if resolved.key.alg() != token.alg {
-            let reason = format!(
-                "alg {} does not match the key's curve {}",
-                token.alg,
-                resolved.key.alg().curve_name()
-            );
             return Err(Rejection {
                 result: AuthResult::Permerror,
-                reason,
+                reason: Reason::AlgMismatch {
+                    alg: token.alg,
+                    key: resolved.key.alg(),
+                },
                 retry_with_fresh_document: resolved.cached,
             });
         }
         // Step 7: expiry (no fresher document changes it).
         if token.claims.is_expired(now) {
-            let reason = "expired".to_string();
             return Err(Rejection {
                 result: AuthResult::Fail,
-                reason,
+                reason: Reason::Expired,
                 retry_with_fresh_document: false,
             });
         }
@@ -358,7 +487,7 @@ impl Verifier {
         {
             return Err(Rejection {
                 result: AuthResult::Fail,
-                reason: e.to_string(),
+                reason: Reason::Signature(e),
                 retry_with_fresh_document: resolved.cached,
             });
         }
@@ -366,37 +495,150 @@ impl Verifier {
     }
 }
 
-fn same_domain(a: &str, b: &str) -> bool {
-    a.trim_end_matches('.')
-        .eq_ignore_ascii_case(b.trim_end_matches('.'))
+/// Section 7, rule 1: the From domain is the checked handle (compared in A-label form,
+/// case-insensitively, exactly: a subdomain is not the handle).
+pub fn aligned_by_handle(from: &Mailbox, handle: Option<&str>) -> bool {
+    match (handle, ascii_domain(&from.domain)) {
+        (Some(handle), Some(domain)) => domain.eq_ignore_ascii_case(handle),
+        _ => false,
+    }
 }
 
-/// Section 7: From is aligned with the DID when its domain is the checked handle, or it is
-/// the DID's own mailbox address at its `#atsms_mail` host, or the `mailto:` address there.
-pub fn is_aligned(from: &str, handle: Option<&str>, document: &DidDocument) -> bool {
-    let Some((local, domain)) = from.rsplit_once('@') else {
-        return false;
-    };
-    if handle.is_some_and(|h| same_domain(domain, h)) {
-        return true;
+/// Section 7, rule 2, the part the document decides: when From is the DID's own mailbox
+/// address (`!` read as `.`, ASCII case folded, never a quoted local part) at the host of its
+/// `smtp://` endpoint (not an IP literal), the domain that must vouch for it by publishing
+/// `_atsms-mail` TXT `v=atsms1`. The `mailto:` address plays no part.
+pub fn vouching_domain(from: &Mailbox, document: &DidDocument) -> Option<String> {
+    if from.local_is_quoted() {
+        return None;
     }
-    match document.mail_service() {
-        Some(endpoint) if endpoint.starts_with("smtp://") => {
-            let authority = endpoint["smtp://".len()..]
-                .split('/')
-                .next()
-                .unwrap_or_default();
-            let host = match authority.rsplit_once(':') {
-                Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-                _ => authority,
-            };
-            let dotted = document.id.replace(':', ".");
-            let bang = document.id.replace(':', "!");
-            same_domain(domain, host) && (local == dotted || local == bang)
+    let Some(MailEndpoint::Smtp {
+        host: MailHost::Name(host),
+        ..
+    }) = document.mail_endpoint()
+    else {
+        return None;
+    };
+    let local = from.local.replace('!', ".").to_ascii_lowercase();
+    let domain = ascii_domain(&from.domain)?;
+    (local == document.mailbox_local_part() && domain == host).then_some(domain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::fields::parse_mailbox;
+
+    const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
+
+    fn document(endpoint: &str) -> DidDocument {
+        let json = format!(
+            r##"{{"id":"{DID}","service":[{{"id":"#atsms_mail","type":"AtsmsMailService","serviceEndpoint":"{endpoint}"}}]}}"##
+        );
+        DidDocument::parse(json.as_bytes(), DID).unwrap()
+    }
+
+    fn mailbox(address: &str) -> Mailbox {
+        parse_mailbox(format!(" <{address}>").as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn alignment_by_handle_compares_domains_exactly() {
+        let from = mailbox("alice@Alice.Example.COM");
+        assert!(aligned_by_handle(&from, Some("alice.example.com")));
+        assert!(!aligned_by_handle(&from, None));
+        assert!(!aligned_by_handle(
+            &mailbox("a@mail.alice.example.com"),
+            Some("alice.example.com")
+        ));
+        assert!(aligned_by_handle(
+            &mailbox("a@bücher.example"),
+            Some("xn--bcher-kva.example")
+        ));
+    }
+
+    #[test]
+    fn the_mailbox_rule_needs_the_dids_own_address_at_its_smtp_host() {
+        let doc = document("smtp://MX.example.net:25");
+        let dotted = format!("{}@mx.example.net", DID.replace(':', "."));
+        assert_eq!(
+            vouching_domain(&mailbox(&dotted), &doc).as_deref(),
+            Some("mx.example.net")
+        );
+        let bang = format!("{}@Mx.Example.Net", DID.replace(':', "!").to_uppercase());
+        assert_eq!(
+            vouching_domain(&mailbox(&bang), &doc).as_deref(),
+            Some("mx.example.net")
+        );
+        assert_eq!(
+            vouching_domain(&mailbox("alice@mx.example.net"), &doc),
+            None
+        );
+        let elsewhere = format!("{}@other.example", DID.replace(':', "."));
+        assert_eq!(vouching_domain(&mailbox(&elsewhere), &doc), None);
+        let quoted = format!("\"{}\"@mx.example.net", DID.replace(':', "."));
+        assert_eq!(vouching_domain(&mailbox(&quoted), &doc), None);
+        // A mailto: endpoint names an address whose domain never agreed.
+        let mailto = document("mailto:ceo@bank.example");
+        assert_eq!(vouching_domain(&mailbox("ceo@bank.example"), &mailto), None);
+        // An IP literal gives no mailbox address.
+        let ip = document("smtp://192.0.2.1:25");
+        let at_ip = format!("{}@192.0.2.1", DID.replace(':', "."));
+        assert_eq!(vouching_domain(&mailbox(&at_ip), &ip), None);
+    }
+
+    fn passing(aligned: bool, rcpt: Option<Vec<String>>) -> SignatureVerdict {
+        SignatureVerdict {
+            result: AuthResult::Pass,
+            did: Some(DID.into()),
+            kid: None,
+            reason: None,
+            stale: false,
+            passed: Some(Passed {
+                from: mailbox("a@b.example"),
+                handle: None,
+                aligned,
+                rcpt,
+                jti: "0123456789abcdef".into(),
+                exp: 10,
+            }),
         }
-        Some(endpoint) => endpoint
-            .strip_prefix("mailto:")
-            .is_some_and(|address| envelope::same_address(from, address)),
-        None => false,
+    }
+
+    fn failing(result: AuthResult) -> SignatureVerdict {
+        SignatureVerdict::rejected(result, None, None, Reason::Expired)
+    }
+
+    #[test]
+    fn the_message_result_rule() {
+        use AuthResult::{Fail, Pass, Permerror, Policy, Temperror};
+        let result = |sigs: Vec<SignatureVerdict>| Verdict { signatures: sigs }.message_result();
+        assert_eq!(result(vec![]), AuthResult::None);
+        assert_eq!(result(vec![failing(Fail), passing(false, None)]), Pass);
+        assert_eq!(result(vec![failing(Fail), failing(Temperror)]), Temperror);
+        assert_eq!(result(vec![failing(Permerror), failing(Fail)]), Fail);
+        assert_eq!(result(vec![failing(Policy), failing(Permerror)]), Permerror);
+        assert_eq!(result(vec![failing(Policy)]), Policy);
+    }
+
+    #[test]
+    fn restricted_to_turns_outsiders_into_policy() {
+        let verdict = Verdict {
+            signatures: vec![
+                passing(true, Some(vec!["bob@x.example".into()])),
+                passing(false, None),
+            ],
+        };
+        let for_bob = verdict.restricted_to(&["BOB@x.example".into()]);
+        assert_eq!(for_bob, verdict);
+        let for_carol = verdict.restricted_to(&["carol@x.example".into()]);
+        assert_eq!(for_carol.signatures[0].result, AuthResult::Policy);
+        assert_eq!(for_carol.signatures[0].reason, Some(Reason::NotInRcpt));
+        assert_eq!(for_carol.signatures[0].passed, None);
+        assert_eq!(for_carol.signatures[1], verdict.signatures[1]);
+        assert_eq!(for_carol.best_pass(), Some(&verdict.signatures[1]));
+        assert_eq!(verdict.best_pass(), Some(&verdict.signatures[0]));
+        let both = verdict.restricted_to(&["bob@x.example".into(), "carol@x.example".into()]);
+        assert_eq!(both.signatures[0].result, AuthResult::Policy);
     }
 }

@@ -33,7 +33,7 @@ fn wait_for_file(dir: &std::path::Path, exim: &Exim, daemon: &Daemon) -> String 
 }
 
 fn check_delivery(stored: &str, signed: &[u8]) {
-    assert!(stored.starts_with("Return-Path: <alice@alice.example.com>\nDelivered-To: bob@mx.example.net\nAuthentication-Results: mx.test;\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""), "{stored}");
+    assert!(stored.starts_with("Return-Path: <alice@alice.example.com>\nDelivered-To: bob@mx.example.net\nAuthentication-Results: mx.test;\n\tatsms=pass header.from=alice@alice.example.com\n\theader.handle=alice.example.com policy.aligned=yes\n\theader.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n"), "{stored}");
     let original = String::from_utf8(signed.to_vec())
         .unwrap()
         .replace("\r\n", "\n");

@@ -41,8 +41,8 @@ fn plc(mode: Arc<Mutex<Plc>>) -> HttpServer {
 
 fn verifier(plc: &HttpServer, cache: CacheConfig) -> Verifier {
     let config = ResolverConfig {
-        plc_urls: vec![plc.url()],
-        timeout: 3,
+        plc_urls: vec![plc.url().parse().unwrap()],
+        timeout: std::num::NonZeroU64::new(3).unwrap(),
         ..Default::default()
     };
     Verifier::new(

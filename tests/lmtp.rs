@@ -11,7 +11,7 @@ const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
 fn policy() -> PolicyConfig {
     PolicyConfig {
-        authserv_id: Some("mx.test".into()),
+        authserv_id: Some("mx.test".parse().unwrap()),
         ..Default::default()
     }
 }
@@ -106,7 +106,7 @@ async fn pipelined_transaction_with_mixed_outcomes_and_duplicates() {
     assert!(RunningLmtp::new_files(&server.maildir("carol")).is_empty());
     let stored = String::from_utf8(bob[0].clone()).unwrap();
     // Byte for byte: our fields on top, then the message with LF line ends.
-    let head = "Return-Path: <alice@alice.example.com>\nAuthentication-Results: mx.test;\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n\theader.from=alice@alice.example.com header.handle=alice.example.com\n\tpolicy.aligned=yes\n";
+    let head = "Return-Path: <alice@alice.example.com>\nAuthentication-Results: mx.test;\n\tatsms=pass header.from=alice@alice.example.com\n\theader.handle=alice.example.com policy.aligned=yes\n\theader.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n";
     assert!(stored.starts_with(head), "{stored}");
     assert_eq!(stored.as_bytes()[head.len()..], lf(&signed)[..], "{stored}");
     assert!(
@@ -119,8 +119,7 @@ async fn pipelined_transaction_with_mixed_outcomes_and_duplicates() {
 async fn single_recipient_gets_delivered_to_and_forged_results_are_dropped() {
     let world = VectorWorld::start();
     let server = start(&world, policy()).await;
-    let raw =
-        std::fs::read(support::test_data("envelope").join("p256-multikey-pass.eml")).unwrap();
+    let raw = std::fs::read(support::test_data("envelope").join("p256-multikey-pass.eml")).unwrap();
     let message = [
         b"Authentication-Results: mx.test; atsms=pass header.d=\"did:plc:forged\"\r\n".as_slice(),
         b"Authentication-Results: other.example; spf=pass\r\n",
@@ -293,7 +292,7 @@ async fn sequence_errors_limits_and_timeouts() {
         world.now(),
         |config, _| {
             config.max_message_size = 1000;
-            config.idle_timeout = 1;
+            config.idle_timeout = std::num::NonZeroU64::new(1).unwrap();
         },
     )
     .await;

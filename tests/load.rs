@@ -64,12 +64,12 @@ async fn five_thousand_messages_from_five_hundred_dids() {
     let messages = Arc::new(messages);
 
     let resolver = ResolverConfig {
-        plc_urls: vec![plc.url()],
-        timeout: 30,
+        plc_urls: vec![plc.url().parse().unwrap()],
+        timeout: std::num::NonZeroU64::new(30).unwrap(),
         ..Default::default()
     };
     let policy = PolicyConfig {
-        authserv_id: Some("mx.test".into()),
+        authserv_id: Some("mx.test".parse().unwrap()),
         trusted_networks: vec![],
         replay: false,
         ..Default::default()

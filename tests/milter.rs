@@ -15,7 +15,7 @@ const CLIENT: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2
 
 fn policy() -> PolicyConfig {
     PolicyConfig {
-        authserv_id: Some("mx.test".into()),
+        authserv_id: Some("mx.test".parse().unwrap()),
         trusted_networks: vec![],
         ..Default::default()
     }
@@ -31,9 +31,22 @@ async fn send(
     raw: &[u8],
     extra_headers: &[(&str, &str)],
 ) -> (Vec<EomAction>, Status) {
-    conn.macros(MacroStage::Mail, [("i", "4ABCDEF")])
-        .await
-        .unwrap();
+    send_as(conn, raw, extra_headers, "").await
+}
+
+/// As `send`, from the SMTP AUTH login `login` (none when empty).
+async fn send_as(
+    conn: &mut TestConnection,
+    raw: &[u8],
+    extra_headers: &[(&str, &str)],
+    login: &str,
+) -> (Vec<EomAction>, Status) {
+    conn.macros(
+        MacroStage::Mail,
+        [("i", "4ABCDEF"), ("{auth_authen}", login)],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         conn.mail(["<alice@alice.example.com>"]).await.unwrap(),
         Status::Continue
@@ -100,7 +113,7 @@ async fn pass_adds_authentication_results_at_the_top() {
     assert_eq!(status, Status::Continue);
     let value = inserted_header(&actions);
     assert!(
-        value.starts_with(" mx.test;\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""),
+        value.starts_with(" mx.test;\n\tatsms=pass header.from=alice@alice.example.com\n\theader.handle=alice.example.com policy.aligned=yes\n\theader.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""),
         "{value:?}"
     );
     assert!(value.contains("header.handle=alice.example.com"), "{value}");
@@ -131,17 +144,7 @@ async fn forged_authentication_results_are_removed_last_first() {
         ("Authentication-Results", " ;;;"),
     ];
     let (actions, _) = send(&mut conn, &vector("p256-multikey-pass.eml"), &forged).await;
-    let deleted: Vec<i32> = actions
-        .iter()
-        .filter_map(|a| match a {
-            EomAction::DeleteHeader { name, index }
-                if name.as_bytes() == b"Authentication-Results" =>
-            {
-                Some(*index)
-            }
-            _ => None,
-        })
-        .collect();
+    let deleted = deleted(&actions);
     assert_eq!(
         deleted,
         vec![4, 3, 1],
@@ -213,7 +216,7 @@ async fn dead_plc_directory_is_a_tempfail() {
     let world = VectorWorld::start();
     let dead = HttpServer::start(Arc::new(|_: &str| Reply::json(503, "{}")));
     let mut resolver = world.resolver_config();
-    resolver.plc_urls = vec![dead.url()];
+    resolver.plc_urls = vec![dead.url().parse().unwrap()];
     let milter = RunningMilter::start(resolver, policy(), world.now()).await;
     let mut conn = open(&milter).await;
     let (_, status) = send(&mut conn, &vector("k256-multikey-pass.eml"), &[]).await;
@@ -226,34 +229,61 @@ async fn dead_plc_directory_is_a_tempfail() {
     milter.stop().await;
 }
 
+/// The deletions of `Authentication-Results` fields an end of message asked for.
+fn deleted(actions: &[EomAction]) -> Vec<i32> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::DeleteHeader { name, index }
+                if name.as_bytes() == b"Authentication-Results" =>
+            {
+                Some(*index)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn trusted_networks_and_authenticated_senders_are_not_judged() {
+async fn trusted_and_authenticated_mail_is_not_judged_but_loses_forged_results() {
     let world = VectorWorld::start();
+    let forged = [(
+        "Authentication-Results",
+        " mx.test; atsms=pass header.d=\"did:plc:forged\"",
+    )];
     let trusting = PolicyConfig {
-        trusted_networks: vec!["192.0.2.0/24".into()],
+        trusted_networks: vec!["192.0.2.0/24".parse().unwrap()],
         ..policy()
     };
     let milter = RunningMilter::start(world.resolver_config(), trusting, world.now()).await;
-    let mut conn = TestConnection::open(milter.addr).await.unwrap();
-    assert_eq!(
-        conn.connect("client.example", CLIENT).await.unwrap(),
-        Status::Accept
+    let mut conn = open(&milter).await;
+    let (actions, status) = send(&mut conn, &vector("p256-multikey-pass.eml"), &forged).await;
+    assert_eq!(status, Status::Continue);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, EomAction::InsertHeader { .. })),
+        "not judged: no result of ours"
     );
+    assert_eq!(deleted(&actions), vec![1], "but the forged result goes");
     milter.stop().await;
 
     let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
     let mut conn = open(&milter).await;
-    conn.macros(MacroStage::Mail, [("{auth_authen}", "alice")])
-        .await
-        .unwrap();
-    assert_eq!(
-        conn.mail(["<alice@alice.example.com>"]).await.unwrap(),
-        Status::Accept
+    let (actions, _) = send_as(
+        &mut conn,
+        &vector("p256-multikey-pass.eml"),
+        &forged,
+        "alice",
+    )
+    .await;
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, EomAction::InsertHeader { .. }))
     );
+    assert_eq!(deleted(&actions), vec![1]);
     // A later unauthenticated message on the same connection is judged again.
-    conn.macros(MacroStage::Mail, [("{auth_authen}", "")])
-        .await
-        .unwrap();
     let (actions, _) = send(&mut conn, &vector("no-signature-none.eml"), &[]).await;
     assert_eq!(inserted_header(&actions), " mx.test; atsms=none");
     milter.stop().await;

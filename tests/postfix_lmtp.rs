@@ -64,7 +64,7 @@ fn deliver_through_postfix(
             .unwrap()
     };
     let stored = find(&inbox, "good");
-    let head = "Return-Path: <alice@alice.example.com>\nDelivered-To: bob@mx.example.net\nAuthentication-Results: mx.test;\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n\theader.from=alice@alice.example.com header.handle=alice.example.com\n\tpolicy.aligned=yes\nReceived: from client.example (localhost [127.0.0.1])\n\tby mx.test (Postfix) with ESMTP id ";
+    let head = "Return-Path: <alice@alice.example.com>\nDelivered-To: bob@mx.example.net\nAuthentication-Results: mx.test;\n\tatsms=pass header.from=alice@alice.example.com\n\theader.handle=alice.example.com policy.aligned=yes\n\theader.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\nReceived: from client.example (localhost [127.0.0.1])\n\tby mx.test (Postfix) with ESMTP id ";
     assert!(stored.starts_with(head), "{stored}");
     // After Postfix's Received field: the signed message byte for byte (LF line ends), 8-bit
     // text and the 2500-byte line unchanged. swaks adds one empty line at the end.
@@ -165,7 +165,7 @@ fn deliver_through_postfix_with_milter(
     let stored =
         String::from_utf8(postfix.wait_for_files(&maildir.join("new"), 1).remove(0)).unwrap();
     assert!(
-        stored.contains("atsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""),
+        stored.contains("policy.aligned=yes\n\theader.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""),
         "{stored}"
     );
     assert!(stored.ends_with(&format!("{}\n", lf(&good))), "{stored}");

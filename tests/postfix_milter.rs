@@ -78,7 +78,7 @@ fn postfix_delivers_each_verdict_in_its_header() {
 
     let good = find(&delivered, "good one");
     let head = header_section(good);
-    assert!(head.contains("Authentication-Results: mx.test;\n\tatsms=pass header.d=\"did:plc:ofurdhfyhjhgomvfygxergep\""), "{head}");
+    assert!(head.contains("Authentication-Results: mx.test;\n\tatsms=pass header.from=alice@alice.example.com\n\theader.handle=alice.example.com policy.aligned=yes\n\theader.d=\"did:plc:ofurdhfyhjhgomvfygxergep\"\n"), "{head}");
     assert!(head.contains("header.handle=alice.example.com"), "{head}");
     assert!(head.contains("policy.aligned=yes"), "{head}");
     assert!(

@@ -10,7 +10,7 @@ use atsms_milter::identity::IdentityResolver;
 use atsms_milter::message::read_message;
 use atsms_milter::replay::ReplaySet;
 use atsms_milter::store::SharedStore;
-use atsms_milter::verify::{Context, Verifier};
+use atsms_milter::verify::{Context, Reason, Verifier};
 use indymilter_test::{EomAction, Status};
 use support::http::{HttpServer, Reply};
 use support::lmtp::{RunningLmtp, dot_stuffed};
@@ -22,7 +22,7 @@ const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
 fn policy() -> PolicyConfig {
     PolicyConfig {
-        authserv_id: Some("mx.test".into()),
+        authserv_id: Some("mx.test".parse().unwrap()),
         trusted_networks: vec![],
         ..Default::default()
     }
@@ -97,7 +97,7 @@ async fn milter_a_retry_after_our_tempfail_is_not_a_replay_a_second_delivery_is(
         Reply::json(200, dids[t.trim_start_matches('/')].to_string())
     }));
     let mut resolver = world.resolver_config();
-    resolver.plc_urls = vec![plc.url()];
+    resolver.plc_urls = vec![plc.url().parse().unwrap()];
     let milter = support::milter::RunningMilter::start_with_cache(
         resolver,
         policy(),
@@ -131,7 +131,7 @@ async fn milter_a_retry_after_our_tempfail_is_not_a_replay_a_second_delivery_is(
 async fn instances_share_documents_and_the_replay_set_through_redis() {
     let redis = Redis::start();
     let world = VectorWorld::start();
-    let store = || Some(Arc::new(SharedStore::new(&redis.url()).unwrap()));
+    let store = || Some(Arc::new(SharedStore::new(&redis.url(), None).unwrap()));
     let instance = |shared: Option<Arc<SharedStore>>| {
         let identity = IdentityResolver::new(&world.resolver_config(), &CacheConfig::default())
             .unwrap()
@@ -139,8 +139,7 @@ async fn instances_share_documents_and_the_replay_set_through_redis() {
         Verifier::new(Arc::new(identity), std::time::Duration::from_secs(5))
     };
     let (mx1, mx2) = (instance(store()), instance(store()));
-    let raw =
-        std::fs::read(support::test_data("envelope").join("k256-multikey-pass.eml")).unwrap();
+    let raw = std::fs::read(support::test_data("envelope").join("k256-multikey-pass.eml")).unwrap();
     let parsed = read_message(&raw[..]).unwrap();
     let context = Context {
         now: world.now(),
@@ -174,23 +173,19 @@ async fn instances_share_documents_and_the_replay_set_through_redis() {
         AuthResult::Policy,
         "a replay through another MX host"
     );
-    assert_eq!(
-        seen_elsewhere.signatures[0].reason.as_deref(),
-        Some("replayed")
-    );
+    assert_eq!(seen_elsewhere.signatures[0].reason, Some(Reason::Replayed));
 }
 
 #[tokio::test]
 async fn without_redis_each_instance_falls_back_to_its_memory() {
     let world = VectorWorld::start();
     let dead = support::postfix::free_port(); // nothing listens here
-    let shared = Arc::new(SharedStore::new(&format!("redis://127.0.0.1:{dead}/")).unwrap());
+    let shared = Arc::new(SharedStore::new(&format!("redis://127.0.0.1:{dead}/"), None).unwrap());
     let identity = IdentityResolver::new(&world.resolver_config(), &CacheConfig::default())
         .unwrap()
         .with_shared_store(Some(shared.clone()));
     let verifier = Verifier::new(Arc::new(identity), std::time::Duration::from_secs(5));
-    let raw =
-        std::fs::read(support::test_data("envelope").join("p256-multikey-pass.eml")).unwrap();
+    let raw = std::fs::read(support::test_data("envelope").join("p256-multikey-pass.eml")).unwrap();
     let parsed = read_message(&raw[..]).unwrap();
     let verdict = verifier
         .verify(

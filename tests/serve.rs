@@ -147,8 +147,7 @@ async fn cache_stats_and_purge_through_the_control_socket() {
     .unwrap();
     conn.mail(["<a@b.example>"]).await.unwrap();
     conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
-    let raw =
-        std::fs::read(support::test_data("envelope").join("k256-multikey-pass.eml")).unwrap();
+    let raw = std::fs::read(support::test_data("envelope").join("k256-multikey-pass.eml")).unwrap();
     let (fields, body) = support::milter::split_message(&raw);
     for (name, value) in fields {
         conn.header(name.as_str(), value.as_str()).await.unwrap();

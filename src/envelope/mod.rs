@@ -2,6 +2,7 @@
 //! relaxed canonicalization and signing. Pure: no network, no transport, no configuration.
 
 pub mod canon;
+pub mod fields;
 pub mod sign;
 pub mod tags;
 pub mod token;
@@ -9,6 +10,7 @@ pub mod token;
 use std::fmt;
 
 pub use canon::{BodyHasher, HeaderField, header_hash};
+pub use fields::{FieldError, Mailbox, check_fields};
 pub use token::{Claims, Kid, Token};
 
 /// The header field this format lives in.
@@ -45,46 +47,14 @@ impl fmt::Display for AuthResult {
     }
 }
 
-/// The addr-spec of the message's single `From:` mailbox (step 10 of section 8), or why
-/// there is not exactly one.
-pub fn single_from_address(headers: &[HeaderField]) -> Result<String, &'static str> {
-    let mut from_fields = headers.iter().filter(|f| f.is("from"));
-    let (Some(field), None) = (from_fields.next(), from_fields.next()) else {
-        return Err("message does not have exactly one From field");
-    };
-    let mut raw = Vec::with_capacity(field.value.len() + 10);
-    raw.extend_from_slice(b"From:");
-    raw.extend_from_slice(&field.value);
-    raw.extend_from_slice(b"\r\n\r\n");
-    let parsed = mail_parser::MessageParser::new().parse_headers(&raw);
-    let address = match parsed.as_ref().and_then(|m| m.from()) {
-        Some(mail_parser::Address::List(list)) if list.len() == 1 => list[0].address.as_deref(),
-        _ => None,
-    };
-    match address {
-        Some(address) if address.contains('@') => Ok(address.to_string()),
-        _ => Err("From field does not hold exactly one mailbox"),
-    }
-}
-
-/// Compares two addr-specs as section 3.3 does: exact local part, case-insensitive domain.
-pub fn same_address(a: &str, b: &str) -> bool {
-    match (a.rsplit_once('@'), b.rsplit_once('@')) {
-        (Some((local_a, domain_a)), Some((local_b, domain_b))) => {
-            local_a == local_b
-                && domain_a
-                    .trim_end_matches('.')
-                    .eq_ignore_ascii_case(domain_b.trim_end_matches('.'))
+/// Whether the `from` claim names `mailbox` (section 3.3): the local part exactly as written
+/// (a quoted one with its quotes), the domain case-insensitively.
+pub fn claim_names(claim: &str, mailbox: &Mailbox) -> bool {
+    match claim.rsplit_once('@') {
+        Some((local, domain)) => {
+            local == mailbox.local && domain.eq_ignore_ascii_case(&mailbox.domain)
         }
-        _ => false,
-    }
-}
-
-/// An addr-spec with its domain lower-cased, as the `from` claim carries it.
-pub fn normalize_address(address: &str) -> String {
-    match address.rsplit_once('@') {
-        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
-        None => address.to_string(),
+        None => false,
     }
 }
 
@@ -93,28 +63,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn from_address_rules() {
-        let one = [HeaderField::new("From", " Alice <alice@Example.COM>")];
-        assert_eq!(single_from_address(&one).unwrap(), "alice@Example.COM");
-        let folded = [HeaderField::new(
-            "From",
-            " \"Alice\"\n\t<alice@example.com>",
-        )];
-        assert_eq!(single_from_address(&folded).unwrap(), "alice@example.com");
-        let two = [
-            HeaderField::new("From", " a@b.c"),
-            HeaderField::new("FROM", " a@b.c"),
-        ];
-        assert!(single_from_address(&two).is_err());
-        let list = [HeaderField::new("From", " a@b.c, d@e.f")];
-        assert!(single_from_address(&list).is_err());
-        assert!(single_from_address(&[HeaderField::new("From", " nobody")]).is_err());
-        assert!(single_from_address(&[]).is_err());
-    }
-
-    #[test]
-    fn address_comparison() {
-        assert!(same_address("alice@Example.com", "alice@example.COM"));
-        assert!(!same_address("Alice@example.com", "alice@example.com"));
+    fn claim_comparison() {
+        let m = fields::parse_mailbox(b" <alice@Example.com>").unwrap();
+        assert!(claim_names("alice@example.COM", &m));
+        assert!(!claim_names("Alice@example.com", &m));
+        let quoted = fields::parse_mailbox(b" <\"a b\"@x.y>").unwrap();
+        assert!(claim_names("\"a b\"@x.y", &quoted));
+        assert!(!claim_names("a b@x.y", &quoted));
     }
 }

@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::canon::{HeaderField, header_hash};
 use super::token::{self, CANONICALIZATION, Kid, TYP, b64url};
-use super::{FIELD_NAME, normalize_address, single_from_address};
+use super::{FIELD_NAME, FieldError, check_fields};
 use crate::crypto::SigningKey;
 
 /// The fields section 3.3 tells signers to cover.
@@ -19,11 +19,9 @@ pub const RECOMMENDED_HEADERS: &[&str] = &[
     "content-type",
     "content-transfer-encoding",
     "reply-to",
+    "in-reply-to",
+    "references",
 ];
-
-/// Fields listed once more than they occur, so that an added copy breaks the hash
-/// (over-signing, RFC 6376 §5.4.2).
-const OVER_SIGNED: &[&str] = &["from", "subject"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
@@ -32,7 +30,7 @@ pub enum SignError {
     #[error("the DID in kid is not a did:plc or did:web DID")]
     UnsupportedDid,
     #[error("{0}")]
-    From(&'static str),
+    Fields(#[from] FieldError),
     #[error("ttl must be between 1 and 604800 seconds")]
     BadTtl,
 }
@@ -52,9 +50,9 @@ pub struct SignRequest<'a> {
 /// adds both): signing them while absent would break the signature in transit.
 const ADDED_IN_TRANSIT: &[&str] = &["date", "message-id"];
 
-/// The `h` list: every recommended field as often as it occurs; an absent one listed once
-/// (so that adding it breaks the hash), except those MTAs add in transit; `from` and `subject`
-/// once more.
+/// The `h` list (section 3.3): every recommended field once more than it occurs
+/// (over-signing, RFC 6376 §5.4.2), so that an added copy of any of them breaks the hash —
+/// except that those MTAs add in transit are not listed while absent.
 pub fn header_names_to_sign(headers: &[HeaderField]) -> Vec<String> {
     let mut names = Vec::new();
     for name in RECOMMENDED_HEADERS {
@@ -62,12 +60,9 @@ pub fn header_names_to_sign(headers: &[HeaderField]) -> Vec<String> {
         let count = if present == 0 && ADDED_IN_TRANSIT.contains(name) {
             0
         } else {
-            present.max(1)
+            present + 1
         };
         names.extend(std::iter::repeat_n(name.to_string(), count));
-    }
-    for name in OVER_SIGNED {
-        names.push(name.to_string());
     }
     names
 }
@@ -101,7 +96,8 @@ pub fn sign_token(
     if !(1..=token::MAX_LIFETIME).contains(&request.ttl) {
         return Err(SignError::BadTtl);
     }
-    let from = normalize_address(&single_from_address(headers).map_err(SignError::From)?);
+    // Step 10 holds before signing, or no verifier would accept the result.
+    let from = check_fields(headers)?.claim_form();
     let h = header_names_to_sign(headers);
     let header = json!({ "alg": request.key.alg().jws_name(), "typ": TYP, "kid": request.kid });
     let mut claims = json!({
@@ -158,16 +154,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn absent_fields_are_covered_except_those_added_in_transit() {
+    fn every_recommended_field_is_over_signed_except_those_added_in_transit() {
         let headers = [
             HeaderField::new("From", " a@b.example"),
             HeaderField::new("To", " x@y"),
-            HeaderField::new("To", " z@y"),
+            HeaderField::new("Cc", " z@y"),
         ];
         let names = header_names_to_sign(&headers);
         assert_eq!(names.iter().filter(|n| *n == "to").count(), 2);
+        assert_eq!(names.iter().filter(|n| *n == "references").count(), 1);
         assert_eq!(
-            names.iter().filter(|n| *n == "cc").count(),
+            names.iter().filter(|n| *n == "reply-to").count(),
             1,
             "absent: listed to block additions"
         );
@@ -177,6 +174,7 @@ mod tests {
             HeaderField::new("From", " a@b.example"),
             HeaderField::new("Date", " now"),
         ];
-        assert!(header_names_to_sign(&with_date).contains(&"date".to_string()));
+        let names = header_names_to_sign(&with_date);
+        assert_eq!(names.iter().filter(|n| *n == "date").count(), 2);
     }
 }

@@ -8,10 +8,42 @@ pub struct TagList {
     pub t: String,
 }
 
-/// Why a tag list was rejected (always `permerror`), with the `d=` value when one was read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What is wrong with a tag list (always `permerror`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagProblem {
+    #[error("empty tag in tag list")]
+    EmptyTag,
+    #[error("tag without '=' in tag list")]
+    NoEquals,
+    #[error("invalid tag name in tag list")]
+    BadName,
+    #[error("repeated tag {0}=")]
+    Repeated(String),
+    #[error("missing d= tag")]
+    MissingD,
+    #[error("whitespace inside d= tag")]
+    WhitespaceInD,
+    #[error("d= tag is not UTF-8")]
+    DNotUtf8,
+    #[error("missing v= tag")]
+    MissingV,
+    #[error("whitespace inside v= tag")]
+    WhitespaceInV,
+    #[error("unsupported version (v= must be 1)")]
+    UnsupportedVersion,
+    #[error("missing t= tag")]
+    MissingT,
+    #[error("token longer than 16 KiB")]
+    TokenTooLong,
+    #[error("t= tag is not ASCII")]
+    TNotAscii,
+}
+
+/// Why a tag list was rejected, with the `d=` value when one was read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{problem}")]
 pub struct TagError {
-    pub reason: String,
+    pub problem: TagProblem,
     pub d: Option<String>,
 }
 
@@ -30,10 +62,7 @@ fn trim_fws(s: &[u8]) -> &[u8] {
 
 /// Parses a field value (folded with CRLF or bare LF, as a milter receives it).
 pub fn parse(value: &[u8]) -> Result<TagList, TagError> {
-    let unreadable = |reason: &str| TagError {
-        reason: reason.to_string(),
-        d: None,
-    };
+    let unreadable = |problem| TagError { problem, d: None };
     let mut v = None;
     let mut d = None;
     let mut t = None;
@@ -46,22 +75,22 @@ pub fn parse(value: &[u8]) -> Result<TagList, TagError> {
             if index + 1 == parts.len() && index > 0 {
                 continue;
             }
-            return Err(unreadable("empty tag in tag list"));
+            return Err(unreadable(TagProblem::EmptyTag));
         }
         let Some(eq) = part.iter().position(|b| *b == b'=') else {
-            return Err(unreadable("tag without '=' in tag list"));
+            return Err(unreadable(TagProblem::NoEquals));
         };
         let name = trim_fws(&part[..eq]);
         let tag_value = trim_fws(&part[eq + 1..]);
         let name_ok = name.first().is_some_and(u8::is_ascii_alphabetic)
             && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_');
         if !name_ok {
-            return Err(unreadable("invalid tag name in tag list"));
+            return Err(unreadable(TagProblem::BadName));
         }
         // RFC 6376 §3.2: a tag-list with a repeated tag name is invalid as a whole.
         if seen.contains(&name) {
-            let reason = format!("repeated tag {}=", String::from_utf8_lossy(name));
-            return Err(TagError { reason, d: None });
+            let name = String::from_utf8_lossy(name).into_owned();
+            return Err(unreadable(TagProblem::Repeated(name)));
         }
         seen.push(name);
         match name {
@@ -72,34 +101,34 @@ pub fn parse(value: &[u8]) -> Result<TagList, TagError> {
         }
     }
     let d = match d {
-        None => return Err(unreadable("missing d= tag")),
+        None => return Err(unreadable(TagProblem::MissingD)),
         Some(d) if d.iter().any(|b| is_fws(*b)) => {
-            return Err(unreadable("whitespace inside d= tag"));
+            return Err(unreadable(TagProblem::WhitespaceInD));
         }
         Some(d) => match std::str::from_utf8(d) {
             Ok(d) => d.to_string(),
-            Err(_) => return Err(unreadable("d= tag is not UTF-8")),
+            Err(_) => return Err(unreadable(TagProblem::DNotUtf8)),
         },
     };
-    let fail = |reason: &str| TagError {
-        reason: reason.to_string(),
+    let fail = |problem| TagError {
+        problem,
         d: Some(d.clone()),
     };
     match v {
-        None => return Err(fail("missing v= tag")),
-        Some(v) if v.iter().any(|b| is_fws(*b)) => return Err(fail("whitespace inside v= tag")),
+        None => return Err(fail(TagProblem::MissingV)),
+        Some(v) if v.iter().any(|b| is_fws(*b)) => return Err(fail(TagProblem::WhitespaceInV)),
         Some(b"1") => {}
-        Some(_) => return Err(fail("unsupported version (v= must be 1)")),
+        Some(_) => return Err(fail(TagProblem::UnsupportedVersion)),
     }
     let Some(t) = t else {
-        return Err(fail("missing t= tag"));
+        return Err(fail(TagProblem::MissingT));
     };
     let token: Vec<u8> = t.iter().copied().filter(|b| !is_fws(*b)).collect();
     if token.len() > MAX_TOKEN_LEN {
-        return Err(fail("token longer than 16 KiB"));
+        return Err(fail(TagProblem::TokenTooLong));
     }
     let Ok(t) = String::from_utf8(token) else {
-        return Err(fail("t= tag is not ASCII"));
+        return Err(fail(TagProblem::TNotAscii));
     };
     Ok(TagList { d, t })
 }
@@ -121,16 +150,31 @@ mod tests {
     fn errors_keep_d_when_readable() {
         let e = parse(b"v=2; d=did:plc:abc; t=x").unwrap_err();
         assert_eq!(e.d.as_deref(), Some("did:plc:abc"));
-        assert!(parse(b"v=1; d=did:plc:abc; d=did:plc:abc; t=x").is_err());
-        assert!(parse(b"v=1; d=did:plc: abc; t=x").is_err());
+        assert_eq!(e.problem, TagProblem::UnsupportedVersion);
+        assert_eq!(
+            parse(b"v=1; d=did:plc:abc; d=did:plc:abc; t=x")
+                .unwrap_err()
+                .problem,
+            TagProblem::Repeated("d".into())
+        );
+        assert_eq!(
+            parse(b"v=1; d=did:plc: abc; t=x").unwrap_err().problem,
+            TagProblem::WhitespaceInD
+        );
         assert!(parse(b"v= 1 ; d=x; t=x").is_ok());
-        assert!(parse(b"v=1 1; d=x; t=x").is_err());
+        assert_eq!(
+            parse(b"v=1 1; d=x; t=x").unwrap_err().problem,
+            TagProblem::WhitespaceInV
+        );
         assert!(
             parse(b"V=1; d=x; t=x").is_err(),
             "tag names are case-sensitive"
         );
         assert!(parse(b"v=1; d=x; t=x; x=unknown").is_ok());
-        assert!(parse(b"v=1;; d=x; t=x").is_err());
-        assert!(parse(b"").is_err());
+        assert_eq!(
+            parse(b"v=1;; d=x; t=x").unwrap_err().problem,
+            TagProblem::EmptyTag
+        );
+        assert_eq!(parse(b"").unwrap_err().problem, TagProblem::EmptyTag);
     }
 }

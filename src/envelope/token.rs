@@ -130,25 +130,115 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
-fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, String> {
+/// The three parts of a compact JWS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Header,
+    Claims,
+    Signature,
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Part::Header => "header",
+            Part::Claims => "claims",
+            Part::Signature => "signature",
+        })
+    }
+}
+
+/// Why a token fails steps 2 to 4 of section 8 (always `permerror`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not three base64url parts")]
+    NotThreeParts,
+    #[error("padded base64url in token {0}")]
+    Padded(Part),
+    #[error("invalid base64url in token {0}")]
+    BadBase64(Part),
+    #[error("token {0} is not a JSON object")]
+    NotObject(Part),
+    #[error("repeated member {name} in token {part}")]
+    RepeatedMember { part: Part, name: String },
+    #[error("typ missing")]
+    TypMissing,
+    #[error("typ is not atsms+jwt")]
+    TypWrong,
+    #[error("alg missing")]
+    AlgMissing,
+    #[error("alg is not a string")]
+    AlgNotString,
+    #[error("unsupported alg {0}")]
+    AlgUnsupported(String),
+    #[error("kid missing")]
+    KidMissing,
+    #[error("kid is not a string")]
+    KidNotString,
+    #[error("kid is not a DID key or device URI")]
+    KidInvalid,
+    #[error("crit is not allowed")]
+    Crit,
+    #[error("claim {0} missing")]
+    ClaimMissing(&'static str),
+    #[error("claim {0} is not a string")]
+    ClaimNotString(&'static str),
+    #[error("claim {0} is not an integer")]
+    ClaimNotInteger(&'static str),
+    #[error("claim {0} is not an array of strings")]
+    ClaimNotStrings(&'static str),
+    #[error("claim {0} is not a SHA-256 digest")]
+    ClaimNotDigest(&'static str),
+    #[error("c is not relaxed/relaxed")]
+    Canonicalization,
+    #[error("iss does not equal d=")]
+    IssNotD,
+    #[error("iss is not a did:plc or did:web DID")]
+    IssUnsupported,
+    #[error("h does not include from")]
+    HWithoutFrom,
+    #[error("jti shorter than 16 characters")]
+    JtiShort,
+}
+
+/// Why the times of step 5 do not hold (`permerror`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    #[error("iat is in the future")]
+    IatInFuture,
+    #[error("exp is not after iat")]
+    ExpNotAfterIat,
+    #[error("lifetime longer than 7 days")]
+    LifetimeTooLong,
+}
+
+/// Attacker-chosen text shown in a reason: printable ASCII, at most 32 characters.
+fn shown(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(32)
+        .collect()
+}
+
+fn decode_part(part: &str, which: Part) -> Result<Vec<u8>, TokenError> {
     if part.contains('=') {
-        return Err(format!("padded base64url in token {what}"));
+        return Err(TokenError::Padded(which));
     }
     URL_SAFE_NO_PAD
         .decode(part)
-        .map_err(|_| format!("invalid base64url in token {what}"))
+        .map_err(|_| TokenError::BadBase64(which))
 }
 
-fn decode_object(part: &str, what: &str) -> Result<Vec<(String, Value)>, String> {
-    let bytes = decode_part(part, what)?;
+fn decode_object(part: &str, which: Part) -> Result<Vec<(String, Value)>, TokenError> {
+    let bytes = decode_part(part, which)?;
     let Members(members) =
-        serde_json::from_slice(&bytes).map_err(|_| format!("token {what} is not a JSON object"))?;
+        serde_json::from_slice(&bytes).map_err(|_| TokenError::NotObject(which))?;
     for (i, (name, _)) in members.iter().enumerate() {
         if members[..i].iter().any(|(other, _)| other == name) {
-            return Err(format!(
-                "repeated member \"{}\" in token {what}",
-                name.escape_default()
-            ));
+            return Err(TokenError::RepeatedMember {
+                part: which,
+                name: shown(name),
+            });
         }
     }
     Ok(members)
@@ -159,56 +249,57 @@ fn member<'a>(members: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
 }
 
 /// Parses and checks the token: steps 2, 3 and 4 of section 8. `d` is the `d=` tag.
-pub fn parse(t: &str, d: &str) -> Result<Token, String> {
+pub fn parse(t: &str, d: &str) -> Result<Token, TokenError> {
     // Step 2: three base64url parts, two JSON objects.
     let mut parts = t.split('.');
     let (Some(header_b64), Some(claims_b64), Some(sig_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err("token is not three base64url parts".into());
+        return Err(TokenError::NotThreeParts);
     };
-    let header = decode_object(header_b64, "header")?;
-    let claims = decode_object(claims_b64, "claims")?;
-    let signature = decode_part(sig_b64, "signature")?;
+    let header = decode_object(header_b64, Part::Header)?;
+    let claims = decode_object(claims_b64, Part::Claims)?;
+    let signature = decode_part(sig_b64, Part::Signature)?;
 
     // Step 3: protected header.
     match member(&header, "typ") {
         Some(Value::String(typ)) if typ == TYP => {}
-        Some(_) => return Err(format!("typ is not \"{TYP}\"")),
-        None => return Err("typ missing".into()),
+        Some(_) => return Err(TokenError::TypWrong),
+        None => return Err(TokenError::TypMissing),
     }
     let alg = match member(&header, "alg") {
-        Some(Value::String(alg)) => Alg::from_jws(alg)
-            .ok_or_else(|| format!("unsupported alg \"{}\"", alg.escape_default()))?,
-        Some(_) => return Err("alg is not a string".into()),
-        None => return Err("alg missing".into()),
+        Some(Value::String(alg)) => {
+            Alg::from_jws(alg).ok_or_else(|| TokenError::AlgUnsupported(shown(alg)))?
+        }
+        Some(_) => return Err(TokenError::AlgNotString),
+        None => return Err(TokenError::AlgMissing),
     };
     let kid = match member(&header, "kid") {
-        Some(Value::String(kid)) => Kid::parse(kid).ok_or("kid is not a DID key or device URI")?,
-        Some(_) => return Err("kid is not a string".into()),
-        None => return Err("kid missing".into()),
+        Some(Value::String(kid)) => Kid::parse(kid).ok_or(TokenError::KidInvalid)?,
+        Some(_) => return Err(TokenError::KidNotString),
+        None => return Err(TokenError::KidMissing),
     };
     if member(&header, "crit").is_some() {
-        return Err("crit is not allowed".into());
+        return Err(TokenError::Crit);
     }
 
     // Step 4: claims present and typed, then their rules.
     let claims = read_claims(&claims)?;
     if claims.iss != d {
-        return Err("iss does not equal d=".into());
+        return Err(TokenError::IssNotD);
     }
     if syntax::supported_did_method(&claims.iss).is_none() {
-        return Err("iss is not a did:plc or did:web DID".into());
+        return Err(TokenError::IssUnsupported);
     }
     if !claims
         .h
         .iter()
         .any(|name| name.eq_ignore_ascii_case("from"))
     {
-        return Err("h does not include from".into());
+        return Err(TokenError::HWithoutFrom);
     }
     if claims.jti.chars().count() < MIN_JTI_CHARS {
-        return Err("jti shorter than 16 characters".into());
+        return Err(TokenError::JtiShort);
     }
     let signing_input = format!("{header_b64}.{claims_b64}");
     Ok(Token {
@@ -220,21 +311,19 @@ pub fn parse(t: &str, d: &str) -> Result<Token, String> {
     })
 }
 
-fn read_claims(members: &[(String, Value)]) -> Result<Claims, String> {
-    let string = |name: &str| match member(members, name) {
+fn read_claims(members: &[(String, Value)]) -> Result<Claims, TokenError> {
+    let string = |name: &'static str| match member(members, name) {
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(format!("claim {name} is not a string")),
-        None => Err(format!("claim {name} missing")),
+        Some(_) => Err(TokenError::ClaimNotString(name)),
+        None => Err(TokenError::ClaimMissing(name)),
     };
     // "integer": a JSON number without fraction or exponent that fits in 64 bits.
-    let integer = |name: &str| match member(members, name) {
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .ok_or_else(|| format!("claim {name} is not an integer")),
-        Some(_) => Err(format!("claim {name} is not an integer")),
-        None => Err(format!("claim {name} missing")),
+    let integer = |name: &'static str| match member(members, name) {
+        Some(Value::Number(n)) => n.as_i64().ok_or(TokenError::ClaimNotInteger(name)),
+        Some(_) => Err(TokenError::ClaimNotInteger(name)),
+        None => Err(TokenError::ClaimMissing(name)),
     };
-    let strings = |name: &str| -> Result<Option<Vec<String>>, String> {
+    let strings = |name: &'static str| -> Result<Option<Vec<String>>, TokenError> {
         match member(members, name) {
             None => Ok(None),
             Some(Value::Array(items)) => items
@@ -242,16 +331,21 @@ fn read_claims(members: &[(String, Value)]) -> Result<Claims, String> {
                 .map(|item| item.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
                 .map(Some)
-                .ok_or_else(|| format!("claim {name} is not an array of strings")),
-            Some(_) => Err(format!("claim {name} is not an array of strings")),
+                .ok_or(TokenError::ClaimNotStrings(name)),
+            Some(_) => Err(TokenError::ClaimNotStrings(name)),
         }
     };
-    let digest = |name: &str| -> Result<[u8; 32], String> {
+    // A value that can never be a SHA-256 digest is a malformed claim, not a mismatch.
+    let digest = |name: &'static str| -> Result<[u8; 32], TokenError> {
         let encoded = string(name)?;
-        let bytes = decode_part(&encoded, &format!("claim {name}"))?;
-        bytes
-            .try_into()
-            .map_err(|_| format!("claim {name} is not a SHA-256 digest"))
+        if encoded.contains('=') {
+            return Err(TokenError::ClaimNotDigest(name));
+        }
+        URL_SAFE_NO_PAD
+            .decode(&encoded)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(TokenError::ClaimNotDigest(name))
     };
     let claims = Claims {
         iss: string("iss")?,
@@ -259,29 +353,29 @@ fn read_claims(members: &[(String, Value)]) -> Result<Claims, String> {
         exp: integer("exp")?,
         jti: string("jti")?,
         from: string("from")?,
-        h: strings("h")?.ok_or("claim h missing")?,
+        h: strings("h")?.ok_or(TokenError::ClaimMissing("h"))?,
         hh: digest("hh")?,
         bh: digest("bh")?,
         rcpt: strings("rcpt")?,
         aud: strings("aud")?,
     };
     if string("c")? != CANONICALIZATION {
-        return Err(format!("c is not \"{CANONICALIZATION}\""));
+        return Err(TokenError::Canonicalization);
     }
     Ok(claims)
 }
 
 impl Claims {
     /// Step 5: `iat ≤ now + 300` and `iat < exp ≤ iat + 604800`.
-    pub fn check_times(&self, now: i64) -> Result<(), String> {
+    pub fn check_times(&self, now: i64) -> Result<(), TimeError> {
         if self.iat > now.saturating_add(MAX_FUTURE_SKEW) {
-            return Err("iat is in the future".into());
+            return Err(TimeError::IatInFuture);
         }
         if self.exp <= self.iat {
-            return Err("exp is not after iat".into());
+            return Err(TimeError::ExpNotAfterIat);
         }
         if self.exp > self.iat.saturating_add(MAX_LIFETIME) {
-            return Err("lifetime longer than 7 days".into());
+            return Err(TimeError::LifetimeTooLong);
         }
         Ok(())
     }
@@ -330,34 +424,80 @@ mod tests {
     }
 
     #[test]
-    fn each_defect_is_an_error() {
+    fn each_defect_is_its_own_error() {
+        use TokenError::*;
         let cases = [
-            token(HEADER, &claims(r#","iat":5"#)), // repeated member
-            token(HEADER, "[]"),
-            token(HEADER, &claims("").replace("1000", "1000.0")),
-            token(HEADER, &claims("").replace("1000", "1e3")),
-            token(HEADER, &claims("").replace("1000", "true")),
-            token(&HEADER.replace("ES256K", "none"), &claims("")),
-            token(&HEADER.replace("atsms+jwt", "ATSMS+JWT"), &claims("")),
-            token(&HEADER.replace("}", r#","crit":["x"]}"#), &claims("")),
-            token(
-                HEADER,
-                &claims("").replace("relaxed/relaxed", "simple/simple"),
+            (
+                token(HEADER, &claims(r#","iat":5"#)),
+                RepeatedMember {
+                    part: Part::Claims,
+                    name: "iat".into(),
+                },
             ),
-            token(HEADER, &claims("").replace(r#"["from"]"#, r#"["to"]"#)),
-            format!("{}=", token(HEADER, &claims(""))),
-            "a.b".to_string(),
+            (token(HEADER, "[]"), NotObject(Part::Claims)),
+            (
+                token(HEADER, &claims("").replace("1000", "1000.0")),
+                ClaimNotInteger("iat"),
+            ),
+            (
+                token(HEADER, &claims("").replace("1000", "1e3")),
+                ClaimNotInteger("iat"),
+            ),
+            (
+                token(HEADER, &claims("").replace("1000", "true")),
+                ClaimNotInteger("iat"),
+            ),
+            (
+                token(&HEADER.replace("ES256K", "none"), &claims("")),
+                AlgUnsupported("none".into()),
+            ),
+            (
+                token(&HEADER.replace("atsms+jwt", "ATSMS+JWT"), &claims("")),
+                TypWrong,
+            ),
+            (
+                token(&HEADER.replace("}", r#","crit":["x"]}"#), &claims("")),
+                Crit,
+            ),
+            (
+                token(
+                    HEADER,
+                    &claims("").replace("relaxed/relaxed", "simple/simple"),
+                ),
+                Canonicalization,
+            ),
+            (
+                token(HEADER, &claims("").replace(r#"["from"]"#, r#"["to"]"#)),
+                HWithoutFrom,
+            ),
+            (
+                token(HEADER, &claims("").replace("0123456789abcdef", "short")),
+                JtiShort,
+            ),
+            (
+                format!("{}=", token(HEADER, &claims(""))),
+                Padded(Part::Signature),
+            ),
+            ("a.b".to_string(), NotThreeParts),
         ];
-        for case in cases {
-            assert!(parse(&case, D).is_err(), "{case}");
+        for (case, error) in cases {
+            assert_eq!(parse(&case, D).unwrap_err(), error, "{case}");
         }
+        assert_eq!(
+            parse(
+                &token(HEADER, &claims("")),
+                "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
+            )
+            .unwrap_err(),
+            IssNotD
+        );
     }
 
     #[test]
     fn times() {
         let t = parse(&token(HEADER, &claims("")), D).unwrap().claims;
         assert!(t.check_times(1000).is_ok());
-        assert!(t.check_times(699).is_err());
+        assert_eq!(t.check_times(699), Err(TimeError::IatInFuture));
         assert!(t.check_times(700).is_ok());
         assert!(!t.is_expired(2300));
         assert!(t.is_expired(2301));

@@ -96,7 +96,7 @@ impl Lifetimes {
     fn keep<T>(&self, entry: &Entry<T>) -> Duration {
         match &entry.value {
             Ok(_) => self.max_age + self.stale_if_error,
-            Err(e) if e.transient => self.error,
+            Err(e) if e.is_transient() => self.error,
             Err(_) => self.negative,
         }
     }
@@ -187,8 +187,8 @@ impl<T: Send + Sync + 'static> TimedCache<T> {
                     Plan::Fetch
                 }
             }
-            Err(e) if e.transient && age < l.error => Plan::Fail(e.clone()),
-            Err(e) if !e.transient && age < l.negative => Plan::Fail(e.clone()),
+            Err(e) if e.is_transient() && age < l.error => Plan::Fail(e.clone()),
+            Err(e) if !e.is_transient() && age < l.negative => Plan::Fail(e.clone()),
             Err(_) => Plan::Fetch,
         }
     }
@@ -296,7 +296,7 @@ impl<T: Send + Sync + 'static> TimedCache<T> {
                 })
             }
             Err(e) => {
-                let keep_stale = e.transient
+                let keep_stale = e.is_transient()
                     && previous.as_ref().is_some_and(|p| {
                         p.value.is_ok()
                             && now.saturating_duration_since(p.fetched)

@@ -8,7 +8,36 @@ use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName, name::GeneralName};
 
-use crate::crypto::{Alg, PublicKey};
+use crate::crypto::{Alg, KeyError, PublicKey};
+
+/// Why a device certificate is unusable (spec 5.2; `permerror`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    #[error("device certificate does not parse")]
+    Unparsable,
+    #[error("device certificate key is not P-256")]
+    NotP256,
+    #[error("device certificate key is not a whole number of bytes")]
+    BitString,
+    #[error("device certificate: {0}")]
+    Key(KeyError),
+    #[error("device certificate fingerprint does not match kid")]
+    Fingerprint,
+    #[error("device certificate extended key usage lacks emailProtection")]
+    NoEmailProtection,
+    #[error("device certificate extended key usage is malformed")]
+    BadKeyUsage,
+    #[error("device certificate has no subjectAltName")]
+    NoSubjectAltName,
+    #[error("device certificate subjectAltName is malformed")]
+    BadSubjectAltName,
+    #[error("device certificate subjectAltName does not name the kid")]
+    SubjectAltNameMismatch,
+    #[error("device certificate is not valid yet")]
+    NotYetValid,
+    #[error("device certificate has expired")]
+    Expired,
+}
 
 /// id-kp-emailProtection (RFC 5280 §4.2.1.12).
 const EMAIL_PROTECTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.4");
@@ -26,9 +55,8 @@ pub struct DeviceCertificate {
 
 impl DeviceCertificate {
     /// Checks a PEM certificate against the `kid` URI and fingerprint that named it.
-    pub fn parse(pem: &str, kid: &str, fingerprint: &str) -> Result<DeviceCertificate, String> {
-        let cert = Certificate::from_pem(pem.as_bytes())
-            .map_err(|e| format!("device certificate does not parse: {e}"))?;
+    pub fn parse(pem: &str, kid: &str, fingerprint: &str) -> Result<DeviceCertificate, CertError> {
+        let cert = Certificate::from_pem(pem.as_bytes()).map_err(|_| CertError::Unparsable)?;
         let tbs = cert.tbs_certificate();
         let spki = tbs.subject_public_key_info();
         let curve = spki
@@ -37,35 +65,34 @@ impl DeviceCertificate {
             .as_ref()
             .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
         if spki.algorithm.oid != EC_PUBLIC_KEY || curve != Some(SECP256R1) {
-            return Err("device certificate key is not P-256".into());
+            return Err(CertError::NotP256);
         }
         let point = spki
             .subject_public_key
             .as_bytes()
-            .ok_or("device certificate key is not a whole number of bytes")?;
-        let key = PublicKey::from_sec1(Alg::Es256, point)
-            .map_err(|e| format!("device certificate: {e}"))?;
+            .ok_or(CertError::BitString)?;
+        let key = PublicKey::from_sec1(Alg::Es256, point).map_err(CertError::Key)?;
         let actual = hex(&Sha256::digest(key.uncompressed_point()));
         if actual != fingerprint {
-            return Err("device certificate fingerprint does not match kid".into());
+            return Err(CertError::Fingerprint);
         }
         match tbs.get_extension::<ExtendedKeyUsage>() {
             Ok(Some((_, eku))) if !eku.0.contains(&EMAIL_PROTECTION) => {
-                return Err("device certificate extended key usage lacks emailProtection".into());
+                return Err(CertError::NoEmailProtection);
             }
-            Err(_) => return Err("device certificate extended key usage is malformed".into()),
+            Err(_) => return Err(CertError::BadKeyUsage),
             _ => {}
         }
         let san = match tbs.get_extension::<SubjectAltName>() {
             Ok(Some((_, san))) => san,
-            Ok(None) => return Err("device certificate has no subjectAltName".into()),
-            Err(_) => return Err("device certificate subjectAltName is malformed".into()),
+            Ok(None) => return Err(CertError::NoSubjectAltName),
+            Err(_) => return Err(CertError::BadSubjectAltName),
         };
         let names_kid = san.0.iter().any(|name| {
             matches!(name, GeneralName::UniformResourceIdentifier(uri) if uri.as_str() == kid)
         });
         if !names_kid {
-            return Err("device certificate subjectAltName does not name the kid".into());
+            return Err(CertError::SubjectAltNameMismatch);
         }
         let validity = tbs.validity();
         let seconds = |t: &x509_cert::time::Time| {
@@ -79,12 +106,12 @@ impl DeviceCertificate {
     }
 
     /// notBefore ≤ now ≤ notAfter, inclusive, no skew (spec 5.2).
-    pub fn check_validity(&self, now: i64) -> Result<(), String> {
+    pub fn check_validity(&self, now: i64) -> Result<(), CertError> {
         if now < self.not_before {
-            return Err("device certificate is not valid yet".into());
+            return Err(CertError::NotYetValid);
         }
         if now > self.not_after {
-            return Err("device certificate has expired".into());
+            return Err(CertError::Expired);
         }
         Ok(())
     }

@@ -3,8 +3,25 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::crypto::{Alg, PublicKey};
+use crate::crypto::{Alg, KeyError, PublicKey};
 use crate::syntax;
+
+/// Why a DID document, or the key it should hold, is unusable (`permerror`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("invalid DID document")]
+    Invalid,
+    #[error("DID document id is another DID")]
+    OtherDid,
+    #[error("no key #{0} in DID document")]
+    NoKey(String),
+    #[error("key #{0} has no publicKeyMultibase")]
+    NoMultibase(String),
+    #[error("key #{fragment} has unsupported type {kind}")]
+    UnsupportedType { fragment: String, kind: String },
+    #[error("key #{fragment}: {error}")]
+    BadKey { fragment: String, error: KeyError },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerificationMethod {
@@ -48,13 +65,12 @@ fn string_member(value: &Value, name: &str) -> Option<String> {
 
 impl DidDocument {
     /// Parses a document fetched for `did`; its `id` must be that DID (spec section 6).
-    pub fn parse(bytes: &[u8], did: &str) -> Result<DidDocument, String> {
+    pub fn parse(bytes: &[u8], did: &str) -> Result<DidDocument, DocumentError> {
         // serde_json refuses nesting deeper than 128 levels, so hostile nesting is an error,
         // not a stack overflow.
-        let raw: RawDocument =
-            serde_json::from_slice(bytes).map_err(|e| format!("invalid DID document: {e}"))?;
+        let raw: RawDocument = serde_json::from_slice(bytes).map_err(|_| DocumentError::Invalid)?;
         if raw.id != did {
-            return Err("DID document id is another DID".into());
+            return Err(DocumentError::OtherDid);
         }
         let verification_methods = raw
             .verification_method
@@ -102,16 +118,16 @@ impl DidDocument {
 
     /// The key of `#fragment` (spec 5.1): the first method with that id and this DID as
     /// controller decides; a defect in it is an error, with no fallback to later entries.
-    pub fn key(&self, fragment: &str) -> Result<PublicKey, String> {
+    pub fn key(&self, fragment: &str) -> Result<PublicKey, DocumentError> {
         let method = self
             .verification_methods
             .iter()
             .find(|m| self.matches_fragment(&m.id, fragment) && m.controller == self.id)
-            .ok_or_else(|| format!("no key #{fragment} in DID document"))?;
+            .ok_or_else(|| DocumentError::NoKey(fragment.to_string()))?;
         let multibase = method
             .public_key_multibase
             .as_deref()
-            .ok_or_else(|| format!("key #{fragment} has no publicKeyMultibase"))?;
+            .ok_or_else(|| DocumentError::NoMultibase(fragment.to_string()))?;
         let decoded = match method.kind.as_str() {
             "Multikey" => PublicKey::from_multikey(multibase),
             "EcdsaSecp256k1VerificationKey2019" => {
@@ -121,13 +137,20 @@ impl DidDocument {
                 PublicKey::from_legacy_multibase(Alg::Es256, multibase)
             }
             other => {
-                return Err(format!(
-                    "key #{fragment} has unsupported type \"{}\"",
-                    other.escape_default()
-                ));
+                return Err(DocumentError::UnsupportedType {
+                    fragment: fragment.to_string(),
+                    kind: other
+                        .chars()
+                        .filter(char::is_ascii_graphic)
+                        .take(64)
+                        .collect(),
+                });
             }
         };
-        decoded.map_err(|e| format!("key #{fragment}: {e}"))
+        decoded.map_err(|error| DocumentError::BadKey {
+            fragment: fragment.to_string(),
+            error,
+        })
     }
 
     /// The first service with id `#name` or `<DID>#name`.
@@ -144,10 +167,21 @@ impl DidDocument {
             .and_then(|s| s.endpoint.as_deref())
     }
 
-    /// The `#atsms_mail` endpoint (spec section 9).
+    /// The `#atsms_mail` endpoint as written (spec section 9).
     pub fn mail_service(&self) -> Option<&str> {
         self.service("atsms_mail")
             .and_then(|s| s.endpoint.as_deref())
+    }
+
+    /// The `#atsms_mail` endpoint, read (spec section 9); `None` when absent or unreadable.
+    pub fn mail_endpoint(&self) -> Option<MailEndpoint> {
+        MailEndpoint::parse(self.mail_service()?)
+    }
+
+    /// The DID's own mailbox local part (spec section 9): the DID with `:` replaced by `.`,
+    /// lower-case.
+    pub fn mailbox_local_part(&self) -> String {
+        self.id.replace(':', ".").to_ascii_lowercase()
     }
 
     /// The claimed handle: the first `alsoKnownAs` entry `at://<handle>`, lower-cased
@@ -158,6 +192,62 @@ impl DidDocument {
             .find_map(|aka| aka.strip_prefix("at://"))
             .filter(|h| syntax::is_valid_handle(h))
             .map(|h| h.to_ascii_lowercase())
+    }
+}
+
+/// Where a DID receives mail (spec section 9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailEndpoint {
+    /// `smtp://HOST[:PORT]`: deliver by SMTP to that host directly, no MX lookup.
+    Smtp { host: MailHost, port: Option<u16> },
+    /// `mailto:ADDRESS`: deliver to that address as usual.
+    Mailto(String),
+}
+
+/// The host of an `smtp://` endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MailHost {
+    /// A domain name in A-label form (UTS #46), lower-case, without a trailing dot.
+    Name(String),
+    /// An IP literal: it gives no mailbox address and never aligns (spec section 7).
+    Ip(std::net::IpAddr),
+}
+
+/// A domain in the form section 7 compares: A-label (UTS #46), lower-case, no trailing dot.
+pub fn ascii_domain(domain: &str) -> Option<String> {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    let ascii = idna::domain_to_ascii(domain).ok()?;
+    syntax::is_domain_name(&ascii).then_some(ascii)
+}
+
+impl MailEndpoint {
+    pub fn parse(endpoint: &str) -> Option<MailEndpoint> {
+        if let Some(address) = endpoint.strip_prefix("mailto:") {
+            return address
+                .contains('@')
+                .then(|| MailEndpoint::Mailto(address.to_string()));
+        }
+        let authority = endpoint.strip_prefix("smtp://")?;
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        if authority.contains(['/', '?', '#', '@']) {
+            return None;
+        }
+        // `[v6]:port`, `v4:port`, `name:port`, or without the port.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(':') && !port.contains(']') => {
+                let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+                (host, Some(port))
+            }
+            _ => (authority, None),
+        };
+        let host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            MailHost::Ip(std::net::IpAddr::V6(v6.parse().ok()?))
+        } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+            MailHost::Ip(std::net::IpAddr::V4(ip))
+        } else {
+            MailHost::Name(ascii_domain(host)?)
+        };
+        Some(MailEndpoint::Smtp { host, port })
     }
 }
 
@@ -189,21 +279,80 @@ mod tests {
         .unwrap();
         assert_eq!(d.key("atproto").unwrap().alg(), Alg::Es256k);
         let d = DidDocument::parse(doc(&format!("[{bad},{good}]")).as_bytes(), DID).unwrap();
-        assert!(d.key("atproto").is_err());
-        assert!(d.key("other").is_err());
+        assert!(matches!(
+            d.key("atproto"),
+            Err(DocumentError::BadKey { .. })
+        ));
+        assert_eq!(d.key("other"), Err(DocumentError::NoKey("other".into())));
         assert_eq!(d.handle_claim().as_deref(), Some("alice.example.com"));
         assert_eq!(d.pds(), Some("https://pds.example"));
     }
 
     #[test]
-    fn hostile_documents() {
-        assert!(
-            DidDocument::parse(doc("[]").as_bytes(), "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").is_err()
+    fn mail_endpoints() {
+        let smtp = |host: &str, port| MailEndpoint::Smtp {
+            host: MailHost::Name(host.into()),
+            port,
+        };
+        assert_eq!(
+            MailEndpoint::parse("smtp://MX.Example.net.:25"),
+            Some(smtp("mx.example.net", Some(25)))
         );
-        assert!(DidDocument::parse(b"[]", DID).is_err());
-        assert!(DidDocument::parse(b"\xff\xfe", DID).is_err());
+        assert_eq!(
+            MailEndpoint::parse("smtp://bücher.example"),
+            Some(smtp("xn--bcher-kva.example", None))
+        );
+        assert_eq!(
+            MailEndpoint::parse("smtp://192.0.2.1:2525"),
+            Some(MailEndpoint::Smtp {
+                host: MailHost::Ip("192.0.2.1".parse().unwrap()),
+                port: Some(2525)
+            })
+        );
+        assert_eq!(
+            MailEndpoint::parse("smtp://[2001:db8::1]:25"),
+            Some(MailEndpoint::Smtp {
+                host: MailHost::Ip("2001:db8::1".parse().unwrap()),
+                port: Some(25)
+            })
+        );
+        assert_eq!(
+            MailEndpoint::parse("mailto:ceo@bank.example"),
+            Some(MailEndpoint::Mailto("ceo@bank.example".into()))
+        );
+        for bad in [
+            "smtp://",
+            "smtp://host:0",
+            "smtp://host:99999",
+            "smtp://user@host",
+            "smtp://host/path",
+            "smtp://-bad-.example",
+            "https://mx.example.net",
+            "mailto:nobody",
+        ] {
+            assert_eq!(MailEndpoint::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_documents() {
+        assert_eq!(
+            DidDocument::parse(doc("[]").as_bytes(), "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"),
+            Err(DocumentError::OtherDid)
+        );
+        assert_eq!(DidDocument::parse(b"[]", DID), Err(DocumentError::Invalid));
+        assert_eq!(
+            DidDocument::parse(b"\xff\xfe", DID),
+            Err(DocumentError::Invalid)
+        );
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(DidDocument::parse(deep.as_bytes(), DID).is_err());
-        assert!(DidDocument::parse(doc(r#"{"not":"an array"}"#).as_bytes(), DID).is_err());
+        assert_eq!(
+            DidDocument::parse(deep.as_bytes(), DID),
+            Err(DocumentError::Invalid)
+        );
+        assert_eq!(
+            DidDocument::parse(doc(r#"{"not":"an array"}"#).as_bytes(), DID),
+            Err(DocumentError::Invalid)
+        );
     }
 }

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod device_cert;
 pub mod did_doc;
+pub mod error;
 pub mod net;
 
 use std::sync::Arc;
@@ -15,42 +16,10 @@ use crate::envelope::Kid;
 use crate::envelope::token::DEVICE_CERT_COLLECTION;
 use crate::syntax::{self, DidMethod};
 use cache::{Counters, Found, TimedCache};
-pub use device_cert::DeviceCertificate;
-pub use did_doc::DidDocument;
-use net::{FetchError, FetchErrorKind, Net, Origin};
-
-/// Why an identity could not be had. `transient` decides `temperror` against `permerror`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reason}")]
-pub struct IdentityError {
-    pub transient: bool,
-    pub reason: String,
-}
-
-impl IdentityError {
-    pub fn permanent(reason: impl Into<String>) -> IdentityError {
-        IdentityError {
-            transient: false,
-            reason: reason.into(),
-        }
-    }
-
-    pub fn transient(reason: impl Into<String>) -> IdentityError {
-        IdentityError {
-            transient: true,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl From<FetchError> for IdentityError {
-    fn from(e: FetchError) -> IdentityError {
-        IdentityError {
-            transient: e.kind == FetchErrorKind::Transient,
-            reason: e.message,
-        }
-    }
-}
+pub use device_cert::{CertError, DeviceCertificate};
+pub use did_doc::{DidDocument, DocumentError};
+pub use error::{ErrorKind, IdentityError, Upstream};
+use net::{FetchError, FetchErrorKind, Net};
 
 /// A DID document and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +45,7 @@ pub struct ResolvedKey {
 
 /// Why a key could not be had, and whether the document behind the answer was a cached one.
 #[derive(Debug, Clone)]
-pub struct KeyError {
+pub struct KeyLookupError {
     pub error: IdentityError,
     pub cached_document: bool,
 }
@@ -90,6 +59,26 @@ pub struct CacheStats {
     pub certificate_entries: u64,
     pub handles: Counters,
     pub handle_entries: u64,
+}
+
+impl CacheStats {
+    /// The figures `[metrics]` shows.
+    pub fn gauges(&self) -> Vec<crate::metrics::CacheGauge> {
+        [
+            ("document", &self.documents, self.document_entries),
+            ("certificate", &self.certificates, self.certificate_entries),
+            ("handle", &self.handles, self.handle_entries),
+        ]
+        .into_iter()
+        .map(|(kind, c, entries)| crate::metrics::CacheGauge {
+            kind,
+            hits: c.hits,
+            misses: c.misses,
+            stale: c.stale_served,
+            entries,
+        })
+        .collect()
+    }
 }
 
 /// How a handle was resolved to a DID.
@@ -111,6 +100,21 @@ const MAX_HANDLE_BODY: usize = 2048;
 /// Redirects followed for the handle's HTTPS method (atproto allows "a reasonable number";
 /// DID documents get none, spec section 6).
 const HANDLE_REDIRECTS: usize = 3;
+/// The longest `Retry-After` honoured: a directory asking for an hour would otherwise stop
+/// every lookup of an unknown did:plc for that long (the next configured directory, or the
+/// one after the wait, is asked instead).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A fetch error, in the terms of the upstream it came from.
+fn fetch_error(upstream: Upstream, e: FetchError) -> IdentityError {
+    tracing::debug!("{upstream}: {}", e.message);
+    match e.kind {
+        FetchErrorKind::NotFound => IdentityError::NotFound(upstream),
+        FetchErrorKind::Refused => IdentityError::Refused(upstream),
+        FetchErrorKind::TooLarge => IdentityError::TooLarge(upstream),
+        FetchErrorKind::Transient => IdentityError::Unavailable(upstream),
+    }
+}
 
 /// Resolves and caches identities. One per process, shared by every connection.
 pub struct IdentityResolver {
@@ -120,6 +124,8 @@ pub struct IdentityResolver {
     documents: TimedCache<ResolvedDid>,
     certificates: TimedCache<DeviceCertificate>,
     handles: TimedCache<(String, HandleSource)>,
+    /// Domains' `_atsms-mail` TXT answers (spec section 9): `Ok` when the domain vouches.
+    mail_hosts: TimedCache<()>,
     /// DIDs refreshed after a failure recently (ROTATION_CHECK_INTERVAL).
     rotation_checks: moka::sync::Cache<String, ()>,
     /// PLC directories that answered 429, and until when they asked us to stay away.
@@ -136,12 +142,13 @@ impl IdentityResolver {
             plc_urls: resolver
                 .plc_urls
                 .iter()
-                .map(|u| u.trim_end_matches('/').to_string())
+                .map(|u| u.as_str().trim_end_matches('/').to_string())
                 .collect(),
             max_document_size: resolver.max_document_size,
             documents: TimedCache::new(cache),
             certificates: TimedCache::new(cache),
             handles: TimedCache::new(cache),
+            mail_hosts: TimedCache::new(cache),
             rotation_checks: moka::sync::Cache::builder()
                 .max_capacity(cache.max_entries)
                 .time_to_live(ROTATION_CHECK_INTERVAL)
@@ -260,11 +267,11 @@ impl IdentityResolver {
         match syntax::supported_did_method(did) {
             Some(DidMethod::Plc) => {
                 // Directories in order; a definite "no such DID" needs every one to say so.
-                let mut last = IdentityError::permanent("no PLC directory configured");
+                let mut last = IdentityError::Unavailable(Upstream::Plc);
                 let mut any_transient = false;
                 for plc in &self.plc_urls {
                     // A directory that answered 429 is left alone for as long as it asked
-                    // (RFC 6585 §4, Retry-After); the next one is asked meanwhile.
+                    // (RFC 6585 §4, Retry-After, capped); the next one is asked meanwhile.
                     let backing_off = self
                         .plc_backoff
                         .lock()
@@ -273,96 +280,88 @@ impl IdentityResolver {
                         .is_some_and(|until| std::time::Instant::now() < until);
                     if backing_off {
                         any_transient = true;
-                        last = IdentityError::transient(format!(
-                            "{plc} asked us to retry later (429)"
-                        ));
+                        last = IdentityError::Unavailable(Upstream::Plc);
                         continue;
                     }
                     let url = format!("{plc}/{did}");
                     match self
                         .net
-                        .get(&url, Origin::Operator, accept, self.max_document_size, 0)
+                        .get(&url, Upstream::Plc, accept, self.max_document_size, 0)
                         .await
                     {
                         Ok(r) if (200..300).contains(&r.status) => {
                             return self.document(&r.body, did, url);
                         }
                         Ok(r) if r.status == 404 || r.status == 410 => {
-                            last = IdentityError::permanent(format!(
-                                "{did} not found in the PLC directory"
-                            ));
+                            last = IdentityError::NotFound(Upstream::Plc);
                         }
                         Ok(r) => {
                             if r.status == 429 {
-                                let wait =
-                                    Duration::from_secs(r.retry_after.unwrap_or(60).min(3600));
+                                let wait = Duration::from_secs(r.retry_after.unwrap_or(60))
+                                    .min(MAX_RETRY_AFTER);
                                 if let Ok(mut backoff) = self.plc_backoff.lock() {
                                     backoff.insert(plc.clone(), std::time::Instant::now() + wait);
                                 }
                             }
+                            tracing::debug!("{plc}: HTTP {} for {did}", r.status);
                             any_transient = true;
-                            last = IdentityError::transient(format!(
-                                "PLC directory answered HTTP {}",
-                                r.status
-                            ));
+                            last = IdentityError::Unavailable(Upstream::Plc);
                         }
                         // A document the directory did serve but that is too large is the DID's.
-                        Err(e) if e.kind == FetchErrorKind::TooLarge => last = e.into(),
+                        Err(e) if e.kind == FetchErrorKind::TooLarge => {
+                            last = fetch_error(Upstream::Plc, e);
+                        }
                         Err(e) => {
                             // The directory is the operator's own infrastructure: that it cannot
                             // be reached (even NXDOMAIN for its host, or a refused address) says
                             // nothing about the DID. Only its 404/410 is definite.
+                            tracing::debug!("{plc}: {}", e.message);
                             any_transient = true;
-                            last = IdentityError::transient(e.message);
+                            last = IdentityError::Unavailable(Upstream::Plc);
                         }
                     }
                 }
-                if any_transient && !last.transient {
-                    last.transient = true;
+                if any_transient && !last.is_transient() {
+                    last = IdentityError::Unavailable(Upstream::Plc);
                 }
                 Err(last)
             }
             Some(DidMethod::Web) => {
                 let identifier = &did["did:web:".len()..];
                 let Some((host, port)) = syntax::web_did_host(identifier) else {
-                    return Err(IdentityError::permanent("unsupported did:web"));
+                    return Err(IdentityError::UnsupportedDid);
                 };
                 let url = match port {
                     Some(port) if self.net.allow_private() => {
                         format!("http://{host}:{port}/.well-known/did.json")
                     }
-                    Some(_) => {
-                        return Err(IdentityError::permanent(
-                            "did:web with a port (test setups only)",
-                        ));
-                    }
+                    Some(_) => return Err(IdentityError::WebPort),
                     None => format!("https://{host}/.well-known/did.json"),
                 };
+                let upstream = Upstream::DidWeb;
                 match self
                     .net
-                    .get(&url, Origin::Untrusted, accept, self.max_document_size, 0)
+                    .get(&url, upstream, accept, self.max_document_size, 0)
                     .await
                 {
                     Ok(r) if (200..300).contains(&r.status) => self.document(&r.body, did, url),
-                    Ok(r) if r.status == 404 || r.status == 410 => Err(IdentityError::permanent(
-                        format!("{url} answered HTTP {}", r.status),
-                    )),
-                    Ok(r) if (300..400).contains(&r.status) => Err(IdentityError::permanent(
-                        format!("{url} redirects; redirects are not followed"),
-                    )),
-                    Ok(r) => Err(IdentityError::transient(format!(
-                        "{url} answered HTTP {}",
-                        r.status
-                    ))),
-                    Err(e) => Err(e.into()),
+                    Ok(r) if r.status == 404 || r.status == 410 => {
+                        Err(IdentityError::NotFound(upstream))
+                    }
+                    Ok(r) if (300..400).contains(&r.status) => Err(IdentityError::Redirected),
+                    Ok(r) => {
+                        tracing::debug!("{url}: HTTP {}", r.status);
+                        Err(IdentityError::Unavailable(upstream))
+                    }
+                    Err(e) => Err(fetch_error(upstream, e)),
                 }
             }
-            None => Err(IdentityError::permanent("not a did:plc or did:web DID")),
+            None => Err(IdentityError::UnsupportedDid),
         }
     }
 
     fn document(&self, body: &[u8], did: &str, source: String) -> Cached<ResolvedDid> {
-        let document = DidDocument::parse(body, did).map_err(IdentityError::permanent)?;
+        let document = DidDocument::parse(body, did)?;
         Ok(Arc::new(ResolvedDid {
             document,
             source,
@@ -374,11 +373,11 @@ impl IdentityResolver {
         self: &Arc<Self>,
         kid: &Kid,
         now: i64,
-    ) -> Result<ResolvedKey, KeyError> {
+    ) -> Result<ResolvedKey, KeyLookupError> {
         let found = self
             .resolve_did(kid.did())
             .await
-            .map_err(|error| KeyError {
+            .map_err(|error| KeyLookupError {
                 error,
                 cached_document: false,
             })?;
@@ -394,16 +393,15 @@ impl IdentityResolver {
         now: i64,
         stale: bool,
         cached: bool,
-    ) -> Result<ResolvedKey, KeyError> {
-        let fail = |error| KeyError {
+    ) -> Result<ResolvedKey, KeyLookupError> {
+        let fail = |error| KeyLookupError {
             error,
             cached_document: cached,
         };
         let key = match kid {
-            Kid::VerificationMethod { fragment, .. } => did
-                .document
-                .key(fragment)
-                .map_err(|e| fail(IdentityError::permanent(e)))?,
+            Kid::VerificationMethod { fragment, .. } => {
+                did.document.key(fragment).map_err(|e| fail(e.into()))?
+            }
             Kid::DeviceCertificate { fingerprint, .. } => {
                 let kid_uri = kid.to_string();
                 let refresh = || {
@@ -421,9 +419,7 @@ impl IdentityResolver {
                     .get(&kid_uri, fetch, refresh)
                     .await
                     .map_err(fail)?;
-                cert.value
-                    .check_validity(now)
-                    .map_err(|e| fail(IdentityError::permanent(e)))?;
+                cert.value.check_validity(now).map_err(|e| fail(e.into()))?;
                 cert.value.key.clone()
             }
         };
@@ -441,11 +437,9 @@ impl IdentityResolver {
         kid: &str,
         fingerprint: &str,
     ) -> Cached<DeviceCertificate> {
-        let pds = document
-            .pds()
-            .ok_or_else(|| IdentityError::permanent("DID document names no PDS"))?;
-        let mut url = reqwest::Url::parse(pds)
-            .map_err(|_| IdentityError::permanent("PDS endpoint is not a URL"))?;
+        let upstream = Upstream::Pds;
+        let pds = document.pds().ok_or(IdentityError::NoPds)?;
+        let mut url = reqwest::Url::parse(pds).map_err(|_| IdentityError::NoPds)?;
         url.set_path("/xrpc/com.atproto.repo.getRecord");
         url.query_pairs_mut()
             .append_pair("repo", &document.id)
@@ -455,36 +449,32 @@ impl IdentityResolver {
             .net
             .get(
                 url.as_str(),
-                Origin::Untrusted,
+                upstream,
                 "application/json",
                 self.max_document_size,
                 0,
             )
-            .await?;
+            .await
+            .map_err(|e| fetch_error(upstream, e))?;
         match response.status {
             200..=299 => {}
-            400 | 404 | 410 => return Err(IdentityError::permanent("revoked or unknown device")),
-            408 | 429 | 500..=599 => {
-                return Err(IdentityError::transient(format!(
-                    "PDS answered HTTP {}",
-                    response.status
-                )));
+            400 | 404 | 410 => return Err(IdentityError::UnknownDevice),
+            status @ (408 | 429 | 500..=599) => {
+                tracing::debug!("{url}: HTTP {status}");
+                return Err(IdentityError::Unavailable(upstream));
             }
             status => {
-                return Err(IdentityError::permanent(format!(
-                    "PDS answered HTTP {status}"
-                )));
+                tracing::debug!("{url}: HTTP {status}");
+                return Err(IdentityError::Rejected(upstream));
             }
         }
-        let record: serde_json::Value = serde_json::from_slice(&response.body)
-            .map_err(|_| IdentityError::permanent("device record is not JSON"))?;
+        let record: serde_json::Value =
+            serde_json::from_slice(&response.body).map_err(|_| IdentityError::BadRecord)?;
         let pem = record
             .pointer("/value/certificate")
             .and_then(|c| c.as_str())
-            .ok_or_else(|| IdentityError::permanent("device record has no certificate"))?;
-        DeviceCertificate::parse(pem, kid, fingerprint)
-            .map(Arc::new)
-            .map_err(IdentityError::permanent)
+            .ok_or(IdentityError::BadRecord)?;
+        Ok(Arc::new(DeviceCertificate::parse(pem, kid, fingerprint)?))
     }
     /// The DID a handle names: DNS TXT `_atproto.<handle>`, else HTTPS
     /// `/.well-known/atproto-did` (atproto handle spec).
@@ -510,8 +500,9 @@ impl IdentityResolver {
         if !syntax::is_valid_handle(handle)
             || !syntax::handle_may_resolve(handle, self.net.allow_private())
         {
-            return Err(IdentityError::permanent("handle cannot resolve"));
+            return Err(IdentityError::HandleInvalid);
         }
+        let upstream = Upstream::Handle;
         let dns_error = match self.net.txt(&format!("_atproto.{handle}")).await {
             Ok(records) => {
                 let mut dids: Vec<&str> = records
@@ -524,18 +515,18 @@ impl IdentityResolver {
                     [did] if syntax::is_valid_did(did) => {
                         return Ok(Arc::new((did.to_string(), HandleSource::Dns)));
                     }
-                    [] => IdentityError::permanent("no did= TXT record"),
-                    _ => return Err(IdentityError::permanent("conflicting did= TXT records")),
+                    [] => IdentityError::HandleNoRecord,
+                    _ => return Err(IdentityError::HandleConflict),
                 }
             }
-            Err(e) => e.into(),
+            Err(e) => fetch_error(upstream, e),
         };
         let url = format!("https://{handle}/.well-known/atproto-did");
         let response = match self
             .net
             .get(
                 &url,
-                Origin::Untrusted,
+                upstream,
                 "text/plain",
                 MAX_HANDLE_BODY,
                 HANDLE_REDIRECTS,
@@ -544,25 +535,53 @@ impl IdentityResolver {
         {
             Ok(r) => r,
             // Report the DNS failure when it was transient and HTTPS failed too.
-            Err(e) if dns_error.transient => {
-                return Err(IdentityError::transient(format!("{dns_error}; {e}")));
-            }
-            Err(e) => return Err(e.into()),
+            Err(_) if dns_error.is_transient() => return Err(dns_error),
+            Err(e) => return Err(fetch_error(upstream, e)),
         };
         if !(200..300).contains(&response.status) {
-            return Err(IdentityError::permanent(format!(
-                "{url} answered HTTP {}",
-                response.status
-            )));
+            tracing::debug!("{url}: HTTP {}", response.status);
+            return Err(IdentityError::HandleNoDid);
         }
         let text = String::from_utf8_lossy(&response.body);
         let did = text.lines().next().unwrap_or_default().trim();
         if !syntax::is_valid_did(did) {
-            return Err(IdentityError::permanent(format!(
-                "{url} does not hold a DID"
-            )));
+            return Err(IdentityError::HandleNoDid);
         }
         Ok(Arc::new((did.to_string(), HandleSource::Https)))
+    }
+
+    /// Whether `domain` publishes TXT `_atsms-mail.<domain>` = `v=atsms1` (spec section 9):
+    /// the host declares that it keeps DID mailboxes. Cached like handles; NXDOMAIN or no
+    /// such record is a definite no, SERVFAIL or a timeout a brief one (`cache.error`).
+    pub async fn mail_host_vouches(self: &Arc<Self>, domain: &str) -> bool {
+        let Some(domain) = did_doc::ascii_domain(domain) else {
+            return false;
+        };
+        let refresh = || {
+            let this = self.clone();
+            let domain = domain.clone();
+            tokio::spawn(async move {
+                let _ = this
+                    .mail_hosts
+                    .fetch(&domain, || this.fetch_mail_host(&domain), true)
+                    .await;
+            });
+        };
+        self.mail_hosts
+            .get(&domain, || self.fetch_mail_host(&domain), refresh)
+            .await
+            .is_ok()
+    }
+
+    async fn fetch_mail_host(&self, domain: &str) -> Cached<()> {
+        match self.net.txt(&format!("_atsms-mail.{domain}")).await {
+            Ok(records) if records.iter().any(|r| r == "v=atsms1") => Ok(Arc::new(())),
+            Ok(_) => Err(IdentityError::NotAMailHost),
+            Err(e) if e.kind == FetchErrorKind::Transient => {
+                Err(IdentityError::Unavailable(Upstream::MailHost))
+            }
+            Err(_) => Err(IdentityError::NotAMailHost),
+        }
     }
 
     /// The document's handle if it resolves back to the same DID (spec section 7), else none.

@@ -5,7 +5,7 @@
 //! check is made on the addresses the name resolves to, in the resolver the HTTP client
 //! connects through, so DNS cannot change the answer between check and connect.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
+use super::error::Upstream;
 use crate::config::ResolverConfig;
 
 /// How a fetch failed. `NotFound` and `Refused` are definite; the others may pass.
@@ -89,21 +90,11 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         let [c, d] = segments[2].to_be_bytes();
         return is_public_v4(Ipv4Addr::new(a, b, c, d));
     }
-    // Global unicast is 2000::/3; within it, documentation 2001:db8::/32 and Teredo
-    // 2001::/32 are not somewhere to fetch a DID document from.
+    // Global unicast is 2000::/3; within it, documentation (2001:db8::/32 and, RFC 9637,
+    // 3fff::/20) and Teredo 2001::/32 are not somewhere to fetch a DID document from.
     (segments[0] & 0xe000) == 0x2000
         && !(segments[0] == 0x2001 && (segments[1] == 0x0db8 || segments[1] == 0))
-}
-
-/// `"IP:PORT"`, `"[IPv6]:PORT"` or `"IP"` (port 53).
-pub fn parse_dns_server(server: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = server.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    server
-        .parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("\"{server}\" is not IP or IP:PORT"))
+        && !(segments[0] == 0x3fff && segments[1] < 0x1000)
 }
 
 /// Marks a resolution refused by address policy, so the HTTP error can be told apart.
@@ -111,19 +102,19 @@ pub fn parse_dns_server(server: &str) -> Result<SocketAddr, String> {
 #[error("{0} resolves only to non-public addresses")]
 struct AddressRefused(String);
 
-/// The resolver reqwest connects through: hickory, then the address policy.
+/// The resolver reqwest connects through: hickory, then the address policy. The client for
+/// the operator's own URLs (PLC directories) has `allow_any`; the client for every URL a DID
+/// document, handle or message chose has it only with `allow_private_addresses`.
 struct GuardedResolver {
     dns: Arc<TokioResolver>,
-    allow_private: bool,
-    /// Hosts the operator configured (PLC directories): their addresses are not checked.
-    trusted_hosts: Arc<HashSet<String>>,
+    allow_any: bool,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
         let dns = self.dns.clone();
-        let allow_any = self.allow_private || self.trusted_hosts.contains(&host);
+        let allow_any = self.allow_any;
         Box::pin(async move {
             let ips: Vec<IpAddr> = if host == "localhost" {
                 // RFC 6761 §6.3: localhost is loopback, never asked of DNS.
@@ -158,24 +149,23 @@ pub struct HttpResponse {
     pub retry_after: Option<u64>,
 }
 
-/// Who chose the URL: the operator (configured PLC directories) or a DID document, handle or
-/// message (everything else), which decides the rules applied to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Operator,
-    Untrusted,
-}
-
-/// The HTTP client and DNS resolver every identity lookup goes through.
+/// The HTTP clients and DNS resolver every identity lookup goes through.
+///
+/// Who chose a URL decides the rules: only URLs built from a configured PLC directory
+/// (`Upstream::Plc`) are the operator's, fetched over plain http if so configured and without
+/// address checks (a site's own mirror may be private). Every other URL — did:web, PDS,
+/// handle, labeler — is checked, even when its host happens to be a PLC directory's (a DID
+/// document naming `http://<plc host>:<port>/` must not reach whatever listens there).
 pub struct Net {
-    http: reqwest::Client,
+    operator: reqwest::Client,
+    untrusted: reqwest::Client,
     dns: Arc<TokioResolver>,
     allow_private: bool,
-    trusted_hosts: Arc<HashSet<String>>,
-    /// Fetches in flight, all hosts together (`resolver.max_concurrent_fetches`).
-    all_hosts: Arc<tokio::sync::Semaphore>,
+    /// Fetches in flight per kind of upstream (`resolver.max_concurrent_fetches` each): a slow
+    /// did:web host cannot take the permits did:plc lookups need.
+    per_kind: HashMap<Upstream, Arc<tokio::sync::Semaphore>>,
     /// Fetches in flight per host (`resolver.max_concurrent_per_host`).
-    per_host: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    per_host: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     per_host_limit: usize,
 }
 
@@ -184,53 +174,50 @@ const USER_AGENT: &str = concat!("atsms-milter/", env!("CARGO_PKG_VERSION"));
 impl Net {
     pub fn new(config: &ResolverConfig) -> Result<Net, String> {
         let dns = Arc::new(build_dns(config)?);
-        let trusted_hosts: HashSet<String> = config
-            .plc_urls
-            .iter()
-            .filter_map(|u| {
-                Url::parse(u)
-                    .ok()?
-                    .host_str()
-                    .map(|h| h.to_ascii_lowercase())
-            })
-            .collect();
-        let trusted_hosts = Arc::new(trusted_hosts);
-        let resolver = GuardedResolver {
-            dns: dns.clone(),
-            allow_private: config.allow_private_addresses,
-            trusted_hosts: trusted_hosts.clone(),
+        let client = |allow_any: bool| {
+            let resolver = GuardedResolver {
+                dns: dns.clone(),
+                allow_any,
+            };
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .no_proxy()
+                // Redirects are followed by hand, one checked hop at a time (`get`).
+                .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(Arc::new(resolver))
+                .timeout(config.timeout())
+                .connect_timeout(config.timeout())
+                .build()
+                .map_err(|e| format!("cannot build the HTTP client: {e}"))
         };
-        let http = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .no_proxy()
-            // Redirects are followed by hand, one checked hop at a time (`get`).
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(resolver))
-            .timeout(config.timeout())
-            .connect_timeout(config.timeout())
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let limit = config.max_concurrent_fetches.get();
+        let per_kind = [
+            Upstream::Plc,
+            Upstream::DidWeb,
+            Upstream::Pds,
+            Upstream::Handle,
+            Upstream::MailHost,
+            Upstream::Service,
+        ]
+        .into_iter()
+        .map(|kind| (kind, Arc::new(tokio::sync::Semaphore::new(limit))))
+        .collect();
         Ok(Net {
-            http,
+            operator: client(true)?,
+            untrusted: client(config.allow_private_addresses)?,
             dns,
             allow_private: config.allow_private_addresses,
-            trusted_hosts,
-            all_hosts: Arc::new(tokio::sync::Semaphore::new(
-                config.max_concurrent_fetches.max(1),
-            )),
-            per_host: std::sync::Mutex::new(std::collections::HashMap::new()),
-            per_host_limit: config.max_concurrent_per_host.max(1),
+            per_kind,
+            per_host: std::sync::Mutex::new(HashMap::new()),
+            per_host_limit: config.max_concurrent_per_host.get(),
         })
     }
 
     /// Checks a URL before any connection: scheme, and an IP-literal host (which reqwest
     /// connects to without asking the resolver).
-    fn check_url(&self, url: &Url, origin: Origin) -> Result<(), FetchError> {
+    fn check_url(&self, url: &Url, upstream: Upstream) -> Result<(), FetchError> {
         let refused = |why: String| Err(FetchError::new(FetchErrorKind::Refused, why));
-        let operator = origin == Origin::Operator
-            || url
-                .host_str()
-                .is_some_and(|h| self.trusted_hosts.contains(&h.to_ascii_lowercase()));
+        let operator = upstream == Upstream::Plc;
         match url.scheme() {
             "https" => {}
             "http" if operator || self.allow_private => {}
@@ -257,7 +244,7 @@ impl Net {
     pub async fn get(
         &self,
         url: &str,
-        origin: Origin,
+        upstream: Upstream,
         accept: &str,
         max_body: usize,
         max_redirects: usize,
@@ -265,8 +252,12 @@ impl Net {
         let mut url = Url::parse(url)
             .map_err(|e| FetchError::new(FetchErrorKind::Refused, format!("bad URL {url}: {e}")))?;
         let mut redirects = 0;
+        let http = match upstream {
+            Upstream::Plc => &self.operator,
+            _ => &self.untrusted,
+        };
         loop {
-            self.check_url(&url, origin)?;
+            self.check_url(&url, upstream)?;
             // Bounded concurrency: a flood of mail from many DIDs queues here instead of
             // opening thousands of connections, and no single host gets more than its share.
             let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
@@ -284,15 +275,13 @@ impl Net {
                 .acquire_owned()
                 .await
                 .map_err(|_| FetchError::new(FetchErrorKind::Transient, "shutting down"))?;
-            let _permit = self
-                .all_hosts
+            let _permit = self.per_kind[&upstream]
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|_| FetchError::new(FetchErrorKind::Transient, "shutting down"))?;
             let sent = std::time::Instant::now();
-            let response = self
-                .http
+            let response = http
                 .get(url.clone())
                 .header(reqwest::header::ACCEPT, accept)
                 .send()
@@ -449,7 +438,7 @@ fn build_dns(config: &ResolverConfig) -> Result<TokioResolver, String> {
     } else {
         let mut servers = Vec::new();
         for server in &config.dns_servers {
-            let addr = parse_dns_server(server)?;
+            let addr = server.0;
             let mut udp = ConnectionConfig::udp();
             udp.port = addr.port();
             let mut tcp = ConnectionConfig::tcp();
@@ -489,11 +478,19 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:a00:1::",
             "2001:db8::1",
+            "3fff::1",
+            "3fff:fff::1",
             "ff02::1",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "3fff:1000::1",
+        ] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }

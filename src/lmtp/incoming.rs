@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use tempfile::SpooledTempFile;
 
 use crate::message::{HeaderSplitter, ReadError, Split};
-use crate::session::MessageSession;
+use crate::session::{MessageSession, Settings};
 
 /// Bodies up to this size stay in memory; larger ones go to a temporary file.
 const SPOOL_IN_MEMORY: usize = 256 * 1024;
@@ -24,21 +24,19 @@ pub struct Incoming {
     /// Over the size limit, or the header section too large: the rest is discarded.
     pub refused: Option<&'static str>,
     pub io_error: Option<io::Error>,
-    authserv_id: String,
 }
 
 impl Incoming {
-    pub fn new(max_size: u64, authserv_id: &str) -> Incoming {
+    pub fn new(max_size: u64, settings: &Settings) -> Incoming {
         Incoming {
-            session: MessageSession::new(),
-            splitter: Some(HeaderSplitter::default()),
+            session: MessageSession::new(settings),
+            splitter: Some(HeaderSplitter::new(&settings.limits)),
             spool: SpooledTempFile::new(SPOOL_IN_MEMORY),
             pending_cr: false,
             size: 0,
             max_size,
             refused: None,
             io_error: None,
-            authserv_id: authserv_id.to_string(),
         }
     }
 
@@ -63,6 +61,7 @@ impl Incoming {
                 }
                 Err(ReadError::HeaderTooLarge) => {
                     self.refused = Some("header section too large");
+                    self.splitter = None;
                     return;
                 }
                 Err(ReadError::Io(e)) => {
@@ -76,16 +75,20 @@ impl Incoming {
 
     fn end_headers(&mut self) {
         if let Some(splitter) = self.splitter.take() {
-            let (fields, _) = splitter.finish();
-            for field in fields {
-                self.session
-                    .header(&field.name, &field.value, &self.authserv_id);
+            let finished = splitter.finish();
+            for field in finished.fields {
+                self.session.header(&field.name, &field.value);
             }
+            if self.session.refusal().is_some() {
+                self.refused = Some("header section too large");
+            }
+            // A last line without a line end that is no field is the body's (kept).
+            self.body(&finished.body);
         }
     }
 
     fn body(&mut self, data: &[u8]) {
-        if data.is_empty() {
+        if data.is_empty() || self.refused.is_some() {
             return;
         }
         self.session.body(data);
@@ -119,8 +122,12 @@ impl Incoming {
         }
     }
 
-    /// Ends the message: the header section is complete even without a body.
+    /// Ends the message: the header section is complete even without a body. Called once
+    /// more is harmless.
     pub fn finish(&mut self) {
+        if self.refused.is_some() {
+            return;
+        }
         self.end_headers();
         if self.pending_cr {
             self.pending_cr = false;
@@ -157,5 +164,79 @@ impl Incoming {
             out.push(b'\n');
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn settings() -> Settings {
+        let identity = Arc::new(
+            crate::identity::IdentityResolver::new(
+                &crate::config::ResolverConfig::default(),
+                &crate::config::CacheConfig::default(),
+            )
+            .unwrap(),
+        );
+        Settings::new(
+            crate::verify::Verifier::new(identity, std::time::Duration::from_secs(1)),
+            crate::config::PolicyConfig::default(),
+        )
+    }
+
+    fn stored(chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
+        let s = settings();
+        let mut incoming = Incoming::new(1 << 20, &s);
+        for chunk in chunks {
+            incoming.push(chunk);
+        }
+        incoming.finish();
+        let head = incoming.kept_header_section();
+        let mut body = Vec::new();
+        incoming
+            .body_reader()
+            .unwrap()
+            .read_to_end(&mut body)
+            .unwrap();
+        (head, body)
+    }
+
+    #[test]
+    fn crlf_becomes_lf_across_every_chunk_boundary() {
+        let message: &[u8] =
+            b"Subject: a\r\n b\r\nFrom: x@y.z\r\n\r\nline\r\nlone\rcr\r\n\r\nend\r";
+        let whole = stored(&[message]);
+        assert_eq!(whole.0, b"Subject: a\n b\nFrom: x@y.z\n");
+        assert_eq!(whole.1, b"line\nlone\rcr\n\nend\r");
+        for cut in 0..=message.len() {
+            assert_eq!(
+                stored(&[&message[..cut], &message[cut..]]),
+                whole,
+                "cut {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = message.chunks(1).collect();
+        assert_eq!(stored(&bytes), whole, "byte by byte");
+    }
+
+    #[test]
+    fn a_last_line_without_a_line_end_is_stored() {
+        assert_eq!(stored(&[b"From: x@y.z\r\n\r\nno end"]).1, b"no end");
+        assert_eq!(stored(&[b"From: x@y.z\r\nnot a field"]).1, b"not a field");
+    }
+
+    #[test]
+    fn a_header_section_over_the_limits_is_refused_and_not_kept() {
+        let s = settings();
+        let mut incoming = Incoming::new(1 << 30, &s);
+        for _ in 0..2000 {
+            incoming.push(b"a:\r\n");
+        }
+        incoming.push(b"\r\nbody\r\n");
+        incoming.finish();
+        assert_eq!(incoming.refused, Some("header section too large"));
+        assert!(incoming.session.headers().is_empty());
     }
 }

@@ -58,30 +58,25 @@ impl Mailboxes {
         })
     }
 
+    /// Where mail for `address` goes. The mailbox is `address::fold`'s (ASCII case folding
+    /// only, `did!` read as `did.`, the detail removed): one rule for paths and replays.
     pub fn resolve(&self, address: &str) -> Result<Recipient, RecipientError> {
-        let (local, domain) = address.rsplit_once('@').ok_or(RecipientError::BadAddress)?;
-        let (user, detail) = match self.delimiter.chars().next() {
-            Some(delim) => match local.split_once(delim) {
-                Some((user, detail)) if !user.is_empty() => (user, Some(detail.to_string())),
-                _ => (local, None),
-            },
-            None => (local, None),
-        };
-        let user = user.to_lowercase();
-        let domain = domain.to_lowercase();
-        if !path_safe(&user) || !path_safe(&domain) {
+        let folded =
+            crate::address::fold(address, &self.delimiter).ok_or(RecipientError::BadAddress)?;
+        let (user, domain) = (&folded.user, &folded.domain);
+        if !path_safe(user) || !path_safe(domain) {
             return Err(RecipientError::BadAddress);
         }
-        let mailbox = format!("{user}@{domain}");
+        let mailbox = folded.mailbox();
         if let Some(known) = &self.known
             && !known.contains(&mailbox)
         {
             return Err(RecipientError::Unknown);
         }
-        let detail = detail.filter(|d| path_safe(d));
+        let detail = folded.detail.filter(|d| path_safe(d));
         Ok(Recipient {
             address: address.to_string(),
-            maildir: self.expand(&mailbox, &user, &domain),
+            maildir: self.expand(&mailbox, user, domain),
             mailbox,
             detail,
         })
@@ -130,7 +125,7 @@ fn load_recipients(path: &str) -> Result<HashSet<String>, String> {
         .lines()
         .map(|l| l.split('#').next().unwrap_or_default().trim())
         .filter(|l| !l.is_empty())
-        .map(str::to_lowercase)
+        .filter_map(|l| crate::address::fold(l, "").map(|f| f.mailbox()))
         .collect())
 }
 
@@ -176,6 +171,17 @@ mod tests {
             RecipientError::BadAddress
         );
         assert_eq!(m.resolve("bob+../x@y").unwrap().detail, None);
+        // ASCII folding only: the Kelvin sign keeps its own (distinct) mailbox.
+        assert_eq!(
+            m.resolve("\u{212A}evin@x").unwrap().mailbox,
+            "\u{212A}evin@x"
+        );
+        assert_eq!(
+            m.resolve("did!plc!ofurdhfyhjhgomvfygxergep@MX")
+                .unwrap()
+                .mailbox,
+            "did.plc.ofurdhfyhjhgomvfygxergep@mx"
+        );
     }
 
     #[test]

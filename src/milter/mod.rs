@@ -13,9 +13,9 @@ use indymilter::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::auth_results;
 use crate::config::Action;
-use crate::policy;
+use crate::reply::Reply;
+use crate::session::judge::{self, Scope, Target, Transaction};
 use crate::session::{MessageSession, Settings, SharedSettings};
 use crate::socket::BoundListener;
 
@@ -30,7 +30,13 @@ pub struct Connection {
     skip_negotiated: bool,
     /// The MTA sends header fields without waiting for a reply to each (SMFIP_NR_HDR).
     noreply_header: bool,
+    /// The client's address, when it connected over IP.
+    client: Option<std::net::IpAddr>,
     message: Option<MessageSession>,
+    /// Whether this message is judged (not from `trusted_networks`, not authenticated). A
+    /// message that is not judged still loses forged `Authentication-Results` fields.
+    judged: bool,
+    sender: String,
     recipients: Vec<String>,
 }
 
@@ -45,6 +51,18 @@ fn queue_id(macros: &indymilter::Macros) -> String {
 
 fn lossy(s: &CStr) -> String {
     String::from_utf8_lossy(s.to_bytes()).into_owned()
+}
+
+/// An envelope address as the MTA passes it (`<a@b>`, perhaps with ESMTP parameters).
+fn envelope_address(args: &[CString]) -> String {
+    args.first()
+        .map(|a| {
+            lossy(a)
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+        .unwrap_or_default()
 }
 
 pub fn callbacks(shared: SharedSettings) -> Callbacks<Connection> {
@@ -62,7 +80,7 @@ pub fn callbacks(shared: SharedSettings) -> Callbacks<Connection> {
             })
         })
         .on_connect(|cx, _hostname, socket| Box::pin(async move { handle_connect(cx, socket) }))
-        .on_mail(|cx, _args| Box::pin(async move { handle_mail(cx) }))
+        .on_mail(|cx, args| Box::pin(async move { handle_mail(cx, args) }))
         .on_rcpt(|cx, args| Box::pin(async move { handle_rcpt(cx, args) }))
         .on_header(|cx, name, value| Box::pin(async move { handle_header(cx, name, value) }))
         .on_body(|cx, chunk| Box::pin(async move { handle_body(cx, chunk) }))
@@ -134,45 +152,45 @@ fn handle_negotiate(
         settings,
         skip_negotiated,
         noreply_header,
+        client: None,
         message: None,
+        judged: true,
+        sender: String::new(),
         recipients: Vec::new(),
     });
     Status::Continue
 }
 
 fn handle_connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
-    let Some(conn) = cx.data.as_ref() else {
+    let Some(conn) = cx.data.as_mut() else {
         error!("connection state missing at connect");
         return Status::Tempfail;
     };
-    if let SocketInfo::Inet(addr) = socket
-        && policy::is_trusted(addr.ip(), &conn.settings.trusted_networks)
-    {
-        debug!("client {} is in trusted_networks; not judged", addr.ip());
-        return Status::Accept;
+    if let SocketInfo::Inet(addr) = socket {
+        conn.client = Some(addr.ip());
     }
     Status::Continue
 }
 
-fn handle_mail(cx: &mut Context<Connection>) -> Status {
+fn handle_mail(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
     let authenticated = cx
         .macros
         .get(c"{auth_authen}")
         .is_some_and(|v| !v.is_empty());
+    let id = queue_id(&cx.macros);
     let Some(conn) = cx.data.as_mut() else {
         error!("connection state missing at MAIL");
         return Status::Tempfail;
     };
-    conn.message = None;
     conn.recipients.clear();
-    if authenticated && conn.settings.policy.skip_authenticated {
-        debug!(
-            "{}: SMTP-authenticated sender; not judged",
-            queue_id(&cx.macros)
-        );
-        return Status::Accept;
+    conn.sender = envelope_address(&args);
+    conn.judged = conn.settings.judges(conn.client, authenticated);
+    if !conn.judged {
+        // Not judged, but its header fields are still read: forged results claiming our
+        // authserv-id must go from trusted and authenticated mail too.
+        debug!("{id}: trusted or SMTP-authenticated sender; not judged");
     }
-    conn.message = Some(MessageSession::new());
+    conn.message = Some(MessageSession::new(&conn.settings));
     Status::Continue
 }
 
@@ -181,14 +199,7 @@ fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
         error!("connection state missing at RCPT");
         return Status::Tempfail;
     };
-    if let Some(rcpt) = args.first() {
-        let rcpt = lossy(rcpt);
-        conn.recipients.push(
-            rcpt.trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_ascii_lowercase(),
-        );
-    }
+    conn.recipients.push(envelope_address(&args));
     Status::Continue
 }
 
@@ -213,7 +224,7 @@ fn handle_header(cx: &mut Context<Connection>, name: CString, value: CString) ->
             Status::Tempfail
         };
     };
-    message.header(&lossy(&name), value.as_bytes(), &conn.settings.authserv_id);
+    message.header(&lossy(&name), value.as_bytes());
     reply
 }
 
@@ -227,8 +238,12 @@ fn handle_body(cx: &mut Context<Connection>, chunk: Bytes) -> Status {
         error!("{id}: body outside a message");
         return Status::Tempfail;
     };
-    if !message.wants_body() && conn.skip_negotiated {
-        return Status::Skip;
+    if !(conn.judged && message.wants_body()) {
+        return if conn.skip_negotiated {
+            Status::Skip
+        } else {
+            Status::Continue
+        };
     }
     message.body(&chunk);
     Status::Continue
@@ -258,6 +273,23 @@ async fn handle_eom(cx: &mut EomContext<Connection>) -> Status {
     }
 }
 
+/// A refusal as the milter protocol carries it (SMFIR_REPLYCODE).
+fn refuse(cx: &mut EomContext<Connection>, reply: &Reply) -> Result<Status, String> {
+    let enhanced = reply.enhanced.map(|e| e.to_string());
+    cx.reply
+        .set_error_reply(
+            &reply.code.to_string(),
+            enhanced.as_deref(),
+            reply.lines.clone(),
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(if reply.is_temporary() {
+        Status::Tempfail
+    } else {
+        Status::Reject
+    })
+}
+
 async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String> {
     let conn = cx
         .data
@@ -268,11 +300,24 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
         .take()
         .ok_or("end of message outside a message")?;
     let settings = conn.settings.clone();
+    let judged = conn.judged;
+    let sender = std::mem::take(&mut conn.sender);
     let recipients = std::mem::take(&mut conn.recipients);
+    if let Some(reply) = message.refusal() {
+        warn!("{id}: {reply}");
+        return refuse(cx, &reply);
+    }
+    if !judged {
+        // RFC 8601 §5: forged results go even from mail that is not judged.
+        if !settings.policy.dry_run {
+            delete_forged(cx, &message).await?;
+        }
+        return Ok(Status::Continue);
+    }
 
     // Keep the MTA informed while identities resolve.
-    let mut outcome = {
-        let finish = message.finish(&settings, settings.now(), &recipients);
+    let verified = {
+        let finish = message.finish(&settings, settings.now());
         tokio::pin!(finish);
         let mut ticker = tokio::time::interval_at(
             tokio::time::Instant::now() + PROGRESS_INTERVAL,
@@ -280,7 +325,7 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
         );
         loop {
             tokio::select! {
-                outcome = &mut finish => break outcome,
+                verified = &mut finish => break verified,
                 _ = ticker.tick() => {
                     if let Err(e) = cx.actions.progress().await {
                         warn!("{id}: cannot send progress: {e}");
@@ -289,81 +334,69 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
             }
         }
     };
-    let replay = settings
-        .replay
-        .as_ref()
-        .filter(|_| settings.replay_in_milter);
-    if let Some(replay) = replay {
-        for recipient in &recipients {
-            replay.check(&mut outcome.verdict, recipient).await;
-        }
-        outcome.redecide(&settings);
-    }
-    let dry_run = settings.policy.dry_run;
-    info!("{}", outcome.log_line(id, dry_run));
-    crate::metrics::global().message(
-        "milter",
-        outcome.decision.result.as_str(),
-        outcome.decision.action.as_str(),
-    );
-    if dry_run {
+    let targets: Vec<Target> = recipients
+        .iter()
+        .map(|r| Target::new(r, &settings))
+        .collect();
+    let transaction = Transaction {
+        id,
+        mode: "milter",
+        sender: &sender,
+    };
+    // One transaction, one answer: the recipients are judged together.
+    let judgement = judge::judge(
+        &settings,
+        &transaction,
+        &verified,
+        &targets,
+        Scope::Together,
+    )
+    .await
+    .pop()
+    .ok_or("no judgement")?;
+    info!("{}", judgement.log_line);
+    if settings.policy.dry_run {
         return Ok(Status::Accept);
     }
-
-    match outcome.decision.action {
-        Action::Reject => {
-            let text = format!("AT-SMS signature {}", outcome.decision.result);
-            let text = if outcome.decision.unaligned {
-                "AT-SMS signer is not aligned with From".to_string()
-            } else {
-                text
-            };
-            cx.reply
-                .set_error_reply("550", Some("5.7.1"), [text])
-                .map_err(|e| e.to_string())?;
-            return Ok(Status::Reject);
-        }
-        Action::Tempfail => {
-            let text = format!(
-                "AT-SMS signature {}, try again later",
-                outcome.decision.result
-            );
-            cx.reply
-                .set_error_reply("451", Some("4.7.1"), [text])
-                .map_err(|e| e.to_string())?;
-            return Ok(Status::Tempfail);
-        }
-        Action::Discard => return Ok(Status::Discard),
-        Action::Accept | Action::Junk | Action::Quarantine => {}
+    if let Some(reply) = &judgement.reply {
+        return refuse(cx, reply);
     }
-
-    // RFC 8601 §5: remove fields claiming our authserv-id, last first so indices hold.
-    for index in message.forged_indices() {
-        cx.actions
-            .change_header(auth_results::FIELD_NAME, index, None::<CString>)
-            .await
-            .map_err(|e| format!("cannot delete Authentication-Results #{index}: {e}"))?;
+    if judgement.action == Action::Discard {
+        return Ok(Status::Discard);
     }
+    delete_forged(cx, &message).await?;
     cx.actions
-        .insert_header(0, auth_results::FIELD_NAME, outcome.header_value.as_str())
+        .insert_header(
+            0,
+            crate::auth_results::FIELD_NAME,
+            judgement.header_value.as_str(),
+        )
         .await
         .map_err(|e| format!("cannot add Authentication-Results: {e}"))?;
-    if outcome.decision.action == Action::Quarantine {
-        let reason = format!("AT-SMS {}", outcome.decision.result);
+    if judgement.action == Action::Quarantine {
+        let reason = format!("AT-SMS {}", judgement.decision.result);
         cx.actions
             .quarantine(reason)
             .await
             .map_err(|e| format!("cannot quarantine: {e}"))?;
     }
     // Accepted for these recipients: the same signature to them again is a replay.
-    if let Some(replay) = replay {
-        for recipient in &recipients {
-            replay
-                .record(&outcome.verdict, recipient, settings.now())
-                .await;
-        }
-    }
+    judge::accepted(&settings, Scope::Together, &judgement, &targets).await;
     Ok(Status::Continue)
+}
+
+/// RFC 8601 §5: removes the fields claiming our authserv-id (and fields hiding one).
+async fn delete_forged(
+    cx: &mut EomContext<Connection>,
+    message: &MessageSession,
+) -> Result<(), String> {
+    for (name, index) in message.forged_fields() {
+        cx.actions
+            .change_header(name, index, None::<CString>)
+            .await
+            .map_err(|e| format!("cannot delete {name} #{index}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Serves the milter protocol on `listener` until `shutdown` completes.

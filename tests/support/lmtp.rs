@@ -35,8 +35,7 @@ impl RunningLmtp {
         };
         configure(&mut config, dir.path());
         let identity = Arc::new(IdentityResolver::new(&resolver, &CacheConfig::default()).unwrap());
-        let mut settings =
-            Settings::new(Verifier::new(identity, resolver.timeout()), policy).unwrap();
+        let mut settings = Settings::new(Verifier::new(identity, resolver.timeout()), policy);
         settings.fixed_now = Some(now);
         if settings.policy.replay {
             settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));

@@ -28,8 +28,7 @@ impl RunningMilter {
         cache: CacheConfig,
     ) -> RunningMilter {
         let identity = Arc::new(IdentityResolver::new(&resolver, &cache).unwrap());
-        let mut settings =
-            Settings::new(Verifier::new(identity, resolver.timeout()), policy).unwrap();
+        let mut settings = Settings::new(Verifier::new(identity, resolver.timeout()), policy);
         settings.fixed_now = Some(now);
         if settings.policy.replay {
             settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));

@@ -98,10 +98,10 @@ impl VectorWorld {
 
     pub fn resolver_config(&self) -> atsms_milter::config::ResolverConfig {
         atsms_milter::config::ResolverConfig {
-            plc_urls: vec![self.plc.url()],
-            dns_servers: vec![self.dns.server_arg()],
+            plc_urls: vec![self.plc.url().parse().unwrap()],
+            dns_servers: vec![self.dns.server_arg().parse().unwrap()],
             allow_private_addresses: true,
-            timeout: 5,
+            timeout: std::num::NonZeroU64::new(5).unwrap(),
             ..Default::default()
         }
     }

@@ -1,0 +1,230 @@
+//! The end of an LMTP transaction: the message is verified once, the one judge decides for
+//! each recipient, and each accepted copy is written durably into its Maildir before its
+//! `250` (RFC 2033 §4.2: one reply per recipient, in order, duplicates included).
+
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tracing::{error, info, warn};
+
+use super::LmtpService;
+use super::incoming::Incoming;
+use super::recipient::Recipient;
+use crate::auth_results;
+use crate::config::Action;
+use crate::maildir::{self, DeliveryError};
+use crate::reply::{Enhanced, Reply};
+use crate::session::Settings;
+use crate::session::judge::{self, Scope, Target};
+
+/// A transaction: MAIL, its RCPTs and the message arriving.
+pub struct Transaction {
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Set by DATA or the first BDAT.
+    pub incoming: Option<Incoming>,
+    /// How the message came: "data" or "bdat" (for the log).
+    pub via: &'static str,
+}
+
+impl Transaction {
+    pub fn new(sender: String) -> Transaction {
+        Transaction {
+            sender,
+            recipients: Vec::new(),
+            incoming: None,
+            via: "data",
+        }
+    }
+
+    /// Message bytes, dot-unstuffed (DATA) or as sent (BDAT).
+    pub fn push(&mut self, bytes: &[u8]) {
+        if let Some(incoming) = self.incoming.as_mut() {
+            incoming.push(bytes);
+        }
+    }
+}
+
+/// Where a recipient's copy goes.
+fn folder_for(recipient: &Recipient, action: Action) -> (PathBuf, bool) {
+    match action {
+        // LMTP never drops and has no hold queue: these go to Junk.
+        Action::Junk | Action::Quarantine | Action::Discard => {
+            (recipient.maildir.join(".Junk"), true)
+        }
+        _ => {
+            let detail = recipient
+                .detail
+                .as_ref()
+                .map(|d| recipient.maildir.join(format!(".{d}")));
+            match detail {
+                Some(folder) if folder.is_dir() => (folder, true),
+                _ => (recipient.maildir.clone(), false),
+            }
+        }
+    }
+}
+
+/// Verifies the message once, then judges, delivers and replies for each recipient in
+/// order. A recipient given twice is delivered once and answered twice, each reply naming
+/// the address as that RCPT gave it.
+pub async fn deliver_all(
+    service: &Arc<LmtpService>,
+    settings: &Arc<Settings>,
+    mut t: Transaction,
+) -> Vec<Reply> {
+    let each = |reply: Reply| -> Vec<Reply> {
+        t.recipients
+            .iter()
+            .map(|r| reply.for_recipient(&r.address))
+            .collect()
+    };
+    let Some(mut incoming) = t.incoming.take() else {
+        return each(Reply::new(
+            451,
+            Enhanced(4, 3, 0),
+            "internal error: no message",
+        ));
+    };
+    incoming.finish();
+    if let Some(why) = incoming.refused {
+        warn!(
+            "lmtp: message from <{}> refused: {why} ({} bytes)",
+            t.sender.escape_default(),
+            incoming.size
+        );
+        return each(Reply::new(552, Enhanced(5, 3, 4), why));
+    }
+    if let Some(e) = &incoming.io_error {
+        error!(
+            "lmtp: spooling a message from <{}> failed: {e}",
+            t.sender.escape_default()
+        );
+        return each(Reply::new(
+            451,
+            Enhanced(4, 3, 0),
+            "temporary failure spooling the message",
+        ));
+    }
+    let verified = incoming.session.finish(settings, settings.now()).await;
+    let kept_headers = incoming.kept_header_section();
+    let size = incoming.size;
+    let incoming = Arc::new(Mutex::new(incoming));
+
+    // Each mailbox is judged and written once, however often it was given.
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    let mut unique: Vec<&Recipient> = Vec::new();
+    for r in &t.recipients {
+        first_of.entry(r.mailbox.clone()).or_insert_with(|| {
+            unique.push(r);
+            unique.len() - 1
+        });
+    }
+    let targets: Vec<Target> = unique
+        .iter()
+        .map(|r| Target {
+            address: r.address.clone(),
+            mailbox: r.mailbox.clone(),
+        })
+        .collect();
+    let transaction = judge::Transaction {
+        id: "lmtp",
+        mode: "lmtp",
+        sender: &t.sender,
+    };
+    let judgements = judge::judge(
+        settings,
+        &transaction,
+        &verified,
+        &targets,
+        Scope::EachRecipient,
+    )
+    .await;
+    let single = t.recipients.len() == 1;
+    let mut replies_by_mailbox: Vec<Reply> = Vec::with_capacity(unique.len());
+    for (recipient, judgement) in unique.iter().zip(&judgements) {
+        let (reply, shown) = match &judgement.reply {
+            Some(refusal) => (refusal.clone(), "-".to_string()),
+            None => {
+                let (folder, subfolder) = folder_for(recipient, judgement.action);
+                let mut head = format!("Return-Path: <{}>\n", t.sender);
+                if single {
+                    head.push_str(&format!("Delivered-To: {}\n", recipient.address));
+                }
+                head.push_str(&format!(
+                    "{}:{}\n",
+                    auth_results::FIELD_NAME,
+                    judgement.header_value
+                ));
+                let mut head = head.into_bytes();
+                head.extend_from_slice(&kept_headers);
+                head.push(b'\n');
+                let shown = folder.display().to_string();
+                let reply = match store(service, &incoming, folder, subfolder, head).await {
+                    Ok(id) => {
+                        judge::accepted(settings, Scope::EachRecipient, judgement, &targets).await;
+                        Reply::new(250, Enhanced(2, 0, 0), format!("{id} Saved"))
+                    }
+                    Err(DeliveryError::Full(e)) => {
+                        error!("lmtp: delivery to <{}> failed: {e}", recipient.address);
+                        Reply::new(452, Enhanced(4, 3, 1), "insufficient system storage")
+                    }
+                    Err(DeliveryError::Io(e)) => {
+                        error!("lmtp: delivery to <{}> failed: {e}", recipient.address);
+                        Reply::new(451, Enhanced(4, 3, 0), "temporary delivery failure")
+                    }
+                };
+                (reply, shown)
+            }
+        };
+        info!(
+            "{} via={} size={size} folder={} reply=\"{}\"",
+            judgement.log_line,
+            t.via,
+            shown.escape_default(),
+            reply
+                .for_recipient(&recipient.address)
+                .to_string()
+                .escape_default()
+        );
+        crate::metrics::global().lmtp_delivery(match reply.code / 100 {
+            2 => "saved",
+            5 => "rejected",
+            _ => "deferred",
+        });
+        replies_by_mailbox.push(reply);
+    }
+    t.recipients
+        .iter()
+        .map(|r| replies_by_mailbox[first_of[&r.mailbox]].for_recipient(&r.address))
+        .collect()
+}
+
+/// Writes one copy on the blocking pool: file I/O and fsyncs never stall the runtime.
+async fn store(
+    service: &Arc<LmtpService>,
+    incoming: &Arc<Mutex<Incoming>>,
+    folder: PathBuf,
+    subfolder: bool,
+    head: Vec<u8>,
+) -> Result<String, DeliveryError> {
+    let service = service.clone();
+    let incoming = incoming.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        maildir::ensure_folder(&folder, subfolder)?;
+        service.clean_once(&folder);
+        let mut incoming = incoming
+            .lock()
+            .map_err(|_| io::Error::other("spool lock poisoned"))?;
+        let body = incoming.body_reader()?;
+        maildir::deliver(&folder, &service.host, &head, body, &service.syncer).map(|d| d.id)
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) => Err(DeliveryError::Io(io::Error::other(format!(
+            "delivery task failed: {e}"
+        )))),
+    }
+}

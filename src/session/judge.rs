@@ -1,0 +1,398 @@
+//! The one judge: a verified message and its recipients in; per recipient (or for the whole
+//! transaction, where a transport cannot answer per recipient) the decision, our header
+//! value, the refusal reply and the log line out. The milter, LMTP and the Exim scanner call
+//! it and only translate what it returns; inbox rules and reputation plug in here.
+
+use crate::auth_results;
+use crate::config::Action;
+use crate::policy::{self, Decision};
+use crate::reply::{Enhanced, Reply};
+use crate::verify::Verdict;
+
+use super::{Settings, Verified};
+
+/// The transaction being judged, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct Transaction<'a> {
+    /// The queue id (milter), or a name for the transport (`lmtp`).
+    pub id: &'a str,
+    /// The transport, as metrics name it: `milter`, `lmtp`, `exim`.
+    pub mode: &'static str,
+    pub sender: &'a str,
+}
+
+/// One envelope recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// As given in RCPT (replies and logs name it).
+    pub address: String,
+    /// The mailbox it folds into (`address::fold`): replay detection keys on it.
+    pub mailbox: String,
+}
+
+impl Target {
+    /// A recipient folded with the settings' recipient delimiter.
+    pub fn new(address: &str, settings: &Settings) -> Target {
+        let mailbox = crate::address::fold(address, &settings.recipient_delimiter)
+            .map(|f| f.mailbox())
+            .unwrap_or_else(|| address.to_ascii_lowercase());
+        Target {
+            address: address.to_string(),
+            mailbox,
+        }
+    }
+}
+
+/// How recipients are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Each recipient on its own (LMTP answers per recipient).
+    EachRecipient,
+    /// All recipients together, one judgement (the milter and the Exim scanner answer once
+    /// per message: a signature whose `rcpt` claim leaves out any recipient is `policy`).
+    Together,
+}
+
+/// What the judge decided for one recipient, or for all of them together.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// Indices into the targets judged.
+    pub recipients: Vec<usize>,
+    /// The verdict for these recipients (`rcpt` claim and replays applied).
+    pub verdict: Verdict,
+    /// What the result asked for.
+    pub decision: Decision,
+    /// What the transport carries out: the decision's action, or `accept` in a dry run.
+    pub action: Action,
+    /// Our `Authentication-Results` value (leading space included, folded with `\n\t`).
+    pub header_value: String,
+    /// The refusal, when `action` is `reject` or `tempfail`.
+    pub reply: Option<Reply>,
+    /// The one log line (no secrets, no message content).
+    pub log_line: String,
+}
+
+impl Judgement {
+    pub fn refuses(&self) -> bool {
+        self.reply.is_some()
+    }
+}
+
+/// The refusal for a decision, the same words in every transport.
+fn refusal(decision: &Decision, action: Action) -> Option<Reply> {
+    match action {
+        Action::Reject if decision.unaligned => Some(Reply::new(
+            550,
+            Enhanced(5, 7, 1),
+            "AT-SMS signer is not aligned with From",
+        )),
+        Action::Reject => Some(Reply::new(
+            550,
+            Enhanced(5, 7, 1),
+            format!("AT-SMS signature {}", decision.result),
+        )),
+        Action::Tempfail => Some(Reply::new(
+            451,
+            Enhanced(4, 7, 1),
+            format!("AT-SMS signature {}, try again later", decision.result),
+        )),
+        _ => None,
+    }
+}
+
+/// Judges `verified` for `targets`: one judgement per recipient, or one for all.
+pub async fn judge(
+    settings: &Settings,
+    transaction: &Transaction<'_>,
+    verified: &Verified,
+    targets: &[Target],
+    scope: Scope,
+) -> Vec<Judgement> {
+    let groups: Vec<Vec<usize>> = match scope {
+        Scope::EachRecipient => (0..targets.len()).map(|i| vec![i]).collect(),
+        Scope::Together => vec![(0..targets.len()).collect()],
+    };
+    let replay = settings
+        .replay
+        .as_ref()
+        .filter(|_| scope == Scope::EachRecipient || settings.replay_in_milter);
+    let mut judgements = Vec::with_capacity(groups.len());
+    for group in groups {
+        let mailboxes: Vec<String> = group.iter().map(|&i| targets[i].mailbox.clone()).collect();
+        let mut verdict = verified.verdict.restricted_to(&mailboxes);
+        if let Some(replay) = replay {
+            for mailbox in &mailboxes {
+                replay.check(&mut verdict, mailbox).await;
+            }
+        }
+        let decision = policy::decide(&verdict, &settings.policy);
+        let action = if settings.policy.dry_run {
+            Action::Accept
+        } else {
+            decision.action
+        };
+        let header_value = auth_results::format_value(&settings.authserv_id, &verdict, &[], "\n");
+        let reply = refusal(&decision, action);
+        let log_line = log_line(
+            settings,
+            transaction,
+            verified,
+            targets,
+            &group,
+            &verdict,
+            &decision,
+        );
+        crate::metrics::global().message(
+            transaction.mode,
+            decision.result.as_str(),
+            decision.action.as_str(),
+        );
+        judgements.push(Judgement {
+            recipients: group,
+            verdict,
+            decision,
+            action,
+            header_value,
+            reply,
+            log_line,
+        });
+    }
+    judgements
+}
+
+/// Records that `judgement`'s recipients accepted the message: the same signature to the
+/// same mailbox again is a replay.
+pub async fn accepted(
+    settings: &Settings,
+    scope: Scope,
+    judgement: &Judgement,
+    targets: &[Target],
+) {
+    let Some(replay) = settings
+        .replay
+        .as_ref()
+        .filter(|_| scope == Scope::EachRecipient || settings.replay_in_milter)
+    else {
+        return;
+    };
+    for &i in &judgement.recipients {
+        replay
+            .record(&judgement.verdict, &targets[i].mailbox, settings.now())
+            .await;
+    }
+}
+
+fn log_line(
+    settings: &Settings,
+    transaction: &Transaction<'_>,
+    verified: &Verified,
+    targets: &[Target],
+    group: &[usize],
+    verdict: &Verdict,
+    decision: &Decision,
+) -> String {
+    let best = verdict.best_pass().or_else(|| verdict.signatures.first());
+    let did = best.and_then(|s| s.did.as_deref()).unwrap_or("-");
+    let handle = best.and_then(|s| s.handle()).unwrap_or("-");
+    let mut line = format!(
+        "{}: atsms={} did={did} handle={handle} signatures={} action={}",
+        transaction.id,
+        decision.result,
+        verdict.signatures.len(),
+        decision.action.as_str()
+    );
+    if decision.unaligned {
+        line.push_str(" unaligned=yes");
+    }
+    if let Some(reason) = best.and_then(|s| s.reason.as_ref()) {
+        line.push_str(&format!(
+            " reason=\"{}\"",
+            reason.to_string().escape_default()
+        ));
+    }
+    if best.is_some_and(|s| s.stale) {
+        line.push_str(" stale=yes");
+    }
+    let to: Vec<String> = group
+        .iter()
+        .map(|&i| format!("<{}>", targets[i].address.escape_default()))
+        .collect();
+    line.push_str(&format!(
+        " from=<{}> to={} resolve_ms={}",
+        transaction.sender.escape_default(),
+        to.join(","),
+        verified.resolve_time.as_millis()
+    ));
+    if settings.policy.dry_run {
+        line.push_str(" [dry run, nothing changed]");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyConfig;
+    use crate::envelope::AuthResult;
+    use crate::verify::{Passed, Reason, SignatureVerdict, Verifier};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn settings(policy: PolicyConfig) -> Settings {
+        let identity = Arc::new(
+            crate::identity::IdentityResolver::new(
+                &crate::config::ResolverConfig::default(),
+                &crate::config::CacheConfig::default(),
+            )
+            .unwrap(),
+        );
+        let mut s = Settings::new(Verifier::new(identity, Duration::from_secs(1)), policy);
+        s.authserv_id = "mx.test".into();
+        s.fixed_now = Some(100);
+        s.replay = Some(Arc::new(crate::replay::ReplaySet::new(100, None)));
+        s
+    }
+
+    fn pass(rcpt: Option<Vec<String>>, aligned: bool) -> SignatureVerdict {
+        SignatureVerdict {
+            result: AuthResult::Pass,
+            did: Some("did:plc:ofurdhfyhjhgomvfygxergep".into()),
+            kid: None,
+            reason: None,
+            stale: false,
+            passed: Some(Passed {
+                from: crate::envelope::fields::parse_mailbox(b" a@b.example").unwrap(),
+                handle: None,
+                aligned,
+                rcpt,
+                jti: "0123456789abcdef".into(),
+                exp: 1000,
+            }),
+        }
+    }
+
+    fn verified(signatures: Vec<SignatureVerdict>) -> Verified {
+        Verified {
+            verdict: Verdict { signatures },
+            resolve_time: Duration::from_millis(3),
+        }
+    }
+
+    const TX: Transaction<'static> = Transaction {
+        id: "Q1",
+        mode: "lmtp",
+        sender: "a@b.example",
+    };
+
+    #[tokio::test]
+    async fn each_recipient_is_judged_on_its_own() {
+        let s = settings(PolicyConfig {
+            on_policy: Action::Reject,
+            ..PolicyConfig::default()
+        });
+        let targets = vec![
+            Target::new("Bob+x@MX.test", &s),
+            Target::new("carol@mx.test", &s),
+        ];
+        assert_eq!(targets[0].mailbox, "bob@mx.test");
+        let v = verified(vec![pass(Some(vec!["bob@mx.test".into()]), true)]);
+        let each = judge(&s, &TX, &v, &targets, Scope::EachRecipient).await;
+        assert_eq!(each.len(), 2);
+        assert_eq!(each[0].decision.result, AuthResult::Pass);
+        assert!(each[0].reply.is_none());
+        assert!(each[0].header_value.contains("atsms=pass"));
+        assert_eq!(each[1].decision.result, AuthResult::Policy);
+        assert_eq!(
+            each[1].reply.as_ref().unwrap().to_string(),
+            "550 5.7.1 AT-SMS signature policy"
+        );
+        assert!(
+            each[1].log_line.starts_with("Q1: atsms=policy"),
+            "{}",
+            each[1].log_line
+        );
+        assert!(each[1].log_line.contains("to=<carol@mx.test>"));
+        let together = judge(&s, &TX, &v, &targets, Scope::Together).await;
+        assert_eq!(together.len(), 1);
+        assert_eq!(together[0].recipients, vec![0, 1]);
+        assert_eq!(together[0].decision.result, AuthResult::Policy);
+    }
+
+    #[tokio::test]
+    async fn replays_key_on_the_mailbox_and_are_recorded_only_when_accepted() {
+        let s = settings(PolicyConfig::default());
+        let first = vec![Target::new("bob@mx.test", &s)];
+        let v = verified(vec![pass(None, true)]);
+        let j = judge(&s, &TX, &v, &first, Scope::EachRecipient).await;
+        assert_eq!(j[0].decision.result, AuthResult::Pass);
+        // Judged but not accepted (say, the delivery failed): not a replay next time.
+        let again = judge(&s, &TX, &v, &first, Scope::EachRecipient).await;
+        assert_eq!(again[0].decision.result, AuthResult::Pass);
+        accepted(&s, Scope::EachRecipient, &again[0], &first).await;
+        // The same mailbox spelled otherwise is the same mailbox.
+        let other_spelling = vec![Target::new("BOB+anything@MX.test", &s)];
+        let replayed = judge(&s, &TX, &v, &other_spelling, Scope::EachRecipient).await;
+        assert_eq!(replayed[0].decision.result, AuthResult::Policy);
+        assert_eq!(
+            replayed[0].verdict.signatures[0].reason,
+            Some(Reason::Replayed)
+        );
+    }
+
+    #[tokio::test]
+    async fn unaligned_refusal_dry_run_and_tempfail() {
+        let s = settings(PolicyConfig {
+            on_unaligned: Action::Reject,
+            ..PolicyConfig::default()
+        });
+        let targets = vec![Target::new("bob@mx.test", &s)];
+        let j = judge(
+            &s,
+            &TX,
+            &verified(vec![pass(None, false)]),
+            &targets,
+            Scope::Together,
+        )
+        .await;
+        assert_eq!(
+            j[0].reply.as_ref().unwrap().to_string(),
+            "550 5.7.1 AT-SMS signer is not aligned with From"
+        );
+        assert!(j[0].log_line.contains("unaligned=yes"));
+        let mut dry = settings(PolicyConfig {
+            on_unaligned: Action::Reject,
+            dry_run: true,
+            ..PolicyConfig::default()
+        });
+        dry.replay = None;
+        let j = judge(
+            &dry,
+            &TX,
+            &verified(vec![pass(None, false)]),
+            &targets,
+            Scope::Together,
+        )
+        .await;
+        assert_eq!(j[0].action, Action::Accept);
+        assert_eq!(j[0].decision.action, Action::Reject);
+        assert!(j[0].reply.is_none());
+        assert!(j[0].log_line.ends_with("[dry run, nothing changed]"));
+        let temp = SignatureVerdict {
+            result: AuthResult::Temperror,
+            did: None,
+            kid: None,
+            reason: Some(Reason::Identity(crate::identity::IdentityError::TimedOut)),
+            stale: false,
+            passed: None,
+        };
+        let j = judge(&s, &TX, &verified(vec![temp]), &targets, Scope::Together).await;
+        assert_eq!(
+            j[0].reply.as_ref().unwrap().to_string(),
+            "451 4.7.1 AT-SMS signature temperror, try again later"
+        );
+        assert!(
+            j[0].log_line
+                .contains("reason=\"identity lookup timed out\"")
+        );
+    }
+}

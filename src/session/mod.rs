@@ -1,0 +1,289 @@
+//! The session room every transport feeds: header fields and body chunks in (`MessageSession`),
+//! a verdict out, and the one judge (`judge`) that turns a verdict and the recipients into
+//! per-recipient decisions, header values, replies and log lines. Transports only translate.
+
+pub mod judge;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth_results;
+use crate::config::{Config, LimitsConfig, Network, PolicyConfig};
+use crate::envelope::{BodyHasher, FIELD_NAME, HeaderField};
+use crate::replay::ReplaySet;
+use crate::reply::{Enhanced, Reply};
+use crate::verify::{Context, Verdict, Verifier};
+
+pub use judge::{Judgement, Scope, Target, Transaction, judge};
+
+/// What a running daemon judges with. Built once per configuration (re)load; a connection
+/// keeps the one it started with.
+pub struct Settings {
+    pub verifier: Verifier,
+    pub policy: PolicyConfig,
+    pub authserv_id: String,
+    pub trusted_networks: Vec<Network>,
+    pub limits: LimitsConfig,
+    /// `lmtp.recipient_delimiter`: how recipients fold into mailboxes (replay detection).
+    pub recipient_delimiter: String,
+    /// A fixed verification time (Unix seconds) instead of the clock: for tests against the
+    /// time-stamped vectors. Never set from configuration.
+    pub fixed_now: Option<i64>,
+    /// Replay detection (`policy.replay`).
+    pub replay: Option<Arc<ReplaySet>>,
+    /// The milter (and the Exim scanner) check replays only when LMTP does not run in the same
+    /// process (LMTP sees each recipient's delivery; the milter would record mail LMTP then
+    /// refuses).
+    pub replay_in_milter: bool,
+}
+
+impl Settings {
+    /// The verification time.
+    pub fn now(&self) -> i64 {
+        self.fixed_now.unwrap_or_else(crate::clock::unix_now)
+    }
+
+    /// Settings with `policy` and defaults for the rest (tests, the command line).
+    pub fn new(verifier: Verifier, policy: PolicyConfig) -> Settings {
+        Settings {
+            verifier,
+            authserv_id: policy.authserv_id(),
+            trusted_networks: policy.trusted_networks.clone(),
+            policy,
+            limits: LimitsConfig::default(),
+            recipient_delimiter: "+".into(),
+            fixed_now: None,
+            replay: None,
+            replay_in_milter: false,
+        }
+    }
+
+    /// Settings from a configuration file's sections.
+    pub fn from_config(verifier: Verifier, config: &Config) -> Settings {
+        let mut settings = Settings::new(verifier, config.policy.clone());
+        settings.limits = config.limits.clone();
+        if let Some(lmtp) = &config.lmtp {
+            settings.recipient_delimiter = lmtp.recipient_delimiter.clone();
+        }
+        settings
+    }
+
+    /// Whether mail from this client is judged: not from `trusted_networks`, nor (with
+    /// `skip_authenticated`) from an SMTP-authenticated client. Forged results are removed
+    /// from mail that is not judged all the same.
+    pub fn judges(&self, client: Option<std::net::IpAddr>, authenticated: bool) -> bool {
+        let trusted =
+            client.is_some_and(|ip| crate::config::in_networks(ip, &self.trusted_networks));
+        !(trusted || (authenticated && self.policy.skip_authenticated))
+    }
+}
+
+/// The settings in force; replaced on reload, read once per connection by every transport.
+pub type SharedSettings = Arc<std::sync::RwLock<Arc<Settings>>>;
+
+/// One message being received.
+pub struct MessageSession {
+    headers: Vec<HeaderField>,
+    /// For each header field: an incoming `Authentication-Results` claiming our authserv-id
+    /// (or unreadable), or a field hiding one after a bare line break, which must go
+    /// (RFC 8601 §5).
+    forged: Vec<bool>,
+    body: BodyHasher,
+    signed: bool,
+    authserv_id: String,
+    header_bytes: u64,
+    limits: LimitsConfig,
+    /// The header section went past `limits`: the message is refused, nothing is kept.
+    too_large: bool,
+}
+
+/// The verification of a whole message, before any recipient is judged.
+pub struct Verified {
+    pub verdict: Verdict,
+    pub resolve_time: Duration,
+}
+
+impl MessageSession {
+    pub fn new(settings: &Settings) -> MessageSession {
+        MessageSession {
+            headers: Vec::new(),
+            forged: Vec::new(),
+            body: BodyHasher::new(),
+            signed: false,
+            authserv_id: settings.authserv_id.clone(),
+            header_bytes: 0,
+            limits: settings.limits.clone(),
+            too_large: false,
+        }
+    }
+
+    /// A header field as received: `value` is everything after the colon, folds included.
+    /// Past `limits.max_header_fields` or `max_header_bytes` nothing more is kept and the
+    /// message is to be refused (`refusal`).
+    pub fn header(&mut self, name: &str, value: &[u8]) {
+        self.header_bytes += (name.len() + value.len() + 3) as u64;
+        if self.too_large
+            || self.headers.len() >= self.limits.max_header_fields
+            || self.header_bytes > self.limits.max_header_bytes
+        {
+            self.too_large = true;
+            self.headers = Vec::new();
+            self.forged = Vec::new();
+            return;
+        }
+        let field = HeaderField::new(name, value);
+        let forged = (field.is(auth_results::FIELD_NAME)
+            && auth_results::claims_ours(value, &self.authserv_id))
+            || auth_results::hides_ours(value, &self.authserv_id);
+        self.signed |= field.is(FIELD_NAME);
+        self.headers.push(field);
+        self.forged.push(forged);
+    }
+
+    /// The reply for a message whose header section is over the limits, if it is.
+    pub fn refusal(&self) -> Option<Reply> {
+        self.too_large.then(|| {
+            Reply::new(
+                552,
+                Enhanced(5, 3, 4),
+                "header section too large (too many or too long fields)",
+            )
+        })
+    }
+
+    /// Whether the body matters: without a signature nothing reads its hash.
+    pub fn wants_body(&self) -> bool {
+        self.signed && !self.too_large
+    }
+
+    pub fn body(&mut self, chunk: &[u8]) {
+        if self.wants_body() {
+            self.body.update(chunk);
+        }
+    }
+
+    pub fn headers(&self) -> &[HeaderField] {
+        &self.headers
+    }
+
+    /// The fields to delete, as (name, index among fields of that name counted from 1: the
+    /// milter's `change_header` index), last first: deleting one never shifts the index of
+    /// one still to delete.
+    pub fn forged_fields(&self) -> Vec<(&str, i32)> {
+        let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for (field, forged) in self.headers.iter().zip(&self.forged) {
+            let index = seen.entry(field.name.to_ascii_lowercase()).or_default();
+            *index += 1;
+            if *forged {
+                out.push((field.name.as_str(), *index));
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// Whether header field `i` is to be dropped (for transports that write the message).
+    pub fn is_forged(&self, i: usize) -> bool {
+        self.forged.get(i).copied().unwrap_or(false)
+    }
+
+    /// Verifies the message (no recipient is judged yet: that is `judge`'s).
+    pub async fn finish(&mut self, settings: &Settings, now: i64) -> Verified {
+        let body_hash = std::mem::take(&mut self.body).finish();
+        let started = Instant::now();
+        let verdict = settings
+            .verifier
+            .verify(
+                &self.headers,
+                &body_hash,
+                &Context {
+                    now,
+                    recipients: &[],
+                },
+            )
+            .await;
+        Verified {
+            verdict,
+            resolve_time: started.elapsed(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        let identity = Arc::new(
+            crate::identity::IdentityResolver::new(
+                &crate::config::ResolverConfig::default(),
+                &crate::config::CacheConfig::default(),
+            )
+            .unwrap(),
+        );
+        let policy = PolicyConfig {
+            authserv_id: Some("MX.example.net".parse().unwrap()),
+            ..PolicyConfig::default()
+        };
+        let mut s = Settings::new(Verifier::new(identity, Duration::from_secs(1)), policy);
+        s.limits.max_header_fields = 6;
+        s
+    }
+
+    #[tokio::test]
+    async fn forged_fields_are_found_and_indexed_per_name() {
+        let s = settings();
+        let mut m = MessageSession::new(&s);
+        m.header("Authentication-Results", b" mx.example.net; atsms=pass");
+        m.header("Received", b" from x");
+        m.header("Authentication-Results", b" other.example; dkim=pass");
+        m.header("authentication-results", b" \xff\xfe");
+        m.header(
+            "Authentication-Results",
+            b" (comment) mx.example.net; spf=pass",
+        );
+        m.header(
+            "X-Hidden",
+            b" a\rAuthentication-Results: mx.example.net; atsms=pass",
+        );
+        assert_eq!(
+            m.forged_fields(),
+            vec![
+                ("X-Hidden", 1),
+                ("Authentication-Results", 4),
+                ("authentication-results", 3),
+                ("Authentication-Results", 1)
+            ]
+        );
+        assert!(m.is_forged(0) && !m.is_forged(1) && !m.is_forged(2));
+        assert!(!m.wants_body());
+        assert!(m.refusal().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_header_section_is_bounded() {
+        let s = settings();
+        let mut m = MessageSession::new(&s);
+        for _ in 0..7 {
+            m.header("a", b"");
+        }
+        assert_eq!(
+            m.refusal().unwrap().to_string(),
+            "552 5.3.4 header section too large (too many or too long fields)"
+        );
+        assert!(m.headers().is_empty(), "nothing kept once refused");
+        let mut m = MessageSession::new(&s);
+        m.header("Subject", &vec![b'x'; 2 * 1024 * 1024]);
+        assert!(m.refusal().is_some());
+    }
+
+    #[test]
+    fn who_is_judged() {
+        let s = settings();
+        assert!(!s.judges(Some("127.0.0.1".parse().unwrap()), false));
+        assert!(!s.judges(Some("192.0.2.1".parse().unwrap()), true));
+        assert!(s.judges(Some("192.0.2.1".parse().unwrap()), false));
+        assert!(s.judges(None, false));
+    }
+}
