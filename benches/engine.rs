@@ -4,7 +4,6 @@
 //!
 //! `cargo bench --bench engine`; docs/performance.md has figures and what limits each.
 
-#[path = "common.rs"]
 mod common;
 
 use std::hint::black_box;

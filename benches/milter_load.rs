@@ -3,10 +3,9 @@
 //! playing the MTA) over unix sockets, N connections at once. Per run: messages per second,
 //! p50/p99 end-of-message latency, CPU seconds per 1 000 messages and peak RSS of the daemon.
 //!
-//! Run by bench/milter.sh (which installs OpenDKIM if missing):
+//! Run by scripts/bench/milter.sh (which installs OpenDKIM if missing):
 //!   cargo bench --bench milter_load -- [--sizes 4096,65536,1048576] [--concurrency 1,16,128] [--messages 3000]
 
-#[path = "common.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};

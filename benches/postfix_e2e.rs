@@ -3,14 +3,13 @@
 //! delivered to Postfix's discard transport, so the figures are Postfix's receiving path
 //! (smtpd, cleanup, the queue file) plus, in one of the two, the milter.
 //!
-//! Run by bench/postfix-e2e.sh (as root: Postfix's master runs as root):
+//! Run by scripts/bench/postfix-e2e.sh (as root: Postfix's master runs as root):
 //!   cargo bench --bench postfix_e2e -- [--messages 2000] [--connections 1,16] [--size 4096]
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
 mod support;
 
-#[path = "common.rs"]
 mod common;
 
 use std::sync::Arc;

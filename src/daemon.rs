@@ -342,7 +342,15 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
 /// transport runs one process per delivery). Stale `tmp/` files are left alone.
 pub async fn serve_stdio(config: Config) -> Result<(), String> {
     ignore_sigxfsz();
-    let settings = build_settings(&config)?;
+    let mut settings = build_settings(&config)?;
+    // One process per delivery: without Redis, replays are remembered in a file.
+    if config.policy.replay && config.store.redis.is_none() {
+        let file = crate::replay::ReplayFile::new(config.store.replay_file.clone());
+        let replay = crate::replay::ReplaySet::new(10_000, None).with_file(file);
+        if let Some(s) = Arc::get_mut(&mut settings) {
+            s.replay = Some(Arc::new(replay));
+        }
+    }
     let shared = Arc::new(RwLock::new(settings));
     let lmtp_config = config.lmtp.clone().unwrap_or_default();
     let service = Arc::new(LmtpService::new(

@@ -7,9 +7,9 @@
 //! and Dovecot store them; `S=` is the file's size.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -63,52 +63,139 @@ pub fn unique_name(host: &str) -> String {
     )
 }
 
-fn mkdir(path: &Path) -> io::Result<bool> {
-    match fs::DirBuilder::new().mode(0o700).create(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
+fn cstring(name: &std::ffi::OsStr) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }
 
-fn fsync_dir(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
+/// Opens the directory `name` inside `parent` without following a symlink (openat with
+/// O_NOFOLLOW): a symlink there is refused (ELOOP), whatever it points at.
+fn open_dir_at(parent: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    let name = cstring(name)?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; the result is checked.
+    let fd = check(unsafe {
+        libc::openat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })
+    .map_err(|e| {
+        // A symlink gives ELOOP, or ENOTDIR together with O_DIRECTORY.
+        if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is a symbolic link or not a directory; refused",
+                    name.to_string_lossy()
+                ),
+            )
+        } else {
+            e
+        }
+    })?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Makes `folder` a maildir (its parents too), durably: each new directory entry is synced.
-/// `is_subfolder` adds the Maildir++ `maildirfolder` marker.
-pub fn ensure_folder(folder: &Path, is_subfolder: bool) -> io::Result<()> {
-    if folder.join("new").is_dir() && folder.join("tmp").is_dir() && folder.join("cur").is_dir() {
-        return Ok(());
+/// As `open_dir_at`, making the directory (mode 0700, the parent synced) when it is missing.
+fn open_or_make_dir_at(parent: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<OwnedFd> {
+    match open_dir_at(parent, name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let c = cstring(name)?;
+            // SAFETY: a valid directory descriptor and a NUL-terminated name.
+            match check(unsafe { libc::mkdirat(parent.as_raw_fd(), c.as_ptr(), 0o700) }) {
+                Ok(_) => fsync_fd(parent)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            open_dir_at(parent, name)
+        }
+        other => other,
     }
-    let mut missing = Vec::new();
-    let mut p = folder;
-    while !p.exists() {
-        missing.push(p.to_path_buf());
-        match p.parent() {
-            Some(parent) => p = parent,
-            None => break,
+}
+
+fn fsync_fd(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fsync on a descriptor we own.
+    check(unsafe { libc::fsync(fd.as_raw_fd()) }).map(|_| ())
+}
+
+/// A maildir folder, opened. Below the operator's `base` every directory was opened without
+/// following symlinks, and files are made relative to these descriptors: a symlink planted
+/// in a mailbox (`Maildir`, `.Junk`, `.Folder`, `tmp`, `new`) cannot send mail elsewhere.
+pub struct Folder {
+    path: PathBuf,
+    tmp: OwnedFd,
+    new: OwnedFd,
+}
+
+impl Folder {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Opens the maildir `base/relative`, making what is missing (durably: each new directory
+/// entry is synced). `base` is the operator's (it may be or hold symlinks); each component of
+/// `relative`, and `tmp`/`new`/`cur`, must be a real directory. `is_subfolder` adds the
+/// Maildir++ `maildirfolder` marker.
+pub fn open_folder(base: &Path, relative: &Path, is_subfolder: bool) -> io::Result<Folder> {
+    fs::create_dir_all(base)?;
+    let mut dir: OwnedFd = File::open(base)?.into();
+    for component in relative.components() {
+        match component {
+            std::path::Component::Normal(name) => dir = open_or_make_dir_at(&dir, name)?,
+            std::path::Component::CurDir => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a maildir below the base must be a plain relative path",
+                ));
+            }
         }
     }
-    for dir in missing.iter().rev() {
-        if mkdir(dir)?
-            && let Some(parent) = dir.parent()
-        {
-            fsync_dir(parent)?;
-        }
-    }
-    for sub in ["tmp", "new", "cur"] {
-        mkdir(&folder.join(sub))?;
-    }
+    let tmp = open_or_make_dir_at(&dir, "tmp".as_ref())?;
+    let new = open_or_make_dir_at(&dir, "new".as_ref())?;
+    open_or_make_dir_at(&dir, "cur".as_ref())?;
     if is_subfolder {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(folder.join("maildirfolder"))?;
+        let name = cstring("maildirfolder".as_ref())?;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name; closed at once.
+        let fd = check(unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        })?;
+        // SAFETY: a descriptor we own, closed once.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
     }
-    fsync_dir(folder)
+    Ok(Folder {
+        path: base.join(relative),
+        tmp,
+        new,
+    })
+}
+
+/// `open_folder` for a whole path, checked below `/` (tests and tools).
+pub fn ensure_folder(folder: &Path, is_subfolder: bool) -> io::Result<Folder> {
+    let relative = folder.strip_prefix("/").unwrap_or(folder);
+    open_folder(Path::new("/"), relative, is_subfolder)
+}
+
+/// Whether `path` is a real directory (not a symlink to one).
+pub fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 /// Group commit of `new/` directory fsyncs: a rename counts as durable once a sync that
@@ -135,8 +222,9 @@ struct SyncCounters {
 }
 
 impl DirSyncer {
-    /// Records a completed rename into `dir` and returns once an fsync of `dir` covers it.
-    pub fn sync_after_rename(&self, dir: &Path) -> io::Result<()> {
+    /// Records a completed rename into `dir` (open as `fd`) and returns once an fsync of
+    /// `dir` covers it.
+    pub fn sync_after_rename(&self, dir: &Path, fd: &OwnedFd) -> io::Result<()> {
         let state = {
             let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
             dirs.entry(dir.to_path_buf()).or_default().clone()
@@ -153,7 +241,7 @@ impl DirSyncer {
                 counters.syncing = true;
                 let target = counters.renamed;
                 drop(counters);
-                let result = fsync_dir(dir);
+                let result = fsync_fd(fd);
                 counters = state.inner.lock().unwrap_or_else(|e| e.into_inner());
                 counters.syncing = false;
                 if result.is_ok() {
@@ -176,24 +264,33 @@ pub struct Delivered {
     pub path: PathBuf,
 }
 
-/// Writes `head` then the rest of `body` into `folder` (a maildir that exists) durably.
-/// Line ends are written as they come: the caller passes LF text. On any error the tmp file
-/// is removed and nothing appears in `new/`.
+/// Writes `head` then the rest of `body` into `folder` durably. Line ends are written as
+/// they come: the caller passes LF text. On any error the tmp file is removed and nothing
+/// appears in `new/`.
 pub fn deliver(
-    folder: &Path,
+    folder: &Folder,
     host: &str,
     head: &[u8],
     body: &mut dyn Read,
     syncer: &DirSyncer,
 ) -> Result<Delivered, DeliveryError> {
     let id = unique_name(host);
-    let tmp_path = folder.join("tmp").join(&id);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp_path)?;
+    let tmp_name = cstring(id.as_ref())?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name; the result is checked.
+    let fd = check(unsafe {
+        libc::openat(
+            folder.tmp.as_raw_fd(),
+            tmp_name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600,
+        )
+    })?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let remove_tmp = || {
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        unsafe { libc::unlinkat(folder.tmp.as_raw_fd(), tmp_name.as_ptr(), 0) };
+    };
     let written = (|| -> io::Result<u64> {
         file.write_all(head)?;
         let copied = io::copy(body, &mut file)?;
@@ -204,24 +301,42 @@ pub fn deliver(
         Ok(size) => size,
         Err(e) => {
             drop(file);
-            let _ = fs::remove_file(&tmp_path);
+            remove_tmp();
             return Err(e.into());
         }
     };
     drop(file);
-    let new_path = folder.join("new").join(format!("{id},S={size}"));
-    if let Err(e) = fs::rename(&tmp_path, &new_path) {
-        let _ = fs::remove_file(&tmp_path);
+    let new_name = format!("{id},S={size}");
+    let new_c = cstring(new_name.as_ref())?;
+    // SAFETY: valid directory descriptors and NUL-terminated names; the result is checked.
+    let renamed = check(unsafe {
+        libc::renameat(
+            folder.tmp.as_raw_fd(),
+            tmp_name.as_ptr(),
+            folder.new.as_raw_fd(),
+            new_c.as_ptr(),
+        )
+    });
+    if let Err(e) = renamed {
+        remove_tmp();
         return Err(e.into());
     }
-    syncer.sync_after_rename(&folder.join("new"))?;
-    Ok(Delivered { id, path: new_path })
+    let new_dir = folder.path.join("new");
+    syncer.sync_after_rename(&new_dir, &folder.new)?;
+    Ok(Delivered {
+        id,
+        path: new_dir.join(new_name),
+    })
 }
 
 /// Removes files older than 36 hours from `folder/tmp` (left by a crash mid-delivery).
 /// Returns how many were removed.
 pub fn clean_tmp(folder: &Path, now: SystemTime) -> io::Result<usize> {
     let mut removed = 0;
+    // Never through a symlink: only a real maildir's own tmp/ is cleaned.
+    if !is_real_dir(folder) || !is_real_dir(&folder.join("tmp")) {
+        return Ok(0);
+    }
     let entries = match fs::read_dir(folder.join("tmp")) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -249,13 +364,13 @@ mod tests {
     fn deliver_creates_a_complete_file_in_new() {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("a/b/Maildir");
-        ensure_folder(&folder, false).unwrap();
+        let opened = ensure_folder(&folder, false).unwrap();
         let junk = folder.join(".Junk");
         ensure_folder(&junk, true).unwrap();
         assert!(junk.join("maildirfolder").exists());
         let syncer = DirSyncer::default();
         let d = deliver(
-            &folder,
+            &opened,
             "mx:1/x",
             b"Subject: x\n\n",
             &mut &b"body\n"[..],
@@ -279,14 +394,14 @@ mod tests {
     fn concurrent_deliveries_share_directory_syncs() {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("Maildir");
-        ensure_folder(&folder, false).unwrap();
+        let opened = Arc::new(ensure_folder(&folder, false).unwrap());
         let syncer = Arc::new(DirSyncer::default());
         let handles: Vec<_> = (0..16)
             .map(|i| {
-                let (folder, syncer) = (folder.clone(), syncer.clone());
+                let (opened, syncer) = (opened.clone(), syncer.clone());
                 std::thread::spawn(move || {
                     deliver(
-                        &folder,
+                        &opened,
                         "h",
                         format!("N: {i}\n\n").as_bytes(),
                         &mut &b""[..],
@@ -300,6 +415,36 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(fs::read_dir(folder.join("new")).unwrap().count(), 16);
+    }
+
+    #[test]
+    fn symlinks_below_the_base_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("mail");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir_all(&elsewhere).unwrap();
+        let maildir = base.join("example.net/bob/Maildir");
+        open_folder(&base, Path::new("example.net/bob/Maildir"), false).unwrap();
+        // A planted symlink: a folder, or tmp/ inside one, pointing elsewhere.
+        std::os::unix::fs::symlink(&elsewhere, maildir.join(".Junk")).unwrap();
+        let err = open_folder(&base, Path::new("example.net/bob/Maildir/.Junk"), true)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        fs::remove_dir_all(maildir.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, maildir.join("tmp")).unwrap();
+        assert!(open_folder(&base, Path::new("example.net/bob/Maildir"), false).is_err());
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "nothing made there"
+        );
+        // The operator's base may itself be a symlink.
+        let linked_base = dir.path().join("linked");
+        std::os::unix::fs::symlink(&base, &linked_base).unwrap();
+        assert!(open_folder(&linked_base, Path::new("example.net/carol/Maildir"), false).is_ok());
+        assert!(!is_real_dir(&maildir.join(".Junk")));
+        assert!(is_real_dir(&maildir));
     }
 
     #[test]

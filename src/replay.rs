@@ -26,10 +26,119 @@ impl Expiry<String, Duration> for UntilExpiry {
 }
 
 /// The set of (DID, jti, recipient) seen, in memory (and shared through Redis when a store is
-/// configured: see `store`).
+/// configured: see `store`; or through a file for `serve --stdio` runs: `ReplayFile`).
 pub struct ReplaySet {
     memory: moka::sync::Cache<String, Duration>,
     shared: Option<Arc<crate::store::SharedStore>>,
+    file: Option<Arc<ReplayFile>>,
+}
+
+/// The replay set of `serve --stdio` runs without Redis (`store.replay_file`): every run is a
+/// process of its own (Exim's pipe transport), so memory forgets; this file is shared by all
+/// of them. Lines `<expiry> <SHA-256 of the key>`; read under a shared `flock`, appended under
+/// an exclusive one; rewritten without expired lines once it passes `COMPACT_AT`.
+pub struct ReplayFile {
+    path: std::path::PathBuf,
+    /// Said once: the file cannot be used (this run then has memory only).
+    warned: std::sync::atomic::AtomicBool,
+}
+
+/// The size past which the file is compacted.
+const COMPACT_AT: u64 = 4 * 1024 * 1024;
+
+impl ReplayFile {
+    pub fn new(path: std::path::PathBuf) -> ReplayFile {
+        ReplayFile {
+            path,
+            warned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn hashed(key: &str) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn warn(&self, e: &std::io::Error) {
+        if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "store.replay_file {}: {e}; replays are detected within this run only",
+                self.path.display()
+            );
+        }
+    }
+
+    fn open(&self, write: bool) -> std::io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .append(write)
+            .create(write)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.path)
+    }
+
+    fn lock(file: &std::fs::File, how: libc::c_int) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn contains(&self, key: &str, now: i64) -> std::io::Result<bool> {
+        use std::io::BufRead;
+        let file = match self.open(false) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Self::lock(&file, libc::LOCK_SH)?;
+        let wanted = Self::hashed(key);
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            if let Some((expiry, hash)) = line.split_once(' ')
+                && hash == wanted
+                && expiry.parse::<i64>().is_ok_and(|e| e >= now)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    fn insert(&self, key: &str, expiry: i64, now: i64) -> std::io::Result<()> {
+        use std::io::{BufRead, Write};
+        let mut file = self.open(true)?;
+        Self::lock(&file, libc::LOCK_EX)?;
+        writeln!(file, "{expiry} {}", Self::hashed(key))?;
+        if file.metadata()?.len() > COMPACT_AT {
+            // Rewrite in place under the lock: keep what has not expired.
+            let kept: Vec<String> = std::io::BufReader::new(self.open(false)?)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| {
+                    l.split_once(' ')
+                        .and_then(|(e, _)| e.parse::<i64>().ok())
+                        .is_some_and(|e| e >= now)
+                })
+                .collect();
+            let mut rewritten = String::with_capacity(kept.len() * 80);
+            for line in kept {
+                rewritten.push_str(&line);
+                rewritten.push('\n');
+            }
+            file.set_len(0)?;
+            file.write_all(rewritten.as_bytes())?;
+        }
+        file.sync_data()
+    }
 }
 
 fn key(did: &str, jti: &str, mailbox: &str) -> String {
@@ -45,12 +154,30 @@ impl ReplaySet {
                 .expire_after(UntilExpiry)
                 .build(),
             shared,
+            file: None,
         }
+    }
+
+    /// Keeps the set in `file` too (for `serve --stdio` runs without Redis).
+    pub fn with_file(mut self, file: ReplayFile) -> ReplaySet {
+        self.file = Some(Arc::new(file));
+        self
     }
 
     async fn seen(&self, key: &str) -> bool {
         if self.memory.contains_key(key) {
             return true;
+        }
+        if let Some(file) = &self.file {
+            let (file, key) = (file.clone(), key.to_string());
+            let now = crate::clock::unix_now();
+            let found = tokio::task::spawn_blocking(move || {
+                file.contains(&key, now).inspect_err(|e| file.warn(e))
+            })
+            .await;
+            if let Ok(Ok(true)) = found {
+                return true;
+            }
         }
         match &self.shared {
             Some(shared) => shared.replay_seen(key).await,
@@ -82,7 +209,40 @@ impl ReplaySet {
             if let Some(shared) = &self.shared {
                 shared.replay_record(&key, ttl).await;
             }
+            if let Some(file) = &self.file {
+                let (file, key) = (file.clone(), key.clone());
+                let expiry = passed.exp + EXPIRY_GRACE;
+                let wall = crate::clock::unix_now();
+                let _ = tokio::task::spawn_blocking(move || {
+                    file.insert(&key, expiry, wall)
+                        .inspect_err(|e| file.warn(e))
+                })
+                .await;
+            }
             self.memory.insert(key, ttl);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_remembers_across_instances_until_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("replay");
+        let first = ReplayFile::new(path.clone());
+        assert!(!first.contains("k", 100).unwrap(), "no file yet");
+        first.insert("k", 200, 100).unwrap();
+        let second = ReplayFile::new(path.clone());
+        assert!(second.contains("k", 150).unwrap());
+        assert!(!second.contains("other", 150).unwrap());
+        assert!(!second.contains("k", 201).unwrap(), "expired");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -7,7 +7,11 @@
 //!   knows while the directory is down, and never lets a forgery pass because of it);
 //! - definite failures (404/410, NXDOMAIN) are remembered for `negative`, transient ones for
 //!   `error`, so a dead directory or a stream of forged mail does not cause a fetch per message;
-//! - concurrent lookups of one key are merged into one fetch; capacity is bounded.
+//! - concurrent lookups of one key are merged into one fetch;
+//! - capacity is bounded by bytes (`cache.max_bytes`) and by entries (`cache.max_entries`):
+//!   each entry weighs its bytes, but never less than `max_bytes / max_entries`, so one
+//!   weighted bound holds both (many tiny entries meet the entry bound, a few huge documents
+//!   the byte bound). Eviction is moka's (TinyLFU).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +22,26 @@ use moka::Expiry;
 
 use super::IdentityError;
 use crate::config::CacheConfig;
+
+/// What a cached value weighs, in bytes (roughly: its heap data).
+pub trait Weigh {
+    fn weight(&self) -> usize;
+}
+
+impl Weigh for () {
+    fn weight(&self) -> usize {
+        0
+    }
+}
+
+impl<A: AsRef<str>, B> Weigh for (A, B) {
+    fn weight(&self) -> usize {
+        self.0.as_ref().len() + std::mem::size_of::<B>()
+    }
+}
+
+/// Bytes an entry costs beyond its value: the key, the entry, moka's bookkeeping.
+const ENTRY_OVERHEAD: usize = 160;
 
 /// A cached outcome and when it was fetched.
 pub struct Entry<T> {
@@ -128,12 +152,55 @@ enum Plan<T> {
     Fetch,
 }
 
-impl<T: Send + Sync + 'static> TimedCache<T> {
-    pub fn new(config: &CacheConfig) -> TimedCache<T> {
+/// What to do with a cached entry at `now` (the rules at the top of this file).
+fn plan<T>(l: &Lifetimes, entry: &Entry<T>, now: Instant) -> Plan<T> {
+    let age = now.saturating_duration_since(entry.fetched);
+    match &entry.value {
+        Ok(value) if age < l.fresh => Plan::Serve(Found {
+            value: value.clone(),
+            stale: false,
+            cached: true,
+        }),
+        Ok(value) if age < l.max_age => Plan::ServeAndRefresh(Found {
+            value: value.clone(),
+            stale: false,
+            cached: true,
+        }),
+        Ok(value) => {
+            let recently_failed = entry
+                .failed_refresh
+                .is_some_and(|t| now.saturating_duration_since(t) < l.error);
+            if recently_failed && age < l.max_age + l.stale_if_error {
+                Plan::Serve(Found {
+                    value: value.clone(),
+                    stale: true,
+                    cached: true,
+                })
+            } else {
+                Plan::Fetch
+            }
+        }
+        Err(e) if e.is_transient() && age < l.error => Plan::Fail(e.clone()),
+        Err(e) if !e.is_transient() && age < l.negative => Plan::Fail(e.clone()),
+        Err(_) => Plan::Fetch,
+    }
+}
+
+impl<T: Weigh + Send + Sync + 'static> TimedCache<T> {
+    /// A cache taking `share_num / share_den` of `cache.max_bytes` and `max_entries`.
+    pub fn new(config: &CacheConfig, share_num: u64, share_den: u64) -> TimedCache<T> {
         let lifetimes = Lifetimes::from(config);
+        let capacity = config.max_bytes.saturating_mul(share_num) / share_den.max(1);
+        let floor = (config.max_bytes / config.max_entries.max(1)).max(1);
+        let floor = u32::try_from(floor).unwrap_or(u32::MAX);
         TimedCache {
             entries: moka::future::Cache::builder()
-                .max_capacity(config.max_entries)
+                .max_capacity(capacity)
+                .weigher(move |key: &String, entry: &Arc<Entry<T>>| {
+                    let value = entry.value.as_ref().map_or(64, |v| v.weight());
+                    let bytes = key.len() + value + ENTRY_OVERHEAD;
+                    u32::try_from(bytes).unwrap_or(u32::MAX).max(floor)
+                })
                 .expire_after(EntryExpiry(lifetimes))
                 .support_invalidation_closures()
                 .build(),
@@ -159,38 +226,10 @@ impl<T: Send + Sync + 'static> TimedCache<T> {
         self.entries.entry_count()
     }
 
-    fn plan(&self, entry: &Entry<T>, now: Instant) -> Plan<T> {
-        let age = now.saturating_duration_since(entry.fetched);
-        let l = &self.lifetimes;
-        match &entry.value {
-            Ok(value) if age < l.fresh => Plan::Serve(Found {
-                value: value.clone(),
-                stale: false,
-                cached: true,
-            }),
-            Ok(value) if age < l.max_age => Plan::ServeAndRefresh(Found {
-                value: value.clone(),
-                stale: false,
-                cached: true,
-            }),
-            Ok(value) => {
-                let recently_failed = entry
-                    .failed_refresh
-                    .is_some_and(|t| now.saturating_duration_since(t) < l.error);
-                if recently_failed && age < l.max_age + l.stale_if_error {
-                    Plan::Serve(Found {
-                        value: value.clone(),
-                        stale: true,
-                        cached: true,
-                    })
-                } else {
-                    Plan::Fetch
-                }
-            }
-            Err(e) if e.is_transient() && age < l.error => Plan::Fail(e.clone()),
-            Err(e) if !e.is_transient() && age < l.negative => Plan::Fail(e.clone()),
-            Err(_) => Plan::Fetch,
-        }
+    /// What the entries held weigh, in bytes (as the bound counts them).
+    pub async fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.weighted_size()
     }
 
     /// The value for `key`, fetching with `fetch` as the rules above say. `refresh` is run in
@@ -206,7 +245,7 @@ impl<T: Send + Sync + 'static> TimedCache<T> {
         Fut: Future<Output = Result<Arc<T>, IdentityError>>,
     {
         if let Some(entry) = self.entries.get(key).await {
-            match self.plan(&entry, Instant::now()) {
+            match plan(&self.lifetimes, &entry, Instant::now()) {
                 Plan::Serve(found) => {
                     self.count(|c| {
                         c.hits += 1;
@@ -358,5 +397,126 @@ impl<T: Send + Sync + 'static> TimedCache<T> {
         let _ = self
             .entries
             .invalidate_entries_if(move |key, _| key.starts_with(&prefix));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{IdentityError, Upstream};
+
+    const LIFETIMES: Lifetimes = Lifetimes {
+        fresh: Duration::from_secs(100),
+        max_age: Duration::from_secs(1000),
+        stale_if_error: Duration::from_secs(5000),
+        negative: Duration::from_secs(60),
+        error: Duration::from_secs(10),
+    };
+
+    fn entry(value: Result<(), IdentityError>, fetched: Instant) -> Entry<()> {
+        Entry {
+            value: value.map(Arc::new),
+            fetched,
+            failed_refresh: None,
+        }
+    }
+
+    fn what<T>(p: Plan<T>) -> &'static str {
+        match p {
+            Plan::Serve(f) if f.stale => "serve stale",
+            Plan::Serve(_) => "serve",
+            Plan::ServeAndRefresh(_) => "serve and refresh",
+            Plan::Fail(_) => "fail",
+            Plan::Fetch => "fetch",
+        }
+    }
+
+    #[test]
+    fn a_good_entry_ages_through_every_stage() {
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let good = entry(Ok(()), t0);
+        assert_eq!(what(plan(&LIFETIMES, &good, at(0))), "serve");
+        assert_eq!(what(plan(&LIFETIMES, &good, at(99))), "serve");
+        assert_eq!(what(plan(&LIFETIMES, &good, at(100))), "serve and refresh");
+        assert_eq!(what(plan(&LIFETIMES, &good, at(999))), "serve and refresh");
+        assert_eq!(what(plan(&LIFETIMES, &good, at(1000))), "fetch");
+        // Past max_age, a refetch that just failed transiently lets it serve, flagged stale,
+        // until stale_if_error runs out.
+        let mut failing = entry(Ok(()), t0);
+        failing.failed_refresh = Some(at(2000));
+        assert_eq!(what(plan(&LIFETIMES, &failing, at(2005))), "serve stale");
+        assert_eq!(
+            what(plan(&LIFETIMES, &failing, at(2010))),
+            "fetch",
+            "error lifetime over"
+        );
+        failing.failed_refresh = Some(at(5999));
+        assert_eq!(
+            what(plan(&LIFETIMES, &failing, at(6000))),
+            "fetch",
+            "too old to serve"
+        );
+    }
+
+    #[test]
+    fn failures_are_remembered_for_their_own_lifetimes() {
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        let gone = entry(Err(IdentityError::NotFound(Upstream::Plc)), t0);
+        assert_eq!(what(plan(&LIFETIMES, &gone, at(59))), "fail");
+        assert_eq!(what(plan(&LIFETIMES, &gone, at(60))), "fetch");
+        let down = entry(Err(IdentityError::Unavailable(Upstream::Plc)), t0);
+        assert_eq!(what(plan(&LIFETIMES, &down, at(9))), "fail");
+        assert_eq!(what(plan(&LIFETIMES, &down, at(10))), "fetch");
+    }
+
+    struct Blob(usize);
+    impl Weigh for Blob {
+        fn weight(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bound_is_bytes_and_entries() {
+        let config = CacheConfig {
+            max_bytes: 100_000,
+            max_entries: 100,
+            ..CacheConfig::default()
+        };
+        let cache: TimedCache<Blob> = TimedCache::new(&config, 1, 1);
+        let fill = |size: usize| {
+            let cache = &cache;
+            async move {
+                for i in 0..1000 {
+                    let _ = cache
+                        .get(
+                            &format!("k{i}"),
+                            || async { Ok(Arc::new(Blob(size))) },
+                            || {},
+                        )
+                        .await;
+                }
+                (cache.entry_count().await, cache.weighted_size().await)
+            }
+        };
+        // Small entries: the entry bound (each weighs at least 1000 bytes here).
+        let (entries, bytes) = fill(10).await;
+        assert!(entries <= 100, "{entries} entries");
+        assert!(bytes <= 100_000, "{bytes} bytes");
+        // Large entries: the byte bound.
+        let cache2: TimedCache<Blob> = TimedCache::new(&config, 1, 1);
+        for i in 0..100 {
+            let _ = cache2
+                .get(
+                    &format!("k{i}"),
+                    || async { Ok(Arc::new(Blob(20_000))) },
+                    || {},
+                )
+                .await;
+        }
+        assert!(cache2.entry_count().await <= 5);
+        assert!(cache2.weighted_size().await <= 100_000);
     }
 }

@@ -53,6 +53,12 @@ pub struct DeviceCertificate {
     pub not_after: i64,
 }
 
+impl super::cache::Weigh for DeviceCertificate {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<DeviceCertificate>()
+    }
+}
+
 impl DeviceCertificate {
     /// Checks a PEM certificate against the `kid` URI and fingerprint that named it.
     pub fn parse(pem: &str, kid: &str, fingerprint: &str) -> Result<DeviceCertificate, CertError> {

@@ -153,6 +153,31 @@ impl DidDocument {
         })
     }
 
+    /// Bytes this document holds, roughly (what the identity cache weighs it by): its strings
+    /// and 48 bytes a string or item for the structures around them.
+    pub fn weight(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(|s| s.len() + 48).sum::<usize>();
+        let methods: usize = self
+            .verification_methods
+            .iter()
+            .map(|m| {
+                m.id.len()
+                    + m.kind.len()
+                    + m.controller.len()
+                    + m.public_key_multibase.as_ref().map_or(0, String::len)
+                    + 4 * 48
+            })
+            .sum();
+        let services: usize = self
+            .services
+            .iter()
+            .map(|s| {
+                s.id.len() + s.kind.len() + s.endpoint.as_ref().map_or(0, String::len) + 3 * 48
+            })
+            .sum();
+        self.id.len() + strings(&self.also_known_as) + methods + services + 4 * 48
+    }
+
     /// The first service with id `#name` or `<DID>#name`.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services

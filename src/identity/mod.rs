@@ -27,8 +27,12 @@ pub struct ResolvedDid {
     pub document: DidDocument,
     /// The URL the document was fetched from.
     pub source: String,
-    /// The document as served (to share it with other instances).
-    pub raw: Vec<u8>,
+}
+
+impl cache::Weigh for ResolvedDid {
+    fn weight(&self) -> usize {
+        self.document.weight() + self.source.len()
+    }
 }
 
 /// The key a `kid` names, with the document it came from.
@@ -145,10 +149,11 @@ impl IdentityResolver {
                 .map(|u| u.as_str().trim_end_matches('/').to_string())
                 .collect(),
             max_document_size: resolver.max_document_size,
-            documents: TimedCache::new(cache),
-            certificates: TimedCache::new(cache),
-            handles: TimedCache::new(cache),
-            mail_hosts: TimedCache::new(cache),
+            // cache.max_bytes and max_entries, shared out: documents are most of it.
+            documents: TimedCache::new(cache, 5, 8),
+            certificates: TimedCache::new(cache, 1, 8),
+            handles: TimedCache::new(cache, 1, 8),
+            mail_hosts: TimedCache::new(cache, 1, 8),
             rotation_checks: moka::sync::Cache::builder()
                 .max_capacity(cache.max_entries)
                 .time_to_live(ROTATION_CHECK_INTERVAL)
@@ -167,29 +172,25 @@ impl IdentityResolver {
         self
     }
 
-    /// A document: one another instance fetched recently (shared store), else the network,
-    /// whose answer is then shared.
-    async fn fetch_did_shared(&self, did: &str) -> Cached<ResolvedDid> {
-        let Some(shared) = &self.shared else {
-            return self.fetch_did(did).await;
-        };
-        if let Some(doc) = shared.document(did, self.lifetimes.fresh).await
+    /// A document: one another instance fetched recently (shared store; unless
+    /// `network_only`), else the network, whose answer is then shared. Only the parsed
+    /// document is kept: the document as served goes to the shared store and is dropped.
+    async fn fetch_did_shared(&self, did: &str, network_only: bool) -> Cached<ResolvedDid> {
+        if let Some(shared) = self.shared.as_ref().filter(|_| !network_only)
+            && let Some(doc) = shared.document(did, self.lifetimes.fresh).await
             && let Ok(document) = DidDocument::parse(doc.body.as_bytes(), did)
         {
             return Ok(Arc::new(ResolvedDid {
                 document,
                 source: doc.source,
-                raw: doc.body.into_bytes(),
             }));
         }
-        let fetched = self.fetch_did(did).await;
-        if let Ok(resolved) = &fetched {
+        let (resolved, raw) = self.fetch_did(did).await?;
+        if let Some(shared) = &self.shared {
             let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
-            shared
-                .put_document(did, &resolved.source, &resolved.raw, keep)
-                .await;
+            shared.put_document(did, &resolved.source, &raw, keep).await;
         }
-        fetched
+        Ok(resolved)
     }
 
     /// The DID document of `did`, from the cache when it may serve (cache.rs has the rules).
@@ -204,12 +205,12 @@ impl IdentityResolver {
             tokio::spawn(async move {
                 let _ = this
                     .documents
-                    .fetch(&did, || this.fetch_did_shared(&did), true)
+                    .fetch(&did, || this.fetch_did_shared(&did, false), true)
                     .await;
             });
         };
         self.documents
-            .get(did, || self.fetch_did_shared(did), refresh)
+            .get(did, || self.fetch_did_shared(did, false), refresh)
             .await
     }
 
@@ -227,15 +228,9 @@ impl IdentityResolver {
             .and_then(|e| e.value.clone().ok());
         let found = self
             .documents
-            .fetch(did, || self.fetch_did(did), false)
+            .fetch(did, || self.fetch_did_shared(did, true), false)
             .await
             .ok()?;
-        if let Some(shared) = self.shared.as_ref().filter(|_| !found.cached) {
-            let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
-            shared
-                .put_document(did, &found.value.source, &found.value.raw, keep)
-                .await;
-        }
         let changed = before.is_none_or(|b| b.document != found.value.document);
         (changed && !found.cached).then_some(found.value)
     }
@@ -262,7 +257,8 @@ impl IdentityResolver {
         }
     }
 
-    async fn fetch_did(&self, did: &str) -> Cached<ResolvedDid> {
+    /// Fetches a document from the network: the parsed document, and the bytes as served.
+    async fn fetch_did(&self, did: &str) -> Result<(Arc<ResolvedDid>, Vec<u8>), IdentityError> {
         let accept = "application/did+ld+json, application/json";
         match syntax::supported_did_method(did) {
             Some(DidMethod::Plc) => {
@@ -290,7 +286,7 @@ impl IdentityResolver {
                         .await
                     {
                         Ok(r) if (200..300).contains(&r.status) => {
-                            return self.document(&r.body, did, url);
+                            return self.document(r.body, did, url);
                         }
                         Ok(r) if r.status == 404 || r.status == 410 => {
                             last = IdentityError::NotFound(Upstream::Plc);
@@ -344,7 +340,7 @@ impl IdentityResolver {
                     .get(&url, upstream, accept, self.max_document_size, 0)
                     .await
                 {
-                    Ok(r) if (200..300).contains(&r.status) => self.document(&r.body, did, url),
+                    Ok(r) if (200..300).contains(&r.status) => self.document(r.body, did, url),
                     Ok(r) if r.status == 404 || r.status == 410 => {
                         Err(IdentityError::NotFound(upstream))
                     }
@@ -360,13 +356,14 @@ impl IdentityResolver {
         }
     }
 
-    fn document(&self, body: &[u8], did: &str, source: String) -> Cached<ResolvedDid> {
-        let document = DidDocument::parse(body, did)?;
-        Ok(Arc::new(ResolvedDid {
-            document,
-            source,
-            raw: body.to_vec(),
-        }))
+    fn document(
+        &self,
+        body: Vec<u8>,
+        did: &str,
+        source: String,
+    ) -> Result<(Arc<ResolvedDid>, Vec<u8>), IdentityError> {
+        let document = DidDocument::parse(&body, did)?;
+        Ok((Arc::new(ResolvedDid { document, source }), body))
     }
     /// The key a `kid` names (spec section 5), checked as of `now`.
     pub async fn resolve_key(

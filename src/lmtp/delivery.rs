@@ -59,8 +59,9 @@ fn folder_for(recipient: &Recipient, action: Action) -> (PathBuf, bool) {
                 .detail
                 .as_ref()
                 .map(|d| recipient.maildir.join(format!(".{d}")));
+            // A `.Detail` that is a symlink is no folder of this mailbox's.
             match detail {
-                Some(folder) if folder.is_dir() => (folder, true),
+                Some(folder) if maildir::is_real_dir(&folder) => (folder, true),
                 _ => (recipient.maildir.clone(), false),
             }
         }
@@ -162,7 +163,9 @@ pub async fn deliver_all(
                 head.extend_from_slice(&kept_headers);
                 head.push(b'\n');
                 let shown = folder.display().to_string();
-                let reply = match store(service, &incoming, folder, subfolder, head).await {
+                let relative = recipient.relative(&folder);
+                let base = recipient.base.clone();
+                let reply = match store(service, &incoming, base, relative, subfolder, head).await {
                     Ok(id) => {
                         judge::accepted(settings, Scope::EachRecipient, judgement, &targets).await;
                         Reply::new(250, Enhanced(2, 0, 0), format!("{id} Saved"))
@@ -206,15 +209,16 @@ pub async fn deliver_all(
 async fn store(
     service: &Arc<LmtpService>,
     incoming: &Arc<Mutex<Incoming>>,
-    folder: PathBuf,
+    base: PathBuf,
+    relative: PathBuf,
     subfolder: bool,
     head: Vec<u8>,
 ) -> Result<String, DeliveryError> {
     let service = service.clone();
     let incoming = incoming.clone();
     let task = tokio::task::spawn_blocking(move || {
-        maildir::ensure_folder(&folder, subfolder)?;
-        service.clean_once(&folder);
+        let folder = maildir::open_folder(&base, &relative, subfolder)?;
+        service.clean_once(folder.path());
         let mut incoming = incoming
             .lock()
             .map_err(|_| io::Error::other("spool lock poisoned"))?;

@@ -17,6 +17,19 @@ pub struct Recipient {
     pub detail: Option<String>,
     /// The mailbox's Maildir (INBOX).
     pub maildir: PathBuf,
+    /// The part of `maildir` the operator's template fixes (before the first `%`): symlinks
+    /// may be there. Below it, every directory is the mailbox's and symlinks are refused.
+    pub base: PathBuf,
+}
+
+impl Recipient {
+    /// `folder` (the Maildir or one below it) relative to `base`.
+    pub fn relative(&self, folder: &std::path::Path) -> PathBuf {
+        folder
+            .strip_prefix(&self.base)
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| folder.to_path_buf())
+    }
 }
 
 /// Why RCPT was refused.
@@ -77,9 +90,20 @@ impl Mailboxes {
         Ok(Recipient {
             address: address.to_string(),
             maildir: self.expand(&mailbox, user, domain),
+            base: self.base(),
             mailbox,
             detail,
         })
+    }
+
+    /// The template's fixed directory: everything before the first `%`, up to its last `/`.
+    fn base(&self) -> PathBuf {
+        let fixed = self.template.split('%').next().unwrap_or_default();
+        match fixed.rfind('/') {
+            Some(0) => PathBuf::from("/"),
+            Some(slash) => PathBuf::from(&fixed[..slash]),
+            None => PathBuf::from("."),
+        }
     }
 
     fn expand(&self, address: &str, local: &str, domain: &str) -> PathBuf {
@@ -157,6 +181,11 @@ mod tests {
         );
         assert_eq!(r.detail.as_deref(), Some("Lists"));
         assert_eq!(r.mailbox, "bob@mx.example.net");
+        assert_eq!(r.base, PathBuf::from("/m"));
+        assert_eq!(
+            r.relative(&r.maildir.join(".Junk")),
+            PathBuf::from("mx.example.net/bob/bob@mx.example.net/%/Maildir/.Junk")
+        );
         assert_eq!(
             m.resolve("../etc@x").unwrap_err(),
             RecipientError::BadAddress

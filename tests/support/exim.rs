@@ -1,5 +1,5 @@
 //! A throwaway Exim (unpacked beside Postfix by scripts/test): its own configuration, spool and
-//! logs under a temporary directory, `exim4 -C FILE -bd` on a loopback port.
+//! logs under a temporary directory, `exim4 -C FILE -bdf` (in the foreground, so the test owns the process and stops it) on a loopback port.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -75,7 +75,7 @@ begin retry
         let child = Command::new("/usr/sbin/exim4")
             .arg("-C")
             .arg(&config_path)
-            .args(["-bd", "-q1m"])
+            .args(["-bdf", "-q1m"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

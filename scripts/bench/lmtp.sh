@@ -5,7 +5,7 @@
 # Usage: bench/lmtp.sh [messages per run, default 2000] [--tmpfs]
 #   --tmpfs: Maildirs in /dev/shm, to separate CPU from disk
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 missing=()
 command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-core dovecot-lmtpd)
 command -v smtp-source >/dev/null 2>&1 || missing+=(postfix)
@@ -16,4 +16,4 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 cargo build --release --locked --quiet
 ulimit -n 8192
-exec python3 bench/lmtp_bench.py "$@"
+exec python3 scripts/bench/lmtp_bench.py "$@"
