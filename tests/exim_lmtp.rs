@@ -76,6 +76,7 @@ listen = \"inet:127.0.0.1:{milter_port}\"
     );
     check_delivery(&stored, &signed);
     assert!(daemon.log().contains("via=data"), "{}", daemon.log());
+    exim.stop();
 }
 
 #[test]
@@ -102,4 +103,5 @@ fn exim_smtp_driver_speaking_lmtp_sends_bdat() {
         "Exim used BDAT: {}",
         daemon.log()
     );
+    exim.stop();
 }

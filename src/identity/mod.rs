@@ -59,10 +59,15 @@ pub struct KeyLookupError {
 pub struct CacheStats {
     pub documents: Counters,
     pub document_entries: u64,
+    pub document_bytes: u64,
     pub certificates: Counters,
     pub certificate_entries: u64,
     pub handles: Counters,
     pub handle_entries: u64,
+    pub mail_hosts: Counters,
+    pub mail_host_entries: u64,
+    /// Bytes held by every kind together, as `cache.max_bytes` counts them.
+    pub bytes: u64,
 }
 
 impl CacheStats {
@@ -72,6 +77,7 @@ impl CacheStats {
             ("document", &self.documents, self.document_entries),
             ("certificate", &self.certificates, self.certificate_entries),
             ("handle", &self.handles, self.handle_entries),
+            ("mail_host", &self.mail_hosts, self.mail_host_entries),
         ]
         .into_iter()
         .map(|(kind, c, entries)| crate::metrics::CacheGauge {
@@ -104,10 +110,6 @@ const MAX_HANDLE_BODY: usize = 2048;
 /// Redirects followed for the handle's HTTPS method (atproto allows "a reasonable number";
 /// DID documents get none, spec section 6).
 const HANDLE_REDIRECTS: usize = 3;
-/// The longest `Retry-After` honoured: a directory asking for an hour would otherwise stop
-/// every lookup of an unknown did:plc for that long (the next configured directory, or the
-/// one after the wait, is asked instead).
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// A fetch error, in the terms of the upstream it came from.
 fn fetch_error(upstream: Upstream, e: FetchError) -> IdentityError {
@@ -247,13 +249,21 @@ impl IdentityResolver {
     }
 
     pub async fn stats(&self) -> CacheStats {
+        let document_bytes = self.documents.weighted_size().await;
         CacheStats {
             documents: self.documents.counters(),
             document_entries: self.documents.entry_count().await,
+            document_bytes,
             certificates: self.certificates.counters(),
             certificate_entries: self.certificates.entry_count().await,
             handles: self.handles.counters(),
             handle_entries: self.handles.entry_count().await,
+            mail_hosts: self.mail_hosts.counters(),
+            mail_host_entries: self.mail_hosts.entry_count().await,
+            bytes: document_bytes
+                + self.certificates.weighted_size().await
+                + self.handles.weighted_size().await
+                + self.mail_hosts.weighted_size().await,
         }
     }
 
@@ -267,7 +277,10 @@ impl IdentityResolver {
                 let mut any_transient = false;
                 for plc in &self.plc_urls {
                     // A directory that answered 429 is left alone for as long as it asked
-                    // (RFC 6585 §4, Retry-After, capped); the next one is asked meanwhile.
+                    // (RFC 6585 §4, Retry-After), but never longer than a transient error is
+                    // remembered (`cache.error`): one 429 asking for an hour must not stop
+                    // every lookup of an unknown did:plc for an hour. The next configured
+                    // directory is asked meanwhile.
                     let backing_off = self
                         .plc_backoff
                         .lock()
@@ -294,7 +307,7 @@ impl IdentityResolver {
                         Ok(r) => {
                             if r.status == 429 {
                                 let wait = Duration::from_secs(r.retry_after.unwrap_or(60))
-                                    .min(MAX_RETRY_AFTER);
+                                    .min(self.lifetimes.error);
                                 if let Ok(mut backoff) = self.plc_backoff.lock() {
                                     backoff.insert(plc.clone(), std::time::Instant::now() + wait);
                                 }

@@ -415,8 +415,52 @@ pub async fn run(
     info!("milter listening on {}", listener.describe());
     let callbacks = callbacks(shared);
     match listener {
-        BoundListener::Tcp(l) => indymilter::run(NoDelay(l), callbacks, config, shutdown).await,
-        BoundListener::Unix(l, _file) => indymilter::run(l, callbacks, config, shutdown).await,
+        BoundListener::Tcp(l) => {
+            indymilter::run(Patient::new(NoDelay(l)), callbacks, config, shutdown).await
+        }
+        BoundListener::Unix(l, _file) => {
+            indymilter::run(Patient::new(l), callbacks, config, shutdown).await
+        }
+    }
+}
+
+/// A listener that outlasts a failed `accept()`: indymilter stops serving on the first error,
+/// and running out of file descriptors (EMFILE) must not stop the daemon. The error is logged
+/// and accepting resumes after `socket::ACCEPT_BACKOFF`.
+struct Patient<L> {
+    inner: L,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<L> Patient<L> {
+    fn new(inner: L) -> Patient<L> {
+        Patient { inner, pause: None }
+    }
+}
+
+impl<L: indymilter::Listener> indymilter::Listener for Patient<L> {
+    type Io = L::Io;
+
+    fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<Self::Io>> {
+        use std::task::Poll;
+        loop {
+            if let Some(pause) = self.pause.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.pause = None;
+            }
+            match self.inner.poll_accept(cx) {
+                Poll::Ready(Err(e)) => {
+                    warn!("milter: accept failed: {e}; retrying");
+                    self.pause = Some(Box::pin(tokio::time::sleep(crate::socket::ACCEPT_BACKOFF)));
+                }
+                other => return other,
+            }
+        }
     }
 }
 

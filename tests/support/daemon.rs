@@ -22,6 +22,29 @@ impl Daemon {
     /// As `start`, with RLIMIT_FSIZE set to `file_size_limit` bytes in the daemon: a stand-in
     /// for a full file system.
     pub fn start_limited(config: &str, wait_port: u16, file_size_limit: Option<u64>) -> Daemon {
+        let limits: Vec<_> = file_size_limit
+            .map(|l| (libc::RLIMIT_FSIZE, l))
+            .into_iter()
+            .collect();
+        Daemon::start_custom(config, wait_port, &[], &limits)
+    }
+
+    /// As `start`, with at most `files` open file descriptors (RLIMIT_NOFILE).
+    pub fn start_with_nofile(config: &str, wait_port: u16, files: u64) -> Daemon {
+        Daemon::start_custom(config, wait_port, &[], &[(libc::RLIMIT_NOFILE, files)])
+    }
+
+    /// As `start`, with extra environment variables.
+    pub fn start_with_env(config: &str, wait_port: u16, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_custom(config, wait_port, env, &[])
+    }
+
+    fn start_custom(
+        config: &str,
+        wait_port: u16,
+        env: &[(&str, &str)],
+        limits: &[(libc::__rlimit_resource_t, u64)],
+    ) -> Daemon {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("atsms-milter.toml");
@@ -36,16 +59,20 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(limit) = file_size_limit {
+        command.envs(env.iter().copied());
+        let limits = limits.to_vec();
+        if !limits.is_empty() {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
                 command.pre_exec(move || {
-                    let rlim = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_FSIZE, &rlim) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    for &(resource, limit) in &limits {
+                        let rlim = libc::rlimit {
+                            rlim_cur: limit,
+                            rlim_max: limit,
+                        };
+                        if libc::setrlimit(resource, &rlim) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });

@@ -127,11 +127,47 @@ begin retry
     }
 }
 
-impl Drop for Exim {
-    fn drop(&mut self) {
+/// Processes whose command line names `needle` (an Exim of ours, by its config path).
+pub fn processes_naming(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+impl Exim {
+    /// Stops Exim and checks that none of its processes is left behind.
+    pub fn stop(mut self) {
+        let config = self.dir.path().join("exim.conf").display().to_string();
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_naming(&config).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            processes_naming(&config),
+            Vec::<u32>::new(),
+            "Exim processes left behind"
+        );
+    }
+
+    fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for Exim {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -8,6 +8,7 @@ pub mod exim;
 pub mod http;
 pub mod lmtp;
 pub mod milter;
+pub mod opendkim;
 pub mod postfix;
 pub mod redis;
 pub mod signing;
