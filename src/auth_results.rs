@@ -7,7 +7,7 @@
 //! reasons without `"` or `\`.
 
 use crate::envelope::{AuthResult, Mailbox};
-use crate::identity::did_doc::ascii_domain;
+use crate::syntax::ascii_domain;
 use crate::verify::{SignatureVerdict, Verdict};
 
 pub const FIELD_NAME: &str = "Authentication-Results";

@@ -102,6 +102,14 @@ pub fn is_domain_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= MAX_HANDLE_LEN && name.split('.').all(label_ok)
 }
 
+/// A domain in the form AT-SMS compares domains (spec section 7): A-label (UTS #46),
+/// lower-case, without a trailing dot; none when it is not a host name.
+pub fn ascii_domain(domain: &str) -> Option<String> {
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    let ascii = idna::domain_to_ascii(domain).ok()?;
+    is_domain_name(&ascii).then_some(ascii)
+}
+
 /// Top-level domains that pass handle syntax but must never resolve (atproto handle spec):
 /// they name nothing on the public Internet.
 const RESERVED_TLDS: &[&str] = &[

@@ -14,9 +14,10 @@ use crate::envelope::{
     self, AuthResult, FIELD_NAME, FieldError, HeaderField, Mailbox, check_fields, header_hash,
     tags, token,
 };
-use crate::identity::did_doc::{MailEndpoint, MailHost, ascii_domain};
+use crate::identity::did_doc::{MailEndpoint, MailHost};
 use crate::identity::{DidDocument, IdentityError, IdentityResolver, ResolvedDid, ResolvedKey};
 use crate::syntax;
+use crate::syntax::ascii_domain;
 
 /// Signatures verified per message; fields beyond this are reported as `permerror` without
 /// any lookup, so a message with thousands of fields costs no more than one with ten.

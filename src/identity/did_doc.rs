@@ -238,13 +238,6 @@ pub enum MailHost {
     Ip(std::net::IpAddr),
 }
 
-/// A domain in the form section 7 compares: A-label (UTS #46), lower-case, no trailing dot.
-pub fn ascii_domain(domain: &str) -> Option<String> {
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
-    let ascii = idna::domain_to_ascii(domain).ok()?;
-    syntax::is_domain_name(&ascii).then_some(ascii)
-}
-
 impl MailEndpoint {
     pub fn parse(endpoint: &str) -> Option<MailEndpoint> {
         if let Some(address) = endpoint.strip_prefix("mailto:") {
@@ -270,7 +263,7 @@ impl MailEndpoint {
         } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
             MailHost::Ip(std::net::IpAddr::V4(ip))
         } else {
-            MailHost::Name(ascii_domain(host)?)
+            MailHost::Name(syntax::ascii_domain(host)?)
         };
         Some(MailEndpoint::Smtp { host, port })
     }

@@ -564,7 +564,7 @@ impl IdentityResolver {
     /// the host declares that it keeps DID mailboxes. Cached like handles; NXDOMAIN or no
     /// such record is a definite no, SERVFAIL or a timeout a brief one (`cache.error`).
     pub async fn mail_host_vouches(self: &Arc<Self>, domain: &str) -> bool {
-        let Some(domain) = did_doc::ascii_domain(domain) else {
+        let Some(domain) = syntax::ascii_domain(domain) else {
             return false;
         };
         let refresh = || {
