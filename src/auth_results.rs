@@ -304,25 +304,10 @@ pub fn hides_ours(value: &[u8], ours: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::fields::parse_mailbox;
-    use crate::verify::{Passed, Reason};
+    use crate::verify::Reason;
 
     fn pass(from: &str, handle: Option<&str>, aligned: bool) -> SignatureVerdict {
-        SignatureVerdict {
-            result: AuthResult::Pass,
-            did: Some("did:plc:ofurdhfyhjhgomvfygxergep".into()),
-            kid: None,
-            reason: None,
-            stale: false,
-            passed: Some(Passed {
-                from: parse_mailbox(format!(" <{from}>").as_bytes()).unwrap(),
-                handle: handle.map(str::to_string),
-                aligned,
-                rcpt: None,
-                jti: "0123456789abcdef".into(),
-                exp: 0,
-            }),
-        }
+        crate::verify::testing::passing(from, handle, aligned, None)
     }
 
     #[test]

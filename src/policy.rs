@@ -38,23 +38,13 @@ pub fn decide(verdict: &Verdict, policy: &PolicyConfig) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::{Passed, Reason, SignatureVerdict};
+    use crate::verify::testing::{failing, passing};
+    use crate::verify::{Reason, SignatureVerdict};
 
     fn sig(result: AuthResult, aligned: Option<bool>) -> SignatureVerdict {
-        SignatureVerdict {
-            result,
-            did: None,
-            kid: None,
-            reason: (result != AuthResult::Pass).then_some(Reason::Expired),
-            stale: false,
-            passed: aligned.map(|aligned| Passed {
-                from: crate::envelope::fields::parse_mailbox(b" a@b.c").unwrap(),
-                handle: None,
-                aligned,
-                rcpt: None,
-                jti: "0123456789abcdef".into(),
-                exp: 0,
-            }),
+        match aligned {
+            Some(aligned) => passing("a@b.c", None, aligned, None),
+            None => failing(result, Reason::Expired),
         }
     }
 

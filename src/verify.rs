@@ -417,6 +417,42 @@ impl Verifier {
     }
 }
 
+/// Verdicts made up for unit tests of the rooms that read them.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A passing signature by alice's DID from `from`, valid until 1000.
+    pub fn passing(
+        from: &str,
+        handle: Option<&str>,
+        aligned: bool,
+        rcpt: Option<Vec<String>>,
+    ) -> SignatureVerdict {
+        SignatureVerdict {
+            result: AuthResult::Pass,
+            did: Some("did:plc:ofurdhfyhjhgomvfygxergep".into()),
+            kid: None,
+            reason: None,
+            stale: false,
+            passed: Some(Passed {
+                from: crate::envelope::fields::parse_mailbox(format!(" <{from}>").as_bytes())
+                    .expect("a mailbox"),
+                handle: handle.map(str::to_string),
+                aligned,
+                rcpt,
+                jti: "0123456789abcdef".into(),
+                exp: 1000,
+            }),
+        }
+    }
+
+    /// A signature that did not pass, for `reason`.
+    pub fn failing(result: AuthResult, reason: Reason) -> SignatureVerdict {
+        SignatureVerdict::rejected(result, None, None, reason)
+    }
+}
+
 /// Why steps 6 to 8 failed, and whether a fresher DID document could change that.
 struct Rejection {
     result: AuthResult,
@@ -589,25 +625,11 @@ mod tests {
     }
 
     fn passing(aligned: bool, rcpt: Option<Vec<String>>) -> SignatureVerdict {
-        SignatureVerdict {
-            result: AuthResult::Pass,
-            did: Some(DID.into()),
-            kid: None,
-            reason: None,
-            stale: false,
-            passed: Some(Passed {
-                from: mailbox("a@b.example"),
-                handle: None,
-                aligned,
-                rcpt,
-                jti: "0123456789abcdef".into(),
-                exp: 10,
-            }),
-        }
+        testing::passing("a@b.example", None, aligned, rcpt)
     }
 
     fn failing(result: AuthResult) -> SignatureVerdict {
-        SignatureVerdict::rejected(result, None, None, Reason::Expired)
+        testing::failing(result, Reason::Expired)
     }
 
     #[test]

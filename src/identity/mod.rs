@@ -201,18 +201,36 @@ impl IdentityResolver {
         self: &Arc<Self>,
         did: &str,
     ) -> Result<Found<ResolvedDid>, IdentityError> {
+        self.cached(
+            |r| &r.documents,
+            did,
+            |this, did| async move { this.fetch_did_shared(&did, false).await },
+        )
+        .await
+    }
+
+    /// `key` from the cache `cache` picks, fetched with `fetch` when the lifetimes say so;
+    /// an entry between `fresh` and `max_age` is served and refreshed in the background.
+    async fn cached<T, F, Fut>(
+        self: &Arc<Self>,
+        cache: fn(&IdentityResolver) -> &TimedCache<T>,
+        key: &str,
+        fetch: F,
+    ) -> Result<Found<T>, IdentityError>
+    where
+        T: cache::Weigh + Send + Sync + 'static,
+        F: Fn(Arc<IdentityResolver>, String) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Cached<T>> + Send + 'static,
+    {
         let refresh = || {
-            let this = self.clone();
-            let did = did.to_string();
+            let (this, key, fetch) = (self.clone(), key.to_string(), fetch.clone());
             tokio::spawn(async move {
-                let _ = this
-                    .documents
-                    .fetch(&did, || this.fetch_did_shared(&did, false), true)
-                    .await;
+                let again = || fetch(this.clone(), key.clone());
+                let _ = cache(&this).fetch(&key, again, true).await;
             });
         };
-        self.documents
-            .get(did, || self.fetch_did_shared(did, false), refresh)
+        cache(self)
+            .get(key, || fetch(self.clone(), key.to_string()), refresh)
             .await
     }
 
@@ -413,20 +431,16 @@ impl IdentityResolver {
                 did.document.key(fragment).map_err(|e| fail(e.into()))?
             }
             Kid::DeviceCertificate { fingerprint, .. } => {
-                let kid_uri = kid.to_string();
-                let refresh = || {
-                    let this = self.clone();
-                    let (document, kid_uri, fingerprint) =
-                        (did.document.clone(), kid_uri.clone(), fingerprint.clone());
-                    tokio::spawn(async move {
-                        let fetch = || this.fetch_device_cert(&document, &kid_uri, &fingerprint);
-                        let _ = this.certificates.fetch(&kid_uri, fetch, true).await;
-                    });
+                let (document, fingerprint) = (did.document.clone(), fingerprint.clone());
+                let fetch = move |this: Arc<Self>, kid_uri: String| {
+                    let (document, fingerprint) = (document.clone(), fingerprint.clone());
+                    async move {
+                        this.fetch_device_cert(&document, &kid_uri, &fingerprint)
+                            .await
+                    }
                 };
-                let fetch = || self.fetch_device_cert(&did.document, &kid_uri, fingerprint);
                 let cert = self
-                    .certificates
-                    .get(&kid_uri, fetch, refresh)
+                    .cached(|r| &r.certificates, &kid.to_string(), fetch)
                     .await
                     .map_err(fail)?;
                 cert.value.check_validity(now).map_err(|e| fail(e.into()))?;
@@ -490,20 +504,13 @@ impl IdentityResolver {
     /// `/.well-known/atproto-did` (atproto handle spec).
     pub async fn resolve_handle(self: &Arc<Self>, handle: &str) -> Cached<(String, HandleSource)> {
         let handle = handle.to_ascii_lowercase();
-        let refresh = || {
-            let this = self.clone();
-            let handle = handle.clone();
-            tokio::spawn(async move {
-                let _ = this
-                    .handles
-                    .fetch(&handle, || this.fetch_handle(&handle), true)
-                    .await;
-            });
-        };
-        self.handles
-            .get(&handle, || self.fetch_handle(&handle), refresh)
-            .await
-            .map(|found| found.value)
+        self.cached(
+            |r| &r.handles,
+            &handle,
+            |this, handle| async move { this.fetch_handle(&handle).await },
+        )
+        .await
+        .map(|found| found.value)
     }
 
     async fn fetch_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
@@ -567,20 +574,13 @@ impl IdentityResolver {
         let Some(domain) = syntax::ascii_domain(domain) else {
             return false;
         };
-        let refresh = || {
-            let this = self.clone();
-            let domain = domain.clone();
-            tokio::spawn(async move {
-                let _ = this
-                    .mail_hosts
-                    .fetch(&domain, || this.fetch_mail_host(&domain), true)
-                    .await;
-            });
-        };
-        self.mail_hosts
-            .get(&domain, || self.fetch_mail_host(&domain), refresh)
-            .await
-            .is_ok()
+        self.cached(
+            |r| &r.mail_hosts,
+            &domain,
+            |this, domain| async move { this.fetch_mail_host(&domain).await },
+        )
+        .await
+        .is_ok()
     }
 
     async fn fetch_mail_host(&self, domain: &str) -> Cached<()> {

@@ -170,20 +170,9 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn settings() -> Settings {
-        let identity = Arc::new(
-            crate::identity::IdentityResolver::new(
-                &crate::config::ResolverConfig::default(),
-                &crate::config::CacheConfig::default(),
-            )
-            .unwrap(),
-        );
-        Settings::new(
-            crate::verify::Verifier::new(identity, std::time::Duration::from_secs(1)),
-            crate::config::PolicyConfig::default(),
-        )
+        crate::session::test_settings(crate::config::PolicyConfig::default())
     }
 
     fn stored(chunks: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {

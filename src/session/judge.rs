@@ -234,19 +234,13 @@ mod tests {
     use super::*;
     use crate::config::PolicyConfig;
     use crate::envelope::AuthResult;
-    use crate::verify::{Passed, Reason, SignatureVerdict, Verifier};
+    use crate::verify::testing::passing;
+    use crate::verify::{Reason, SignatureVerdict};
     use std::sync::Arc;
     use std::time::Duration;
 
     fn settings(policy: PolicyConfig) -> Settings {
-        let identity = Arc::new(
-            crate::identity::IdentityResolver::new(
-                &crate::config::ResolverConfig::default(),
-                &crate::config::CacheConfig::default(),
-            )
-            .unwrap(),
-        );
-        let mut s = Settings::new(Verifier::new(identity, Duration::from_secs(1)), policy);
+        let mut s = crate::session::test_settings(policy);
         s.authserv_id = "mx.test".into();
         s.fixed_now = Some(100);
         s.replay = Some(Arc::new(crate::replay::ReplaySet::new(100, None)));
@@ -254,21 +248,7 @@ mod tests {
     }
 
     fn pass(rcpt: Option<Vec<String>>, aligned: bool) -> SignatureVerdict {
-        SignatureVerdict {
-            result: AuthResult::Pass,
-            did: Some("did:plc:ofurdhfyhjhgomvfygxergep".into()),
-            kid: None,
-            reason: None,
-            stale: false,
-            passed: Some(Passed {
-                from: crate::envelope::fields::parse_mailbox(b" a@b.example").unwrap(),
-                handle: None,
-                aligned,
-                rcpt,
-                jti: "0123456789abcdef".into(),
-                exp: 1000,
-            }),
-        }
+        passing("a@b.example", None, aligned, rcpt)
     }
 
     fn verified(signatures: Vec<SignatureVerdict>) -> Verified {

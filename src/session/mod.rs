@@ -210,23 +210,28 @@ impl MessageSession {
     }
 }
 
+/// Settings for unit tests: built-in defaults and `policy`, a resolver that is never asked.
+#[cfg(test)]
+pub(crate) fn test_settings(policy: PolicyConfig) -> Settings {
+    let identity = Arc::new(
+        crate::identity::IdentityResolver::new(
+            &crate::config::ResolverConfig::default(),
+            &crate::config::CacheConfig::default(),
+        )
+        .expect("a resolver"),
+    );
+    Settings::new(Verifier::new(identity, Duration::from_secs(1)), policy)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn settings() -> Settings {
-        let identity = Arc::new(
-            crate::identity::IdentityResolver::new(
-                &crate::config::ResolverConfig::default(),
-                &crate::config::CacheConfig::default(),
-            )
-            .unwrap(),
-        );
-        let policy = PolicyConfig {
+        let mut s = test_settings(PolicyConfig {
             authserv_id: Some("MX.example.net".parse().unwrap()),
             ..PolicyConfig::default()
-        };
-        let mut s = Settings::new(Verifier::new(identity, Duration::from_secs(1)), policy);
+        });
         s.limits.max_header_fields = 6;
         s
     }
