@@ -7,14 +7,9 @@ mod support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-
 use atsms_milter::auth_results::{Property, format_value};
-use atsms_milter::config::CacheConfig;
 use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::message::read_message;
-use atsms_milter::verify::{Context, Verdict, Verifier};
+use atsms_milter::verify::Verdict;
 use serde_json::{Value, json};
 use support::vectors::VectorWorld;
 
@@ -100,9 +95,6 @@ fn parse_with(program: &str, script: &str, values: &[String]) -> Vec<Value> {
 #[tokio::test]
 async fn every_field_we_write_parses_with_independent_parsers() {
     let world = VectorWorld::start();
-    let resolver =
-        IdentityResolver::new(&world.resolver_config(), &CacheConfig::default()).unwrap();
-    let verifier = Verifier::new(Arc::new(resolver), std::time::Duration::from_secs(5));
     // The properties our rules add (inbox rules, reputation, AT-SMS client messages).
     let extras = [
         vec![],
@@ -114,19 +106,10 @@ async fn every_field_we_write_parses_with_independent_parsers() {
     ];
     let mut values = Vec::new();
     let mut wanted = Vec::new();
-    for case in world.cases() {
-        let path = support::test_data("envelope").join(case["file"].as_str().unwrap());
-        let message = read_message(std::fs::File::open(&path).unwrap()).unwrap();
-        let context = Context {
-            now: world.now(),
-            recipients: &[],
-        };
-        let verdict = verifier
-            .verify(&message.headers, &message.body_hash, &context)
-            .await;
+    for (case, verdict) in world.verdicts(&world.verifier()).await {
         for extra in &extras {
             values.push(format_value("mx.example.net", &verdict, extra, "\n"));
-            wanted.push((case["name"].as_str().unwrap(), expected(&verdict, extra)));
+            wanted.push((case["name"].as_str().unwrap().to_string(), expected(&verdict, extra)));
         }
     }
     for (program, script) in [("/usr/bin/python3", "parse.py"), ("perl", "parse.pl")] {

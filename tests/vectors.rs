@@ -3,32 +3,14 @@
 
 mod support;
 
-use std::sync::Arc;
-
-use atsms_milter::config::CacheConfig;
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::message::read_message;
-use atsms_milter::verify::{Context, Verifier};
 use support::vectors::VectorWorld;
 
 #[tokio::test]
 async fn every_vector_gives_its_result() {
     let world = VectorWorld::start();
-    let resolver =
-        IdentityResolver::new(&world.resolver_config(), &CacheConfig::default()).unwrap();
-    let verifier = Verifier::new(Arc::new(resolver), std::time::Duration::from_secs(5));
     let mut checked = 0;
-    for case in world.cases() {
+    for (case, verdict) in world.verdicts(&world.verifier()).await {
         let name = case["name"].as_str().unwrap();
-        let path = support::test_data("envelope").join(case["file"].as_str().unwrap());
-        let message = read_message(std::fs::File::open(&path).unwrap()).unwrap();
-        let context = Context {
-            now: world.now(),
-            recipients: &[],
-        };
-        let verdict = verifier
-            .verify(&message.headers, &message.body_hash, &context)
-            .await;
         let expect = case["expect"].as_array().unwrap();
         assert_eq!(
             verdict.signatures.len(),

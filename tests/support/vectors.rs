@@ -121,6 +121,38 @@ impl VectorWorld {
 }
 
 impl VectorWorld {
+    /// A verifier resolving through this world (its own identity cache).
+    pub fn verifier(&self) -> atsms_milter::verify::Verifier {
+        let resolver = atsms_milter::identity::IdentityResolver::new(
+            &self.resolver_config(),
+            &atsms_milter::config::CacheConfig::default(),
+        )
+        .unwrap();
+        atsms_milter::verify::Verifier::new(Arc::new(resolver), std::time::Duration::from_secs(5))
+    }
+
+    /// Every case with its verdict, as of the vectors' time, no recipients known.
+    pub async fn verdicts(
+        &self,
+        verifier: &atsms_milter::verify::Verifier,
+    ) -> Vec<(Value, atsms_milter::verify::Verdict)> {
+        let mut out = Vec::new();
+        for case in self.cases() {
+            let path = super::test_data("envelope").join(case["file"].as_str().unwrap());
+            let message =
+                atsms_milter::message::read_message(std::fs::File::open(&path).unwrap()).unwrap();
+            let context = atsms_milter::verify::Context {
+                now: self.now(),
+                recipients: &[],
+            };
+            let verdict = verifier
+                .verify(&message.headers, &message.body_hash, &context)
+                .await;
+            out.push((case.clone(), verdict));
+        }
+        out
+    }
+
     /// Signs `message` now with the vector key of `did`, as a sender's AT-SMS client would.
     pub fn sign_now(&self, did: &str, message: &[u8]) -> Vec<u8> {
         let now = std::time::SystemTime::now()
