@@ -143,10 +143,15 @@ async fn retry_after_on_429_is_honoured_and_the_next_directory_asked() {
     let mirror = HttpServer::start(Arc::new(move |t: &str| {
         Reply::json(200, document(t.trim_start_matches('/'), &k, None))
     }));
-    let v = verifier(ResolverConfig {
+    // Retry-After is honoured up to cache.error (60 s by default): tests/hostile_review.rs r18.
+    let config = ResolverConfig {
         plc_urls: vec![busy.url().parse().unwrap(), mirror.url().parse().unwrap()],
         ..Default::default()
-    });
+    };
+    let v = Verifier::new(
+        Arc::new(IdentityResolver::new(&config, &CacheConfig::default()).unwrap()),
+        config.timeout(),
+    );
     for n in 0..5 {
         let verdict = verify_first(&v, &signed(&key, &plc_did(n))).await;
         assert_eq!(verdict.result, AuthResult::Pass, "{:?}", verdict.reason);
