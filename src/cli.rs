@@ -55,6 +55,9 @@ enum Command {
     Keygen(KeygenArgs),
     /// Resolve a DID or handle and check it in both directions.
     Resolve(ResolveArgs),
+    /// What each Postfix table (atsms_alias, atsms_transport, atsms_mailbox) would answer for
+    /// an address, and why; no running daemon needed.
+    Route(RouteArgs),
     /// Ask a running daemon for its identity cache statistics, or drop a DID from its cache.
     Cache(CacheArgs),
 }
@@ -211,6 +214,20 @@ struct KeygenArgs {
 }
 
 #[derive(Args, Debug)]
+struct RouteArgs {
+    /// A DID mailbox address: did.plc.<id>@domain (or did!plc!<id>@domain).
+    address: String,
+    #[arg(long)]
+    json: bool,
+    /// A name by which DID documents point at this host (inbox.hosts); repeatable. Default:
+    /// inbox.hosts of the configuration file, else this host's name.
+    #[arg(long = "inbox-host", value_name = "NAME")]
+    inbox_hosts: Vec<String>,
+    #[command(flatten)]
+    resolver: ResolverArgs,
+}
+
+#[derive(Args, Debug)]
 struct ResolveArgs {
     /// A DID (did:plc:…, did:web:…) or a handle.
     identity: String,
@@ -249,6 +266,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Sign(args) => sign(args),
         Command::Keygen(args) => keygen(args),
         Command::Resolve(args) => resolve(args),
+        Command::Route(args) => route(args),
         Command::Cache(args) => cache(args),
     }
 }
@@ -531,4 +549,115 @@ fn resolve(args: ResolveArgs) -> ExitCode {
     } else {
         ExitCode::from(exit::NO_PASS)
     }
+}
+
+#[derive(serde::Serialize)]
+struct RouteMaps {
+    atsms_alias: String,
+    atsms_transport: String,
+    atsms_mailbox: String,
+}
+
+#[derive(serde::Serialize)]
+struct Route {
+    address: String,
+    /// The DID the address names, if it is a DID mailbox address.
+    did: Option<String>,
+    /// The document's `#atsms_mail` endpoint as written.
+    endpoint: Option<String>,
+    /// Whether this host may keep the mailbox (null: the document could not be had).
+    consent: Option<bool>,
+    /// Whether the endpoint's host publishes `_atsms-mail` TXT `v=atsms1` (null: no
+    /// `smtp://` endpoint with a host name).
+    mailhost_txt: Option<bool>,
+    maps: RouteMaps,
+}
+
+fn route(args: RouteArgs) -> ExitCode {
+    use crate::routing::{self, Consent, DidAddress};
+    let resolver = match args.resolver.resolver() {
+        Ok(r) => Arc::new(r),
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let hosts = if args.inbox_hosts.is_empty() {
+        ConfigArgs { config: None }
+            .load()
+            .unwrap_or_default()
+            .inbox
+            .hosts()
+    } else {
+        args.inbox_hosts.clone()
+    };
+    let Ok(rt) = runtime() else {
+        return fail(exit::SOFTWARE, "cannot start the async runtime");
+    };
+    let timeout = args.resolver.config().timeout();
+    let router = routing::Router::new(resolver.clone(), &hosts, timeout);
+    let address = args.address.trim().to_string();
+    let route = rt.block_on(async {
+        let parsed = DidAddress::parse(&address);
+        let mut endpoint = None;
+        let mut mailhost_txt = None;
+        let mut consent = None;
+        if let Some(parsed) = &parsed {
+            if let Ok(Ok(found)) =
+                tokio::time::timeout(timeout, resolver.resolve_did(&parsed.did)).await
+            {
+                let document = &found.value.document;
+                endpoint = document.mail_service().map(str::to_string);
+                if let Some(crate::identity::did_doc::MailEndpoint::Smtp {
+                    host: crate::identity::did_doc::MailHost::Name(host),
+                    ..
+                }) = document.mail_endpoint()
+                {
+                    mailhost_txt = Some(resolver.mail_host_vouches(&host).await);
+                }
+            }
+            consent = match router.consent(parsed).await {
+                Consent::Given => Some(true),
+                Consent::Refused => Some(false),
+                Consent::Unknown(_) => None,
+            };
+        }
+        Route {
+            did: parsed.map(|p| p.did),
+            endpoint,
+            consent,
+            mailhost_txt,
+            maps: RouteMaps {
+                atsms_alias: router.lookup(routing::ALIAS, &address).await.to_socketmap(),
+                atsms_transport: router
+                    .lookup(routing::TRANSPORT, &address)
+                    .await
+                    .to_socketmap(),
+                atsms_mailbox: router
+                    .lookup(routing::MAILBOX, &address)
+                    .await
+                    .to_socketmap(),
+            },
+            address: address.clone(),
+        }
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&route).unwrap_or_default()
+        );
+    } else {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+        let yes_no = |v: Option<bool>| match v {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "unknown",
+        };
+        println!("address:         {}", route.address);
+        println!("did:             {}", show(&route.did));
+        println!("endpoint:        {}", show(&route.endpoint));
+        println!("consent here:    {}", yes_no(route.consent));
+        println!("_atsms-mail TXT: {}", yes_no(route.mailhost_txt));
+        println!("atsms_alias:     {}", route.maps.atsms_alias);
+        println!("atsms_transport: {}", route.maps.atsms_transport);
+        println!("atsms_mailbox:   {}", route.maps.atsms_mailbox);
+    }
+    ExitCode::SUCCESS
 }

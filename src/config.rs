@@ -288,6 +288,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub policy: PolicyConfig,
     pub limits: LimitsConfig,
+    pub socketmap: SocketmapConfig,
+    pub inbox: InboxConfig,
     pub store: StoreConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
@@ -452,6 +454,90 @@ impl PolicyConfig {
             Some(id) => id.to_string(),
             None => host_name(),
         }
+    }
+}
+
+/// Postfix lookup tables over the socketmap protocol (`routing`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketmapConfig {
+    /// Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketSpec>,
+    pub socket_mode: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Seconds a lookup may take before the answer is `TEMP` (the fetch goes on).
+    pub timeout: NonZeroU64,
+    pub max_connections: NonZeroUsize,
+}
+
+impl Default for SocketmapConfig {
+    fn default() -> Self {
+        SocketmapConfig {
+            listen: None,
+            socket_mode: Mode(0o660),
+            socket_group: None,
+            timeout: NonZeroU64::new(2).expect("non-zero"),
+            max_connections: NonZeroUsize::new(4096).expect("non-zero"),
+        }
+    }
+}
+
+impl SocketmapConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout.get())
+    }
+}
+
+/// What an inbox rule requires of a message (`[[inbox.rule]] require`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Require {
+    /// No requirement (an `allow` list may still apply).
+    #[default]
+    Any,
+    /// A passing signature.
+    Pass,
+    /// A passing signature aligned with From.
+    Aligned,
+}
+
+fn reject() -> Action {
+    Action::Reject
+}
+
+/// One `[[inbox.rule]]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboxRuleConfig {
+    /// Address patterns: `user@domain`, `*@domain`, `did.*@domain`.
+    pub recipients: Vec<String>,
+    #[serde(default)]
+    pub require: Require,
+    /// When present, only these senders: DIDs, handles, `*.domain` handle patterns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// For mail that does not meet the rule.
+    #[serde(default = "reject")]
+    pub action: Action,
+}
+
+/// DID-verified inboxes: the host names DID documents point at, and the inbox rules.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboxConfig {
+    /// The names by which DID documents' `smtp://` endpoints point at this host. Unset: this
+    /// host's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Vec<String>>,
+    #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<InboxRuleConfig>,
+}
+
+impl InboxConfig {
+    pub fn hosts(&self) -> Vec<String> {
+        self.hosts.clone().unwrap_or_else(|| vec![host_name()])
     }
 }
 
@@ -683,6 +769,7 @@ impl Config {
         let mut effective = self.clone();
         effective.milter = self.milter_in_force();
         effective.policy.authserv_id = self.policy.authserv_id().parse().ok();
+        effective.inbox.hosts = Some(self.inbox.hosts());
         effective
     }
 
@@ -699,6 +786,22 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.resolver.plc_urls.is_empty() {
             return Err("resolver.plc_urls: at least one PLC directory is needed".into());
+        }
+        for (i, rule) in self.inbox.rules.iter().enumerate() {
+            if rule.recipients.is_empty() {
+                return Err(format!(
+                    "inbox.rule #{}: recipients must name at least one address pattern",
+                    i + 1
+                ));
+            }
+        }
+        if self
+            .inbox
+            .hosts
+            .as_ref()
+            .is_some_and(|hosts| hosts.iter().any(|h| h.trim().is_empty() || h.contains('@')))
+        {
+            return Err("inbox.hosts: host names, without '@'".into());
         }
         if self.limits.max_header_fields == 0 || self.limits.max_header_bytes < 1024 {
             return Err(
@@ -836,6 +939,28 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\"192.0.2.7/32\""), "{text}");
+    }
+
+    #[test]
+    fn inbox_rules_and_socketmap() {
+        let config = Config::from_toml(
+            "[socketmap]\nlisten = \"inet:127.0.0.1:2525\"\n[inbox]\nhosts = [\"mx.test\"]\n[[inbox.rule]]\nrecipients = [\"did.*@mx.test\"]\nrequire = \"pass\"\n[[inbox.rule]]\nrecipients = [\"*@mx.test\"]\nallow = [\"*.example.com\"]\naction = \"junk\"\n",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(config.inbox.rules.len(), 2);
+        assert_eq!(config.inbox.rules[0].action, Action::Reject, "the default");
+        assert_eq!(config.inbox.rules[1].require, Require::Any);
+        assert_eq!(config.socketmap.timeout(), Duration::from_secs(2));
+        let text = toml::to_string(&config.effective()).unwrap();
+        assert_eq!(
+            Config::from_toml(&text, "again").unwrap().effective(),
+            config.effective()
+        );
+        assert!(error("[[inbox.rule]]\nrecipients = []\n").contains("inbox.rule #1"));
+        assert!(
+            error("[[inbox.rule]]\nrecipients = [\"a\"]\nrequire = \"maybe\"\n").contains("line 3")
+        );
     }
 
     #[test]

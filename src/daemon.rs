@@ -162,6 +162,17 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.metrics != new.metrics {
         changed.push("[metrics]");
     }
+    let socketmap_fixed = |c: &Config| {
+        (
+            c.socketmap.listen.clone(),
+            c.socketmap.socket_mode,
+            c.socketmap.socket_group.clone(),
+            c.socketmap.max_connections,
+        )
+    };
+    if socketmap_fixed(old) != socketmap_fixed(new) {
+        changed.push("socketmap.listen, socket_mode, socket_group or max_connections");
+    }
     if old.log != new.log {
         changed.push("[log]");
     }
@@ -229,7 +240,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         .lmtp
         .as_ref()
         .and_then(|l| l.listen.clone().map(|listen| (l.clone(), listen)));
-    if milter_config.is_none() && lmtp_listen.is_none() {
+    if milter_config.is_none() && lmtp_listen.is_none() && config.socketmap.listen.is_none() {
         return Err(
             "nothing to serve: [lmtp] has no listen address and there is no [milter] section \
                     (use `serve --stdio` for one LMTP session on standard input)"
@@ -263,6 +274,17 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         }
         None => None,
     };
+    let socketmap_listener = match &config.socketmap.listen {
+        Some(listen) => Some(
+            bind(
+                listen,
+                config.socketmap.socket_mode,
+                config.socketmap.socket_group.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     info!("atsms-milter {} starting", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -290,6 +312,15 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
             milter::run(listener, shared, max_connections, stop)
                 .await
                 .map_err(|e| format!("milter stopped: {e}"))
+        });
+    }
+    if let Some(listener) = socketmap_listener {
+        let (shared, stop) = (shared.clone(), stopped(stop_rx.clone()));
+        let max = config.socketmap.max_connections.get();
+        tasks.spawn(async move {
+            crate::socketmap::run(listener, shared, max, stop)
+                .await
+                .map_err(|e| format!("socketmap stopped: {e}"))
         });
     }
     let lmtp_service = lmtp.as_ref().map(|(_, service)| service.clone());

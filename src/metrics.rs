@@ -30,6 +30,8 @@ pub struct Metrics {
     lmtp_deliveries: Mutex<BTreeMap<&'static str, u64>>,
     milter_connections: AtomicI64,
     lmtp_connections: AtomicI64,
+    /// (map, answer) → socketmap lookups.
+    socketmap_lookups: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -68,6 +70,11 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A socketmap lookup: the map and the answer (`ok`, `notfound`, `temp`, `perm`).
+    pub fn socketmap_lookup(&self, map: &'static str, answer: &'static str) {
+        bump(&self.socketmap_lookups, (map, answer));
     }
 
     /// `status`: "saved", "rejected", "deferred", "failed".
@@ -146,6 +153,17 @@ impl Metrics {
         {
             out.push_str(&format!(
                 "atsms_lmtp_deliveries_total{{status=\"{status}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP atsms_socketmap_lookups_total Postfix table lookups, by map and answer.\n# TYPE atsms_socketmap_lookups_total counter\n");
+        for ((map, answer), n) in self
+            .socketmap_lookups
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "atsms_socketmap_lookups_total{{map=\"{map}\",answer=\"{answer}\"}} {n}\n"
             ));
         }
         out.push_str("# HELP atsms_open_connections Open connections, by mode.\n# TYPE atsms_open_connections gauge\n");

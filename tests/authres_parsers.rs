@@ -5,12 +5,12 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use atsms_milter::auth_results::{Property, format_value};
 use atsms_milter::envelope::AuthResult;
 use atsms_milter::verify::Verdict;
 use serde_json::{Value, json};
+use std::io::Write;
+use std::process::{Command, Stdio};
 use support::vectors::VectorWorld;
 
 /// What a parser must read out of the value we wrote for `verdict`.
@@ -109,7 +109,10 @@ async fn every_field_we_write_parses_with_independent_parsers() {
     for (case, verdict) in world.verdicts(&world.verifier()).await {
         for extra in &extras {
             values.push(format_value("mx.example.net", &verdict, extra, "\n"));
-            wanted.push((case["name"].as_str().unwrap().to_string(), expected(&verdict, extra)));
+            wanted.push((
+                case["name"].as_str().unwrap().to_string(),
+                expected(&verdict, extra),
+            ));
         }
     }
     for (program, script) in [("/usr/bin/python3", "parse.py"), ("perl", "parse.pl")] {

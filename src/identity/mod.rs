@@ -583,6 +583,15 @@ impl IdentityResolver {
         .is_ok()
     }
 
+    /// Whether mail may be sent to `host` under the address policy (routing's guard against
+    /// SSRF by mail: a document naming a host on this site's networks).
+    pub async fn host_is_allowed(&self, host: &str) -> Result<bool, IdentityError> {
+        self.net
+            .host_allowed(host)
+            .await
+            .map_err(|e| fetch_error(Upstream::MailHost, e))
+    }
+
     async fn fetch_mail_host(&self, domain: &str) -> Cached<()> {
         match self.net.txt(&format!("_atsms-mail.{domain}")).await {
             Ok(records) if records.iter().any(|r| r == "v=atsms1") => Ok(Arc::new(())),

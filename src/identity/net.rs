@@ -367,6 +367,36 @@ impl Net {
     pub fn allow_private(&self) -> bool {
         self.allow_private
     }
+
+    /// Whether the address policy lets mail go to `host`: every address it resolves to must
+    /// be public (another program — Postfix — connects to it, and may pick any of them),
+    /// unless `allow_private_addresses`. NXDOMAIN or no address is a definite no.
+    pub async fn host_allowed(&self, host: &str) -> Result<bool, FetchError> {
+        if self.allow_private {
+            return Ok(true);
+        }
+        if host.eq_ignore_ascii_case("localhost") {
+            return Ok(false);
+        }
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(is_public(ip));
+        }
+        match self
+            .dns
+            .lookup_ip(format!("{}.", host.trim_end_matches('.')))
+            .await
+        {
+            Ok(lookup) => {
+                let ips: Vec<IpAddr> = lookup.iter().collect();
+                Ok(!ips.is_empty() && ips.into_iter().all(is_public))
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(false),
+            Err(e) => Err(FetchError::new(
+                FetchErrorKind::Transient,
+                format!("DNS lookup of {host}: {e}"),
+            )),
+        }
+    }
 }
 
 async fn read_limited(

@@ -47,13 +47,16 @@ impl Transaction {
     }
 }
 
-/// Where a recipient's copy goes.
-fn folder_for(recipient: &Recipient, action: Action) -> (PathBuf, bool) {
+/// Where a recipient's copy goes: `.Junk` over `.AT-SMS` (when that folder exists) over the
+/// `+detail` folder (when it exists) over INBOX.
+fn folder_for(recipient: &Recipient, action: Action, atsms_envelope: bool) -> (PathBuf, bool) {
+    let at_sms = recipient.maildir.join(".AT-SMS");
     match action {
         // LMTP never drops and has no hold queue: these go to Junk.
         Action::Junk | Action::Quarantine | Action::Discard => {
             (recipient.maildir.join(".Junk"), true)
         }
+        _ if atsms_envelope && maildir::is_real_dir(&at_sms) => (at_sms, true),
         _ => {
             let detail = recipient
                 .detail
@@ -149,7 +152,8 @@ pub async fn deliver_all(
         let (reply, shown) = match &judgement.reply {
             Some(refusal) => (refusal.clone(), "-".to_string()),
             None => {
-                let (folder, subfolder) = folder_for(recipient, judgement.action);
+                let (folder, subfolder) =
+                    folder_for(recipient, judgement.action, judgement.atsms_envelope);
                 let mut head = format!("Return-Path: <{}>\n", t.sender);
                 if single {
                     head.push_str(&format!("Delivered-To: {}\n", recipient.address));

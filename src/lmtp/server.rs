@@ -15,6 +15,7 @@ use super::incoming::Incoming;
 use super::protocol::{Command, Decoder, Event};
 use super::recipient::RecipientError;
 use crate::reply::{Enhanced, Reply};
+use crate::routing::{Consent, DidAddress};
 
 /// Most recipients in one transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
 const MAX_RECIPIENTS: usize = 1000;
@@ -194,7 +195,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 Vec::new()
             }
             Event::Command(command) => {
-                vec![command_reply(&service, &mailboxes, &mut state, command)]
+                vec![command_reply(&service, &settings, &mailboxes, &mut state, command).await]
             }
         };
         for reply in replies {
@@ -219,8 +220,9 @@ async fn finish(
 }
 
 /// Commands outside a message: greeting, envelope, housekeeping.
-fn command_reply(
+async fn command_reply(
     service: &LmtpService,
+    settings: &crate::session::Settings,
     mailboxes: &super::recipient::Mailboxes,
     state: &mut State,
     command: Command,
@@ -279,6 +281,28 @@ fn command_reply(
             }
             match mailboxes.resolve(&address) {
                 Ok(recipient) => {
+                    // A DID mailbox is kept only while the DID's document names this host.
+                    if let Some(did_address) = DidAddress::parse(&address) {
+                        match settings.router.consent(&did_address).await {
+                            Consent::Given => {}
+                            Consent::Refused => {
+                                return Reply::new(
+                                    550,
+                                    Enhanced(5, 1, 1),
+                                    "no mailbox here: the DID document does not name this host",
+                                )
+                                .for_recipient(&address);
+                            }
+                            Consent::Unknown(why) => {
+                                return Reply::new(
+                                    451,
+                                    Enhanced(4, 4, 3),
+                                    format!("DID document unavailable ({why}), try again later"),
+                                )
+                                .for_recipient(&address);
+                            }
+                        }
+                    }
                     t.recipients.push(recipient);
                     ok(Enhanced(2, 1, 5), "OK")
                 }

@@ -38,6 +38,9 @@ pub struct Connection {
     judged: bool,
     sender: String,
     recipients: Vec<String>,
+    /// The inbox rule of the first accepted recipient (`Some(None)`: under no rule): one
+    /// transaction is judged under one rule.
+    rule: Option<Option<usize>>,
 }
 
 fn queue_id(macros: &indymilter::Macros) -> String {
@@ -157,6 +160,7 @@ fn handle_negotiate(
         judged: true,
         sender: String::new(),
         recipients: Vec::new(),
+        rule: None,
     });
     Status::Continue
 }
@@ -183,6 +187,7 @@ fn handle_mail(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
         return Status::Tempfail;
     };
     conn.recipients.clear();
+    conn.rule = None;
     conn.sender = envelope_address(&args);
     conn.judged = conn.settings.judges(conn.client, authenticated);
     if !conn.judged {
@@ -199,7 +204,27 @@ fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
         error!("connection state missing at RCPT");
         return Status::Tempfail;
     };
-    conn.recipients.push(envelope_address(&args));
+    let address = envelope_address(&args);
+    if conn.judged && !conn.settings.inbox.is_empty() {
+        // A milter cannot answer per recipient after DATA: a recipient under another inbox
+        // rule than the first one's comes back in a transaction of its own (RFC 5321
+        // §4.5.3.1.10 lets a server limit recipients so).
+        let mailbox = Target::new(&address, &conn.settings).mailbox;
+        let rule = conn.settings.inbox.rule_for(&mailbox);
+        match conn.rule {
+            None => conn.rule = Some(rule),
+            Some(first) if first != rule => {
+                let _ = cx.reply.set_error_reply(
+                    "452",
+                    Some("4.5.3"),
+                    ["recipient under another inbox rule: send it in its own transaction"],
+                );
+                return Status::Tempfail;
+            }
+            Some(_) => {}
+        }
+    }
+    conn.recipients.push(address);
     Status::Continue
 }
 

@@ -3,8 +3,9 @@
 //! value, the refusal reply and the log line out. The milter, LMTP and the Exim scanner call
 //! it and only translate what it returns; inbox rules and reputation plug in here.
 
-use crate::auth_results;
+use crate::auth_results::{self, Property};
 use crate::config::Action;
+use crate::inbox::Unmet;
 use crate::policy::{self, Decision};
 use crate::reply::{Enhanced, Reply};
 use crate::verify::Verdict;
@@ -62,8 +63,13 @@ pub struct Judgement {
     pub verdict: Verdict,
     /// What the result asked for.
     pub decision: Decision,
-    /// What the transport carries out: the decision's action, or `accept` in a dry run.
+    /// The inbox rule these recipients are under that the message does not meet, if any.
+    pub inbox: Option<Unmet>,
+    /// What the transport carries out: the strictest of the decision's and the inbox rule's
+    /// actions, or `accept` in a dry run.
     pub action: Action,
+    /// The message carries an AT-SMS client message (LMTP files it into `.AT-SMS`).
+    pub atsms_envelope: bool,
     /// Our `Authentication-Results` value (leading space included, folded with `\n\t`).
     pub header_value: String,
     /// The refusal, when `action` is `reject` or `tempfail`.
@@ -78,8 +84,20 @@ impl Judgement {
     }
 }
 
-/// The refusal for a decision, the same words in every transport.
-fn refusal(decision: &Decision, action: Action) -> Option<Reply> {
+/// The refusal for what was decided, the same words in every transport: an unmet inbox rule
+/// speaks for itself when its action is the stricter.
+fn refusal(decision: &Decision, inbox: Option<&Unmet>, action: Action) -> Option<Reply> {
+    if let Some(unmet) = inbox.filter(|u| u.action == action && u.action != decision.action) {
+        return match action {
+            Action::Reject => Some(Reply::new(550, Enhanced(5, 7, 1), unmet.why)),
+            Action::Tempfail => Some(Reply::new(
+                451,
+                Enhanced(4, 7, 1),
+                format!("{}, try again later", unmet.why),
+            )),
+            _ => None,
+        };
+    }
     match action {
         Action::Reject if decision.unaligned => Some(Reply::new(
             550,
@@ -126,32 +144,48 @@ pub async fn judge(
             }
         }
         let decision = policy::decide(&verdict, &settings.policy);
+        // One transaction is judged under one rule: the first recipient's (the milter keeps
+        // recipients under other rules out of it).
+        let rule = settings.inbox.rule_for(&targets[group[0]].mailbox);
+        let inbox = settings.inbox.check(rule, &verdict);
+        let strictest = match &inbox {
+            Some(unmet) if unmet.action.strictness() > decision.action.strictness() => unmet.action,
+            _ => decision.action,
+        };
         let action = if settings.policy.dry_run {
             Action::Accept
         } else {
-            decision.action
+            strictest
         };
-        let header_value = auth_results::format_value(&settings.authserv_id, &verdict, &[], "\n");
-        let reply = refusal(&decision, action);
-        let log_line = log_line(
-            settings,
-            transaction,
+        let mut properties = Vec::new();
+        if verified.atsms_envelope {
+            properties.push(Property::new("atsms-envelope", "yes"));
+        }
+        let header_value =
+            auth_results::format_value(&settings.authserv_id, &verdict, &properties, "\n");
+        let reply = refusal(&decision, inbox.as_ref(), action);
+        let facts = Facts {
             verified,
             targets,
-            &group,
-            &verdict,
-            &decision,
-        );
+            group: &group,
+            verdict: &verdict,
+            decision: &decision,
+            inbox: inbox.as_ref(),
+            action: strictest,
+        };
+        let log_line = log_line(settings, transaction, &facts);
         crate::metrics::global().message(
             transaction.mode,
             decision.result.as_str(),
-            decision.action.as_str(),
+            strictest.as_str(),
         );
         judgements.push(Judgement {
             recipients: group,
             verdict,
             decision,
+            inbox,
             action,
+            atsms_envelope: verified.atsms_envelope,
             header_value,
             reply,
             log_line,
@@ -182,15 +216,27 @@ pub async fn accepted(
     }
 }
 
-fn log_line(
-    settings: &Settings,
-    transaction: &Transaction<'_>,
-    verified: &Verified,
-    targets: &[Target],
-    group: &[usize],
-    verdict: &Verdict,
-    decision: &Decision,
-) -> String {
+/// What one judgement decided, for its log line.
+struct Facts<'a> {
+    verified: &'a Verified,
+    targets: &'a [Target],
+    group: &'a [usize],
+    verdict: &'a Verdict,
+    decision: &'a Decision,
+    inbox: Option<&'a Unmet>,
+    /// The strictest action (before a dry run turns it into `accept`).
+    action: Action,
+}
+
+fn log_line(settings: &Settings, transaction: &Transaction<'_>, facts: &Facts<'_>) -> String {
+    let Facts {
+        verified,
+        targets,
+        group,
+        verdict,
+        decision,
+        ..
+    } = facts;
     let best = verdict.best_pass().or_else(|| verdict.signatures.first());
     let did = best.and_then(|s| s.did.as_deref()).unwrap_or("-");
     let handle = best.and_then(|s| s.handle()).unwrap_or("-");
@@ -199,10 +245,16 @@ fn log_line(
         transaction.id,
         decision.result,
         verdict.signatures.len(),
-        decision.action.as_str()
+        facts.action.as_str()
     );
     if decision.unaligned {
         line.push_str(" unaligned=yes");
+    }
+    if let Some(unmet) = facts.inbox {
+        line.push_str(&format!(" inbox=rule{}:unmet", unmet.rule));
+    }
+    if verified.atsms_envelope {
+        line.push_str(" atsms-envelope=yes");
     }
     if let Some(reason) = best.and_then(|s| s.reason.as_ref()) {
         line.push_str(&format!(
@@ -255,6 +307,7 @@ mod tests {
         Verified {
             verdict: Verdict { signatures },
             resolve_time: Duration::from_millis(3),
+            atsms_envelope: false,
         }
     }
 
@@ -373,6 +426,71 @@ mod tests {
         assert!(
             j[0].log_line
                 .contains("reason=\"identity lookup timed out\"")
+        );
+    }
+
+    #[tokio::test]
+    async fn inbox_rules_plug_into_the_judge() {
+        use crate::config::{InboxRuleConfig, Require};
+        let mut s = settings(PolicyConfig::default());
+        s.inbox = Arc::new(crate::inbox::InboxRules::new(&[
+            InboxRuleConfig {
+                recipients: vec!["strict@mx.test".into()],
+                require: Require::Aligned,
+                allow: None,
+                action: Action::Reject,
+            },
+            InboxRuleConfig {
+                recipients: vec!["soft@mx.test".into()],
+                require: Require::Pass,
+                allow: None,
+                action: Action::Junk,
+            },
+        ]));
+        let targets = vec![
+            Target::new("strict@mx.test", &s),
+            Target::new("soft@mx.test", &s),
+            Target::new("open@mx.test", &s),
+        ];
+        // Unsigned mail: each recipient gets its own answer in one transaction.
+        let mut unsigned = verified(vec![]);
+        unsigned.atsms_envelope = true;
+        let j = judge(&s, &TX, &unsigned, &targets, Scope::EachRecipient).await;
+        assert_eq!(
+            j[0].reply.as_ref().unwrap().to_string(),
+            "550 5.7.1 this inbox takes verified, aligned senders only"
+        );
+        assert_eq!(j[0].inbox.as_ref().unwrap().rule, 1);
+        assert!(
+            j[0].log_line.contains("inbox=rule1:unmet"),
+            "{}",
+            j[0].log_line
+        );
+        assert_eq!((j[1].action, j[1].reply.is_none()), (Action::Junk, true));
+        assert_eq!((j[2].action, j[2].inbox.is_none()), (Action::Accept, true));
+        assert_eq!(
+            j[2].header_value,
+            " mx.test; atsms=none policy.atsms-envelope=yes"
+        );
+        assert!(j[2].atsms_envelope);
+        // The verification's own refusal stays its own when it is the stricter.
+        let strict_fail = settings(PolicyConfig {
+            on_none: Action::Tempfail,
+            ..PolicyConfig::default()
+        });
+        let mut with_rules = strict_fail;
+        with_rules.inbox = s.inbox.clone();
+        let j = judge(
+            &with_rules,
+            &TX,
+            &verified(vec![]),
+            &targets[1..2],
+            Scope::Together,
+        )
+        .await;
+        assert_eq!(
+            j[0].reply.as_ref().unwrap().to_string(),
+            "451 4.7.1 AT-SMS signature none, try again later"
         );
     }
 }

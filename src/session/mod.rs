@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use crate::auth_results;
 use crate::config::{Config, LimitsConfig, Network, PolicyConfig};
 use crate::envelope::{BodyHasher, FIELD_NAME, HeaderField};
+use crate::inbox::InboxRules;
+use crate::mime::PartScanner;
 use crate::replay::ReplaySet;
 use crate::reply::{Enhanced, Reply};
+use crate::routing::Router;
 use crate::verify::{Context, Verdict, Verifier};
 
 pub use judge::{Judgement, Scope, Target, Transaction, judge};
@@ -26,6 +29,10 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// `lmtp.recipient_delimiter`: how recipients fold into mailboxes (replay detection).
     pub recipient_delimiter: String,
+    /// `[[inbox.rule]]`: an input of the judge.
+    pub inbox: Arc<InboxRules>,
+    /// Routing and consent by DID documents (`inbox.hosts`), sharing the identity cache.
+    pub router: Router,
     /// A fixed verification time (Unix seconds) instead of the clock: for tests against the
     /// time-stamped vectors. Never set from configuration.
     pub fixed_now: Option<i64>,
@@ -45,6 +52,11 @@ impl Settings {
 
     /// Settings with `policy` and defaults for the rest (tests, the command line).
     pub fn new(verifier: Verifier, policy: PolicyConfig) -> Settings {
+        let router = Router::new(
+            verifier.identity().clone(),
+            &[crate::config::host_name()],
+            Duration::from_secs(2),
+        );
         Settings {
             verifier,
             authserv_id: policy.authserv_id(),
@@ -52,6 +64,8 @@ impl Settings {
             policy,
             limits: LimitsConfig::default(),
             recipient_delimiter: "+".into(),
+            inbox: Arc::new(InboxRules::default()),
+            router,
             fixed_now: None,
             replay: None,
             replay_in_milter: false,
@@ -60,8 +74,15 @@ impl Settings {
 
     /// Settings from a configuration file's sections.
     pub fn from_config(verifier: Verifier, config: &Config) -> Settings {
+        let router = Router::new(
+            verifier.identity().clone(),
+            &config.inbox.hosts(),
+            config.socketmap.timeout(),
+        );
         let mut settings = Settings::new(verifier, config.policy.clone());
         settings.limits = config.limits.clone();
+        settings.inbox = Arc::new(InboxRules::new(&config.inbox.rules));
+        settings.router = router;
         if let Some(lmtp) = &config.lmtp {
             settings.recipient_delimiter = lmtp.recipient_delimiter.clone();
         }
@@ -95,12 +116,26 @@ pub struct MessageSession {
     limits: LimitsConfig,
     /// The header section went past `limits`: the message is refused, nothing is kept.
     too_large: bool,
+    /// Looks for an AT-SMS client message in the body; set up at the first body chunk, from
+    /// the top-level Content-Type (`Pending` until then).
+    parts: Parts,
+}
+
+/// Whether the message carries an AT-SMS client message (`mime`).
+enum Parts {
+    /// The header section is not complete yet.
+    Pending,
+    /// Known without reading (more of) the body.
+    Known(bool),
+    Scanning(Box<PartScanner>),
 }
 
 /// The verification of a whole message, before any recipient is judged.
 pub struct Verified {
     pub verdict: Verdict,
     pub resolve_time: Duration,
+    /// The message carries an AT-SMS client message (marked `policy.atsms-envelope=yes`).
+    pub atsms_envelope: bool,
 }
 
 impl MessageSession {
@@ -114,7 +149,26 @@ impl MessageSession {
             header_bytes: 0,
             limits: settings.limits.clone(),
             too_large: false,
+            parts: Parts::Pending,
         }
+    }
+
+    /// The header section is complete: decide what the body must be read for.
+    fn start_body(&mut self) {
+        if !matches!(self.parts, Parts::Pending) {
+            return;
+        }
+        let field = |name: &str| {
+            self.headers
+                .iter()
+                .find(|f| f.is(name))
+                .map(|f| String::from_utf8_lossy(&f.value).replace(['\r', '\n'], ""))
+        };
+        let (content_type, disposition) = (field("content-type"), field("content-disposition"));
+        self.parts = match PartScanner::new(content_type.as_deref(), disposition.as_deref()) {
+            (found, None) => Parts::Known(found),
+            (_, Some(scanner)) => Parts::Scanning(Box::new(scanner)),
+        };
     }
 
     /// A header field as received: `value` is everything after the colon, folds included.
@@ -151,14 +205,35 @@ impl MessageSession {
         })
     }
 
-    /// Whether the body matters: without a signature nothing reads its hash.
-    pub fn wants_body(&self) -> bool {
-        self.signed && !self.too_large
+    /// Whether the body matters: for a signature's hash, or for an AT-SMS client message
+    /// inside a multipart.
+    pub fn wants_body(&mut self) -> bool {
+        self.start_body();
+        !self.too_large && (self.signed || matches!(self.parts, Parts::Scanning(_)))
     }
 
     pub fn body(&mut self, chunk: &[u8]) {
-        if self.wants_body() {
+        self.start_body();
+        if self.too_large {
+            return;
+        }
+        if self.signed {
             self.body.update(chunk);
+        }
+        if let Parts::Scanning(scanner) = &mut self.parts {
+            scanner.update(chunk);
+            if scanner.found() {
+                self.parts = Parts::Known(true);
+            }
+        }
+    }
+
+    /// Whether an AT-SMS client message was seen (all of it, once the body ended).
+    pub fn atsms_envelope(&self) -> bool {
+        match &self.parts {
+            Parts::Known(found) => *found,
+            Parts::Scanning(scanner) => scanner.found(),
+            Parts::Pending => false,
         }
     }
 
@@ -190,6 +265,7 @@ impl MessageSession {
 
     /// Verifies the message (no recipient is judged yet: that is `judge`'s).
     pub async fn finish(&mut self, settings: &Settings, now: i64) -> Verified {
+        self.start_body();
         let body_hash = std::mem::take(&mut self.body).finish();
         let started = Instant::now();
         let verdict = settings
@@ -206,6 +282,7 @@ impl MessageSession {
         Verified {
             verdict,
             resolve_time: started.elapsed(),
+            atsms_envelope: self.atsms_envelope(),
         }
     }
 }

@@ -1,0 +1,311 @@
+//! Mail routed by DID documents (spec section 9): a DID's `#atsms_mail` service is both where
+//! its owner receives mail and consent for a host to keep a mailbox for it. The answers of the
+//! three Postfix lookup tables (`atsms_alias`, `atsms_transport`, `atsms_mailbox`), and the
+//! consent check LMTP applies at RCPT, decided here; transports (`socketmap`, the LMTP server,
+//! `atsms-milter route`) only translate. Shares the daemon's identity cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::address;
+use crate::identity::did_doc::{MailEndpoint, MailHost};
+use crate::identity::{IdentityError, IdentityResolver, ResolvedDid};
+use crate::syntax;
+
+/// The maps this room answers.
+pub const ALIAS: &str = "atsms_alias";
+pub const TRANSPORT: &str = "atsms_transport";
+pub const MAILBOX: &str = "atsms_mailbox";
+
+/// One lookup's answer, as the socketmap protocol carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// `OK <data>`; the data is never empty.
+    Found(String),
+    /// `NOTFOUND `.
+    NotFound,
+    /// `TEMP <reason>`: try again later (Postfix defers).
+    Temporary(String),
+    /// `PERM <reason>`: a configuration error (an unknown map).
+    Permanent(String),
+}
+
+impl Answer {
+    /// The label metrics count lookups by.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Answer::Found(_) => "ok",
+            Answer::NotFound => "notfound",
+            Answer::Temporary(_) => "temp",
+            Answer::Permanent(_) => "perm",
+        }
+    }
+
+    /// The reply as the socketmap protocol writes it (`NOTFOUND ` with its space).
+    pub fn to_socketmap(&self) -> String {
+        match self {
+            Answer::Found(data) => format!("OK {data}"),
+            Answer::NotFound => "NOTFOUND ".to_string(),
+            Answer::Temporary(why) => format!("TEMP {why}"),
+            Answer::Permanent(why) => format!("PERM {why}"),
+        }
+    }
+}
+
+/// A key read as a DID mailbox address: `did.<method>.<id>@domain` (or with `!`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DidAddress {
+    pub did: String,
+    /// The dotted, lower-case local part (the form mail is delivered to).
+    pub local: String,
+    /// The domain, lower-case A-label.
+    pub domain: String,
+}
+
+impl DidAddress {
+    /// Reads a table key (lower-cased first: Postfix passes keys as given). A did:web with a
+    /// port, an address with a detail or quotes, or any other key is none.
+    pub fn parse(key: &str) -> Option<DidAddress> {
+        let key = key.to_ascii_lowercase();
+        let (local, domain) = key.rsplit_once('@')?;
+        let did = address::did_of_local_part(local)?;
+        Some(DidAddress {
+            local: address::local_part_of_did(&did),
+            did,
+            domain: syntax::ascii_domain(domain)?,
+        })
+    }
+
+    pub fn at(&self, domain: &str) -> String {
+        format!("{}@{domain}", self.local)
+    }
+}
+
+/// Where the DID's document says mail for it goes, as far as routing needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// No `#atsms_mail` service (or one this format cannot read).
+    None,
+    Mailto(String),
+    /// `smtp://HOST[:PORT]` with a host name.
+    Smtp {
+        host: String,
+        port: u16,
+    },
+    /// `smtp://` naming an IP literal: no mailbox address, no route of ours.
+    SmtpIp,
+}
+
+impl Endpoint {
+    fn of(document: &ResolvedDid) -> Endpoint {
+        match document.document.mail_endpoint() {
+            None => Endpoint::None,
+            Some(MailEndpoint::Mailto(address)) => Endpoint::Mailto(address),
+            Some(MailEndpoint::Smtp {
+                host: MailHost::Name(host),
+                port,
+            }) => Endpoint::Smtp {
+                host,
+                port: port.unwrap_or(25),
+            },
+            Some(MailEndpoint::Smtp {
+                host: MailHost::Ip(_),
+                ..
+            }) => Endpoint::SmtpIp,
+        }
+    }
+}
+
+/// Why a DID's endpoint could not be had.
+enum Lookup {
+    /// Definitely none: unknown or deactivated DID, no service.
+    Nothing,
+    /// For now: the directory or host could not answer in time.
+    Later(String),
+}
+
+/// Answers the maps and the consent check.
+#[derive(Clone)]
+pub struct Router {
+    identity: Arc<IdentityResolver>,
+    /// `inbox.hosts`, A-labels: the names by which documents point at this host.
+    hosts: Arc<Vec<String>>,
+    /// How long a lookup may take before the answer is `TEMP` (the fetch goes on).
+    timeout: Duration,
+}
+
+impl Router {
+    pub fn new(identity: Arc<IdentityResolver>, hosts: &[String], timeout: Duration) -> Router {
+        let hosts = hosts
+            .iter()
+            .filter_map(|h| syntax::ascii_domain(h))
+            .collect();
+        Router {
+            identity,
+            hosts: Arc::new(hosts),
+            timeout,
+        }
+    }
+
+    fn is_ours(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h == host)
+    }
+
+    /// The DID's endpoint. A cold lookup that has not finished within `timeout` answers
+    /// "later" while the fetch goes on in the background and fills the cache: a slow answer
+    /// would stall every client of Postfix's trivial-rewrite.
+    async fn endpoint(&self, did: &str) -> Result<Endpoint, Lookup> {
+        let identity = self.identity.clone();
+        let owned = did.to_string();
+        let fetch = tokio::spawn(async move { identity.resolve_did(&owned).await });
+        match tokio::time::timeout(self.timeout, fetch).await {
+            Ok(Ok(Ok(found))) => Ok(Endpoint::of(&found.value)),
+            Ok(Ok(Err(e))) if e.is_transient() => Err(Lookup::Later(e.to_string())),
+            Ok(Ok(Err(_))) => Err(Lookup::Nothing),
+            Ok(Err(_)) => Err(Lookup::Later("lookup failed".into())),
+            Err(_) => Err(Lookup::Later(IdentityError::TimedOut.to_string())),
+        }
+    }
+
+    /// Answers `map` for `key`.
+    pub async fn lookup(&self, map: &str, key: &str) -> Answer {
+        match map {
+            ALIAS => self.alias(key).await,
+            TRANSPORT => self.transport(key).await,
+            MAILBOX => self.mailbox(key).await,
+            _ => Answer::Permanent("unknown map".into()),
+        }
+    }
+
+    /// `atsms_alias` (virtual_alias_maps, sending side): a DID mailbox address at any domain
+    /// → where the document says its owner receives mail.
+    pub async fn alias(&self, key: &str) -> Answer {
+        let Some(address) = DidAddress::parse(key) else {
+            return Answer::NotFound;
+        };
+        // An MX must not forward its own DID mailboxes to whatever address a DID names.
+        if self.is_ours(&address.domain) {
+            return Answer::NotFound;
+        }
+        match self.endpoint(&address.did).await {
+            Ok(Endpoint::Mailto(target)) => Answer::Found(target),
+            Ok(Endpoint::Smtp { host, .. }) => {
+                let target = address.at(&host);
+                // The key itself: no rewrite (and no virtual-alias recursion).
+                if target == key.to_ascii_lowercase() {
+                    Answer::NotFound
+                } else {
+                    Answer::Found(target)
+                }
+            }
+            Ok(Endpoint::None | Endpoint::SmtpIp) | Err(Lookup::Nothing) => Answer::NotFound,
+            Err(Lookup::Later(why)) => Answer::Temporary(why),
+        }
+    }
+
+    /// `atsms_transport` (transport_maps): `<did mailbox>@HOST` where the document's endpoint
+    /// is `smtp://HOST[:PORT]` → `smtp:[HOST]:PORT` (no MX lookup). Never a host of ours (a
+    /// loop), never one whose addresses the resolver's private-address policy refuses (SSRF
+    /// by mail).
+    pub async fn transport(&self, key: &str) -> Answer {
+        let Some(address) = DidAddress::parse(key) else {
+            return Answer::NotFound;
+        };
+        let (host, port) = match self.endpoint(&address.did).await {
+            Ok(Endpoint::Smtp { host, port }) => (host, port),
+            Ok(_) | Err(Lookup::Nothing) => return Answer::NotFound,
+            Err(Lookup::Later(why)) => return Answer::Temporary(why),
+        };
+        if host != address.domain || self.is_ours(&host) {
+            return Answer::NotFound;
+        }
+        match tokio::time::timeout(self.timeout, self.identity.host_is_allowed(&host)).await {
+            Ok(Ok(true)) => Answer::Found(format!("smtp:[{host}]:{port}")),
+            Ok(Ok(false)) => Answer::NotFound,
+            Ok(Err(e)) if e.is_transient() => Answer::Temporary(e.to_string()),
+            Ok(Err(_)) => Answer::NotFound,
+            Err(_) => Answer::Temporary(IdentityError::TimedOut.to_string()),
+        }
+    }
+
+    /// `atsms_mailbox` (virtual_mailbox_maps, the consent check): this host keeps a mailbox
+    /// for `<did mailbox>@DOMAIN` only while the document's `smtp://` endpoint names DOMAIN
+    /// and DOMAIN is one of `inbox.hosts` → `DOMAIN/<did mailbox>/Maildir/`.
+    pub async fn mailbox(&self, key: &str) -> Answer {
+        let Some(address) = DidAddress::parse(key) else {
+            return Answer::NotFound;
+        };
+        match self.consent(&address).await {
+            Consent::Given => {
+                Answer::Found(format!("{}/{}/Maildir/", address.domain, address.local))
+            }
+            Consent::Refused => Answer::NotFound,
+            Consent::Unknown(why) => Answer::Temporary(why),
+        }
+    }
+
+    /// Whether this host may keep a mailbox for `address` (spec section 9: presence equals
+    /// consent).
+    pub async fn consent(&self, address: &DidAddress) -> Consent {
+        if !self.is_ours(&address.domain) {
+            return Consent::Refused;
+        }
+        match self.endpoint(&address.did).await {
+            Ok(Endpoint::Smtp { host, .. }) if host == address.domain => Consent::Given,
+            Ok(_) | Err(Lookup::Nothing) => Consent::Refused,
+            Err(Lookup::Later(why)) => Consent::Unknown(why),
+        }
+    }
+}
+
+/// The consent check's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consent {
+    Given,
+    Refused,
+    /// The document could not be had in time.
+    Unknown(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_read_as_did_mailboxes() {
+        let a = DidAddress::parse("DID!PLC!ofurdhfyhjhgomvfygxergep@MX.Example.NET").unwrap();
+        assert_eq!(a.did, "did:plc:ofurdhfyhjhgomvfygxergep");
+        assert_eq!(a.local, "did.plc.ofurdhfyhjhgomvfygxergep");
+        assert_eq!(a.domain, "mx.example.net");
+        assert_eq!(
+            a.at("mx.example.net"),
+            "did.plc.ofurdhfyhjhgomvfygxergep@mx.example.net"
+        );
+        let web = DidAddress::parse("did.web.alice.example.com@mx.example.net").unwrap();
+        assert_eq!(web.did, "did:web:alice.example.com");
+        for key in [
+            "*",
+            "alice@example.com",
+            "did.web.localhost%3a8080@mx.example.net",
+            "did.plc.ofurdhfyhjhgomvfygxergep",
+            "did.plc.ofurdhfyhjhgomvfygxergep+x@mx.example.net",
+            "did.plc.short@mx.example.net",
+        ] {
+            assert_eq!(DidAddress::parse(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn answers_as_the_protocol_writes_them() {
+        assert_eq!(Answer::NotFound.to_socketmap(), "NOTFOUND ");
+        assert_eq!(Answer::Found("x@y".into()).to_socketmap(), "OK x@y");
+        assert_eq!(
+            Answer::Temporary("later".into()).to_socketmap(),
+            "TEMP later"
+        );
+        assert_eq!(
+            Answer::Permanent("unknown map".into()).to_socketmap(),
+            "PERM unknown map"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Postfix lookup tables over the socketmap protocol (`socketmap_table(5)`, Sendmail's
+//! socketmap): netstring requests `<map> SP <key>`, netstring replies `OK <data>`,
+//! `NOTFOUND `, `TEMP <reason>` or `PERM <reason>`. Postfix keeps a connection open for many
+//! requests; each gets one reply, in order. When the client closes its sending side, what is
+//! pending is answered and the connection closed (Exim's `${readsocket}` reads until EOF).
+//! The answers are `routing`'s; this room only speaks the protocol.
+
+pub mod netstring;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::routing::{Answer, Router};
+use crate::session::SharedSettings;
+use crate::socket::{BoundListener, Stream};
+
+/// The longest request accepted: a map name and an address (RFC 5321 caps a path at 256).
+pub const MAX_REQUEST: usize = 2048;
+/// A connection without a request for this long is closed (Postfix closes its own after 10 s
+/// idle and reconnects when it needs to).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves the maps on `listener` until `shutdown`, at most `max_connections` at once (more
+/// are closed at once; Postfix retries). Each connection answers with the settings in force
+/// when it opened (a reload changes `inbox.hosts` for new connections).
+pub async fn run(
+    listener: BoundListener,
+    settings: SharedSettings,
+    max_connections: usize,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    info!("socketmap listening on {}", listener.describe());
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    crate::socket::serve(&listener, "socketmap", shutdown, |stream| {
+        let router = settings.read().map(|s| s.router.clone()).map_err(|_| ());
+        let permit = permits.clone().try_acquire_owned();
+        async move {
+            let Ok(router) = router else {
+                warn!("socketmap: settings lock poisoned");
+                return;
+            };
+            let Ok(_permit) = permit else {
+                warn!("socketmap: more than the allowed connections; closing one");
+                return;
+            };
+            if let Err(e) = connection(stream, &router).await {
+                debug!("socketmap connection ended: {e}");
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// One request's parts: `<map> SP <key>`.
+fn split_request(payload: &[u8]) -> Option<(&str, &str)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (map, key) = text.split_once(' ')?;
+    (!map.is_empty() && !key.is_empty() && !key.chars().any(char::is_control)).then_some((map, key))
+}
+
+/// The answer to one request payload.
+pub async fn answer(router: &Router, payload: &[u8]) -> Answer {
+    match split_request(payload) {
+        Some((map, key)) => {
+            let answer = router.lookup(map, key).await;
+            crate::metrics::global().socketmap_lookup(map_label(map), answer.label());
+            answer
+        }
+        None => Answer::Permanent("malformed request".into()),
+    }
+}
+
+/// Metrics know the maps by name; an unknown one is counted as such.
+fn map_label(map: &str) -> &'static str {
+    match map {
+        crate::routing::ALIAS => crate::routing::ALIAS,
+        crate::routing::TRANSPORT => crate::routing::TRANSPORT,
+        crate::routing::MAILBOX => crate::routing::MAILBOX,
+        _ => "unknown",
+    }
+}
+
+async fn connection(mut stream: Stream, router: &Router) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    let mut eof = false;
+    loop {
+        // Answer every complete request already here, in order; then write them together.
+        loop {
+            match netstring::decode(&buf, MAX_REQUEST) {
+                Ok(Some(frame)) => {
+                    let reply = answer(router, &buf[frame.payload.clone()]).await;
+                    netstring::encode(reply.to_socketmap().as_bytes(), &mut out);
+                    buf.drain(..frame.len);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // A broken request leaves the stream out of step: say so and close.
+                    warn!("socketmap: {e}; closing the connection");
+                    stream.write_all(&out).await?;
+                    return stream.shutdown().await;
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if eof {
+            if !buf.is_empty() {
+                debug!("socketmap: the client closed in the middle of a request");
+            }
+            return stream.shutdown().await;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await {
+            Err(_) => return stream.shutdown().await,
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(0)) => eof = true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_a_map_and_a_key() {
+        assert_eq!(
+            split_request(b"atsms_alias a@b"),
+            Some(("atsms_alias", "a@b"))
+        );
+        assert_eq!(split_request(b"atsms_alias *"), Some(("atsms_alias", "*")));
+        for bad in [&b"atsms_alias"[..], b" a@b", b"m ", b"m a\rb", b"\xff a"] {
+            assert_eq!(split_request(bad), None, "{bad:?}");
+        }
+    }
+}
