@@ -9,9 +9,11 @@ pub mod http;
 pub mod lmtp;
 pub mod milter;
 pub mod opendkim;
+pub mod plc;
 pub mod postfix;
 pub mod redis;
 pub mod signing;
+pub mod socketmap;
 pub mod vectors;
 
 use std::path::PathBuf;

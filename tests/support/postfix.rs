@@ -116,6 +116,15 @@ milter_default_action = tempfail
         std::fs::write(root.join("etc/main.cf"), main_cf).unwrap();
         let master = format!("127.0.0.1:{smtp_port} inet n - n - - smtpd\n{MASTER_CF}");
         std::fs::write(root.join("etc/master.cf"), master).unwrap();
+        // Postfix programs wait while main.cf is less than a second old: date it back.
+        for file in ["etc/main.cf", "etc/master.cf"] {
+            std::fs::File::options()
+                .write(true)
+                .open(root.join(file))
+                .unwrap()
+                .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+                .unwrap();
+        }
         let nobody =
             |path: &Path| std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
         nobody(&root.join("mail"));

@@ -1,0 +1,483 @@
+//! Mail routed by DID documents: the three Postfix tables over the socketmap protocol (raw
+//! netstrings and Postfix's own `postmap -q`), their guards, cold lookups, bad input, and
+//! `atsms-milter route`.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use atsms_milter::config::Config;
+use atsms_milter::crypto::{Alg, SigningKey};
+use support::daemon::Daemon;
+use support::dns::{Answer, DnsServer};
+use support::http::{HttpServer, Reply};
+use support::plc::{Plc, mailbox};
+use support::postfix::free_port;
+use support::signing::plc_did;
+use support::socketmap::{RunningSocketmap, netstring};
+
+const US: &str = "mx.example.net";
+
+/// DNS for the endpoints' hosts: one public, one private.
+fn dns() -> DnsServer {
+    let mut zone = HashMap::new();
+    zone.insert(
+        "mx.other.example".into(),
+        vec![Answer::A(Ipv4Addr::new(8, 8, 4, 4))],
+    );
+    zone.insert(
+        "private.example".into(),
+        vec![Answer::A(Ipv4Addr::new(10, 0, 0, 5))],
+    );
+    DnsServer::start(zone)
+}
+
+fn config(plc: &str, dns: &DnsServer, extra: &str) -> Config {
+    Config::from_toml(
+        &format!(
+            "[resolver]\nplc_urls = [\"{plc}\"]\ndns_servers = [\"{}\"]\ntimeout = 3\n\n[inbox]\nhosts = [\"{US}\"]\n{extra}",
+            dns.server_arg()
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+struct World {
+    plc: Plc,
+    dns: DnsServer,
+    elsewhere: String,
+    ours: String,
+    mailto: String,
+    silent: String,
+    private: String,
+    unknown: String,
+}
+
+fn world() -> World {
+    let plc = Plc::start();
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let w = World {
+        elsewhere: plc_did(1),
+        ours: plc_did(2),
+        mailto: plc_did(3),
+        silent: plc_did(4),
+        private: plc_did(5),
+        unknown: plc_did(6),
+        dns: dns(),
+        plc,
+    };
+    w.plc
+        .set(&w.elsewhere, &key, Some("smtp://MX.Other.Example:2525"));
+    w.plc.set(&w.ours, &key, Some(&format!("smtp://{US}")));
+    w.plc.set(&w.mailto, &key, Some("mailto:alice@example.org"));
+    w.plc.set(&w.silent, &key, None);
+    w.plc.set(&w.private, &key, Some("smtp://private.example"));
+    w
+}
+
+#[tokio::test]
+async fn the_three_maps_answer_as_the_interfaces_say() {
+    let w = world();
+    let server = RunningSocketmap::start(&config(&w.plc.url(), &w.dns, "")).await;
+    let mut c = server.client().await;
+    let m = mailbox;
+    let cases = [
+        // atsms_alias: any domain → where the document says.
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.elsewhere)),
+            format!("OK {}@mx.other.example", m(&w.elsewhere)),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.ours)),
+            format!("OK {}@{US}", m(&w.ours)),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.mailto)),
+            "OK alice@example.org".into(),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@mx.other.example", m(&w.elsewhere)),
+            "NOTFOUND ".into(),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@{US}", m(&w.ours)),
+            "NOTFOUND ".into(),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.silent)),
+            "NOTFOUND ".into(),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.unknown)),
+            "NOTFOUND ".into(),
+        ),
+        // `!` and `.` spellings, any case, are one mailbox.
+        (
+            "atsms_alias",
+            format!(
+                "{}@Anything.Example",
+                w.elsewhere.replace(':', "!").to_uppercase()
+            ),
+            format!("OK {}@mx.other.example", m(&w.elsewhere)),
+        ),
+        // atsms_transport: the endpoint's host → smtp:[host]:port, no MX lookup.
+        (
+            "atsms_transport",
+            format!("{}@mx.other.example", m(&w.elsewhere)),
+            "OK smtp:[mx.other.example]:2525".into(),
+        ),
+        (
+            "atsms_transport",
+            format!("{}@elsewhere.example", m(&w.elsewhere)),
+            "NOTFOUND ".into(),
+        ),
+        // Guards: never ourselves (a loop), never a private address (SSRF by mail).
+        (
+            "atsms_transport",
+            format!("{}@{US}", m(&w.ours)),
+            "NOTFOUND ".into(),
+        ),
+        (
+            "atsms_transport",
+            format!("{}@private.example", m(&w.private)),
+            "NOTFOUND ".into(),
+        ),
+        ("atsms_transport", "*".into(), "NOTFOUND ".into()),
+        (
+            "atsms_transport",
+            "sender@example.org".into(),
+            "NOTFOUND ".into(),
+        ),
+        // atsms_mailbox: consent, only for our host and a DID naming it.
+        (
+            "atsms_mailbox",
+            format!("{}@{US}", m(&w.ours)),
+            format!("OK {US}/{}/Maildir/", m(&w.ours)),
+        ),
+        (
+            "atsms_mailbox",
+            format!("{}@{US}", m(&w.elsewhere)),
+            "NOTFOUND ".into(),
+        ),
+        (
+            "atsms_mailbox",
+            format!("{}@mx.other.example", m(&w.elsewhere)),
+            "NOTFOUND ".into(),
+        ),
+        (
+            "atsms_mailbox",
+            format!("did.web.localhost%3a8080@{US}"),
+            "NOTFOUND ".into(),
+        ),
+        ("atsms_other", "x@y".into(), "PERM unknown map".into()),
+    ];
+    for (map, key, want) in &cases {
+        assert_eq!(&c.lookup(map, key).await, want, "{map} {key}");
+    }
+}
+
+#[tokio::test]
+async fn a_cold_lookup_answers_temp_in_time_and_costs_one_request() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let did = plc_did(7);
+    let doc = {
+        let mut d: serde_json::Value =
+            serde_json::from_str(&support::signing::document(&did, &key, None)).unwrap();
+        d["service"] = serde_json::json!([{"id": "#atsms_mail", "serviceEndpoint": "smtp://mx.other.example"}]);
+        d.to_string()
+    };
+    let slow = HttpServer::start(Arc::new(move |_: &str| {
+        Reply::Delayed(
+            Duration::from_millis(1500),
+            Box::new(Reply::json(200, doc.clone())),
+        )
+    }));
+    let dns = dns();
+    let server =
+        RunningSocketmap::start(&config(&slow.url(), &dns, "[socketmap]\ntimeout = 1\n")).await;
+    let key = format!("{}@anywhere.example", mailbox(&did));
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(server.client().await);
+    }
+    let started = Instant::now();
+    let answers =
+        futures::future::join_all(clients.iter_mut().map(|c| c.lookup("atsms_alias", &key))).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        answers.iter().all(|a| a.starts_with("TEMP ")),
+        "{answers:?}"
+    );
+    // The fetch went on and filled the cache.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut c = server.client().await;
+    assert_eq!(
+        c.lookup("atsms_alias", &key).await,
+        format!("OK {}@mx.other.example", mailbox(&did))
+    );
+    assert_eq!(
+        slow.request_count(),
+        1,
+        "one PLC request however many lookups"
+    );
+    // A directory that fails answers TEMP too.
+    let down = HttpServer::start(Arc::new(|_: &str| Reply::json(503, "{}")));
+    let server = RunningSocketmap::start(&config(&down.url(), &dns, "")).await;
+    let mut c = server.client().await;
+    assert!(
+        c.lookup("atsms_transport", &key.replace("anywhere", "mx.other"))
+            .await
+            .starts_with("TEMP ")
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_answered_or_closed_and_the_server_keeps_serving() {
+    let w = world();
+    let server = RunningSocketmap::start(&config(&w.plc.url(), &w.dns, "")).await;
+    for garbage in [
+        &b"hello world\r\n"[..],
+        b"999999999:",
+        b"3:abcX",
+        b"01:a,",
+        b"5000:",
+    ] {
+        let mut c = server.client().await;
+        c.send(garbage).await;
+        assert_eq!(c.reply().await, None, "{garbage:?}: closed");
+    }
+    // A request cut into many packets.
+    let mut c = server.client().await;
+    let request = netstring("atsms_transport *");
+    for byte in &request {
+        c.send(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(c.reply().await.as_deref(), Some("NOTFOUND "));
+    // 10 000 pipelined requests, answered in order.
+    let key = format!("{}@anything.example", mailbox(&w.mailto));
+    let mut pipelined = Vec::new();
+    for i in 0..10_000 {
+        let request = if i % 2 == 0 {
+            format!("atsms_alias {key}")
+        } else {
+            "atsms_transport *".into()
+        };
+        pipelined.extend(netstring(&request));
+    }
+    let mut c = server.client().await;
+    c.send(&pipelined).await;
+    for i in 0..10_000 {
+        let want = if i % 2 == 0 {
+            "OK alice@example.org"
+        } else {
+            "NOTFOUND "
+        };
+        assert_eq!(c.reply().await.as_deref(), Some(want), "reply {i}");
+    }
+    // The client half-closes: what is pending is answered, then the connection closes.
+    let mut c = server.client().await;
+    c.send(
+        &[
+            netstring("atsms_transport *"),
+            netstring(&format!("atsms_alias {key}")),
+        ]
+        .concat(),
+    )
+    .await;
+    c.stream.shutdown().await.unwrap();
+    assert_eq!(c.reply().await.as_deref(), Some("NOTFOUND "));
+    assert_eq!(c.reply().await.as_deref(), Some("OK alice@example.org"));
+    assert_eq!(c.reply().await, None);
+    // A thousand idle connections do not keep the next one waiting.
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let mut c = server.client().await;
+    let started = Instant::now();
+    assert_eq!(c.lookup("atsms_transport", "*").await, "NOTFOUND ");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(idle);
+}
+
+use tokio::io::AsyncWriteExt;
+
+/// A minimal Postfix configuration directory for `postmap -c`. `myhostname` is set (else
+/// postmap asks DNS for this host's name) and main.cf dated in the past (postmap waits while
+/// its configuration is less than a second old).
+fn postfix_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let main_cf = dir.path().join("main.cf");
+    std::fs::write(
+        &main_cf,
+        "compatibility_level = 3.6\nmyhostname = mx.test\n",
+    )
+    .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&main_cf)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+    dir
+}
+
+/// `postmap -q KEY socketmap:inet:127.0.0.1:PORT:MAP`.
+fn postmap(
+    config: &std::path::Path,
+    port: u16,
+    map: &str,
+    key: &str,
+) -> (Option<i32>, String, String) {
+    let out = Command::new("postmap")
+        .arg("-c")
+        .arg(config)
+        .args(["-q", key, &format!("socketmap:inet:127.0.0.1:{port}:{map}")])
+        .output()
+        .expect("postmap (scripts/test installs Postfix)");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn postmap_queries_every_map_of_the_daemon() {
+    let w = world();
+    let postfix = postfix_config();
+    let port = free_port();
+    let slow_did = plc_did(9);
+    let slow = HttpServer::start(Arc::new(|_: &str| Reply::Hang));
+    let daemon = Daemon::start(
+        &format!(
+            "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{port}\"\ntimeout = 1\n\n[resolver]\nplc_urls = [\"{}\", \"{}\"]\ndns_servers = [\"{}\"]\ntimeout = 3\n\n[inbox]\nhosts = [\"{US}\"]\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port(),
+            w.plc.url(),
+            slow.url(),
+            w.dns.server_arg(),
+            free_port()
+        ),
+        port,
+    );
+    let m = mailbox;
+    for (map, key, code, out) in [
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.elsewhere)),
+            0,
+            format!("{}@mx.other.example", m(&w.elsewhere)),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.mailto)),
+            0,
+            "alice@example.org".into(),
+        ),
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.silent)),
+            1,
+            String::new(),
+        ),
+        (
+            "atsms_transport",
+            format!("{}@mx.other.example", m(&w.elsewhere)),
+            0,
+            "smtp:[mx.other.example]:2525".into(),
+        ),
+        ("atsms_transport", "*".into(), 1, String::new()),
+        (
+            "atsms_transport",
+            "sender@example.org".into(),
+            1,
+            String::new(),
+        ),
+        (
+            "atsms_mailbox",
+            format!("{}@{US}", m(&w.ours)),
+            0,
+            format!("{US}/{}/Maildir/", m(&w.ours)),
+        ),
+        (
+            "atsms_mailbox",
+            format!("{}@{US}", m(&w.elsewhere)),
+            1,
+            String::new(),
+        ),
+    ] {
+        let (got_code, got_out, err) = postmap(postfix.path(), port, map, &key);
+        assert_eq!(
+            (got_code, got_out.as_str()),
+            (Some(code), out.as_str()),
+            "{map} {key}: {err}"
+        );
+    }
+    // A DID the first directory does not know and the second never answers: TEMP in time.
+    let started = Instant::now();
+    let (code, _, err) = postmap(
+        postfix.path(),
+        port,
+        "atsms_alias",
+        &format!("{}@anything.example", m(&slow_did)),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("temporary error"), "{err}");
+    // socketmap.timeout is 1 s a query; postmap asks again after a temporary error.
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, _, err) = postmap(postfix.path(), port, "atsms_nonesuch", "x@y");
+    assert!(err.contains("permanent error: unknown map"), "{err}");
+    drop(daemon);
+}
+
+#[test]
+fn route_prints_every_maps_answer_without_a_daemon() {
+    let w = world();
+    let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .args(["route", "--json", "--inbox-host", US, "--plc-url"])
+        .arg(w.plc.url())
+        .args(["--dns-server", &w.dns.server_arg()])
+        .arg(format!("{}@{US}", mailbox(&w.ours).replace('.', "!")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["did"], w.ours.as_str());
+    assert_eq!(v["endpoint"], format!("smtp://{US}"));
+    assert_eq!(v["consent"], true);
+    assert_eq!(
+        v["mailhost_txt"], false,
+        "no _atsms-mail record in this DNS"
+    );
+    assert_eq!(v["maps"]["atsms_alias"], "NOTFOUND ");
+    assert_eq!(v["maps"]["atsms_transport"], "NOTFOUND ");
+    assert_eq!(
+        v["maps"]["atsms_mailbox"],
+        format!("OK {US}/{}/Maildir/", mailbox(&w.ours))
+    );
+}

@@ -1,0 +1,60 @@
+//! A loopback PLC directory whose documents a test sets and changes as it goes (a DID moving
+//! its mail endpoint, say), built on `http::HttpServer`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use atsms_milter::crypto::SigningKey;
+
+use super::http::{HttpServer, Reply};
+
+pub struct Plc {
+    pub server: HttpServer,
+    documents: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Plc {
+    pub fn start() -> Plc {
+        let documents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let docs = documents.clone();
+        let server = HttpServer::start(Arc::new(move |target: &str| {
+            let did = target.trim_start_matches('/');
+            match docs.lock().unwrap().get(did) {
+                Some(doc) => Reply::json(200, doc.clone()),
+                None => Reply::json(404, r#"{"message":"DID not registered"}"#),
+            }
+        }));
+        Plc { server, documents }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// Publishes `did`'s document: an `#atproto` key and, when given, an `#atsms_mail`
+    /// endpoint (`smtp://host:port` or `mailto:…`).
+    pub fn set(&self, did: &str, key: &SigningKey, mail: Option<&str>) {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&super::signing::document(did, key, None)).unwrap();
+        if let Some(endpoint) = mail {
+            doc["service"] = serde_json::json!([{"id": "#atsms_mail", "type": "AtsmsMailService", "serviceEndpoint": endpoint}]);
+        }
+        self.documents
+            .lock()
+            .unwrap()
+            .insert(did.to_string(), doc.to_string());
+    }
+
+    pub fn remove(&self, did: &str) {
+        self.documents.lock().unwrap().remove(did);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.server.request_count()
+    }
+}
+
+/// The mailbox local part of `did` (spec section 9).
+pub fn mailbox(did: &str) -> String {
+    did.replace(':', ".")
+}
