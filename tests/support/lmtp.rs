@@ -40,9 +40,12 @@ impl RunningLmtp {
         if settings.policy.replay {
             settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
         }
+        RunningLmtp::serve(settings, &config, dir).await
+    }
+
+    async fn serve(settings: Settings, config: &LmtpConfig, dir: tempfile::TempDir) -> RunningLmtp {
         let shared = Arc::new(RwLock::new(Arc::new(settings)));
-        let service =
-            Arc::new(LmtpService::new(shared, &config, "lmtp.test".into(), true).unwrap());
+        let service = Arc::new(LmtpService::new(shared, config, "lmtp.test".into(), true).unwrap());
         let listener = socket::bind(&SocketSpec::parse("inet:127.0.0.1:0").unwrap(), 0o660, None)
             .await
             .unwrap();
@@ -56,6 +59,22 @@ impl RunningLmtp {
             dir,
             shutdown: Some(tx),
         }
+    }
+
+    /// An LMTP server with a whole configuration (`Settings::from_config`: inbox rules,
+    /// limits, …); its `[lmtp]` maildir template points into the server's directory.
+    pub async fn start_with_config(config: &atsms_milter::config::Config, now: i64) -> RunningLmtp {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lmtp = config.lmtp.clone().unwrap_or_default();
+        lmtp.maildir = format!("{}/%d/%n/Maildir", dir.path().display());
+        let identity = Arc::new(IdentityResolver::new(&config.resolver, &config.cache).unwrap());
+        let mut settings =
+            Settings::from_config(Verifier::new(identity, config.resolver.timeout()), config);
+        settings.fixed_now = Some(now);
+        if settings.policy.replay {
+            settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
+        }
+        RunningLmtp::serve(settings, &lmtp, dir).await
     }
 
     pub fn maildir(&self, user: &str) -> PathBuf {

@@ -21,6 +21,18 @@ impl RunningMilter {
         RunningMilter::start_with_cache(resolver, policy, now, CacheConfig::default()).await
     }
 
+    /// A milter with a whole configuration (`Settings::from_config`), judging as of `now`.
+    pub async fn start_with_config(
+        config: &atsms_milter::config::Config,
+        now: i64,
+    ) -> RunningMilter {
+        let identity = Arc::new(IdentityResolver::new(&config.resolver, &config.cache).unwrap());
+        let mut settings =
+            Settings::from_config(Verifier::new(identity, config.resolver.timeout()), config);
+        settings.fixed_now = Some(now);
+        RunningMilter::serve(settings).await
+    }
+
     pub async fn start_with_cache(
         resolver: ResolverConfig,
         policy: PolicyConfig,
@@ -34,6 +46,10 @@ impl RunningMilter {
             settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
             settings.replay_in_milter = true;
         }
+        RunningMilter::serve(settings).await
+    }
+
+    async fn serve(settings: Settings) -> RunningMilter {
         let shared = Arc::new(RwLock::new(Arc::new(settings)));
         let spec = SocketSpec::parse("inet:127.0.0.1:0").unwrap();
         let listener = socket::bind(&spec, 0o660, None).await.unwrap();
