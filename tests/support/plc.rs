@@ -11,20 +11,34 @@ use super::http::{HttpServer, Reply};
 pub struct Plc {
     pub server: HttpServer,
     documents: Arc<Mutex<HashMap<String, String>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Plc {
     pub fn start() -> Plc {
         let documents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-        let docs = documents.clone();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (docs, is_down) = (documents.clone(), down.clone());
         let server = HttpServer::start(Arc::new(move |target: &str| {
+            if is_down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Reply::json(503, "{}");
+            }
             let did = target.trim_start_matches('/');
             match docs.lock().unwrap().get(did) {
                 Some(doc) => Reply::json(200, doc.clone()),
                 None => Reply::json(404, r#"{"message":"DID not registered"}"#),
             }
         }));
-        Plc { server, documents }
+        Plc {
+            server,
+            documents,
+            down,
+        }
+    }
+
+    /// While down, every request gets 503.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn url(&self) -> String {
