@@ -17,6 +17,37 @@ impl Exim {
     /// Starts Exim accepting mail for mx.example.net and handing it to `transport` (the body
     /// of a transport definition).
     pub fn start(transport: &str) -> Exim {
+        Exim::start_with(|_, _| {
+            format!(
+                "domainlist local_domains = mx.example.net
+acl_smtp_rcpt = acl_check_rcpt
+tls_advertise_hosts =
+
+begin acl
+acl_check_rcpt:
+  accept domains = +local_domains
+  deny message = relay not permitted
+
+begin routers
+to_atsms:
+  driver = accept
+  domains = +local_domains
+  transport = atsms
+
+begin transports
+atsms:
+{transport}
+
+begin retry
+* * F,2h,1m
+"
+            )
+        })
+    }
+
+    /// Starts Exim with the main-section basics (host name, users, spool, logs, the SMTP port
+    /// on loopback) and then `rest(root, port)`: the rest of its configuration.
+    pub fn start_with(rest: impl FnOnce(&Path, u16) -> String) -> Exim {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "the Exim integration tests need root (CI runs as root)"
@@ -47,28 +78,8 @@ spool_directory = {r}/spool
 log_file_path = {r}/log/%slog
 daemon_smtp_ports = {smtp_port}
 local_interfaces = 127.0.0.1
-domainlist local_domains = mx.example.net
-acl_smtp_rcpt = acl_check_rcpt
-tls_advertise_hosts =
-
-begin acl
-acl_check_rcpt:
-  accept domains = +local_domains
-  deny message = relay not permitted
-
-begin routers
-to_atsms:
-  driver = accept
-  domains = +local_domains
-  transport = atsms
-
-begin transports
-atsms:
-{transport}
-
-begin retry
-* * F,2h,1m
-"
+{}",
+            rest(root, smtp_port)
         );
         let config_path = root.join("exim.conf");
         std::fs::write(&config_path, config).unwrap();
@@ -96,6 +107,36 @@ begin retry
             std::thread::sleep(Duration::from_millis(50));
         }
         exim
+    }
+
+    /// `exim -bt ADDRESS`: how this configuration routes an address (for failure messages).
+    pub fn route_test(&self, address: &str) -> String {
+        let out = Command::new("/usr/sbin/exim4")
+            .arg("-C")
+            .arg(self.dir.path().join("exim.conf"))
+            .args(["-bt", address])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// `exim -qff -v`: a verbose queue run (for failure messages).
+    pub fn run_queue(&self) -> String {
+        let out = Command::new("/usr/sbin/exim4")
+            .arg("-C")
+            .arg(self.dir.path().join("exim.conf"))
+            .args(["-qff", "-v"])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 
     pub fn log(&self, which: &str) -> String {
