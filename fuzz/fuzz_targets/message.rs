@@ -1,5 +1,6 @@
 //! A whole message: header section split, relaxed canonicalization of every field and the
-//! body, From parsing and Authentication-Results recognition.
+//! body, step 10 (strict From, duplicates), the mailbox grammar on every field, and
+//! Authentication-Results recognition (authserv-ids, fields hidden after bare line breaks).
 #![no_main]
 
 use atsms_milter::auth_results;
@@ -11,8 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let Ok(message) = read_message(data) else { return };
     let names: Vec<String> = message.headers.iter().map(|f| f.name.clone()).collect();
     let _ = canon::header_hash(&names, &message.headers);
-    let _ = envelope::single_from_address(&message.headers);
+    let _ = envelope::check_fields(&message.headers);
     for field in &message.headers {
         let _ = auth_results::authserv_id(&field.value);
+        let _ = auth_results::hides_ours(&field.value, "mx.example.net");
+        let _ = envelope::fields::parse_mailbox(&field.value);
     }
 });
