@@ -183,11 +183,19 @@ struct VerifyArgs {
 #[derive(Args, Debug)]
 struct SignArgs {
     /// PKCS#8 PEM private key (P-256 or secp256k1).
-    #[arg(long, value_name = "KEY.pem")]
-    key: PathBuf,
+    #[arg(long, value_name = "KEY.pem", required_unless_present = "remote")]
+    key: Option<PathBuf>,
     /// The key id: DID#fragment, or at://DID/at.atsms.x509/FINGERPRINT.
-    #[arg(long, value_name = "KID")]
-    kid: String,
+    #[arg(long, value_name = "KID", required_unless_present = "remote")]
+    kid: Option<String>,
+    /// Have the signing service at URL sign (its base, e.g. https://signer.example.net): the
+    /// message is hashed here and never leaves this machine.
+    #[arg(long, value_name = "URL", requires = "service_auth", conflicts_with_all = ["key", "kid", "now"])]
+    remote: Option<String>,
+    /// The service token from your PDS (com.atproto.server.getServiceAuth with the service's
+    /// DID as aud and lxm at.atsms.mail.signEnvelope).
+    #[arg(long, value_name = "JWT", requires = "remote")]
+    service_auth: Option<String>,
     /// Lifetime of the signature in seconds (at most 604800).
     #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
     ttl: i64,
@@ -211,6 +219,12 @@ enum Curve {
 struct KeygenArgs {
     #[arg(long, value_enum)]
     curve: Curve,
+    /// The DID the key is for: stderr then also holds the verificationMethod to publish.
+    #[arg(long, value_name = "DID")]
+    did: Option<String>,
+    /// The fragment of the key's id (`DID#NAME`).
+    #[arg(long, value_name = "NAME", default_value = "atsms", requires = "did")]
+    fragment: String,
 }
 
 #[derive(Args, Debug)]
@@ -357,14 +371,6 @@ fn verify(args: VerifyArgs) -> ExitCode {
 }
 
 fn sign(args: SignArgs) -> ExitCode {
-    let pem = match std::fs::read_to_string(&args.key) {
-        Ok(pem) => pem,
-        Err(e) => return fail(exit::NO_INPUT, format!("{}: {e}", args.key.display())),
-    };
-    let key = match SigningKey::from_pkcs8_pem(&pem) {
-        Ok(key) => key,
-        Err(e) => return fail(exit::NO_PASS, format!("{}: {e}", args.key.display())),
-    };
     let mut raw = Vec::new();
     if let Err(e) = read_input(args.file.as_ref())
         .and_then(|mut r| r.read_to_end(&mut raw).map_err(|e| e.to_string()))
@@ -375,21 +381,25 @@ fn sign(args: SignArgs) -> ExitCode {
         Ok(parsed) => parsed,
         Err(e) => return fail(exit::NO_INPUT, e),
     };
-    let request = sign::SignRequest {
-        key: &key,
-        kid: &args.kid,
-        now: args.now.unwrap_or_else(crate::clock::unix_now),
-        ttl: args.ttl,
-        rcpt: &args.rcpt,
-        jti: sign::random_jti(),
+    let (did, token) = match (&args.remote, &args.key, &args.kid) {
+        (Some(url), _, _) => {
+            let jwt = args.service_auth.as_deref().unwrap_or_default();
+            match sign_remotely(url, jwt, &args, &parsed) {
+                Ok(signed) => signed,
+                Err((code, e)) => return fail(code, e),
+            }
+        }
+        (None, Some(key), Some(kid)) => match sign_locally(key, kid, &args, &parsed) {
+            Ok(signed) => signed,
+            Err((code, e)) => return fail(code, e),
+        },
+        _ => {
+            return fail(
+                exit::USAGE,
+                "--key and --kid, or --remote and --service-auth",
+            );
+        }
     };
-    let token = match sign::sign_token(&request, &parsed.headers, parsed.body_hash) {
-        Ok(token) => token,
-        Err(e) => return fail(exit::NO_PASS, e),
-    };
-    let did = crate::envelope::Kid::parse(&args.kid)
-        .map(|k| k.did().to_string())
-        .unwrap_or_default();
     let field = sign::format_field(&did, &token, parsed.newline);
     let mut out = io::stdout().lock();
     let written = out
@@ -401,6 +411,113 @@ fn sign(args: SignArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(exit::SOFTWARE, format!("writing the message: {e}")),
     }
+}
+
+type Signed = Result<(String, String), (u8, String)>;
+
+/// `sign --key --kid`: the token, signed here.
+fn sign_locally(
+    path: &std::path::Path,
+    kid: &str,
+    args: &SignArgs,
+    parsed: &message::ParsedMessage,
+) -> Signed {
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| (exit::NO_INPUT, format!("{}: {e}", path.display())))?;
+    let key = SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| (exit::NO_PASS, format!("{}: {e}", path.display())))?;
+    let request = sign::SignRequest {
+        key: &key,
+        kid,
+        now: args.now.unwrap_or_else(crate::clock::unix_now),
+        ttl: args.ttl,
+        rcpt: &args.rcpt,
+        jti: sign::random_jti(),
+    };
+    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash)
+        .map_err(|e| (exit::NO_PASS, e.to_string()))?;
+    let did = crate::envelope::Kid::parse(kid)
+        .map(|k| k.did().to_string())
+        .unwrap_or_default();
+    Ok((did, token))
+}
+
+/// `sign --remote URL --service-auth JWT`: hashes here, has the signing service sign
+/// (interfaces.md, "The signing service"), and checks that the token covers this message
+/// before using it. A refusal is exit 1, a service or network failure 75.
+fn sign_remotely(url: &str, jwt: &str, args: &SignArgs, parsed: &message::ParsedMessage) -> Signed {
+    use crate::envelope::token::b64url;
+    let from = crate::envelope::check_fields(&parsed.headers)
+        .map_err(|e| (exit::NO_PASS, e.to_string()))?
+        .claim_form();
+    let h = sign::header_names_to_sign(&parsed.headers);
+    let hh = crate::envelope::canon::header_hash(&h, &parsed.headers);
+    let mut body = serde_json::json!({
+        "from": from, "h": h, "hh": b64url(&hh), "bh": b64url(&parsed.body_hash),
+        "ttl": args.ttl,
+    });
+    if !args.rcpt.is_empty() {
+        body["rcpt"] = serde_json::json!(args.rcpt);
+    }
+    let endpoint = format!(
+        "{}/xrpc/{}",
+        url.trim_end_matches('/'),
+        crate::service_auth::SIGN_ENVELOPE
+    );
+    let temp = |e: String| (exit::TEMPFAIL, e);
+    let rt = runtime().map_err(temp)?;
+    let (status, text) = rt
+        .block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| e.to_string())?;
+            let response = client
+                .post(&endpoint)
+                .bearer_auth(jwt)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| format!("{endpoint}: {e}"))?;
+            let status = response.status();
+            let text = response.text().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, text))
+        })
+        .map_err(temp)?;
+    if !status.is_success() {
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let why = format!(
+            "signing service: {status} {}: {}",
+            error["error"].as_str().unwrap_or("?"),
+            error["message"].as_str().unwrap_or(text.trim())
+        );
+        let code = if status.is_server_error() {
+            exit::TEMPFAIL
+        } else {
+            exit::NO_PASS
+        };
+        return Err((code, why));
+    }
+    let output: crate::xrpc::SignEnvelopeOutput = serde_json::from_str(&text).map_err(|e| {
+        (
+            exit::TEMPFAIL,
+            format!("signing service: unreadable answer: {e}"),
+        )
+    })?;
+    // The service is trusted with the key, not with the message: the token must cover what
+    // was hashed here, or the message would not verify.
+    let token = crate::envelope::token::parse(&output.token, &output.did)
+        .map_err(|e| (exit::SOFTWARE, format!("signing service: bad token: {e}")))?;
+    let claims = &token.claims;
+    if claims.from != from || claims.h != h || claims.hh != hh || claims.bh != parsed.body_hash {
+        return Err((
+            exit::SOFTWARE,
+            "signing service: the token does not cover this message".into(),
+        ));
+    }
+    Ok((output.did, output.token))
 }
 
 fn cache(args: CacheArgs) -> ExitCode {
@@ -433,9 +550,27 @@ fn keygen(args: KeygenArgs) -> ExitCode {
     match SigningKey::generate(alg) {
         Ok(key) => {
             let public = key.public_key();
+            if let Some(did) = &args.did
+                && crate::syntax::supported_did_method(did).is_none()
+            {
+                return fail(
+                    exit::USAGE,
+                    format!("{did} is not a did:plc or did:web DID"),
+                );
+            }
             print!("{}", key.to_pkcs8_pem());
             eprintln!("multikey: {}", public.to_multikey());
             eprintln!("did:key: {}", public.to_did_key());
+            if let Some(did) = &args.did {
+                // The verificationMethod to add to the DID document (docs/signing.md says how).
+                let method = serde_json::json!({
+                    "id": format!("{did}#{}", args.fragment),
+                    "type": "Multikey",
+                    "controller": did,
+                    "publicKeyMultibase": public.to_multikey(),
+                });
+                eprintln!("{method}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(exit::SOFTWARE, e),

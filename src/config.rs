@@ -290,6 +290,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub socketmap: SocketmapConfig,
     pub inbox: InboxConfig,
+    pub signing: SigningConfig,
+    pub xrpc: XrpcConfig,
     pub store: StoreConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
@@ -541,6 +543,99 @@ impl InboxConfig {
     }
 }
 
+/// One `[[signing.key]]`: a signing identity.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeyConfig {
+    /// From addresses this key signs for: `user@domain` or `*@domain`.
+    #[serde(default)]
+    pub senders: Vec<String>,
+    /// The signing DID (`d=`).
+    pub did: String,
+    /// The full key id, `DID#fragment`; the DID document must list it.
+    pub kid: String,
+    /// PKCS#8 PEM, P-256 or secp256k1; refused if others may read it.
+    pub key_file: PathBuf,
+    /// SASL logins allowed to use this key; absent: any authenticated client or a client in
+    /// `signing.networks`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logins: Option<Vec<String>>,
+}
+
+/// What a signing failure does (`signing.on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnSignError {
+    /// `451 4.3.0`: the client tries again; mail is never silently unsigned.
+    #[default]
+    Tempfail,
+    /// Pass the message on unsigned (logged).
+    Accept,
+}
+
+/// Signing outbound mail (milter) and the signing service's keys.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    #[serde(rename = "key", skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<SigningKeyConfig>,
+    /// Seconds a signature is valid (at most 604800).
+    pub ttl: NonZeroU64,
+    /// The token carries the envelope recipients (`rcpt`).
+    pub rcpt_claim: bool,
+    /// Clients whose mail is signed without SASL (not `policy.trusted_networks`: mail a local
+    /// content filter re-injects must not be signed by accident).
+    pub networks: Vec<Network>,
+    pub on_error: OnSignError,
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        SigningConfig {
+            keys: Vec::new(),
+            ttl: NonZeroU64::new(86_400).expect("non-zero"),
+            rcpt_claim: false,
+            networks: Vec::new(),
+            on_error: OnSignError::Tempfail,
+        }
+    }
+}
+
+/// The signing service (XRPC, the PDS-side signer).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct XrpcConfig {
+    /// `inet:HOST:PORT`, plain HTTP (TLS by a reverse proxy). Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketSpec>,
+    /// The `aud` callers must name. Unset: `did:web:<host name>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_did: Option<String>,
+    /// Requests served at once; more get 503 `NotEnoughResources`.
+    pub max_concurrent: NonZeroUsize,
+    /// Seconds a request may take, reading it included.
+    pub timeout: NonZeroU64,
+}
+
+impl Default for XrpcConfig {
+    fn default() -> Self {
+        XrpcConfig {
+            listen: None,
+            service_did: None,
+            max_concurrent: NonZeroUsize::new(64).expect("non-zero"),
+            timeout: NonZeroU64::new(10).expect("non-zero"),
+        }
+    }
+}
+
+impl XrpcConfig {
+    pub fn service_did(&self) -> String {
+        self.service_did
+            .clone()
+            .unwrap_or_else(|| format!("did:web:{}", host_name().to_ascii_lowercase()))
+    }
+}
+
 /// Bounds on what a message may make us hold (a header section is kept in memory).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -770,6 +865,7 @@ impl Config {
         effective.milter = self.milter_in_force();
         effective.policy.authserv_id = self.policy.authserv_id().parse().ok();
         effective.inbox.hosts = Some(self.inbox.hosts());
+        effective.xrpc.service_did = Some(self.xrpc.service_did());
         effective
     }
 
@@ -786,6 +882,25 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.resolver.plc_urls.is_empty() {
             return Err("resolver.plc_urls: at least one PLC directory is needed".into());
+        }
+        if self.signing.ttl.get() > 604_800 {
+            return Err("signing.ttl: at most 604800 seconds (7 days, spec section 3.3)".into());
+        }
+        for (i, key) in self.signing.keys.iter().enumerate() {
+            let (did, fragment) = key.kid.split_once('#').unwrap_or_default();
+            if did != key.did || fragment.is_empty() {
+                return Err(format!(
+                    "signing.key #{}: kid \"{}\" must be {}#<fragment>",
+                    i + 1,
+                    key.kid,
+                    key.did
+                ));
+            }
+        }
+        if let Some(did) = &self.xrpc.service_did
+            && !did.starts_with("did:")
+        {
+            return Err(format!("xrpc.service_did: \"{did}\" is not a DID"));
         }
         for (i, rule) in self.inbox.rules.iter().enumerate() {
             if rule.recipients.is_empty() {

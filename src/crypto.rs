@@ -316,6 +316,33 @@ impl SigningKey {
     }
 }
 
+/// The other valid signature of the same message: `(r, n − s)` (ECDSA's malleability). For
+/// tests that high-S signatures are refused; the curve orders are SEC 2's.
+#[doc(hidden)]
+pub fn malleate(alg: Alg, signature: &[u8]) -> Vec<u8> {
+    const P256_N: &str = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+    const K256_N: &str = "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141";
+    let order = match alg {
+        Alg::Es256 => P256_N,
+        Alg::Es256k => K256_N,
+    };
+    let n: Vec<u8> = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&order[i..i + 2], 16).unwrap_or(0))
+        .collect();
+    let mut out = signature.to_vec();
+    if out.len() != 64 {
+        return out;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(n[i]) - i16::from(signature[32 + i]) - borrow;
+        borrow = i16::from(d < 0);
+        out[32 + i] = (d + 256 * borrow) as u8;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,6 +79,7 @@ fn build_settings_reusing(
         }
     };
     let mut settings = Settings::from_config(verifier, config);
+    settings.signer = crate::signer::Signer::load(&config.signing)?.map(Arc::new);
     settings.replay = if config.policy.replay {
         replay.or_else(|| Some(new_replay_set(config, None)))
     } else {
@@ -87,6 +88,45 @@ fn build_settings_reusing(
     let lmtp_in_process = config.lmtp.as_ref().is_some_and(|l| l.listen.is_some());
     settings.replay_in_milter = !lmtp_in_process;
     Ok(Arc::new(settings))
+}
+
+/// Each signing key must be listed in its DID document under its `kid`: checked at start
+/// when the resolver can be reached (an error: the signatures would not verify), a warning
+/// when it cannot.
+async fn check_signing_keys(settings: &Settings) -> Result<(), String> {
+    let Some(signer) = &settings.signer else {
+        return Ok(());
+    };
+    let identity = settings.verifier.identity();
+    let timeout = std::time::Duration::from_secs(10);
+    for key in signer.keys() {
+        match tokio::time::timeout(timeout, identity.resolve_did(&key.did)).await {
+            Ok(Ok(found)) => match found.value.document.key(key.fragment()) {
+                Ok(published) if published == key.public_key() => {
+                    info!("signing key {} is published in its DID document", key.kid);
+                }
+                Ok(_) => {
+                    return Err(format!(
+                        "signing key {}: the DID document lists another key under this id",
+                        key.kid
+                    ));
+                }
+                Err(e) => return Err(format!("signing key {}: {e}", key.kid)),
+            },
+            Ok(Err(e)) if !e.is_transient() => {
+                return Err(format!("signing key {}: {e}", key.kid));
+            }
+            Ok(Err(e)) => tracing::warn!(
+                "signing key {}: cannot check its DID document now ({e}); signing anyway",
+                key.kid
+            ),
+            Err(_) => tracing::warn!(
+                "signing key {}: its DID document did not come in time; signing anyway",
+                key.kid
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// The control socket: a configured path that cannot be bound is an error; the default one
@@ -234,13 +274,18 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     ignore_sigxfsz();
     let settings = build_settings(&config)?;
+    check_signing_keys(&settings).await?;
     let shared = Arc::new(RwLock::new(settings));
     let milter_config = config.milter_in_force();
     let lmtp_listen = config
         .lmtp
         .as_ref()
         .and_then(|l| l.listen.clone().map(|listen| (l.clone(), listen)));
-    if milter_config.is_none() && lmtp_listen.is_none() && config.socketmap.listen.is_none() {
+    if milter_config.is_none()
+        && lmtp_listen.is_none()
+        && config.socketmap.listen.is_none()
+        && config.xrpc.listen.is_none()
+    {
         return Err(
             "nothing to serve: [lmtp] has no listen address and there is no [milter] section \
                     (use `serve --stdio` for one LMTP session on standard input)"
@@ -285,6 +330,13 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         ),
         None => None,
     };
+    let xrpc = match &config.xrpc.listen {
+        Some(listen) => Some((
+            bind(listen, crate::config::Mode(0o660), None).await?,
+            Arc::new(crate::xrpc::Service::new(shared.clone(), &config.xrpc)?),
+        )),
+        None => None,
+    };
     info!("atsms-milter {} starting", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -321,6 +373,14 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
             crate::socketmap::run(listener, shared, max, stop)
                 .await
                 .map_err(|e| format!("socketmap stopped: {e}"))
+        });
+    }
+    if let Some((listener, service)) = xrpc {
+        let stop = stopped(stop_rx.clone());
+        tasks.spawn(async move {
+            crate::xrpc::run(listener, service, stop)
+                .await
+                .map_err(|e| format!("signing service stopped: {e}"))
         });
     }
     let lmtp_service = lmtp.as_ref().map(|(_, service)| service.clone());

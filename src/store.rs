@@ -234,6 +234,21 @@ impl SharedStore {
         self.set(&format!("atsms:replay:{key}"), "1", ttl).await;
     }
 
+    /// Claims `key` for `ttl` (Redis `SET NX`, atomic across the fleet): `Some(true)` if this
+    /// call made the claim, `Some(false)` if someone had, `None` when Redis cannot say.
+    pub async fn claim(&self, key: &str, ttl: Duration) -> Option<bool> {
+        let key = format!("atsms:claim:{key}");
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key)
+            .arg(self.seal(&key, "1"))
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl.as_secs().max(1));
+        self.run::<Option<String>>(cmd)
+            .await
+            .map(|set| set.is_some())
+    }
+
     /// A document another instance fetched no longer ago than `max_age`.
     pub async fn document(&self, did: &str, max_age: Duration) -> Option<SharedDocument> {
         let text = self.get(&format!("atsms:did:{did}")).await?;

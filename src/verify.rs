@@ -399,8 +399,13 @@ impl Verifier {
         }
     }
 
-    /// Section 7: the checked handle, and whether From is aligned with the DID.
-    async fn alignment(&self, from: &Mailbox, document: &DidDocument) -> (Option<String>, bool) {
+    /// Whether `from` is aligned with the DID of `document` (spec section 7), and its checked
+    /// handle: by the handle, or by a DID mailbox its mail host vouches for.
+    pub async fn alignment(
+        &self,
+        from: &Mailbox,
+        document: &DidDocument,
+    ) -> (Option<String>, bool) {
         let handle = self
             .identity
             .checked_handle(document)

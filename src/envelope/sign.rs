@@ -82,12 +82,39 @@ pub fn random_jti() -> String {
     b64url(&bytes)
 }
 
+/// What a token covers, computed by whoever has the message (this process, or a client of the
+/// signing service that hashed its message itself).
+#[derive(Debug, Clone)]
+pub struct Covered<'a> {
+    /// The `from` claim: the From addr-spec, domain lower-cased.
+    pub from: &'a str,
+    /// The `h` list, lower-case names.
+    pub h: &'a [String],
+    pub hh: [u8; 32],
+    pub bh: [u8; 32],
+}
+
 /// Signs a message given its header fields and relaxed body hash; returns the JWS token.
 pub fn sign_token(
     request: &SignRequest<'_>,
     headers: &[HeaderField],
     body_hash: [u8; 32],
 ) -> Result<String, SignError> {
+    // Step 10 holds before signing, or no verifier would accept the result.
+    let from = check_fields(headers)?.claim_form();
+    let h = header_names_to_sign(headers);
+    let covered = Covered {
+        from: &from,
+        h: &h,
+        hh: header_hash(&h, headers),
+        bh: body_hash,
+    };
+    token_for(request, &covered)
+}
+
+/// The JWS token for `covered` (section 3): the claims this signer sets itself (`iss` from the
+/// `kid`, `iat`, `exp`, `jti`, `c`) around what the message gave.
+pub fn token_for(request: &SignRequest<'_>, covered: &Covered<'_>) -> Result<String, SignError> {
     let kid = Kid::parse(request.kid).ok_or(SignError::BadKid)?;
     let did = kid.did();
     if crate::syntax::supported_did_method(did).is_none() {
@@ -96,19 +123,16 @@ pub fn sign_token(
     if !(1..=token::MAX_LIFETIME).contains(&request.ttl) {
         return Err(SignError::BadTtl);
     }
-    // Step 10 holds before signing, or no verifier would accept the result.
-    let from = check_fields(headers)?.claim_form();
-    let h = header_names_to_sign(headers);
     let header = json!({ "alg": request.key.alg().jws_name(), "typ": TYP, "kid": request.kid });
     let mut claims = json!({
         "iss": did,
         "iat": request.now,
         "exp": request.now + request.ttl,
         "jti": request.jti,
-        "from": from,
-        "h": h,
-        "hh": b64url(&header_hash(&h, headers)),
-        "bh": b64url(&body_hash),
+        "from": covered.from,
+        "h": covered.h,
+        "hh": b64url(&covered.hh),
+        "bh": b64url(&covered.bh),
         "c": CANONICALIZATION,
     });
     if !request.rcpt.is_empty() {
@@ -126,6 +150,11 @@ pub fn sign_token(
     );
     let signature = request.key.sign(signing_input.as_bytes());
     Ok(format!("{signing_input}.{}", b64url(&signature)))
+}
+
+/// The field's value as it follows `AT-SMS-Signature:` — `v=1; d=…; t=…` — unfolded.
+pub fn field_value(did: &str, token: &str) -> String {
+    format!("v=1; d={did}; t={token}")
 }
 
 /// The whole field, `AT-SMS-Signature: v=1; d=…; t=…`, folded at 78 columns with

@@ -195,6 +195,11 @@ impl IdentityResolver {
         Ok(resolved)
     }
 
+    /// The store shared with the other instances of a fleet, if configured.
+    pub fn shared_store(&self) -> Option<Arc<crate::store::SharedStore>> {
+        self.shared.clone()
+    }
+
     /// The DID document of `did`, from the cache when it may serve (cache.rs has the rules).
     /// Concurrent lookups of one DID are merged into one fetch.
     pub async fn resolve_did(

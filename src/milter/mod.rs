@@ -33,9 +33,9 @@ pub struct Connection {
     /// The client's address, when it connected over IP.
     client: Option<std::net::IpAddr>,
     message: Option<MessageSession>,
-    /// Whether this message is judged (not from `trusted_networks`, not authenticated). A
-    /// message that is not judged still loses forged `Authentication-Results` fields.
-    judged: bool,
+    /// What is done with this message, decided once at MAIL: it is never both judged and
+    /// signed.
+    mode: Mode,
     sender: String,
     recipients: Vec<String>,
     /// The inbox rule of the first accepted recipient (`Some(None)`: under no rule): one
@@ -54,6 +54,16 @@ fn queue_id(macros: &indymilter::Macros) -> String {
 
 fn lossy(s: &CStr) -> String {
     String::from_utf8_lossy(s.to_bytes()).into_owned()
+}
+
+/// What a message is for: judged (inbound), signed (outbound: an authenticated client or one
+/// of `signing.networks`), or passed on (trusted and authenticated mail without a signing
+/// key). Every mode removes forged `Authentication-Results`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Mode {
+    Judge,
+    Sign { login: Option<String> },
+    Pass,
 }
 
 /// An envelope address as the MTA passes it (`<a@b>`, perhaps with ESMTP parameters).
@@ -157,7 +167,7 @@ fn handle_negotiate(
         noreply_header,
         client: None,
         message: None,
-        judged: true,
+        mode: Mode::Judge,
         sender: String::new(),
         recipients: Vec::new(),
         rule: None,
@@ -177,10 +187,11 @@ fn handle_connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
 }
 
 fn handle_mail(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
-    let authenticated = cx
+    let login = cx
         .macros
         .get(c"{auth_authen}")
-        .is_some_and(|v| !v.is_empty());
+        .filter(|v| !v.is_empty())
+        .map(lossy);
     let id = queue_id(&cx.macros);
     let Some(conn) = cx.data.as_mut() else {
         error!("connection state missing at MAIL");
@@ -189,13 +200,25 @@ fn handle_mail(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
     conn.recipients.clear();
     conn.rule = None;
     conn.sender = envelope_address(&args);
-    conn.judged = conn.settings.judges(conn.client, authenticated);
-    if !conn.judged {
+    let signs = conn
+        .settings
+        .signer
+        .as_ref()
+        .is_some_and(|s| s.signs_for_client(conn.client, login.as_deref()));
+    conn.mode = if signs {
+        Mode::Sign { login }
+    } else if conn.settings.judges(conn.client, login.is_some()) {
+        Mode::Judge
+    } else {
         // Not judged, but its header fields are still read: forged results claiming our
         // authserv-id must go from trusted and authenticated mail too.
         debug!("{id}: trusted or SMTP-authenticated sender; not judged");
-    }
-    conn.message = Some(MessageSession::new(&conn.settings));
+        Mode::Pass
+    };
+    conn.message = Some(match conn.mode {
+        Mode::Sign { .. } => MessageSession::to_sign(&conn.settings),
+        _ => MessageSession::new(&conn.settings),
+    });
     Status::Continue
 }
 
@@ -205,7 +228,7 @@ fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
         return Status::Tempfail;
     };
     let address = envelope_address(&args);
-    if conn.judged && !conn.settings.inbox.is_empty() {
+    if conn.mode == Mode::Judge && !conn.settings.inbox.is_empty() {
         // A milter cannot answer per recipient after DATA: a recipient under another inbox
         // rule than the first one's comes back in a transaction of its own (RFC 5321
         // §4.5.3.1.10 lets a server limit recipients so).
@@ -263,7 +286,7 @@ fn handle_body(cx: &mut Context<Connection>, chunk: Bytes) -> Status {
         error!("{id}: body outside a message");
         return Status::Tempfail;
     };
-    if !(conn.judged && message.wants_body()) {
+    if !(conn.mode != Mode::Pass && message.wants_body()) {
         return if conn.skip_negotiated {
             Status::Skip
         } else {
@@ -325,19 +348,33 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
         .take()
         .ok_or("end of message outside a message")?;
     let settings = conn.settings.clone();
-    let judged = conn.judged;
+    let mode = std::mem::replace(&mut conn.mode, Mode::Judge);
     let sender = std::mem::take(&mut conn.sender);
     let recipients = std::mem::take(&mut conn.recipients);
     if let Some(reply) = message.refusal() {
         warn!("{id}: {reply}");
         return refuse(cx, &reply);
     }
-    if !judged {
-        // RFC 8601 §5: forged results go even from mail that is not judged.
-        if !settings.policy.dry_run {
-            delete_forged(cx, &message).await?;
+    match mode {
+        Mode::Judge => {}
+        Mode::Pass => {
+            // RFC 8601 §5: forged results go even from mail that is not judged.
+            if !settings.policy.dry_run {
+                delete_forged(cx, &message).await?;
+            }
+            return Ok(Status::Continue);
         }
-        return Ok(Status::Continue);
+        Mode::Sign { login } => {
+            return sign(
+                cx,
+                id,
+                &settings,
+                &mut message,
+                login.as_deref(),
+                &recipients,
+            )
+            .await;
+        }
     }
 
     // Keep the MTA informed while identities resolve.
@@ -408,6 +445,75 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
     // Accepted for these recipients: the same signature to them again is a replay.
     judge::accepted(&settings, Scope::Together, &judgement, &targets).await;
     Ok(Status::Continue)
+}
+
+/// Outbound: signs the message with the key its From address and the login may use, on top
+/// (`AT-SMS-Signature` at index 0). A message no key is for, or that step 10 would fail, passes
+/// unsigned (logged); a failure to sign follows `signing.on_error`, never silently unsigned.
+async fn sign(
+    cx: &mut EomContext<Connection>,
+    id: &str,
+    settings: &Settings,
+    message: &mut MessageSession,
+    login: Option<&str>,
+    recipients: &[String],
+) -> Result<Status, String> {
+    use crate::signer::NotSigned;
+    delete_forged(cx, message).await?;
+    let Some(signer) = &settings.signer else {
+        return Ok(Status::Continue);
+    };
+    let body_hash = message.body_hash();
+    let signed = signer.key_for(message.headers(), login).and_then(|key| {
+        let token = signer.sign_message(
+            key,
+            message.headers(),
+            body_hash,
+            recipients,
+            settings.now(),
+        )?;
+        Ok((key, token))
+    });
+    match signed {
+        Ok((key, token)) => {
+            let field = crate::envelope::sign::format_field(&key.did, &token, "\n");
+            let value = field
+                .strip_prefix(crate::envelope::FIELD_NAME)
+                .and_then(|v| v.strip_prefix(':'))
+                .unwrap_or(&field);
+            cx.actions
+                .insert_header(0, crate::envelope::FIELD_NAME, value)
+                .await
+                .map_err(|e| format!("cannot add AT-SMS-Signature: {e}"))?;
+            info!("{id}: signed did={} kid={}", key.did, key.kid);
+            Ok(Status::Continue)
+        }
+        Err(NotSigned::NoKey) => {
+            debug!("{id}: not signed: no signing key for this From address");
+            Ok(Status::Continue)
+        }
+        Err(e @ (NotSigned::LoginNotAllowed { .. } | NotSigned::Fields(_))) => {
+            info!("{id}: not signed: {e}");
+            Ok(Status::Continue)
+        }
+        Err(NotSigned::Failed(why)) => match signer.on_error {
+            crate::config::OnSignError::Tempfail => {
+                error!("{id}: signing failed: {why}; temporary failure");
+                refuse(
+                    cx,
+                    &Reply::new(
+                        451,
+                        crate::reply::Enhanced(4, 3, 0),
+                        "AT-SMS signing failed temporarily",
+                    ),
+                )
+            }
+            crate::config::OnSignError::Accept => {
+                error!("{id}: signing failed: {why}; passed on unsigned (signing.on_error)");
+                Ok(Status::Continue)
+            }
+        },
+    }
 }
 
 /// RFC 8601 §5: removes the fields claiming our authserv-id (and fields hiding one).

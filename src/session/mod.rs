@@ -38,6 +38,8 @@ pub struct Settings {
     pub fixed_now: Option<i64>,
     /// Replay detection (`policy.replay`).
     pub replay: Option<Arc<ReplaySet>>,
+    /// `[[signing.key]]`: outbound mail from authenticated clients is signed, not judged.
+    pub signer: Option<Arc<crate::signer::Signer>>,
     /// The milter (and the Exim scanner) check replays only when LMTP does not run in the same
     /// process (LMTP sees each recipient's delivery; the milter would record mail LMTP then
     /// refuses).
@@ -68,6 +70,7 @@ impl Settings {
             router,
             fixed_now: None,
             replay: None,
+            signer: None,
             replay_in_milter: false,
         }
     }
@@ -119,6 +122,8 @@ pub struct MessageSession {
     /// Looks for an AT-SMS client message in the body; set up at the first body chunk, from
     /// the top-level Content-Type (`Pending` until then).
     parts: Parts,
+    /// The body is hashed whatever the fields say (the message is being signed).
+    for_signing: bool,
 }
 
 /// Whether the message carries an AT-SMS client message (`mime`).
@@ -150,7 +155,20 @@ impl MessageSession {
             limits: settings.limits.clone(),
             too_large: false,
             parts: Parts::Pending,
+            for_signing: false,
         }
+    }
+
+    /// A message to sign, not to judge: its body is hashed, whatever its fields say.
+    pub fn to_sign(settings: &Settings) -> MessageSession {
+        let mut session = MessageSession::new(settings);
+        session.for_signing = true;
+        session
+    }
+
+    /// The relaxed body hash (spec section 4.2), once the body ended.
+    pub fn body_hash(&mut self) -> [u8; 32] {
+        std::mem::take(&mut self.body).finish()
     }
 
     /// The header section is complete: decide what the body must be read for.
@@ -209,7 +227,8 @@ impl MessageSession {
     /// inside a multipart.
     pub fn wants_body(&mut self) -> bool {
         self.start_body();
-        !self.too_large && (self.signed || matches!(self.parts, Parts::Scanning(_)))
+        !self.too_large
+            && (self.signed || self.for_signing || matches!(self.parts, Parts::Scanning(_)))
     }
 
     pub fn body(&mut self, chunk: &[u8]) {
@@ -217,7 +236,7 @@ impl MessageSession {
         if self.too_large {
             return;
         }
-        if self.signed {
+        if self.signed || self.for_signing {
             self.body.update(chunk);
         }
         if let Parts::Scanning(scanner) = &mut self.parts {
@@ -266,7 +285,7 @@ impl MessageSession {
     /// Verifies the message (no recipient is judged yet: that is `judge`'s).
     pub async fn finish(&mut self, settings: &Settings, now: i64) -> Verified {
         self.start_body();
-        let body_hash = std::mem::take(&mut self.body).finish();
+        let body_hash = self.body_hash();
         let started = Instant::now();
         let verdict = settings
             .verifier
