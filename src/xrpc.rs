@@ -283,8 +283,13 @@ impl Service {
     }
 }
 
+/// How much of an oversized body is read and thrown away before answering 413: closing a
+/// connection with unread data makes the kernel send a reset, which can destroy the answer
+/// before the client reads it (nginx's lingering close does the same).
+const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// The body, at most `MAX_BODY` bytes of JSON.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, XrpcError> {
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, XrpcError> {
     let too_large = || {
         XrpcError::new(
             413,
@@ -297,6 +302,12 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, XrpcError
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        // A client waiting for `100 Continue` (RFC 9110 §10.1.1) never sends the body if it
+        // is answered at once; any other is drained, unless it is huge.
+        let waits = headers.contains_key(header::EXPECT);
+        if !waits && declared.is_some_and(|n| n <= DRAIN_LIMIT) {
+            drain(body, 0).await;
+        }
         return Err(too_large());
     }
     let json = headers
@@ -304,15 +315,31 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, XrpcError
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| XrpcError::invalid(format!("the body could not be read: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > MAX_BODY {
+                drain(body, (bytes.len() + data.len()) as u64).await;
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
     if !json {
         return Err(XrpcError::invalid("Content-Type must be application/json"));
     }
-    match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(XrpcError::invalid(format!(
-            "the body could not be read: {e}"
-        ))),
+    Ok(bytes)
+}
+
+/// Reads and drops the rest of a body, up to `DRAIN_LIMIT` bytes in all.
+async fn drain(mut body: Body, mut read: u64) {
+    while read <= DRAIN_LIMIT {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => return,
+        }
     }
 }
 

@@ -30,6 +30,9 @@ impl RunningMilter {
         let mut settings =
             Settings::from_config(Verifier::new(identity, config.resolver.timeout()), config);
         settings.fixed_now = Some(now);
+        settings.signer = atsms_milter::signer::Signer::load(&config.signing)
+            .unwrap()
+            .map(Arc::new);
         RunningMilter::serve(settings).await
     }
 

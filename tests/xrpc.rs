@@ -1,0 +1,604 @@
+//! The signing service (XRPC) of the real daemon, called over loopback HTTP with service tokens
+//! made here exactly as atproto's `createServiceJwt` makes them: every case of interfaces.md's
+//! error table gets its status and error name, the daemon keeps serving, and what it signs
+//! verifies (through `sign --remote` and `verify`, the commands).
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atsms_milter::crypto::{Alg, SigningKey, malleate};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::Value;
+use support::daemon::Daemon;
+use support::postfix::free_port;
+use support::vectors::VectorWorld;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep"; // ES256K, handle alice.example.com
+const BOB: &str = "did:plc:hxdv4c2etoo2mbhg4alzhnno"; // ES256, handle bob.example.org
+const CAROL: &str = "did:plc:rlb4qa26zfkxwsmeln6fmywp"; // a document, no signing key here
+const SERVICE: &str = "did:web:signer.test";
+const LXM: &str = "at.atsms.mail.signEnvelope";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn vector_key(world: &VectorWorld, did: &str) -> SigningKey {
+    SigningKey::from_pkcs8_pem(world.keys[did]["pkcs8_pem"].as_str().unwrap()).unwrap()
+}
+
+/// A random `jti` as atproto makes it: 16 bytes in hex.
+fn jti() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The claims of a service token, in the order `createServiceJwt` writes them.
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    exp: i64,
+    lxm: Option<&'a str>,
+    jti: String,
+}
+
+impl<'a> Claims<'a> {
+    fn new(iss: &'a str) -> Claims<'a> {
+        Claims {
+            iss,
+            aud: SERVICE,
+            exp: now() + 60,
+            lxm: Some(LXM),
+            jti: jti(),
+        }
+    }
+
+    fn json(&self) -> String {
+        let lxm = self
+            .lxm
+            .map(|l| format!(",\"lxm\":\"{l}\""))
+            .unwrap_or_default();
+        format!(
+            "{{\"iat\":{},\"iss\":\"{}\",\"aud\":\"{}\",\"exp\":{}{lxm},\"jti\":\"{}\"}}",
+            now(),
+            self.iss,
+            self.aud,
+            self.exp,
+            self.jti
+        )
+    }
+
+    /// Signed with `key` under `header` (`{"typ":"JWT","alg":…}` when None).
+    fn sign_with(&self, key: &SigningKey, header: Option<&str>) -> String {
+        let alg = key.alg().jws_name();
+        let header = header
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("{{\"typ\":\"JWT\",\"alg\":\"{alg}\"}}"));
+        let input = format!(
+            "{}.{}",
+            b64(header.as_bytes()),
+            b64(self.json().as_bytes())
+        );
+        format!("{input}.{}", b64(&key.sign(input.as_bytes())))
+    }
+}
+
+/// A request body for `from`, hashes made up (the service signs what it is given).
+fn body(from: &str) -> String {
+    serde_json::json!({"from": from, "h": ["from", "subject", "subject"], "hh": b64(&[1; 32]), "bh": b64(&[2; 32])})
+        .to_string()
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; returns the status and the JSON answer.
+async fn exchange(port: u16, request: Vec<u8>) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    parse_answer(&answer)
+}
+
+fn parse_answer(answer: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let json = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| serde_json::from_str(b).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn post_request(auth: Option<&str>, body: &str) -> Vec<u8> {
+    let auth = auth
+        .map(|a| format!("Authorization: Bearer {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "POST /xrpc/{LXM} HTTP/1.1\r\nHost: signer.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn post(port: u16, auth: Option<&str>, body: &str) -> (u16, Value) {
+    exchange(port, post_request(auth, body)).await
+}
+
+async fn get(port: u16, path: &str) -> (u16, Value) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: signer.test\r\nConnection: close\r\n\r\n");
+    exchange(port, request.into_bytes()).await
+}
+
+fn key_file(world: &VectorWorld, dir: &std::path::Path, did: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("{}.pem", did.replace(':', "_")));
+    std::fs::write(&path, world.keys[did]["pkcs8_pem"].as_str().unwrap()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// The daemon with the signing service on a free port, keys for Alice and Bob.
+fn service(world: &VectorWorld, dir: &std::path::Path) -> (Daemon, u16) {
+    let port = free_port();
+    let mut keys = String::new();
+    for did in [ALICE, BOB] {
+        keys += &format!(
+            "[[signing.key]]\ndid = \"{did}\"\nkid = \"{did}#atproto\"\nkey_file = \"{}\"\n\n",
+            key_file(world, dir, did).display()
+        );
+    }
+    let config = format!(
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n{}\n[log]\nlevel = \"debug\"\n\n{keys}",
+        free_port(),
+        world.resolver_toml()
+    );
+    (Daemon::start(&config, port), port)
+}
+
+fn assert_error(answer: &(u16, Value), status: u16, name: &str, case: &str) {
+    assert_eq!(answer.0, status, "{case}: {answer:?}");
+    assert_eq!(answer.1["error"], name, "{case}: {answer:?}");
+    assert!(answer.1["message"].is_string(), "{case}: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_case_of_the_error_table_gets_its_status_and_name() {
+    let world = VectorWorld::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, port) = service(&world, dir.path());
+    let (alice, bob, carol) = (
+        vector_key(&world, ALICE),
+        vector_key(&world, BOB),
+        vector_key(&world, CAROL),
+    );
+    let good = body("alice@alice.example.com");
+
+    // Valid, both curves; the answer verifies as a token over what was sent.
+    for (did, key, from) in [
+        (ALICE, &alice, "alice@alice.example.com"),
+        (BOB, &bob, "bob@bob.example.org"),
+    ] {
+        let answer = post(port, Some(&Claims::new(did).sign_with(key, None)), &body(from)).await;
+        assert_eq!(answer.0, 200, "{did}: {answer:?}");
+        assert_eq!(answer.1["did"], did);
+        assert_eq!(answer.1["kid"], format!("{did}#atproto"));
+        let token = answer.1["token"].as_str().unwrap();
+        assert_eq!(
+            answer.1["signature"],
+            format!("v=1; d={did}; t={token}"),
+            "unfolded"
+        );
+        let parsed = atsms_milter::envelope::token::parse(token, did).unwrap();
+        assert_eq!(parsed.claims.from, from);
+        assert_eq!(parsed.claims.hh, [1; 32]);
+        assert_eq!(parsed.claims.bh, [2; 32]);
+        assert_eq!(parsed.claims.h, ["from", "subject", "subject"]);
+        assert_eq!(parsed.claims.exp - parsed.claims.iat, 86_400);
+    }
+    // A PDS proxying names the bare DID; getServiceAuth may name the service id.
+    let mut claims = Claims::new(ALICE);
+    claims.aud = "did:web:signer.test#atsms_signer";
+    assert_eq!(post(port, Some(&claims.sign_with(&alice, None)), &good).await.0, 200);
+
+    let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
+        ("no Authorization", None, 401, "AuthMissing"),
+        ("garbage", Some("garbage".into()), 401, "BadJwt"),
+        ("three parts of garbage", Some("a.b.c".into()), 401, "BadJwt"),
+        (
+            "alg none",
+            Some({
+                let c = Claims::new(ALICE);
+                format!("{}.{}.", b64(br#"{"typ":"JWT","alg":"none"}"#), b64(c.json().as_bytes()))
+            }),
+            401,
+            "BadJwt",
+        ),
+        (
+            "alg HS256",
+            Some(Claims::new(ALICE).sign_with(&alice, Some(r#"{"typ":"JWT","alg":"HS256"}"#))),
+            401,
+            "BadJwt",
+        ),
+        (
+            "an access token",
+            Some(Claims::new(ALICE).sign_with(&alice, Some(r#"{"typ":"at+jwt","alg":"ES256K"}"#))),
+            401,
+            "BadJwtType",
+        ),
+        (
+            "a refresh token",
+            Some(Claims::new(ALICE).sign_with(&alice, Some(r#"{"typ":"refresh+jwt","alg":"ES256K"}"#))),
+            401,
+            "BadJwtType",
+        ),
+        (
+            "expired",
+            Some(Claims { exp: now() - 5, ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            401,
+            "JwtExpired",
+        ),
+        (
+            "exp too far ahead",
+            Some(Claims { exp: now() + 3700, ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            401,
+            "BadJwt",
+        ),
+        (
+            "wrong aud",
+            Some(Claims { aud: "did:web:pds.example.com", ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            401,
+            "BadJwtAudience",
+        ),
+        (
+            "another service of ours",
+            Some(Claims { aud: "did:web:signer.test#atproto_pds", ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            401,
+            "BadJwtAudience",
+        ),
+        (
+            "wrong lxm",
+            Some(Claims { lxm: Some("com.atproto.repo.createRecord"), ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            401,
+            "BadJwtLexiconMethod",
+        ),
+        (
+            "missing lxm",
+            Some(Claims { lxm: None, ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            401,
+            "BadJwtLexiconMethod",
+        ),
+        (
+            "iss with a fragment",
+            Some(Claims::new("did:plc:ofurdhfyhjhgomvfygxergep#atproto").sign_with(&alice, None)),
+            401,
+            "BadJwtIss",
+        ),
+        (
+            "iss a handle",
+            Some(Claims::new("alice.example.com").sign_with(&alice, None)),
+            401,
+            "BadJwtIss",
+        ),
+        (
+            "signed by another DID's key",
+            Some(Claims::new(ALICE).sign_with(&SigningKey::from_pkcs8_pem(world.keys["did:plc:lerkoofwvhjrikpmkgu5cy7u"]["pkcs8_pem"].as_str().unwrap()).unwrap(), None)),
+            401,
+            "BadJwtSignature",
+        ),
+        (
+            "high-S",
+            Some({
+                let token = Claims::new(ALICE).sign_with(&alice, None);
+                let (input, sig) = token.rsplit_once('.').unwrap();
+                let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+                format!("{input}.{}", b64(&malleate(Alg::Es256k, &sig)))
+            }),
+            401,
+            "BadJwtSignature",
+        ),
+        (
+            "iss with no signing key here",
+            Some(Claims::new(CAROL).sign_with(&carol, None)),
+            403,
+            "NotAuthorized",
+        ),
+    ];
+    for (case, auth, status, name) in &cases {
+        let answer = post(port, auth.as_deref(), &good).await;
+        assert_error(&answer, *status, name, case);
+    }
+
+    // A jti once: recorded after the signature verified, so a forged copy cannot burn it.
+    let claims = Claims::new(ALICE);
+    let forged = claims.sign_with(&bob, Some(r#"{"typ":"JWT","alg":"ES256K"}"#));
+    assert_error(&post(port, Some(&forged), &good).await, 401, "BadJwtSignature", "forged");
+    let token = claims.sign_with(&alice, None);
+    assert_eq!(post(port, Some(&token), &good).await.0, 200);
+    assert_error(&post(port, Some(&token), &good).await, 401, "JwtReplayed", "replayed");
+
+    // Bad bodies, after authentication.
+    let auth = || Some(Claims::new(ALICE).sign_with(&alice, None));
+    for (case, bad) in [
+        ("not JSON", "{".to_string()),
+        ("no h", serde_json::json!({"from": "alice@alice.example.com", "hh": b64(&[1; 32]), "bh": b64(&[2; 32])}).to_string()),
+        ("h without from", serde_json::json!({"from": "alice@alice.example.com", "h": ["subject"], "hh": b64(&[1; 32]), "bh": b64(&[2; 32])}).to_string()),
+        ("a short hash", serde_json::json!({"from": "alice@alice.example.com", "h": ["from"], "hh": b64(&[1; 31]), "bh": b64(&[2; 32])}).to_string()),
+        ("ttl over a week", serde_json::json!({"from": "alice@alice.example.com", "h": ["from"], "hh": b64(&[1; 32]), "bh": b64(&[2; 32]), "ttl": 604_801}).to_string()),
+        ("a display name", body("Alice <alice@alice.example.com>")),
+    ] {
+        assert_error(&post(port, auth().as_deref(), &bad).await, 400, "InvalidRequest", case);
+    }
+    let answer = post(port, auth().as_deref(), &body("bob@bob.example.org")).await;
+    assert_error(&answer, 400, "UnalignedFrom", "Alice signing as Bob");
+    let answer = post(port, auth().as_deref(), &body("alice@evil.example")).await;
+    assert_error(&answer, 400, "UnalignedFrom", "Alice at another domain");
+
+    // Other paths and methods.
+    assert_error(&get(port, "/xrpc/com.atproto.server.describeServer").await, 404, "XRPCNotSupported", "unknown method");
+    assert_error(&get(port, &format!("/xrpc/{LXM}")).await, 405, "InvalidRequest", "GET a procedure");
+    let health = get(port, "/xrpc/_health").await;
+    assert_eq!(health.0, 200);
+    assert_eq!(health.1["version"], env!("CARGO_PKG_VERSION"));
+    let (status, document) = get(port, "/.well-known/did.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(document["id"], SERVICE);
+    assert_eq!(
+        document["service"],
+        serde_json::json!([{"id": "#atsms_signer", "type": "AtsmsSignerService", "serviceEndpoint": "https://signer.test"}])
+    );
+
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("xrpc: signed did={ALICE} kid={ALICE}#atproto from=alice@alice.example.com")),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_bodies_and_a_thousand_requests_at_once_leave_it_serving() {
+    let world = VectorWorld::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, port) = service(&world, dir.path());
+    let alice = vector_key(&world, ALICE);
+    let auth = || Claims::new(ALICE).sign_with(&alice, None);
+    let ten_mb = 10 * 1024 * 1024;
+
+    // 10 MB declared and sent: read and dropped, then 413.
+    let head = format!(
+        "POST /xrpc/{LXM} HTTP/1.1\r\nHost: signer.test\r\nContent-Type: application/json\r\nContent-Length: {ten_mb}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        auth()
+    );
+    let request = [head.into_bytes(), vec![b' '; ten_mb]].concat();
+    assert_error(&exchange(port, request).await, 413, "PayloadTooLarge", "10 MB declared");
+    // 10 MB chunked, no length declared.
+    let mut chunked = format!(
+        "POST /xrpc/{LXM} HTTP/1.1\r\nHost: signer.test\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        auth()
+    )
+    .into_bytes();
+    for _ in 0..160 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 65_536).as_bytes());
+        chunked.extend_from_slice(&[b' '; 65_536]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_error(&exchange(port, chunked).await, 413, "PayloadTooLarge", "10 MB chunked");
+    // 10 MB announced to a client that waits for 100 Continue: refused before it sends.
+    let head = format!(
+        "POST /xrpc/{LXM} HTTP/1.1\r\nHost: signer.test\r\nContent-Type: application/json\r\nContent-Length: {ten_mb}\r\nExpect: 100-continue\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        auth()
+    );
+    assert_error(&exchange(port, head.into_bytes()).await, 413, "PayloadTooLarge", "100-continue");
+    // Without a token, a huge body is not even looked at.
+    assert_error(
+        &exchange(port, post_request(None, &" ".repeat(100_000))).await,
+        401,
+        "AuthMissing",
+        "unauthenticated",
+    );
+
+    // A thousand at once: each is signed or refused with 503 NotEnoughResources.
+    let requests: Vec<Vec<u8>> = (0..1000)
+        .map(|_| post_request(Some(&auth()), &body("alice@alice.example.com")))
+        .collect();
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|r| tokio::spawn(exchange(port, r)))
+        .collect();
+    let (mut signed, mut busy) = (0, 0);
+    for task in tasks {
+        let (status, answer) = task.await.unwrap();
+        match status {
+            200 => {
+                assert!(answer["token"].is_string(), "{answer}");
+                signed += 1;
+            }
+            503 => {
+                assert_eq!(answer["error"], "NotEnoughResources", "{answer}");
+                busy += 1;
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    assert_eq!(signed + busy, 1000);
+    assert!(signed > 0, "some were signed");
+    println!("1000 concurrent requests: {signed} signed, {busy} refused as busy");
+    // And it keeps serving.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = post(port, Some(&auth()), &body("alice@alice.example.com")).await;
+    assert_eq!(answer.0, 200, "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_502() {
+    let plc = support::plc::Plc::start();
+    let caller = support::signing::plc_did(7);
+    let unknown = support::signing::plc_did(8);
+    let (old, new) = (
+        SigningKey::generate(Alg::Es256k).unwrap(),
+        SigningKey::generate(Alg::Es256).unwrap(),
+    );
+    plc.set(&caller, &old, None);
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.pem");
+    std::fs::write(&key_path, old.to_pkcs8_pem()).unwrap();
+    std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let port = free_port();
+    let config = format!(
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 2\n\n[[signing.key]]\ndid = \"{caller}\"\nkid = \"{caller}#atproto\"\nkey_file = \"{}\"\n",
+        free_port(),
+        plc.url(),
+        key_path.display()
+    );
+    let daemon = Daemon::start(&config, port);
+    assert!(
+        daemon.log().contains(&format!("signing key {caller}#atproto is published")),
+        "{}",
+        daemon.log()
+    );
+    // The caller's own mailbox is not aligned (no handle, no mail host): 400 UnalignedFrom
+    // shows the token was accepted.
+    let from = body("someone@example.com");
+    let answer = post(port, Some(&Claims::new(&caller).sign_with(&old, None)), &from).await;
+    assert_error(&answer, 400, "UnalignedFrom", "the old key, cached");
+    plc.set(&caller, &new, None);
+    let answer = post(port, Some(&Claims::new(&caller).sign_with(&new, None)), &from).await;
+    assert_error(&answer, 400, "UnalignedFrom", "the new key, fetched again");
+    let answer = post(port, Some(&Claims::new(&caller).sign_with(&old, None)), &from).await;
+    assert_error(&answer, 401, "BadJwtSignature", "the old key, replaced");
+
+    plc.set_down(true);
+    let stranger = SigningKey::generate(Alg::Es256k).unwrap();
+    let answer = post(port, Some(&Claims::new(&unknown).sign_with(&stranger, None)), &from).await;
+    assert_error(&answer, 502, "UpstreamFailure", "the PLC directory down");
+    plc.set_down(false);
+    // (The failure is remembered for cache.error seconds: another unknown DID.)
+    let unknown = support::signing::plc_did(9);
+    let answer = post(port, Some(&Claims::new(&unknown).sign_with(&stranger, None)), &from).await;
+    assert_error(&answer, 401, "BadJwtIss", "a DID the directory does not know");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_the_limit_get_503_and_slow_ones_504() {
+    use std::sync::Arc;
+    use support::http::{HttpServer, Reply};
+    // The documents of "slow" callers never come; the others at once.
+    let quick = support::signing::plc_did(20);
+    let quick_key = SigningKey::generate(Alg::Es256).unwrap();
+    let quick_doc = support::signing::document(&quick, &quick_key, None);
+    let quick_did = quick.clone();
+    let plc = HttpServer::start(Arc::new(move |target: &str| {
+        if target.trim_start_matches('/') == quick_did {
+            Reply::json(200, quick_doc.clone())
+        } else {
+            Reply::Hang
+        }
+    }));
+    let port = free_port();
+    let config = format!(
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\nmax_concurrent = 2\ntimeout = 3\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 10\n",
+        free_port(),
+        plc.url()
+    );
+    let _daemon = Daemon::start(&config, port);
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let from = body("someone@example.com");
+    let slow: Vec<_> = (0..2)
+        .map(|n| {
+            let token = Claims::new(&support::signing::plc_did(30 + n)).sign_with(&key, None);
+            let from = from.clone();
+            tokio::spawn(async move { post(port, Some(&token), &from).await })
+        })
+        .collect();
+    // Both slow ones are in flight (the directory has been asked for both documents).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while plc.request_count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the service never asked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in 0..4 {
+        let token = Claims::new(&support::signing::plc_did(40 + n)).sign_with(&key, None);
+        let answer = post(port, Some(&token), &from).await;
+        assert_error(&answer, 503, "NotEnoughResources", "over max_concurrent");
+    }
+    for task in slow {
+        assert_error(&task.await.unwrap(), 504, "UpstreamTimeout", "over xrpc.timeout");
+    }
+    // The slots are free again.
+    let answer = post(port, Some(&Claims::new(&quick).sign_with(&quick_key, None)), &from).await;
+    assert_error(&answer, 403, "NotAuthorized", "served again (no key for this caller)");
+}
+
+#[test]
+fn sign_remote_writes_a_message_that_verifies() {
+    let world = VectorWorld::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, port) = service(&world, dir.path());
+    let alice = vector_key(&world, ALICE);
+    let message = dir.path().join("message.eml");
+    std::fs::write(
+        &message,
+        "From: Alice <alice@alice.example.com>\r\nTo: <bob@mx.example.net>\r\nSubject: signed by my server\r\nDate: Wed, 02 Dec 2026 09:00:00 +0000\r\nMessage-ID: <remote@alice.example.com>\r\n\r\nNo private key on this machine.\r\n",
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_atsms-milter");
+    let jwt = Claims::new(ALICE).sign_with(&alice, None);
+    let output = std::process::Command::new(bin)
+        .args(["sign", "--remote", &format!("http://127.0.0.1:{port}"), "--service-auth", &jwt])
+        .arg(&message)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let signed = output.stdout;
+    assert!(signed.starts_with(b"AT-SMS-Signature: v=1; d=did:plc:ofurdhfyhjhgomvfygxergep;"));
+    assert!(signed.ends_with(&std::fs::read(&message).unwrap()));
+    let signed_path = dir.path().join("signed.eml");
+    std::fs::write(&signed_path, &signed).unwrap();
+    let now = now().to_string();
+    let mut args = world.cli_args();
+    args[1] = now; // --now: the service signed as of the real time
+    let verified = std::process::Command::new(bin)
+        .arg("verify")
+        .args(&args)
+        .arg(&signed_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{text}");
+    assert!(text.contains("atsms=pass"), "{text}");
+    assert!(text.contains("policy.aligned=yes"), "{text}");
+
+    // The token is used once; the service refuses it again and the command says why.
+    let again = std::process::Command::new(bin)
+        .args(["sign", "--remote", &format!("http://127.0.0.1:{port}"), "--service-auth", &jwt])
+        .arg(&message)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("401") && stderr.contains("JwtReplayed"), "{stderr}");
+    // A service that is not there: a temporary failure.
+    let gone = std::process::Command::new(bin)
+        .args(["sign", "--remote", &format!("http://127.0.0.1:{}", free_port()), "--service-auth", &jwt])
+        .arg(&message)
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(75));
+}
