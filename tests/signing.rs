@@ -66,7 +66,9 @@ async fn send(
         conn.header(name.as_str(), value.as_str()).await.unwrap();
     }
     conn.body(body).await.unwrap();
-    conn.macros(MacroStage::Eom, [("i", "4SIGN")]).await.unwrap();
+    conn.macros(MacroStage::Eom, [("i", "4SIGN")])
+        .await
+        .unwrap();
     let (actions, status) = conn.eom().await.unwrap();
     conn.close().await.unwrap();
     (actions.actions, status)
@@ -77,7 +79,9 @@ fn inserted(actions: &[EomAction], field: &str) -> Vec<(usize, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            EomAction::InsertHeader { index, name, value } if name.as_bytes() == field.as_bytes() => {
+            EomAction::InsertHeader { index, name, value }
+                if name.as_bytes() == field.as_bytes() =>
+            {
                 Some((*index as usize, value.to_str().unwrap().to_string()))
             }
             _ => None,
@@ -111,7 +115,11 @@ async fn every_vector_key_signs_what_the_verifier_accepts() {
             "[[signing.key]]\nsenders = [\"{sender}\"]\ndid = \"{did}\"\nkid = \"{kid}\"\nkey_file = \"{}\"\n\n",
             key_file(&world, dir.path(), did).display()
         );
-        signers.push((sender, did.clone(), entry["alg"].as_str().unwrap().to_string()));
+        signers.push((
+            sender,
+            did.clone(),
+            entry["alg"].as_str().unwrap().to_string(),
+        ));
     }
     let milter = RunningMilter::start_with_config(&config(&world, &keys), world.now()).await;
     let verifier = world.verifier();
@@ -120,11 +128,19 @@ async fn every_vector_key_signs_what_the_verifier_accepts() {
         let raw = message(&format!("<{sender}>"), &format!("from {did}"));
         let (actions, status) = send(&milter, "192.0.2.25", "someone", &raw).await;
         assert_eq!(status, Status::Continue);
-        assert!(inserted(&actions, "Authentication-Results").is_empty(), "not judged");
+        assert!(
+            inserted(&actions, "Authentication-Results").is_empty(),
+            "not judged"
+        );
         let signed = with_signature(&actions, &raw);
         let verdict = support::signing::verify_at(&verifier, &signed, world.now()).await;
         assert_eq!(verdict.len(), 1);
-        assert_eq!(verdict[0].result, AuthResult::Pass, "{did}: {:?}", verdict[0]);
+        assert_eq!(
+            verdict[0].result,
+            AuthResult::Pass,
+            "{did}: {:?}",
+            verdict[0]
+        );
         assert_eq!(verdict[0].did.as_deref(), Some(did.as_str()));
         curves.insert(alg.clone());
     }
@@ -160,20 +176,41 @@ async fn logins_networks_and_senders_decide_what_is_signed() {
     // Another login may not use Alice's key: not signed, not judged either.
     let (actions, status) = send(&milter, outside, "mallory", &raw).await;
     assert_eq!(status, Status::Continue);
-    assert!(inserted(&actions, "AT-SMS-Signature").is_empty(), "{actions:?}");
-    assert!(inserted(&actions, "Authentication-Results").is_empty(), "{actions:?}");
+    assert!(
+        inserted(&actions, "AT-SMS-Signature").is_empty(),
+        "{actions:?}"
+    );
+    assert!(
+        inserted(&actions, "Authentication-Results").is_empty(),
+        "{actions:?}"
+    );
 
     // Nobody's key for this address.
-    let (actions, _) = send(&milter, outside, "alice", &message("<eve@evil.example>", "eve")).await;
-    assert!(inserted(&actions, "AT-SMS-Signature").is_empty(), "{actions:?}");
+    let (actions, _) = send(
+        &milter,
+        outside,
+        "alice",
+        &message("<eve@evil.example>", "eve"),
+    )
+    .await;
+    assert!(
+        inserted(&actions, "AT-SMS-Signature").is_empty(),
+        "{actions:?}"
+    );
 
     // Step 10 would fail: two From fields, or two mailboxes in one.
     let two_froms = [b"From: <alice@alice.example.com>\r\n".as_slice(), &raw].concat();
     let (actions, _) = send(&milter, outside, "alice", &two_froms).await;
-    assert!(inserted(&actions, "AT-SMS-Signature").is_empty(), "{actions:?}");
+    assert!(
+        inserted(&actions, "AT-SMS-Signature").is_empty(),
+        "{actions:?}"
+    );
     let two_mailboxes = message("alice@alice.example.com, eve@evil.example", "two");
     let (actions, _) = send(&milter, outside, "alice", &two_mailboxes).await;
-    assert!(inserted(&actions, "AT-SMS-Signature").is_empty(), "{actions:?}");
+    assert!(
+        inserted(&actions, "AT-SMS-Signature").is_empty(),
+        "{actions:?}"
+    );
 
     // signing.networks without SASL: a key without `logins` signs; Alice's (with) does not.
     let bobs = message("<someone@bob.example.org>", "from the network");
@@ -182,11 +219,17 @@ async fn logins_networks_and_senders_decide_what_is_signed() {
     assert_eq!(verdict.result, AuthResult::Pass, "{verdict:?}");
     assert_eq!(verdict.did.as_deref(), Some(BOB));
     let (actions, _) = send(&milter, "192.0.2.25", "", &raw).await;
-    assert!(inserted(&actions, "AT-SMS-Signature").is_empty(), "{actions:?}");
+    assert!(
+        inserted(&actions, "AT-SMS-Signature").is_empty(),
+        "{actions:?}"
+    );
 
     // Outside without SASL: inbound mail, judged and never signed.
     let (actions, _) = send(&milter, outside, "", &bobs).await;
-    assert!(inserted(&actions, "AT-SMS-Signature").is_empty(), "{actions:?}");
+    assert!(
+        inserted(&actions, "AT-SMS-Signature").is_empty(),
+        "{actions:?}"
+    );
     let results = inserted(&actions, "Authentication-Results");
     assert_eq!(results.len(), 1, "{actions:?}");
     assert!(results[0].1.contains("atsms=none"), "{results:?}");
@@ -214,6 +257,9 @@ async fn a_message_signed_once_more_keeps_both_and_the_top_one_verifies() {
     let signed = with_signature(&actions, &raw);
     let verdicts = support::signing::verify_at(&world.verifier(), &signed, world.now()).await;
     assert_eq!(verdicts.len(), 2);
-    assert!(verdicts.iter().all(|v| v.result == AuthResult::Pass), "{verdicts:?}");
+    assert!(
+        verdicts.iter().all(|v| v.result == AuthResult::Pass),
+        "{verdicts:?}"
+    );
     milter.stop().await;
 }

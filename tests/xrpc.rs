@@ -85,11 +85,7 @@ impl<'a> Claims<'a> {
         let header = header
             .map(str::to_string)
             .unwrap_or_else(|| format!("{{\"typ\":\"JWT\",\"alg\":\"{alg}\"}}"));
-        let input = format!(
-            "{}.{}",
-            b64(header.as_bytes()),
-            b64(self.json().as_bytes())
-        );
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(self.json().as_bytes()));
         format!("{input}.{}", b64(&key.sign(input.as_bytes())))
     }
 }
@@ -194,7 +190,12 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         (ALICE, &alice, "alice@alice.example.com"),
         (BOB, &bob, "bob@bob.example.org"),
     ] {
-        let answer = post(port, Some(&Claims::new(did).sign_with(key, None)), &body(from)).await;
+        let answer = post(
+            port,
+            Some(&Claims::new(did).sign_with(key, None)),
+            &body(from),
+        )
+        .await;
         assert_eq!(answer.0, 200, "{did}: {answer:?}");
         assert_eq!(answer.1["did"], did);
         assert_eq!(answer.1["kid"], format!("{did}#atproto"));
@@ -214,17 +215,31 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
     // A PDS proxying names the bare DID; getServiceAuth may name the service id.
     let mut claims = Claims::new(ALICE);
     claims.aud = "did:web:signer.test#atsms_signer";
-    assert_eq!(post(port, Some(&claims.sign_with(&alice, None)), &good).await.0, 200);
+    assert_eq!(
+        post(port, Some(&claims.sign_with(&alice, None)), &good)
+            .await
+            .0,
+        200
+    );
 
     let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
         ("no Authorization", None, 401, "AuthMissing"),
         ("garbage", Some("garbage".into()), 401, "BadJwt"),
-        ("three parts of garbage", Some("a.b.c".into()), 401, "BadJwt"),
+        (
+            "three parts of garbage",
+            Some("a.b.c".into()),
+            401,
+            "BadJwt",
+        ),
         (
             "alg none",
             Some({
                 let c = Claims::new(ALICE);
-                format!("{}.{}.", b64(br#"{"typ":"JWT","alg":"none"}"#), b64(c.json().as_bytes()))
+                format!(
+                    "{}.{}.",
+                    b64(br#"{"typ":"JWT","alg":"none"}"#),
+                    b64(c.json().as_bytes())
+                )
             }),
             401,
             "BadJwt",
@@ -243,43 +258,82 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         ),
         (
             "a refresh token",
-            Some(Claims::new(ALICE).sign_with(&alice, Some(r#"{"typ":"refresh+jwt","alg":"ES256K"}"#))),
+            Some(
+                Claims::new(ALICE)
+                    .sign_with(&alice, Some(r#"{"typ":"refresh+jwt","alg":"ES256K"}"#)),
+            ),
             401,
             "BadJwtType",
         ),
         (
             "expired",
-            Some(Claims { exp: now() - 5, ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            Some(
+                Claims {
+                    exp: now() - 5,
+                    ..Claims::new(ALICE)
+                }
+                .sign_with(&alice, None),
+            ),
             401,
             "JwtExpired",
         ),
         (
             "exp too far ahead",
-            Some(Claims { exp: now() + 3700, ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            Some(
+                Claims {
+                    exp: now() + 3700,
+                    ..Claims::new(ALICE)
+                }
+                .sign_with(&alice, None),
+            ),
             401,
             "BadJwt",
         ),
         (
             "wrong aud",
-            Some(Claims { aud: "did:web:pds.example.com", ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            Some(
+                Claims {
+                    aud: "did:web:pds.example.com",
+                    ..Claims::new(ALICE)
+                }
+                .sign_with(&alice, None),
+            ),
             401,
             "BadJwtAudience",
         ),
         (
             "another service of ours",
-            Some(Claims { aud: "did:web:signer.test#atproto_pds", ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            Some(
+                Claims {
+                    aud: "did:web:signer.test#atproto_pds",
+                    ..Claims::new(ALICE)
+                }
+                .sign_with(&alice, None),
+            ),
             401,
             "BadJwtAudience",
         ),
         (
             "wrong lxm",
-            Some(Claims { lxm: Some("com.atproto.repo.createRecord"), ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            Some(
+                Claims {
+                    lxm: Some("com.atproto.repo.createRecord"),
+                    ..Claims::new(ALICE)
+                }
+                .sign_with(&alice, None),
+            ),
             401,
             "BadJwtLexiconMethod",
         ),
         (
             "missing lxm",
-            Some(Claims { lxm: None, ..Claims::new(ALICE) }.sign_with(&alice, None)),
+            Some(
+                Claims {
+                    lxm: None,
+                    ..Claims::new(ALICE)
+                }
+                .sign_with(&alice, None),
+            ),
             401,
             "BadJwtLexiconMethod",
         ),
@@ -297,7 +351,17 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         ),
         (
             "signed by another DID's key",
-            Some(Claims::new(ALICE).sign_with(&SigningKey::from_pkcs8_pem(world.keys["did:plc:lerkoofwvhjrikpmkgu5cy7u"]["pkcs8_pem"].as_str().unwrap()).unwrap(), None)),
+            Some(
+                Claims::new(ALICE).sign_with(
+                    &SigningKey::from_pkcs8_pem(
+                        world.keys["did:plc:lerkoofwvhjrikpmkgu5cy7u"]["pkcs8_pem"]
+                            .as_str()
+                            .unwrap(),
+                    )
+                    .unwrap(),
+                    None,
+                ),
+            ),
             401,
             "BadJwtSignature",
         ),
@@ -327,10 +391,20 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
     // A jti once: recorded after the signature verified, so a forged copy cannot burn it.
     let claims = Claims::new(ALICE);
     let forged = claims.sign_with(&bob, Some(r#"{"typ":"JWT","alg":"ES256K"}"#));
-    assert_error(&post(port, Some(&forged), &good).await, 401, "BadJwtSignature", "forged");
+    assert_error(
+        &post(port, Some(&forged), &good).await,
+        401,
+        "BadJwtSignature",
+        "forged",
+    );
     let token = claims.sign_with(&alice, None);
     assert_eq!(post(port, Some(&token), &good).await.0, 200);
-    assert_error(&post(port, Some(&token), &good).await, 401, "JwtReplayed", "replayed");
+    assert_error(
+        &post(port, Some(&token), &good).await,
+        401,
+        "JwtReplayed",
+        "replayed",
+    );
 
     // Bad bodies, after authentication.
     let auth = || Some(Claims::new(ALICE).sign_with(&alice, None));
@@ -350,8 +424,18 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
     assert_error(&answer, 400, "UnalignedFrom", "Alice at another domain");
 
     // Other paths and methods.
-    assert_error(&get(port, "/xrpc/com.atproto.server.describeServer").await, 404, "XRPCNotSupported", "unknown method");
-    assert_error(&get(port, &format!("/xrpc/{LXM}")).await, 405, "InvalidRequest", "GET a procedure");
+    assert_error(
+        &get(port, "/xrpc/com.atproto.server.describeServer").await,
+        404,
+        "XRPCNotSupported",
+        "unknown method",
+    );
+    assert_error(
+        &get(port, &format!("/xrpc/{LXM}")).await,
+        405,
+        "InvalidRequest",
+        "GET a procedure",
+    );
     let health = get(port, "/xrpc/_health").await;
     assert_eq!(health.0, 200);
     assert_eq!(health.1["version"], env!("CARGO_PKG_VERSION"));
@@ -365,7 +449,9 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
 
     let log = daemon.log();
     assert!(
-        log.contains(&format!("xrpc: signed did={ALICE} kid={ALICE}#atproto from=alice@alice.example.com")),
+        log.contains(&format!(
+            "xrpc: signed did={ALICE} kid={ALICE}#atproto from=alice@alice.example.com"
+        )),
         "{log}"
     );
 }
@@ -385,7 +471,12 @@ async fn huge_bodies_and_a_thousand_requests_at_once_leave_it_serving() {
         auth()
     );
     let request = [head.into_bytes(), vec![b' '; ten_mb]].concat();
-    assert_error(&exchange(port, request).await, 413, "PayloadTooLarge", "10 MB declared");
+    assert_error(
+        &exchange(port, request).await,
+        413,
+        "PayloadTooLarge",
+        "10 MB declared",
+    );
     // 10 MB chunked, no length declared.
     let mut chunked = format!(
         "POST /xrpc/{LXM} HTTP/1.1\r\nHost: signer.test\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
@@ -398,13 +489,23 @@ async fn huge_bodies_and_a_thousand_requests_at_once_leave_it_serving() {
         chunked.extend_from_slice(b"\r\n");
     }
     chunked.extend_from_slice(b"0\r\n\r\n");
-    assert_error(&exchange(port, chunked).await, 413, "PayloadTooLarge", "10 MB chunked");
+    assert_error(
+        &exchange(port, chunked).await,
+        413,
+        "PayloadTooLarge",
+        "10 MB chunked",
+    );
     // 10 MB announced to a client that waits for 100 Continue: refused before it sends.
     let head = format!(
         "POST /xrpc/{LXM} HTTP/1.1\r\nHost: signer.test\r\nContent-Type: application/json\r\nContent-Length: {ten_mb}\r\nExpect: 100-continue\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         auth()
     );
-    assert_error(&exchange(port, head.into_bytes()).await, 413, "PayloadTooLarge", "100-continue");
+    assert_error(
+        &exchange(port, head.into_bytes()).await,
+        413,
+        "PayloadTooLarge",
+        "100-continue",
+    );
     // Without a token, a huge body is not even looked at.
     assert_error(
         &exchange(port, post_request(None, &" ".repeat(100_000))).await,
@@ -458,8 +559,11 @@ async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_50
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("signing.pem");
     std::fs::write(&key_path, old.to_pkcs8_pem()).unwrap();
-    std::fs::set_permissions(&key_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        &key_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let port = free_port();
     let config = format!(
         "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 2\n\n[[signing.key]]\ndid = \"{caller}\"\nkid = \"{caller}#atproto\"\nkey_file = \"{}\"\n",
@@ -469,30 +573,62 @@ async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_50
     );
     let daemon = Daemon::start(&config, port);
     assert!(
-        daemon.log().contains(&format!("signing key {caller}#atproto is published")),
+        daemon
+            .log()
+            .contains(&format!("signing key {caller}#atproto is published")),
         "{}",
         daemon.log()
     );
     // The caller's own mailbox is not aligned (no handle, no mail host): 400 UnalignedFrom
     // shows the token was accepted.
     let from = body("someone@example.com");
-    let answer = post(port, Some(&Claims::new(&caller).sign_with(&old, None)), &from).await;
+    let answer = post(
+        port,
+        Some(&Claims::new(&caller).sign_with(&old, None)),
+        &from,
+    )
+    .await;
     assert_error(&answer, 400, "UnalignedFrom", "the old key, cached");
     plc.set(&caller, &new, None);
-    let answer = post(port, Some(&Claims::new(&caller).sign_with(&new, None)), &from).await;
+    let answer = post(
+        port,
+        Some(&Claims::new(&caller).sign_with(&new, None)),
+        &from,
+    )
+    .await;
     assert_error(&answer, 400, "UnalignedFrom", "the new key, fetched again");
-    let answer = post(port, Some(&Claims::new(&caller).sign_with(&old, None)), &from).await;
+    let answer = post(
+        port,
+        Some(&Claims::new(&caller).sign_with(&old, None)),
+        &from,
+    )
+    .await;
     assert_error(&answer, 401, "BadJwtSignature", "the old key, replaced");
 
     plc.set_down(true);
     let stranger = SigningKey::generate(Alg::Es256k).unwrap();
-    let answer = post(port, Some(&Claims::new(&unknown).sign_with(&stranger, None)), &from).await;
+    let answer = post(
+        port,
+        Some(&Claims::new(&unknown).sign_with(&stranger, None)),
+        &from,
+    )
+    .await;
     assert_error(&answer, 502, "UpstreamFailure", "the PLC directory down");
     plc.set_down(false);
     // (The failure is remembered for cache.error seconds: another unknown DID.)
     let unknown = support::signing::plc_did(9);
-    let answer = post(port, Some(&Claims::new(&unknown).sign_with(&stranger, None)), &from).await;
-    assert_error(&answer, 401, "BadJwtIss", "a DID the directory does not know");
+    let answer = post(
+        port,
+        Some(&Claims::new(&unknown).sign_with(&stranger, None)),
+        &from,
+    )
+    .await;
+    assert_error(
+        &answer,
+        401,
+        "BadJwtIss",
+        "a DID the directory does not know",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -530,7 +666,10 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
     // Both slow ones are in flight (the directory has been asked for both documents).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while plc.request_count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the service never asked");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service never asked"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for n in 0..4 {
@@ -539,11 +678,26 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
         assert_error(&answer, 503, "NotEnoughResources", "over max_concurrent");
     }
     for task in slow {
-        assert_error(&task.await.unwrap(), 504, "UpstreamTimeout", "over xrpc.timeout");
+        assert_error(
+            &task.await.unwrap(),
+            504,
+            "UpstreamTimeout",
+            "over xrpc.timeout",
+        );
     }
     // The slots are free again.
-    let answer = post(port, Some(&Claims::new(&quick).sign_with(&quick_key, None)), &from).await;
-    assert_error(&answer, 403, "NotAuthorized", "served again (no key for this caller)");
+    let answer = post(
+        port,
+        Some(&Claims::new(&quick).sign_with(&quick_key, None)),
+        &from,
+    )
+    .await;
+    assert_error(
+        &answer,
+        403,
+        "NotAuthorized",
+        "served again (no key for this caller)",
+    );
 }
 
 #[test]
@@ -561,11 +715,21 @@ fn sign_remote_writes_a_message_that_verifies() {
     let bin = env!("CARGO_BIN_EXE_atsms-milter");
     let jwt = Claims::new(ALICE).sign_with(&alice, None);
     let output = std::process::Command::new(bin)
-        .args(["sign", "--remote", &format!("http://127.0.0.1:{port}"), "--service-auth", &jwt])
+        .args([
+            "sign",
+            "--remote",
+            &format!("http://127.0.0.1:{port}"),
+            "--service-auth",
+            &jwt,
+        ])
         .arg(&message)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let signed = output.stdout;
     assert!(signed.starts_with(b"AT-SMS-Signature: v=1; d=did:plc:ofurdhfyhjhgomvfygxergep;"));
     assert!(signed.ends_with(&std::fs::read(&message).unwrap()));
@@ -587,16 +751,31 @@ fn sign_remote_writes_a_message_that_verifies() {
 
     // The token is used once; the service refuses it again and the command says why.
     let again = std::process::Command::new(bin)
-        .args(["sign", "--remote", &format!("http://127.0.0.1:{port}"), "--service-auth", &jwt])
+        .args([
+            "sign",
+            "--remote",
+            &format!("http://127.0.0.1:{port}"),
+            "--service-auth",
+            &jwt,
+        ])
         .arg(&message)
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("401") && stderr.contains("JwtReplayed"), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("JwtReplayed"),
+        "{stderr}"
+    );
     // A service that is not there: a temporary failure.
     let gone = std::process::Command::new(bin)
-        .args(["sign", "--remote", &format!("http://127.0.0.1:{}", free_port()), "--service-auth", &jwt])
+        .args([
+            "sign",
+            "--remote",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--service-auth",
+            &jwt,
+        ])
         .arg(&message)
         .output()
         .unwrap();

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod dns;
+pub mod dovecot;
 pub mod exim;
 pub mod http;
 pub mod lmtp;

@@ -113,6 +113,22 @@ milter_default_action = tempfail
 {extra}
 "
         );
+        // A setting in `extra` replaces the default (Postfix would warn about the override).
+        let overridden: Vec<&str> = extra
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        let main_cf: String = main_cf
+            .lines()
+            .enumerate()
+            .filter(|(i, l)| {
+                *i >= main_cf.lines().count() - extra.lines().count() - 1
+                    || !l
+                        .split_once('=')
+                        .is_some_and(|(k, _)| overridden.contains(&k.trim()))
+            })
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
         std::fs::write(root.join("etc/main.cf"), main_cf).unwrap();
         let master = format!("127.0.0.1:{smtp_port} inet n - n - - smtpd\n{MASTER_CF}");
         std::fs::write(root.join("etc/master.cf"), master).unwrap();
@@ -209,6 +225,17 @@ milter_default_action = tempfail
 
     /// Sends `message` with swaks (a real SMTP client); returns its transcript and success.
     pub fn swaks(&self, from: &str, to: &str, message: &[u8]) -> (String, bool) {
+        self.swaks_with(from, to, message, &[])
+    }
+
+    /// As `swaks`, with more swaks options (`--auth …`, `--local-interface 127.0.0.2`).
+    pub fn swaks_with(
+        &self,
+        from: &str,
+        to: &str,
+        message: &[u8],
+        options: &[&str],
+    ) -> (String, bool) {
         let file = self.root().join(format!("swaks-{}.eml", free_port()));
         std::fs::write(&file, message).unwrap();
         let output = Command::new("swaks")
@@ -222,6 +249,7 @@ milter_default_action = tempfail
             ])
             .args(["--helo", "client.example", "--data"])
             .arg(&file)
+            .args(options)
             .output()
             .expect("swaks is not installed: run scripts/test");
         let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
