@@ -781,3 +781,43 @@ fn sign_remote_writes_a_message_that_verifies() {
         .unwrap();
     assert_eq!(gone.status.code(), Some(75));
 }
+
+#[test]
+fn the_published_lexicon_names_every_error_the_service_gives() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/lexicons/at/atsms/mail/signEnvelope.json"
+    );
+    let lexicon: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(lexicon["id"], LXM);
+    assert_eq!(lexicon["defs"]["main"]["type"], "procedure");
+    let names: Vec<&str> = lexicon["defs"]["main"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    // interfaces.md's table, in its order.
+    assert_eq!(
+        names,
+        [
+            "AuthMissing",
+            "BadJwt",
+            "BadJwtType",
+            "JwtExpired",
+            "BadJwtAudience",
+            "BadJwtLexiconMethod",
+            "BadJwtIss",
+            "BadJwtSignature",
+            "JwtReplayed",
+            "UpstreamFailure",
+            "NotAuthorized",
+            "InvalidRequest",
+            "UnalignedFrom",
+            "PayloadTooLarge",
+            "NotEnoughResources"
+        ]
+    );
+    let required = &lexicon["defs"]["main"]["input"]["schema"]["required"];
+    assert_eq!(*required, serde_json::json!(["from", "h", "hh", "bh"]));
+}
