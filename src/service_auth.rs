@@ -214,6 +214,11 @@ impl ServiceToken {
         Ok(())
     }
 
+    /// Verifies the signature with `key`, as `Authenticator` does with the caller's key.
+    pub fn verify_signature(&self, key: &PublicKey) -> Result<(), AuthError> {
+        self.verify_with(key).map_err(Unverified::into_error)
+    }
+
     /// Verifies the signature with `key` (64-byte r‖s, low-S; the key's curve must be `alg`'s).
     fn verify_with(&self, key: &PublicKey) -> Result<(), Unverified> {
         if key.alg() != self.alg {
