@@ -821,3 +821,61 @@ fn the_published_lexicon_names_every_error_the_service_gives() {
     let required = &lexicon["defs"]["main"]["input"]["schema"]["required"];
     assert_eq!(*required, serde_json::json!(["from", "h", "hh", "bh"]));
 }
+
+#[test]
+fn curl_gets_the_documented_answers() {
+    let world = VectorWorld::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, port) = service(&world, dir.path());
+    let alice = vector_key(&world, ALICE);
+    let url = format!("http://127.0.0.1:{port}/xrpc/{LXM}");
+    let curl = |token: &str, data: &str| {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "-i", &url, "-H", "Content-Type: application/json"])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["--data-binary", data])
+            .output()
+            .expect("curl is installed by scripts/test");
+        String::from_utf8_lossy(&output.stdout).replace("\r\n", "\n")
+    };
+    let answer = curl(
+        &Claims::new(ALICE).sign_with(&alice, None),
+        &body("alice@alice.example.com"),
+    );
+    println!("{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\n"), "{answer}");
+    assert!(
+        answer.contains("\ncontent-type: application/json\n"),
+        "{answer}"
+    );
+    let json: Value = serde_json::from_str(answer.split("\n\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["did"], ALICE);
+    assert!(
+        json["signature"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("v=1; d={ALICE}; t=ey"))
+    );
+
+    // curl sends a large body with `Expect: 100-continue`: refused before it is sent.
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 10 * 1024 * 1024]).unwrap();
+    let answer = curl(
+        &Claims::new(ALICE).sign_with(&alice, None),
+        &format!("@{}", big.display()),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 413 Payload Too Large\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("\"error\":\"PayloadTooLarge\""), "{answer}");
+    let answer = curl("not-a-token", &body("alice@alice.example.com"));
+    assert!(
+        answer.starts_with("HTTP/1.1 401 Unauthorized\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("www-authenticate: Bearer error=\"BadJwt\""),
+        "{answer}"
+    );
+}
