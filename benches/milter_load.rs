@@ -8,9 +8,8 @@
 
 mod common;
 
-use common::{Daemon, base_message, load, open, rss, send, split, usage, wait_for_socket};
+use common::{Daemon, base_message, load, open, rss, send, split, usage};
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,19 +104,11 @@ async fn main() {
             "[milter]\nlisten = \"unix:{w}/atsms.sock\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\nallow_private_addresses = true\n\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\nreplay = false\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{w}/control.sock\"\n"
         ),
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&atsms_conf)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&work.join("atsms.sock"));
-    let atsms = Daemon {
-        name: "atsms-milter",
-        child,
-        socket: work.join("atsms.sock"),
-    };
+    let atsms = common::start_daemon(
+        "atsms-milter",
+        &atsms_conf,
+        common::Ready::Socket(work.join("atsms.sock")),
+    );
 
     println!(
         "| size | connections | program | msgs/s | p50 ms | p99 ms | CPU s / 1000 msgs | peak RSS MiB |"
@@ -186,16 +177,7 @@ async fn main() {
             let ours = load(&atsms, &atsms_message, connections, count, "atsms=pass").await;
             let theirs = load(&opendkim, &dkim_message, connections, count, "dkim=pass").await;
             for (daemon, r) in [(&atsms, &ours), (&opendkim, &theirs)] {
-                println!(
-                    "| {} KiB | {connections} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.1} |",
-                    size / 1024,
-                    daemon.name,
-                    r.rate,
-                    r.p50.as_secs_f64() * 1e3,
-                    r.p99.as_secs_f64() * 1e3,
-                    r.cpu_per_1000,
-                    r.peak_rss_kib as f64 / 1024.0
-                );
+                common::print_row(&format!("{} KiB", size / 1024), connections, daemon, r);
             }
             ratios.push((
                 size,

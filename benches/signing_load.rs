@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use atsms_milter::crypto::{Alg, SigningKey};
-use common::{Daemon, OpenDkim, base_message, load, split, wait_for_socket};
+use common::{OpenDkim, Ready, base_message, load, split};
 
 const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
@@ -27,14 +25,7 @@ async fn main() {
     let work = common::work_dir("bench-signing");
     let opendkim = OpenDkim::signer(&work);
 
-    let key = SigningKey::generate(Alg::Es256k).unwrap();
-    let key_file = work.join("atsms.pem");
-    std::fs::write(&key_file, key.to_pkcs8_pem()).unwrap();
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let (key, key_file) = common::key_file(&work, "atsms.pem");
     let document = serde_json::json!({
         "id": DID,
         "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": DID, "publicKeyMultibase": key.public_key().to_multikey()}],
@@ -50,19 +41,11 @@ async fn main() {
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_socket(&work.join("atsms.sock"));
-    let atsms = Daemon {
-        name: "atsms-milter",
-        child,
-        socket: work.join("atsms.sock"),
-    };
+    let atsms = common::start_daemon(
+        "atsms-milter",
+        &conf,
+        Ready::Socket(work.join("atsms.sock")),
+    );
 
     println!(
         "| size | connections | program | msgs/s | p50 ms | p99 ms | CPU s / 1000 msgs | peak RSS MiB |"
@@ -77,15 +60,11 @@ async fn main() {
             let ours = load(&atsms, &message, connections, messages, "AT-SMS-Signature").await;
             let theirs = load(&opendkim, &message, connections, messages, "DKIM-Signature").await;
             for (daemon, r) in [(&atsms, &ours), (&opendkim, &theirs)] {
-                println!(
-                    "| {:.1} KB | {connections} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.1} |",
-                    size as f64 / 1000.0,
-                    daemon.name,
-                    r.rate,
-                    r.p50.as_secs_f64() * 1e3,
-                    r.p99.as_secs_f64() * 1e3,
-                    r.cpu_per_1000,
-                    r.peak_rss_kib as f64 / 1024.0
+                common::print_row(
+                    &format!("{:.1} KB", size as f64 / 1000.0),
+                    connections,
+                    daemon,
+                    r,
                 );
             }
             ratios.push((

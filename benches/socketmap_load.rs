@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -144,17 +143,7 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let daemon = common::start_daemon("atsms-milter", &config, common::Ready::Port(port));
     let local = DID.replace(':', ".");
     let request = netstring(&format!("atsms_transport {local}@mx.example.net"));
     let expect = b"OK smtp:[mx.example.net]:25".to_vec();
@@ -187,8 +176,7 @@ async fn main() {
         ours.rate / theirs.rate,
         ours.p99.as_micros()
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
 }
 
 /// The DID document the loopback PLC serves: a key is not needed for routing.

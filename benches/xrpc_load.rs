@@ -12,11 +12,10 @@ mod common;
 mod dns;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use atsms_milter::config::{SigningConfig, SigningKeyConfig};
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::crypto::SigningKey;
 use atsms_milter::envelope::sign::Covered;
 use atsms_milter::service_auth::{self, SIGN_ENVELOPE};
 use atsms_milter::signer::Signer;
@@ -124,14 +123,7 @@ async fn main() {
     let connections = common::numbers(&args, "--connections", "16")[0];
 
     let work = common::work_dir("bench-xrpc");
-    let key = SigningKey::generate(Alg::Es256k).unwrap();
-    let key_file = work.join("signing.pem");
-    std::fs::write(&key_file, key.to_pkcs8_pem()).unwrap();
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let (key, key_file) = common::key_file(&work, "signing.pem");
     let document = serde_json::json!({
         "id": DID,
         "alsoKnownAs": ["at://alice.example.com"],
@@ -160,19 +152,8 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = daemon.id();
+    let daemon = common::start_daemon("atsms-milter", &conf, common::Ready::Port(port));
+    let pid = daemon.child.id();
 
     // Tokens made beforehand: the client's signing is not the service's cost.
     let tokens: Vec<String> = (0..requests + 50).map(|n| token(&key, n)).collect();
@@ -243,6 +224,5 @@ async fn main() {
         rate / bare_rate,
         cpu_per_request / bare_per_op
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 }

@@ -222,6 +222,30 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         200
     );
 
+    // Alice's token with one claim changed, or under another header.
+    let alice_with = |change: &dyn Fn(&mut Claims)| {
+        let mut claims = Claims::new(ALICE);
+        change(&mut claims);
+        Some(claims.sign_with(&alice, None))
+    };
+    let alice_under = |header: &str| Some(Claims::new(ALICE).sign_with(&alice, Some(header)));
+    let erin = SigningKey::from_pkcs8_pem(
+        world.keys["did:plc:lerkoofwvhjrikpmkgu5cy7u"]["pkcs8_pem"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let high_s = {
+        let token = Claims::new(ALICE).sign_with(&alice, None);
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+        format!("{input}.{}", b64(&malleate(Alg::Es256k, &sig)))
+    };
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"typ":"JWT","alg":"none"}"#),
+        b64(Claims::new(ALICE).json().as_bytes())
+    );
     let cases: Vec<(&str, Option<String>, u16, &str)> = vec![
         ("no Authorization", None, 401, "AuthMissing"),
         ("garbage", Some("garbage".into()), 401, "BadJwt"),
@@ -231,151 +255,80 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
             401,
             "BadJwt",
         ),
-        (
-            "alg none",
-            Some({
-                let c = Claims::new(ALICE);
-                format!(
-                    "{}.{}.",
-                    b64(br#"{"typ":"JWT","alg":"none"}"#),
-                    b64(c.json().as_bytes())
-                )
-            }),
-            401,
-            "BadJwt",
-        ),
+        ("alg none", Some(alg_none), 401, "BadJwt"),
         (
             "alg HS256",
-            Some(Claims::new(ALICE).sign_with(&alice, Some(r#"{"typ":"JWT","alg":"HS256"}"#))),
+            alice_under(r#"{"typ":"JWT","alg":"HS256"}"#),
             401,
             "BadJwt",
         ),
         (
             "an access token",
-            Some(Claims::new(ALICE).sign_with(&alice, Some(r#"{"typ":"at+jwt","alg":"ES256K"}"#))),
+            alice_under(r#"{"typ":"at+jwt","alg":"ES256K"}"#),
             401,
             "BadJwtType",
         ),
         (
             "a refresh token",
-            Some(
-                Claims::new(ALICE)
-                    .sign_with(&alice, Some(r#"{"typ":"refresh+jwt","alg":"ES256K"}"#)),
-            ),
+            alice_under(r#"{"typ":"refresh+jwt","alg":"ES256K"}"#),
             401,
             "BadJwtType",
         ),
         (
             "expired",
-            Some(
-                Claims {
-                    exp: now() - 5,
-                    ..Claims::new(ALICE)
-                }
-                .sign_with(&alice, None),
-            ),
+            alice_with(&|c| c.exp = now() - 5),
             401,
             "JwtExpired",
         ),
         (
             "exp too far ahead",
-            Some(
-                Claims {
-                    exp: now() + 3700,
-                    ..Claims::new(ALICE)
-                }
-                .sign_with(&alice, None),
-            ),
+            alice_with(&|c| c.exp = now() + 3700),
             401,
             "BadJwt",
         ),
         (
             "wrong aud",
-            Some(
-                Claims {
-                    aud: "did:web:pds.example.com",
-                    ..Claims::new(ALICE)
-                }
-                .sign_with(&alice, None),
-            ),
+            alice_with(&|c| c.aud = "did:web:pds.example.com"),
             401,
             "BadJwtAudience",
         ),
         (
             "another service of ours",
-            Some(
-                Claims {
-                    aud: "did:web:signer.test#atproto_pds",
-                    ..Claims::new(ALICE)
-                }
-                .sign_with(&alice, None),
-            ),
+            alice_with(&|c| c.aud = "did:web:signer.test#atproto_pds"),
             401,
             "BadJwtAudience",
         ),
         (
             "wrong lxm",
-            Some(
-                Claims {
-                    lxm: Some("com.atproto.repo.createRecord"),
-                    ..Claims::new(ALICE)
-                }
-                .sign_with(&alice, None),
-            ),
+            alice_with(&|c| c.lxm = Some("com.atproto.repo.createRecord")),
             401,
             "BadJwtLexiconMethod",
         ),
         (
             "missing lxm",
-            Some(
-                Claims {
-                    lxm: None,
-                    ..Claims::new(ALICE)
-                }
-                .sign_with(&alice, None),
-            ),
+            alice_with(&|c| c.lxm = None),
             401,
             "BadJwtLexiconMethod",
         ),
         (
             "iss with a fragment",
-            Some(Claims::new("did:plc:ofurdhfyhjhgomvfygxergep#atproto").sign_with(&alice, None)),
+            alice_with(&|c| c.iss = "did:plc:ofurdhfyhjhgomvfygxergep#atproto"),
             401,
             "BadJwtIss",
         ),
         (
             "iss a handle",
-            Some(Claims::new("alice.example.com").sign_with(&alice, None)),
+            alice_with(&|c| c.iss = "alice.example.com"),
             401,
             "BadJwtIss",
         ),
         (
             "signed by another DID's key",
-            Some(
-                Claims::new(ALICE).sign_with(
-                    &SigningKey::from_pkcs8_pem(
-                        world.keys["did:plc:lerkoofwvhjrikpmkgu5cy7u"]["pkcs8_pem"]
-                            .as_str()
-                            .unwrap(),
-                    )
-                    .unwrap(),
-                    None,
-                ),
-            ),
+            Some(Claims::new(ALICE).sign_with(&erin, None)),
             401,
             "BadJwtSignature",
         ),
-        (
-            "high-S",
-            Some({
-                let token = Claims::new(ALICE).sign_with(&alice, None);
-                let (input, sig) = token.rsplit_once('.').unwrap();
-                let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
-                format!("{input}.{}", b64(&malleate(Alg::Es256k, &sig)))
-            }),
-            401,
-            "BadJwtSignature",
-        ),
+        ("high-S", Some(high_s), 401, "BadJwtSignature"),
         (
             "iss with no signing key here",
             Some(Claims::new(CAROL).sign_with(&carol, None)),
@@ -714,17 +667,15 @@ fn sign_remote_writes_a_message_that_verifies() {
     .unwrap();
     let bin = env!("CARGO_BIN_EXE_atsms-milter");
     let jwt = Claims::new(ALICE).sign_with(&alice, None);
-    let output = std::process::Command::new(bin)
-        .args([
-            "sign",
-            "--remote",
-            &format!("http://127.0.0.1:{port}"),
-            "--service-auth",
-            &jwt,
-        ])
-        .arg(&message)
-        .output()
-        .unwrap();
+    let sign_remote = |port: u16| {
+        std::process::Command::new(bin)
+            .args(["sign", "--remote", &format!("http://127.0.0.1:{port}")])
+            .args(["--service-auth", &jwt])
+            .arg(&message)
+            .output()
+            .unwrap()
+    };
+    let output = sign_remote(port);
     assert!(
         output.status.success(),
         "{}",
@@ -750,17 +701,7 @@ fn sign_remote_writes_a_message_that_verifies() {
     assert!(text.contains("policy.aligned=yes"), "{text}");
 
     // The token is used once; the service refuses it again and the command says why.
-    let again = std::process::Command::new(bin)
-        .args([
-            "sign",
-            "--remote",
-            &format!("http://127.0.0.1:{port}"),
-            "--service-auth",
-            &jwt,
-        ])
-        .arg(&message)
-        .output()
-        .unwrap();
+    let again = sign_remote(port);
     assert_eq!(again.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
@@ -768,17 +709,7 @@ fn sign_remote_writes_a_message_that_verifies() {
         "{stderr}"
     );
     // A service that is not there: a temporary failure.
-    let gone = std::process::Command::new(bin)
-        .args([
-            "sign",
-            "--remote",
-            &format!("http://127.0.0.1:{}", free_port()),
-            "--service-auth",
-            &jwt,
-        ])
-        .arg(&message)
-        .output()
-        .unwrap();
+    let gone = sign_remote(free_port());
     assert_eq!(gone.status.code(), Some(75));
 }
 

@@ -318,3 +318,63 @@ impl OpenDkim {
         )
     }
 }
+
+/// A fresh ES256K key in a private key file (mode 0600) under `work`.
+pub fn key_file(work: &Path, name: &str) -> (atsms_milter::crypto::SigningKey, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let key =
+        atsms_milter::crypto::SigningKey::generate(atsms_milter::crypto::Alg::Es256k).unwrap();
+    let path = work.join(name);
+    std::fs::write(&path, key.to_pkcs8_pem()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, path)
+}
+
+/// How the bench knows the daemon is up: its unix socket, or a loopback TCP port.
+pub enum Ready {
+    Socket(PathBuf),
+    Port(u16),
+}
+
+/// Starts the release daemon (`serve --config conf`) and waits until it is ready.
+pub fn start_daemon(name: &'static str, conf: &Path, ready: Ready) -> Daemon {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .arg("serve")
+        .arg("--config")
+        .arg(conf)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let socket = match ready {
+        Ready::Socket(path) => {
+            wait_for_socket(&path);
+            path
+        }
+        Ready::Port(port) => {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "the daemon did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            PathBuf::new()
+        }
+    };
+    Daemon {
+        name,
+        child,
+        socket,
+    }
+}
+
+/// One row of the load tables: `| size | connections | program | msgs/s | p50 ms | p99 ms | CPU s / 1000 msgs | peak RSS MiB |`.
+pub fn print_row(size: &str, connections: usize, daemon: &Daemon, r: &Run) {
+    println!(
+        "| {size} | {connections} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.1} |",
+        daemon.name,
+        r.rate,
+        r.p50.as_secs_f64() * 1e3,
+        r.p99.as_secs_f64() * 1e3,
+        r.cpu_per_1000,
+        r.peak_rss_kib as f64 / 1024.0
+    );
+}

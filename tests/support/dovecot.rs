@@ -88,17 +88,9 @@ service auth {{
 impl Drop for DovecotAuth {
     fn drop(&mut self) {
         // SIGTERM: the master stops its auth, log, config and anvil processes, then itself.
-        if let Some(mut child) = self.child.take() {
+        if let Some(child) = self.child.take() {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            super::reap(child, Duration::from_secs(10));
         }
     }
 }

@@ -37,3 +37,17 @@ pub fn public_tempdir() -> tempfile::TempDir {
     .unwrap();
     dir
 }
+
+/// Waits up to `timeout` for a child that was asked to stop, then kills it; never leaves it
+/// behind.
+pub fn reap(mut child: std::process::Child, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
