@@ -292,6 +292,8 @@ pub struct Config {
     pub inbox: InboxConfig,
     pub signing: SigningConfig,
     pub xrpc: XrpcConfig,
+    pub exim: EximConfig,
+    pub reputation: ReputationConfig,
     pub store: StoreConfig,
     pub control: ControlConfig,
     pub metrics: MetricsConfig,
@@ -633,6 +635,87 @@ impl XrpcConfig {
         self.service_did
             .clone()
             .unwrap_or_else(|| format!("did:web:{}", host_name().to_ascii_lowercase()))
+    }
+}
+
+/// Exim at SMTP time: the scanner protocol of Exim's `spam` ACL condition (rspamd variant).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EximConfig {
+    /// `inet:HOST:PORT` or `unix:/path`. Unset: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketSpec>,
+    pub socket_mode: Mode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Scans at once; more connections are closed at once (Exim defers those messages).
+    pub max_connections: NonZeroUsize,
+    /// Seconds Exim may stay silent while sending a request.
+    pub timeout: NonZeroU64,
+}
+
+impl Default for EximConfig {
+    fn default() -> Self {
+        EximConfig {
+            listen: None,
+            socket_mode: Mode(0o660),
+            socket_group: None,
+            max_connections: NonZeroUsize::new(1000).expect("non-zero"),
+            timeout: NonZeroU64::new(60).expect("non-zero"),
+        }
+    }
+}
+
+/// Sender reputation: rules on the identity of passing signatures (docs/reputation.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReputationConfig {
+    /// DIDs, handles and `*.domain` handle patterns, one a line; reloaded on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny: Option<PathBuf>,
+    /// The same; listed senders skip every rule below (never verification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow: Option<PathBuf>,
+    pub on_denied: Action,
+    /// Labeler DIDs asked about each passing sender.
+    pub labelers: Vec<String>,
+    /// Label value → action (`accept` shows the label and does nothing else).
+    pub label_actions: std::collections::BTreeMap<String, Action>,
+    /// Seconds a labeler's answer is served before it is asked again (in the background).
+    pub label_ttl: NonZeroU64,
+    /// Seconds; a did:plc younger than this (first operation of its audit log) is young.
+    pub min_did_age: u64,
+    pub on_young: Action,
+    /// Messages per DID per hour; 0 = off. Counted across hosts through `store.redis`.
+    pub rate_limit: u64,
+    pub on_rate_limited: Action,
+}
+
+impl Default for ReputationConfig {
+    fn default() -> Self {
+        ReputationConfig {
+            deny: None,
+            allow: None,
+            on_denied: Action::Reject,
+            labelers: Vec::new(),
+            label_actions: std::collections::BTreeMap::new(),
+            label_ttl: NonZeroU64::new(300).expect("non-zero"),
+            min_did_age: 0,
+            on_young: Action::Accept,
+            rate_limit: 0,
+            on_rate_limited: Action::Tempfail,
+        }
+    }
+}
+
+impl ReputationConfig {
+    /// Whether any rule is configured (else nothing is looked up for reputation).
+    pub fn is_active(&self) -> bool {
+        self.deny.is_some()
+            || self.allow.is_some()
+            || !self.labelers.is_empty()
+            || self.min_did_age > 0
+            || self.rate_limit > 0
     }
 }
 

@@ -80,6 +80,13 @@ fn build_settings_reusing(
     };
     let mut settings = Settings::from_config(verifier, config);
     settings.signer = crate::signer::Signer::load(&config.signing)?.map(Arc::new);
+    let previous_reputation = previous.and_then(|(_, s)| s.reputation.clone());
+    settings.reputation = crate::reputation::Reputation::load(
+        config,
+        settings.verifier.identity().clone(),
+        previous_reputation.as_deref(),
+    )?
+    .map(Arc::new);
     settings.replay = if config.policy.replay {
         replay.or_else(|| Some(new_replay_set(config, None)))
     } else {
@@ -285,6 +292,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         && lmtp_listen.is_none()
         && config.socketmap.listen.is_none()
         && config.xrpc.listen.is_none()
+        && config.exim.listen.is_none()
     {
         return Err(
             "nothing to serve: [lmtp] has no listen address and there is no [milter] section \
@@ -337,6 +345,17 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         )),
         None => None,
     };
+    let exim_listener = match &config.exim.listen {
+        Some(listen) => Some(
+            bind(
+                listen,
+                config.exim.socket_mode,
+                config.exim.socket_group.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     info!("atsms-milter {} starting", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -373,6 +392,16 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
             crate::socketmap::run(listener, shared, max, stop)
                 .await
                 .map_err(|e| format!("socketmap stopped: {e}"))
+        });
+    }
+    if let Some(listener) = exim_listener {
+        let (shared, stop) = (shared.clone(), stopped(stop_rx.clone()));
+        let max = config.exim.max_connections.get();
+        let idle = std::time::Duration::from_secs(config.exim.timeout.get());
+        tasks.spawn(async move {
+            crate::exim::run(listener, shared, max, idle, stop)
+                .await
+                .map_err(|e| format!("Exim scanner stopped: {e}"))
         });
     }
     if let Some((listener, service)) = xrpc {

@@ -249,6 +249,21 @@ impl SharedStore {
             .map(|set| set.is_some())
     }
 
+    /// Adds one to the fleet's counter `key` and returns its count; the counter lives `ttl`
+    /// from its first count (INCR and EXPIRE in one script: atomic in Redis). Counters carry
+    /// no HMAC (INCR works on bare integers): whoever can write to Redis can raise one, which
+    /// can only make limits stricter. `None` when Redis cannot say.
+    pub async fn count(&self, key: &str, ttl: Duration) -> Option<u64> {
+        const SCRIPT: &str = "local n = redis.call('INCR', KEYS[1]) \
+            if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n";
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT)
+            .arg(1)
+            .arg(format!("atsms:count:{key}"))
+            .arg(ttl.as_secs().max(1));
+        self.run::<u64>(cmd).await
+    }
+
     /// A document another instance fetched no longer ago than `max_age`.
     pub async fn document(&self, did: &str, max_age: Duration) -> Option<SharedDocument> {
         let text = self.get(&format!("atsms:did:{did}")).await?;

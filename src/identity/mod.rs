@@ -112,7 +112,7 @@ const MAX_HANDLE_BODY: usize = 2048;
 const HANDLE_REDIRECTS: usize = 3;
 
 /// A fetch error, in the terms of the upstream it came from.
-fn fetch_error(upstream: Upstream, e: FetchError) -> IdentityError {
+pub(crate) fn fetch_error(upstream: Upstream, e: FetchError) -> IdentityError {
     tracing::debug!("{upstream}: {}", e.message);
     match e.kind {
         FetchErrorKind::NotFound => IdentityError::NotFound(upstream),
@@ -193,6 +193,17 @@ impl IdentityResolver {
             shared.put_document(did, &resolved.source, &raw, keep).await;
         }
         Ok(resolved)
+    }
+
+    /// The HTTP clients and resolver (reputation asks labelers and the PLC audit log through
+    /// them, under the same address rules and budgets).
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+
+    /// The configured PLC directories, in order.
+    pub fn plc_urls(&self) -> &[String] {
+        &self.plc_urls
     }
 
     /// The store shared with the other instances of a fleet, if configured.

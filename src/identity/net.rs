@@ -249,6 +249,31 @@ impl Net {
         max_body: usize,
         max_redirects: usize,
     ) -> Result<HttpResponse, FetchError> {
+        self.get_bounded(url, upstream, accept, Body::Whole(max_body), max_redirects)
+            .await
+    }
+
+    /// GET the first `max` bytes of an answer (a PLC audit log's first entry): a longer body
+    /// is cut there, not refused.
+    pub async fn get_prefix(
+        &self,
+        url: &str,
+        upstream: Upstream,
+        accept: &str,
+        max: usize,
+    ) -> Result<HttpResponse, FetchError> {
+        self.get_bounded(url, upstream, accept, Body::Prefix(max), 0)
+            .await
+    }
+
+    async fn get_bounded(
+        &self,
+        url: &str,
+        upstream: Upstream,
+        accept: &str,
+        body_limit: Body,
+        max_redirects: usize,
+    ) -> Result<HttpResponse, FetchError> {
         let mut url = Url::parse(url)
             .map_err(|e| FetchError::new(FetchErrorKind::Refused, format!("bad URL {url}: {e}")))?;
         let mut redirects = 0;
@@ -327,7 +352,7 @@ impl Net {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
-            let body = read_limited(response, max_body, &url).await?;
+            let body = read_limited(response, body_limit, &url).await?;
             return Ok(HttpResponse {
                 status: status.as_u16(),
                 body,
@@ -399,11 +424,40 @@ impl Net {
     }
 }
 
+/// How much of an answer is read.
+#[derive(Debug, Clone, Copy)]
+enum Body {
+    /// All of it, refused when larger.
+    Whole(usize),
+    /// At most this much of it; the rest is not read.
+    Prefix(usize),
+}
+
 async fn read_limited(
     mut response: reqwest::Response,
-    max_body: usize,
+    limit: Body,
     url: &Url,
 ) -> Result<Vec<u8>, FetchError> {
+    let max_body = match limit {
+        Body::Whole(max) => max,
+        Body::Prefix(max) => {
+            let mut body = Vec::new();
+            while body.len() < max {
+                match response
+                    .chunk()
+                    .await
+                    .map_err(|e| classify_http_error(url, &e))?
+                {
+                    Some(chunk) => {
+                        let take = chunk.len().min(max - body.len());
+                        body.extend_from_slice(&chunk[..take]);
+                    }
+                    None => break,
+                }
+            }
+            return Ok(body);
+        }
+    };
     let too_large = || {
         FetchError::new(
             FetchErrorKind::TooLarge,

@@ -101,7 +101,7 @@ pub async fn deliver_all(
         );
         return each(Reply::new(552, Enhanced(5, 3, 4), why));
     }
-    if let Some(e) = &incoming.io_error {
+    if let Some(e) = incoming.io_error() {
         error!(
             "lmtp: spooling a message from <{}> failed: {e}",
             t.sender.escape_default()
@@ -112,7 +112,7 @@ pub async fn deliver_all(
             "temporary failure spooling the message",
         ));
     }
-    let verified = incoming.session.finish(settings, settings.now()).await;
+    let verified = incoming.session().finish(settings, settings.now()).await;
     let kept_headers = incoming.kept_header_section();
     let size = incoming.size;
     let incoming = Arc::new(Mutex::new(incoming));

@@ -6,93 +6,33 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use tempfile::SpooledTempFile;
 
-use crate::message::{HeaderSplitter, ReadError, Split};
-use crate::session::{MessageSession, Settings};
+use crate::session::{MessageBytes, MessageSession, Settings};
 
 /// Bodies up to this size stay in memory; larger ones go to a temporary file.
 const SPOOL_IN_MEMORY: usize = 256 * 1024;
 
 pub struct Incoming {
-    pub session: MessageSession,
-    splitter: Option<HeaderSplitter>,
-    spool: SpooledTempFile,
-    /// A CR at the end of the last chunk, not yet known to start a CRLF.
-    pending_cr: bool,
+    /// The header section and body, given to the message session.
+    pub message: MessageBytes,
+    spool: Spool,
     /// Bytes received, as on the wire.
     pub size: u64,
     max_size: u64,
     /// Over the size limit, or the header section too large: the rest is discarded.
     pub refused: Option<&'static str>,
-    pub io_error: Option<io::Error>,
 }
 
-impl Incoming {
-    pub fn new(max_size: u64, settings: &Settings) -> Incoming {
-        Incoming {
-            session: MessageSession::new(settings),
-            splitter: Some(HeaderSplitter::new(&settings.limits)),
-            spool: SpooledTempFile::new(SPOOL_IN_MEMORY),
-            pending_cr: false,
-            size: 0,
-            max_size,
-            refused: None,
-            io_error: None,
-        }
-    }
+/// The body as stored: LF line ends, in memory up to a limit, then in a temporary file.
+struct Spool {
+    file: SpooledTempFile,
+    /// A CR at the end of the last chunk, not yet known to start a CRLF.
+    pending_cr: bool,
+    io_error: Option<io::Error>,
+}
 
-    /// Feeds message bytes (already dot-unstuffed), CRLF or not.
-    pub fn push(&mut self, data: &[u8]) {
-        self.size += data.len() as u64;
-        if self.refused.is_some() {
-            return;
-        }
-        if self.size > self.max_size {
-            self.refused = Some("message too large");
-            return;
-        }
-        let body = match self.splitter.as_mut() {
-            None => data,
-            Some(splitter) => match splitter.push(data) {
-                Ok(Split::More) => return,
-                Ok(Split::Body { offset, prefix }) => {
-                    self.end_headers();
-                    self.body(&prefix);
-                    &data[offset..]
-                }
-                Err(ReadError::HeaderTooLarge) => {
-                    self.refused = Some("header section too large");
-                    self.splitter = None;
-                    return;
-                }
-                Err(ReadError::Io(e)) => {
-                    self.io_error = Some(e);
-                    return;
-                }
-            },
-        };
-        self.body(body);
-    }
-
-    fn end_headers(&mut self) {
-        if let Some(splitter) = self.splitter.take() {
-            let finished = splitter.finish();
-            for field in finished.fields {
-                self.session.header(&field.name, &field.value);
-            }
-            if self.session.refusal().is_some() {
-                self.refused = Some("header section too large");
-            }
-            // A last line without a line end that is no field is the body's (kept).
-            self.body(&finished.body);
-        }
-    }
-
-    fn body(&mut self, data: &[u8]) {
-        if data.is_empty() || self.refused.is_some() {
-            return;
-        }
-        self.session.body(data);
-        if self.io_error.is_some() {
+impl Spool {
+    fn write(&mut self, data: &[u8]) {
+        if data.is_empty() || self.io_error.is_some() {
             return;
         }
         // Stored with LF line ends: CRLF becomes LF, a lone CR stays.
@@ -117,8 +57,50 @@ impl Incoming {
             }
             i += 1;
         }
-        if let Err(e) = self.spool.write_all(&out) {
+        if let Err(e) = self.file.write_all(&out) {
             self.io_error = Some(e);
+        }
+    }
+}
+
+impl Incoming {
+    pub fn new(max_size: u64, settings: &Settings) -> Incoming {
+        Incoming {
+            message: MessageBytes::new(MessageSession::new(settings), &settings.limits),
+            spool: Spool {
+                file: SpooledTempFile::new(SPOOL_IN_MEMORY),
+                pending_cr: false,
+                io_error: None,
+            },
+            size: 0,
+            max_size,
+            refused: None,
+        }
+    }
+
+    pub fn session(&mut self) -> &mut MessageSession {
+        &mut self.message.session
+    }
+
+    /// A failure to store the body.
+    pub fn io_error(&mut self) -> Option<io::Error> {
+        self.spool.io_error.take()
+    }
+
+    /// Feeds message bytes (already dot-unstuffed), CRLF or not.
+    pub fn push(&mut self, data: &[u8]) {
+        self.size += data.len() as u64;
+        if self.refused.is_some() {
+            return;
+        }
+        if self.size > self.max_size {
+            self.refused = Some("message too large");
+            return;
+        }
+        let spool = &mut self.spool;
+        self.message.push(data, &mut |body| spool.write(body));
+        if self.message.too_large {
+            self.refused = Some("header section too large");
         }
     }
 
@@ -128,27 +110,33 @@ impl Incoming {
         if self.refused.is_some() {
             return;
         }
-        self.end_headers();
-        if self.pending_cr {
-            self.pending_cr = false;
-            if let Err(e) = self.spool.write_all(b"\r") {
-                self.io_error = Some(e);
+        let spool = &mut self.spool;
+        self.message.finish(&mut |body| spool.write(body));
+        if self.message.too_large {
+            self.refused = Some("header section too large");
+            return;
+        }
+        if self.spool.pending_cr {
+            self.spool.pending_cr = false;
+            if let Err(e) = self.spool.file.write_all(b"\r") {
+                self.spool.io_error = Some(e);
             }
         }
     }
 
     /// The spooled body, from its start.
     pub fn body_reader(&mut self) -> io::Result<&mut dyn Read> {
-        self.spool.seek(SeekFrom::Start(0))?;
-        Ok(&mut self.spool)
+        self.spool.file.seek(SeekFrom::Start(0))?;
+        Ok(&mut self.spool.file)
     }
 
     /// The header section as stored: every field but forged `Authentication-Results`, with LF
     /// line ends.
     pub fn kept_header_section(&self) -> Vec<u8> {
         let mut out = Vec::new();
-        for (i, field) in self.session.headers().iter().enumerate() {
-            if self.session.is_forged(i) {
+        let session = &self.message.session;
+        for (i, field) in session.headers().iter().enumerate() {
+            if session.is_forged(i) {
                 continue;
             }
             out.extend_from_slice(field.name.as_bytes());
@@ -226,6 +214,6 @@ mod tests {
         incoming.push(b"\r\nbody\r\n");
         incoming.finish();
         assert_eq!(incoming.refused, Some("header section too large"));
-        assert!(incoming.session.headers().is_empty());
+        assert!(incoming.message.session.headers().is_empty());
     }
 }

@@ -8,6 +8,7 @@ use crate::config::Action;
 use crate::inbox::Unmet;
 use crate::policy::{self, Decision};
 use crate::reply::{Enhanced, Reply};
+use crate::reputation::Assessment;
 use crate::verify::Verdict;
 
 use super::{Settings, Verified};
@@ -85,8 +86,28 @@ impl Judgement {
 }
 
 /// The refusal for what was decided, the same words in every transport: an unmet inbox rule
-/// speaks for itself when its action is the stricter.
-fn refusal(decision: &Decision, inbox: Option<&Unmet>, action: Action) -> Option<Reply> {
+/// or a reputation rule speaks for itself when its action is the stricter.
+fn refusal(
+    decision: &Decision,
+    inbox: Option<&Unmet>,
+    reputation: &Assessment,
+    action: Action,
+) -> Option<Reply> {
+    if let Some(applied) = reputation
+        .strictest()
+        .filter(|a| a.action == action && a.action != decision.action)
+        .filter(|_| inbox.is_none_or(|u| u.action != action))
+    {
+        return match action {
+            Action::Reject => Some(Reply::new(550, Enhanced(5, 7, 1), applied.rule.why())),
+            Action::Tempfail => Some(Reply::new(
+                451,
+                Enhanced(4, 7, 1),
+                format!("{}, try again later", applied.rule.why()),
+            )),
+            _ => None,
+        };
+    }
     if let Some(unmet) = inbox.filter(|u| u.action == action && u.action != decision.action) {
         return match action {
             Action::Reject => Some(Reply::new(550, Enhanced(5, 7, 1), unmet.why)),
@@ -148,10 +169,22 @@ pub async fn judge(
         // recipients under other rules out of it).
         let rule = settings.inbox.rule_for(&targets[group[0]].mailbox);
         let inbox = settings.inbox.check(rule, &verdict);
-        let strictest = match &inbox {
-            Some(unmet) if unmet.action.strictness() > decision.action.strictness() => unmet.action,
-            _ => decision.action,
-        };
+        // The strictest of what the result, the inbox rule and reputation ask for.
+        let reputation = &verified.reputation;
+        let strictest = [
+            Some(decision.action),
+            inbox.as_ref().map(|u| u.action),
+            reputation.strictest().map(|a| a.action),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(Action::Accept, |a, b| {
+            if b.strictness() > a.strictness() {
+                b
+            } else {
+                a
+            }
+        });
         let action = if settings.policy.dry_run {
             Action::Accept
         } else {
@@ -161,9 +194,13 @@ pub async fn judge(
         if verified.atsms_envelope {
             properties.push(Property::new("atsms-envelope", "yes"));
         }
+        for applied in &reputation.applied {
+            let (name, value) = applied.rule.property();
+            properties.push(Property::new(name, value));
+        }
         let header_value =
             auth_results::format_value(&settings.authserv_id, &verdict, &properties, "\n");
-        let reply = refusal(&decision, inbox.as_ref(), action);
+        let reply = refusal(&decision, inbox.as_ref(), reputation, action);
         let facts = Facts {
             verified,
             targets,
@@ -256,6 +293,7 @@ fn log_line(settings: &Settings, transaction: &Transaction<'_>, facts: &Facts<'_
     if verified.atsms_envelope {
         line.push_str(" atsms-envelope=yes");
     }
+    line.push_str(&verified.reputation.log_fields());
     if let Some(reason) = best.and_then(|s| s.reason.as_ref()) {
         line.push_str(&format!(
             " reason=\"{}\"",
@@ -308,6 +346,7 @@ mod tests {
             verdict: Verdict { signatures },
             resolve_time: Duration::from_millis(3),
             atsms_envelope: false,
+            reputation: Assessment::default(),
         }
     }
 

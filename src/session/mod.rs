@@ -14,6 +14,7 @@ use crate::inbox::InboxRules;
 use crate::mime::PartScanner;
 use crate::replay::ReplaySet;
 use crate::reply::{Enhanced, Reply};
+use crate::reputation::Assessment;
 use crate::routing::Router;
 use crate::verify::{Context, Verdict, Verifier};
 
@@ -40,6 +41,8 @@ pub struct Settings {
     pub replay: Option<Arc<ReplaySet>>,
     /// `[[signing.key]]`: outbound mail from authenticated clients is signed, not judged.
     pub signer: Option<Arc<crate::signer::Signer>>,
+    /// `[reputation]`: rules on the sender's identity, when any is configured.
+    pub reputation: Option<Arc<crate::reputation::Reputation>>,
     /// The milter (and the Exim scanner) check replays only when LMTP does not run in the same
     /// process (LMTP sees each recipient's delivery; the milter would record mail LMTP then
     /// refuses).
@@ -71,6 +74,7 @@ impl Settings {
             fixed_now: None,
             replay: None,
             signer: None,
+            reputation: None,
             replay_in_milter: false,
         }
     }
@@ -141,6 +145,8 @@ pub struct Verified {
     pub resolve_time: Duration,
     /// The message carries an AT-SMS client message (marked `policy.atsms-envelope=yes`).
     pub atsms_envelope: bool,
+    /// What reputation says of the sender of a passing signature.
+    pub reputation: Assessment,
 }
 
 impl MessageSession {
@@ -298,11 +304,95 @@ impl MessageSession {
                 },
             )
             .await;
+        // Reputation speaks of the sender a passing signature names.
+        let reputation = match (&settings.reputation, verdict.best_pass()) {
+            (Some(reputation), Some(best)) => match &best.did {
+                Some(did) => reputation.assess(did, best.handle(), now).await,
+                None => Assessment::default(),
+            },
+            _ => Assessment::default(),
+        };
         Verified {
             verdict,
             resolve_time: started.elapsed(),
             atsms_envelope: self.atsms_envelope(),
+            reputation,
         }
+    }
+}
+
+/// A message arriving as bytes (LMTP's DATA, the Exim scanner's mbox copy): its header
+/// section split into fields (bounded by `limits`) and given to the session, its body
+/// streamed to it. A transport that keeps the body gets each body piece too, in order.
+pub struct MessageBytes {
+    pub session: MessageSession,
+    splitter: Option<crate::message::HeaderSplitter>,
+    /// The header section is too large (`limits`): nothing more is read.
+    pub too_large: bool,
+}
+
+impl MessageBytes {
+    pub fn new(session: MessageSession, limits: &LimitsConfig) -> MessageBytes {
+        MessageBytes {
+            session,
+            splitter: Some(crate::message::HeaderSplitter::new(limits)),
+            too_large: false,
+        }
+    }
+
+    /// Feeds message bytes; `body` gets the body bytes among them.
+    pub fn push(&mut self, data: &[u8], body: &mut dyn FnMut(&[u8])) {
+        use crate::message::Split;
+        if self.too_large {
+            return;
+        }
+        let rest = match self.splitter.as_mut() {
+            None => data,
+            Some(splitter) => match splitter.push(data) {
+                Ok(Split::More) => return,
+                Ok(Split::Body { offset, prefix }) => {
+                    self.end_headers(body);
+                    self.body(&prefix, body);
+                    &data[offset..]
+                }
+                Err(_) => {
+                    self.too_large = true;
+                    self.splitter = None;
+                    return;
+                }
+            },
+        };
+        self.body(rest, body);
+    }
+
+    /// The input ended: a message without a body has its header section complete now.
+    pub fn finish(&mut self, body: &mut dyn FnMut(&[u8])) {
+        if !self.too_large {
+            self.end_headers(body);
+        }
+    }
+
+    fn end_headers(&mut self, body: &mut dyn FnMut(&[u8])) {
+        if let Some(splitter) = self.splitter.take() {
+            let finished = splitter.finish();
+            for field in finished.fields {
+                self.session.header(&field.name, &field.value);
+            }
+            if self.session.refusal().is_some() {
+                self.too_large = true;
+                return;
+            }
+            // A last line without a line end that is no field is the body's (kept).
+            self.body(&finished.body, body);
+        }
+    }
+
+    fn body(&mut self, data: &[u8], body: &mut dyn FnMut(&[u8])) {
+        if data.is_empty() || self.too_large {
+            return;
+        }
+        self.session.body(data);
+        body(data);
     }
 }
 
