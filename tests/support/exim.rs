@@ -144,27 +144,18 @@ local_interfaces = 127.0.0.1
     }
 
     pub fn swaks(&self, from: &str, to: &str, message: &[u8]) -> (String, bool) {
-        let file = self.dir.path().join(format!("swaks-{}.eml", free_port()));
-        std::fs::write(&file, message).unwrap();
-        let output = Command::new("swaks")
-            .args([
-                "--server",
-                &format!("127.0.0.1:{}", self.smtp_port),
-                "--from",
-                from,
-                "--to",
-                to,
-                "--helo",
-                "client.example",
-                "--data",
-            ])
-            .arg(&file)
-            .output()
-            .expect("swaks");
-        (
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            output.status.success(),
-        )
+        self.swaks_with(from, to, message, &[])
+    }
+
+    /// As `swaks`, with more swaks options (`--auth …`, `--local-interface 127.0.0.2`).
+    pub fn swaks_with(
+        &self,
+        from: &str,
+        to: &str,
+        message: &[u8],
+        options: &[&str],
+    ) -> (String, bool) {
+        super::swaks(self.dir.path(), self.smtp_port, from, to, message, options)
     }
 }
 

@@ -51,3 +51,33 @@ pub fn reap(mut child: std::process::Child, timeout: std::time::Duration) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Sends `message` with swaks (a real SMTP client) to 127.0.0.1:`port`, the message file kept
+/// in `dir`; returns its transcript and success.
+pub fn swaks(
+    dir: &std::path::Path,
+    port: u16,
+    from: &str,
+    to: &str,
+    message: &[u8],
+    options: &[&str],
+) -> (String, bool) {
+    let file = dir.join(format!("swaks-{}.eml", postfix::free_port()));
+    std::fs::write(&file, message).unwrap();
+    let output = std::process::Command::new("swaks")
+        .args([
+            "--server",
+            &format!("127.0.0.1:{port}"),
+            "--from",
+            from,
+            "--to",
+            to,
+        ])
+        .args(["--helo", "client.example", "--data"])
+        .arg(&file)
+        .args(options)
+        .output()
+        .expect("swaks is not installed: run scripts/test");
+    let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
+    (transcript, output.status.success())
+}

@@ -236,24 +236,7 @@ milter_default_action = tempfail
         message: &[u8],
         options: &[&str],
     ) -> (String, bool) {
-        let file = self.root().join(format!("swaks-{}.eml", free_port()));
-        std::fs::write(&file, message).unwrap();
-        let output = Command::new("swaks")
-            .args([
-                "--server",
-                &format!("127.0.0.1:{}", self.smtp_port),
-                "--from",
-                from,
-                "--to",
-                to,
-            ])
-            .args(["--helo", "client.example", "--data"])
-            .arg(&file)
-            .args(options)
-            .output()
-            .expect("swaks is not installed: run scripts/test");
-        let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
-        (transcript, output.status.success())
+        super::swaks(self.root(), self.smtp_port, from, to, message, options)
     }
 }
 
