@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
 use atsms_milter::envelope::AuthResult;
-use indymilter_test::{EomAction, MacroStage, Status, TestConnection};
-use support::milter::{RunningMilter, split_message};
+use indymilter_test::{EomAction, Status};
+use support::milter::{RunningMilter, send_from as send};
 use support::vectors::VectorWorld;
 
 const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
@@ -38,40 +36,6 @@ fn message(from: &str, subject: &str) -> Vec<u8> {
         subject.replace(' ', "-")
     )
     .into_bytes()
-}
-
-/// One message from `client` (and the SASL `login`, none when empty), as Postfix sends it.
-async fn send(
-    milter: &RunningMilter,
-    client: &str,
-    login: &str,
-    raw: &[u8],
-) -> (Vec<EomAction>, Status) {
-    let mut conn = TestConnection::configure()
-        .open_tcp(milter.addr)
-        .await
-        .unwrap();
-    let client: SocketAddr = format!("{client}:40000").parse().unwrap();
-    assert_eq!(
-        conn.connect("client.example", client).await.unwrap(),
-        Status::Continue
-    );
-    conn.macros(MacroStage::Mail, [("i", "4SIGN"), ("{auth_authen}", login)])
-        .await
-        .unwrap();
-    conn.mail(["<sender@signing.test>"]).await.unwrap();
-    conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
-    let (fields, body) = split_message(raw);
-    for (name, value) in fields {
-        conn.header(name.as_str(), value.as_str()).await.unwrap();
-    }
-    conn.body(body).await.unwrap();
-    conn.macros(MacroStage::Eom, [("i", "4SIGN")])
-        .await
-        .unwrap();
-    let (actions, status) = conn.eom().await.unwrap();
-    conn.close().await.unwrap();
-    (actions.actions, status)
 }
 
 /// The fields inserted with this name.
@@ -126,7 +90,7 @@ async fn every_vector_key_signs_what_the_verifier_accepts() {
     let mut curves = std::collections::BTreeSet::new();
     for (sender, did, alg) in &signers {
         let raw = message(&format!("<{sender}>"), &format!("from {did}"));
-        let (actions, status) = send(&milter, "192.0.2.25", "someone", &raw).await;
+        let (actions, status) = send(milter.addr, "192.0.2.25", "someone", &raw).await;
         assert_eq!(status, Status::Continue);
         assert!(
             inserted(&actions, "Authentication-Results").is_empty(),
@@ -167,14 +131,14 @@ async fn logins_networks_and_senders_decide_what_is_signed() {
 
     // Alice's login, Alice's address: signed, and aligned by her handle at the next hop.
     let raw = message("Alice <alice@alice.example.com>", "alice signs");
-    let (actions, status) = send(&milter, outside, "alice", &raw).await;
+    let (actions, status) = send(milter.addr, outside, "alice", &raw).await;
     assert_eq!(status, Status::Continue);
     let verdict = support::signing::verify_first(&verifier, &with_signature(&actions, &raw)).await;
     assert_eq!(verdict.result, AuthResult::Pass, "{verdict:?}");
     assert_eq!(verdict.aligned(), Some(true));
 
     // Another login may not use Alice's key: not signed, not judged either.
-    let (actions, status) = send(&milter, outside, "mallory", &raw).await;
+    let (actions, status) = send(milter.addr, outside, "mallory", &raw).await;
     assert_eq!(status, Status::Continue);
     assert!(
         inserted(&actions, "AT-SMS-Signature").is_empty(),
@@ -187,7 +151,7 @@ async fn logins_networks_and_senders_decide_what_is_signed() {
 
     // Nobody's key for this address.
     let (actions, _) = send(
-        &milter,
+        milter.addr,
         outside,
         "alice",
         &message("<eve@evil.example>", "eve"),
@@ -200,13 +164,13 @@ async fn logins_networks_and_senders_decide_what_is_signed() {
 
     // Step 10 would fail: two From fields, or two mailboxes in one.
     let two_froms = [b"From: <alice@alice.example.com>\r\n".as_slice(), &raw].concat();
-    let (actions, _) = send(&milter, outside, "alice", &two_froms).await;
+    let (actions, _) = send(milter.addr, outside, "alice", &two_froms).await;
     assert!(
         inserted(&actions, "AT-SMS-Signature").is_empty(),
         "{actions:?}"
     );
     let two_mailboxes = message("alice@alice.example.com, eve@evil.example", "two");
-    let (actions, _) = send(&milter, outside, "alice", &two_mailboxes).await;
+    let (actions, _) = send(milter.addr, outside, "alice", &two_mailboxes).await;
     assert!(
         inserted(&actions, "AT-SMS-Signature").is_empty(),
         "{actions:?}"
@@ -214,18 +178,18 @@ async fn logins_networks_and_senders_decide_what_is_signed() {
 
     // signing.networks without SASL: a key without `logins` signs; Alice's (with) does not.
     let bobs = message("<someone@bob.example.org>", "from the network");
-    let (actions, _) = send(&milter, "192.0.2.25", "", &bobs).await;
+    let (actions, _) = send(milter.addr, "192.0.2.25", "", &bobs).await;
     let verdict = support::signing::verify_first(&verifier, &with_signature(&actions, &bobs)).await;
     assert_eq!(verdict.result, AuthResult::Pass, "{verdict:?}");
     assert_eq!(verdict.did.as_deref(), Some(BOB));
-    let (actions, _) = send(&milter, "192.0.2.25", "", &raw).await;
+    let (actions, _) = send(milter.addr, "192.0.2.25", "", &raw).await;
     assert!(
         inserted(&actions, "AT-SMS-Signature").is_empty(),
         "{actions:?}"
     );
 
     // Outside without SASL: inbound mail, judged and never signed.
-    let (actions, _) = send(&milter, outside, "", &bobs).await;
+    let (actions, _) = send(milter.addr, outside, "", &bobs).await;
     assert!(
         inserted(&actions, "AT-SMS-Signature").is_empty(),
         "{actions:?}"
@@ -253,7 +217,7 @@ async fn a_message_signed_once_more_keeps_both_and_the_top_one_verifies() {
         world.now(),
         &[],
     );
-    let (actions, _) = send(&milter, "198.51.100.7", "alice", &raw).await;
+    let (actions, _) = send(milter.addr, "198.51.100.7", "alice", &raw).await;
     let signed = with_signature(&actions, &raw);
     let verdicts = support::signing::verify_at(&world.verifier(), &signed, world.now()).await;
     assert_eq!(verdicts.len(), 2);

@@ -363,4 +363,24 @@ mod tests {
             " allowed=yes"
         );
     }
+
+    #[tokio::test]
+    async fn a_did_web_counts_as_young_without_asking_anyone() {
+        let mut config = Config::default();
+        config.reputation.min_did_age = 86_400;
+        config.reputation.on_young = Action::Junk;
+        let identity =
+            Arc::new(IdentityResolver::new(&config.resolver, &config.cache).expect("resolver"));
+        let reputation = Arc::new(Reputation::load(&config, identity, None).unwrap().unwrap());
+        let assessment = reputation.assess("did:web:example.com", None, 1_000).await;
+        assert_eq!(
+            assessment.applied,
+            [Applied {
+                rule: Rule::Young,
+                action: Action::Junk
+            }]
+        );
+        config.reputation.min_did_age = 0;
+        assert!(!config.reputation.is_active());
+    }
 }

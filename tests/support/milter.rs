@@ -119,3 +119,40 @@ pub async fn send(
     let (actions, status) = conn.eom().await.unwrap();
     (actions.actions, status)
 }
+
+/// One message from `client` (and the SASL `login`, none when empty), as Postfix sends it.
+pub async fn send_from(
+    addr: std::net::SocketAddr,
+    client: &str,
+    login: &str,
+    raw: &[u8],
+) -> (Vec<indymilter_test::EomAction>, indymilter_test::Status) {
+    let mut conn = indymilter_test::TestConnection::configure()
+        .open_tcp(addr)
+        .await
+        .unwrap();
+    let client: std::net::SocketAddr = format!("{client}:40000").parse().unwrap();
+    assert_eq!(
+        conn.connect("client.example", client).await.unwrap(),
+        indymilter_test::Status::Continue
+    );
+    conn.macros(
+        indymilter_test::MacroStage::Mail,
+        [("i", "4SIGN"), ("{auth_authen}", login)],
+    )
+    .await
+    .unwrap();
+    conn.mail(["<sender@signing.test>"]).await.unwrap();
+    conn.rcpt(["<bob@mx.example.net>"]).await.unwrap();
+    let (fields, body) = split_message(raw);
+    for (name, value) in fields {
+        conn.header(name.as_str(), value.as_str()).await.unwrap();
+    }
+    conn.body(body).await.unwrap();
+    conn.macros(indymilter_test::MacroStage::Eom, [("i", "4SIGN")])
+        .await
+        .unwrap();
+    let (actions, status) = conn.eom().await.unwrap();
+    conn.close().await.unwrap();
+    (actions.actions, status)
+}
