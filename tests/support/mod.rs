@@ -13,6 +13,7 @@ pub mod opendkim;
 pub mod plc;
 pub mod postfix;
 pub mod redis;
+pub mod rspamd;
 pub mod signing;
 pub mod socketmap;
 pub mod vectors;
