@@ -17,9 +17,7 @@ use support::signing::plc_did;
 const EXIM_DOMAIN: &str = "mx.exim.test";
 
 fn contrib(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib/exim")
-        .join(name)
+    support::contrib(&format!("exim/{name}"))
         .display()
         .to_string()
 }

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
@@ -17,9 +16,7 @@ use support::vectors::VectorWorld;
 const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
 fn contrib(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib/exim")
-        .join(name)
+    support::contrib(&format!("exim/{name}"))
         .display()
         .to_string()
 }

@@ -7,20 +7,15 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use atsms_milter::auth_results::{Property, format_value};
+use support::contrib;
 use support::vectors::VectorWorld;
 
 const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 const OURS: &str = "mx.test";
-
-fn contrib(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib")
-        .join(path)
-}
 
 /// A vector with our field on top (as the MTA adds it), `relay` fields below it.
 async fn judged(

@@ -18,7 +18,7 @@ pub mod signing;
 pub mod socketmap;
 pub mod vectors;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `tests/data/<sub>`: the project's own copy of the vectors (tests/data/SOURCES.md).
 pub fn test_data(sub: &str) -> PathBuf {
@@ -81,4 +81,11 @@ pub fn swaks(
         .expect("swaks is not installed: run scripts/test");
     let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
     (transcript, output.status.success())
+}
+
+/// A file of the project's contrib/ directory (the files admins copy, tested as they are).
+pub fn contrib(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib")
+        .join(path)
 }
