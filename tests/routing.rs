@@ -424,6 +424,10 @@ fn postmap_queries_every_map_of_the_daemon() {
         ),
     ] {
         let (got_code, got_out, err) = postmap(postfix.path(), port, map, &key);
+        println!(
+            "$ postmap -q '{key}' socketmap:inet:127.0.0.1:PORT:{map}   # exit {}\n{got_out}",
+            got_code.unwrap_or(-1)
+        );
         assert_eq!(
             (got_code, got_out.as_str()),
             (Some(code), out.as_str()),
