@@ -227,3 +227,81 @@ async fn a_message_signed_once_more_keeps_both_and_the_top_one_verifies() {
     );
     milter.stop().await;
 }
+
+/// `serve` with one signing key; the daemon must refuse to start: its exit and stderr.
+fn refused_start(key_pem: &[u8], mode: u32, plc: &support::plc::Plc, did: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, key_pem).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = dir.path().join("atsms.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[[signing.key]]\ndid = \"{did}\"\nkid = \"{did}#atsms\"\nkey_file = \"{}\"\n",
+            support::postfix::free_port(),
+            plc.url(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the daemon started with a bad signing key");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
+}
+
+#[test]
+fn a_bad_signing_key_stops_the_start_and_says_why() {
+    use atsms_milter::crypto::{Alg, SigningKey};
+    let plc = support::plc::Plc::start();
+    let did = support::signing::plc_did(3);
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    // The document lists another key under #atsms.
+    let listed = SigningKey::generate(Alg::Es256k).unwrap();
+    plc.set_document(
+        &did,
+        serde_json::json!({"id": did, "verificationMethod": [{"id": "#atsms", "type": "Multikey",
+            "controller": did, "publicKeyMultibase": listed.public_key().to_multikey()}]})
+        .to_string(),
+    );
+    let pem = key.to_pkcs8_pem();
+    let why = refused_start(pem.as_bytes(), 0o600, &plc, &did);
+    assert!(
+        why.contains(&format!(
+            "signing key {did}#atsms: the DID document lists another key under this id"
+        )),
+        "{why}"
+    );
+    let why = refused_start(pem.as_bytes(), 0o644, &plc, &did);
+    assert!(why.contains("is readable by others"), "{why}");
+    let why = refused_start(
+        b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+        0o600,
+        &plc,
+        &did,
+    );
+    assert!(
+        why.contains("not a PKCS#8 P-256 or secp256k1 private key"),
+        "{why}"
+    );
+}
