@@ -264,16 +264,21 @@ pub struct Delivered {
     pub path: PathBuf,
 }
 
-/// Writes `head` then the rest of `body` into `folder` durably. Line ends are written as
-/// they come: the caller passes LF text. On any error the tmp file is removed and nothing
-/// appears in `new/`.
-pub fn deliver(
+/// A file written and synced into a folder's `tmp/`, not yet visible.
+struct Written {
+    id: String,
+    tmp_name: std::ffi::CString,
+    size: u64,
+}
+
+/// Writes `head` then the rest of `body` into a new file in `folder`'s `tmp/` and syncs its
+/// data. On any error the file is removed.
+fn write_tmp(
     folder: &Folder,
     host: &str,
     head: &[u8],
     body: &mut dyn Read,
-    syncer: &DirSyncer,
-) -> Result<Delivered, DeliveryError> {
+) -> Result<Written, DeliveryError> {
     let id = unique_name(host);
     let tmp_name = cstring(id.as_ref())?;
     // SAFETY: a valid directory descriptor and a NUL-terminated name; the result is checked.
@@ -287,46 +292,142 @@ pub fn deliver(
     })?;
     // SAFETY: openat returned a new descriptor that nothing else owns.
     let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    let remove_tmp = || {
-        // SAFETY: a valid directory descriptor and a NUL-terminated name.
-        unsafe { libc::unlinkat(folder.tmp.as_raw_fd(), tmp_name.as_ptr(), 0) };
-    };
     let written = (|| -> io::Result<u64> {
         file.write_all(head)?;
         let copied = io::copy(body, &mut file)?;
         file.sync_data()?;
         Ok(head.len() as u64 + copied)
     })();
-    let size = match written {
-        Ok(size) => size,
-        Err(e) => {
-            drop(file);
-            remove_tmp();
-            return Err(e.into());
-        }
-    };
     drop(file);
-    let new_name = format!("{id},S={size}");
+    match written {
+        Ok(size) => Ok(Written { id, tmp_name, size }),
+        Err(e) => {
+            remove_tmp(folder, &tmp_name);
+            Err(e.into())
+        }
+    }
+}
+
+fn remove_tmp(folder: &Folder, name: &std::ffi::CStr) {
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    unsafe { libc::unlinkat(folder.tmp.as_raw_fd(), name.as_ptr(), 0) };
+}
+
+/// Writes `head` then the rest of `body` into `folder` durably. Line ends are written as
+/// they come: the caller passes LF text. On any error the tmp file is removed and nothing
+/// appears in `new/`.
+pub fn deliver(
+    folder: &Folder,
+    host: &str,
+    head: &[u8],
+    body: &mut dyn Read,
+    syncer: &DirSyncer,
+) -> Result<Delivered, DeliveryError> {
+    let written = write_tmp(folder, host, head, body)?;
+    let new_name = format!("{},S={}", written.id, written.size);
     let new_c = cstring(new_name.as_ref())?;
     // SAFETY: valid directory descriptors and NUL-terminated names; the result is checked.
     let renamed = check(unsafe {
         libc::renameat(
             folder.tmp.as_raw_fd(),
-            tmp_name.as_ptr(),
+            written.tmp_name.as_ptr(),
             folder.new.as_raw_fd(),
             new_c.as_ptr(),
         )
     });
     if let Err(e) = renamed {
-        remove_tmp();
+        remove_tmp(folder, &written.tmp_name);
         return Err(e.into());
     }
     let new_dir = folder.path.join("new");
     syncer.sync_after_rename(&new_dir, &folder.new)?;
     Ok(Delivered {
-        id,
+        id: written.id,
         path: new_dir.join(new_name),
     })
+}
+
+/// Delivers one message, the same bytes for every folder, into each of `folders`: written
+/// and fdatasync'd once, then hard-linked into each folder's `new/` under its own unique name
+/// (as qmail's maildir delivery links and Dovecot's `maildir_copy_with_hardlinks` does). A
+/// folder on another file system (EXDEV) or whose link count is exhausted (EMLINK) gets its
+/// own copy, written the same way and linked into the others of its kind. A folder's result
+/// is `Ok` only once an fsync of its `new/` that started after its link has finished (group
+/// commit through `syncer`; on a journaled file system the first sync commits every link
+/// made before it). Results are in the order of `folders`. Durability is per folder, as
+/// with `deliver`: nothing here is weaker than one `deliver` per folder.
+pub fn deliver_linked<R: Read + io::Seek>(
+    folders: &[&Folder],
+    host: &str,
+    head: &[u8],
+    body: &mut R,
+    syncer: &DirSyncer,
+) -> Vec<Result<Delivered, DeliveryError>> {
+    let mut results: Vec<Option<Result<Delivered, DeliveryError>>> =
+        (0..folders.len()).map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..folders.len()).collect();
+    while let Some(&primary) = pending.first() {
+        let source = folders[primary];
+        let written = body
+            .seek(io::SeekFrom::Start(0))
+            .map_err(DeliveryError::from)
+            .and_then(|_| write_tmp(source, host, head, body));
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                results[primary] = Some(Err(e));
+                pending.remove(0);
+                continue;
+            }
+        };
+        let mut elsewhere = Vec::new();
+        let mut linked = Vec::new();
+        for &i in &pending {
+            let id = if i == primary {
+                written.id.clone()
+            } else {
+                unique_name(host)
+            };
+            let new_name = format!("{id},S={}", written.size);
+            let made = cstring(new_name.as_ref()).and_then(|new_c| {
+                // SAFETY: valid directory descriptors and NUL-terminated names; checked.
+                check(unsafe {
+                    libc::linkat(
+                        source.tmp.as_raw_fd(),
+                        written.tmp_name.as_ptr(),
+                        folders[i].new.as_raw_fd(),
+                        new_c.as_ptr(),
+                        0,
+                    )
+                })
+            });
+            match made {
+                Ok(_) => linked.push((i, id, new_name)),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EMLINK)) => {
+                    elsewhere.push(i)
+                }
+                Err(e) => results[i] = Some(Err(e.into())),
+            }
+        }
+        remove_tmp(source, &written.tmp_name);
+        for (i, id, new_name) in linked {
+            let new_dir = folders[i].path.join("new");
+            results[i] = Some(
+                syncer
+                    .sync_after_rename(&new_dir, &folders[i].new)
+                    .map(|_| Delivered {
+                        id,
+                        path: new_dir.join(new_name),
+                    })
+                    .map_err(DeliveryError::from),
+            );
+        }
+        pending = elsewhere;
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(DeliveryError::Io(io::Error::other("not delivered")))))
+        .collect()
 }
 
 /// Removes files older than 36 hours from `folder/tmp` (left by a crash mid-delivery).
@@ -415,6 +516,70 @@ mod tests {
             h.join().unwrap();
         }
         assert_eq!(fs::read_dir(folder.join("new")).unwrap().count(), 16);
+    }
+
+    #[test]
+    fn one_message_for_many_folders_is_written_once_and_linked() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<PathBuf> = ["a", "b", "c/.Junk"]
+            .iter()
+            .map(|p| dir.path().join(p))
+            .collect();
+        let folders: Vec<Folder> = paths
+            .iter()
+            .map(|p| ensure_folder(p, p.ends_with(".Junk")).unwrap())
+            .collect();
+        // A folder on another file system gets its own copy: tmpfs under /dev/shm.
+        let other = tempfile::tempdir_in("/dev/shm").unwrap();
+        let other_fs = ensure_folder(other.path(), false).unwrap();
+        assert_ne!(
+            fs::metadata(dir.path()).unwrap().dev(),
+            fs::metadata(other.path()).unwrap().dev(),
+            "the test needs two file systems"
+        );
+        let syncer = DirSyncer::default();
+        let mut body = io::Cursor::new(b"body\n".to_vec());
+        body.set_position(3);
+        let all = [&folders[0], &other_fs, &folders[1], &folders[2]];
+        let results = deliver_linked(&all, "h", b"S: x\n\n", &mut body, &syncer);
+        let delivered: Vec<Delivered> = results.into_iter().map(|r| r.unwrap()).collect();
+        let ids: std::collections::HashSet<&str> =
+            delivered.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids.len(), 4, "each copy has its own unique name");
+        for d in &delivered {
+            assert_eq!(fs::read(&d.path).unwrap(), b"S: x\n\nbody\n");
+            assert!(d.path.to_str().unwrap().ends_with(",S=11"), "{:?}", d.path);
+        }
+        let meta: Vec<fs::Metadata> = delivered
+            .iter()
+            .map(|d| fs::metadata(&d.path).unwrap())
+            .collect();
+        // Three links to one inode on this file system, one copy on the other.
+        assert_eq!(meta[0].ino(), meta[2].ino());
+        assert_eq!(meta[0].ino(), meta[3].ino());
+        assert_eq!(meta[0].nlink(), 3);
+        assert_eq!(meta[1].nlink(), 1);
+        for p in paths.iter().chain([&other.path().to_path_buf()]) {
+            assert_eq!(fs::read_dir(p.join("tmp")).unwrap().count(), 0);
+            assert_eq!(fs::read_dir(p.join("new")).unwrap().count(), 1);
+        }
+    }
+
+    #[test]
+    fn a_folder_that_cannot_take_the_link_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = ensure_folder(&dir.path().join("good"), false).unwrap();
+        let bad_path = dir.path().join("bad");
+        let bad = ensure_folder(&bad_path, false).unwrap();
+        // new/ replaced by a directory it cannot see any more: linkat fails with ENOENT.
+        fs::remove_dir(bad_path.join("new")).unwrap();
+        let syncer = DirSyncer::default();
+        let mut body = io::Cursor::new(Vec::new());
+        let results = deliver_linked(&[&bad, &good], "h", b"S: x\n\n", &mut body, &syncer);
+        assert!(matches!(results[0], Err(DeliveryError::Io(_))));
+        assert!(results[1].is_ok());
+        assert_eq!(fs::read_dir(bad_path.join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

@@ -372,3 +372,61 @@ async fn an_io_error_other_than_a_full_disk_is_451() {
         "451 4.3.0 <bob@mx.example.net> temporary delivery failure"
     );
 }
+
+#[tokio::test]
+async fn many_recipients_share_one_written_file() {
+    use std::os::unix::fs::MetadataExt;
+    let world = VectorWorld::start();
+    let server = start(&world, policy()).await;
+    let good =
+        std::fs::read(support::test_data("envelope").join("k256-multikey-pass.eml")).unwrap();
+    for dir in ["new", "tmp", "cur"] {
+        std::fs::create_dir_all(server.maildir("frank").join(".Lists").join(dir)).unwrap();
+    }
+    // A detail folder holds the same bytes: it shares the file too.
+    let to = ["bob", "carol", "dan", "frank+Lists", "erin"];
+    let mut c = server.client().await;
+    let mut command = String::from("LHLO x\r\nMAIL FROM:<a@b.example>\r\n");
+    for user in to {
+        command.push_str(&format!("RCPT TO:<{user}@mx.example.net>\r\n"));
+    }
+    command.push_str("DATA\r\n");
+    c.send(command.as_bytes()).await;
+    c.replies(3 + to.len()).await;
+    c.send(&dot_stuffed(&good)).await;
+    let replies = c.replies(to.len()).await;
+    let mut ids = std::collections::HashSet::new();
+    for (user, reply) in to.iter().zip(&replies) {
+        assert!(
+            reply.starts_with(&format!("250 2.0.0 <{user}@mx.example.net> ")),
+            "{replies:?}"
+        );
+        ids.insert(reply.split(' ').nth(3).unwrap().to_string());
+    }
+    assert_eq!(ids.len(), to.len(), "each copy has its own name: {replies:?}");
+    let folders = [
+        server.maildir("bob"),
+        server.maildir("carol"),
+        server.maildir("dan"),
+        server.maildir("frank").join(".Lists"),
+        server.maildir("erin"),
+    ];
+    let mut inodes = std::collections::HashSet::new();
+    let mut contents = std::collections::HashSet::new();
+    for folder in &folders {
+        let files: Vec<_> = std::fs::read_dir(folder.join("new"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{folder:?}");
+        let meta = std::fs::metadata(&files[0]).unwrap();
+        assert_eq!(meta.nlink(), to.len() as u64, "{:?}", files[0]);
+        inodes.insert(meta.ino());
+        contents.insert(std::fs::read(&files[0]).unwrap());
+        assert_eq!(std::fs::read_dir(folder.join("tmp")).unwrap().count(), 0);
+    }
+    assert_eq!(inodes.len(), 1, "written once, linked into every Maildir");
+    let stored = String::from_utf8(contents.into_iter().next().unwrap()).unwrap();
+    assert!(stored.contains("atsms=pass"), "{stored}");
+    assert!(!stored.contains("Delivered-To"), "{stored}");
+}

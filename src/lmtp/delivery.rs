@@ -147,29 +147,61 @@ pub async fn deliver_all(
     )
     .await;
     let single = t.recipients.len() == 1;
+    // Copies that end up byte-identical (same head: the judge's header value is the same
+    // and no Delivered-To names one recipient) are written once and linked (issue: many
+    // recipients, one write); each group is one blocking task.
+    let mut groups: Vec<(Vec<u8>, Vec<Copy>)> = Vec::new();
+    for (index, (recipient, judgement)) in unique.iter().zip(&judgements).enumerate() {
+        if judgement.reply.is_some() {
+            continue;
+        }
+        let (folder, subfolder) = folder_for(recipient, judgement.action, judgement.atsms_envelope);
+        let mut head = format!("Return-Path: <{}>\n", t.sender);
+        if single {
+            head.push_str(&format!("Delivered-To: {}\n", recipient.address));
+        }
+        head.push_str(&format!(
+            "{}:{}\n",
+            auth_results::FIELD_NAME,
+            judgement.header_value
+        ));
+        let mut head = head.into_bytes();
+        head.extend_from_slice(&kept_headers);
+        head.push(b'\n');
+        let copy = Copy {
+            index,
+            base: recipient.base.clone(),
+            relative: recipient.relative(&folder),
+            subfolder,
+            shown: folder.display().to_string(),
+        };
+        match groups.iter_mut().find(|(h, _)| *h == head) {
+            Some((_, copies)) => copies.push(copy),
+            None => groups.push((head, vec![copy])),
+        }
+    }
+    let mut stored: Vec<Option<(String, Result<String, DeliveryError>)>> =
+        (0..unique.len()).map(|_| None).collect();
+    for (head, copies) in groups {
+        let shown: Vec<(usize, String)> =
+            copies.iter().map(|c| (c.index, c.shown.clone())).collect();
+        for ((index, shown), result) in shown
+            .into_iter()
+            .zip(store(service, &incoming, copies, head).await)
+        {
+            stored[index] = Some((shown, result));
+        }
+    }
     let mut replies_by_mailbox: Vec<Reply> = Vec::with_capacity(unique.len());
-    for (recipient, judgement) in unique.iter().zip(&judgements) {
-        let (reply, shown) = match &judgement.reply {
-            Some(refusal) => (refusal.clone(), "-".to_string()),
-            None => {
-                let (folder, subfolder) =
-                    folder_for(recipient, judgement.action, judgement.atsms_envelope);
-                let mut head = format!("Return-Path: <{}>\n", t.sender);
-                if single {
-                    head.push_str(&format!("Delivered-To: {}\n", recipient.address));
-                }
-                head.push_str(&format!(
-                    "{}:{}\n",
-                    auth_results::FIELD_NAME,
-                    judgement.header_value
-                ));
-                let mut head = head.into_bytes();
-                head.extend_from_slice(&kept_headers);
-                head.push(b'\n');
-                let shown = folder.display().to_string();
-                let relative = recipient.relative(&folder);
-                let base = recipient.base.clone();
-                let reply = match store(service, &incoming, base, relative, subfolder, head).await {
+    for ((recipient, judgement), stored) in unique.iter().zip(&judgements).zip(stored) {
+        let (reply, shown) = match (&judgement.reply, stored) {
+            (Some(refusal), _) => (refusal.clone(), "-".to_string()),
+            (None, None) => (
+                Reply::new(451, Enhanced(4, 3, 0), "temporary delivery failure"),
+                "-".to_string(),
+            ),
+            (None, Some((shown, result))) => {
+                let reply = match result {
                     Ok(id) => {
                         judge::accepted(settings, Scope::EachRecipient, judgement, &targets).await;
                         Reply::new(250, Enhanced(2, 0, 0), format!("{id} Saved"))
@@ -209,30 +241,82 @@ pub async fn deliver_all(
         .collect()
 }
 
-/// Writes one copy on the blocking pool: file I/O and fsyncs never stall the runtime.
-async fn store(
-    service: &Arc<LmtpService>,
-    incoming: &Arc<Mutex<Incoming>>,
+/// One recipient's copy: where it goes.
+struct Copy {
+    /// The recipient's place among the mailboxes judged.
+    index: usize,
     base: PathBuf,
     relative: PathBuf,
     subfolder: bool,
+    shown: String,
+}
+
+/// Writes one message into the folders of `copies` on the blocking pool (file I/O and
+/// fsyncs never stall the runtime): once, hard-linked into the others (`maildir::
+/// deliver_linked`). A folder that cannot be opened fails alone. Results in `copies` order.
+async fn store(
+    service: &Arc<LmtpService>,
+    incoming: &Arc<Mutex<Incoming>>,
+    copies: Vec<Copy>,
     head: Vec<u8>,
-) -> Result<String, DeliveryError> {
+) -> Vec<Result<String, DeliveryError>> {
+    let count = copies.len();
     let service = service.clone();
     let incoming = incoming.clone();
     let task = tokio::task::spawn_blocking(move || {
-        let folder = maildir::open_folder(&base, &relative, subfolder)?;
-        service.clean_once(folder.path());
-        let mut incoming = incoming
-            .lock()
-            .map_err(|_| io::Error::other("spool lock poisoned"))?;
-        let body = incoming.body_reader()?;
-        maildir::deliver(&folder, &service.host, &head, body, &service.syncer).map(|d| d.id)
+        let opened: Vec<Result<maildir::Folder, DeliveryError>> = copies
+            .iter()
+            .map(|c| {
+                let folder = maildir::open_folder(&c.base, &c.relative, c.subfolder)?;
+                service.clean_once(folder.path());
+                Ok(folder)
+            })
+            .collect();
+        let folders: Vec<&maildir::Folder> =
+            opened.iter().filter_map(|f| f.as_ref().ok()).collect();
+        let mut delivered = if folders.is_empty() {
+            Vec::new()
+        } else {
+            match incoming.lock() {
+                Ok(mut incoming) => match incoming.body_source() {
+                    Ok(body) => maildir::deliver_linked(
+                        &folders,
+                        &service.host,
+                        &head,
+                        body,
+                        &service.syncer,
+                    ),
+                    Err(e) => folders
+                        .iter()
+                        .map(|_| Err(DeliveryError::from(io::Error::new(e.kind(), e.to_string()))))
+                        .collect(),
+                },
+                Err(_) => folders
+                    .iter()
+                    .map(|_| Err(DeliveryError::Io(io::Error::other("spool lock poisoned"))))
+                    .collect(),
+            }
+        }
+        .into_iter();
+        opened
+            .into_iter()
+            .map(|f| match f {
+                Ok(_) => delivered
+                    .next()
+                    .unwrap_or_else(|| Err(DeliveryError::Io(io::Error::other("not delivered"))))
+                    .map(|d| d.id),
+                Err(e) => Err(e),
+            })
+            .collect::<Vec<_>>()
     });
     match task.await {
-        Ok(result) => result,
-        Err(e) => Err(DeliveryError::Io(io::Error::other(format!(
-            "delivery task failed: {e}"
-        )))),
+        Ok(results) => results,
+        Err(e) => (0..count)
+            .map(|_| {
+                Err(DeliveryError::Io(io::Error::other(format!(
+                    "delivery task failed: {e}"
+                ))))
+            })
+            .collect(),
     }
 }

@@ -2,7 +2,7 @@
 //! the body spooled (in memory up to a limit, then to an unlinked temporary file) with LF line
 //! ends for delivery. The message is never held whole in memory.
 
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 
 use tempfile::SpooledTempFile;
 
@@ -125,7 +125,8 @@ impl Incoming {
     }
 
     /// The spooled body, from its start.
-    pub fn body_reader(&mut self) -> io::Result<&mut dyn Read> {
+    /// The spooled body (LF line ends), to be read from the start as often as needed.
+    pub fn body_source(&mut self) -> io::Result<&mut SpooledTempFile> {
         self.spool.file.seek(SeekFrom::Start(0))?;
         Ok(&mut self.spool.file)
     }
@@ -173,7 +174,7 @@ mod tests {
         let head = incoming.kept_header_section();
         let mut body = Vec::new();
         incoming
-            .body_reader()
+            .body_source()
             .unwrap()
             .read_to_end(&mut body)
             .unwrap();
