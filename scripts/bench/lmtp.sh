@@ -2,12 +2,13 @@
 # LMTP delivery, atsms-milter against Dovecot's LMTP in the same run: Postfix's smtp-source -L
 # against each (unix sockets, Maildir, full durability), 1 and 16 sessions, 4 and 64 KiB.
 # Installs Dovecot, Postfix (smtp-source) and strace if missing. Run as root.
-# Usage: bench/lmtp.sh [messages per run, default 2000] [--tmpfs]
+# Usage: bench/lmtp.sh [messages per run, default 2000] [--tmpfs] [--recipients]
+#   --recipients: 1, 10 and 100 recipients per message instead (messages / recipients each)
 #   --tmpfs: Maildirs in /dev/shm, to separate CPU from disk
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 missing=()
-command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-core dovecot-lmtpd)
+[ -x /usr/lib/dovecot/lmtp ] || missing+=(dovecot-core dovecot-lmtpd)
 command -v smtp-source >/dev/null 2>&1 || missing+=(postfix)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # --tmpfs: both servers' Maildirs (and everything else) in /dev/shm, so fsyncs cost nothing and
 # the figures show CPU alone.
 TMPFS = "--tmpfs" in sys.argv
@@ -23,6 +23,10 @@ WORK = "/dev/shm/atsms-bench-lmtp" if TMPFS else os.path.join(ROOT, "target", "b
 HZ = os.sysconf("SC_CLK_TCK")
 NUMBERS = [a for a in sys.argv[1:] if a.isdigit()]
 MESSAGES = int(NUMBERS[0]) if NUMBERS else 2000
+# --recipients: 1, 10 and 100 recipients per message (smtp-source -r), 4 KiB, one session.
+RECIPIENTS = "--recipients" in sys.argv
+# smtp-source -r N sends to 1bench@bench.test … Nbench@bench.test: both servers know them all.
+USERS = [f"{i}bench@bench.test" for i in range(1, 101)] + ["bench@bench.test"]
 
 
 def busy_seconds():
@@ -47,10 +51,11 @@ def count_delivered(maildir_root):
     return n
 
 
-def smtp_source(socket, sessions, messages, size):
+def smtp_source(socket, sessions, messages, size, recipients=1):
     """Runs smtp-source and returns its CPU seconds."""
     cmd = ["smtp-source", "-L", "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
-           "-f", "sender@bench.test", "-t", "bench@bench.test", f"unix:{socket}"]
+           "-r", str(recipients), "-f", "sender@bench.test", "-t", "bench@bench.test",
+           f"unix:{socket}"]
     start = os.times()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     end = os.times()
@@ -95,7 +100,9 @@ service lmtp {{
 }}
 """)
         with open(os.path.join(d, "users"), "w") as f:
-            f.write(f"bench@bench.test::65534:65534::{self.mail}/bench.test/bench\n")
+            for user in USERS:
+                name = user.split("@")[0]
+                f.write(f"{user}::65534:65534::{self.mail}/bench.test/{name}\n")
         self.proc = subprocess.Popen(["dovecot", "-F", "-c", os.path.join(d, "dovecot.conf")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.socket = os.path.join(d, "run", "lmtp")
@@ -148,7 +155,7 @@ def descendants(pid):
     return found
 
 
-def fsyncs_per_delivery(server, sessions, size, messages=300):
+def fsyncs_per_delivery(server, sessions, size, messages=300, recipients=1):
     out = os.path.join(WORK, f"strace-{server.name}.txt")
     pids = []
     for pid in descendants(server.proc.pid):
@@ -156,7 +163,7 @@ def fsyncs_per_delivery(server, sessions, size, messages=300):
     tracer = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", out] + pids,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
-    smtp_source(server.socket, sessions, messages, size)
+    smtp_source(server.socket, sessions, messages, size, recipients)
     time.sleep(0.3)
     tracer.terminate()
     tracer.wait()
@@ -168,7 +175,60 @@ def fsyncs_per_delivery(server, sessions, size, messages=300):
     return calls / messages
 
 
+def files_and_inodes(maildir_root):
+    """Files in every new/ and the distinct inodes behind them."""
+    files, inodes = 0, set()
+    for dirpath, _, names in os.walk(maildir_root):
+        if os.path.basename(dirpath) == "new":
+            for name in names:
+                files += 1
+                inodes.add(os.stat(os.path.join(dirpath, name)).st_ino)
+    return files, len(inodes)
+
+
+def main_recipients():
+    """1, 10 and 100 recipients per message, one session, 4 KiB: messages/s, copies/s, CPU
+    and fsyncs per message, and how many files were written (distinct inodes)."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    servers = [Atsms()]
+    rows, results = [], {}
+    try:
+        servers.append(Dovecot())
+        for recipients in (1, 10, 100):
+            messages = max(MESSAGES // recipients, 50)
+            for server in servers:
+                shutil.rmtree(server.mail, ignore_errors=True)
+                os.makedirs(server.mail, exist_ok=True)
+                if server.name == "dovecot":
+                    shutil.chown(server.mail, "nobody", "nogroup")
+                busy0, t0 = busy_seconds(), time.time()
+                client_cpu = smtp_source(server.socket, 1, messages, 4096, recipients)
+                elapsed, busy = time.time() - t0, busy_seconds() - busy0
+                files, inodes = files_and_inodes(server.mail)
+                if files != messages * recipients:
+                    raise SystemExit(f"{server.name}: {files} of {messages * recipients} copies arrived")
+                rate = messages / elapsed
+                cpu = max(busy - client_cpu, 0.0) / messages * 1e6
+                fsyncs = fsyncs_per_delivery(server, 1, 4096, max(messages // 4, 20), recipients)
+                results[(recipients, server.name)] = (rate, cpu)
+                rows.append(f"| {recipients} | {server.name} | {rate:.0f} | {rate * recipients:.0f} | {cpu:.0f} | {fsyncs:.1f} | {inodes / messages:.2f} | {files} |")
+    finally:
+        for server in servers:
+            server.stop()
+    print("| recipients | program | messages/s | copies/s | CPU µs / message | fsyncs / message | files written / message | copies arrived |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print("\n| recipients | messages/s atsms/dovecot | CPU per message atsms/dovecot |")
+    print("|---|---|---|")
+    for recipients in (1, 10, 100):
+        ours, theirs = results[(recipients, "atsms-milter")], results[(recipients, "dovecot")]
+        print(f"| {recipients} | {ours[0] / theirs[0]:.2f}x | {ours[1] / theirs[1]:.2f}x |")
+
+
 def main():
+    if RECIPIENTS:
+        return main_recipients()
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
     servers = [Atsms(), Dovecot()]
