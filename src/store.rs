@@ -38,7 +38,30 @@ pub struct SharedStore {
     key: Option<Vec<u8>>,
 }
 
-/// A DID document as one instance fetched it.
+/// The kinds of identity answer a fleet shares, each under its own Redis prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A DID document (`atsms:did:<did>`): the document as served.
+    Did,
+    /// A handle's DID (`atsms:handle:<handle>`): the DID; the source is `dns` or `https`.
+    Handle,
+    /// A device certificate (`atsms:cert:<kid>`): the PEM from the record.
+    Certificate,
+}
+
+impl Kind {
+    fn redis_key(self, key: &str) -> String {
+        let prefix = match self {
+            Kind::Did => "did",
+            Kind::Handle => "handle",
+            Kind::Certificate => "cert",
+        };
+        format!("atsms:{prefix}:{key}")
+    }
+}
+
+/// An identity answer (a DID document, a handle's DID, a certificate) as one instance
+/// fetched it.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct SharedDocument {
     /// Unix seconds.
@@ -266,12 +289,29 @@ impl SharedStore {
 
     /// A document another instance fetched no longer ago than `max_age`.
     pub async fn document(&self, did: &str, max_age: Duration) -> Option<SharedDocument> {
-        let text = self.get(&format!("atsms:did:{did}")).await?;
+        self.entry(Kind::Did, did, max_age).await
+    }
+
+    pub async fn put_document(&self, did: &str, source: &str, body: &[u8], keep: Duration) {
+        self.put_entry(Kind::Did, did, source, body, keep).await;
+    }
+
+    /// An identity answer of `kind` another instance fetched no longer ago than `max_age`.
+    pub async fn entry(&self, kind: Kind, key: &str, max_age: Duration) -> Option<SharedDocument> {
+        let text = self.get(&kind.redis_key(key)).await?;
         let doc: SharedDocument = serde_json::from_str(&text).ok()?;
         (crate::clock::unix_now() - doc.fetched <= max_age.as_secs() as i64).then_some(doc)
     }
 
-    pub async fn put_document(&self, did: &str, source: &str, body: &[u8], keep: Duration) {
+    /// Shares an identity answer as fetched (`body` as served, `source` where from) for `keep`.
+    pub async fn put_entry(
+        &self,
+        kind: Kind,
+        key: &str,
+        source: &str,
+        body: &[u8],
+        keep: Duration,
+    ) {
         let Ok(body) = std::str::from_utf8(body) else {
             return;
         };
@@ -283,7 +323,7 @@ impl SharedStore {
         let Ok(text) = serde_json::to_string(&doc) else {
             return;
         };
-        self.set(&format!("atsms:did:{did}"), &text, keep).await;
+        self.set(&kind.redis_key(key), &text, keep).await;
     }
 
     pub async fn forget_document(&self, did: &str) {

@@ -403,7 +403,11 @@ async fn many_recipients_share_one_written_file() {
         );
         ids.insert(reply.split(' ').nth(3).unwrap().to_string());
     }
-    assert_eq!(ids.len(), to.len(), "each copy has its own name: {replies:?}");
+    assert_eq!(
+        ids.len(),
+        to.len(),
+        "each copy has its own name: {replies:?}"
+    );
     let folders = [
         server.maildir("bob"),
         server.maildir("carol"),

@@ -451,7 +451,7 @@ impl IdentityResolver {
                 let fetch = move |this: Arc<Self>, kid_uri: String| {
                     let (document, fingerprint) = (document.clone(), fingerprint.clone());
                     async move {
-                        this.fetch_device_cert(&document, &kid_uri, &fingerprint)
+                        this.fetch_device_cert_shared(&document, &kid_uri, &fingerprint)
                             .await
                     }
                 };
@@ -471,12 +471,41 @@ impl IdentityResolver {
         })
     }
 
-    async fn fetch_device_cert(
+    /// A device certificate: one another instance fetched recently (shared store), else the
+    /// DID's PDS, whose record's PEM is then shared. Either way it is parsed and checked here
+    /// against the `kid` and fingerprint (the store is not trusted to have done so).
+    async fn fetch_device_cert_shared(
         &self,
         document: &DidDocument,
         kid: &str,
         fingerprint: &str,
     ) -> Cached<DeviceCertificate> {
+        use crate::store::Kind;
+        if let Some(shared) = &self.shared
+            && let Some(entry) = shared
+                .entry(Kind::Certificate, kid, self.lifetimes.fresh)
+                .await
+            && let Ok(cert) = DeviceCertificate::parse(&entry.body, kid, fingerprint)
+        {
+            return Ok(Arc::new(cert));
+        }
+        let (cert, pem, url) = self.fetch_device_cert(document, kid, fingerprint).await?;
+        if let Some(shared) = &self.shared {
+            let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
+            shared
+                .put_entry(Kind::Certificate, kid, &url, pem.as_bytes(), keep)
+                .await;
+        }
+        Ok(cert)
+    }
+
+    /// A device certificate from the DID's PDS: the certificate, its PEM and the URL asked.
+    async fn fetch_device_cert(
+        &self,
+        document: &DidDocument,
+        kid: &str,
+        fingerprint: &str,
+    ) -> Result<(Arc<DeviceCertificate>, String, String), IdentityError> {
         let upstream = Upstream::Pds;
         let pds = document.pds().ok_or(IdentityError::NoPds)?;
         let mut url = reqwest::Url::parse(pds).map_err(|_| IdentityError::NoPds)?;
@@ -514,7 +543,8 @@ impl IdentityResolver {
             .pointer("/value/certificate")
             .and_then(|c| c.as_str())
             .ok_or(IdentityError::BadRecord)?;
-        Ok(Arc::new(DeviceCertificate::parse(pem, kid, fingerprint)?))
+        let cert = DeviceCertificate::parse(pem, kid, fingerprint)?;
+        Ok((Arc::new(cert), pem.to_string(), url.to_string()))
     }
     /// The DID a handle names: DNS TXT `_atproto.<handle>`, else HTTPS
     /// `/.well-known/atproto-did` (atproto handle spec).
@@ -523,10 +553,40 @@ impl IdentityResolver {
         self.cached(
             |r| &r.handles,
             &handle,
-            |this, handle| async move { this.fetch_handle(&handle).await },
+            |this, handle| async move { this.fetch_handle_shared(&handle).await },
         )
         .await
         .map(|found| found.value)
+    }
+
+    /// A handle's DID: one another instance resolved recently (shared store), else the
+    /// network, whose answer is then shared. Failures are not shared: each instance asks.
+    async fn fetch_handle_shared(&self, handle: &str) -> Cached<(String, HandleSource)> {
+        use crate::store::Kind;
+        if let Some(shared) = &self.shared
+            && let Some(entry) = shared
+                .entry(Kind::Handle, handle, self.lifetimes.fresh)
+                .await
+            && syntax::is_valid_did(&entry.body)
+        {
+            let source = match entry.source.as_str() {
+                "dns" => HandleSource::Dns,
+                _ => HandleSource::Https,
+            };
+            return Ok(Arc::new((entry.body, source)));
+        }
+        let found = self.fetch_handle(handle).await?;
+        if let Some(shared) = &self.shared {
+            let source = match found.1 {
+                HandleSource::Dns => "dns",
+                HandleSource::Https => "https",
+            };
+            let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
+            shared
+                .put_entry(Kind::Handle, handle, source, found.0.as_bytes(), keep)
+                .await;
+        }
+        Ok(found)
     }
 
     async fn fetch_handle(&self, handle: &str) -> Cached<(String, HandleSource)> {
