@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::num::{NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -837,6 +837,10 @@ pub struct ResolverConfig {
     pub max_document_size: usize,
     pub max_concurrent_fetches: NonZeroUsize,
     pub max_concurrent_per_host: NonZeroUsize,
+    /// Requests per second to each PLC directory, lookups and background refreshes together
+    /// (refreshes use only what lookups leave). plc.directory limits clients per IP; a fleet
+    /// behind one address shares that limit.
+    pub max_requests_per_second: NonZeroU32,
 }
 
 impl Default for ResolverConfig {
@@ -849,6 +853,7 @@ impl Default for ResolverConfig {
             max_document_size: 65_536,
             max_concurrent_fetches: NonZeroUsize::new(64).expect("non-zero"),
             max_concurrent_per_host: NonZeroUsize::new(8).expect("non-zero"),
+            max_requests_per_second: NonZeroU32::new(10).expect("non-zero"),
         }
     }
 }

@@ -72,6 +72,11 @@ impl Metrics {
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// A PLC request not made: the directory's request budget had no slot in time.
+    pub fn plc_over_budget(&self) {
+        bump(&self.resolver_requests, "over_budget");
+    }
+
     /// A socketmap lookup: the map and the answer (`ok`, `notfound`, `temp`, `perm`).
     pub fn socketmap_lookup(&self, map: &'static str, answer: &'static str) {
         bump(&self.socketmap_lookups, (map, answer));

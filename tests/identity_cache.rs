@@ -213,3 +213,111 @@ async fn a_rotated_key_is_noticed_at_once_and_the_old_key_then_fails() {
     }
     assert_eq!(directory.request_count(), 2);
 }
+
+/// The most requests in any one-second window.
+fn most_in_a_second(times: &[std::time::Instant]) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| t.duration_since(times[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `resolver.max_requests_per_second`: a directory never sees more than the budget (a
+/// second's burst, then the rate), refreshes take only what lookups leave, and only entries
+/// used since their last fetch are refreshed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
+    const RATE: usize = 5;
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let log: Arc<Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
+    let seen = log.clone();
+    let plc = HttpServer::start(Arc::new(move |target: &str| {
+        let did = target.trim_start_matches('/').to_string();
+        seen.lock()
+            .unwrap()
+            .push((std::time::Instant::now(), did.clone()));
+        Reply::json(200, document(&did, &key, None))
+    }));
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url().parse().unwrap()],
+        timeout: std::num::NonZeroU64::new(10).unwrap(),
+        max_requests_per_second: std::num::NonZeroU32::new(RATE as u32).unwrap(),
+        ..Default::default()
+    };
+    let cache = CacheConfig {
+        fresh: 1,
+        max_age: 3600,
+        ..CacheConfig::default()
+    };
+    let identity = Arc::new(IdentityResolver::new(&config, &cache).unwrap());
+    let did = |n: usize| support::signing::plc_did(9000 + n);
+    let requests_for = |dids: &[String]| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, d)| dids.contains(d))
+            .count()
+    };
+
+    // 1. Twenty new senders at once: all resolved, the directory sees the budget.
+    let first: Vec<String> = (0..20).map(did).collect();
+    let found = futures::future::join_all(first.iter().map(|d| identity.resolve_did(d))).await;
+    assert!(found.iter().all(|f| f.as_ref().is_ok_and(|f| !f.cached)));
+    let times: Vec<_> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
+    assert_eq!(times.len(), 20);
+    assert!(
+        most_in_a_second(&times) <= 2 * RATE,
+        "a second's burst and the rate at most: {}",
+        most_in_a_second(&times)
+    );
+
+    // 2. All twenty are used again past `fresh`: served from the cache at once, and twenty
+    // refreshes queued. Five new senders arriving meanwhile are not kept waiting behind them.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for d in &first {
+        assert!(identity.resolve_did(d).await.unwrap().cached);
+    }
+    let second: Vec<String> = (20..25).map(did).collect();
+    let found = futures::future::join_all(second.iter().map(|d| identity.resolve_did(d))).await;
+    assert!(found.iter().all(|f| f.is_ok()));
+    let refreshed_before = requests_for(&first) - 20;
+    assert!(
+        refreshed_before <= 2,
+        "the lookups went ahead of the queued refreshes ({refreshed_before} refreshes first)"
+    );
+    // The refreshes then come, spaced at the rate, never a burst.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while requests_for(&first) < 40 {
+        assert!(std::time::Instant::now() < deadline, "refreshes stalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refresh_times: Vec<_> = log.lock().unwrap()[25..]
+        .iter()
+        .filter(|(_, d)| first.contains(d))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        most_in_a_second(&refresh_times) <= RATE + 1,
+        "refreshes are spread out: {} in a second",
+        most_in_a_second(&refresh_times)
+    );
+    let times: Vec<_> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
+    assert!(most_in_a_second(&times) <= 2 * RATE);
+
+    // 3. Only entries used since their last fetch are refreshed: three of twenty-five here.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = log.lock().unwrap().len();
+    for d in &first[..3] {
+        identity.resolve_did(d).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(log.lock().unwrap().len() - before, 3);
+    assert_eq!(identity.refreshes(), (0, 0), "nothing queued or dropped");
+}

@@ -66,6 +66,8 @@ async fn five_thousand_messages_from_five_hundred_dids() {
     let resolver = ResolverConfig {
         plc_urls: vec![plc.url().parse().unwrap()],
         timeout: std::num::NonZeroU64::new(30).unwrap(),
+        // 500 new DIDs at once: this test is about load, not the directory's budget.
+        max_requests_per_second: std::num::NonZeroU32::new(100_000).unwrap(),
         ..Default::default()
     };
     let policy = PolicyConfig {

@@ -1,6 +1,7 @@
 //! Identity resolution: DIDs (did:plc, did:web), keys, device certificates and handles, each
 //! cached in one place. Knows nothing of mail transports or policy.
 
+pub mod budget;
 pub mod cache;
 pub mod device_cert;
 pub mod did_doc;
@@ -138,18 +139,34 @@ pub struct IdentityResolver {
     plc_backoff: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Documents shared with the other instances of a fleet (Redis), if configured.
     shared: Option<Arc<crate::store::SharedStore>>,
+    /// `resolver.max_requests_per_second`, one budget per PLC directory.
+    plc_budgets: std::collections::HashMap<String, budget::Budget>,
+    /// How long a lookup may wait for its slot in a budget.
+    lookup_wait: Duration,
+    /// Background refreshes, queued and spread out under the budgets.
+    refresher: Arc<budget::Refresher>,
     lifetimes: cache::Lifetimes,
 }
 
 impl IdentityResolver {
     pub fn new(resolver: &ResolverConfig, cache: &CacheConfig) -> Result<IdentityResolver, String> {
+        let plc_urls: Vec<String> = resolver
+            .plc_urls
+            .iter()
+            .map(|u| u.as_str().trim_end_matches('/').to_string())
+            .collect();
         Ok(IdentityResolver {
             net: Net::new(resolver)?,
-            plc_urls: resolver
-                .plc_urls
+            plc_budgets: plc_urls
                 .iter()
-                .map(|u| u.as_str().trim_end_matches('/').to_string())
+                .map(|u| {
+                    let budget = budget::Budget::new(resolver.max_requests_per_second.get());
+                    (u.clone(), budget)
+                })
                 .collect(),
+            lookup_wait: resolver.timeout(),
+            refresher: Arc::default(),
+            plc_urls,
             max_document_size: resolver.max_document_size,
             // cache.max_bytes and max_entries, shared out: documents are most of it.
             documents: TimedCache::new(cache, 5, 8),
@@ -206,6 +223,20 @@ impl IdentityResolver {
         &self.plc_urls
     }
 
+    /// Waits for a slot in `plc`'s request budget (the PLC audit log of reputation's age rule
+    /// is asked under it too).
+    pub async fn plc_budget(&self, plc: &str) -> Result<(), budget::OverBudget> {
+        match self.plc_budgets.get(plc) {
+            Some(budget) => budget.acquire(self.lookup_wait).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Background refreshes queued or running, and dropped for a full queue.
+    pub fn refreshes(&self) -> (usize, u64) {
+        (self.refresher.pending(), self.refresher.dropped())
+    }
+
     /// The store shared with the other instances of a fleet, if configured.
     pub fn shared_store(&self) -> Option<Arc<crate::store::SharedStore>> {
         self.shared.clone()
@@ -240,7 +271,9 @@ impl IdentityResolver {
     {
         let refresh = || {
             let (this, key, fetch) = (self.clone(), key.to_string(), fetch.clone());
-            tokio::spawn(async move {
+            // One queue for every kind: the key names the cache too (its address).
+            let queued = format!("{:p}:{key}", cache(self));
+            self.refresher.submit(queued, async move {
                 let again = || fetch(this.clone(), key.clone());
                 let _ = cache(&this).fetch(&key, again, true).await;
             });
@@ -322,6 +355,17 @@ impl IdentityResolver {
                         .and_then(|b| b.get(plc).copied())
                         .is_some_and(|until| std::time::Instant::now() < until);
                     if backing_off {
+                        any_transient = true;
+                        last = IdentityError::Unavailable(Upstream::Plc);
+                        continue;
+                    }
+                    // The directory's request budget: a lookup waits for its slot (at most
+                    // `resolver.timeout`), a background refresh for one nobody else wants.
+                    if let Some(budget) = self.plc_budgets.get(plc)
+                        && budget.acquire(self.lookup_wait).await.is_err()
+                    {
+                        tracing::debug!("{plc}: request budget spent; {did} not asked");
+                        crate::metrics::global().plc_over_budget();
                         any_transient = true;
                         last = IdentityError::Unavailable(Upstream::Plc);
                         continue;

@@ -159,6 +159,7 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn settings() -> Settings {
         crate::session::test_settings(crate::config::PolicyConfig::default())

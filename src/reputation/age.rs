@@ -41,6 +41,12 @@ pub async fn query(
 ) -> Result<Arc<Created>, IdentityError> {
     let mut last = IdentityError::Unavailable(Upstream::Plc);
     for plc in identity.plc_urls() {
+        // The same request budget as the directory's documents (`resolver.
+        // max_requests_per_second`): an identity's age is asked once and cached.
+        if identity.plc_budget(plc).await.is_err() {
+            last = IdentityError::Unavailable(Upstream::Plc);
+            continue;
+        }
         let url = format!("{plc}/{did}/log/audit");
         match identity
             .net()

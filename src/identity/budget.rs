@@ -1,0 +1,233 @@
+//! Politeness to a PLC directory: `resolver.max_requests_per_second` per directory, shared
+//! by lookups (foreground: a message waits for the answer) and background refreshes.
+//!
+//! The budget is a GCRA (generic cell rate algorithm, the token bucket written as one
+//! timestamp): requests are spaced `1 / rate` apart, with a burst of one second's worth.
+//! - A lookup reserves the next slot at once and waits for it; if that slot is further away
+//!   than it may wait (the lookup's own timeout), it reserves nothing and fails transiently
+//!   (the message is deferred, never accepted unverified).
+//! - A refresh takes a slot only when one is free now, no lookup is waiting, and taking it
+//!   leaves the whole burst to lookups (it never spends headroom); otherwise it waits a slot
+//!   and looks again. Refreshes thus use only what lookups leave, and yield to them at once.
+//!
+//! Which fetch is a refresh is carried by a task-local (`as_refresh`), so the fetch code
+//! paths stay the same for both.
+
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+tokio::task_local! {
+    static REFRESH: ();
+}
+
+/// Runs `f` as a background refresh: the budget treats its PLC requests as yielding.
+pub async fn as_refresh<F: std::future::Future>(f: F) -> F::Output {
+    REFRESH.scope((), f).await
+}
+
+/// Whether the running task is a background refresh.
+pub fn is_refresh() -> bool {
+    REFRESH.try_with(|_| ()).is_ok()
+}
+
+pub struct Budget {
+    /// Time between two requests at the full rate.
+    interval: Duration,
+    /// How far ahead of now the schedule may run: the burst, one second's worth.
+    tolerance: Duration,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The theoretical arrival time: when the schedule is next free.
+    tat: Instant,
+    /// Lookups reserved and waiting for their slot.
+    waiting: usize,
+}
+
+/// A slot the budget would not give within the time a lookup may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
+impl Budget {
+    pub fn new(per_second: u32) -> Budget {
+        let per_second = per_second.max(1);
+        let interval = Duration::from_secs(1) / per_second;
+        Budget {
+            interval,
+            tolerance: interval * (per_second - 1),
+            state: Mutex::new(State {
+                tat: Instant::now(),
+                waiting: 0,
+            }),
+        }
+    }
+
+    /// Waits for a slot for this task's request: a lookup's or, inside `as_refresh`, a
+    /// refresh's. A lookup waits at most `max_wait`.
+    pub async fn acquire(&self, max_wait: Duration) -> Result<(), OverBudget> {
+        if is_refresh() {
+            self.refresh().await;
+            Ok(())
+        } else {
+            self.lookup(max_wait).await
+        }
+    }
+
+    /// A lookup's slot: reserved now, waited for, unless further away than `max_wait`.
+    pub async fn lookup(&self, max_wait: Duration) -> Result<(), OverBudget> {
+        let wait = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let start = s.tat.max(now);
+            let wait = start.saturating_duration_since(now + self.tolerance);
+            if wait > max_wait {
+                return Err(OverBudget);
+            }
+            s.tat = start + self.interval;
+            if !wait.is_zero() {
+                s.waiting += 1;
+            }
+            wait
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.waiting -= 1;
+        }
+        Ok(())
+    }
+
+    /// A refresh's slot: taken only when free now, with no lookup waiting and the whole
+    /// burst left to lookups.
+    pub async fn refresh(&self) {
+        loop {
+            let pause = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                if s.waiting == 0 && s.tat <= now {
+                    s.tat = now + self.interval;
+                    return;
+                }
+                s.tat.saturating_duration_since(now).max(self.interval)
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// Background refreshes, queued: each key at most once, at most `MAX_PENDING` waiting, a
+/// few running at a time (each then waits for its directory's budget). A refresh that finds
+/// the queue full is dropped: its entry is refreshed on a later use, or refetched before use
+/// once past `max_age`. Refreshes are asked for by uses (an entry used between `fresh` and
+/// `max_age`), so only identities used since their last fetch are ever refreshed.
+pub struct Refresher {
+    pending: Mutex<std::collections::HashSet<String>>,
+    running: std::sync::Arc<tokio::sync::Semaphore>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// Refreshes queued at most; past it new ones are dropped.
+pub const MAX_PENDING: usize = 10_000;
+/// Refreshes running at once.
+const RUNNING: usize = 4;
+
+impl Default for Refresher {
+    fn default() -> Self {
+        Refresher {
+            pending: Mutex::new(std::collections::HashSet::new()),
+            running: std::sync::Arc::new(tokio::sync::Semaphore::new(RUNNING)),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Refresher {
+    /// Queues `job` (a refresh of `key`) unless it is queued already or the queue is full.
+    pub fn submit<F>(self: &std::sync::Arc<Self>, key: String, job: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if pending.contains(&key) {
+                return;
+            }
+            if pending.len() >= MAX_PENDING {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            pending.insert(key.clone());
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let permit = this.running.clone().acquire_owned().await;
+            as_refresh(job).await;
+            drop(permit);
+            let mut pending = this.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.remove(&key);
+        });
+    }
+
+    /// Refreshes waiting or running now.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().map(|p| p.len()).unwrap_or(0)
+    }
+
+    /// Refreshes dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn lookups_get_a_burst_then_the_rate_and_give_up_past_their_wait() {
+        let budget = Budget::new(10);
+        let start = tokio::time::Instant::now();
+        for _ in 0..10 {
+            budget.lookup(Duration::ZERO).await.unwrap();
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "one second's burst");
+        assert_eq!(budget.lookup(Duration::ZERO).await, Err(OverBudget));
+        budget.lookup(Duration::from_secs(1)).await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refreshes_never_spend_the_burst_and_wait_for_lookups() {
+        let budget = std::sync::Arc::new(Budget::new(10));
+        let start = tokio::time::Instant::now();
+        // Refreshes alone: one per interval, not a burst.
+        for _ in 0..5 {
+            as_refresh(budget.acquire(Duration::ZERO)).await.unwrap();
+        }
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(400), "{took:?}");
+        // After that the burst is whole for lookups.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..10 {
+            budget.lookup(Duration::ZERO).await.unwrap();
+        }
+        // A lookup waiting for its slot keeps a refresh out until it has gone.
+        let waiting = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.lookup(Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        let before = tokio::time::Instant::now();
+        as_refresh(budget.acquire(Duration::ZERO)).await.unwrap();
+        assert!(waiting.is_finished(), "the lookup went first");
+        assert!(before.elapsed() >= Duration::from_millis(100));
+        waiting.await.unwrap().unwrap();
+    }
+}
