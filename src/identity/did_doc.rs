@@ -23,29 +23,56 @@ pub enum DocumentError {
     BadKey { fragment: String, error: KeyError },
 }
 
+/// A cached document is kept compact (a host may hold a million, docs/performance.md):
+/// strings as `Box<str>`, lists as boxed slices, the few names every document repeats (types,
+/// service ids) not allocated at all, and a controller that is the document's own DID (almost
+/// always) not stored twice.
+pub type Text = Box<str>;
+
+/// The names documents repeat, kept without an allocation each.
+const KNOWN: [&str; 9] = [
+    "Multikey",
+    "EcdsaSecp256k1VerificationKey2019",
+    "EcdsaSecp256r1VerificationKey2019",
+    "AtprotoPersonalDataServer",
+    "AtprotoLabeler",
+    "#atproto",
+    "#atproto_pds",
+    "#atproto_labeler",
+    "#atsms_mail",
+];
+
+fn name(value: String) -> std::borrow::Cow<'static, str> {
+    match KNOWN.iter().find(|k| **k == value) {
+        Some(known) => std::borrow::Cow::Borrowed(known),
+        None => std::borrow::Cow::Owned(value),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerificationMethod {
-    pub id: String,
-    pub kind: String,
-    pub controller: String,
-    pub public_key_multibase: Option<String>,
+    pub id: std::borrow::Cow<'static, str>,
+    pub kind: std::borrow::Cow<'static, str>,
+    /// `None`: the document's own DID.
+    pub controller: Option<Text>,
+    pub public_key_multibase: Option<Text>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
-    pub id: String,
-    pub kind: String,
+    pub id: std::borrow::Cow<'static, str>,
+    pub kind: std::borrow::Cow<'static, str>,
     /// Only string endpoints are kept: atproto uses no other form.
-    pub endpoint: Option<String>,
+    pub endpoint: Option<Text>,
 }
 
 /// The fields of a DID document that verification needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DidDocument {
     pub id: String,
-    pub also_known_as: Vec<String>,
-    pub verification_methods: Vec<VerificationMethod>,
-    pub services: Vec<Service>,
+    pub also_known_as: Box<[Text]>,
+    pub verification_methods: Box<[VerificationMethod]>,
+    pub services: Box<[Service]>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +90,10 @@ fn string_member(value: &Value, name: &str) -> Option<String> {
     value.get(name)?.as_str().map(str::to_string)
 }
 
+fn text_member(value: &Value, name: &str) -> Option<Text> {
+    value.get(name)?.as_str().map(Text::from)
+}
+
 impl DidDocument {
     /// Parses a document fetched for `did`; its `id` must be that DID (spec section 6).
     pub fn parse(bytes: &[u8], did: &str) -> Result<DidDocument, DocumentError> {
@@ -76,11 +107,12 @@ impl DidDocument {
             .verification_method
             .iter()
             .filter_map(|vm| {
+                let controller = vm.get("controller")?.as_str()?;
                 Some(VerificationMethod {
-                    id: string_member(vm, "id")?,
-                    kind: string_member(vm, "type")?,
-                    controller: string_member(vm, "controller")?,
-                    public_key_multibase: string_member(vm, "publicKeyMultibase"),
+                    id: name(string_member(vm, "id")?),
+                    kind: name(string_member(vm, "type")?),
+                    controller: (controller != raw.id).then(|| Text::from(controller)),
+                    public_key_multibase: text_member(vm, "publicKeyMultibase"),
                 })
             })
             .collect();
@@ -89,16 +121,16 @@ impl DidDocument {
             .iter()
             .filter_map(|s| {
                 Some(Service {
-                    id: string_member(s, "id")?,
-                    kind: string_member(s, "type").unwrap_or_default(),
-                    endpoint: string_member(s, "serviceEndpoint"),
+                    id: name(string_member(s, "id")?),
+                    kind: name(string_member(s, "type").unwrap_or_default()),
+                    endpoint: text_member(s, "serviceEndpoint"),
                 })
             })
             .collect();
         let also_known_as = raw
             .also_known_as
             .iter()
-            .filter_map(|a| a.as_str().map(str::to_string))
+            .filter_map(|a| a.as_str().map(Text::from))
             .collect();
         Ok(DidDocument {
             id: raw.id,
@@ -122,13 +154,13 @@ impl DidDocument {
         let method = self
             .verification_methods
             .iter()
-            .find(|m| self.matches_fragment(&m.id, fragment) && m.controller == self.id)
+            .find(|m| self.matches_fragment(&m.id, fragment) && m.controller.is_none())
             .ok_or_else(|| DocumentError::NoKey(fragment.to_string()))?;
         let multibase = method
             .public_key_multibase
             .as_deref()
             .ok_or_else(|| DocumentError::NoMultibase(fragment.to_string()))?;
-        let decoded = match method.kind.as_str() {
+        let decoded = match &*method.kind {
             "Multikey" => PublicKey::from_multikey(multibase),
             "EcdsaSecp256k1VerificationKey2019" => {
                 PublicKey::from_legacy_multibase(Alg::Es256k, multibase)
@@ -156,15 +188,15 @@ impl DidDocument {
     /// Bytes this document holds, roughly (what the identity cache weighs it by): its strings
     /// and 48 bytes a string or item for the structures around them.
     pub fn weight(&self) -> usize {
-        let strings = |v: &[String]| v.iter().map(|s| s.len() + 48).sum::<usize>();
+        let strings = |v: &[Text]| v.iter().map(|s| s.len() + 48).sum::<usize>();
         let methods: usize = self
             .verification_methods
             .iter()
             .map(|m| {
                 m.id.len()
                     + m.kind.len()
-                    + m.controller.len()
-                    + m.public_key_multibase.as_ref().map_or(0, String::len)
+                    + m.controller.as_ref().map_or(0, |c| c.len())
+                    + m.public_key_multibase.as_ref().map_or(0, |k| k.len())
                     + 4 * 48
             })
             .sum();
@@ -172,7 +204,7 @@ impl DidDocument {
             .services
             .iter()
             .map(|s| {
-                s.id.len() + s.kind.len() + s.endpoint.as_ref().map_or(0, String::len) + 3 * 48
+                s.id.len() + s.kind.len() + s.endpoint.as_ref().map_or(0, |e| e.len()) + 3 * 48
             })
             .sum();
         self.id.len() + strings(&self.also_known_as) + methods + services + 4 * 48

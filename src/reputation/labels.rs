@@ -188,7 +188,7 @@ pub async fn query(
         .document
         .service(LABELER_SERVICE)
         .filter(|s| s.kind == LABELER_SERVICE_TYPE)
-        .and_then(|s| s.endpoint.clone())
+        .and_then(|s| s.endpoint.as_deref().map(str::to_string))
         .ok_or(IdentityError::Rejected(Upstream::Service))?;
     let mut received = Vec::new();
     let mut cursor: Option<String> = None;
