@@ -5,6 +5,13 @@
 //!
 //! Run by scripts/bench/postfix-e2e.sh (as root: Postfix's master runs as root):
 //!   cargo bench --bench postfix_e2e -- [--messages 2000] [--connections 1,16] [--size 4096]
+//!
+//! `--tcp`: everything between Postfix and the programs over loopback TCP, side by side in one
+//! run — smtpd_milters = OpenDKIM (inet) against atsms-milter (inet), the message carrying both
+//! a DKIM and an AT-SMS signature; and Postfix's LMTP client (`lmtp:inet:`) delivering to
+//! atsms-milter's LMTP against Dovecot's LMTP, both into Maildirs with their default
+//! durability, timed until the last message is in `new/`. Needs OpenDKIM and Dovecot's LMTP
+//! (the script installs them).
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -82,12 +89,279 @@ async fn client(port: u16, message: Arc<Vec<u8>>, count: usize) -> Vec<Duration>
     latencies
 }
 
+/// Sends `messages` over `n` SMTP connections to `port` (after a warm-up of 20) and returns
+/// messages/s, p50 and p99 of the DATA reply (ms), and the machine's CPU ms per message. With
+/// `delivered` (a `new/` directory and how many files it held before), the clock runs until
+/// every message is in it: the rate is then end to end.
+async fn measure(
+    port: u16,
+    message: &Arc<Vec<u8>>,
+    messages: usize,
+    n: usize,
+    delivered: Option<(&std::path::Path, usize)>,
+) -> (f64, f64, f64, f64) {
+    // Warm-up: connections, the identity cache, Postfix's processes.
+    client(port, message.clone(), 20).await;
+    if let Some((dir, before)) = delivered {
+        wait_for_count(dir, before + 20).await;
+    }
+    let busy = busy_seconds();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            tokio::spawn(client(
+                port,
+                message.clone(),
+                messages / n + usize::from(i < messages % n),
+            ))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.unwrap());
+    }
+    if let Some((dir, before)) = delivered {
+        wait_for_count(dir, before + 20 + messages).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = (busy_seconds() - busy) / latencies.len() as f64 * 1e3;
+    latencies.sort();
+    let at = |q: f64| {
+        latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1e3
+    };
+    (latencies.len() as f64 / elapsed, at(0.5), at(0.99), cpu)
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+async fn wait_for_count(dir: &std::path::Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count_files(dir) < count {
+        assert!(
+            Instant::now() < deadline,
+            "{}: {} of {count}",
+            dir.display(),
+            count_files(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A throwaway Dovecot with only LMTP, on a loopback TCP port, delivering bob@mx.example.net
+/// into `mail/mx.example.net/bob/Maildir`.
+struct Dovecot {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    mail: std::path::PathBuf,
+}
+
+impl Dovecot {
+    fn start(port: u16) -> Dovecot {
+        let dir = tempfile::Builder::new()
+            .prefix("atsms-dovecot-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        let mail = dir.path().join("mail");
+        for sub in ["run", "state", "mail"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let chown = std::process::Command::new("chown")
+            .args(["-R", "nobody:nogroup"])
+            .arg(&mail)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        std::fs::write(
+            dir.path().join("users"),
+            format!(
+                "bob@mx.example.net::65534:65534::{}/mx.example.net/bob\n",
+                mail.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("dovecot.conf"),
+            format!(
+                "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = lmtp\nlisten = 127.0.0.1\nssl = no\ndefault_internal_user = nobody\ndefault_internal_group = nogroup\ndefault_login_user = nobody\nfirst_valid_uid = 1\nmail_location = maildir:~/Maildir\nuserdb {{\n  driver = passwd-file\n  args = username_format=%u {d}/users\n}}\npassdb {{\n  driver = passwd-file\n  args = username_format=%u {d}/users\n}}\nservice lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("dovecot")
+            .args(["-F", "-c"])
+            .arg(dir.path().join("dovecot.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "Dovecot did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Dovecot {
+            child,
+            _dir: dir,
+            mail,
+        }
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+async fn tcp_main(messages: usize, connections: &[usize], size: usize) {
+    let world = VectorWorld::start();
+    let work = common::work_dir("bench-e2e-tcp");
+    let (milter_port, lmtp_port, dkim_port, dovecot_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let mail = tempfile::Builder::new()
+        .prefix("atsms-lmtp-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        mail.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = world.lmtp_daemon_config(
+        &format!("inet:127.0.0.1:{lmtp_port}"),
+        mail.path(),
+        &format!("[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{}/control.sock\"\n", work.display()),
+        "trusted_networks = []\nreplay = false",
+    );
+    let _atsms = Daemon::start(&config, milter_port);
+    let _dkim_signer = common::OpenDkim::signer(&work);
+    let _opendkim = common::OpenDkim::verifier_inet(&work, dkim_port);
+    let dovecot = Dovecot::start(dovecot_port);
+    let discard = "virtual_transport = discard:";
+    let plain = Postfix::start(&["bob"], discard);
+    let with_opendkim = Postfix::start(
+        &["bob"],
+        &format!("{discard}\nsmtpd_milters = inet:127.0.0.1:{dkim_port}"),
+    );
+    let with_atsms = Postfix::start(
+        &["bob"],
+        &format!("{discard}\nsmtpd_milters = inet:127.0.0.1:{milter_port}"),
+    );
+    let to_atsms = Postfix::start(
+        &["bob"],
+        &format!("virtual_transport = lmtp:inet:127.0.0.1:{lmtp_port}"),
+    );
+    let to_dovecot = Postfix::start(
+        &["bob"],
+        &format!("virtual_transport = lmtp:inet:127.0.0.1:{dovecot_port}"),
+    );
+
+    // One message with both signatures: AT-SMS by alice, then DKIM over the result.
+    let signed =
+        Arc::new(world.sign_now("did:plc:ofurdhfyhjhgomvfygxergep", body(size).as_bytes()));
+    let mut conn = common::open(&_dkim_signer.socket).await;
+    let (actions, _) = common::send(&mut conn, &common::split(&signed)).await;
+    let dkim = actions
+        .iter()
+        .find_map(|a| match a {
+            indymilter_test::EomAction::InsertHeader { name, value, .. }
+            | indymilter_test::EomAction::AddHeader { name, value }
+                if name.to_bytes() == b"DKIM-Signature" =>
+            {
+                Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
+            }
+            _ => None,
+        })
+        .expect("OpenDKIM signed the message");
+    let dkim_field = format!("DKIM-Signature:{dkim}\r\n")
+        .replace('\n', "\r\n")
+        .replace("\r\r\n", "\r\n");
+    let message = Arc::new([dkim_field.as_bytes(), &signed[..]].concat());
+
+    println!("Milters over TCP (Postfix's discard transport):\n");
+    println!("| connections | Postfix | msgs/s | p50 ms | p99 ms | machine CPU ms / msg |");
+    println!("|---|---|---|---|---|---|");
+    for &n in connections {
+        let mut rows = Vec::new();
+        for (name, postfix) in [
+            ("without milter", &plain),
+            ("with OpenDKIM (inet)", &with_opendkim),
+            ("with atsms-milter (inet)", &with_atsms),
+        ] {
+            let (rate, p50, p99, cpu) =
+                measure(postfix.smtp_port, &message, messages, n, None).await;
+            println!("| {n} | {name} | {rate:.0} | {p50:.2} | {p99:.2} | {cpu:.2} |");
+            rows.push((rate, cpu));
+        }
+        println!(
+            "| {n} | atsms-milter / OpenDKIM | {:.2}x msgs/s | | | milter's own CPU {:.2}x |",
+            rows[2].0 / rows[1].0,
+            (rows[2].1 - rows[0].1) / (rows[1].1 - rows[0].1)
+        );
+    }
+    println!("\nLMTP over TCP (Postfix's lmtp:inet: client), until the last message is in new/:\n");
+    println!(
+        "| connections | Postfix delivers to | msgs/s end to end | p50 ms | p99 ms | machine CPU ms / msg |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let atsms_new = mail.path().join("mx.example.net/bob/Maildir/new");
+    let dovecot_new = dovecot.mail.join("mx.example.net/bob/Maildir/new");
+    for &n in connections {
+        let mut rows = Vec::new();
+        for (name, postfix, dir) in [
+            ("atsms-milter LMTP (inet)", &to_atsms, &atsms_new),
+            ("Dovecot LMTP (inet)", &to_dovecot, &dovecot_new),
+        ] {
+            let before = count_files(dir);
+            let (rate, p50, p99, cpu) = measure(
+                postfix.smtp_port,
+                &message,
+                messages,
+                n,
+                Some((dir, before)),
+            )
+            .await;
+            println!("| {n} | {name} | {rate:.0} | {p50:.2} | {p99:.2} | {cpu:.2} |");
+            rows.push((rate, cpu));
+        }
+        println!(
+            "| {n} | atsms-milter / Dovecot | {:.2}x msgs/s | | | {:.2}x CPU / msg |",
+            rows[0].0 / rows[1].0,
+            rows[0].1 / rows[1].1
+        );
+    }
+}
+
+fn body(size: usize) -> String {
+    let mut body = String::new();
+    while body.len() < size {
+        body.push_str(
+            "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\r\n",
+        );
+    }
+    format!(
+        "From: Alice <alice@alice.example.com>\r\nTo: <bob@mx.example.net>\r\nSubject: e2e\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\nMessage-ID: <e2e@alice.example.com>\r\n\r\n{body}"
+    )
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let messages = common::numbers(&args, "--messages", "2000")[0];
     let connections = common::numbers(&args, "--connections", "1,16");
     let size = common::numbers(&args, "--size", "4096")[0];
+    if args.iter().any(|a| a == "--tcp") {
+        return tcp_main(messages, &connections, size).await;
+    }
 
     let world = VectorWorld::start();
     let milter_port = free_port();
@@ -104,16 +378,8 @@ async fn main() {
         &format!("{discard}\nsmtpd_milters = inet:127.0.0.1:{milter_port}"),
     );
 
-    let mut body = String::new();
-    while body.len() < size {
-        body.push_str(
-            "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor\r\n",
-        );
-    }
-    let unsigned = format!(
-        "From: Alice <alice@alice.example.com>\r\nTo: <bob@mx.example.net>\r\nSubject: e2e\r\nDate: Thu, 26 Nov 2026 09:00:00 +0000\r\nMessage-ID: <e2e@alice.example.com>\r\n\r\n{body}"
-    );
-    let message = Arc::new(world.sign_now("did:plc:ofurdhfyhjhgomvfygxergep", unsigned.as_bytes()));
+    let message =
+        Arc::new(world.sign_now("did:plc:ofurdhfyhjhgomvfygxergep", body(size).as_bytes()));
 
     println!("| connections | Postfix | msgs/s | p50 ms | p99 ms | machine CPU ms / msg |");
     println!("|---|---|---|---|---|---|");
@@ -123,38 +389,10 @@ async fn main() {
             ("without milter", &plain),
             ("with atsms-milter", &with_milter),
         ] {
-            // Warm-up: connections, the identity cache, Postfix's processes.
-            client(postfix.smtp_port, message.clone(), 20).await;
-            let busy = busy_seconds();
-            let started = Instant::now();
-            let tasks: Vec<_> = (0..n)
-                .map(|i| {
-                    tokio::spawn(client(
-                        postfix.smtp_port,
-                        message.clone(),
-                        messages / n + usize::from(i < messages % n),
-                    ))
-                })
-                .collect();
-            let mut latencies = Vec::new();
-            for t in tasks {
-                latencies.extend(t.await.unwrap());
-            }
-            let elapsed = started.elapsed().as_secs_f64();
-            let cpu = (busy_seconds() - busy) / latencies.len() as f64 * 1e3;
-            latencies.sort();
-            let at = |q: f64| {
-                latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)]
-                    .as_secs_f64()
-                    * 1e3
-            };
-            let rate = latencies.len() as f64 / elapsed;
+            let (rate, p50, p99, cpu) =
+                measure(postfix.smtp_port, &message, messages, n, None).await;
             rates.push((rate, cpu));
-            println!(
-                "| {n} | {name} | {rate:.0} | {:.2} | {:.2} | {cpu:.2} |",
-                at(0.5),
-                at(0.99)
-            );
+            println!("| {n} | {name} | {rate:.0} | {p50:.2} | {p99:.2} | {cpu:.2} |");
         }
         println!(
             "| {n} | milter adds | {:.0}% fewer msgs/s | | | +{:.2} ms CPU |",

@@ -319,6 +319,40 @@ impl OpenDkim {
     }
 }
 
+impl OpenDkim {
+    /// As `verifier`, listening on loopback TCP `port` (`Socket inet:PORT@127.0.0.1`).
+    pub fn verifier_inet(work: &Path, port: u16) -> Daemon {
+        OpenDkim::key(work);
+        let w = work.display();
+        let path = work.join("verify-inet.conf");
+        std::fs::write(
+            &path,
+            format!(
+                "Mode v\nSocket inet:{port}@127.0.0.1\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("opendkim")
+            .arg("-x")
+            .arg(&path)
+            .arg("-f")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "OpenDKIM did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            name: "opendkim (inet)",
+            child,
+            socket: PathBuf::new(),
+        }
+    }
+}
+
 /// A fresh ES256K key in a private key file (mode 0600) under `work`.
 pub fn key_file(work: &Path, name: &str) -> (atsms_milter::crypto::SigningKey, PathBuf) {
     use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The long run (benches/soak.rs): 1 000 000 messages from 50 000 DIDs through the milter at half
+# the maximum measured in the same run, 1% forgeries, 1% unknown DIDs, a PLC directory failing
+# 5% of requests; samples every 10 s into target/bench-soak/soak.csv, plotted into
+# docs/performance/soak.png (matplotlib, installed with pip if missing).
+# Usage: scripts/bench/soak.sh [--messages N] [--dids N] [--max N] [--rate N]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python3 -c "import matplotlib" 2>/dev/null || python3 -m pip install --quiet matplotlib
+ulimit -n 8192
+csv=$(cargo bench --bench soak -- "$@" | tail -1)
+python3 scripts/bench/soak_plot.py "$csv" docs/performance/soak.png
