@@ -290,7 +290,9 @@ impl OpenDkim {
         }
     }
 
-    /// Signs everything (relaxed/relaxed, as atsms-milter canonicalizes).
+    /// Signs mail from example.com and its subdomains (d=example.com; relaxed/relaxed, as
+    /// atsms-milter canonicalizes). OpenDKIM accepts a message from any other domain at the
+    /// end of its header and takes nothing more of it.
     pub fn signer(work: &Path) -> Daemon {
         let w = work.display();
         OpenDkim::start(
@@ -298,7 +300,7 @@ impl OpenDkim {
             "opendkim-signer",
             "sign.conf",
             format!(
-                "Mode s\nDomain example.com\nSelector bench\nKeyFile {w}/bench.private\nSocket local:{w}/sign.sock\nUserID opendkim\nBackground no\nSyslog no\nInternalHosts 0.0.0.0/0\nCanonicalization relaxed/relaxed\nRequireSafeKeys no\n"
+                "Mode s\nDomain example.com\nSelector bench\nKeyFile {w}/bench.private\nSocket local:{w}/sign.sock\nUserID opendkim\nBackground no\nSyslog no\nInternalHosts 0.0.0.0/0\nSubDomains yes\nCanonicalization relaxed/relaxed\nRequireSafeKeys no\n"
             ),
             "sign.sock",
         )

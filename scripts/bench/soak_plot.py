@@ -24,18 +24,16 @@ fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
 (a, b), (c, d) = axes
 a.plot(t, series("rss_mib"), color="tab:blue")
 a.set_ylabel("RSS (MiB)")
-a.set_ylim(bottom=0)
 b.plot(t, series("open_files"), color="tab:green")
 b.set_ylabel("open files")
-b.set_ylim(bottom=0)
 c.plot(t, series("p50_ms"), label="p50")
 c.plot(t, series("p99_ms"), label="p99")
 c.set_ylabel("end-of-message latency (ms)")
-c.set_ylim(bottom=0)
 c.legend()
 d.plot(t, series("cache_entries"), color="tab:purple")
 d.set_ylabel("cached documents")
-d.set_ylim(bottom=0)
+for ax in axes.flat:
+    ax.set_ylim(0, max(ax.get_ylim()[1], 1) * 1.1)
 for ax in (c, d):
     ax.set_xlabel("seconds into the soak")
 for ax in axes.flat:
