@@ -22,16 +22,6 @@ use std::time::Instant;
 use atsms_milter::config::{CacheConfig, ResolverConfig};
 use atsms_milter::identity::IdentityResolver;
 
-fn did(n: usize) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let (mut id, mut x) = (String::new(), n);
-    for _ in 0..24 {
-        id.push(alphabet[x % 32] as char);
-        x /= 32;
-    }
-    format!("did:plc:{id}")
-}
-
 /// The document of `did`, shaped as plc.directory serves one.
 fn document(did: &str, multikey: &str) -> String {
     let handle = format!("u{}.bsky.social", &did[8..20]);
@@ -87,9 +77,9 @@ async fn fill(identity: &Arc<IdentityResolver>, from: usize, to: usize, concurre
                         return;
                     }
                     identity
-                        .resolve_did(&did(n))
+                        .resolve_did(&common::ids::plc_did(n))
                         .await
-                        .unwrap_or_else(|e| panic!("{}: {e}", did(n)));
+                        .unwrap_or_else(|e| panic!("{}: {e}", common::ids::plc_did(n)));
                 }
             })
         })
@@ -138,23 +128,15 @@ async fn main() {
     }
     let steps = common::numbers(&args, "--steps", "100000,1000000");
     let concurrency = common::numbers(&args, "--concurrency", "64")[0];
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .arg("--plc-child")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        line.trim().to_string()
-    };
+    let (mut child, port) = common::spawn_child(&["--plc-child"]);
     let plc = format!("http://127.0.0.1:{port}");
     println!(
         "a document as served: {} bytes",
-        document(&did(1), "zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme").len()
+        document(
+            &common::ids::plc_did(1),
+            "zQ3shokFTS3brHcDQrn82RUDfCZESWL1ZdCEJwekUDPQiYBme"
+        )
+        .len()
     );
     println!(
         "settings overridden: resolver.max_requests_per_second = 1000000; fill: cache.max_bytes = 4 GiB, max_entries = 4000000; bound: cache defaults (max_bytes 64 MiB)"

@@ -17,6 +17,8 @@
 #[allow(unused_imports)]
 mod support;
 
+// Both include tests/support/ids.rs; each bench uses one of the two.
+#[allow(clippy::duplicate_mod)]
 mod common;
 
 use std::sync::Arc;
@@ -253,11 +255,7 @@ impl Dovecot {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "Dovecot did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_for_port(port, "Dovecot");
         Dovecot {
             child,
             _dir: dir,

@@ -37,16 +37,6 @@ use atsms_milter::envelope::sign;
 use atsms_milter::message::read_message;
 use indymilter_test::EomAction;
 
-fn did(n: usize) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let (mut id, mut x) = (String::new(), n);
-    for _ in 0..24 {
-        id.push(alphabet[x % 32] as char);
-        x /= 32;
-    }
-    format!("did:plc:{id}")
-}
-
 /// The key of DID `n`, derived from `n` (the directory child derives the same).
 fn key(n: usize) -> SigningKey {
     use sha2::Digest;
@@ -62,7 +52,7 @@ async fn plc_child(dids: usize) {
     let documents: Arc<std::collections::HashMap<String, String>> = Arc::new(
         (0..dids)
             .map(|n| {
-                let d = did(n);
+                let d = common::ids::plc_did(n);
                 let doc = serde_json::json!({
                     "@context": ["https://www.w3.org/ns/did/v1", "https://w3id.org/security/multikey/v1"],
                     "id": d,
@@ -124,7 +114,7 @@ fn make(i: usize, dids: usize, now: i64) -> common::Message {
         Kind::Unknown => UNKNOWN_BASE + (i / 100) % 5000,
         _ => i % dids,
     };
-    let d = did(n);
+    let d = common::ids::plc_did(n);
     let body = format!(
         "From: sender@example.com\r\nTo: <bob@mx.example.net>\r\nSubject: soak {i}\r\nMessage-ID: <{i}@soak.test>\r\n\r\nMessage {i} of the soak.\r\n"
     );
@@ -275,19 +265,7 @@ async fn main() {
     let fixed_rate = common::numbers(&args, "--rate", "0")[0];
     let cache_mib = common::numbers(&args, "--cache-mib", "256")[0];
 
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--plc-child", "--dids", &dids.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let port = {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        line.trim().to_string()
-    };
+    let (mut child, port) = common::spawn_child(&["--plc-child", "--dids", &dids.to_string()]);
 
     // Signed before the run, on both cores.
     let now = atsms_milter::clock::unix_now();

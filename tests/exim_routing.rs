@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use atsms_milter::crypto::{Alg, SigningKey};
 use support::daemon::Daemon;
 use support::exim::Exim;
+use support::ids::plc_did;
 use support::plc::{Plc, mailbox};
 use support::postfix::free_port;
-use support::signing::plc_did;
 
 const EXIM_DOMAIN: &str = "mx.exim.test";
 

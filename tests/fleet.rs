@@ -9,29 +9,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use atsms_milter::crypto::{Alg, SigningKey};
-use indymilter_test::EomAction;
 use support::daemon::Daemon;
 use support::dns::{Answer, DnsServer};
+use support::ids::plc_did;
 use support::plc::Plc;
 use support::postfix::free_port;
 use support::redis::Redis;
-use support::signing::{self, plc_did};
+use support::signing;
 use support::vectors::VectorWorld;
 
 const DIDS: usize = 100;
 
 fn now() -> i64 {
     atsms_milter::clock::unix_now()
-}
-
-fn inserted(actions: &[EomAction]) -> String {
-    actions
-        .iter()
-        .find_map(|a| match a {
-            EomAction::InsertHeader { value, .. } => Some(value.to_str().unwrap().to_string()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no field inserted: {actions:?}"))
 }
 
 fn config(port: u16, resolver: &str, redis: &Redis) -> String {
@@ -45,7 +35,7 @@ fn config(port: u16, resolver: &str, redis: &Redis) -> String {
 async fn judged(port: u16, message: &[u8]) -> String {
     let mut conn = support::milter::open_client(("127.0.0.1", port)).await;
     let (actions, _) = support::milter::send(&mut conn, message).await;
-    inserted(&actions)
+    support::milter::inserted_field(&actions)
 }
 
 #[tokio::test(flavor = "multi_thread")]

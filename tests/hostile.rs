@@ -15,7 +15,8 @@ use atsms_milter::identity::{DocumentError, IdentityError, IdentityResolver, Ups
 use atsms_milter::verify::{Reason, Verifier};
 use support::dns::{Answer, DnsServer};
 use support::http::{HttpServer, Reply};
-use support::signing::{NOW, document, plc_did, signed, verify_first};
+use support::ids::plc_did;
+use support::signing::{NOW, document, signed, verify_first};
 
 fn verifier(config: ResolverConfig) -> Verifier {
     Verifier::new(

@@ -479,7 +479,7 @@ async fn r09_the_identity_cache_is_bounded_by_bytes() {
     let identity = Arc::new(IdentityResolver::new(&config, &cache).unwrap());
     let v = Verifier::new(identity.clone(), Duration::from_secs(5));
     for n in 0..300 {
-        let did = support::signing::plc_did(n);
+        let did = support::ids::plc_did(n);
         let verdict = verify_first(&v, &support::signing::signed(&key, &did)).await;
         assert_eq!(verdict.result, AuthResult::Pass, "{:?}", verdict.reason);
     }
@@ -885,7 +885,7 @@ async fn r18_a_hanging_did_web_host_does_not_starve_did_plc() {
     let started = Instant::now();
     let verdict = verify_first(
         &v,
-        &support::signing::signed(&key, &support::signing::plc_did(1)),
+        &support::signing::signed(&key, &support::ids::plc_did(1)),
     )
     .await;
     assert_eq!(verdict.result, AuthResult::Pass);
@@ -928,14 +928,14 @@ async fn r18_retry_after_is_honoured_no_longer_than_cache_error() {
     );
     let first = verify_first(
         &v,
-        &support::signing::signed(&key, &support::signing::plc_did(1)),
+        &support::signing::signed(&key, &support::ids::plc_did(1)),
     )
     .await;
     assert_eq!(first.result, AuthResult::Temperror);
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let later = verify_first(
         &v,
-        &support::signing::signed(&key, &support::signing::plc_did(2)),
+        &support::signing::signed(&key, &support::ids::plc_did(2)),
     )
     .await;
     assert_eq!(

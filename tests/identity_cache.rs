@@ -257,7 +257,7 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
         ..CacheConfig::default()
     };
     let identity = Arc::new(IdentityResolver::new(&config, &cache).unwrap());
-    let did = |n: usize| support::signing::plc_did(9000 + n);
+    let did = |n: usize| support::ids::plc_did(9000 + n);
     let requests_for = |dids: &[String]| {
         log.lock()
             .unwrap()

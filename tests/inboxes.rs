@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use atsms_milter::config::{Action, Config, PolicyConfig};
 use atsms_milter::crypto::{Alg, SigningKey};
+use support::ids::plc_did;
 use support::lmtp::{RunningLmtp, dot_stuffed};
 use support::plc::{Plc, mailbox};
-use support::signing::plc_did;
 use support::vectors::VectorWorld;
 
 const US: &str = "mx.example.net";

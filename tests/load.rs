@@ -15,8 +15,8 @@ use atsms_milter::envelope::sign;
 use atsms_milter::message::read_message;
 use indymilter_test::{EomAction, Status, TestConnection};
 use support::http::{HttpServer, Reply};
+use support::ids::plc_did;
 use support::milter::{RunningMilter, split_message};
-use support::signing::plc_did;
 
 const NOW: i64 = 1_795_000_000;
 const DIDS: usize = 500;

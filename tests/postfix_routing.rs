@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use atsms_milter::crypto::{Alg, SigningKey};
 use support::daemon::Daemon;
+use support::ids::plc_did;
 use support::plc::{Plc, mailbox};
 use support::postfix::{Postfix, free_port};
-use support::signing::plc_did;
 
 fn message(to: &str, subject: &str) -> Vec<u8> {
     format!("From: <sender@a.example>\r\nTo: <{to}>\r\nSubject: {subject}\r\n\r\nrouted by a DID document\r\n")

@@ -11,7 +11,7 @@ use atsms_milter::message::read_message;
 use atsms_milter::replay::ReplaySet;
 use atsms_milter::store::SharedStore;
 use atsms_milter::verify::{Context, Reason, Verifier};
-use indymilter_test::{EomAction, Status};
+use indymilter_test::Status;
 use support::http::{HttpServer, Reply};
 use support::lmtp::{RunningLmtp, dot_stuffed};
 use support::milter::{open_client, send};
@@ -70,16 +70,6 @@ async fn lmtp_delivers_a_replay_tagged_and_other_recipients_are_not_replays() {
     );
 }
 
-fn inserted(actions: &[EomAction]) -> String {
-    actions
-        .iter()
-        .find_map(|a| match a {
-            EomAction::InsertHeader { value, .. } => Some(value.to_str().unwrap().to_string()),
-            _ => None,
-        })
-        .unwrap()
-}
-
 #[tokio::test]
 async fn milter_a_retry_after_our_tempfail_is_not_a_replay_a_second_delivery_is() {
     let world = VectorWorld::start();
@@ -115,11 +105,11 @@ async fn milter_a_retry_after_our_tempfail_is_not_a_replay_a_second_delivery_is(
     let (actions, status) = send(&mut open_client(milter.addr).await, &signed).await;
     assert_eq!(status, Status::Continue);
     assert!(
-        inserted(&actions).contains("atsms=pass"),
+        support::milter::inserted_field(&actions).contains("atsms=pass"),
         "the MTA's retry is not a replay"
     );
     let (actions, _) = send(&mut open_client(milter.addr).await, &signed).await;
-    let header = inserted(&actions);
+    let header = support::milter::inserted_field(&actions);
     assert!(
         header.contains("atsms=policy reason=\"replayed\""),
         "{header}"

@@ -15,10 +15,11 @@ use indymilter_test::{EomAction, Status};
 use serde_json::{Value, json};
 use support::daemon::Daemon;
 use support::http::{HttpServer, Reply, query_param};
+use support::ids::plc_did;
 use support::milter::send_from;
 use support::plc::Plc;
 use support::postfix::free_port;
-use support::signing::{plc_did, signed_message};
+use support::signing::signed_message;
 
 fn now() -> i64 {
     SystemTime::now()

@@ -15,9 +15,9 @@ use atsms_milter::crypto::{Alg, SigningKey};
 use support::daemon::Daemon;
 use support::dns::{Answer, DnsServer};
 use support::http::{HttpServer, Reply};
+use support::ids::plc_did;
 use support::plc::{Plc, mailbox};
 use support::postfix::free_port;
-use support::signing::plc_did;
 use support::socketmap::{RunningSocketmap, netstring};
 
 const US: &str = "mx.example.net";

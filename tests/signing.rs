@@ -274,7 +274,7 @@ fn refused_start(key_pem: &[u8], mode: u32, plc: &support::plc::Plc, did: &str) 
 fn a_bad_signing_key_stops_the_start_and_says_why() {
     use atsms_milter::crypto::{Alg, SigningKey};
     let plc = support::plc::Plc::start();
-    let did = support::signing::plc_did(3);
+    let did = support::ids::plc_did(3);
     let key = SigningKey::generate(Alg::Es256k).unwrap();
     // The document lists another key under #atsms.
     let listed = SigningKey::generate(Alg::Es256k).unwrap();

@@ -502,8 +502,8 @@ async fn huge_bodies_and_a_thousand_requests_at_once_leave_it_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_502() {
     let plc = support::plc::Plc::start();
-    let caller = support::signing::plc_did(7);
-    let unknown = support::signing::plc_did(8);
+    let caller = support::ids::plc_did(7);
+    let unknown = support::ids::plc_did(8);
     let (old, new) = (
         SigningKey::generate(Alg::Es256k).unwrap(),
         SigningKey::generate(Alg::Es256).unwrap(),
@@ -569,7 +569,7 @@ async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_50
     assert_error(&answer, 502, "UpstreamFailure", "the PLC directory down");
     plc.set_down(false);
     // (The failure is remembered for cache.error seconds: another unknown DID.)
-    let unknown = support::signing::plc_did(9);
+    let unknown = support::ids::plc_did(9);
     let answer = post(
         port,
         Some(&Claims::new(&unknown).sign_with(&stranger, None)),
@@ -589,7 +589,7 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
     use std::sync::Arc;
     use support::http::{HttpServer, Reply};
     // The documents of "slow" callers never come; the others at once.
-    let quick = support::signing::plc_did(20);
+    let quick = support::ids::plc_did(20);
     let quick_key = SigningKey::generate(Alg::Es256).unwrap();
     let quick_doc = support::signing::document(&quick, &quick_key, None);
     let quick_did = quick.clone();
@@ -611,7 +611,7 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
     let from = body("someone@example.com");
     let slow: Vec<_> = (0..2)
         .map(|n| {
-            let token = Claims::new(&support::signing::plc_did(30 + n)).sign_with(&key, None);
+            let token = Claims::new(&support::ids::plc_did(30 + n)).sign_with(&key, None);
             let from = from.clone();
             tokio::spawn(async move { post(port, Some(&token), &from).await })
         })
@@ -626,7 +626,7 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for n in 0..4 {
-        let token = Claims::new(&support::signing::plc_did(40 + n)).sign_with(&key, None);
+        let token = Claims::new(&support::ids::plc_did(40 + n)).sign_with(&key, None);
         let answer = post(port, Some(&token), &from).await;
         assert_error(&answer, 503, "NotEnoughResources", "over max_concurrent");
     }

@@ -57,6 +57,34 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits until something accepts connections on loopback TCP `port`.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// This bench binary again, with `args`, as a child whose first line of output is the loopback
+/// port it serves on (a directory kept out of the measured process).
+pub fn spawn_child(args: &[&str]) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_string())
+}
+
+#[path = "../../tests/support/ids.rs"]
+pub mod ids;
+
 pub fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(path).is_err() {
@@ -269,7 +297,16 @@ impl OpenDkim {
             .arg(work));
     }
 
-    fn start(work: &Path, name: &'static str, file: &str, conf: String, socket: &str) -> Daemon {
+    /// Starts OpenDKIM with `conf`, listening on the unix socket `socket` under `work` or,
+    /// when `port` is given, on that loopback TCP port.
+    fn start(
+        work: &Path,
+        name: &'static str,
+        file: &str,
+        conf: String,
+        socket: &str,
+        port: Option<u16>,
+    ) -> Daemon {
         OpenDkim::key(work);
         let path = work.join(file);
         std::fs::write(&path, conf).unwrap();
@@ -282,7 +319,10 @@ impl OpenDkim {
             .spawn()
             .unwrap();
         let socket = work.join(socket);
-        wait_for_socket(&socket);
+        match port {
+            Some(port) => wait_for_port(port, name),
+            None => wait_for_socket(&socket),
+        }
         Daemon {
             name,
             child,
@@ -303,6 +343,7 @@ impl OpenDkim {
                 "Mode s\nDomain example.com\nSelector bench\nKeyFile {w}/bench.private\nSocket local:{w}/sign.sock\nUserID opendkim\nBackground no\nSyslog no\nInternalHosts 0.0.0.0/0\nSubDomains yes\nCanonicalization relaxed/relaxed\nRequireSafeKeys no\n"
             ),
             "sign.sock",
+            None,
         )
     }
 
@@ -317,6 +358,7 @@ impl OpenDkim {
                 "Mode v\nSocket local:{w}/opendkim.sock\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"
             ),
             "opendkim.sock",
+            None,
         )
     }
 }
@@ -324,34 +366,17 @@ impl OpenDkim {
 impl OpenDkim {
     /// As `verifier`, listening on loopback TCP `port` (`Socket inet:PORT@127.0.0.1`).
     pub fn verifier_inet(work: &Path, port: u16) -> Daemon {
-        OpenDkim::key(work);
         let w = work.display();
-        let path = work.join("verify-inet.conf");
-        std::fs::write(
-            &path,
+        OpenDkim::start(
+            work,
+            "opendkim (inet)",
+            "verify-inet.conf",
             format!(
                 "Mode v\nSocket inet:{port}@127.0.0.1\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"
             ),
+            "",
+            Some(port),
         )
-        .unwrap();
-        let child = std::process::Command::new("opendkim")
-            .arg("-x")
-            .arg(&path)
-            .arg("-f")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "OpenDKIM did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            name: "opendkim (inet)",
-            child,
-            socket: PathBuf::new(),
-        }
     }
 }
 

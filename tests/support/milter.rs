@@ -92,6 +92,19 @@ pub fn split_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
     (fields, body.replace('\n', "\r\n").into_bytes())
 }
 
+/// The value of the first field the milter inserted at the end of a message.
+pub fn inserted_field(actions: &[indymilter_test::EomAction]) -> String {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            indymilter_test::EomAction::InsertHeader { value, .. } => {
+                Some(value.to_str().unwrap().to_string())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no field inserted: {actions:?}"))
+}
+
 /// A milter client connected as an MTA would, for a client at 192.0.2.1.
 pub async fn open_client(addr: impl tokio::net::ToSocketAddrs) -> indymilter_test::TestConnection {
     let mut conn = indymilter_test::TestConnection::open(addr).await.unwrap();

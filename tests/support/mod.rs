@@ -7,6 +7,7 @@ pub mod dns;
 pub mod dovecot;
 pub mod exim;
 pub mod http;
+pub mod ids;
 pub mod lmtp;
 pub mod milter;
 pub mod opendkim;

@@ -52,17 +52,6 @@ pub fn signed(key: &SigningKey, did: &str) -> Vec<u8> {
     signed_message(key, &format!("{did}#atproto"), NOW)
 }
 
-/// The n-th of many distinct, valid did:plc identifiers.
-pub fn plc_did(n: usize) -> String {
-    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
-    let (mut id, mut x) = (String::new(), n);
-    for _ in 0..24 {
-        id.push(alphabet[x % 32] as char);
-        x /= 32;
-    }
-    format!("did:plc:{id}")
-}
-
 /// Every signature's verdict for a raw message, judged as of `now` with no recipients known.
 pub async fn verify_at(
     verifier: &atsms_milter::verify::Verifier,

@@ -1,0 +1,12 @@
+//! Identifiers made up for tests and benchmarks (benches/common includes this file too).
+
+/// The n-th of many distinct, valid did:plc identifiers.
+pub fn plc_did(n: usize) -> String {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+    let (mut id, mut x) = (String::new(), n);
+    for _ in 0..24 {
+        id.push(alphabet[x % 32] as char);
+        x /= 32;
+    }
+    format!("did:plc:{id}")
+}
