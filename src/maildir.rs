@@ -348,10 +348,12 @@ pub fn deliver(
 }
 
 /// Delivers one message, the same bytes for every folder, into each of `folders`: written
-/// and fdatasync'd once, then hard-linked into each folder's `new/` under its own unique name
-/// (as qmail's maildir delivery links and Dovecot's `maildir_copy_with_hardlinks` does). A
-/// folder on another file system (EXDEV) or whose link count is exhausted (EMLINK) gets its
-/// own copy, written the same way and linked into the others of its kind. A folder's result
+/// and fdatasync'd once, then hard-linked into the other folders' `new/` under their own
+/// unique names (as qmail's maildir delivery links and Dovecot's `maildir_copy_with_hardlinks`
+/// does) and renamed into the first folder's. A folder on another file system (EXDEV), whose
+/// link count is exhausted (EMLINK) or whose file system has no hard links (EPERM,
+/// EOPNOTSUPP) gets its own copy, written the same way and linked into the others of its
+/// kind. One folder alone is a plain `deliver`: tmp/, then rename. A folder's result
 /// is `Ok` only once an fsync of its `new/` that started after its link has finished (group
 /// commit through `syncer`; on a journaled file system the first sync commits every link
 /// made before it). Results are in the order of `folders`. Durability is per folder, as
@@ -380,14 +382,14 @@ pub fn deliver_linked<R: Read + io::Seek>(
                 continue;
             }
         };
+        // The other folders get links; the primary then takes the file itself by rename, as
+        // `deliver` does, so every round settles the primary and the loop ends. A folder that
+        // cannot take a link (another file system, the link limit, a file system without
+        // hard links) is left for a later round, where it writes its own copy.
         let mut elsewhere = Vec::new();
         let mut linked = Vec::new();
-        for &i in &pending {
-            let id = if i == primary {
-                written.id.clone()
-            } else {
-                unique_name(host)
-            };
+        for &i in &pending[1..] {
+            let id = unique_name(host);
             let new_name = format!("{id},S={}", written.size);
             let made = cstring(new_name.as_ref()).and_then(|new_c| {
                 // SAFETY: valid directory descriptors and NUL-terminated names; checked.
@@ -403,13 +405,36 @@ pub fn deliver_linked<R: Read + io::Seek>(
             });
             match made {
                 Ok(_) => linked.push((i, id, new_name)),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EMLINK)) => {
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::EMLINK | libc::EPERM | libc::EOPNOTSUPP)
+                    ) =>
+                {
                     elsewhere.push(i)
                 }
                 Err(e) => results[i] = Some(Err(e.into())),
             }
         }
-        remove_tmp(source, &written.tmp_name);
+        let new_name = format!("{},S={}", written.id, written.size);
+        let renamed = cstring(new_name.as_ref()).and_then(|new_c| {
+            // SAFETY: valid directory descriptors and NUL-terminated names; checked.
+            check(unsafe {
+                libc::renameat(
+                    source.tmp.as_raw_fd(),
+                    written.tmp_name.as_ptr(),
+                    source.new.as_raw_fd(),
+                    new_c.as_ptr(),
+                )
+            })
+        });
+        match renamed {
+            Ok(_) => linked.insert(0, (primary, written.id.clone(), new_name)),
+            Err(e) => {
+                remove_tmp(source, &written.tmp_name);
+                results[primary] = Some(Err(e.into()));
+            }
+        }
         for (i, id, new_name) in linked {
             let new_dir = folders[i].path.join("new");
             results[i] = Some(
@@ -580,6 +605,34 @@ mod tests {
         assert!(matches!(results[0], Err(DeliveryError::Io(_))));
         assert!(results[1].is_ok());
         assert_eq!(fs::read_dir(bad_path.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_folder_whose_tmp_and_new_are_on_two_file_systems_ends() {
+        // tmp/ on tmpfs, new/ on the disk (a bind mount could do this): the rename into new/
+        // fails with EXDEV. That folder fails, alone, once; the others still get the message.
+        let disk = tempfile::tempdir().unwrap();
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let split_path = disk.path().join("split");
+        ensure_folder(&split_path, false).unwrap();
+        ensure_folder(shm.path(), false).unwrap();
+        let dir_fd = |p: &Path| -> OwnedFd { File::open(p).unwrap().into() };
+        let split = Folder {
+            path: split_path.clone(),
+            tmp: dir_fd(&shm.path().join("tmp")),
+            new: dir_fd(&split_path.join("new")),
+        };
+        let good = ensure_folder(&disk.path().join("good"), false).unwrap();
+        let syncer = DirSyncer::default();
+        for folders in [vec![&split], vec![&split, &good]] {
+            let mut body = io::Cursor::new(b"body\n".to_vec());
+            let results = deliver_linked(&folders, "h", b"S: x\n\n", &mut body, &syncer);
+            assert!(matches!(&results[0], Err(DeliveryError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV)));
+            assert!(results[1..].iter().all(|r| r.is_ok()));
+        }
+        assert_eq!(fs::read_dir(shm.path().join("tmp")).unwrap().count(), 0, "tmp/ cleaned");
+        assert_eq!(fs::read_dir(split_path.join("new")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(disk.path().join("good/new")).unwrap().count(), 1);
     }
 
     #[test]
