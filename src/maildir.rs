@@ -627,12 +627,21 @@ mod tests {
         for folders in [vec![&split], vec![&split, &good]] {
             let mut body = io::Cursor::new(b"body\n".to_vec());
             let results = deliver_linked(&folders, "h", b"S: x\n\n", &mut body, &syncer);
-            assert!(matches!(&results[0], Err(DeliveryError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV)));
+            assert!(
+                matches!(&results[0], Err(DeliveryError::Io(e)) if e.raw_os_error() == Some(libc::EXDEV))
+            );
             assert!(results[1..].iter().all(|r| r.is_ok()));
         }
-        assert_eq!(fs::read_dir(shm.path().join("tmp")).unwrap().count(), 0, "tmp/ cleaned");
+        assert_eq!(
+            fs::read_dir(shm.path().join("tmp")).unwrap().count(),
+            0,
+            "tmp/ cleaned"
+        );
         assert_eq!(fs::read_dir(split_path.join("new")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(disk.path().join("good/new")).unwrap().count(), 1);
+        assert_eq!(
+            fs::read_dir(disk.path().join("good/new")).unwrap().count(),
+            1
+        );
     }
 
     #[test]

@@ -339,8 +339,11 @@ impl Authenticator {
             Ok(()) => Ok(document),
             Err(Unverified::Malformed(e)) => Err(Unverified::Malformed(e).into_error()),
             Err(other) => {
-                let Some(fresh) = self.identity.refresh_after_failure(&token.iss).await else {
-                    return Err(other.into_error());
+                let fresh = match self.identity.refresh_after_failure(&token.iss).await {
+                    Ok(Some(fresh)) => fresh,
+                    Ok(None) => return Err(other.into_error()),
+                    // Whether the key rotated cannot be known now: the caller may retry.
+                    Err(e) => return Err(AuthError::UpstreamFailure(e.to_string())),
                 };
                 let key = fresh.document.key(ATPROTO_KEY).map_err(|_| {
                     AuthError::BadJwtSignature("the DID document has no #atproto key".into())

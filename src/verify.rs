@@ -335,13 +335,23 @@ impl Verifier {
             Ok(resolved) => resolved,
             Err(rejection) => {
                 let fresh = match rejection.retry_with_fresh_document {
-                    true => tokio::time::timeout(
+                    true => match tokio::time::timeout(
                         self.timeout,
                         self.identity.refresh_after_failure(&claims.iss),
                     )
                     .await
-                    .ok()
-                    .flatten(),
+                    {
+                        Ok(Ok(fresh)) => fresh,
+                        // Whether the key rotated cannot be known now: temperror, as DKIM
+                        // answers a key it cannot retrieve for now (RFC 6376 §6.1.2).
+                        Ok(Err(e)) => return reject(AuthResult::Temperror, Reason::Identity(e)),
+                        Err(_) => {
+                            return reject(
+                                AuthResult::Temperror,
+                                Reason::Identity(IdentityError::TimedOut),
+                            );
+                        }
+                    },
                     false => None,
                 };
                 let Some(document) = fresh else {

@@ -321,3 +321,77 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
     assert_eq!(log.lock().unwrap().len() - before, 3);
     assert_eq!(identity.refreshes(), (0, 0), "nothing queued or dropped");
 }
+
+/// A verifier and its resolver with a budget of one request a second and a lookup wait of
+/// half a second: a second new sender within the second is not asked.
+fn one_a_second(plc: &HttpServer, cache: CacheConfig) -> (Arc<IdentityResolver>, Verifier) {
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url().parse().unwrap()],
+        timeout: std::num::NonZeroU64::new(1).unwrap(),
+        max_requests_per_second: std::num::NonZeroU32::new(1).unwrap(),
+        ..Default::default()
+    };
+    let identity = Arc::new(IdentityResolver::new(&config, &cache).unwrap());
+    let verifier = Verifier::new(identity.clone(), config.timeout());
+    (identity, verifier)
+}
+
+#[tokio::test]
+async fn a_spent_budget_never_lets_an_old_key_pass() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let mode = Arc::new(Mutex::new(Plc::Serve(key.clone())));
+    let directory = plc(mode.clone());
+
+    // 1. Past max_age, a directory that is down lets the stale document serve
+    //    (stale_if_error); a budget spent by someone else's new senders must not.
+    let cache = CacheConfig {
+        fresh: 1,
+        max_age: 2,
+        stale_if_error: 600,
+        ..Default::default()
+    };
+    let (identity, v) = one_a_second(&directory, cache);
+    let message = signed(&key, ALICE);
+    assert_eq!(verify_first(&v, &message).await.result, AuthResult::Pass);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    identity
+        .resolve_did(&support::ids::plc_did(7001))
+        .await
+        .unwrap();
+    let busy = verify_first(&v, &message).await;
+    assert_eq!(busy.result, AuthResult::Temperror, "{:?}", busy.reason);
+    assert!(
+        busy.reason.as_ref().unwrap().to_string().contains("budget"),
+        "{:?}",
+        busy.reason
+    );
+    // Nothing was remembered for it: a second later the sender is fetched and passes.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let back = verify_first(&v, &message).await;
+    assert_eq!(back.result, AuthResult::Pass, "{:?}", back.reason);
+    assert!(!back.stale);
+
+    // 2. A signature failing with a cached key needs the document again (keys rotate);
+    //    when the budget has no slot for it the answer is temperror, not fail, and the
+    //    check is not used up: a second later the new key is found.
+    let cache = CacheConfig {
+        fresh: 100,
+        max_age: 200,
+        ..Default::default()
+    };
+    let (identity, v) = one_a_second(&directory, cache);
+    assert_eq!(verify_first(&v, &message).await.result, AuthResult::Pass);
+    let rotated = SigningKey::generate(Alg::Es256k).unwrap();
+    *mode.lock().unwrap() = Plc::Serve(rotated.clone());
+    let new_message = signed(&rotated, ALICE);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    identity
+        .resolve_did(&support::ids::plc_did(7002))
+        .await
+        .unwrap();
+    let busy = verify_first(&v, &new_message).await;
+    assert_eq!(busy.result, AuthResult::Temperror, "{:?}", busy.reason);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let found = verify_first(&v, &new_message).await;
+    assert_eq!(found.result, AuthResult::Pass, "{:?}", found.reason);
+}

@@ -8,7 +8,12 @@
 //!   (the message is deferred, never accepted unverified).
 //! - A refresh takes a slot only when one is free now, no lookup is waiting, and taking it
 //!   leaves the whole burst to lookups (it never spends headroom); otherwise it waits a slot
-//!   and looks again. Refreshes thus use only what lookups leave, and yield to them at once.
+//!   and looks again, for a bounded time. Refreshes thus use only what lookups leave, and
+//!   yield to them at once. A refresh first waits for such a moment (`refresh_free`) before
+//!   it takes its key's fetch lock, so a lookup of the same key never queues behind a
+//!   refresh waiting for the budget.
+//! - Waiting is cancel-safe: a lookup dropped while it waits (its message's timeout, a
+//!   client gone) stops counting as waiting; its slot is spent, never handed out twice.
 //!
 //! Which fetch is a refresh is carried by a task-local (`as_refresh`), so the fetch code
 //! paths stay the same for both.
@@ -68,8 +73,7 @@ impl Budget {
     /// refresh's. A lookup waits at most `max_wait`.
     pub async fn acquire(&self, max_wait: Duration) -> Result<(), OverBudget> {
         if is_refresh() {
-            self.refresh().await;
-            Ok(())
+            self.refresh(max_wait).await
         } else {
             self.lookup(max_wait).await
         }
@@ -92,28 +96,61 @@ impl Budget {
             wait
         };
         if !wait.is_zero() {
+            // Counted as waiting (above, under the lock) until it wakes or is dropped,
+            // whichever comes first; no await between the two.
+            let _waiting = Waiting(self);
             tokio::time::sleep(wait).await;
-            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            s.waiting -= 1;
         }
         Ok(())
     }
 
     /// A refresh's slot: taken only when free now, with no lookup waiting and the whole
-    /// burst left to lookups.
-    pub async fn refresh(&self) {
+    /// burst left to lookups; given up after `max_wait`.
+    pub async fn refresh(&self, max_wait: Duration) -> Result<(), OverBudget> {
+        let deadline = Instant::now() + max_wait;
         loop {
             let pause = {
                 let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 let now = Instant::now();
                 if s.waiting == 0 && s.tat <= now {
                     s.tat = now + self.interval;
+                    return Ok(());
+                }
+                if now >= deadline {
+                    return Err(OverBudget);
+                }
+                s.tat
+                    .saturating_duration_since(now)
+                    .max(self.interval)
+                    .min(deadline - now)
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Waits, taking nothing, until a refresh could have a slot now.
+    pub async fn refresh_free(&self) {
+        loop {
+            let pause = {
+                let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                if s.waiting == 0 && s.tat <= now {
                     return;
                 }
                 s.tat.saturating_duration_since(now).max(self.interval)
             };
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+/// A lookup waiting for its slot; dropping it (woken or cancelled) ends the wait.
+struct Waiting<'a>(&'a Budget);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.waiting -= 1;
     }
 }
 
@@ -163,11 +200,10 @@ impl Refresher {
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let permit = this.running.clone().acquire_owned().await;
+            // Off the queue however the job ends (done, panicked, the runtime shutting down).
+            let _queued = Queued(this.clone(), key);
+            let _permit = this.running.clone().acquire_owned().await;
             as_refresh(job).await;
-            drop(permit);
-            let mut pending = this.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.remove(&key);
         });
     }
 
@@ -179,6 +215,16 @@ impl Refresher {
     /// Refreshes dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A key on the refresh queue; dropping it takes the key off.
+struct Queued(std::sync::Arc<Refresher>, String);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        let mut pending = self.0.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.remove(&self.1);
     }
 }
 
@@ -209,7 +255,9 @@ mod tests {
         let start = tokio::time::Instant::now();
         // Refreshes alone: one per interval, not a burst.
         for _ in 0..5 {
-            as_refresh(budget.acquire(Duration::ZERO)).await.unwrap();
+            as_refresh(budget.acquire(Duration::from_secs(10)))
+                .await
+                .unwrap();
         }
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(400), "{took:?}");
@@ -225,9 +273,80 @@ mod tests {
         };
         tokio::task::yield_now().await;
         let before = tokio::time::Instant::now();
-        as_refresh(budget.acquire(Duration::ZERO)).await.unwrap();
+        as_refresh(budget.acquire(Duration::from_secs(10)))
+            .await
+            .unwrap();
         assert!(waiting.is_finished(), "the lookup went first");
         assert!(before.elapsed() >= Duration::from_millis(100));
         waiting.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_dropped_while_waiting_no_longer_holds_refreshes_back() {
+        let budget = Budget::new(10);
+        for _ in 0..10 {
+            budget.lookup(Duration::ZERO).await.unwrap();
+        }
+        // Its message timed out while it waited for its slot.
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(10),
+            budget.lookup(Duration::from_secs(5)),
+        )
+        .await;
+        assert!(cancelled.is_err());
+        assert_eq!(budget.state.lock().unwrap().waiting, 0);
+        // Refreshes go on once the schedule is free; its slot stayed spent.
+        let start = tokio::time::Instant::now();
+        as_refresh(budget.acquire(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(90));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_gives_up_while_lookups_keep_the_budget() {
+        let budget = std::sync::Arc::new(Budget::new(10));
+        for _ in 0..10 {
+            budget.lookup(Duration::ZERO).await.unwrap();
+        }
+        let waiting = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.lookup(Duration::from_secs(5)).await })
+        };
+        tokio::task::yield_now().await;
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            as_refresh(budget.acquire(Duration::from_millis(50))).await,
+            Err(OverBudget)
+        );
+        assert!(start.elapsed() <= Duration::from_millis(60));
+        waiting.await.unwrap().unwrap();
+        // `refresh_free` takes nothing: a lookup after it still has the next slot.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (before, at) = (
+            budget.state.lock().unwrap().tat,
+            tokio::time::Instant::now(),
+        );
+        budget.refresh_free().await;
+        assert_eq!(at.elapsed(), Duration::ZERO);
+        assert_eq!(budget.state.lock().unwrap().tat, before);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_panics_leaves_the_queue() {
+        let refresher = std::sync::Arc::new(Refresher::default());
+        refresher.submit("k".into(), async { panic!("refresh failed badly") });
+        for _ in 0..100 {
+            if refresher.pending() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(refresher.pending(), 0);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        refresher.submit("k".into(), async move {
+            let _ = done_tx.send(());
+        });
+        done_rx.await.expect("the key could be queued again");
     }
 }

@@ -104,6 +104,11 @@ pub enum IdentityError {
     /// The identity lookup took longer than `resolver.timeout`.
     #[error("identity lookup timed out")]
     TimedOut,
+    /// Not asked: the upstream's request budget (`resolver.max_requests_per_second`) had no
+    /// slot in time. Transient, but unlike an upstream that is down it is not a reason to
+    /// serve a stale answer: anyone can spend the budget by sending mail from new DIDs.
+    #[error("{0} request budget spent")]
+    Busy(Upstream),
 }
 
 fn not_found(upstream: Upstream) -> &'static str {
@@ -120,12 +125,20 @@ fn not_found(upstream: Upstream) -> &'static str {
 impl IdentityError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            IdentityError::Unavailable(_) | IdentityError::TimedOut => ErrorKind::Transient,
+            IdentityError::Unavailable(_) | IdentityError::TimedOut | IdentityError::Busy(_) => {
+                ErrorKind::Transient
+            }
             _ => ErrorKind::Permanent,
         }
     }
 
     pub fn is_transient(&self) -> bool {
         self.kind() == ErrorKind::Transient
+    }
+
+    /// Whether a good answer kept from before may be served in its place (`stale_if_error`):
+    /// for an upstream that could not answer, not for one this host chose not to ask.
+    pub fn may_serve_stale(&self) -> bool {
+        self.is_transient() && !matches!(self, IdentityError::Busy(_))
     }
 }

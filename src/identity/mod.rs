@@ -164,7 +164,8 @@ impl IdentityResolver {
                     (u.clone(), budget)
                 })
                 .collect(),
-            lookup_wait: resolver.timeout(),
+            // Half the lookup's time for its slot, half for the request itself.
+            lookup_wait: resolver.timeout() / 2,
             refresher: Arc::default(),
             plc_urls,
             max_document_size: resolver.max_document_size,
@@ -274,6 +275,15 @@ impl IdentityResolver {
             // One queue for every kind: the key names the cache too (its address).
             let queued = format!("{:p}:{key}", cache(self));
             self.refresher.submit(queued, async move {
+                // Wait for the directory's budget to have room for a refresh before taking
+                // the key's fetch lock: a lookup of the same key must not queue behind a
+                // refresh that waits for the budget.
+                if key.starts_with("did:plc:")
+                    && let Some(budget) =
+                        this.plc_urls.first().and_then(|p| this.plc_budgets.get(p))
+                {
+                    budget.refresh_free().await;
+                }
                 let again = || fetch(this.clone(), key.clone());
                 let _ = cache(&this).fetch(&key, again, true).await;
             });
@@ -283,11 +293,18 @@ impl IdentityResolver {
             .await
     }
 
-    /// After a signature failed with a cached key: fetch the document again, at most once per
-    /// DID per five minutes. Returns the new document only if it differs from the cached one.
-    pub async fn refresh_after_failure(self: &Arc<Self>, did: &str) -> Option<Arc<ResolvedDid>> {
+    /// After a signature failed with a cached key (spec section 6: keys rotate): fetch the
+    /// document again, at most once per DID per five minutes. `Ok(Some)`: a new document,
+    /// different from the cached one; `Ok(None)`: nothing new (or checked recently, or the
+    /// DID is gone); `Err`: the directory could not be asked or answer now (transient), so
+    /// whether the key rotated is unknown — RFC 6376 §6.1.2 makes that a TEMPFAIL. A check
+    /// that could not be made does not count against the five minutes.
+    pub async fn refresh_after_failure(
+        self: &Arc<Self>,
+        did: &str,
+    ) -> Result<Option<Arc<ResolvedDid>>, IdentityError> {
         if self.rotation_checks.contains_key(did) {
-            return None;
+            return Ok(None);
         }
         self.rotation_checks.insert(did.to_string(), ());
         let before = self
@@ -295,13 +312,20 @@ impl IdentityResolver {
             .peek(did)
             .await
             .and_then(|e| e.value.clone().ok());
-        let found = self
+        let found = match self
             .documents
             .fetch(did, || self.fetch_did_shared(did, true), false)
             .await
-            .ok()?;
+        {
+            Ok(found) => found,
+            Err(e) if e.is_transient() => {
+                self.rotation_checks.invalidate(did);
+                return Err(e);
+            }
+            Err(_) => return Ok(None),
+        };
         let changed = before.is_none_or(|b| b.document != found.value.document);
-        (changed && !found.cached).then_some(found.value)
+        Ok((changed && !found.cached).then_some(found.value))
     }
 
     /// Drops what is cached for `did` (its document and device certificates).
@@ -342,6 +366,7 @@ impl IdentityResolver {
                 // Directories in order; a definite "no such DID" needs every one to say so.
                 let mut last = IdentityError::Unavailable(Upstream::Plc);
                 let mut any_transient = false;
+                let mut over_budget = false;
                 for plc in &self.plc_urls {
                     // A directory that answered 429 is left alone for as long as it asked
                     // (RFC 6585 §4, Retry-After), but never longer than a transient error is
@@ -366,8 +391,7 @@ impl IdentityResolver {
                     {
                         tracing::debug!("{plc}: request budget spent; {did} not asked");
                         crate::metrics::global().plc_over_budget();
-                        any_transient = true;
-                        last = IdentityError::Unavailable(Upstream::Plc);
+                        over_budget = true;
                         continue;
                     }
                     let url = format!("{plc}/{did}");
@@ -408,7 +432,11 @@ impl IdentityResolver {
                         }
                     }
                 }
-                if any_transient && !last.is_transient() {
+                // A directory not asked for the budget's sake leaves the answer open, and
+                // open by this host's choice: not a reason to serve stale (`Busy`).
+                if over_budget {
+                    last = IdentityError::Busy(Upstream::Plc);
+                } else if any_transient && !last.is_transient() {
                     last = IdentityError::Unavailable(Upstream::Plc);
                 }
                 Err(last)

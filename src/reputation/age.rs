@@ -44,7 +44,7 @@ pub async fn query(
         // The same request budget as the directory's documents (`resolver.
         // max_requests_per_second`): an identity's age is asked once and cached.
         if identity.plc_budget(plc).await.is_err() {
-            last = IdentityError::Unavailable(Upstream::Plc);
+            last = IdentityError::Busy(Upstream::Plc);
             continue;
         }
         let url = format!("{plc}/{did}/log/audit");

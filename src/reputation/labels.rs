@@ -264,7 +264,8 @@ async fn verify_all(
         if verified.is_err() && !refreshed {
             // Spec: re-resolve the labeler's document once; its key may have been rotated.
             refreshed = true;
-            if let Some(fresh) = identity.refresh_after_failure(labeler).await {
+            // Not to be had now: the label stays unverified (and unapplied) this time.
+            if let Ok(Some(fresh)) = identity.refresh_after_failure(labeler).await {
                 key = fresh.document.key(LABEL_KEY).ok();
                 verified = key
                     .as_ref()
