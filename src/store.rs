@@ -326,11 +326,48 @@ impl SharedStore {
         self.set(&kind.redis_key(key), &text, keep).await;
     }
 
-    pub async fn forget_document(&self, did: &str) {
+    /// Drops what the fleet shares about `did`: its document, the device certificates of its
+    /// keys (`atsms:cert:at://<did>/…`, found with SCAN: purging is an operator's rare act)
+    /// and the entries of `handles` (the handles its document claimed).
+    pub async fn forget_identity(&self, did: &str, handles: &[String]) {
+        let mut keys = vec![Kind::Did.redis_key(did)];
+        keys.extend(handles.iter().map(|h| Kind::Handle.redis_key(h)));
+        let pattern = glob_escape(&Kind::Certificate.redis_key(&format!("at://{did}/"))) + "*";
+        let mut cursor = 0u64;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let Some((next, found)) = self.run::<(u64, Vec<String>)>(cmd).await else {
+                break;
+            };
+            keys.extend(found);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
         let mut cmd = redis::cmd("DEL");
-        cmd.arg(format!("atsms:did:{did}"));
+        for key in &keys {
+            cmd.arg(key);
+        }
         let _ = self.run::<i64>(cmd).await;
     }
+}
+
+/// `text` as a Redis glob pattern matching only itself.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(test)]
@@ -345,6 +382,15 @@ mod tests {
             healthy: AtomicBool::new(true),
             key: key.map(<[u8]>::to_vec),
         }
+    }
+
+    #[test]
+    fn glob_patterns_match_only_the_text_given() {
+        assert_eq!(
+            glob_escape("atsms:cert:at://did:web:a*b/"),
+            "atsms:cert:at://did:web:a\\*b/"
+        );
+        assert_eq!(glob_escape("x[?]\\"), "x\\[\\?\\]\\\\");
     }
 
     #[test]

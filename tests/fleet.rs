@@ -142,17 +142,48 @@ async fn device_certificates_are_shared_too() {
     assert_eq!(asked, 2, "the document and the certificate record");
 
     let port2 = free_port();
+    let control = tempfile::tempdir().unwrap();
+    let socket = control.path().join("control.sock");
     let mut second = Daemon::start(
-        &config.replace(&port.to_string(), &port2.to_string()),
+        &format!(
+            "{}\n[control]\nsocket = \"{}\"\n",
+            config.replace(&port.to_string(), &port2.to_string()),
+            socket.display()
+        ),
         port2,
     );
     let field = judged(port2, &signing::signed_message(&key, &kid, now())).await;
     assert!(field.contains("atsms=pass"), "{field}");
-    let log = second.log();
-    second.stop();
     assert_eq!(
         world.plc.request_count(),
         asked,
-        "nothing fetched again:\n{log}"
+        "nothing fetched again:\n{}",
+        second.log()
+    );
+
+    // `cache purge DID` drops the certificate from the fleet's store too (a revoked device
+    // must not keep verifying on every host): the next message fetches both again.
+    let did = kid.split('/').nth(2).unwrap();
+    let purged = std::process::Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .args(["cache", "--socket"])
+        .arg(&socket)
+        .args(["purge", did])
+        .output()
+        .unwrap();
+    assert!(purged.status.success(), "{purged:?}");
+    second.stop();
+    let port3 = free_port();
+    let mut third = Daemon::start(
+        &config.replace(&port.to_string(), &port3.to_string()),
+        port3,
+    );
+    let field = judged(port3, &signing::signed_message(&key, &kid, now())).await;
+    assert!(field.contains("atsms=pass"), "{field}");
+    let log = third.log();
+    third.stop();
+    assert_eq!(
+        world.plc.request_count(),
+        asked + 2,
+        "the document and the certificate fetched again:\n{log}"
     );
 }

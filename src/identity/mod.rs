@@ -328,10 +328,25 @@ impl IdentityResolver {
         Ok((changed && !found.cached).then_some(found.value))
     }
 
-    /// Drops what is cached for `did` (its document and device certificates).
+    /// Drops what is cached for `did`, here and in the fleet's store: its document, its
+    /// device certificates and the handle its document claimed.
     pub async fn purge(&self, did: &str) -> bool {
+        let handles: Vec<String> = match self.documents.peek(did).await {
+            Some(entry) => entry
+                .value
+                .as_ref()
+                .ok()
+                .and_then(|r| r.document.handle_claim())
+                .map(|h| h.to_ascii_lowercase())
+                .into_iter()
+                .collect(),
+            None => Vec::new(),
+        };
         if let Some(shared) = &self.shared {
-            shared.forget_document(did).await;
+            shared.forget_identity(did, &handles).await;
+        }
+        for handle in &handles {
+            self.handles.invalidate(handle).await;
         }
         let removed = self.documents.invalidate(did).await;
         self.rotation_checks.invalidate(did);
