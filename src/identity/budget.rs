@@ -232,6 +232,23 @@ impl Drop for Queued {
 mod tests {
     use super::*;
 
+    /// Spends the burst of a budget of 10 a second.
+    async fn spend_the_burst(budget: &Budget) {
+        for _ in 0..10 {
+            budget.lookup(Duration::ZERO).await.unwrap();
+        }
+    }
+
+    /// A lookup that waits (up to 5 s) for the next slot, started and parked.
+    async fn waiting_lookup(
+        budget: &std::sync::Arc<Budget>,
+    ) -> tokio::task::JoinHandle<Result<(), OverBudget>> {
+        let budget = budget.clone();
+        let waiting = tokio::spawn(async move { budget.lookup(Duration::from_secs(5)).await });
+        tokio::task::yield_now().await;
+        waiting
+    }
+
     #[tokio::test(start_paused = true)]
     async fn lookups_get_a_burst_then_the_rate_and_give_up_past_their_wait() {
         let budget = Budget::new(10);
@@ -263,15 +280,9 @@ mod tests {
         assert!(took >= Duration::from_millis(400), "{took:?}");
         // After that the burst is whole for lookups.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        for _ in 0..10 {
-            budget.lookup(Duration::ZERO).await.unwrap();
-        }
+        spend_the_burst(&budget).await;
         // A lookup waiting for its slot keeps a refresh out until it has gone.
-        let waiting = {
-            let budget = budget.clone();
-            tokio::spawn(async move { budget.lookup(Duration::from_secs(5)).await })
-        };
-        tokio::task::yield_now().await;
+        let waiting = waiting_lookup(&budget).await;
         let before = tokio::time::Instant::now();
         as_refresh(budget.acquire(Duration::from_secs(10)))
             .await
@@ -284,9 +295,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lookup_dropped_while_waiting_no_longer_holds_refreshes_back() {
         let budget = Budget::new(10);
-        for _ in 0..10 {
-            budget.lookup(Duration::ZERO).await.unwrap();
-        }
+        spend_the_burst(&budget).await;
         // Its message timed out while it waited for its slot.
         let cancelled = tokio::time::timeout(
             Duration::from_millis(10),
@@ -306,14 +315,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refresh_gives_up_while_lookups_keep_the_budget() {
         let budget = std::sync::Arc::new(Budget::new(10));
-        for _ in 0..10 {
-            budget.lookup(Duration::ZERO).await.unwrap();
-        }
-        let waiting = {
-            let budget = budget.clone();
-            tokio::spawn(async move { budget.lookup(Duration::from_secs(5)).await })
-        };
-        tokio::task::yield_now().await;
+        spend_the_burst(&budget).await;
+        let waiting = waiting_lookup(&budget).await;
         let start = tokio::time::Instant::now();
         assert_eq!(
             as_refresh(budget.acquire(Duration::from_millis(50))).await,
