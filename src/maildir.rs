@@ -313,6 +313,30 @@ fn remove_tmp(folder: &Folder, name: &std::ffi::CStr) {
     unsafe { libc::unlinkat(folder.tmp.as_raw_fd(), name.as_ptr(), 0) };
 }
 
+/// Moves the written file from `folder`'s `tmp/` into its `new/` (`<id>,S=<size>`), the
+/// name returned; on failure the tmp file is removed.
+fn rename_into_new(folder: &Folder, written: &Written) -> Result<String, DeliveryError> {
+    let new_name = format!("{},S={}", written.id, written.size);
+    let renamed = cstring(new_name.as_ref()).and_then(|new_c| {
+        // SAFETY: valid directory descriptors and NUL-terminated names; the result is checked.
+        check(unsafe {
+            libc::renameat(
+                folder.tmp.as_raw_fd(),
+                written.tmp_name.as_ptr(),
+                folder.new.as_raw_fd(),
+                new_c.as_ptr(),
+            )
+        })
+    });
+    match renamed {
+        Ok(_) => Ok(new_name),
+        Err(e) => {
+            remove_tmp(folder, &written.tmp_name);
+            Err(e.into())
+        }
+    }
+}
+
 /// Writes `head` then the rest of `body` into `folder` durably. Line ends are written as
 /// they come: the caller passes LF text. On any error the tmp file is removed and nothing
 /// appears in `new/`.
@@ -324,21 +348,7 @@ pub fn deliver(
     syncer: &DirSyncer,
 ) -> Result<Delivered, DeliveryError> {
     let written = write_tmp(folder, host, head, body)?;
-    let new_name = format!("{},S={}", written.id, written.size);
-    let new_c = cstring(new_name.as_ref())?;
-    // SAFETY: valid directory descriptors and NUL-terminated names; the result is checked.
-    let renamed = check(unsafe {
-        libc::renameat(
-            folder.tmp.as_raw_fd(),
-            written.tmp_name.as_ptr(),
-            folder.new.as_raw_fd(),
-            new_c.as_ptr(),
-        )
-    });
-    if let Err(e) = renamed {
-        remove_tmp(folder, &written.tmp_name);
-        return Err(e.into());
-    }
+    let new_name = rename_into_new(folder, &written)?;
     let new_dir = folder.path.join("new");
     syncer.sync_after_rename(&new_dir, &folder.new)?;
     Ok(Delivered {
@@ -416,24 +426,9 @@ pub fn deliver_linked<R: Read + io::Seek>(
                 Err(e) => results[i] = Some(Err(e.into())),
             }
         }
-        let new_name = format!("{},S={}", written.id, written.size);
-        let renamed = cstring(new_name.as_ref()).and_then(|new_c| {
-            // SAFETY: valid directory descriptors and NUL-terminated names; checked.
-            check(unsafe {
-                libc::renameat(
-                    source.tmp.as_raw_fd(),
-                    written.tmp_name.as_ptr(),
-                    source.new.as_raw_fd(),
-                    new_c.as_ptr(),
-                )
-            })
-        });
-        match renamed {
-            Ok(_) => linked.insert(0, (primary, written.id.clone(), new_name)),
-            Err(e) => {
-                remove_tmp(source, &written.tmp_name);
-                results[primary] = Some(Err(e.into()));
-            }
+        match rename_into_new(source, &written) {
+            Ok(new_name) => linked.insert(0, (primary, written.id.clone(), new_name)),
+            Err(e) => results[primary] = Some(Err(e)),
         }
         for (i, id, new_name) in linked {
             let new_dir = folders[i].path.join("new");

@@ -328,10 +328,10 @@ impl SharedStore {
 
     /// Drops what the fleet shares about `did`: its document, the device certificates of its
     /// keys (`atsms:cert:at://<did>/…`, found with SCAN: purging is an operator's rare act)
-    /// and the entries of `handles` (the handles its document claimed).
-    pub async fn forget_identity(&self, did: &str, handles: &[String]) {
+    /// and the entry of `handle` (the handle its document claimed).
+    pub async fn forget_identity(&self, did: &str, handle: Option<&str>) {
         let mut keys = vec![Kind::Did.redis_key(did)];
-        keys.extend(handles.iter().map(|h| Kind::Handle.redis_key(h)));
+        keys.extend(handle.map(|h| Kind::Handle.redis_key(h)));
         let pattern = glob_escape(&Kind::Certificate.redis_key(&format!("at://{did}/"))) + "*";
         let mut cursor = 0u64;
         loop {

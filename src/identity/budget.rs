@@ -108,39 +108,35 @@ impl Budget {
     /// burst left to lookups; given up after `max_wait`.
     pub async fn refresh(&self, max_wait: Duration) -> Result<(), OverBudget> {
         let deadline = Instant::now() + max_wait;
-        loop {
-            let pause = {
-                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                if s.waiting == 0 && s.tat <= now {
-                    s.tat = now + self.interval;
-                    return Ok(());
-                }
-                if now >= deadline {
-                    return Err(OverBudget);
-                }
-                s.tat
-                    .saturating_duration_since(now)
-                    .max(self.interval)
-                    .min(deadline - now)
-            };
-            tokio::time::sleep(pause).await;
+        while let Err(pause) = self.refresh_slot(true) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(OverBudget);
+            }
+            tokio::time::sleep(pause.min(left)).await;
         }
+        Ok(())
     }
 
     /// Waits, taking nothing, until a refresh could have a slot now.
     pub async fn refresh_free(&self) {
-        loop {
-            let pause = {
-                let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                if s.waiting == 0 && s.tat <= now {
-                    return;
-                }
-                s.tat.saturating_duration_since(now).max(self.interval)
-            };
+        while let Err(pause) = self.refresh_slot(false) {
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Whether a refresh may go now (and, with `take`, its slot taken); else how long to
+    /// wait before looking again.
+    fn refresh_slot(&self, take: bool) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if s.waiting == 0 && s.tat <= now {
+            if take {
+                s.tat = now + self.interval;
+            }
+            return Ok(());
+        }
+        Err(s.tat.saturating_duration_since(now).max(self.interval))
     }
 }
 

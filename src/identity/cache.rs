@@ -316,15 +316,10 @@ impl<T: Weigh + Send + Sync + 'static> TimedCache<T> {
         });
         let result = fetch().await;
         let now = Instant::now();
-        if let Err(e @ IdentityError::Busy(_)) = &result {
+        let outcome = match result {
             // Nothing was asked, so nothing was learned: the entry stays as it was (a stale
             // one is not served for it) and nothing is remembered for the next lookup.
-            let e = e.clone();
-            drop(guard);
-            self.release(key, &lock);
-            return Err(e);
-        }
-        let outcome = match result {
+            Err(e @ IdentityError::Busy(_)) => Err(e),
             Ok(value) => {
                 self.entries
                     .insert(
@@ -343,7 +338,7 @@ impl<T: Weigh + Send + Sync + 'static> TimedCache<T> {
                 })
             }
             Err(e) => {
-                let keep_stale = e.may_serve_stale()
+                let keep_stale = e.is_transient()
                     && previous.as_ref().is_some_and(|p| {
                         p.value.is_ok()
                             && now.saturating_duration_since(p.fetched)

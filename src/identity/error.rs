@@ -135,10 +135,4 @@ impl IdentityError {
     pub fn is_transient(&self) -> bool {
         self.kind() == ErrorKind::Transient
     }
-
-    /// Whether a good answer kept from before may be served in its place (`stale_if_error`):
-    /// for an upstream that could not answer, not for one this host chose not to ask.
-    pub fn may_serve_stale(&self) -> bool {
-        self.is_transient() && !matches!(self, IdentityError::Busy(_))
-    }
 }

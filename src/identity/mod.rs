@@ -331,21 +331,14 @@ impl IdentityResolver {
     /// Drops what is cached for `did`, here and in the fleet's store: its document, its
     /// device certificates and the handle its document claimed.
     pub async fn purge(&self, did: &str) -> bool {
-        let handles: Vec<String> = match self.documents.peek(did).await {
-            Some(entry) => entry
-                .value
-                .as_ref()
-                .ok()
-                .and_then(|r| r.document.handle_claim())
-                .map(|h| h.to_ascii_lowercase())
-                .into_iter()
-                .collect(),
-            None => Vec::new(),
-        };
+        let handle = self.documents.peek(did).await.and_then(|entry| {
+            let claimed = entry.value.as_ref().ok()?.document.handle_claim()?;
+            Some(claimed.to_ascii_lowercase())
+        });
         if let Some(shared) = &self.shared {
-            shared.forget_identity(did, &handles).await;
+            shared.forget_identity(did, handle.as_deref()).await;
         }
-        for handle in &handles {
+        if let Some(handle) = &handle {
             self.handles.invalidate(handle).await;
         }
         let removed = self.documents.invalidate(did).await;
