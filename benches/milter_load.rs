@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Daemon, base_message, load, open, rss, send, split, usage};
+use common::{Daemon, base_message, load, open, rss, split, usage};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,6 @@ use std::time::Duration;
 use atsms_milter::crypto::{Alg, SigningKey};
 use atsms_milter::envelope::sign;
 use atsms_milter::message::read_message;
-use indymilter_test::EomAction;
 
 const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
@@ -118,28 +117,7 @@ async fn main() {
     for &size in &sizes {
         let base = base_message(size);
         // DKIM: OpenDKIM signs; AT-SMS: our signer. Same bytes otherwise.
-        let mut conn = open(&signer.socket).await;
-        let (actions, _) = send(&mut conn, &split(&base)).await;
-        let dkim = actions
-            .iter()
-            .find_map(|a| match a {
-                EomAction::InsertHeader { name, value, .. }
-                | EomAction::AddHeader { name, value }
-                    if name.to_bytes() == b"DKIM-Signature" =>
-                {
-                    Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
-                }
-                _ => None,
-            })
-            .expect("OpenDKIM signed the message");
-        let dkim_message = [
-            format!("DKIM-Signature:{dkim}\r\n")
-                .replace('\n', "\r\n")
-                .replace("\r\r\n", "\r\n")
-                .into_bytes(),
-            base.clone(),
-        ]
-        .concat();
+        let dkim_message = common::OpenDkim::signed(&signer, &base).await;
         let parsed = read_message(&base[..]).unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

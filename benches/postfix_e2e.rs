@@ -100,18 +100,10 @@ fn tree_cpu(root: u32) -> f64 {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let fields: Vec<f64> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .map(|v| v.parse().unwrap_or(0.0))
-            .collect();
+        let fields = common::proc_stat(pid);
         if fields.len() > 14 {
-            parents.insert(pid, fields[0] as u32);
-            ticks.insert(pid, fields[10] + fields[11] + fields[12] + fields[13]);
+            parents.insert(pid, fields[1] as u32);
+            ticks.insert(pid, fields[11..=14].iter().sum::<f64>());
         }
     }
     let below = |mut pid: u32| loop {
@@ -123,13 +115,12 @@ fn tree_cpu(root: u32) -> f64 {
             _ => return false,
         }
     };
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks
         .iter()
         .filter(|(pid, _)| below(**pid))
         .map(|(_, t)| t)
         .sum::<f64>()
-        / hz
+        / common::ticks_per_second()
 }
 
 /// Sends `messages` over `n` SMTP connections to `port` (after a warm-up of 20) and returns
@@ -213,20 +204,12 @@ struct Dovecot {
 
 impl Dovecot {
     fn start(port: u16) -> Dovecot {
-        let dir = tempfile::Builder::new()
-            .prefix("atsms-dovecot-")
-            .tempdir()
-            .unwrap();
+        let dir = support::public_tempdir();
         let d = dir.path().display();
         let mail = dir.path().join("mail");
         for sub in ["run", "state", "mail"] {
             std::fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
         let chown = std::process::Command::new("chown")
             .args(["-R", "nobody:nogroup"])
             .arg(&mail)
@@ -276,15 +259,7 @@ async fn tcp_main(messages: usize, connections: &[usize], size: usize) {
     let work = common::work_dir("bench-e2e-tcp");
     let (milter_port, lmtp_port, dkim_port, dovecot_port) =
         (free_port(), free_port(), free_port(), free_port());
-    let mail = tempfile::Builder::new()
-        .prefix("atsms-lmtp-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        mail.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let mail = support::public_tempdir();
     let config = world.lmtp_daemon_config(
         &format!("inet:127.0.0.1:{lmtp_port}"),
         mail.path(),
@@ -292,49 +267,28 @@ async fn tcp_main(messages: usize, connections: &[usize], size: usize) {
         "trusted_networks = []\nreplay = false",
     );
     let atsms = Daemon::start(&config, milter_port);
-    let _dkim_signer = common::OpenDkim::signer(&work);
+    let dkim_signer = common::OpenDkim::signer(&work);
     let opendkim = common::OpenDkim::verifier_inet(&work, dkim_port);
     let dovecot = Dovecot::start(dovecot_port);
     let discard = "virtual_transport = discard:";
-    let plain = Postfix::start(&["bob"], discard);
-    let with_opendkim = Postfix::start(
-        &["bob"],
-        &format!("{discard}\nsmtpd_milters = inet:127.0.0.1:{dkim_port}"),
-    );
-    let with_atsms = Postfix::start(
-        &["bob"],
-        &format!("{discard}\nsmtpd_milters = inet:127.0.0.1:{milter_port}"),
-    );
-    let to_atsms = Postfix::start(
-        &["bob"],
-        &format!("virtual_transport = lmtp:inet:127.0.0.1:{lmtp_port}"),
-    );
-    let to_dovecot = Postfix::start(
-        &["bob"],
-        &format!("virtual_transport = lmtp:inet:127.0.0.1:{dovecot_port}"),
-    );
+    let postfix = |main_cf: String| Postfix::start(&["bob"], &main_cf);
+    let plain = postfix(discard.to_string());
+    let with_opendkim = postfix(format!(
+        "{discard}\nsmtpd_milters = inet:127.0.0.1:{dkim_port}"
+    ));
+    let with_atsms = postfix(format!(
+        "{discard}\nsmtpd_milters = inet:127.0.0.1:{milter_port}"
+    ));
+    let to_atsms = postfix(format!(
+        "virtual_transport = lmtp:inet:127.0.0.1:{lmtp_port}"
+    ));
+    let to_dovecot = postfix(format!(
+        "virtual_transport = lmtp:inet:127.0.0.1:{dovecot_port}"
+    ));
 
     // One message with both signatures: AT-SMS by alice, then DKIM over the result.
-    let signed =
-        Arc::new(world.sign_now("did:plc:ofurdhfyhjhgomvfygxergep", body(size).as_bytes()));
-    let mut conn = common::open(&_dkim_signer.socket).await;
-    let (actions, _) = common::send(&mut conn, &common::split(&signed)).await;
-    let dkim = actions
-        .iter()
-        .find_map(|a| match a {
-            indymilter_test::EomAction::InsertHeader { name, value, .. }
-            | indymilter_test::EomAction::AddHeader { name, value }
-                if name.to_bytes() == b"DKIM-Signature" =>
-            {
-                Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
-            }
-            _ => None,
-        })
-        .expect("OpenDKIM signed the message");
-    let dkim_field = format!("DKIM-Signature:{dkim}\r\n")
-        .replace('\n', "\r\n")
-        .replace("\r\r\n", "\r\n");
-    let message = Arc::new([dkim_field.as_bytes(), &signed[..]].concat());
+    let signed = world.sign_now("did:plc:ofurdhfyhjhgomvfygxergep", body(size).as_bytes());
+    let message = Arc::new(common::OpenDkim::signed(&dkim_signer, &signed).await);
 
     let (atsms_pid, opendkim_pid, dovecot_pid) =
         (atsms.pid(), opendkim.child.id(), dovecot.child.id());

@@ -226,16 +226,6 @@ fn open_files(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 /// Cached documents, from the control socket's `stats`.
 fn cache_entries(control: &std::path::Path) -> u64 {
     use std::io::{BufRead, BufReader};
@@ -367,7 +357,7 @@ async fn main() {
                 let line = format!(
                     "{:.0},{sent},{:.1},{},{:.3},{:.3},{},{},{},{},{}",
                     started.elapsed().as_secs_f64(),
-                    rss_mib(pid),
+                    common::rss(pid) as f64 / 1024.0,
                     open_files(pid),
                     at(0.5),
                     at(0.99),

@@ -39,6 +39,14 @@ fn plc(mode: Arc<Mutex<Plc>>) -> HttpServer {
     }))
 }
 
+/// A fresh key, and a directory serving it until its mode is changed.
+fn serving() -> (SigningKey, Arc<Mutex<Plc>>, HttpServer) {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let mode = Arc::new(Mutex::new(Plc::Serve(key.clone())));
+    let directory = plc(mode.clone());
+    (key, mode, directory)
+}
+
 fn verifier(plc: &HttpServer, cache: CacheConfig) -> Verifier {
     let config = ResolverConfig {
         plc_urls: vec![plc.url().parse().unwrap()],
@@ -57,9 +65,7 @@ async fn settle() {
 
 #[tokio::test]
 async fn fresh_refresh_stale_and_expiry() {
-    let key = SigningKey::generate(Alg::Es256k).unwrap();
-    let mode = Arc::new(Mutex::new(Plc::Serve(key.clone())));
-    let directory = plc(mode.clone());
+    let (key, mode, directory) = serving();
     let cache = CacheConfig {
         fresh: 1,
         max_age: 2,
@@ -338,9 +344,7 @@ fn one_a_second(plc: &HttpServer, cache: CacheConfig) -> (Arc<IdentityResolver>,
 
 #[tokio::test]
 async fn a_spent_budget_never_lets_an_old_key_pass() {
-    let key = SigningKey::generate(Alg::Es256k).unwrap();
-    let mode = Arc::new(Mutex::new(Plc::Serve(key.clone())));
-    let directory = plc(mode.clone());
+    let (key, mode, directory) = serving();
 
     // 1. Past max_age, a directory that is down lets the stale document serve
     //    (stale_if_error); a budget spent by someone else's new senders must not.

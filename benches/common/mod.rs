@@ -93,23 +93,30 @@ pub fn wait_for_socket(path: &Path) {
     }
 }
 
-/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
-pub fn usage(pid: u32) -> (f64, u64) {
+/// The numeric fields of `/proc/PID/stat` after the command name, from the state on (the
+/// state itself reads 0): index 1 the parent, 11 and 12 user and system ticks, 13 and 14
+/// those of waited-for children. Empty for a process that is gone.
+pub fn proc_stat(pid: u32) -> Vec<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
+    stat.rsplit(')')
         .next()
         .unwrap_or("")
         .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let cpu = (ticks(11) + ticks(12)) / hz;
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect()
+}
+
+/// Clock ticks per second, the unit of /proc's CPU times.
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// CPU seconds (user + system) and peak RSS (KiB) of a process, from /proc.
+pub fn usage(pid: u32) -> (f64, u64) {
+    let fields = proc_stat(pid);
+    let ticks = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    let cpu = (ticks(11) + ticks(12)) / ticks_per_second();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
         .lines()
@@ -349,34 +356,65 @@ impl OpenDkim {
 
     /// Verifies everything, authserv-id mx.test.
     pub fn verifier(work: &Path) -> Daemon {
-        let w = work.display();
-        OpenDkim::start(
-            work,
-            "opendkim",
-            "verify.conf",
-            format!(
-                "Mode v\nSocket local:{w}/opendkim.sock\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"
-            ),
-            "opendkim.sock",
-            None,
-        )
+        let socket = format!("local:{}/opendkim.sock", work.display());
+        OpenDkim::verifying(work, "opendkim", "verify.conf", &socket, None)
     }
-}
 
-impl OpenDkim {
     /// As `verifier`, listening on loopback TCP `port` (`Socket inet:PORT@127.0.0.1`).
     pub fn verifier_inet(work: &Path, port: u16) -> Daemon {
-        let w = work.display();
-        OpenDkim::start(
+        let socket = format!("inet:{port}@127.0.0.1");
+        OpenDkim::verifying(
             work,
             "opendkim (inet)",
             "verify-inet.conf",
-            format!(
-                "Mode v\nSocket inet:{port}@127.0.0.1\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"
-            ),
-            "",
+            &socket,
             Some(port),
         )
+    }
+
+    /// A verifier on `socket` (OpenDKIM's `Socket` value): the TCP `port` in it, or
+    /// `opendkim.sock` under `work`.
+    fn verifying(
+        work: &Path,
+        name: &'static str,
+        file: &str,
+        socket: &str,
+        port: Option<u16>,
+    ) -> Daemon {
+        let w = work.display();
+        OpenDkim::start(
+            work,
+            name,
+            file,
+            format!(
+                "Mode v\nSocket {socket}\nUserID opendkim\nBackground no\nSyslog no\nTestPublicKeys {w}/keys\nPeerList 255.255.255.255\nInternalHosts 255.255.255.255\nAuthservID mx.test\n"
+            ),
+            "opendkim.sock",
+            port,
+        )
+    }
+
+    /// `message` with the DKIM-Signature field `signer` (an `OpenDkim::signer`) made for it
+    /// in front, as Postfix would pass it on (CRLF line ends).
+    pub async fn signed(signer: &Daemon, message: &[u8]) -> Vec<u8> {
+        let mut conn = open(&signer.socket).await;
+        let (actions, _) = send(&mut conn, &split(message)).await;
+        let dkim = actions
+            .iter()
+            .find_map(|a| match a {
+                EomAction::InsertHeader { name, value, .. }
+                | EomAction::AddHeader { name, value }
+                    if name.to_bytes() == b"DKIM-Signature" =>
+                {
+                    Some(String::from_utf8_lossy(value.to_bytes()).into_owned())
+                }
+                _ => None,
+            })
+            .expect("OpenDKIM signed the message");
+        let field = format!("DKIM-Signature:{dkim}\r\n")
+            .replace('\n', "\r\n")
+            .replace("\r\r\n", "\r\n");
+        [field.as_bytes(), message].concat()
     }
 }
 
