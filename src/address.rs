@@ -43,8 +43,11 @@ pub fn fold(address: &str, delimiter: &str) -> Option<Folded> {
     if local.is_empty() || domain.is_empty() || address.chars().any(char::is_control) {
         return None;
     }
-    let is_did = local.len() > 4 && local[..4].eq_ignore_ascii_case("did!")
-        || local.len() > 4 && local[..4].eq_ignore_ascii_case("did.");
+    // Bytes, never `&local[..4]`: a local part off the wire may hold a multi-byte character
+    // across that boundary (`abcé@host`), and slicing a str there panics.
+    let is_did = local.len() > 4
+        && matches!(local.as_bytes().get(..4), Some(p)
+            if p.eq_ignore_ascii_case(b"did!") || p.eq_ignore_ascii_case(b"did."));
     let (user, detail) = match delimiter.chars().next() {
         // A DID mailbox is split only at a delimiter no DID can contain.
         Some(d) if is_did && is_did_char(d) => (local, None),
@@ -111,6 +114,22 @@ mod tests {
         for bad in ["nodomain", "@x", "a@", "a\r@x", "a@x\0"] {
             assert_eq!(fold(bad, "+"), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_multi_byte_character_anywhere_never_panics() {
+        // A character across the fourth byte once panicked the whole LMTP session.
+        for address in [
+            "abc\u{e9}@host",
+            "did\u{e9}x@host",
+            "\u{e9}\u{e9}\u{e9}@h",
+            "d\u{1F600}@h",
+            "did.\u{e9}@h",
+        ] {
+            let folded = fold(address, "+").unwrap();
+            assert_eq!(folded.did(), None, "{address}");
+        }
+        assert_eq!(fold("DID!plc!\u{e9}x@h", "\u{e9}").unwrap().did(), None);
     }
 
     #[test]

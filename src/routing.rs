@@ -4,6 +4,7 @@
 //! consent check LMTP applies at RCPT, decided here; transports (`socketmap`, the LMTP server,
 //! `atsms-milter route`) only translate. Shares the daemon's identity cache.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,9 @@ use crate::syntax;
 pub const ALIAS: &str = "atsms_alias";
 pub const TRANSPORT: &str = "atsms_transport";
 pub const MAILBOX: &str = "atsms_mailbox";
+
+/// What `atsms_transport` says of a DID mail host the address policy refuses.
+pub const REFUSED_HOST: &str = "DID mail host refused by this site's address policy";
 
 /// One lookup's answer, as the socketmap protocol carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +134,8 @@ pub struct Router {
     identity: Arc<IdentityResolver>,
     /// `inbox.hosts`, A-labels: the names by which documents point at this host.
     hosts: Arc<Vec<String>>,
+    /// This host's name (an MTA's own, whatever `inbox.hosts` says).
+    host_name: Arc<String>,
     /// How long a lookup may take before the answer is `TEMP` (the fetch goes on).
     timeout: Duration,
 }
@@ -143,12 +149,23 @@ impl Router {
         Router {
             identity,
             hosts: Arc::new(hosts),
+            host_name: Arc::new(
+                syntax::ascii_domain(&crate::config::host_name()).unwrap_or_default(),
+            ),
             timeout,
         }
     }
 
     fn is_ours(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| h == host)
+    }
+
+    /// Whether `domain` is one an MTA would not treat as its own: routable (not
+    /// `localhost`, a single label or an address literal: `syntax::routable_domain`), not
+    /// one of `inbox.hosts` nor this host's name.
+    fn is_remote(&self, domain: &str) -> bool {
+        syntax::routable_domain(domain)
+            .is_some_and(|d| !self.is_ours(&d) && d != self.host_name.as_str())
     }
 
     /// The DID's endpoint. A cold lookup that has not finished within `timeout` answers
@@ -177,36 +194,64 @@ impl Router {
         }
     }
 
-    /// `atsms_alias` (virtual_alias_maps, sending side): a DID mailbox address at any domain
-    /// → where the document says its owner receives mail.
+    /// `atsms_alias` (virtual_alias_maps, sending side): a DID mailbox address at a remote
+    /// domain → where the document says its owner receives mail.
+    ///
+    /// Never for a domain an MTA treats as its own — `localhost`, a single label, an address
+    /// literal, one of `inbox.hosts`, this host's name — since aliasing runs after smtpd's
+    /// relay check: an outside client's `RCPT TO:<did.plc.…@localhost>` must not be
+    /// forwarded to wherever a DID document points (an open relay). Never towards a host
+    /// the address policy refuses.
     pub async fn alias(&self, key: &str) -> Answer {
         let Some(address) = DidAddress::parse(key) else {
             return Answer::NotFound;
         };
-        // An MX must not forward its own DID mailboxes to whatever address a DID names.
-        if self.is_ours(&address.domain) {
+        if !self.is_remote(&address.domain) {
             return Answer::NotFound;
         }
-        match self.endpoint(&address.did).await {
-            Ok(Endpoint::Mailto(target)) => Answer::Found(target),
-            Ok(Endpoint::Smtp { host, .. }) => {
-                let target = address.at(&host);
-                // The key itself: no rewrite (and no virtual-alias recursion).
-                if target == key.to_ascii_lowercase() {
-                    Answer::NotFound
-                } else {
-                    Answer::Found(target)
-                }
+        let target = match self.endpoint(&address.did).await {
+            // One plain mailbox at a routable domain (`syntax::plain_mailbox`), possibly
+            // a user of this very host: never a list, a file, a pipe or `localhost`.
+            Ok(Endpoint::Mailto(target)) => target,
+            // Its mailbox here: a DID that lives on this host, delivered locally.
+            Ok(Endpoint::Smtp { host, .. }) if self.is_ours(&host) => address.at(&host),
+            // Elsewhere: only a host the address policy lets mail go to (which refuses
+            // `localhost` and private addresses unless `allow_private_addresses`).
+            Ok(Endpoint::Smtp { host, .. }) => match self.vetted(&host).await {
+                Ok(Some(_)) => address.at(&host),
+                Ok(None) => return Answer::NotFound,
+                Err(why) => return Answer::Temporary(why),
+            },
+            Ok(Endpoint::None | Endpoint::SmtpIp) | Err(Lookup::Nothing) => {
+                return Answer::NotFound;
             }
-            Ok(Endpoint::None | Endpoint::SmtpIp) | Err(Lookup::Nothing) => Answer::NotFound,
-            Err(Lookup::Later(why)) => Answer::Temporary(why),
+            Err(Lookup::Later(why)) => return Answer::Temporary(why),
+        };
+        // The key itself: no rewrite (and no virtual-alias recursion).
+        if target.eq_ignore_ascii_case(key) {
+            Answer::NotFound
+        } else {
+            Answer::Found(target)
+        }
+    }
+
+    /// The address mail for `host` may go to under the address policy (bounded by the
+    /// lookup timeout); `Err` with the reason when DNS cannot say now.
+    async fn vetted(&self, host: &str) -> Result<Option<IpAddr>, String> {
+        match tokio::time::timeout(self.timeout, self.identity.vetted_mail_address(host)).await {
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
+            Ok(Err(_)) => Ok(None),
+            Err(_) => Err(IdentityError::TimedOut.to_string()),
         }
     }
 
     /// `atsms_transport` (transport_maps): `<did mailbox>@HOST` where the document's endpoint
-    /// is `smtp://HOST[:PORT]` → `smtp:[HOST]:PORT` (no MX lookup). Never a host of ours (a
-    /// loop), never one whose addresses the resolver's private-address policy refuses (SSRF
-    /// by mail).
+    /// is `smtp://HOST[:PORT]` → `smtp:[<address>]:PORT`, the address vetted by the address
+    /// policy (no MX lookup, and no second lookup by the MTA that could be answered
+    /// otherwise). A host the policy refuses gets `error:5.7.1` — never `NOTFOUND`, which
+    /// would let the MTA route the address by MX to that very host (SSRF by mail). Never a
+    /// host of ours (local delivery).
     pub async fn transport(&self, key: &str) -> Answer {
         let Some(address) = DidAddress::parse(key) else {
             return Answer::NotFound;
@@ -219,12 +264,10 @@ impl Router {
         if host != address.domain || self.is_ours(&host) {
             return Answer::NotFound;
         }
-        match tokio::time::timeout(self.timeout, self.identity.host_is_allowed(&host)).await {
-            Ok(Ok(true)) => Answer::Found(format!("smtp:[{host}]:{port}")),
-            Ok(Ok(false)) => Answer::NotFound,
-            Ok(Err(e)) if e.is_transient() => Answer::Temporary(e.to_string()),
-            Ok(Err(_)) => Answer::NotFound,
-            Err(_) => Answer::Temporary(IdentityError::TimedOut.to_string()),
+        match self.vetted(&host).await {
+            Ok(Some(ip)) => Answer::Found(format!("smtp:[{ip}]:{port}")),
+            Ok(None) => Answer::Found(format!("error:5.7.1 {REFUSED_HOST}")),
+            Err(why) => Answer::Temporary(why),
         }
     }
 

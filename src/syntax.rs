@@ -110,6 +110,40 @@ pub fn ascii_domain(domain: &str) -> Option<String> {
     is_domain_name(&ascii).then_some(ascii)
 }
 
+/// A domain mail may be routed to on a DID document's word: a host name of at least two
+/// labels whose last label is not all digits (RFC 3696 §2: `127.0.0.1` is no domain), not
+/// `localhost` nor below it (RFC 6761 §6.3; `localhost.localdomain` and Postfix's
+/// `localhost.$mydomain` included). A-label, lower-case, no trailing dot. None for single
+/// labels, address literals and everything else: an MTA treats those as its own.
+pub fn routable_domain(domain: &str) -> Option<String> {
+    let domain = ascii_domain(domain)?;
+    let (first, last) = (domain.split('.').next()?, domain.rsplit('.').next()?);
+    let local = first == "localhost" || last == "localhost";
+    (domain.contains('.') && !last.bytes().all(|b| b.is_ascii_digit()) && !local).then_some(domain)
+}
+
+/// RFC 5321 `atext` (§4.1.2, RFC 5322 §3.2.3) without the characters MTAs give a meaning of
+/// their own in a local part: `!` and `%` (source routes), `/` and `|` (files and pipes).
+fn is_plain_atext(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"#$&'*+-=?^_`{}~".contains(&b)
+}
+
+/// One RFC 5321 mailbox (§4.1.2 `Local-part "@" Domain`) of the plainest kind: a dot-string
+/// local part of at most 64 octets (§4.5.3.1.1) and a routable domain. No quoted local part,
+/// no address literal, no list, display name, comment or space: a `mailto:` value a DID
+/// document gives is handed to an MTA as an address, and anything it could read as several
+/// addresses, a file, a pipe or a route is refused. The domain comes back as an A-label.
+pub fn plain_mailbox(text: &str) -> Option<String> {
+    let (local, domain) = text.rsplit_once('@')?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local
+            .split('.')
+            .all(|atom| !atom.is_empty() && atom.bytes().all(is_plain_atext));
+    let domain = routable_domain(domain)?;
+    (local_ok && local.len() + 1 + domain.len() <= 254).then(|| format!("{local}@{domain}"))
+}
+
 /// Top-level domains that pass handle syntax but must never resolve (atproto handle spec):
 /// they name nothing on the public Internet.
 const RESERVED_TLDS: &[&str] = &[
@@ -165,6 +199,71 @@ mod tests {
         assert_eq!(supported_did_method("did:web:example.com%3A8080"), None);
         assert_eq!(supported_did_method("did:web:example.com:u:alice"), None);
         assert_eq!(supported_did_method("did:key:zQ3sh"), None);
+    }
+
+    #[test]
+    fn routable_domains_are_never_an_mta_s_own() {
+        assert_eq!(
+            routable_domain("MX.Example.NET.").as_deref(),
+            Some("mx.example.net")
+        );
+        assert_eq!(
+            routable_domain("bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+        for local in [
+            "localhost",
+            "LOCALHOST.",
+            "localhost.localdomain",
+            "localhost.example.net",
+            "a.localhost",
+            "mailhost",
+            "127.0.0.1",
+            "[127.0.0.1]",
+            "[ipv6:::1]",
+            "",
+            "a..b",
+        ] {
+            assert_eq!(routable_domain(local), None, "{local}");
+        }
+    }
+
+    #[test]
+    fn a_mailto_value_is_one_plain_mailbox() {
+        assert_eq!(
+            plain_mailbox("Alice.Smith+tag@Example.ORG").as_deref(),
+            Some("Alice.Smith+tag@example.org")
+        );
+        for bad in [
+            "a@b.example, c@d.example",
+            "a@b.example c@d.example",
+            "Alice <a@b.example>",
+            "a@b.example (comment)",
+            "\"a b\"@b.example",
+            ":include:/etc/passwd",
+            "|/bin/sh@b.example",
+            "/tmp/x@b.example",
+            "a!b@c.example",
+            "a%b@c.example",
+            "a@b@c.example",
+            "root@localhost",
+            "root@mailhost",
+            "root@[127.0.0.1]",
+            "root@127.0.0.1",
+            ".a@b.example",
+            "a.@b.example",
+            "a..b@c.example",
+            "@b.example",
+            "nobody",
+            "a\r\nb@c.example",
+            "\u{e9}@b.example",
+        ] {
+            assert_eq!(plain_mailbox(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            plain_mailbox(&format!("{}@b.example", "a".repeat(65))),
+            None
+        );
     }
 
     #[test]

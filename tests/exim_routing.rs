@@ -1,5 +1,5 @@
 //! Routing and consent for Exim with the real Exim 4.96 and the contrib files as they are
-//! (`contrib/exim/routers.conf`, `contrib/exim/acl_rcpt.conf`): ${readsocket} against the
+//! (`contrib/exim/macros.conf`, `routers.conf`, `acl_rcpt.conf`): ${readsocket} against the
 //! daemon's lookup tables.
 
 mod support;
@@ -51,6 +51,9 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
     let plc = Plc::start();
     let key = SigningKey::generate(Alg::Es256k).unwrap();
     let (here, remote, elsewhere, mailto) = (plc_did(1), plc_did(2), plc_did(3), plc_did(4));
+    let (refused, listed) = (plc_did(5), plc_did(6));
+    // DNS for the DIDs' hosts: nowhere.example does not exist (NXDOMAIN).
+    let dns = support::dns::DnsServer::start(Default::default());
 
     // B: another host keeping DID mailboxes (its LMTP is the "remote host" in this test).
     let b_root = support::public_tempdir();
@@ -67,15 +70,22 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
     plc.set(&remote, &key, Some(&format!("smtp://localhost:{b_lmtp}")));
     plc.set(&elsewhere, &key, Some("smtp://mx.other.example"));
     plc.set(&mailto, &key, Some(&format!("mailto:bob@{EXIM_DOMAIN}")));
+    plc.set(&refused, &key, Some("smtp://nowhere.example"));
+    plc.set(
+        &listed,
+        &key,
+        Some(&format!("mailto:bob@{EXIM_DOMAIN},|/bin/sh")),
+    );
 
     // Exim's own daemon: the lookup tables and LMTP delivery for its domain.
     let root = support::public_tempdir();
     let (maps, lmtp) = (free_port(), free_port());
     let mut daemon = Daemon::start(
         &format!(
-            "[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{}/%d/%n/Maildir\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{EXIM_DOMAIN}\"]\n",
+            "[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{}/%d/%n/Maildir\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[resolver]\nplc_urls = [\"{}\"]\ndns_servers = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{EXIM_DOMAIN}\"]\n",
             root.path().display(),
-            plc.url()
+            plc.url(),
+            dns.server_arg()
         ),
         lmtp,
     );
@@ -84,6 +94,7 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
             "domainlist local_domains = {EXIM_DOMAIN}
 ATSMS_SOCKETMAP = inet:127.0.0.1:{maps}
 ATSMS_ROUTE_SELF = send
+.include {macros}
 acl_smtp_rcpt = acl_check_rcpt
 tls_advertise_hosts =
 
@@ -124,6 +135,7 @@ atsms_lmtp:
 begin retry
 * * F,2h,1m
 ",
+            macros = contrib("macros.conf"),
             acl = contrib("acl_rcpt.conf"),
             routers = contrib("routers.conf"),
         )
@@ -174,6 +186,34 @@ begin retry
     wait_for_file(
         &root.path().join(EXIM_DOMAIN).join("bob/Maildir/new"),
         &exim,
+    );
+
+    // A detail does not hide whose mailbox it is: consent is the folded mailbox's.
+    let to = format!("{}+news@{EXIM_DOMAIN}", mailbox(&here));
+    let (transcript, ok) = exim.swaks("sender@exim.test", &to, &message(&to));
+    assert!(ok, "{transcript}");
+    let to = format!(
+        "{}+x@{EXIM_DOMAIN}",
+        elsewhere.replace(':', "!").to_uppercase()
+    );
+    let (transcript, ok) = exim.swaks("sender@exim.test", &to, &message(&to));
+    assert!(
+        !ok && transcript.contains("550 5.1.1 no mailbox here"),
+        "{transcript}"
+    );
+
+    // A mail host the address policy refuses: the address fails, never routed by MX.
+    let routed = exim.route_test(&format!("{}@nowhere.example", mailbox(&refused)));
+    assert!(
+        routed.contains("is undeliverable")
+            && routed.contains("refused by this site's address policy"),
+        "{routed}"
+    );
+    // A mailto: value that is not one plain address routes nowhere (no pipe, no list).
+    let routed = exim.route_test(&format!("{}@anywhere.example", mailbox(&listed)));
+    assert!(
+        routed.contains("Unrouteable address") && !routed.contains("/bin/sh"),
+        "{routed}"
     );
 
     // The daemon gone: RCPT to a DID mailbox here is deferred, never accepted blind.

@@ -168,3 +168,160 @@ fn postfix_a_routes_by_did_document_and_postfix_b_keeps_only_consented_mailboxes
     let delivered = b.wait_for_files(&maildir.join("new"), 1);
     assert!(String::from_utf8_lossy(&delivered[0]).contains("Subject: after the outage"));
 }
+
+/// Every spelling of a DID mailbox an outside client might try, at `victim`'s domain and at
+/// the domains the sending host keeps itself.
+fn did_forms(did: &str, victim_domain: &str) -> Vec<String> {
+    let (dotted, bang) = (mailbox(did), did.replace(':', "!"));
+    vec![
+        format!("{dotted}@localhost"),
+        format!("{}@LOCALHOST", dotted.to_uppercase()),
+        format!("{dotted}+x@localhost"),
+        format!("{bang}@localhost"),
+        format!("{dotted}@[127.0.0.1]"),
+        format!("{dotted}@a.test"),
+        format!("{dotted}@localhost.test"),
+        format!("{dotted}@{victim_domain}"),
+        format!("{bang}@{victim_domain}"),
+        format!("{dotted}@anything.example"),
+    ]
+}
+
+/// Never an open relay. A DID names an address at the victim's MX (B) as its mail route;
+/// an unauthenticated client outside `mynetworks` tries every DID mailbox form through A on
+/// port 25, first with A set up as contrib/postfix says (the aliasing map on submission
+/// only), then with the map in main.cf, where only atsms-milter's own guard stands between
+/// the internet and the victim. Each recipient is refused at RCPT — `Relay access denied`
+/// for every domain A does not keep — and B never sees a connection. An authenticated user
+/// on A's submission port is routed by the same DID (the set-up works).
+#[test]
+fn an_outside_client_cannot_relay_through_a_did_mailbox() {
+    let plc = Plc::start();
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let did = plc_did(30);
+    // B: the victim's mail host; a@mx.example.net is a real mailbox there.
+    let b = Postfix::start(&["a"], "");
+    plc.set(&did, &key, Some("mailto:a@mx.example.net"));
+    let dovecot = support::dovecot::DovecotAuth::start(&[("alice", "alice-secret")]);
+    let maps = free_port();
+    let _daemon = Daemon::start(
+        &format!(
+            "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n\n[inbox]\nhosts = [\"a.test\"]\n",
+            free_port(),
+            plc.url()
+        ),
+        maps,
+    );
+    let with_port =
+        |text: String| text.replace("inet:127.0.0.1:8896", &format!("inet:127.0.0.1:{maps}"));
+    let read = |file: &str| with_port(std::fs::read_to_string(support::contrib(file)).unwrap());
+    // A's own settings: a host that keeps localhost and its name, as Debian's defaults do;
+    // mail for mx.example.net goes to B; SASL through Dovecot.
+    let transport = support::public_tempdir();
+    std::fs::write(
+        transport.path().join("transport"),
+        format!("mx.example.net smtp:[127.0.0.1]:{}\n", b.smtp_port),
+    )
+    .unwrap();
+    let own = format!(
+        "myhostname = a.test\nmydomain = test\nmydestination = $myhostname, localhost.$mydomain, localhost\nmynetworks = 127.0.0.1/32\nlocal_recipient_maps = proxy:unix:passwd.byname\nvirtual_mailbox_domains =\nsmtpd_sasl_type = dovecot\nsmtpd_sasl_path = {}\n",
+        dovecot.socket().display()
+    );
+    let documented_main = read("postfix/main.cf.routing-snippet").replace(
+        "transport_maps = socketmap:",
+        &format!(
+            "transport_maps = texthash:{}/transport, socketmap:",
+            transport.path().display()
+        ),
+    );
+    // Over plain text here: the throwaway instance has no certificate.
+    let submission = free_port();
+    let documented_master = support::postfix::master_cf_for_test(
+        &read("postfix/master.cf.routing-snippet").replace(
+            "smtpd_tls_security_level=encrypt",
+            "smtpd_tls_security_level=none",
+        ),
+        submission,
+    );
+    let legacy_main = format!(
+        "{documented_main}virtual_alias_maps = socketmap:inet:127.0.0.1:{maps}:atsms_alias\n"
+    );
+    let message = |to: &str| message(to, "relay attempt");
+    let outside = ["--local-interface", "127.0.0.2"];
+    for (setup, main_cf, master_cf) in [
+        (
+            "as documented",
+            &documented_main,
+            documented_master.as_str(),
+        ),
+        ("aliasing in main.cf", &legacy_main, ""),
+    ] {
+        let a = Postfix::start_with_services(&[], &format!("{own}{main_cf}"), master_cf);
+        for to in did_forms(&did, "mx.example.net") {
+            let (transcript, ok) = a.swaks_with("x@outside.example", &to, &message(&to), &outside);
+            println!(
+                "{setup}: RCPT TO:<{to}> from 127.0.0.2:\n{}",
+                transcript
+                    .lines()
+                    .filter(|l| l.contains("RCPT") || l.starts_with("<**"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            assert!(!ok, "{setup}: {to} accepted from outside:\n{transcript}");
+            let refusal = transcript
+                .lines()
+                .find(|l| l.starts_with("<** 5"))
+                .unwrap_or_else(|| panic!("{setup}: {to} not refused at RCPT:\n{transcript}"));
+            let local = to.ends_with("@localhost")
+                || to.ends_with("@LOCALHOST")
+                || to.ends_with("@a.test")
+                || to.ends_with("@localhost.test")
+                || to.ends_with("@[127.0.0.1]");
+            if !local || to.contains('!') {
+                assert!(
+                    refusal.contains("554 5.7.1") && refusal.contains("Relay access denied"),
+                    "{setup}: {to}: {refusal}"
+                );
+            }
+        }
+        let log = a.maillog();
+        assert!(
+            !log.contains("relay=127.0.0.1["),
+            "{setup}: A relayed:\n{log}"
+        );
+    }
+    // (One connection at start is the test's own wait for its banner.)
+    assert!(
+        !b.maillog().contains("from=<"),
+        "the victim's MX received mail:\n{}",
+        b.maillog()
+    );
+    assert!(
+        std::fs::read_dir(b.new_dir("a"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    );
+
+    // The documented set-up still routes what its users submit.
+    let a =
+        Postfix::start_with_services(&[], &format!("{own}{documented_main}"), &documented_master);
+    let to = format!("{}@anything.example", mailbox(&did));
+    let (transcript, ok) = support::swaks(
+        a.root(),
+        submission,
+        "alice@a.test",
+        &to,
+        &message(&to),
+        &[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "alice-secret",
+        ],
+    );
+    assert!(ok, "{transcript}");
+    let delivered = b.wait_for_mail("a", 1);
+    assert!(String::from_utf8_lossy(&delivered[0]).contains("Subject: relay attempt"));
+}

@@ -132,11 +132,12 @@ async fn the_three_maps_answer_as_the_interfaces_say() {
             ),
             format!("OK {}@mx.other.example", m(&w.elsewhere)),
         ),
-        // atsms_transport: the endpoint's host → smtp:[host]:port, no MX lookup.
+        // atsms_transport: the endpoint's host → smtp:[its vetted address]:port, no MX
+        // lookup and no second lookup by Postfix.
         (
             "atsms_transport",
             format!("{}@mx.other.example", m(&w.elsewhere)),
-            "OK smtp:[mx.other.example]:2525".into(),
+            "OK smtp:[8.8.4.4]:2525".into(),
         ),
         (
             "atsms_transport",
@@ -149,9 +150,16 @@ async fn the_three_maps_answer_as_the_interfaces_say() {
             format!("{}@{US}", m(&w.ours)),
             "NOTFOUND ".into(),
         ),
+        // A refused host is an error, never NOTFOUND: Postfix would route it by MX.
         (
             "atsms_transport",
             format!("{}@private.example", m(&w.private)),
+            "OK error:5.7.1 DID mail host refused by this site's address policy".into(),
+        ),
+        // atsms_alias never rewrites towards a host the address policy refuses.
+        (
+            "atsms_alias",
+            format!("{}@anything.example", m(&w.private)),
             "NOTFOUND ".into(),
         ),
         ("atsms_transport", "*".into(), "NOTFOUND ".into()),
@@ -186,6 +194,56 @@ async fn the_three_maps_answer_as_the_interfaces_say() {
     for (map, key, want) in &cases {
         assert_eq!(&c.lookup(map, key).await, want, "{map} {key}");
     }
+}
+
+/// An open relay, closed: Postfix aliases after smtpd's relay check, so an outside client's
+/// `RCPT TO:<did.plc.…@localhost>` (or at any domain Postfix keeps) must never be rewritten
+/// to what a DID document names; and a `mailto:` value is one plain mailbox or nothing.
+#[tokio::test]
+async fn the_alias_map_never_forwards_mail_for_a_domain_the_mta_keeps() {
+    let w = world();
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let (list, local_target, display) = (plc_did(20), plc_did(21), plc_did(23));
+    w.plc.set(
+        &list,
+        &key,
+        Some("mailto:a@victim.example,b@victim.example,c@victim.example"),
+    );
+    w.plc
+        .set(&local_target, &key, Some("mailto:root@localhost"));
+    w.plc
+        .set(&display, &key, Some("mailto:Victim <a@victim.example>"));
+    let server = RunningSocketmap::start(&config(&w.plc.url(), &w.dns, "")).await;
+    let mut c = server.client().await;
+    let m = mailbox(&w.mailto);
+    let bang = w.mailto.replace(':', "!");
+    let host = atsms_milter::config::host_name();
+    for key in [
+        format!("{m}@localhost"),
+        format!("{m}@LOCALHOST."),
+        format!("{bang}@localhost"),
+        format!("{m}@localhost.localdomain"),
+        format!("{m}@localhost.example.net"),
+        format!("{m}@mailhost"),
+        format!("{m}@[127.0.0.1]"),
+        format!("{m}@127.0.0.1"),
+        format!("{m}@[ipv6:::1]"),
+        format!("{m}@{US}"),
+        format!("{m}@{}", US.to_uppercase()),
+        format!("{m}@{host}"),
+    ] {
+        assert_eq!(c.lookup("atsms_alias", &key).await, "NOTFOUND ", "{key}");
+    }
+    for did in [&list, &local_target, &display] {
+        let key = format!("{}@anything.example", mailbox(did));
+        assert_eq!(c.lookup("atsms_alias", &key).await, "NOTFOUND ", "{key}");
+    }
+    // The same DID at a remote domain is still routed.
+    assert_eq!(
+        c.lookup("atsms_alias", &format!("{m}@anything.example"))
+            .await,
+        "OK alice@example.org"
+    );
 }
 
 #[tokio::test]
@@ -401,7 +459,7 @@ fn postmap_queries_every_map_of_the_daemon() {
             "atsms_transport",
             format!("{}@mx.other.example", m(&w.elsewhere)),
             0,
-            "smtp:[mx.other.example]:2525".into(),
+            "smtp:[8.8.4.4]:2525".into(),
         ),
         ("atsms_transport", "*".into(), 1, String::new()),
         (

@@ -272,10 +272,10 @@ pub enum MailHost {
 
 impl MailEndpoint {
     pub fn parse(endpoint: &str) -> Option<MailEndpoint> {
+        // One RFC 5321 mailbox or nothing: a list, a display name, `:include:` or a local
+        // host would have an MTA deliver where no DID may send it (an open relay).
         if let Some(address) = endpoint.strip_prefix("mailto:") {
-            return address
-                .contains('@')
-                .then(|| MailEndpoint::Mailto(address.to_string()));
+            return syntax::plain_mailbox(address).map(MailEndpoint::Mailto);
         }
         let authority = endpoint.strip_prefix("smtp://")?;
         let authority = authority.strip_suffix('/').unwrap_or(authority);
@@ -379,6 +379,10 @@ mod tests {
             "smtp://-bad-.example",
             "https://mx.example.net",
             "mailto:nobody",
+            "mailto:a@b.example,c@d.example",
+            "mailto:Victim <a@b.example>",
+            "mailto::include:/etc/aliases",
+            "mailto:root@localhost",
         ] {
             assert_eq!(MailEndpoint::parse(bad), None, "{bad}");
         }

@@ -739,11 +739,15 @@ impl IdentityResolver {
         .is_ok()
     }
 
-    /// Whether mail may be sent to `host` under the address policy (routing's guard against
-    /// SSRF by mail: a document naming a host on this site's networks).
-    pub async fn host_is_allowed(&self, host: &str) -> Result<bool, IdentityError> {
+    /// The address mail for `host` may be sent to under the address policy, `None` when it
+    /// may not (routing's guard against SSRF by mail: a document naming a host on this
+    /// site's networks).
+    pub async fn vetted_mail_address(
+        &self,
+        host: &str,
+    ) -> Result<Option<std::net::IpAddr>, IdentityError> {
         self.net
-            .host_allowed(host)
+            .vetted_address(host)
             .await
             .map_err(|e| fetch_error(Upstream::MailHost, e))
     }

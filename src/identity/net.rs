@@ -393,18 +393,21 @@ impl Net {
         self.allow_private
     }
 
-    /// Whether the address policy lets mail go to `host`: every address it resolves to must
-    /// be public (another program — Postfix — connects to it, and may pick any of them),
-    /// unless `allow_private_addresses`. NXDOMAIN or no address is a definite no.
-    pub async fn host_allowed(&self, host: &str) -> Result<bool, FetchError> {
-        if self.allow_private {
-            return Ok(true);
+    /// The address mail for `host` may go to under the address policy: every address the
+    /// host resolves to must be public (any of them could be picked), unless
+    /// `allow_private_addresses`; the first of them is given, so that the MTA connects to
+    /// the very address vetted here and a second lookup cannot rebind it. `None`: refused
+    /// (a private address among them, NXDOMAIN, no address, `localhost` without
+    /// `allow_private_addresses`).
+    pub async fn vetted_address(&self, host: &str) -> Result<Option<IpAddr>, FetchError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok((self.allow_private || is_public(ip)).then_some(ip));
         }
         if host.eq_ignore_ascii_case("localhost") {
-            return Ok(false);
-        }
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(is_public(ip));
+            // RFC 6761 §6.3: localhost is the loopback address, whatever DNS says.
+            return Ok(self
+                .allow_private
+                .then_some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)));
         }
         match self
             .dns
@@ -413,9 +416,10 @@ impl Net {
         {
             Ok(lookup) => {
                 let ips: Vec<IpAddr> = lookup.iter().collect();
-                Ok(!ips.is_empty() && ips.into_iter().all(is_public))
+                let allowed = self.allow_private || ips.iter().all(|ip| is_public(*ip));
+                Ok(ips.first().copied().filter(|_| allowed))
             }
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(false),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(None),
             Err(e) => Err(FetchError::new(
                 FetchErrorKind::Transient,
                 format!("DNS lookup of {host}: {e}"),

@@ -282,7 +282,9 @@ async fn command_reply(
             match mailboxes.resolve(&address) {
                 Ok(recipient) => {
                     // A DID mailbox is kept only while the DID's document names this host.
-                    if let Some(did_address) = DidAddress::parse(&address) {
+                    // Asked of the mailbox the address folds into — the one delivery writes
+                    // to — never of the address as given: `DID!PLC!X+y@MX.host` is X's.
+                    if let Some(did_address) = DidAddress::parse(&recipient.mailbox) {
                         match settings.router.consent(&did_address).await {
                             Consent::Given => {}
                             Consent::Refused => {

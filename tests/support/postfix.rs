@@ -58,6 +58,12 @@ impl Postfix {
     /// Starts Postfix accepting mail for `mailboxes` at mx.example.net (delivered into
     /// Maildirs by virtual(8)), with `extra` appended to main.cf (smtpd_milters, say).
     pub fn start(mailboxes: &[&str], extra: &str) -> Postfix {
+        Postfix::start_with_services(mailboxes, extra, "")
+    }
+
+    /// As `start`, with `services` appended to master.cf (a submission service, a cleanup
+    /// of its own: chroot off, loopback ports, as `master_cf_for_test` writes them).
+    pub fn start_with_services(mailboxes: &[&str], extra: &str, services: &str) -> Postfix {
         assert!(
             unsafe { libc::geteuid() } == 0,
             "the Postfix integration tests run a real Postfix and need root (CI runs as root)"
@@ -130,7 +136,7 @@ milter_default_action = tempfail
             .map(|(_, l)| format!("{l}\n"))
             .collect();
         std::fs::write(root.join("etc/main.cf"), main_cf).unwrap();
-        let master = format!("127.0.0.1:{smtp_port} inet n - n - - smtpd\n{MASTER_CF}");
+        let master = format!("127.0.0.1:{smtp_port} inet n - n - - smtpd\n{MASTER_CF}{services}");
         std::fs::write(root.join("etc/master.cf"), master).unwrap();
         // Postfix programs wait while main.cf is less than a second old: date it back.
         for file in ["etc/main.cf", "etc/master.cf"] {
@@ -238,6 +244,33 @@ milter_default_action = tempfail
     ) -> (String, bool) {
         super::swaks(self.root(), self.smtp_port, from, to, message, options)
     }
+}
+
+/// master.cf lines as an admin writes them, for a throwaway instance: chroot off (the
+/// instance's directories are not set up for it), and an `inet` service named `submission`
+/// listening on 127.0.0.1:`port` instead.
+pub fn master_cf_for_test(text: &str, port: u16) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with(|c: char| c.is_whitespace() || c == '#') || fields.len() < 8 {
+            out.push_str(line);
+        } else {
+            let name = match (fields[0], fields[1]) {
+                ("submission", "inet") => format!("127.0.0.1:{port}"),
+                (name, _) => name.to_string(),
+            };
+            out.push_str(&format!(
+                "{name} {} {} {} n {}",
+                fields[1],
+                fields[2],
+                fields[3],
+                fields[5..].join(" ")
+            ));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn uid_of(user: &str) -> u32 {
