@@ -480,7 +480,10 @@ pub async fn serve_stdio(config: Config) -> Result<(), String> {
         false,
     )?);
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    lmtp::session(stream, service)
-        .await
-        .map_err(|e| format!("LMTP session: {e}"))
+    // In a task of its own, like every connection of the daemon: a panic (a bug) ends the
+    // session and becomes an error, never an abort the MTA cannot read.
+    match tokio::spawn(lmtp::session(stream, service)).await {
+        Ok(result) => result.map_err(|e| format!("LMTP session: {e}")),
+        Err(e) => Err(format!("LMTP session ended by an internal error: {e}")),
+    }
 }

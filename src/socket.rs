@@ -266,4 +266,51 @@ mod tests {
             "a regular file is not removed"
         );
     }
+
+    #[tokio::test]
+    async fn a_panic_in_one_connection_leaves_the_others_served() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let spec = SocketSpec::Inet {
+            host: "127.0.0.1".into(),
+            port: 0,
+        };
+        let listener = bind(&spec, 0o660, None).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(async move {
+            serve(&listener, "test", stopped, |mut stream| async move {
+                let mut byte = [0u8; 1];
+                if stream.read_exact(&mut byte).await.is_ok() {
+                    assert_ne!(byte[0], b'!', "a bug reached from the network");
+                    let _ = stream.write_all(b"ok").await;
+                }
+            })
+            .await
+        });
+        let talk = |what: &'static [u8]| async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(what).await.unwrap();
+            let mut out = Vec::new();
+            let _ = c.read_to_end(&mut out).await;
+            out
+        };
+        let (panicked, other) = tokio::join!(talk(b"!"), talk(b"a"));
+        assert_eq!(panicked, b"", "the panicking connection is closed");
+        assert_eq!(other, b"ok");
+        assert_eq!(talk(b"b").await, b"ok", "and the next one is served");
+        stop.send(()).unwrap();
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_is_not_taken_for_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        let spec = SocketSpec::Unix(path.clone());
+        std::fs::write(&path, b"data").unwrap();
+        assert!(
+            bind(&spec, 0o660, None).await.is_err(),
+            "a regular file is not removed"
+        );
+    }
 }

@@ -117,6 +117,71 @@ async fn consent_is_checked_at_rcpt_and_withdrawn_with_the_document() {
     assert!(replies[2].starts_with("451 4.4.3"), "{replies:?}");
 }
 
+/// Consent is asked of the mailbox delivery writes to: a detail, another case or the `!`
+/// spelling never lets mail into the Maildir of a DID whose document names another host.
+#[tokio::test]
+async fn consent_is_asked_of_the_mailbox_delivery_writes_to() {
+    let plc = Plc::start();
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let (here, elsewhere) = (plc_did(5), plc_did(6));
+    plc.set(&here, &key, Some(&format!("smtp://{US}")));
+    plc.set(&elsewhere, &key, Some("smtp://mx.other.example"));
+    let server = lmtp(
+        &format!(
+            "[resolver]\nplc_urls = [\"{}\"]\n[inbox]\nhosts = [\"{US}\"]\n[policy]\nauthserv_id = \"mx.test\"\n",
+            plc.url()
+        ),
+        support::signing::NOW,
+    )
+    .await;
+    let bang = |did: &str| did.replace(':', "!");
+    let refused = [
+        format!(
+            "{}+y@{}",
+            bang(&elsewhere).to_uppercase(),
+            US.to_uppercase()
+        ),
+        format!("{}+x@{US}", mailbox(&elsewhere)),
+        format!("{}+@{US}.", mailbox(&elsewhere)),
+    ];
+    let accepted = format!("{}+news@{US}", bang(&here));
+    let mut c = server.client().await;
+    let mut session = "LHLO x\r\nMAIL FROM:<a@b.example>\r\n".to_string();
+    for r in refused.iter().chain([&accepted]) {
+        session.push_str(&format!("RCPT TO:<{r}>\r\n"));
+    }
+    c.send(session.as_bytes()).await;
+    let replies = c.replies(2 + refused.len() + 1).await;
+    for (reply, address) in replies[2..].iter().zip(&refused) {
+        assert!(
+            reply.starts_with("550 5.1.1") && reply.contains("does not name this host"),
+            "{address}: {reply}"
+        );
+    }
+    assert!(
+        replies.last().unwrap().starts_with("250 2.1.5"),
+        "{replies:?}"
+    );
+    c.send(b"DATA\r\n").await;
+    c.reply().await;
+    c.send(&dot_stuffed(b"Subject: consent\r\n\r\nhi\r\n"))
+        .await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    let maildir = |did: &str| {
+        server
+            .dir
+            .path()
+            .join(US)
+            .join(mailbox(did))
+            .join("Maildir")
+    };
+    assert_eq!(RunningLmtp::new_files(&maildir(&here)).len(), 1);
+    assert!(
+        !maildir(&elsewhere).exists(),
+        "nothing was written for the DID that lives elsewhere"
+    );
+}
+
 #[tokio::test]
 async fn three_recipients_under_three_rules_get_three_answers() {
     let world = VectorWorld::start();
