@@ -36,7 +36,7 @@ async fn main() {
     std::fs::write(
         &conf,
         format!(
-            "[milter]\nlisten = \"unix:{w}/atsms.sock\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\nallow_private_addresses = true\n\n[signing]\nnetworks = [\"192.0.2.0/24\"]\n\n[[signing.key]]\nsenders = [\"*@example.com\"]\ndid = \"{DID}\"\nkid = \"{DID}#atproto\"\nkey_file = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{w}/control.sock\"\n",
+            "[milter]\nlisten = \"unix:{w}/atsms.sock\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\nallow_private_addresses = true\n\n[signing]\nnetworks = [\"192.0.2.0/24\"]\n\n[[signing.key]]\nsenders = [\"*@example.com\"]\ndid = \"{DID}\"\nkid = \"{DID}#atproto\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{w}/control.sock\"\n",
             key_file.display()
         ),
     )

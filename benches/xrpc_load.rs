@@ -146,7 +146,7 @@ async fn main() {
     std::fs::write(
         &conf,
         format!(
-            "[milter]\nlisten = \"unix:{w}/milter.sock\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\ndns_servers = [\"{}\"]\nallow_private_addresses = true\n\n[[signing.key]]\ndid = \"{DID}\"\nkid = \"{DID}#atproto\"\nkey_file = \"{}\"\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{w}/control.sock\"\n",
+            "[milter]\nlisten = \"unix:{w}/milter.sock\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\ndns_servers = [\"{}\"]\nallow_private_addresses = true\n\n[[signing.key]]\ndid = \"{DID}\"\nkid = \"{DID}#atproto\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{w}/control.sock\"\n",
             dns.server_arg(),
             key_file.display()
         ),

@@ -275,6 +275,46 @@ impl fmt::Display for AuthservId {
 }
 string_value!(AuthservId);
 
+/// A fraction from 0 to 1 (`resolver.mail_share`); TOML may write it `1` or `0.8`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ShareValue", into = "f64")]
+pub struct Share(f64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ShareValue {
+    Integer(i64),
+    Float(f64),
+}
+
+impl TryFrom<ShareValue> for Share {
+    type Error = String;
+
+    fn try_from(value: ShareValue) -> Result<Share, String> {
+        let value = match value {
+            ShareValue::Integer(i) => i as f64,
+            ShareValue::Float(f) => f,
+        };
+        if (0.0..=1.0).contains(&value) {
+            Ok(Share(value))
+        } else {
+            Err(format!("{value} is not a share from 0 to 1"))
+        }
+    }
+}
+
+impl From<Share> for f64 {
+    fn from(share: Share) -> f64 {
+        share.0
+    }
+}
+
+impl Share {
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -558,8 +598,8 @@ pub struct SigningKeyConfig {
     pub kid: String,
     /// PKCS#8 PEM, P-256 or secp256k1; refused if others may read it.
     pub key_file: PathBuf,
-    /// SASL logins allowed to use this key; absent: any authenticated client or a client in
-    /// `signing.networks`.
+    /// SASL logins allowed to use this key (required): `["*"]` is any authenticated client
+    /// or a client in `signing.networks`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logins: Option<Vec<String>>,
 }
@@ -686,6 +726,10 @@ pub struct ReputationConfig {
     /// Seconds; a did:plc younger than this (first operation of its audit log) is young.
     pub min_did_age: u64,
     pub on_young: Action,
+    /// When `min_did_age` > 0 and the identity's age cannot be learnt now (the directory
+    /// down or its budget spent): never "not young" by default, or an outage — which anyone
+    /// can cause by spending the budget — would let a new identity through.
+    pub on_age_unknown: Action,
     /// Messages per DID per hour; 0 = off. Counted across hosts through `store.redis`.
     pub rate_limit: u64,
     pub on_rate_limited: Action,
@@ -702,6 +746,7 @@ impl Default for ReputationConfig {
             label_ttl: NonZeroU64::new(300).expect("non-zero"),
             min_did_age: 0,
             on_young: Action::Accept,
+            on_age_unknown: Action::Tempfail,
             rate_limit: 0,
             on_rate_limited: Action::Tempfail,
         }
@@ -747,6 +792,9 @@ pub struct StoreConfig {
     pub key_file: Option<PathBuf>,
     /// The replay set of `serve --stdio` runs without Redis.
     pub replay_file: PathBuf,
+    /// The XRPC service's `jti` set without Redis: tokens accepted before a restart stay
+    /// used until they expire.
+    pub jti_file: PathBuf,
 }
 
 impl Default for StoreConfig {
@@ -755,6 +803,7 @@ impl Default for StoreConfig {
             redis: None,
             key_file: None,
             replay_file: PathBuf::from("/var/lib/atsms-milter/replay"),
+            jti_file: PathBuf::from("/var/lib/atsms-milter/jti"),
         }
     }
 }
@@ -841,6 +890,10 @@ pub struct ResolverConfig {
     /// (refreshes use only what lookups leave). plc.directory limits clients per IP; a fleet
     /// behind one address shares that limit.
     pub max_requests_per_second: NonZeroU32,
+    /// The share of `max_requests_per_second` only mail being judged may use: socketmap
+    /// lookups, consent checks at RCPT and XRPC callers — set off by anyone, for free —
+    /// share the rest.
+    pub mail_share: Share,
 }
 
 impl Default for ResolverConfig {
@@ -854,6 +907,7 @@ impl Default for ResolverConfig {
             max_concurrent_fetches: NonZeroUsize::new(64).expect("non-zero"),
             max_concurrent_per_host: NonZeroUsize::new(8).expect("non-zero"),
             max_requests_per_second: NonZeroU32::new(10).expect("non-zero"),
+            mail_share: Share(0.8),
         }
     }
 }
@@ -907,24 +961,6 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
 }
 
-/// Whether a Redis URL names this host (no fleet key needed there).
-fn redis_on_loopback(url: &str) -> bool {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return false;
-    };
-    match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        // redis:// is not a "special" URL scheme: its host stays a string, IP or not.
-        Some(url::Host::Domain(name)) => {
-            let name = name.trim_start_matches('[').trim_end_matches(']');
-            name.eq_ignore_ascii_case("localhost")
-                || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        }
-        None => parsed.scheme() == "redis+unix" || parsed.scheme() == "unix",
-    }
-}
-
 impl Config {
     pub fn from_toml(text: &str, path: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
@@ -975,6 +1011,13 @@ impl Config {
             return Err("signing.ttl: at most 604800 seconds (7 days, spec section 3.3)".into());
         }
         for (i, key) in self.signing.keys.iter().enumerate() {
+            if key.logins.as_ref().is_none_or(|l| l.is_empty()) {
+                return Err(format!(
+                    "signing.key #{} ({}): logins must name the SASL logins that may sign with                      it; logins = [\"*\"] lets every authenticated login sign every sender it                      lists",
+                    i + 1,
+                    key.kid
+                ));
+            }
             let (did, fragment) = key.kid.split_once('#').unwrap_or_default();
             if did != key.did || fragment.is_empty() {
                 return Err(format!(
@@ -1020,10 +1063,11 @@ impl Config {
                     parsed.scheme()
                 ));
             }
-            if self.store.key_file.is_none() && !redis_on_loopback(redis) {
+            if self.store.key_file.is_none() {
                 return Err(
-                    "store.redis: a Redis server that is not on loopback needs store.key_file \
-                     (entries shared through it must be authenticated)"
+                    "store.redis needs store.key_file: whoever can write to the Redis server \
+                     could otherwise hand this host DID documents, keys and replay records \
+                     of their choosing (docs/scaling.md)"
                         .into(),
                 );
             }
@@ -1115,8 +1159,25 @@ mod tests {
     #[test]
     fn cross_key_rules() {
         assert!(error("[resolver]\nplc_urls = []\n").contains("at least one"));
-        assert!(error("[store]\nredis = \"redis://10.0.0.5/\"\n").contains("key_file"));
-        assert!(Config::from_toml("[store]\nredis = \"redis://127.0.0.1:6379/\"\n", "x").is_ok());
+        // A fleet key whenever Redis is used, on loopback too (anything on the host that can
+        // reach the port could write to it).
+        for url in [
+            "redis://10.0.0.5/",
+            "redis://127.0.0.1:6379/",
+            "redis+unix:///r.sock",
+        ] {
+            assert!(
+                error(&format!("[store]\nredis = \"{url}\"\n")).contains("key_file"),
+                "{url}"
+            );
+        }
+        // Every signing key names who may use it.
+        let key = "[[signing.key]]\nsenders = [\"*@example.org\"]\ndid = \"did:plc:ofurdhfyhjhgomvfygxergep\"\nkid = \"did:plc:ofurdhfyhjhgomvfygxergep#atsms\"\nkey_file = \"/k.pem\"\n";
+        assert!(error(key).contains("logins = [\"*\"]"));
+        assert!(error(&format!("{key}logins = []\n")).contains("logins"));
+        assert!(Config::from_toml(&format!("{key}logins = [\"*\"]\n"), "x").is_ok());
+        assert!(Config::from_toml("[resolver]\nmail_share = 1\n", "x").is_ok());
+        assert!(error("[resolver]\nmail_share = 1.5\n").contains("share from 0 to 1"));
         assert!(
             Config::from_toml(
                 "[store]\nredis = \"rediss://u:p@redis.example:6380/\"\nkey_file = \"/k\"\n",

@@ -66,10 +66,14 @@ fn build_settings_reusing(
         }
         _ => {
             let shared = match &config.store.redis {
-                Some(url) => Some(Arc::new(crate::store::SharedStore::new(
-                    url,
-                    config.store.key_file.as_deref(),
-                )?)),
+                Some(url) => {
+                    let key_file = config
+                        .store
+                        .key_file
+                        .as_deref()
+                        .ok_or("store.redis needs store.key_file")?;
+                    Some(Arc::new(crate::store::SharedStore::new(url, key_file)?))
+                }
                 None => None,
             };
             let identity = IdentityResolver::new(&config.resolver, &config.cache)?
@@ -341,7 +345,11 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     let xrpc = match &config.xrpc.listen {
         Some(listen) => Some((
             bind(listen, crate::config::Mode(0o660), None).await?,
-            Arc::new(crate::xrpc::Service::new(shared.clone(), &config.xrpc)?),
+            Arc::new(crate::xrpc::Service::new(
+                shared.clone(),
+                &config.xrpc,
+                &config.store.jti_file,
+            )?),
         )),
         None => None,
     };

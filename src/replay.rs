@@ -62,7 +62,7 @@ impl ReplayFile {
             .collect()
     }
 
-    fn warn(&self, e: &std::io::Error) {
+    pub fn warn(&self, e: &std::io::Error) {
         if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(
                 "store.replay_file {}: {e}; replays are detected within this run only",
@@ -113,13 +113,59 @@ impl ReplayFile {
         Ok(false)
     }
 
+    /// The unexpired entries (expiry, SHA-256), for a process that keeps them in memory
+    /// (the XRPC service's `jti` set at start). A file that cannot be read gives none (and
+    /// is said once).
+    pub fn unexpired(&self, now: i64) -> Vec<(i64, [u8; 32])> {
+        use std::io::BufRead;
+        let read = || -> std::io::Result<Vec<(i64, [u8; 32])>> {
+            let file = match self.open(false) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            Self::lock(&file, libc::LOCK_SH)?;
+            let mut out = Vec::new();
+            for line in std::io::BufReader::new(file).lines() {
+                let line = line?;
+                let Some((expiry, hex)) = line.split_once(' ') else {
+                    continue;
+                };
+                let (Ok(expiry), Some(hash)) = (expiry.parse::<i64>(), unhex(hex)) else {
+                    continue;
+                };
+                if expiry >= now {
+                    out.push((expiry, hash));
+                }
+            }
+            Ok(out)
+        };
+        read().unwrap_or_else(|e| {
+            self.warn(&e);
+            Vec::new()
+        })
+    }
+
+    /// Appends an entry already hashed, without waiting for the disk: it outlives the
+    /// process (a restart), not a crash of the machine.
+    pub fn append(&self, hash: &[u8; 32], expiry: i64, now: i64) -> std::io::Result<()> {
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        self.add_line(&format!("{expiry} {hex}\n"), now).map(drop)
+    }
+
     fn insert(&self, key: &str, expiry: i64, now: i64) -> std::io::Result<()> {
+        let file = self.add_line(&format!("{expiry} {}\n", Self::hashed(key)), now)?;
+        file.sync_data()
+    }
+
+    /// Appends `line` under an exclusive lock (one write: never interleaved with another
+    /// process's); past `COMPACT_AT` the file is rewritten in place without what expired.
+    fn add_line(&self, line: &str, now: i64) -> std::io::Result<std::fs::File> {
         use std::io::{BufRead, Write};
         let mut file = self.open(true)?;
         Self::lock(&file, libc::LOCK_EX)?;
-        writeln!(file, "{expiry} {}", Self::hashed(key))?;
+        file.write_all(line.as_bytes())?;
         if file.metadata()?.len() > COMPACT_AT {
-            // Rewrite in place under the lock: keep what has not expired.
             let kept: Vec<String> = std::io::BufReader::new(self.open(false)?)
                 .lines()
                 .map_while(Result::ok)
@@ -137,8 +183,22 @@ impl ReplayFile {
             file.set_len(0)?;
             file.write_all(rewritten.as_bytes())?;
         }
-        file.sync_data()
+        Ok(file)
     }
+}
+
+/// 64 hex digits as 32 bytes.
+fn unhex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let digit = |b: u8| (b as char).to_digit(16);
+        out[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(out)
 }
 
 fn key(did: &str, jti: &str, mailbox: &str) -> String {

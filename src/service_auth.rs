@@ -53,6 +53,8 @@ pub enum AuthError {
     BadJwtIss(String),
     #[error("jwt signature does not match jwt issuer: {0}")]
     BadJwtSignature(String),
+    #[error("no signing key for {0}")]
+    NotAuthorized(String),
     #[error("token was used before")]
     JwtReplayed,
     #[error("the caller's DID document cannot be fetched now: {0}")]
@@ -71,15 +73,18 @@ impl AuthError {
             AuthError::BadJwtLexiconMethod(_) => "BadJwtLexiconMethod",
             AuthError::BadJwtIss(_) => "BadJwtIss",
             AuthError::BadJwtSignature(_) => "BadJwtSignature",
+            AuthError::NotAuthorized(_) => "NotAuthorized",
             AuthError::JwtReplayed => "JwtReplayed",
             AuthError::UpstreamFailure(_) => "UpstreamFailure",
         }
     }
 
-    /// The HTTP status: 401 for the token, 502 when the caller's document cannot be had.
+    /// The HTTP status: 401 for the token, 403 for a caller this service does not sign
+    /// for, 502 when the caller's document cannot be had.
     pub fn status(&self) -> u16 {
         match self {
             AuthError::UpstreamFailure(_) => 502,
+            AuthError::NotAuthorized(_) => 403,
             _ => 401,
         }
     }
@@ -257,46 +262,25 @@ pub struct Caller {
 }
 
 /// Checks service tokens for one service DID and method, remembering each `jti` until its
-/// token expires (shared through Redis when a store is configured).
+/// token expires (`JtiSet`).
 pub struct Authenticator {
     identity: Arc<IdentityResolver>,
     service_did: String,
     lxm: &'static str,
-    seen: moka::sync::Cache<String, Duration>,
-    shared: Option<Arc<crate::store::SharedStore>>,
-}
-
-/// Keeps a `jti` until its token has expired.
-struct UntilExp;
-
-impl moka::Expiry<String, Duration> for UntilExp {
-    fn expire_after_create(
-        &self,
-        _key: &String,
-        ttl: &Duration,
-        _now: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(*ttl)
-    }
+    seen: JtiSet,
 }
 
 impl Authenticator {
     pub fn new(
         identity: Arc<IdentityResolver>,
         service_did: String,
-        shared: Option<Arc<crate::store::SharedStore>>,
+        seen: JtiSet,
     ) -> Authenticator {
         Authenticator {
             identity,
             service_did,
             lxm: SIGN_ENVELOPE,
-            // An hour of tokens at a few hundred a second; beyond that the oldest go first,
-            // and a shared store (when there is one) still remembers them.
-            seen: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .expire_after(UntilExp)
-                .build(),
-            shared,
+            seen,
         }
     }
 
@@ -304,16 +288,27 @@ impl Authenticator {
         &self.service_did
     }
 
-    /// Authenticates a request by its `Authorization` header, as of `now`.
+    /// Authenticates a request by its `Authorization` header, as of `now`, for a caller
+    /// `may_sign` says this service signs for. Anyone can reach the port: nothing is looked
+    /// up and nothing remembered for a token that is malformed, for another service or
+    /// method, or whose `iss` has no key here — so strangers can neither spend the PLC
+    /// budget nor fill the `jti` set — and a `jti` is claimed only once the signature has
+    /// verified.
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
         now: i64,
+        may_sign: impl Fn(&str) -> bool,
     ) -> Result<Caller, AuthError> {
         let token = parse(bearer(authorization)?)?;
         token.check(now, &self.service_did, self.lxm)?;
+        if !may_sign(&token.iss) {
+            return Err(AuthError::NotAuthorized(token.iss));
+        }
         let document = self.verify(&token).await?;
-        self.claim_jti(&token, now).await?;
+        if !self.seen.claim(&token, now).await {
+            return Err(AuthError::JwtReplayed);
+        }
         Ok(Caller {
             did: token.iss,
             document,
@@ -330,6 +325,14 @@ impl Authenticator {
                 AuthError::BadJwtIss(e.to_string())
             }
         })?;
+        // A document past `max_age` that serves only because its directory cannot be asked
+        // now (`stale_if_error`) never authenticates: the key in it may have been rotated
+        // away from a thief. Mail verification may use it (and says so); a caller waits.
+        if found.stale {
+            return Err(AuthError::UpstreamFailure(
+                "only an out-of-date copy of the caller's DID document is at hand".into(),
+            ));
+        }
         let document = found.value;
         let first = match document.document.key(ATPROTO_KEY) {
             Ok(key) => token.verify_with(&key),
@@ -353,23 +356,150 @@ impl Authenticator {
             }
         }
     }
+}
 
-    /// Records the token's `jti` (per issuer) until it expires; seen before → replayed.
-    async fn claim_jti(&self, token: &ServiceToken, now: i64) -> Result<(), AuthError> {
-        let key = format!("{}\0{}", token.iss, token.jti);
-        let ttl = Duration::from_secs((token.exp - now + 1).max(1) as u64);
-        let fresh = self.seen.entry(key.clone()).or_insert(ttl).is_fresh();
-        if !fresh {
-            return Err(AuthError::JwtReplayed);
+/// The `jti` of every token accepted, until the token expires: in memory, bounded
+/// (`MAX_REMEMBERED` entries of a SHA-256 and an expiry, about 100 bytes each); shared
+/// through Redis (`SET NX`) in a fleet; kept in a file (`store.jti_file`) otherwise, so
+/// that a restart does not make the last hour's tokens usable again. Only authorized
+/// callers' tokens whose signatures verified get here. When memory is full of unexpired
+/// entries a new token is refused, never an old one forgotten early.
+pub struct JtiSet {
+    memory: std::sync::Mutex<Remembered>,
+    shared: Option<Arc<crate::store::SharedStore>>,
+    file: Option<Arc<crate::replay::ReplayFile>>,
+}
+
+/// Entries the `jti` set holds at most: 300 000 × ~100 bytes ≈ 30 MiB, an hour of tokens at
+/// 80 a second.
+pub const MAX_REMEMBERED: usize = 300_000;
+
+#[derive(Default)]
+struct Remembered {
+    expiry: std::collections::HashMap<[u8; 32], i64>,
+    /// The same entries by expiry, soonest first (`Reverse`), for dropping the expired.
+    by_expiry: std::collections::BinaryHeap<std::cmp::Reverse<(i64, [u8; 32])>>,
+}
+
+/// The `jti` set has no room for another unexpired token.
+#[derive(Debug, PartialEq, Eq)]
+struct Full;
+
+impl Remembered {
+    /// Drops what expired before `now`.
+    fn purge(&mut self, now: i64) {
+        while let Some(std::cmp::Reverse((expiry, hash))) = self.by_expiry.peek().copied() {
+            if expiry >= now {
+                break;
+            }
+            self.by_expiry.pop();
+            if self.expiry.get(&hash) == Some(&expiry) {
+                self.expiry.remove(&hash);
+            }
         }
+    }
+
+    /// Remembers `hash` until `expiry`: false when it is remembered already.
+    fn insert(&mut self, hash: [u8; 32], expiry: i64, now: i64) -> Result<bool, Full> {
+        self.purge(now);
+        if self.expiry.contains_key(&hash) {
+            return Ok(false);
+        }
+        if self.expiry.len() >= MAX_REMEMBERED {
+            return Err(Full);
+        }
+        self.expiry.insert(hash, expiry);
+        self.by_expiry.push(std::cmp::Reverse((expiry, hash)));
+        Ok(true)
+    }
+}
+
+impl JtiSet {
+    /// A set in memory only.
+    pub fn in_memory() -> JtiSet {
+        JtiSet {
+            memory: std::sync::Mutex::default(),
+            shared: None,
+            file: None,
+        }
+    }
+
+    /// A set shared through `shared` (Redis) when there is one, else kept in `file` too (its
+    /// unexpired entries are read back now).
+    pub fn new(
+        shared: Option<Arc<crate::store::SharedStore>>,
+        file: Option<std::path::PathBuf>,
+        now: i64,
+    ) -> JtiSet {
+        let mut set = JtiSet::in_memory();
+        match (shared, file) {
+            (Some(shared), _) => set.shared = Some(shared),
+            (None, Some(path)) => {
+                let file = crate::replay::ReplayFile::new(path);
+                {
+                    let mut memory = set.memory.lock().unwrap_or_else(|e| e.into_inner());
+                    for (expiry, hash) in file.unexpired(now) {
+                        let _ = memory.insert(hash, expiry, now);
+                    }
+                }
+                set.file = Some(Arc::new(file));
+            }
+            (None, None) => {}
+        }
+        set
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.memory.lock().map(|m| m.expiry.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Claims the token's `jti` (per issuer) until the token expires: true the first time.
+    async fn claim(&self, token: &ServiceToken, now: i64) -> bool {
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::new()
+            .chain_update(token.iss.as_bytes())
+            .chain_update([0])
+            .chain_update(token.jti.as_bytes())
+            .finalize()
+            .into();
+        let expiry = token.exp + 1;
+        let fresh = {
+            let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
+            memory.insert(hash, expiry, now)
+        };
+        match fresh {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(Full) => {
+                tracing::warn!(
+                    "xrpc: the jti set holds {MAX_REMEMBERED} unexpired tokens; refusing more"
+                );
+                return false;
+            }
+        }
+        let ttl = Duration::from_secs((expiry - now).max(1) as u64);
         if let Some(shared) = &self.shared {
             // Another instance of the fleet may have seen it; a Redis that cannot answer
             // leaves this instance's memory as the only guard (logged by the store).
-            if shared.claim(&format!("jti:{key}"), ttl).await == Some(false) {
-                return Err(AuthError::JwtReplayed);
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            if shared.claim(&format!("jti:{hex}"), ttl).await == Some(false) {
+                return false;
             }
         }
-        Ok(())
+        if let Some(file) = &self.file {
+            let file = file.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                file.append(&hash, expiry, now)
+                    .inspect_err(|e| file.warn(e))
+            })
+            .await;
+        }
+        true
     }
 }
 

@@ -21,7 +21,8 @@ pub struct Key {
     pub did: String,
     pub kid: String,
     key: SigningKey,
-    logins: Option<Vec<String>>,
+    /// SASL logins that may use it; `*`: any.
+    logins: Vec<String>,
 }
 
 impl std::fmt::Debug for Key {
@@ -43,12 +44,12 @@ impl Key {
             .any(|s| *s == address || s.strip_prefix("*@").is_some_and(|d| d == domain))
     }
 
+    /// Whether `login` (none: a client of `signing.networks`) may use this key: `*` is
+    /// anyone the signer signs for at all.
     fn allows(&self, login: Option<&str>) -> bool {
-        match (&self.logins, login) {
-            (None, _) => true,
-            (Some(logins), Some(login)) => logins.iter().any(|l| l == login),
-            (Some(_), None) => false,
-        }
+        self.logins
+            .iter()
+            .any(|l| l == "*" || login.is_some_and(|login| l == login))
     }
 
     /// The public key, to check it is published in the DID document.
@@ -117,7 +118,7 @@ impl Signer {
                 did: k.did.clone(),
                 kid: k.kid.clone(),
                 key: read_key(&k.key_file)?,
-                logins: k.logins.clone(),
+                logins: k.logins.clone().unwrap_or_default(),
             });
         }
         Ok(Some(Signer {
@@ -244,7 +245,7 @@ mod tests {
     fn keys_are_private_and_name_senders_and_logins() {
         let dir = tempfile::tempdir().unwrap();
         assert!(
-            signer(dir.path(), 0o644, None)
+            signer(dir.path(), 0o644, Some(vec!["*".into()]))
                 .unwrap_err()
                 .contains("readable by others")
         );
@@ -285,17 +286,24 @@ mod tests {
         assert!(s.signs_for_client(Some("192.0.2.9".parse().unwrap()), None));
         assert!(s.signs_for_client(None, Some("alice")));
         assert!(!s.signs_for_client(Some("127.0.0.1".parse().unwrap()), None));
-        let open = signer(dir.path(), 0o600, None).unwrap().unwrap();
-        assert!(
-            open.key_for(&fields("alice@alice.example.com"), None)
-                .is_ok()
-        );
+        // `*`: every login, and the clients of signing.networks.
+        let open = signer(dir.path(), 0o600, Some(vec!["*".into()]))
+            .unwrap()
+            .unwrap();
+        for login in [None, Some("mallory")] {
+            assert!(
+                open.key_for(&fields("alice@alice.example.com"), login)
+                    .is_ok()
+            );
+        }
     }
 
     #[test]
     fn what_it_signs_verifies() {
         let dir = tempfile::tempdir().unwrap();
-        let s = signer(dir.path(), 0o640, None).unwrap().unwrap();
+        let s = signer(dir.path(), 0o640, Some(vec!["*".into()]))
+            .unwrap()
+            .unwrap();
         let headers = fields("alice@alice.example.com");
         let key = s.key_for(&headers, None).unwrap();
         let token = s.sign_message(key, &headers, [7; 32], &[], 1000).unwrap();

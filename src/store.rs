@@ -4,9 +4,11 @@
 //! every few seconds. Without the key nothing here is used: one machine needs nothing else.
 //!
 //! Redis is not trusted: anyone who can write to it could otherwise hand every instance a
-//! document making their key verify as a victim's. With `store.key_file`, every entry carries
-//! HMAC-SHA-256 (RFC 2104) over its Redis key and value under the fleet key; an entry that does
-//! not verify is ignored and logged. `rediss://` URLs speak TLS; credentials go in the URL.
+//! document making their key verify as a victim's. The fleet key (`store.key_file`) is
+//! required: every entry carries HMAC-SHA-256 (RFC 2104) over its Redis key and value under
+//! it; an entry that does not verify is ignored and logged. What a hostile Redis can still do
+//! — delete, withhold, replay its own old entries, move the counters — is in
+//! docs/scaling.md. `rediss://` URLs speak TLS; credentials go in the URL.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -34,8 +36,8 @@ pub struct SharedStore {
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     last_attempt: Mutex<Option<Instant>>,
     healthy: AtomicBool,
-    /// The fleet key; without it (a Redis on loopback) entries are not authenticated.
-    key: Option<Vec<u8>>,
+    /// The fleet key: every entry is authenticated with it.
+    key: Vec<u8>,
 }
 
 /// The kinds of identity answer a fleet shares, each under its own Redis prefix.
@@ -99,8 +101,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl SharedStore {
-    pub fn new(url: &str, key_file: Option<&Path>) -> Result<SharedStore, String> {
-        let key = key_file.map(read_key).transpose()?;
+    /// A store on the Redis at `url`, its entries authenticated with the fleet key in
+    /// `key_file` (required: see the module's text).
+    pub fn new(url: &str, key_file: &Path) -> Result<SharedStore, String> {
+        let key = read_key(key_file)?;
         let client = redis::Client::open(url).map_err(|e| format!("store.redis: {e}"))?;
         Ok(SharedStore {
             client,
@@ -116,21 +120,18 @@ impl SharedStore {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    fn mac(&self, key: &str, value: &[u8]) -> Option<String> {
-        let fleet = self.key.as_ref()?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(fleet).ok()?;
+    fn hmac(&self, key: &str, value: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key");
         mac.update(key.as_bytes());
         mac.update(&[0]);
         mac.update(value);
-        Some(hex(&mac.finalize().into_bytes()))
+        mac
     }
 
-    /// The value as stored: `<hex HMAC>.<value>` with a fleet key, the value alone without.
+    /// The value as stored: `<hex HMAC>.<value>`.
     fn seal(&self, key: &str, value: &str) -> String {
-        match self.mac(key, value.as_bytes()) {
-            Some(mac) => format!("{mac}.{value}"),
-            None => value.to_string(),
-        }
+        let mac = hex(&self.hmac(key, value.as_bytes()).finalize().into_bytes());
+        format!("{mac}.{value}")
     }
 
     /// The value of a stored entry, if it is authentic (and not too large).
@@ -139,15 +140,8 @@ impl SharedStore {
             warn!("shared store: {key} is larger than {MAX_ENTRY} bytes; ignored");
             return None;
         }
-        if self.key.is_none() {
-            return Some(stored.to_string());
-        }
         let verified = stored.split_once('.').and_then(|(mac, value)| {
-            let fleet = self.key.as_ref()?;
-            let mut check = Hmac::<Sha256>::new_from_slice(fleet).ok()?;
-            check.update(key.as_bytes());
-            check.update(&[0]);
-            check.update(value.as_bytes());
+            let check = self.hmac(key, value.as_bytes());
             let mac = (0..mac.len())
                 .step_by(2)
                 .map(|i| {
@@ -274,8 +268,9 @@ impl SharedStore {
 
     /// Adds one to the fleet's counter `key` and returns its count; the counter lives `ttl`
     /// from its first count (INCR and EXPIRE in one script: atomic in Redis). Counters carry
-    /// no HMAC (INCR works on bare integers): whoever can write to Redis can raise one, which
-    /// can only make limits stricter. `None` when Redis cannot say.
+    /// no HMAC (INCR works on bare integers): whoever can write to Redis can move them either
+    /// way — raise a sender's to have its mail deferred, reset it to lift the limit (each
+    /// instance still counts on its own; docs/scaling.md). `None` when Redis cannot say.
     pub async fn count(&self, key: &str, ttl: Duration) -> Option<u64> {
         const SCRIPT: &str = "local n = redis.call('INCR', KEYS[1]) \
             if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n";
@@ -374,13 +369,13 @@ fn glob_escape(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn store(key: Option<&[u8]>) -> SharedStore {
+    fn store(key: &[u8]) -> SharedStore {
         SharedStore {
             client: redis::Client::open("redis://127.0.0.1:1/").unwrap(),
             connection: tokio::sync::Mutex::new(None),
             last_attempt: Mutex::new(None),
             healthy: AtomicBool::new(true),
-            key: key.map(<[u8]>::to_vec),
+            key: key.to_vec(),
         }
     }
 
@@ -395,14 +390,14 @@ mod tests {
 
     #[test]
     fn sealed_entries_open_only_under_their_key_and_name() {
-        let a = store(Some(&[7; 32]));
+        let a = store(&[7; 32]);
         let sealed = a.seal("atsms:did:x", "{\"doc\":1}");
         assert_eq!(
             a.open("atsms:did:x", &sealed).as_deref(),
             Some("{\"doc\":1}")
         );
         assert_eq!(a.open("atsms:did:y", &sealed), None, "moved to another key");
-        let other = store(Some(&[8; 32]));
+        let other = store(&[8; 32]);
         assert_eq!(
             other.open("atsms:did:x", &sealed),
             None,
@@ -415,9 +410,8 @@ mod tests {
         );
         let tampered = sealed.replace("1}", "2}");
         assert_eq!(a.open("atsms:did:x", &tampered), None);
-        let plain = store(None);
-        assert_eq!(plain.open("k", "v").as_deref(), Some("v"));
-        assert_eq!(plain.open("k", &"x".repeat(MAX_ENTRY + 1)), None);
+        let big = "x".repeat(MAX_ENTRY);
+        assert_eq!(a.open("k", &a.seal("k", &big)), None, "too large");
     }
 
     #[test]

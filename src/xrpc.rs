@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::envelope::sign::{Covered, field_value};
-use crate::service_auth::{AuthError, Authenticator, Caller, SERVICE_ID, SIGN_ENVELOPE};
+use crate::service_auth::{AuthError, Authenticator, Caller, JtiSet, SERVICE_ID, SIGN_ENVELOPE};
 use crate::session::Settings;
 use crate::socket::{BoundListener, Stream};
 
@@ -202,6 +202,7 @@ impl Service {
     pub fn new(
         settings: Arc<RwLock<Arc<Settings>>>,
         config: &crate::config::XrpcConfig,
+        jti_file: &std::path::Path,
     ) -> Result<Service, String> {
         let identity = settings
             .read()
@@ -209,9 +210,13 @@ impl Service {
             .verifier
             .identity()
             .clone();
-        let shared = identity.shared_store();
+        let seen = JtiSet::new(
+            identity.shared_store(),
+            Some(jti_file.to_path_buf()),
+            crate::clock::unix_now(),
+        );
         Ok(Service {
-            auth: Authenticator::new(identity, config.service_did(), shared),
+            auth: Authenticator::new(identity, config.service_did(), seen),
             settings,
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.get())),
             timeout: Duration::from_secs(config.timeout.get()),
@@ -231,22 +236,18 @@ impl Service {
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
+        let Some(signer) = settings.signer.as_deref() else {
+            return Err(AuthError::NotAuthorized("any caller: no [[signing.key]]".into()).into());
+        };
         let caller: Caller = self
             .auth
-            .authenticate(authorization, settings.now())
+            .authenticate(authorization, settings.now(), |iss| {
+                signer.key_of_did(iss).is_some()
+            })
             .await?;
-        let signer = settings.signer.clone();
         let key = signer
-            .as_deref()
-            .and_then(|s| s.key_of_did(&caller.did))
-            .ok_or_else(|| {
-                XrpcError::new(
-                    403,
-                    "NotAuthorized",
-                    format!("no signing key for {}", caller.did),
-                )
-            })?;
-        let signer = signer.as_deref().expect("a key implies a signer");
+            .key_of_did(&caller.did)
+            .ok_or_else(|| AuthError::NotAuthorized(caller.did.clone()))?;
         let body = read_body(headers, body).await?;
         let request = Request::parse(&body)?;
         let (_, aligned) = settings

@@ -26,8 +26,8 @@ fn now() -> i64 {
 
 fn config(port: u16, resolver: &str, redis: &Redis) -> String {
     format!(
-        "[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n\n{resolver}\n[store]\nredis = \"{}\"\n\n[policy]\nauthserv_id = \"mx.test\"\n",
-        redis.url()
+        "[milter]\nlisten = \"inet:127.0.0.1:{port}\"\n\n{resolver}\n{}\n[policy]\nauthserv_id = \"mx.test\"\n",
+        redis.store_toml()
     )
 }
 

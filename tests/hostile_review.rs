@@ -526,7 +526,7 @@ async fn r10_a_document_written_into_redis_without_the_fleet_key_is_ignored() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let store = Arc::new(SharedStore::new(&redis.url(), Some(&key_file)).unwrap());
+    let store = Arc::new(SharedStore::new(&redis.url(), &key_file).unwrap());
     let identity = IdentityResolver::new(&world.resolver_config(), &CacheConfig::default())
         .unwrap()
         .with_shared_store(Some(store));

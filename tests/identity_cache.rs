@@ -3,6 +3,8 @@
 
 mod support;
 
+use atsms_milter::identity::budget::for_mail;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -235,9 +237,9 @@ fn most_in_a_second(times: &[std::time::Instant]) -> usize {
         .unwrap_or(0)
 }
 
-/// `resolver.max_requests_per_second`: a directory never sees more than the budget (a
-/// second's burst, then the rate), refreshes take only what lookups leave, and only entries
-/// used since their last fetch are refreshed.
+/// `resolver.max_requests_per_second`: a directory never sees more than the budget in any
+/// second, refreshes take only what lookups leave, and only entries used since their last
+/// fetch are refreshed. The lookups are mail's (they may use both shares of the budget).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
     const RATE: usize = 5;
@@ -274,13 +276,16 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
 
     // 1. Twenty new senders at once: all resolved, the directory sees the budget.
     let first: Vec<String> = (0..20).map(did).collect();
-    let found = futures::future::join_all(first.iter().map(|d| identity.resolve_did(d))).await;
+    let found =
+        futures::future::join_all(first.iter().map(|d| for_mail(identity.resolve_did(d)))).await;
     assert!(found.iter().all(|f| f.as_ref().is_ok_and(|f| !f.cached)));
     let times: Vec<_> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
     assert_eq!(times.len(), 20);
+    // The budget's slots hold the rate in every second (its unit tests, on a paused clock);
+    // seen from the directory, a request's own delay may move one across a second's edge.
     assert!(
-        most_in_a_second(&times) <= 2 * RATE,
-        "a second's burst and the rate at most: {}",
+        most_in_a_second(&times) <= RATE + 1,
+        "the rate at most in any second: {}",
         most_in_a_second(&times)
     );
 
@@ -291,7 +296,8 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
         assert!(identity.resolve_did(d).await.unwrap().cached);
     }
     let second: Vec<String> = (20..25).map(did).collect();
-    let found = futures::future::join_all(second.iter().map(|d| identity.resolve_did(d))).await;
+    let found =
+        futures::future::join_all(second.iter().map(|d| for_mail(identity.resolve_did(d)))).await;
     assert!(found.iter().all(|f| f.is_ok()));
     let refreshed_before = requests_for(&first) - 20;
     assert!(
@@ -315,7 +321,7 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
         most_in_a_second(&refresh_times)
     );
     let times: Vec<_> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
-    assert!(most_in_a_second(&times) <= 2 * RATE);
+    assert!(most_in_a_second(&times) <= RATE + 1);
 
     // 3. Only entries used since their last fetch are refreshed: three of twenty-five here.
     tokio::time::sleep(Duration::from_millis(1200)).await;

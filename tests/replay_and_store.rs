@@ -121,7 +121,11 @@ async fn milter_a_retry_after_our_tempfail_is_not_a_replay_a_second_delivery_is(
 async fn instances_share_documents_and_the_replay_set_through_redis() {
     let redis = Redis::start();
     let world = VectorWorld::start();
-    let store = || Some(Arc::new(SharedStore::new(&redis.url(), None).unwrap()));
+    let store = || {
+        Some(Arc::new(
+            SharedStore::new(&redis.url(), &redis.key_file()).unwrap(),
+        ))
+    };
     let instance = |shared: Option<Arc<SharedStore>>| {
         let identity = IdentityResolver::new(&world.resolver_config(), &CacheConfig::default())
             .unwrap()
@@ -170,7 +174,10 @@ async fn instances_share_documents_and_the_replay_set_through_redis() {
 async fn without_redis_each_instance_falls_back_to_its_memory() {
     let world = VectorWorld::start();
     let dead = support::postfix::free_port(); // nothing listens here
-    let shared = Arc::new(SharedStore::new(&format!("redis://127.0.0.1:{dead}/"), None).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = support::redis::fleet_key_file(dir.path());
+    let shared =
+        Arc::new(SharedStore::new(&format!("redis://127.0.0.1:{dead}/"), &key_file).unwrap());
     let identity = IdentityResolver::new(&world.resolver_config(), &CacheConfig::default())
         .unwrap()
         .with_shared_store(Some(shared.clone()));

@@ -344,7 +344,7 @@ async fn the_rate_limit_is_counted_across_a_fleet_and_alone_in_memory() {
 
     // Two daemons sharing a real Redis: 2 + 1 messages are within the limit, the 4th not.
     let redis = support::redis::Redis::start();
-    let store = format!("[store]\nredis = \"{}\"\n", redis.url());
+    let store = redis.store_toml();
     let (a, b) = (free_port(), free_port());
     let _daemon_a = Daemon::start(&config(&plc, a, rules, &store), a);
     let _daemon_b = Daemon::start(&config(&plc, b, rules, &store), b);
@@ -369,4 +369,67 @@ async fn the_rate_limit_is_counted_across_a_fleet_and_alone_in_memory() {
     }
     let (_, status) = send(c, &other, &other_key).await;
     assert!(refusal(&status).starts_with("451 4.7.1 "), "{status:?}");
+}
+
+/// Anyone can set off PLC lookups for free (socketmap lookups of random DID mailboxes, RCPT
+/// checks, XRPC calls) and try to spend the directory's budget so that a new identity's age
+/// cannot be learnt. Mail keeps its own share, and an age that cannot be learnt is never
+/// taken for "old": a 10-minute-old identity is refused during the flood, and one whose
+/// age the directory cannot tell is deferred (`on_age_unknown`), never accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spending_the_budget_from_outside_never_lets_a_new_identity_through() {
+    let plc = Plc::start();
+    let young = sender(&plc, 41, now() - 600);
+    let ageless = {
+        let did = plc_did(42);
+        let key = SigningKey::generate(Alg::Es256k).unwrap();
+        plc.set(&did, &key, None);
+        (did, key)
+    };
+    let (port, maps) = (free_port(), free_port());
+    let _daemon = Daemon::start(
+        &config(
+            &plc,
+            port,
+            "min_did_age = 86400\non_young = \"reject\"",
+            &format!(
+                "[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\ntimeout = 1\n[inbox]\nhosts = [\"mx.test\"]\n"
+            ),
+        )
+        .replace("timeout = 2\n", "timeout = 2\nmax_requests_per_second = 5\n"),
+        port,
+    );
+    // The flood: random DID mailboxes from fifty connections, without a pause, until the
+    // test ends (each asks the directory unless its budget says no).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..50)
+        .map(|worker| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = support::socketmap::SocketmapClient::connect(("127.0.0.1", maps)).await;
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let did = plc_did(10_000 + worker * 10_000 + n);
+                    let key = format!("did.plc.{}@anything.example", &did["did:plc:".len()..]);
+                    c.lookup("atsms_alias", &key).await;
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (actions, status) = send(port, &young.0, &young.1).await;
+    assert!(
+        refusal(&status).starts_with("550 5.7.1 AT-SMS sender identity is too new"),
+        "{status:?} {actions:?}"
+    );
+    let (actions, status) = send(port, &ageless.0, &ageless.1).await;
+    assert!(
+        matches!(status, Status::Tempfail { .. })
+            && refusal(&status)
+                .starts_with("451 4.7.1 AT-SMS sender identity's age cannot be learnt now"),
+        "{status:?} {actions:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    futures::future::join_all(workers).await;
 }

@@ -76,7 +76,7 @@ async fn every_vector_key_signs_what_the_verifier_accepts() {
         }
         let sender = format!("user{i}@signer{i}.example");
         keys += &format!(
-            "[[signing.key]]\nsenders = [\"{sender}\"]\ndid = \"{did}\"\nkid = \"{kid}\"\nkey_file = \"{}\"\n\n",
+            "[[signing.key]]\nsenders = [\"{sender}\"]\ndid = \"{did}\"\nkid = \"{kid}\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n\n",
             key_file(&world, dir.path(), did).display()
         );
         signers.push((
@@ -121,7 +121,7 @@ async fn logins_networks_and_senders_decide_what_is_signed() {
     let world = VectorWorld::start();
     let dir = tempfile::tempdir().unwrap();
     let signing = format!(
-        "[signing]\nnetworks = [\"192.0.2.0/24\"]\n\n[[signing.key]]\nsenders = [\"alice@alice.example.com\"]\ndid = \"{ALICE}\"\nkid = \"{ALICE}#atproto\"\nkey_file = \"{}\"\nlogins = [\"alice\"]\n\n[[signing.key]]\nsenders = [\"*@bob.example.org\"]\ndid = \"{BOB}\"\nkid = \"{BOB}#atproto\"\nkey_file = \"{}\"\n",
+        "[signing]\nnetworks = [\"192.0.2.0/24\"]\n\n[[signing.key]]\nsenders = [\"alice@alice.example.com\"]\ndid = \"{ALICE}\"\nkid = \"{ALICE}#atproto\"\nkey_file = \"{}\"\nlogins = [\"alice\"]\n\n[[signing.key]]\nsenders = [\"*@bob.example.org\"]\ndid = \"{BOB}\"\nkid = \"{BOB}#atproto\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n",
         key_file(&world, dir.path(), ALICE).display(),
         key_file(&world, dir.path(), BOB).display()
     );
@@ -207,7 +207,7 @@ async fn a_message_signed_once_more_keeps_both_and_the_top_one_verifies() {
     let world = VectorWorld::start();
     let dir = tempfile::tempdir().unwrap();
     let signing = format!(
-        "[[signing.key]]\nsenders = [\"alice@alice.example.com\"]\ndid = \"{ALICE}\"\nkid = \"{ALICE}#atproto\"\nkey_file = \"{}\"\n",
+        "[[signing.key]]\nsenders = [\"alice@alice.example.com\"]\ndid = \"{ALICE}\"\nkid = \"{ALICE}#atproto\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n",
         key_file(&world, dir.path(), ALICE).display()
     );
     let milter = RunningMilter::start_with_config(&config(&world, &signing), world.now()).await;
@@ -239,7 +239,7 @@ fn refused_start(key_pem: &[u8], mode: u32, plc: &support::plc::Plc, did: &str) 
     std::fs::write(
         &config,
         format!(
-            "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[[signing.key]]\ndid = \"{did}\"\nkid = \"{did}#atsms\"\nkey_file = \"{}\"\n",
+            "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[[signing.key]]\ndid = \"{did}\"\nkid = \"{did}#atsms\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n",
             support::postfix::free_port(),
             plc.url(),
             key.display()

@@ -149,13 +149,26 @@ fn key_file(world: &VectorWorld, dir: &std::path::Path, did: &str) -> std::path:
     path
 }
 
+/// A `[[signing.key]]` table for `did` with `key` (its file written into `dir`), usable by
+/// every login.
+fn signing_key(dir: &std::path::Path, did: &str, key: &SigningKey) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(format!("{}.pem", did.replace(':', "_")));
+    std::fs::write(&path, key.to_pkcs8_pem()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!(
+        "[[signing.key]]\ndid = \"{did}\"\nkid = \"{did}#atproto\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n\n",
+        path.display()
+    )
+}
+
 /// The daemon with the signing service on a free port, keys for Alice and Bob.
 fn service(world: &VectorWorld, dir: &std::path::Path) -> (Daemon, u16) {
     let port = free_port();
     let mut keys = String::new();
     for did in [ALICE, BOB] {
         keys += &format!(
-            "[[signing.key]]\ndid = \"{did}\"\nkid = \"{did}#atproto\"\nkey_file = \"{}\"\n\n",
+            "[[signing.key]]\ndid = \"{did}\"\nkid = \"{did}#atproto\"\nkey_file = \"{}\"\nlogins = [\"*\"]\n\n",
             key_file(world, dir, did).display()
         );
     }
@@ -503,26 +516,24 @@ async fn huge_bodies_and_a_thousand_requests_at_once_leave_it_serving() {
 async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_502() {
     let plc = support::plc::Plc::start();
     let caller = support::ids::plc_did(7);
-    let unknown = support::ids::plc_did(8);
+    let (unknown, gone) = (support::ids::plc_did(8), support::ids::plc_did(9));
+    let unknown_key = SigningKey::generate(Alg::Es256k).unwrap();
+    plc.set(&unknown, &unknown_key, None);
+    plc.set(&gone, &unknown_key, None);
     let (old, new) = (
         SigningKey::generate(Alg::Es256k).unwrap(),
         SigningKey::generate(Alg::Es256).unwrap(),
     );
     plc.set(&caller, &old, None);
     let dir = tempfile::tempdir().unwrap();
-    let key_path = dir.path().join("signing.pem");
-    std::fs::write(&key_path, old.to_pkcs8_pem()).unwrap();
-    std::fs::set_permissions(
-        &key_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
     let port = free_port();
     let config = format!(
-        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 2\n\n[[signing.key]]\ndid = \"{caller}\"\nkid = \"{caller}#atproto\"\nkey_file = \"{}\"\n",
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 2\n\n[cache]\nfresh = 1\nmax_age = 1\nerror = 1\n\n{}{}{}",
         free_port(),
         plc.url(),
-        key_path.display()
+        signing_key(dir.path(), &caller, &old),
+        signing_key(dir.path(), &unknown, &unknown_key),
+        signing_key(dir.path(), &gone, &unknown_key),
     );
     let daemon = Daemon::start(&config, port);
     assert!(
@@ -558,21 +569,25 @@ async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_50
     .await;
     assert_error(&answer, 401, "BadJwtSignature", "the old key, replaced");
 
+    // Past cache.max_age with the directory down, the only copy at hand is out of date
+    // (stale_if_error): mail may still be verified with it, a caller is never
+    // authenticated by it.
     plc.set_down(true);
-    let stranger = SigningKey::generate(Alg::Es256k).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let answer = post(
         port,
-        Some(&Claims::new(&unknown).sign_with(&stranger, None)),
+        Some(&Claims::new(&unknown).sign_with(&unknown_key, None)),
         &from,
     )
     .await;
     assert_error(&answer, 502, "UpstreamFailure", "the PLC directory down");
     plc.set_down(false);
-    // (The failure is remembered for cache.error seconds: another unknown DID.)
-    let unknown = support::ids::plc_did(9);
+    // A DID the directory no longer knows.
+    plc.remove(&gone);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let answer = post(
         port,
-        Some(&Claims::new(&unknown).sign_with(&stranger, None)),
+        Some(&Claims::new(&gone).sign_with(&unknown_key, None)),
         &from,
     )
     .await;
@@ -588,26 +603,39 @@ async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_50
 async fn requests_over_the_limit_get_503_and_slow_ones_504() {
     use std::sync::Arc;
     use support::http::{HttpServer, Reply};
-    // The documents of "slow" callers never come; the others at once.
+    // Every caller has a key here. Once the daemon runs, the documents of "slow" callers
+    // no longer come (their cached copies are past max_age), the quick one's at once.
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
     let quick = support::ids::plc_did(20);
     let quick_key = SigningKey::generate(Alg::Es256).unwrap();
-    let quick_doc = support::signing::document(&quick, &quick_key, None);
-    let quick_did = quick.clone();
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (quick_did, quick_doc_key, doc_key, hanging) =
+        (quick.clone(), quick_key.clone(), key.clone(), hang.clone());
     let plc = HttpServer::start(Arc::new(move |target: &str| {
-        if target.trim_start_matches('/') == quick_did {
-            Reply::json(200, quick_doc.clone())
-        } else {
+        let did = target.trim_start_matches('/');
+        if did == quick_did {
+            Reply::json(200, support::signing::document(did, &quick_doc_key, None))
+        } else if hanging.load(std::sync::atomic::Ordering::Relaxed) {
             Reply::Hang
+        } else {
+            Reply::json(200, support::signing::document(did, &doc_key, None))
         }
     }));
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = signing_key(dir.path(), &quick, &quick_key);
+    for n in [30, 31, 40, 41, 42, 43] {
+        keys += &signing_key(dir.path(), &support::ids::plc_did(n), &key);
+    }
     let port = free_port();
     let config = format!(
-        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\nmax_concurrent = 2\ntimeout = 3\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 10\n",
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\nmax_concurrent = 2\ntimeout = 3\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 10\n\n[cache]\nfresh = 1\nmax_age = 1\n\n{keys}",
         free_port(),
         plc.url()
     );
     let _daemon = Daemon::start(&config, port);
-    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    hang.store(true, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let asked = plc.request_count();
     let from = body("someone@example.com");
     let slow: Vec<_> = (0..2)
         .map(|n| {
@@ -618,7 +646,7 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
         .collect();
     // Both slow ones are in flight (the directory has been asked for both documents).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while plc.request_count() < 2 {
+    while plc.request_count() < asked + 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "the service never asked"
@@ -647,9 +675,9 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
     .await;
     assert_error(
         &answer,
-        403,
-        "NotAuthorized",
-        "served again (no key for this caller)",
+        400,
+        "UnalignedFrom",
+        "served again (the token was accepted)",
     );
 }
 
@@ -809,4 +837,55 @@ fn curl_gets_the_documented_answers() {
         answer.contains("www-authenticate: Bearer error=\"BadJwt\""),
         "{answer}"
     );
+}
+
+/// Anyone can reach the port. A token whose `iss` has no key here is refused before its
+/// document is fetched and before its `jti` is remembered: strangers can neither spend the
+/// PLC directory's budget nor fill the `jti` set, however many they send. A token accepted
+/// before a restart is still used after it (`store.jti_file`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cost_nothing_and_a_used_token_stays_used_across_a_restart() {
+    let plc = support::plc::Plc::start();
+    let caller = support::ids::plc_did(50);
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    plc.set(&caller, &key, None);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n\n[store]\njti_file = \"{}/jti\"\n\n{}",
+        free_port(),
+        plc.url(),
+        dir.path().display(),
+        signing_key(dir.path(), &caller, &key),
+    );
+    let mut daemon = Daemon::start(&config, port);
+    let from = body("someone@example.com");
+    let asked = plc.requests();
+    let stranger = SigningKey::generate(Alg::Es256k).unwrap();
+    let tokens: Vec<String> = (0..200)
+        .map(|n| Claims::new(&support::ids::plc_did(5000 + n)).sign_with(&stranger, None))
+        .collect();
+    for token in tokens.iter().chain(tokens.iter().take(3)) {
+        let answer = post(port, Some(token), &from).await;
+        assert_error(&answer, 403, "NotAuthorized", "a stranger, again and again");
+    }
+    assert_eq!(plc.requests(), asked, "no stranger's document was fetched");
+
+    let token = Claims::new(&caller).sign_with(&key, None);
+    let answer = post(port, Some(&token), &from).await;
+    assert_error(&answer, 400, "UnalignedFrom", "accepted");
+    let answer = post(port, Some(&token), &from).await;
+    assert_error(&answer, 401, "JwtReplayed", "the same token again");
+    daemon.stop();
+    let _daemon = Daemon::start(&config, port);
+    let answer = post(port, Some(&token), &from).await;
+    assert_error(
+        &answer,
+        401,
+        "JwtReplayed",
+        "the same token after a restart",
+    );
+    let fresh = Claims::new(&caller).sign_with(&key, None);
+    let answer = post(port, Some(&fresh), &from).await;
+    assert_error(&answer, 400, "UnalignedFrom", "a new token");
 }

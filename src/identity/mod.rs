@@ -160,7 +160,10 @@ impl IdentityResolver {
             plc_budgets: plc_urls
                 .iter()
                 .map(|u| {
-                    let budget = budget::Budget::new(resolver.max_requests_per_second.get());
+                    let budget = budget::Budget::new(
+                        resolver.max_requests_per_second.get(),
+                        resolver.mail_share.get(),
+                    );
                     (u.clone(), budget)
                 })
                 .collect(),

@@ -4,9 +4,11 @@
 //! with its action; the judge takes the strictest action of all it weighs, and writes every
 //! applied rule into our `Authentication-Results` and the log line.
 //!
-//! Nothing here can turn an outage into a refusal: a labeler or PLC directory that does not
-//! answer within `resolver.timeout` contributes nothing (its lookup goes on in the
-//! background and fills the cache for the next message).
+//! A labeler that does not answer within `resolver.timeout` contributes nothing (its lookup
+//! goes on in the background and fills the cache for the next message). An identity age
+//! that cannot be learnt now is not taken for "old": anyone can spend the PLC budget, and
+//! an outage must not let a new identity through. It gets `on_age_unknown` (by default a
+//! tempfail: the MTA retries once the directory answers).
 
 pub mod age;
 pub mod labels;
@@ -34,6 +36,8 @@ pub enum Rule {
     Label(String),
     /// Younger than `min_did_age` (or a did:web, which has no creation time).
     Young,
+    /// `min_did_age` is set and the identity's age cannot be learnt now.
+    AgeUnknown,
     /// Over `rate_limit` messages this hour.
     RateExceeded,
 }
@@ -45,6 +49,7 @@ impl Rule {
             Rule::Denied => ("atsms-denied", "yes".into()),
             Rule::Label(value) => ("atsms-label", value.clone()),
             Rule::Young => ("atsms-age", "young".into()),
+            Rule::AgeUnknown => ("atsms-age", "unknown".into()),
             Rule::RateExceeded => ("atsms-rate", "exceeded".into()),
         }
     }
@@ -55,6 +60,7 @@ impl Rule {
             Rule::Denied => "AT-SMS sender is on this host's deny list".into(),
             Rule::Label(value) => format!("AT-SMS sender is labelled {value:?}"),
             Rule::Young => "AT-SMS sender identity is too new".into(),
+            Rule::AgeUnknown => "AT-SMS sender identity's age cannot be learnt now".into(),
             Rule::RateExceeded => "too much mail from this AT-SMS sender".into(),
         }
     }
@@ -104,6 +110,13 @@ impl Assessment {
             })
             .collect()
     }
+}
+
+/// How a sender stands against `min_did_age`.
+enum Age {
+    Old,
+    Young,
+    Unknown,
 }
 
 /// What survives a reload (SIGHUP): the caches and the counters.
@@ -197,8 +210,8 @@ impl Reputation {
         // Labels and age look things up: at once, bounded together, never an error.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let labels = self.labels(did, now, deadline);
-        let young = self.young(did, now, deadline);
-        let (labels, young) = tokio::join!(labels, young);
+        let age = self.age(did, now, deadline);
+        let (labels, age) = tokio::join!(labels, age);
         for value in labels {
             if let Some(&action) = self.config.label_actions.get(&value) {
                 applied.push(Applied {
@@ -207,11 +220,16 @@ impl Reputation {
                 });
             }
         }
-        if young {
-            applied.push(Applied {
+        match age {
+            Age::Old => {}
+            Age::Young => applied.push(Applied {
                 rule: Rule::Young,
                 action: self.config.on_young,
-            });
+            }),
+            Age::Unknown => applied.push(Applied {
+                rule: Rule::AgeUnknown,
+                action: self.config.on_age_unknown,
+            }),
         }
         if self.config.rate_limit > 0
             && self.caches.rate.count(did, now).await > self.config.rate_limit
@@ -288,19 +306,21 @@ impl Reputation {
             .map(|f| f.value)
     }
 
-    /// Whether `did` is younger than `min_did_age`; an age that cannot be had now is not young.
-    async fn young(self: &Arc<Self>, did: &str, now: i64, deadline: tokio::time::Instant) -> bool {
+    /// How `did` stands against `min_did_age` (`Old` when no minimum is set).
+    async fn age(self: &Arc<Self>, did: &str, now: i64, deadline: tokio::time::Instant) -> Age {
         let min_age = self.config.min_did_age;
         if min_age == 0 {
-            return false;
+            return Age::Old;
         }
         if !did.starts_with("did:plc:") {
             // A did:web has no creation time: young, or spammers would all use did:web.
-            return true;
+            return Age::Young;
         }
         let lookup = {
             let (this, did) = (self.clone(), did.to_string());
-            tokio::spawn(async move {
+            // On its own task, for the same purpose (the PLC budget's mail share).
+            let purpose = crate::identity::budget::purpose();
+            tokio::spawn(crate::identity::budget::with_purpose(purpose, async move {
                 let fetch = {
                     let (identity, did) = (this.identity.clone(), did.clone());
                     move || {
@@ -309,17 +329,18 @@ impl Reputation {
                     }
                 };
                 this.caches.ages.get(&did, fetch, || {}).await
-            })
+            }))
         };
         match tokio::time::timeout_at(deadline, lookup).await {
-            Ok(Ok(Ok(created))) => now - created.value.0 < min_age as i64,
+            Ok(Ok(Ok(created))) if now - created.value.0 < min_age as i64 => Age::Young,
+            Ok(Ok(Ok(_))) => Age::Old,
             Ok(Ok(Err(e))) => {
-                tracing::info!("{did}: creation time unknown now ({e}); not counted as young");
-                false
+                tracing::info!("{did}: creation time unknown now ({e})");
+                Age::Unknown
             }
             _ => {
-                tracing::info!("{did}: creation time did not come in time; not counted as young");
-                false
+                tracing::info!("{did}: creation time did not come in time");
+                Age::Unknown
             }
         }
     }

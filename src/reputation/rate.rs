@@ -26,21 +26,26 @@ impl RateCounter {
         }
     }
 
-    /// Counts one message from `did` at `now`; returns the count in the current window.
+    /// Counts one message from `did` at `now`; returns the count in the current window: the
+    /// fleet's (Redis), and never less than what this instance saw itself — whoever can write
+    /// to Redis may reset its counters, but not below this host's own count.
     pub async fn count(&self, did: &str, now: i64) -> u64 {
         let window = now.div_euclid(HOUR);
         let key = format!("{did}:{window}");
-        if let Some(shared) = &self.shared
-            && let Some(count) = shared
-                .count(&format!("rate:{key}"), Duration::from_secs(2 * HOUR as u64))
-                .await
-        {
-            return count;
-        }
-        self.memory
+        let fleet = match &self.shared {
+            Some(shared) => {
+                shared
+                    .count(&format!("rate:{key}"), Duration::from_secs(2 * HOUR as u64))
+                    .await
+            }
+            None => None,
+        };
+        let own = self
+            .memory
             .get_with(key, || Arc::new(AtomicU64::new(0)))
             .fetch_add(1, Ordering::Relaxed)
-            + 1
+            + 1;
+        fleet.unwrap_or(0).max(own)
     }
 }
 

@@ -288,8 +288,13 @@ impl MessageSession {
         self.forged.get(i).copied().unwrap_or(false)
     }
 
-    /// Verifies the message (no recipient is judged yet: that is `judge`'s).
+    /// Verifies the message (no recipient is judged yet: that is `judge`'s). Its lookups
+    /// use mail's own share of the PLC budget (`resolver.mail_share`).
     pub async fn finish(&mut self, settings: &Settings, now: i64) -> Verified {
+        crate::identity::budget::for_mail(self.verify(settings, now)).await
+    }
+
+    async fn verify(&mut self, settings: &Settings, now: i64) -> Verified {
         self.start_body();
         let body_hash = self.body_hash();
         let started = Instant::now();

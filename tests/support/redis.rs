@@ -72,6 +72,20 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The fleet key every daemon sharing this Redis uses (`store.key_file`, mode 0600).
+    pub fn key_file(&self) -> std::path::PathBuf {
+        fleet_key_file(self.dir.path())
+    }
+
+    /// The `[store]` section of a daemon of the fleet: this Redis and its fleet key.
+    pub fn store_toml(&self) -> String {
+        format!(
+            "[store]\nredis = \"{}\"\nkey_file = \"{}\"\n",
+            self.url(),
+            self.key_file().display()
+        )
+    }
+
     /// The CA certificate a TLS Redis's certificate comes from.
     pub fn ca_file(&self) -> String {
         self.dir.path().join("ca.crt").display().to_string()
@@ -87,6 +101,17 @@ impl Redis {
         let out = command.args(args).output().expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+/// A fleet key file (`store.key_file`: 32 bytes, mode 0600) in `dir`, made once.
+pub fn fleet_key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fleet.key");
+    if !path.exists() {
+        std::fs::write(&path, [0x5a; 32]).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    path
 }
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1 (openssl), in `dir`.

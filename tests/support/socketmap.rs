@@ -44,10 +44,7 @@ impl RunningSocketmap {
     }
 
     pub async fn client(&self) -> SocketmapClient {
-        SocketmapClient {
-            stream: TcpStream::connect(self.addr).await.unwrap(),
-            buf: Vec::new(),
-        }
+        SocketmapClient::connect(self.addr).await
     }
 }
 
@@ -69,6 +66,14 @@ pub fn netstring(payload: &str) -> Vec<u8> {
 }
 
 impl SocketmapClient {
+    /// A client of the socketmap server at `addr` (the daemon's, say).
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> SocketmapClient {
+        SocketmapClient {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
     pub async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }
