@@ -245,6 +245,12 @@ impl Reader<'_> {
 /// quoted string decoded, a final dot dropped (`mx.example.net.` is `mx.example.net`).
 /// None when it cannot be read; such a field is treated as claiming to be ours.
 pub fn authserv_id(value: &[u8]) -> Option<String> {
+    read_authserv_id(value).map(|(id, _)| id)
+}
+
+/// The authserv-id, and whether what follows it is what RFC 8601 §2.2 allows there:
+/// `[CFWS authres-version]`, then `[CFWS] ";"`.
+fn read_authserv_id(value: &[u8]) -> Option<(String, bool)> {
     let mut r = Reader {
         bytes: value,
         pos: 0,
@@ -258,12 +264,28 @@ pub fn authserv_id(value: &[u8]) -> Option<String> {
     };
     let id = String::from_utf8(id).ok()?;
     let id = id.strip_suffix('.').unwrap_or(&id).trim().to_string();
-    (!id.is_empty()).then_some(id)
+    if id.is_empty() {
+        return None;
+    }
+    let mut well_formed = r.cfws();
+    if well_formed && r.bytes.get(r.pos).is_some_and(u8::is_ascii_digit) {
+        while r.bytes.get(r.pos).is_some_and(u8::is_ascii_digit) {
+            r.pos += 1;
+        }
+        well_formed = r.cfws();
+    }
+    Some((id, well_formed && r.bytes.get(r.pos) == Some(&b';')))
 }
 
-/// Whether an incoming field value claims our authserv-id (or cannot be read).
+/// Whether an incoming field value claims our authserv-id — or cannot be read, or holds
+/// anything but CFWS and a version between the id and its `;` (`mx.(c)test`, `mx"."test`,
+/// `"mx".test`, `mx\.test`: readers disagree on what id those name, and one of them may
+/// read ours). Such fields are removed (RFC 8601 §5) on every path.
 pub fn claims_ours(value: &[u8], ours: &str) -> bool {
-    authserv_id(value).is_none_or(|id| id.eq_ignore_ascii_case(ours))
+    match read_authserv_id(value) {
+        Some((id, true)) => id.eq_ignore_ascii_case(ours),
+        _ => true,
+    }
 }
 
 /// Whether a field's value hides an `Authentication-Results` field claiming `ours` after a
@@ -417,6 +439,22 @@ mod tests {
         assert!(claims_ours(b" (a\\)b) MX.example.net; x", "mx.example.net"));
         assert!(claims_ours(b" \"mx\\.example.net\"", "mx.example.net"));
         assert!(!claims_ours(b" other.example; x", "mx.example.net"));
+        assert!(!claims_ours(
+            b" other.example 1 (c); none",
+            "mx.example.net"
+        ));
+        // Anything but CFWS and a version between the id and its `;` is taken for ours.
+        for odd in [
+            &b" mx.(c)test; atsms=pass"[..],
+            b" mx\".\"test; atsms=pass",
+            b" \"mx\".test; atsms=pass",
+            b" mx\\.test; atsms=pass",
+            b" other.example x; atsms=pass",
+            b" other.example",
+            b" other.example 1 2; none",
+        ] {
+            assert!(claims_ours(odd, "mx.test"), "{odd:?}");
+        }
     }
 
     #[test]

@@ -156,6 +156,11 @@ impl Router {
         }
     }
 
+    /// How long a lookup may take before its answer is `TEMP` (`socketmap.timeout`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     fn is_ours(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| h == host)
     }

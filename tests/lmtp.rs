@@ -120,8 +120,13 @@ async fn single_recipient_gets_delivered_to_and_forged_results_are_dropped() {
     let world = VectorWorld::start();
     let server = start(&world, policy()).await;
     let raw = std::fs::read(support::test_data("envelope").join("p256-multikey-pass.eml")).unwrap();
+    // Ours, and ours as some reader would read it (malformed authserv-ids).
     let message = [
         b"Authentication-Results: mx.test; atsms=pass header.d=\"did:plc:forged\"\r\n".as_slice(),
+        b"Authentication-Results: mx.(c)test; atsms=pass header.d=\"did:plc:forged\"\r\n",
+        b"Authentication-Results: mx\".\"test; atsms=pass header.d=\"did:plc:forged\"\r\n",
+        b"Authentication-Results: \"mx\".test; atsms=pass header.d=\"did:plc:forged\"\r\n",
+        b"Authentication-Results: mx\\.test; atsms=pass header.d=\"did:plc:forged\"\r\n",
         b"Authentication-Results: other.example; spf=pass\r\n",
         &raw,
     ]

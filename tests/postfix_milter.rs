@@ -63,6 +63,9 @@ fn postfix_delivers_each_verdict_in_its_header() {
     let unsigned = message("unsigned one", "no signature\r\n");
     let with_forged_ar = [
         b"Authentication-Results: mx.test; atsms=pass header.d=\"did:plc:hxdv4c2etoo2mbhg4alzhnno\"\r\n".as_slice(),
+        b"Authentication-Results: mx.(c)test; atsms=pass header.d=\"did:plc:hxdv4c2etoo2mbhg4alzhnno\"\r\n",
+        b"Authentication-Results: \"mx\".test; atsms=pass header.d=\"did:plc:hxdv4c2etoo2mbhg4alzhnno\"\r\n",
+        b"Authentication-Results: mx\\.test; atsms=pass header.d=\"did:plc:hxdv4c2etoo2mbhg4alzhnno\"\r\n",
         b"Authentication-Results: other.example; dkim=pass header.d=other.example\r\n",
         &world.sign_now(ALICE, &message("with forged results", "hello\r\n")),
     ]

@@ -162,7 +162,7 @@ async fn labels_lists_and_age_decide_with_the_judge() {
     let plc = Plc::start();
     let labeler = Labeler::start(&plc, plc_did(100));
     let old = now() - 400 * 86_400;
-    let senders: Vec<(String, SigningKey)> = (1..=10).map(|n| sender(&plc, n, old)).collect();
+    let senders: Vec<(String, SigningKey)> = (1..=11).map(|n| sender(&plc, n, old)).collect();
     let [
         clean,
         spam,
@@ -174,6 +174,7 @@ async fn labels_lists_and_age_decide_with_the_judge() {
         denied,
         allowed,
         young,
+        negated_at_once,
     ] = senders.iter().collect::<Vec<_>>().try_into().unwrap();
     plc.set_created(&young.0, &datetime(now() - 86_400), 0);
 
@@ -197,6 +198,27 @@ async fn labels_lists_and_age_decide_with_the_judge() {
                 json!({"cts": datetime(now() - 600)}),
             ),
             label(&l.key, &l.did, &negated.0, "spam", json!({"neg": true})),
+        ],
+    );
+    // Labelled and withdrawn within one second.
+    let second = datetime(now() - 120).replace('Z', "");
+    l.says(
+        &negated_at_once.0,
+        vec![
+            label(
+                &l.key,
+                &l.did,
+                &negated_at_once.0,
+                "spam",
+                json!({"cts": format!("{second}.100Z")}),
+            ),
+            label(
+                &l.key,
+                &l.did,
+                &negated_at_once.0,
+                "spam",
+                json!({"neg": true, "cts": format!("{second}.900Z")}),
+            ),
         ],
     );
     l.says(
@@ -266,7 +288,7 @@ async fn labels_lists_and_age_decide_with_the_judge() {
     );
     assert!(label.is_some() && label < d, "before header.d: {value}");
     // Withdrawn, expired, and badly signed labels: nothing.
-    for who in [negated, expired, forged] {
+    for who in [negated, negated_at_once, expired, forged] {
         let (actions, status) = send(port, &who.0, &who.1).await;
         assert_eq!(status, Status::Continue, "{}", who.0);
         assert!(

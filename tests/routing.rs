@@ -543,3 +543,42 @@ fn route_prints_every_maps_answer_without_a_daemon() {
         format!("OK {US}/{}/Maildir/", mailbox(&w.ours))
     );
 }
+
+/// A client that sends requests and never reads the answers is not waited for: once its
+/// window is shut, the write gives up within `socketmap.timeout` and the connection closes.
+#[tokio::test]
+async fn a_client_that_never_reads_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let w = world();
+    let server =
+        RunningSocketmap::start(&config(&w.plc.url(), &w.dns, "[socketmap]\ntimeout = 1\n")).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    // A million short requests: their answers (21 MB of `PERM unknown map`) are more than
+    // any socket buffer holds.
+    let requests: Vec<u8> = (0..1_000_000).flat_map(|_| netstring("x y")).collect();
+    // The writing half stays open (no end of input to end the connection by), and writing
+    // fails once the server has given up on us.
+    let sender = tokio::spawn(async move {
+        let _ = writer.write_all(&requests).await;
+        writer
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut sink = vec![0u8; 1 << 20];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match reader.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the server still waits on a client that does not read"
+    );
+    drop(sender);
+}

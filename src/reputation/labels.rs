@@ -55,8 +55,9 @@ struct Bytes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Label {
     pub val: String,
-    /// Unix seconds.
-    pub cts: i64,
+    /// Unix time in nanoseconds, as precise as the label gives it: a negation in the same
+    /// second as its label must still come after it.
+    pub cts: i128,
     pub exp: Option<i64>,
     pub neg: bool,
 }
@@ -76,13 +77,14 @@ impl crate::identity::cache::Weigh for LabelSet {
 
 impl LabelSet {
     /// The values applied at `now`: per value the latest label, if it is not a negation and
-    /// has not expired.
+    /// has not expired. Of a label and a negation created at the same instant, the negation
+    /// is the later (withdrawing is never undone by a tie).
     pub fn active(&self, now: i64) -> Vec<String> {
         let mut latest: std::collections::BTreeMap<&str, &Label> = Default::default();
         for label in &self.labels {
             let newer = latest
                 .get(label.val.as_str())
-                .is_none_or(|current| label.cts > current.cts);
+                .is_none_or(|current| (label.cts, label.neg) > (current.cts, current.neg));
             if newer {
                 latest.insert(&label.val, label);
             }
@@ -97,9 +99,16 @@ impl LabelSet {
 
 /// An RFC 3339 datetime (atproto's `datetime`), as Unix seconds.
 pub fn unix_seconds(datetime: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(datetime, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
+    parse_datetime(datetime).map(|t| t.unix_timestamp())
+}
+
+/// An RFC 3339 datetime as Unix nanoseconds (its fraction of a second kept).
+pub fn unix_nanos(datetime: &str) -> Option<i128> {
+    parse_datetime(datetime).map(|t| t.unix_timestamp_nanos())
+}
+
+fn parse_datetime(datetime: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(datetime, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// Why one label is not used.
@@ -156,7 +165,7 @@ impl Received {
     }
 
     fn into_label(self) -> Result<Label, BadLabel> {
-        let cts = unix_seconds(&self.unsigned.cts).ok_or(BadLabel::Time)?;
+        let cts = unix_nanos(&self.unsigned.cts).ok_or(BadLabel::Time)?;
         let exp = match &self.unsigned.exp {
             Some(exp) => Some(unix_seconds(exp).ok_or(BadLabel::Time)?),
             None => None,
@@ -375,7 +384,7 @@ mod tests {
 
     #[test]
     fn the_latest_label_of_a_value_decides() {
-        let label = |val: &str, cts: i64, exp: Option<i64>, neg: bool| Label {
+        let label = |val: &str, cts: i128, exp: Option<i64>, neg: bool| Label {
             val: val.into(),
             cts,
             exp,
@@ -392,6 +401,24 @@ mod tests {
         };
         assert_eq!(set.active(50), ["!takedown", "porn"]);
         assert_eq!(set.active(100), ["!takedown"], "expired at 100");
+        // Within one second: the fraction decides; at the same instant, the negation wins,
+        // whichever order the labeler lists them in.
+        let at = |text: &str| unix_nanos(text).unwrap();
+        let same_second = LabelSet {
+            labels: vec![
+                label("spam", at("2026-12-02T10:00:00.900Z"), None, true),
+                label("spam", at("2026-12-02T10:00:00.100Z"), None, false),
+                label("porn", at("2026-12-02T10:00:00.500Z"), None, false),
+                label("porn", at("2026-12-02T10:00:00.500Z"), None, true),
+                label("gore", at("2026-12-02T10:00:00.500Z"), None, true),
+                label("gore", at("2026-12-02T10:00:00.500Z"), None, false),
+            ],
+        };
+        assert!(
+            same_second.active(0).is_empty(),
+            "{:?}",
+            same_second.active(0)
+        );
         assert_eq!(
             unix_seconds("2026-12-02T10:00:00.123Z"),
             Some(1_796_205_600)

@@ -47,7 +47,8 @@ pub async fn run(
                 warn!("socketmap: more than the allowed connections; closing one");
                 return;
             };
-            if let Err(e) = connection(stream, &router).await {
+            let timeout = router.timeout();
+            if let Err(e) = connection(stream, &router, timeout).await {
                 debug!("socketmap connection ended: {e}");
             }
         }
@@ -85,7 +86,21 @@ fn map_label(map: &str) -> &'static str {
     }
 }
 
-async fn connection(mut stream: Stream, router: &Router) -> std::io::Result<()> {
+/// Writes `out`, within `timeout`: a client that does not read its answers (its window
+/// shut) is not waited for; its connection is closed.
+async fn write_answers(stream: &mut Stream, out: &[u8], timeout: Duration) -> std::io::Result<()> {
+    match tokio::time::timeout(timeout, stream.write_all(out)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client does not read its answers",
+        )),
+    }
+}
+
+/// One client's connection. Writes are bounded by `timeout` (`socketmap.timeout`: an answer
+/// not delivered by then is not delivered).
+async fn connection(mut stream: Stream, router: &Router, timeout: Duration) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut eof = false;
@@ -102,13 +117,13 @@ async fn connection(mut stream: Stream, router: &Router) -> std::io::Result<()> 
                 Err(e) => {
                     // A broken request leaves the stream out of step: say so and close.
                     warn!("socketmap: {e}; closing the connection");
-                    stream.write_all(&out).await?;
+                    write_answers(&mut stream, &out, timeout).await?;
                     return stream.shutdown().await;
                 }
             }
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            write_answers(&mut stream, &out, timeout).await?;
             out.clear();
         }
         if eof {
