@@ -22,6 +22,8 @@ pub mod crypto;
 pub mod daemon;
 pub mod envelope;
 pub mod exim;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod inbox;
 pub mod lmtp;

@@ -1,21 +1,5 @@
-//! A whole message: header section split, relaxed canonicalization of every field and the
-//! body, step 10 (strict From, duplicates), the mailbox grammar on every field, and
-//! Authentication-Results recognition (authserv-ids, fields hidden after bare line breaks).
 #![no_main]
+//! `atsms_milter::fuzzing::message` under libFuzzer (the same target runs, unguided and bounded,
+//! in the test suite: tests/fuzz_targets.rs).
 
-use atsms_milter::auth_results;
-use atsms_milter::envelope::{self, canon};
-use atsms_milter::message::read_message;
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(message) = read_message(data) else { return };
-    let names: Vec<String> = message.headers.iter().map(|f| f.name.clone()).collect();
-    let _ = canon::header_hash(&names, &message.headers);
-    let _ = envelope::check_fields(&message.headers);
-    for field in &message.headers {
-        let _ = auth_results::authserv_id(&field.value);
-        let _ = auth_results::hides_ours(&field.value, "mx.example.net");
-        let _ = envelope::fields::parse_mailbox(&field.value);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| atsms_milter::fuzzing::message::run(data));

@@ -1,24 +1,5 @@
-//! The streaming MIME part scanner (AT-SMS client messages): any body, cut anywhere, gives
-//! the same answer, and never a panic.
 #![no_main]
+//! `atsms_milter::fuzzing::mime_scanner` under libFuzzer (the same target runs, unguided and bounded,
+//! in the test suite: tests/fuzz_targets.rs).
 
-use atsms_milter::mime::PartScanner;
-use libfuzzer_sys::fuzz_target;
-
-fn found(content_type: &str, pieces: &[&[u8]]) -> bool {
-    let (top, scanner) = PartScanner::new(Some(content_type), None);
-    let Some(mut scanner) = scanner else {
-        return top;
-    };
-    for piece in pieces {
-        scanner.update(piece);
-    }
-    scanner.found()
-}
-
-fuzz_target!(|data: &[u8]| {
-    let ct = "multipart/mixed; boundary=\"b\"";
-    let whole = found(ct, &[data]);
-    let cut = data.first().map_or(0, |b| *b as usize % (data.len() + 1));
-    assert_eq!(found(ct, &[&data[..cut], &data[cut..]]), whole, "cut at {cut}");
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| atsms_milter::fuzzing::mime_scanner::run(data));

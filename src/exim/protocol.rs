@@ -82,19 +82,16 @@ impl HeadDecoder {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError> {
         let before = self.buf.len();
         self.buf.extend_from_slice(bytes);
-        // The end may straddle the previous chunk: look from a little before it.
-        let from = before.saturating_sub(3);
-        let end = self.buf[from..]
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| from + p + 4)
-            .or_else(|| {
-                // Line ends are CRLF in Exim's request; a bare-LF client is read too.
-                self.buf[before.saturating_sub(1)..]
-                    .windows(2)
-                    .position(|w| w == b"\n\n")
-                    .map(|p| before.saturating_sub(1) + p + 2)
-            });
+        // The head ends at its first empty line: a line end (LF, CR optional before it)
+        // followed by CRLF or a bare LF (Exim writes CRLF; a bare-LF client is read too). The
+        // end may straddle the previous chunk: look from a little before it. Whatever
+        // follows is the message, however the head arrived (split-invariance).
+        let from = before.saturating_sub(2);
+        let end = (from..self.buf.len()).find_map(|i| match &self.buf[i..] {
+            [b'\n', b'\n', ..] => Some(i + 2),
+            [b'\n', b'\r', b'\n', ..] => Some(i + 3),
+            _ => None,
+        });
         let Some(end) = end else {
             if self.buf.len() > MAX_HEAD {
                 return Err(ProtocolError::HeadTooLong);
@@ -338,6 +335,24 @@ mod tests {
             (whole, HEAD.len()),
             "byte by byte"
         );
+    }
+
+    #[test]
+    fn the_first_empty_line_ends_the_head_whichever_line_ends_it_has() {
+        // Found by the fuzz target: a bare-LF empty line before a CRLF one ended the head
+        // at the first when fed in pieces and at the second when fed whole.
+        let bytes =
+            b"CHECK RSPAMC/1.3\r\nContent-length: 4\r\nX: a\n\nFrom x\r\nRcpt: <c@d>\r\n\r\nbody";
+        let end = bytes.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+        let whole = decode_split(bytes, &[]);
+        assert_eq!(whole.1, end);
+        assert!(
+            whole.0.recipients.is_empty(),
+            "after the head: the message's"
+        );
+        for i in 0..bytes.len() {
+            assert_eq!(decode_split(bytes, &[i]), whole, "split at {i}");
+        }
     }
 
     #[test]

@@ -1,0 +1,5 @@
+#![no_main]
+//! `atsms_milter::fuzzing::addresses` under libFuzzer (the same target runs, unguided and
+//! bounded, in the test suite: tests/fuzz_targets.rs).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| atsms_milter::fuzzing::addresses::run(data));
