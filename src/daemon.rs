@@ -1,7 +1,7 @@
 //! `atsms-milter serve`: builds the shared identity cache and settings, binds the listeners
 //! and runs until SIGTERM or SIGINT.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tracing::info;
 
@@ -230,13 +230,56 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
+/// What the rooms work with, built from one configuration and put in force together (at
+/// start, and on reload): the judge's settings (milter, LMTP, Exim), the routing tables
+/// (socketmap) and what the signing service signs with (XRPC). Each room gets only its own.
+struct Runtime {
+    settings: crate::live::Live<Settings>,
+    tables: crate::live::Live<crate::socketmap::Tables>,
+    signing: crate::live::Live<crate::xrpc::Signing>,
+}
+
+impl Runtime {
+    fn new(settings: Arc<Settings>) -> Runtime {
+        Runtime {
+            tables: crate::live::Live::new(routing_tables(&settings)),
+            signing: crate::live::Live::new(Runtime::signing(&settings)),
+            settings: crate::live::Live::new(settings),
+        }
+    }
+
+    fn set(&self, settings: Arc<Settings>) {
+        self.tables.set(routing_tables(&settings));
+        self.signing.set(Runtime::signing(&settings));
+        self.settings.set(settings);
+    }
+
+    fn signing(settings: &Settings) -> Arc<crate::xrpc::Signing> {
+        Arc::new(crate::xrpc::Signing {
+            signer: settings.signer.clone(),
+            verifier: settings.verifier.clone(),
+            fixed_now: settings.fixed_now,
+        })
+    }
+}
+
+/// The socketmap's tables of the settings `settings`: their router, inbox rules and
+/// recipient delimiter.
+pub fn routing_tables(settings: &Settings) -> Arc<crate::socketmap::Tables> {
+    Arc::new(crate::socketmap::Tables {
+        router: settings.router.clone(),
+        inbox: settings.inbox.clone(),
+        delimiter: settings.recipient_delimiter.clone(),
+    })
+}
+
 /// SIGHUP: re-reads the configuration file. A broken file is logged and the running
 /// configuration kept; what cannot change at runtime is reported. Connections in progress
 /// keep the settings they started with (each takes a snapshot when it begins).
 fn reload(
     path: Option<&std::path::Path>,
     current: &mut Config,
-    shared: &crate::session::SharedSettings,
+    runtime: &Runtime,
     lmtp: Option<&LmtpService>,
 ) {
     let Some(path) = path else {
@@ -255,8 +298,8 @@ fn reload(
             "reload: {what} changed; this takes effect only when atsms-milter is restarted"
         );
     }
-    let previous = shared.read().map(|s| s.clone()).ok();
-    let settings = match build_settings_reusing(&new, previous.as_deref().map(|p| (&*current, p))) {
+    let previous = runtime.settings.get();
+    let settings = match build_settings_reusing(&new, Some((&*current, &previous))) {
         Ok(settings) => settings,
         Err(e) => {
             tracing::error!("reload failed, keeping the running configuration: {e}");
@@ -269,9 +312,7 @@ fn reload(
         tracing::error!("reload failed, keeping the running configuration: {e}");
         return;
     }
-    if let Ok(mut slot) = shared.write() {
-        *slot = settings;
-    }
+    runtime.set(settings);
     info!("configuration reloaded from {}", path.display());
     *current = new;
 }
@@ -286,7 +327,8 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     ignore_sigxfsz();
     let settings = build_settings(&config)?;
     check_signing_keys(&settings).await?;
-    let shared = Arc::new(RwLock::new(settings));
+    let runtime = Runtime::new(settings);
+    let shared = runtime.settings.clone();
     let milter_config = config.milter_in_force();
     let lmtp_listen = config
         .lmtp
@@ -346,7 +388,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         Some(listen) => Some((
             bind(listen, crate::config::Mode(0o660), None).await?,
             Arc::new(crate::xrpc::Service::new(
-                shared.clone(),
+                runtime.signing.clone(),
                 &config.xrpc,
                 &config.store.jti_file,
             )?),
@@ -372,7 +414,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     let mut tasks = tokio::task::JoinSet::new();
     let control_listener = bind_control_socket(&config).await?;
     let (control, metrics) = {
-        let settings = shared.read().map_err(|_| "settings lock poisoned")?.clone();
+        let settings = shared.get();
         let identity = settings.verifier.identity().clone();
         let metrics = config.metrics.listen.map(|listen| {
             tokio::spawn(crate::metrics::serve(
@@ -394,10 +436,10 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         });
     }
     if let Some(listener) = socketmap_listener {
-        let (shared, stop) = (shared.clone(), stopped(stop_rx.clone()));
+        let (tables, stop) = (runtime.tables.clone(), stopped(stop_rx.clone()));
         let max = config.socketmap.max_connections.get();
         tasks.spawn(async move {
-            crate::socketmap::run(listener, shared, max, stop)
+            crate::socketmap::run(listener, tables, max, stop)
                 .await
                 .map_err(|e| format!("socketmap stopped: {e}"))
         });
@@ -435,7 +477,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                reload(path.as_deref(), &mut config, &shared, lmtp_service.as_deref());
+                reload(path.as_deref(), &mut config, &runtime, lmtp_service.as_deref());
                 continue;
             }
             _ = &mut shutdown => break,
@@ -479,7 +521,7 @@ pub async fn serve_stdio(config: Config) -> Result<(), String> {
             s.replay = Some(Arc::new(replay));
         }
     }
-    let shared = Arc::new(RwLock::new(settings));
+    let shared = crate::live::Live::new(settings);
     let lmtp_config = config.lmtp.clone().unwrap_or_default();
     let service = Arc::new(LmtpService::new(
         shared,

@@ -84,6 +84,11 @@ pub struct Unmet {
 }
 
 impl InboxRules {
+    /// Every action a rule may ask for (the milter negotiates what it may need).
+    pub fn actions(&self) -> impl Iterator<Item = Action> + '_ {
+        self.rules.iter().map(|r| r.action)
+    }
+
     pub fn new(config: &[InboxRuleConfig]) -> InboxRules {
         InboxRules {
             rules: config

@@ -26,6 +26,7 @@ pub mod exim;
 pub mod fuzzing;
 pub mod identity;
 pub mod inbox;
+pub mod live;
 pub mod lmtp;
 pub mod logging;
 pub mod maildir;

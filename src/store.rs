@@ -266,20 +266,40 @@ impl SharedStore {
             .map(|set| set.is_some())
     }
 
-    /// Adds one to the fleet's counter `key` and returns its count; the counter lives `ttl`
-    /// from its first count (INCR and EXPIRE in one script: atomic in Redis). Counters carry
-    /// no HMAC (INCR works on bare integers): whoever can write to Redis can move them either
-    /// way — raise a sender's to have its mail deferred, reset it to lift the limit (each
-    /// instance still counts on its own; docs/scaling.md). `None` when Redis cannot say.
-    pub async fn count(&self, key: &str, ttl: Duration) -> Option<u64> {
-        const SCRIPT: &str = "local n = redis.call('INCR', KEYS[1]) \
-            if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n";
+    /// Adds one to the fleet's counter `key` for the event `once` — only the first time the
+    /// fleet sees that event (`SET NX` on it, then `INCR`; one script: atomic in Redis) — and
+    /// returns the count; the counter and the event live `ttl` from their first count.
+    /// Counters carry no HMAC (INCR works on bare integers): whoever can write to Redis can
+    /// move them either way — raise a sender's to have its mail deferred, reset it to lift
+    /// the limit (each instance still counts on its own; docs/scaling.md). `None` when Redis
+    /// cannot say.
+    pub async fn count_once(&self, key: &str, once: &str, ttl: Duration) -> Option<u64> {
+        const SCRIPT: &str = "if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then \
+            local n = redis.call('INCR', KEYS[1]) \
+            if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end return n \
+            else return tonumber(redis.call('GET', KEYS[1]) or '0') end";
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(SCRIPT)
-            .arg(1)
+            .arg(2)
             .arg(format!("atsms:count:{key}"))
+            .arg(format!("atsms:counted:{once}"))
             .arg(ttl.as_secs().max(1));
         self.run::<u64>(cmd).await
+    }
+
+    /// Whether the fleet counted the event `once` (`count_once`); `None` when Redis cannot
+    /// say.
+    pub async fn counted(&self, once: &str) -> Option<bool> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(format!("atsms:counted:{once}"));
+        self.run::<u64>(cmd).await.map(|n| n > 0)
+    }
+
+    /// The fleet's counter `key` as it stands (0 when absent); `None` when Redis cannot say.
+    pub async fn counter(&self, key: &str) -> Option<u64> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(format!("atsms:count:{key}"));
+        self.run::<Option<u64>>(cmd).await.map(|n| n.unwrap_or(0))
     }
 
     /// A document another instance fetched no longer ago than `max_age`.

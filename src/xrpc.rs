@@ -10,7 +10,7 @@
 //! per request, `xrpc.max_concurrent` requests at once (more get 503 at once, never a queue),
 //! a fixed number of connections, and hyper's header read timeout for slow clients.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -27,9 +27,11 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::envelope::sign::{Covered, field_value};
+use crate::live::Live;
 use crate::service_auth::{AuthError, Authenticator, Caller, JtiSet, SERVICE_ID, SIGN_ENVELOPE};
-use crate::session::Settings;
+use crate::signer::Signer;
 use crate::socket::{BoundListener, Stream};
+use crate::verify::Verifier;
 
 /// The largest request body (interfaces.md: over 64 KiB → 413).
 pub const MAX_BODY: usize = 64 * 1024;
@@ -189,10 +191,25 @@ impl Request {
     }
 }
 
-/// The service: the settings in force (signing keys and the verifier, reloaded on SIGHUP),
-/// the authenticator with its `jti` set, and the bounds.
+/// What the service signs with, in force now (the daemon replaces it on reload): the keys,
+/// and the verifier that checks a `from` is aligned with the caller.
+pub struct Signing {
+    pub signer: Option<Arc<Signer>>,
+    pub verifier: Verifier,
+    /// A fixed time (Unix seconds) instead of the clock: tests only.
+    pub fixed_now: Option<i64>,
+}
+
+impl Signing {
+    fn now(&self) -> i64 {
+        self.fixed_now.unwrap_or_else(crate::clock::unix_now)
+    }
+}
+
+/// The service: what it signs with (reloaded on SIGHUP), the authenticator with its `jti`
+/// set, and the bounds.
 pub struct Service {
-    settings: Arc<RwLock<Arc<Settings>>>,
+    signing: Live<Signing>,
     auth: Authenticator,
     permits: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
@@ -200,16 +217,11 @@ pub struct Service {
 
 impl Service {
     pub fn new(
-        settings: Arc<RwLock<Arc<Settings>>>,
+        signing: Live<Signing>,
         config: &crate::config::XrpcConfig,
         jti_file: &std::path::Path,
     ) -> Result<Service, String> {
-        let identity = settings
-            .read()
-            .map_err(|_| "settings lock poisoned")?
-            .verifier
-            .identity()
-            .clone();
+        let identity = signing.get().verifier.identity().clone();
         let seen = JtiSet::new(
             identity.shared_store(),
             Some(jti_file.to_path_buf()),
@@ -217,22 +229,15 @@ impl Service {
         );
         Ok(Service {
             auth: Authenticator::new(identity, config.service_did(), seen),
-            settings,
+            signing,
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.get())),
             timeout: Duration::from_secs(config.timeout.get()),
         })
     }
 
-    fn settings(&self) -> Result<Arc<Settings>, XrpcError> {
-        self.settings
-            .read()
-            .map(|s| s.clone())
-            .map_err(|_| XrpcError::new(500, "InternalServerError", "settings unavailable"))
-    }
-
     /// One `signEnvelope` call, checked in the order of interfaces.md's table.
     async fn sign(&self, headers: &HeaderMap, body: Body) -> Result<SignEnvelopeOutput, XrpcError> {
-        let settings = self.settings()?;
+        let settings = self.signing.get();
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());

@@ -26,9 +26,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::config::Action;
-use crate::session::judge::{self, Scope, Target, Transaction};
-use crate::session::{MessageBytes, MessageSession, Settings, SharedSettings};
+use crate::session::judge::{self, Disposition, Scope, Target, Transaction};
+use crate::session::{MessageBytes, MessageSession, Mode, Settings, SharedSettings};
 use crate::socket::{BoundListener, Stream};
 use protocol::{HeadDecoder, MboxStripper, ProtocolError, Request};
 
@@ -43,8 +42,6 @@ enum ScanError {
     Idle(u64),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    #[error("settings unavailable")]
-    Settings,
 }
 
 /// Serves Exim's scan requests on `listener` until `shutdown`.
@@ -100,8 +97,9 @@ async fn scan(
             break (request, buf[used..n].to_vec());
         }
     };
-    let settings = settings.read().map_err(|_| ScanError::Settings)?.clone();
-    let judged = settings.judges(request.ip, request.user.is_some());
+    let settings = settings.get();
+    // Exim signs nothing through us: a client a signing key is for is passed on, unjudged.
+    let judged = settings.mode_for(request.ip, request.user.as_deref()) == Mode::Judge;
     let mut message = MessageBytes::new(MessageSession::new(&settings), &settings.limits);
     let mut stripper = MboxStripper::new();
     let mut left = request.content_length;
@@ -182,12 +180,22 @@ async fn judge_message(
         );
     };
     info!("{}", judgement.log_line);
-    if judgement.reply.is_none() && judgement.action != Action::Discard {
-        judge::accepted(settings, Scope::Together, &judgement, &targets).await;
-    }
-    let mut lines = Vec::new();
-    if let Some(reply) = &judgement.reply {
-        lines.push(format!("Reply: {reply}"));
+    let (action, mut lines) = match &judgement.disposition {
+        Disposition::Deliver => ("accept", vec![]),
+        Disposition::Junk => ("junk", vec![]),
+        Disposition::Quarantine(reason) => ("quarantine", vec![format!("Reason: {reason}")]),
+        Disposition::Discard => ("discard", vec![]),
+        Disposition::Refuse(reply) => (
+            if reply.is_temporary() {
+                "tempfail"
+            } else {
+                "reject"
+            },
+            vec![format!("Reply: {reply}")],
+        ),
+    };
+    if !judgement.refuses() {
+        judge::accepted(settings, &judgement).await;
     }
     // Our field, folded as written: each fold becomes a line of the answer, which Exim turns
     // into a continuation line of $spam_report.
@@ -198,10 +206,6 @@ async fn judge_message(
         field.next().unwrap_or_default()
     ));
     lines.extend(field.map(str::to_string));
-    let score = if judgement.action == Action::Accept {
-        0.0
-    } else {
-        1.0
-    };
-    protocol::answer(judgement.action.as_str(), score, 1.0, &lines)
+    let score = if action == "accept" { 0.0 } else { 1.0 };
+    protocol::answer(action, score, 1.0, &lines)
 }

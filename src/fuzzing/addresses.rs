@@ -35,10 +35,8 @@ pub fn run(data: &[u8]) {
         );
     }
     if let Some(domain) = routable_domain(&lossy) {
-        assert!(
-            domain.contains('.') && !domain.starts_with("localhost"),
-            "{domain:?}"
-        );
+        let first = domain.split('.').next().unwrap_or_default();
+        assert!(domain.contains('.') && first != "localhost", "{domain:?}");
     }
     let _ = MailEndpoint::parse(&format!("mailto:{lossy}"));
     let _ = MailEndpoint::parse(&format!("smtp://{lossy}"));

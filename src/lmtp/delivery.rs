@@ -13,11 +13,10 @@ use super::LmtpService;
 use super::incoming::Incoming;
 use super::recipient::Recipient;
 use crate::auth_results;
-use crate::config::Action;
 use crate::maildir::{self, DeliveryError};
 use crate::reply::{Enhanced, Reply};
 use crate::session::Settings;
-use crate::session::judge::{self, Scope, Target};
+use crate::session::judge::{self, Disposition, Scope, Target};
 
 /// A transaction: MAIL, its RCPTs and the message arriving.
 pub struct Transaction {
@@ -49,11 +48,15 @@ impl Transaction {
 
 /// Where a recipient's copy goes: `.Junk` over `.AT-SMS` (when that folder exists) over the
 /// `+detail` folder (when it exists) over INBOX.
-fn folder_for(recipient: &Recipient, action: Action, atsms_envelope: bool) -> (PathBuf, bool) {
+fn folder_for(
+    recipient: &Recipient,
+    disposition: &Disposition,
+    atsms_envelope: bool,
+) -> (PathBuf, bool) {
     let at_sms = recipient.maildir.join(".AT-SMS");
-    match action {
+    match disposition {
         // LMTP never drops and has no hold queue: these go to Junk.
-        Action::Junk | Action::Quarantine | Action::Discard => {
+        Disposition::Junk | Disposition::Quarantine(_) | Disposition::Discard => {
             (recipient.maildir.join(".Junk"), true)
         }
         _ if atsms_envelope && maildir::is_real_dir(&at_sms) => (at_sms, true),
@@ -152,10 +155,11 @@ pub async fn deliver_all(
     // recipients, one write); each group is one blocking task.
     let mut groups: Vec<(Vec<u8>, Vec<Copy>)> = Vec::new();
     for (index, (recipient, judgement)) in unique.iter().zip(&judgements).enumerate() {
-        if judgement.reply.is_some() {
+        if judgement.refuses() {
             continue;
         }
-        let (folder, subfolder) = folder_for(recipient, judgement.action, judgement.atsms_envelope);
+        let (folder, subfolder) =
+            folder_for(recipient, &judgement.disposition, judgement.atsms_envelope);
         let mut head = format!("Return-Path: <{}>\n", t.sender);
         if single {
             head.push_str(&format!("Delivered-To: {}\n", recipient.address));
@@ -194,7 +198,7 @@ pub async fn deliver_all(
     }
     let mut replies_by_mailbox: Vec<Reply> = Vec::with_capacity(unique.len());
     for ((recipient, judgement), stored) in unique.iter().zip(&judgements).zip(stored) {
-        let (reply, shown) = match (&judgement.reply, stored) {
+        let (reply, shown) = match (judgement.reply(), stored) {
             (Some(refusal), _) => (refusal.clone(), "-".to_string()),
             (None, None) => (
                 Reply::new(451, Enhanced(4, 3, 0), "temporary delivery failure"),
@@ -203,7 +207,7 @@ pub async fn deliver_all(
             (None, Some((shown, result))) => {
                 let reply = match result {
                     Ok(id) => {
-                        judge::accepted(settings, Scope::EachRecipient, judgement, &targets).await;
+                        judge::accepted(settings, judgement).await;
                         Reply::new(250, Enhanced(2, 0, 0), format!("{id} Saved"))
                     }
                     Err(DeliveryError::Full(e)) => {

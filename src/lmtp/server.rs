@@ -56,10 +56,7 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut writer = BufWriter::new(write_half);
     let host = service.host.clone();
     // The configuration this session began with stays its own until it ends, reloads or not.
-    let settings = match service.settings.read() {
-        Ok(s) => s.clone(),
-        Err(_) => return Err(io::Error::other("settings lock poisoned")),
-    };
+    let settings = service.settings.get();
     let mailboxes = service.mailboxes();
     writer
         .write_all(

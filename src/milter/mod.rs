@@ -15,8 +15,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Action;
 use crate::reply::Reply;
-use crate::session::judge::{self, Scope, Target, Transaction};
-use crate::session::{MessageSession, Settings, SharedSettings};
+use crate::session::judge::{self, Disposition, Scope, Target, Transaction};
+use crate::session::{MessageSession, Mode, Settings, SharedSettings};
 use crate::socket::BoundListener;
 
 /// How often to tell the MTA we are still working while identities resolve (SMFIR_PROGRESS),
@@ -56,16 +56,6 @@ fn lossy(s: &CStr) -> String {
     String::from_utf8_lossy(s.to_bytes()).into_owned()
 }
 
-/// What a message is for: judged (inbound), signed (outbound: an authenticated client or one
-/// of `signing.networks`), or passed on (trusted and authenticated mail without a signing
-/// key). Every mode removes forged `Authentication-Results`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Mode {
-    Judge,
-    Sign { login: Option<String> },
-    Pass,
-}
-
 /// An envelope address as the MTA passes it (`<a@b>`, perhaps with ESMTP parameters).
 fn envelope_address(args: &[CString]) -> String {
     args.first()
@@ -81,16 +71,8 @@ fn envelope_address(args: &[CString]) -> String {
 pub fn callbacks(shared: SharedSettings) -> Callbacks<Connection> {
     Callbacks::new()
         .on_negotiate(move |cx, actions, opts| {
-            let settings = shared.read().map(|s| s.clone()).ok();
-            Box::pin(async move {
-                match settings {
-                    Some(settings) => handle_negotiate(cx, settings, actions, opts),
-                    None => {
-                        error!("settings lock poisoned; refusing connection");
-                        Status::Reject
-                    }
-                }
-            })
+            let settings = shared.get();
+            Box::pin(async move { handle_negotiate(cx, settings, actions, opts) })
         })
         .on_connect(|cx, _hostname, socket| Box::pin(async move { handle_connect(cx, socket) }))
         .on_mail(|cx, args| Box::pin(async move { handle_mail(cx, args) }))
@@ -102,21 +84,10 @@ pub fn callbacks(shared: SharedSettings) -> Callbacks<Connection> {
 }
 
 /// The actions this configuration may take: add and delete header fields always, quarantine
-/// only if some result is configured to quarantine.
+/// only if something the judge weighs may ask for it (`Settings::possible_actions`).
 fn needed_actions(settings: &Settings) -> Actions {
-    let p = &settings.policy;
-    let quarantine = [
-        p.on_pass,
-        p.on_fail,
-        p.on_permerror,
-        p.on_temperror,
-        p.on_policy,
-        p.on_none,
-        p.on_unaligned,
-    ]
-    .contains(&Action::Quarantine);
     let mut actions = Actions::ADD_HEADER | Actions::CHANGE_HEADER;
-    if quarantine {
+    if settings.possible_actions().contains(&Action::Quarantine) {
         actions |= Actions::QUARANTINE;
     }
     actions
@@ -200,21 +171,12 @@ fn handle_mail(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
     conn.recipients.clear();
     conn.rule = None;
     conn.sender = envelope_address(&args);
-    let signs = conn
-        .settings
-        .signer
-        .as_ref()
-        .is_some_and(|s| s.signs_for_client(conn.client, login.as_deref()));
-    conn.mode = if signs {
-        Mode::Sign { login }
-    } else if conn.settings.judges(conn.client, login.is_some()) {
-        Mode::Judge
-    } else {
+    conn.mode = conn.settings.mode_for(conn.client, login.as_deref());
+    if conn.mode == Mode::Pass {
         // Not judged, but its header fields are still read: forged results claiming our
         // authserv-id must go from trusted and authenticated mail too.
         debug!("{id}: trusted or SMTP-authenticated sender; not judged");
-        Mode::Pass
-    };
+    }
     conn.message = Some(match conn.mode {
         Mode::Sign { .. } => MessageSession::to_sign(&conn.settings),
         _ => MessageSession::new(&conn.settings),
@@ -229,22 +191,18 @@ fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
     };
     let address = envelope_address(&args);
     if conn.mode == Mode::Judge && !conn.settings.inbox.is_empty() {
-        // A milter cannot answer per recipient after DATA: a recipient under another inbox
-        // rule than the first one's comes back in a transaction of its own (RFC 5321
-        // §4.5.3.1.10 lets a server limit recipients so).
-        let mailbox = Target::new(&address, &conn.settings).mailbox;
-        let rule = conn.settings.inbox.rule_for(&mailbox);
-        match conn.rule {
-            None => conn.rule = Some(rule),
-            Some(first) if first != rule => {
+        // A milter cannot answer per recipient after DATA: one transaction, one inbox rule.
+        match conn.settings.admit_recipient(conn.rule, &address) {
+            Ok(rule) => conn.rule = Some(rule),
+            Err(reply) => {
+                let enhanced = reply.enhanced.map(|e| e.to_string());
                 let _ = cx.reply.set_error_reply(
-                    "452",
-                    Some("4.5.3"),
-                    ["recipient under another inbox rule: send it in its own transaction"],
+                    &reply.code.to_string(),
+                    enhanced.as_deref(),
+                    reply.lines.clone(),
                 );
                 return Status::Tempfail;
             }
-            Some(_) => {}
         }
     }
     conn.recipients.push(address);
@@ -359,9 +317,7 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
         Mode::Judge => {}
         Mode::Pass => {
             // RFC 8601 §5: forged results go even from mail that is not judged.
-            if !settings.policy.dry_run {
-                delete_forged(cx, &message).await?;
-            }
+            delete_forged(cx, &message).await?;
             return Ok(Status::Continue);
         }
         Mode::Sign { login } => {
@@ -417,14 +373,13 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
     .pop()
     .ok_or("no judgement")?;
     info!("{}", judgement.log_line);
-    if settings.policy.dry_run {
-        return Ok(Status::Accept);
-    }
-    if let Some(reply) = &judgement.reply {
-        return refuse(cx, reply);
-    }
-    if judgement.action == Action::Discard {
-        return Ok(Status::Discard);
+    match &judgement.disposition {
+        Disposition::Refuse(reply) => return refuse(cx, reply),
+        Disposition::Discard => {
+            judge::accepted(&settings, &judgement).await;
+            return Ok(Status::Discard);
+        }
+        Disposition::Deliver | Disposition::Junk | Disposition::Quarantine(_) => {}
     }
     delete_forged(cx, &message).await?;
     cx.actions
@@ -435,15 +390,13 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
         )
         .await
         .map_err(|e| format!("cannot add Authentication-Results: {e}"))?;
-    if judgement.action == Action::Quarantine {
-        let reason = format!("AT-SMS {}", judgement.decision.result);
+    if let Disposition::Quarantine(reason) = &judgement.disposition {
         cx.actions
-            .quarantine(reason)
+            .quarantine(reason.as_str())
             .await
             .map_err(|e| format!("cannot quarantine: {e}"))?;
     }
-    // Accepted for these recipients: the same signature to them again is a replay.
-    judge::accepted(&settings, Scope::Together, &judgement, &targets).await;
+    judge::accepted(&settings, &judgement).await;
     Ok(Status::Continue)
 }
 

@@ -192,8 +192,15 @@ impl Reputation {
         }))
     }
 
-    /// The rules that apply to the sender `did` (its handle when checked), as of `now`.
-    pub async fn assess(self: &Arc<Self>, did: &str, handle: Option<&str>, now: i64) -> Assessment {
+    /// The rules that apply to the sender `did` (its handle when checked) of the message its
+    /// signature's `jti` names, as of `now`.
+    pub async fn assess(
+        self: &Arc<Self>,
+        did: &str,
+        jti: &str,
+        handle: Option<&str>,
+        now: i64,
+    ) -> Assessment {
         if self.allow.matches(did, handle) {
             return Assessment {
                 allowed: true,
@@ -231,8 +238,14 @@ impl Reputation {
                 action: self.config.on_age_unknown,
             }),
         }
+        // This message would be more than the limit allows (it is counted only once it is
+        // accepted: `count`).
         if self.config.rate_limit > 0
-            && self.caches.rate.count(did, now).await > self.config.rate_limit
+            && self
+                .caches
+                .rate
+                .would_exceed(did, jti, self.config.rate_limit, now)
+                .await
         {
             applied.push(Applied {
                 rule: Rule::RateExceeded,
@@ -242,6 +255,21 @@ impl Reputation {
         Assessment {
             allowed: false,
             applied,
+        }
+    }
+
+    /// Every action a rule here may ask for.
+    pub fn actions(&self) -> Vec<Action> {
+        let c = &self.config;
+        let mut actions = vec![c.on_denied, c.on_young, c.on_age_unknown, c.on_rate_limited];
+        actions.extend(c.label_actions.values().copied());
+        actions
+    }
+
+    /// Counts an accepted message from `did` (its signature's `jti`) towards the rate limit.
+    pub async fn count(&self, did: &str, jti: &str, now: i64) {
+        if self.config.rate_limit > 0 {
+            self.caches.rate.count(did, jti, now).await;
         }
     }
 
@@ -393,7 +421,9 @@ mod tests {
         let identity =
             Arc::new(IdentityResolver::new(&config.resolver, &config.cache).expect("resolver"));
         let reputation = Arc::new(Reputation::load(&config, identity, None).unwrap().unwrap());
-        let assessment = reputation.assess("did:web:example.com", None, 1_000).await;
+        let assessment = reputation
+            .assess("did:web:example.com", "jti", None, 1_000)
+            .await;
         assert_eq!(
             assessment.applied,
             [Applied {

@@ -55,7 +55,28 @@ pub enum Scope {
     Together,
 }
 
-/// What the judge decided for one recipient, or for all of them together.
+/// What happens to the message, for the recipients of one judgement: the transport carries
+/// it out as its protocol can (interfaces.md, "Actions").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Delivered as usual.
+    Deliver,
+    /// Filed as spam: LMTP into `.Junk`, Exim adds `X-Spam-Flag: YES`, the milter delivers.
+    Junk,
+    /// Held, with the reason the hold says (the rule that asked for it): the milter's hold
+    /// queue, Exim freezes, LMTP files into `.Junk`.
+    Quarantine(String),
+    /// Accepted and dropped (LMTP never drops: `.Junk`).
+    Discard,
+    /// Refused with this reply (`reject` 550, `tempfail` 451).
+    Refuse(Reply),
+}
+
+/// What the judge decided for one recipient, or for all of them together: every effect the
+/// message is to have, dry run applied, for the transport to carry out — our
+/// `Authentication-Results` field written (`header_value`, in every mode, dry run too) and
+/// forged ones removed (always: RFC 8601 §5), the `disposition`, and, once the message is
+/// accepted, what is remembered of it (`accepted`: replays and the rate count).
 #[derive(Debug, Clone)]
 pub struct Judgement {
     /// Indices into the targets judged.
@@ -66,76 +87,84 @@ pub struct Judgement {
     pub decision: Decision,
     /// The inbox rule these recipients are under that the message does not meet, if any.
     pub inbox: Option<Unmet>,
-    /// What the transport carries out: the strictest of the decision's and the inbox rule's
-    /// actions, or `accept` in a dry run.
+    /// The strictest of the decision's, the inbox rule's and reputation's actions: what is
+    /// logged (a dry run logs it and does not carry it out).
     pub action: Action,
+    /// What the transport does: `action` carried out (`Deliver` in a dry run).
+    pub disposition: Disposition,
     /// The message carries an AT-SMS client message (LMTP files it into `.AT-SMS`).
     pub atsms_envelope: bool,
     /// Our `Authentication-Results` value (leading space included, folded with `\n\t`).
     pub header_value: String,
-    /// The refusal, when `action` is `reject` or `tempfail`.
-    pub reply: Option<Reply>,
     /// The one log line (no secrets, no message content).
     pub log_line: String,
+    /// What to remember once the message is accepted for these recipients.
+    remember: Remember,
+}
+
+/// What an accepted message leaves behind.
+#[derive(Debug, Clone, Default)]
+struct Remember {
+    /// Mailboxes the passing signatures are recorded for (replay detection), when this
+    /// transport records replays.
+    replay_mailboxes: Vec<String>,
+    /// The sender and token the per-DID rate counts: once per message, whatever the number
+    /// of recipients, transports or retries.
+    rate: Option<(String, String)>,
 }
 
 impl Judgement {
+    /// The refusal, when the message is refused.
+    pub fn reply(&self) -> Option<&Reply> {
+        match &self.disposition {
+            Disposition::Refuse(reply) => Some(reply),
+            _ => None,
+        }
+    }
+
     pub fn refuses(&self) -> bool {
-        self.reply.is_some()
+        self.reply().is_some()
     }
 }
 
-/// The refusal for what was decided, the same words in every transport: an unmet inbox rule
-/// or a reputation rule speaks for itself when its action is the stricter.
-fn refusal(
+/// Why the message gets `action`, in the words of whatever asked for it — a reputation or an
+/// inbox rule whose action is stricter than the verification's, else the verification's
+/// result — the same in every transport, for a refusal and for a hold alike.
+fn reason(
     decision: &Decision,
     inbox: Option<&Unmet>,
     reputation: &Assessment,
     action: Action,
-) -> Option<Reply> {
+) -> String {
     if let Some(applied) = reputation
         .strictest()
         .filter(|a| a.action == action && a.action != decision.action)
         .filter(|_| inbox.is_none_or(|u| u.action != action))
     {
-        return match action {
-            Action::Reject => Some(Reply::new(550, Enhanced(5, 7, 1), applied.rule.why())),
-            Action::Tempfail => Some(Reply::new(
-                451,
-                Enhanced(4, 7, 1),
-                format!("{}, try again later", applied.rule.why()),
-            )),
-            _ => None,
-        };
+        return applied.rule.why();
     }
     if let Some(unmet) = inbox.filter(|u| u.action == action && u.action != decision.action) {
-        return match action {
-            Action::Reject => Some(Reply::new(550, Enhanced(5, 7, 1), unmet.why)),
-            Action::Tempfail => Some(Reply::new(
-                451,
-                Enhanced(4, 7, 1),
-                format!("{}, try again later", unmet.why),
-            )),
-            _ => None,
-        };
+        return unmet.why.to_string();
     }
+    if decision.unaligned && decision.action == action {
+        return "AT-SMS signer is not aligned with From".into();
+    }
+    format!("AT-SMS signature {}", decision.result)
+}
+
+/// The disposition of `action`, for the reason `why`.
+fn disposition(action: Action, why: String) -> Disposition {
     match action {
-        Action::Reject if decision.unaligned => Some(Reply::new(
-            550,
-            Enhanced(5, 7, 1),
-            "AT-SMS signer is not aligned with From",
-        )),
-        Action::Reject => Some(Reply::new(
-            550,
-            Enhanced(5, 7, 1),
-            format!("AT-SMS signature {}", decision.result),
-        )),
-        Action::Tempfail => Some(Reply::new(
+        Action::Accept => Disposition::Deliver,
+        Action::Junk => Disposition::Junk,
+        Action::Quarantine => Disposition::Quarantine(why),
+        Action::Discard => Disposition::Discard,
+        Action::Reject => Disposition::Refuse(Reply::new(550, Enhanced(5, 7, 1), why)),
+        Action::Tempfail => Disposition::Refuse(Reply::new(
             451,
             Enhanced(4, 7, 1),
-            format!("AT-SMS signature {}, try again later", decision.result),
+            format!("{why}, try again later"),
         )),
-        _ => None,
     }
 }
 
@@ -185,10 +214,21 @@ pub async fn judge(
                 a
             }
         });
-        let action = if settings.policy.dry_run {
-            Action::Accept
+        let disposition = if settings.policy.dry_run {
+            Disposition::Deliver
         } else {
-            strictest
+            let why = reason(&decision, inbox.as_ref(), reputation, strictest);
+            disposition(strictest, why)
+        };
+        let remember = Remember {
+            replay_mailboxes: if replay.is_some() {
+                mailboxes
+            } else {
+                Vec::new()
+            },
+            rate: verdict
+                .best_pass()
+                .and_then(|best| Some((best.did.clone()?, best.passed.as_ref()?.jti.clone()))),
         };
         let mut properties = Vec::new();
         if verified.atsms_envelope {
@@ -200,7 +240,6 @@ pub async fn judge(
         }
         let header_value =
             auth_results::format_value(&settings.authserv_id, &verdict, &properties, "\n");
-        let reply = refusal(&decision, inbox.as_ref(), reputation, action);
         let facts = Facts {
             verified,
             targets,
@@ -221,35 +260,30 @@ pub async fn judge(
             verdict,
             decision,
             inbox,
-            action,
+            action: strictest,
+            disposition,
             atsms_envelope: verified.atsms_envelope,
             header_value,
-            reply,
             log_line,
+            remember,
         });
     }
     judgements
 }
 
-/// Records that `judgement`'s recipients accepted the message: the same signature to the
-/// same mailbox again is a replay.
-pub async fn accepted(
-    settings: &Settings,
-    scope: Scope,
-    judgement: &Judgement,
-    targets: &[Target],
-) {
-    let Some(replay) = settings
-        .replay
-        .as_ref()
-        .filter(|_| scope == Scope::EachRecipient || settings.replay_in_milter)
-    else {
-        return;
-    };
-    for &i in &judgement.recipients {
-        replay
-            .record(&judgement.verdict, &targets[i].mailbox, settings.now())
-            .await;
+/// The message was accepted for `judgement`'s recipients (delivered, held or dropped — not
+/// refused): the same signature to the same mailbox again is a replay, and the sender's
+/// message counts once towards its rate limit.
+pub async fn accepted(settings: &Settings, judgement: &Judgement) {
+    if let Some(replay) = &settings.replay {
+        for mailbox in &judgement.remember.replay_mailboxes {
+            replay
+                .record(&judgement.verdict, mailbox, settings.now())
+                .await;
+        }
+    }
+    if let (Some(reputation), Some((did, jti))) = (&settings.reputation, &judgement.remember.rate) {
+        reputation.count(did, jti, settings.now()).await;
     }
 }
 
@@ -314,7 +348,7 @@ fn log_line(settings: &Settings, transaction: &Transaction<'_>, facts: &Facts<'_
         verified.resolve_time.as_millis()
     ));
     if settings.policy.dry_run {
-        line.push_str(" [dry run, nothing changed]");
+        line.push_str(" [dry run: action not carried out]");
     }
     line
 }
@@ -371,11 +405,11 @@ mod tests {
         let each = judge(&s, &TX, &v, &targets, Scope::EachRecipient).await;
         assert_eq!(each.len(), 2);
         assert_eq!(each[0].decision.result, AuthResult::Pass);
-        assert!(each[0].reply.is_none());
+        assert!(each[0].reply().is_none());
         assert!(each[0].header_value.contains("atsms=pass"));
         assert_eq!(each[1].decision.result, AuthResult::Policy);
         assert_eq!(
-            each[1].reply.as_ref().unwrap().to_string(),
+            each[1].reply().unwrap().to_string(),
             "550 5.7.1 AT-SMS signature policy"
         );
         assert!(
@@ -400,7 +434,7 @@ mod tests {
         // Judged but not accepted (say, the delivery failed): not a replay next time.
         let again = judge(&s, &TX, &v, &first, Scope::EachRecipient).await;
         assert_eq!(again[0].decision.result, AuthResult::Pass);
-        accepted(&s, Scope::EachRecipient, &again[0], &first).await;
+        accepted(&s, &again[0]).await;
         // The same mailbox spelled otherwise is the same mailbox.
         let other_spelling = vec![Target::new("BOB+anything@MX.test", &s)];
         let replayed = judge(&s, &TX, &v, &other_spelling, Scope::EachRecipient).await;
@@ -427,7 +461,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            j[0].reply.as_ref().unwrap().to_string(),
+            j[0].reply().unwrap().to_string(),
             "550 5.7.1 AT-SMS signer is not aligned with From"
         );
         assert!(j[0].log_line.contains("unaligned=yes"));
@@ -445,10 +479,13 @@ mod tests {
             Scope::Together,
         )
         .await;
-        assert_eq!(j[0].action, Action::Accept);
-        assert_eq!(j[0].decision.action, Action::Reject);
-        assert!(j[0].reply.is_none());
-        assert!(j[0].log_line.ends_with("[dry run, nothing changed]"));
+        // A dry run logs the action and carries none out; the field is written all the same.
+        assert_eq!(j[0].action, Action::Reject);
+        assert_eq!(j[0].disposition, Disposition::Deliver);
+        assert!(j[0].reply().is_none());
+        assert!(j[0].header_value.contains("policy.aligned=no"));
+        assert!(j[0].log_line.contains("action=reject"));
+        assert!(j[0].log_line.ends_with("[dry run: action not carried out]"));
         let temp = SignatureVerdict {
             result: AuthResult::Temperror,
             did: None,
@@ -459,7 +496,7 @@ mod tests {
         };
         let j = judge(&s, &TX, &verified(vec![temp]), &targets, Scope::Together).await;
         assert_eq!(
-            j[0].reply.as_ref().unwrap().to_string(),
+            j[0].reply().unwrap().to_string(),
             "451 4.7.1 AT-SMS signature temperror, try again later"
         );
         assert!(
@@ -496,7 +533,7 @@ mod tests {
         unsigned.atsms_envelope = true;
         let j = judge(&s, &TX, &unsigned, &targets, Scope::EachRecipient).await;
         assert_eq!(
-            j[0].reply.as_ref().unwrap().to_string(),
+            j[0].reply().unwrap().to_string(),
             "550 5.7.1 this inbox takes verified, aligned senders only"
         );
         assert_eq!(j[0].inbox.as_ref().unwrap().rule, 1);
@@ -505,7 +542,7 @@ mod tests {
             "{}",
             j[0].log_line
         );
-        assert_eq!((j[1].action, j[1].reply.is_none()), (Action::Junk, true));
+        assert_eq!((j[1].action, j[1].reply().is_none()), (Action::Junk, true));
         assert_eq!((j[2].action, j[2].inbox.is_none()), (Action::Accept, true));
         assert_eq!(
             j[2].header_value,
@@ -528,7 +565,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            j[0].reply.as_ref().unwrap().to_string(),
+            j[0].reply().unwrap().to_string(),
             "451 4.7.1 AT-SMS signature none, try again later"
         );
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth_results;
-use crate::config::{Config, LimitsConfig, Network, PolicyConfig};
+use crate::config::{Action, Config, LimitsConfig, Network, PolicyConfig};
 use crate::envelope::{BodyHasher, FIELD_NAME, HeaderField};
 use crate::inbox::InboxRules;
 use crate::mime::PartScanner;
@@ -96,18 +96,93 @@ impl Settings {
         settings
     }
 
-    /// Whether mail from this client is judged: not from `trusted_networks`, nor (with
-    /// `skip_authenticated`) from an SMTP-authenticated client. Forged results are removed
-    /// from mail that is not judged all the same.
-    pub fn judges(&self, client: Option<std::net::IpAddr>, authenticated: bool) -> bool {
+    /// What is done with mail from `client` (its address, when it connected over IP) and
+    /// `login` (its SASL login, when it authenticated), decided once per message: signed
+    /// when a signing key is for such clients, passed on unjudged from `trusted_networks` or
+    /// (with `skip_authenticated`) an authenticated client, judged otherwise. Forged results
+    /// are removed in every mode.
+    pub fn mode_for(&self, client: Option<std::net::IpAddr>, login: Option<&str>) -> Mode {
+        if self
+            .signer
+            .as_ref()
+            .is_some_and(|s| s.signs_for_client(client, login))
+        {
+            return Mode::Sign {
+                login: login.map(str::to_string),
+            };
+        }
         let trusted =
             client.is_some_and(|ip| crate::config::in_networks(ip, &self.trusted_networks));
-        !(trusted || (authenticated && self.policy.skip_authenticated))
+        if trusted || (login.is_some() && self.policy.skip_authenticated) {
+            Mode::Pass
+        } else {
+            Mode::Judge
+        }
+    }
+
+    /// Every action the judge may carry out with these settings: the results' (`policy.on_*`),
+    /// the inbox rules' and reputation's (the milter asks the MTA for what it may need, such
+    /// as the hold queue for `quarantine`). A dry run carries out none but `accept`.
+    pub fn possible_actions(&self) -> Vec<Action> {
+        if self.policy.dry_run {
+            return vec![Action::Accept];
+        }
+        let p = &self.policy;
+        let mut actions = vec![
+            Action::Accept,
+            p.on_pass,
+            p.on_fail,
+            p.on_permerror,
+            p.on_temperror,
+            p.on_policy,
+            p.on_none,
+            p.on_unaligned,
+        ];
+        actions.extend(self.inbox.actions());
+        if let Some(reputation) = &self.reputation {
+            actions.extend(reputation.actions());
+        }
+        actions.sort_by_key(|a| a.strictness());
+        actions.dedup();
+        actions
+    }
+
+    /// Whether a recipient may join a transaction whose first recipient is under the inbox
+    /// rule `first` (`None`: it is the first). One transaction is judged under one rule, so
+    /// a recipient under another is refused `452 4.5.3` (RFC 5321 §4.5.3.1.10: the client
+    /// sends it again in a transaction of its own); `Ok` gives the transaction's rule.
+    pub fn admit_recipient(
+        &self,
+        first: Option<Option<usize>>,
+        recipient: &str,
+    ) -> Result<Option<usize>, Reply> {
+        let mailbox = Target::new(recipient, self).mailbox;
+        let rule = self.inbox.rule_for(&mailbox);
+        match first {
+            Some(first) if first != rule => Err(Reply::new(
+                452,
+                Enhanced(4, 5, 3),
+                "recipient under another inbox rule, send it separately",
+            )),
+            _ => Ok(rule),
+        }
     }
 }
 
+/// What is done with a message (`Settings::mode_for`): it is never both judged and signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Inbound: verified and judged.
+    Judge,
+    /// Outbound, from a client a signing key is for: signed, never judged.
+    Sign { login: Option<String> },
+    /// Trusted or authenticated mail without a signing key: passed on (forged results still
+    /// removed).
+    Pass,
+}
+
 /// The settings in force; replaced on reload, read once per connection by every transport.
-pub type SharedSettings = Arc<std::sync::RwLock<Arc<Settings>>>;
+pub type SharedSettings = crate::live::Live<Settings>;
 
 /// One message being received.
 pub struct MessageSession {
@@ -311,9 +386,13 @@ impl MessageSession {
             .await;
         // Reputation speaks of the sender a passing signature names.
         let reputation = match (&settings.reputation, verdict.best_pass()) {
-            (Some(reputation), Some(best)) => match &best.did {
-                Some(did) => reputation.assess(did, best.handle(), now).await,
-                None => Assessment::default(),
+            (Some(reputation), Some(best)) => match (&best.did, &best.passed) {
+                (Some(did), Some(passed)) => {
+                    reputation
+                        .assess(did, &passed.jti, best.handle(), now)
+                        .await
+                }
+                _ => Assessment::default(),
             },
             _ => Assessment::default(),
         };
@@ -477,9 +556,54 @@ mod tests {
     #[test]
     fn who_is_judged() {
         let s = settings();
-        assert!(!s.judges(Some("127.0.0.1".parse().unwrap()), false));
-        assert!(!s.judges(Some("192.0.2.1".parse().unwrap()), true));
-        assert!(s.judges(Some("192.0.2.1".parse().unwrap()), false));
-        assert!(s.judges(None, false));
+        let ip = |a: &str| Some(a.parse().unwrap());
+        assert_eq!(s.mode_for(ip("127.0.0.1"), None), Mode::Pass);
+        assert_eq!(s.mode_for(ip("192.0.2.1"), Some("alice")), Mode::Pass);
+        assert_eq!(s.mode_for(ip("192.0.2.1"), None), Mode::Judge);
+        assert_eq!(s.mode_for(None, None), Mode::Judge);
+    }
+
+    #[test]
+    fn the_actions_a_milter_may_need_include_every_rule_s() {
+        use crate::config::InboxRuleConfig;
+        let mut s = settings();
+        assert!(!s.possible_actions().contains(&Action::Quarantine));
+        s.inbox = Arc::new(InboxRules::new(&[InboxRuleConfig {
+            recipients: vec!["*@mx.example.net".into()],
+            require: crate::config::Require::Pass,
+            allow: None,
+            action: Action::Quarantine,
+        }]));
+        assert!(s.possible_actions().contains(&Action::Quarantine));
+        s.policy.dry_run = true;
+        assert_eq!(s.possible_actions(), [Action::Accept]);
+    }
+
+    #[test]
+    fn one_transaction_one_inbox_rule() {
+        use crate::config::InboxRuleConfig;
+        let mut s = settings();
+        s.inbox = Arc::new(InboxRules::new(&[InboxRuleConfig {
+            recipients: vec!["strict@mx.example.net".into()],
+            require: crate::config::Require::Aligned,
+            allow: None,
+            action: Action::Reject,
+        }]));
+        let first = s.admit_recipient(None, "Strict+x@MX.example.net").unwrap();
+        assert_eq!(first, Some(0));
+        assert_eq!(
+            s.admit_recipient(Some(first), "strict@mx.example.net"),
+            Ok(Some(0))
+        );
+        assert_eq!(
+            s.admit_recipient(Some(first), "open@mx.example.net")
+                .unwrap_err()
+                .to_string(),
+            "452 4.5.3 recipient under another inbox rule, send it separately"
+        );
+        assert_eq!(
+            s.admit_recipient(Some(None), "open@mx.example.net"),
+            Ok(None)
+        );
     }
 }

@@ -14,9 +14,41 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+use crate::inbox::InboxRules;
+use crate::live::Live;
 use crate::routing::{Answer, Router};
-use crate::session::SharedSettings;
 use crate::socket::{BoundListener, Stream};
+
+/// The map giving a recipient's inbox rule (`[[inbox.rule]]`), for MTAs that keep one rule per
+/// transaction themselves (Exim's RCPT ACL: contrib/exim/acl_rcpt.conf): `OK rule<N>` (the
+/// first rule whose pattern matches the recipient's mailbox, counted from 1) or `OK none`.
+pub const INBOX_RULE: &str = "atsms_inbox_rule";
+
+/// What the maps answer from: the router (routing and consent by DID documents) and the
+/// inbox rules, with the recipient delimiter addresses fold with. Built by the daemon with
+/// the rest of a configuration, replaced on reload.
+pub struct Tables {
+    pub router: Router,
+    pub inbox: Arc<InboxRules>,
+    /// `lmtp.recipient_delimiter`: `user+detail` is `user`'s mailbox.
+    pub delimiter: String,
+}
+
+impl Tables {
+    /// Answers `map` for `key`.
+    pub async fn lookup(&self, map: &str, key: &str) -> Answer {
+        if map == INBOX_RULE {
+            return match crate::address::fold(key, &self.delimiter) {
+                Some(folded) => Answer::Found(match self.inbox.rule_for(&folded.mailbox()) {
+                    Some(index) => format!("rule{}", index + 1),
+                    None => "none".into(),
+                }),
+                None => Answer::NotFound,
+            };
+        }
+        self.router.lookup(map, key).await
+    }
+}
 
 /// The longest request accepted: a map name and an address (RFC 5321 caps a path at 256).
 pub const MAX_REQUEST: usize = 2048;
@@ -29,26 +61,22 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// when it opened (a reload changes `inbox.hosts` for new connections).
 pub async fn run(
     listener: BoundListener,
-    settings: SharedSettings,
+    tables: Live<Tables>,
     max_connections: usize,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
     info!("socketmap listening on {}", listener.describe());
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     crate::socket::serve(&listener, "socketmap", shutdown, |stream| {
-        let router = settings.read().map(|s| s.router.clone()).map_err(|_| ());
+        let tables = tables.get();
         let permit = permits.clone().try_acquire_owned();
         async move {
-            let Ok(router) = router else {
-                warn!("socketmap: settings lock poisoned");
-                return;
-            };
             let Ok(_permit) = permit else {
                 warn!("socketmap: more than the allowed connections; closing one");
                 return;
             };
-            let timeout = router.timeout();
-            if let Err(e) = connection(stream, &router, timeout).await {
+            let timeout = tables.router.timeout();
+            if let Err(e) = connection(stream, &tables, timeout).await {
                 debug!("socketmap connection ended: {e}");
             }
         }
@@ -65,10 +93,10 @@ fn split_request(payload: &[u8]) -> Option<(&str, &str)> {
 }
 
 /// The answer to one request payload.
-pub async fn answer(router: &Router, payload: &[u8]) -> Answer {
+pub async fn answer(tables: &Tables, payload: &[u8]) -> Answer {
     match split_request(payload) {
         Some((map, key)) => {
-            let answer = router.lookup(map, key).await;
+            let answer = tables.lookup(map, key).await;
             crate::metrics::global().socketmap_lookup(map_label(map), answer.label());
             answer
         }
@@ -82,6 +110,7 @@ fn map_label(map: &str) -> &'static str {
         crate::routing::ALIAS => crate::routing::ALIAS,
         crate::routing::TRANSPORT => crate::routing::TRANSPORT,
         crate::routing::MAILBOX => crate::routing::MAILBOX,
+        INBOX_RULE => INBOX_RULE,
         _ => "unknown",
     }
 }
@@ -100,7 +129,7 @@ async fn write_answers(stream: &mut Stream, out: &[u8], timeout: Duration) -> st
 
 /// One client's connection. Writes are bounded by `timeout` (`socketmap.timeout`: an answer
 /// not delivered by then is not delivered).
-async fn connection(mut stream: Stream, router: &Router, timeout: Duration) -> std::io::Result<()> {
+async fn connection(mut stream: Stream, tables: &Tables, timeout: Duration) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut eof = false;
@@ -109,7 +138,7 @@ async fn connection(mut stream: Stream, router: &Router, timeout: Duration) -> s
         loop {
             match netstring::decode(&buf, MAX_REQUEST) {
                 Ok(Some(frame)) => {
-                    let reply = answer(router, &buf[frame.payload.clone()]).await;
+                    let reply = answer(tables, &buf[frame.payload.clone()]).await;
                     netstring::encode(reply.to_socketmap().as_bytes(), &mut out);
                     buf.drain(..frame.len);
                 }

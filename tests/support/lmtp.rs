@@ -2,7 +2,7 @@
 //! client that writes exactly the bytes a test gives it (pipelining included).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use atsms_milter::config::{CacheConfig, LmtpConfig, PolicyConfig, ResolverConfig};
@@ -44,7 +44,7 @@ impl RunningLmtp {
     }
 
     async fn serve(settings: Settings, config: &LmtpConfig, dir: tempfile::TempDir) -> RunningLmtp {
-        let shared = Arc::new(RwLock::new(Arc::new(settings)));
+        let shared = atsms_milter::live::Live::new(Arc::new(settings));
         let service = Arc::new(LmtpService::new(shared, config, "lmtp.test".into(), true).unwrap());
         let listener = socket::bind(&SocketSpec::parse("inet:127.0.0.1:0").unwrap(), 0o660, None)
             .await

@@ -1,6 +1,6 @@
 //! Runs the milter in-process on a loopback port, and feeds it messages the way Postfix does.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use atsms_milter::config::{CacheConfig, PolicyConfig, ResolverConfig};
 use atsms_milter::identity::IdentityResolver;
@@ -53,7 +53,7 @@ impl RunningMilter {
     }
 
     async fn serve(settings: Settings) -> RunningMilter {
-        let shared = Arc::new(RwLock::new(Arc::new(settings)));
+        let shared = atsms_milter::live::Live::new(Arc::new(settings));
         let spec = SocketSpec::parse("inet:127.0.0.1:0").unwrap();
         let listener = socket::bind(&spec, 0o660, None).await.unwrap();
         let addr = listener.local_addr().unwrap();

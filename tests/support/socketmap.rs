@@ -1,7 +1,7 @@
 //! The socketmap server in-process, and a raw netstring client (as Postfix's dict_sockmap
 //! speaks it).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use atsms_milter::config::{Config, SocketSpec};
@@ -22,7 +22,7 @@ impl RunningSocketmap {
         let identity = Arc::new(IdentityResolver::new(&config.resolver, &config.cache).unwrap());
         let settings =
             Settings::from_config(Verifier::new(identity, config.resolver.timeout()), config);
-        let shared = Arc::new(RwLock::new(Arc::new(settings)));
+        let shared = atsms_milter::live::Live::new(atsms_milter::daemon::routing_tables(&settings));
         let spec: SocketSpec = "inet:127.0.0.1:0".parse().unwrap();
         let listener = atsms_milter::socket::bind(&spec, 0o660, None)
             .await
