@@ -422,24 +422,20 @@ fn sign_locally(
     args: &SignArgs,
     parsed: &message::ParsedMessage,
 ) -> Signed {
+    use crate::signer::{Outcome, Signer};
     let pem = std::fs::read_to_string(path)
         .map_err(|e| (exit::NO_INPUT, format!("{}: {e}", path.display())))?;
     let key = SigningKey::from_pkcs8_pem(&pem)
         .map_err(|e| (exit::NO_PASS, format!("{}: {e}", path.display())))?;
-    let request = sign::SignRequest {
-        key: &key,
-        kid,
-        now: args.now.unwrap_or_else(crate::clock::unix_now),
-        ttl: args.ttl,
-        rcpt: &args.rcpt,
-        jti: sign::random_jti(),
-    };
-    let token = sign::sign_token(&request, &parsed.headers, parsed.body_hash)
-        .map_err(|e| (exit::NO_PASS, e.to_string()))?;
-    let did = crate::envelope::Kid::parse(kid)
-        .map(|k| k.did().to_string())
-        .unwrap_or_default();
-    Ok((did, token))
+    // The same signer as the milter's: a message the verifier could not pass is not signed.
+    let signer =
+        Signer::one(key, kid, args.ttl, !args.rcpt.is_empty()).map_err(|e| (exit::USAGE, e))?;
+    let now = args.now.unwrap_or_else(crate::clock::unix_now);
+    match signer.sign(&parsed.headers, parsed.body_hash, None, &args.rcpt, now) {
+        Outcome::Signed { key, token } => Ok((key.did.clone(), token)),
+        Outcome::Unsigned(why) => Err((exit::NO_PASS, format!("not signed: {why}"))),
+        Outcome::Refused { why, .. } => Err((exit::NO_PASS, format!("not signed: {why}"))),
+    }
 }
 
 /// `sign --remote URL --service-auth JWT`: hashes here, has the signing service sign

@@ -12,7 +12,7 @@ use crate::config::LimitsConfig;
 pub enum ReadError {
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("header section too large (too many or too long fields)")]
+    #[error("{}", crate::reply::HEADER_TOO_LARGE)]
     HeaderTooLarge,
 }
 

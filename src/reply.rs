@@ -105,6 +105,15 @@ impl fmt::Display for Reply {
     }
 }
 
+/// The words for a header section over `limits` (too many or too long fields), the same on
+/// every path: `552 5.3.4` (RFC 3463: message too big for system).
+pub const HEADER_TOO_LARGE: &str = "header section too large (too many or too long fields)";
+
+/// The refusal of a header section over `limits`.
+pub fn header_section_too_large() -> Reply {
+    Reply::new(552, Enhanced(5, 3, 4), HEADER_TOO_LARGE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use crate::config::{Network, OnSignError, SigningConfig, in_networks};
 use crate::crypto::SigningKey;
 use crate::envelope::sign::{self, Covered, SignRequest};
 use crate::envelope::{HeaderField, Mailbox};
+use crate::reply::Reply;
 
 /// One signing identity, loaded.
 pub struct Key {
@@ -35,13 +36,14 @@ impl std::fmt::Debug for Key {
 }
 
 impl Key {
-    /// Whether this key signs for `from` (`*@domain` matches any local part there).
+    /// Whether this key signs for `from` (`*@domain` matches any local part there; `*`, the
+    /// command line's one key, any address).
     fn signs_for(&self, from: &Mailbox) -> bool {
         let address = from.claim_form().to_ascii_lowercase();
         let domain = from.domain.to_ascii_lowercase();
         self.senders
             .iter()
-            .any(|s| *s == address || s.strip_prefix("*@").is_some_and(|d| d == domain))
+            .any(|s| s == "*" || *s == address || s.strip_prefix("*@").is_some_and(|d| d == domain))
     }
 
     /// Whether `login` (none: a client of `signing.networks`) may use this key: `*` is
@@ -74,6 +76,19 @@ pub enum NotSigned {
     Fields(crate::envelope::FieldError),
     #[error("signing failed: {0}")]
     Failed(String),
+}
+
+/// What signing a message came to: decided here, for the signing milter and the command line
+/// alike; they only carry it out.
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// Signed: the token, for `sign::format_field`.
+    Signed { key: &'a Key, token: String },
+    /// Passed on unsigned, for this reason (`NoKey` is routine; the others are worth a log
+    /// line at info level).
+    Unsigned(NotSigned),
+    /// Refused (`signing.on_error = "tempfail"` and signing failed): never silently unsigned.
+    Refused { reply: Reply, why: String },
 }
 
 /// The keys in force and what decides their use.
@@ -128,6 +143,57 @@ impl Signer {
             networks: config.networks.clone(),
             on_error: config.on_error,
         }))
+    }
+
+    /// A signer with one key, for any From address and any client: `atsms-milter sign`. The
+    /// token names `rcpt` when some are given.
+    pub fn one(key: SigningKey, kid: &str, ttl: i64, with_rcpt: bool) -> Result<Signer, String> {
+        let parsed = crate::envelope::Kid::parse(kid)
+            .ok_or_else(|| format!("--kid {kid:?} is not DID#fragment"))?;
+        Ok(Signer {
+            keys: vec![Key {
+                senders: vec!["*".into()],
+                did: parsed.did().to_string(),
+                kid: kid.to_string(),
+                key,
+                logins: vec!["*".into()],
+            }],
+            ttl,
+            rcpt_claim: with_rcpt,
+            networks: Vec::new(),
+            on_error: OnSignError::Tempfail,
+        })
+    }
+
+    /// Signs a message (its fields and relaxed body hash) for `login`, as of `now`: with the
+    /// key its From address and the login may use, if the message is one the verifier could
+    /// pass (step 10); a failure to sign follows `signing.on_error`.
+    pub fn sign(
+        &self,
+        headers: &[HeaderField],
+        body_hash: [u8; 32],
+        login: Option<&str>,
+        recipients: &[String],
+        now: i64,
+    ) -> Outcome<'_> {
+        let key = match self.key_for(headers, login) {
+            Ok(key) => key,
+            Err(e) => return Outcome::Unsigned(e),
+        };
+        match self.sign_message(key, headers, body_hash, recipients, now) {
+            Ok(token) => Outcome::Signed { key, token },
+            Err(NotSigned::Failed(why)) if self.on_error == OnSignError::Tempfail => {
+                Outcome::Refused {
+                    reply: Reply::new(
+                        451,
+                        crate::reply::Enhanced(4, 3, 0),
+                        "AT-SMS signing failed temporarily",
+                    ),
+                    why,
+                }
+            }
+            Err(e) => Outcome::Unsigned(e),
+        }
     }
 
     pub fn keys(&self) -> &[Key] {

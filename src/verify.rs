@@ -261,6 +261,16 @@ impl Verifier {
         body_hash: &[u8; 32],
         context: &Context<'_>,
     ) -> Verdict {
+        // A message being judged: its lookups use mail's own share of the PLC budget.
+        crate::identity::budget::for_mail(self.verify_all(headers, body_hash, context)).await
+    }
+
+    async fn verify_all(
+        &self,
+        headers: &[HeaderField],
+        body_hash: &[u8; 32],
+        context: &Context<'_>,
+    ) -> Verdict {
         // Step 10 depends on the message only: read it once for all signatures.
         let fields = check_fields(headers);
         let mut signatures = Vec::new();

@@ -282,9 +282,11 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
     let times: Vec<_> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
     assert_eq!(times.len(), 20);
     // The budget's slots hold the rate in every second (its unit tests, on a paused clock);
-    // seen from the directory, a request's own delay may move one across a second's edge.
+    // seen from the directory, requests' own delays (a loaded machine running the other
+    // tests) may move one or two across a second's edge. A second's burst on top of the rate
+    // would show 2 × RATE.
     assert!(
-        most_in_a_second(&times) <= RATE + 1,
+        most_in_a_second(&times) <= RATE + 2,
         "the rate at most in any second: {}",
         most_in_a_second(&times)
     );
@@ -321,7 +323,7 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
         most_in_a_second(&refresh_times)
     );
     let times: Vec<_> = log.lock().unwrap().iter().map(|(t, _)| *t).collect();
-    assert!(most_in_a_second(&times) <= RATE + 1);
+    assert!(most_in_a_second(&times) <= RATE + 2);
 
     // 3. Only entries used since their last fetch are refreshed: three of twenty-five here.
     tokio::time::sleep(Duration::from_millis(1200)).await;

@@ -148,11 +148,7 @@ async fn judge_message(
 ) -> Vec<u8> {
     let id = request.queue_id.as_deref().unwrap_or("-");
     if message.too_large {
-        let reply = message
-            .session
-            .refusal()
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| "552 5.3.4 header section too large".into());
+        let reply = crate::reply::header_section_too_large();
         warn!("exim {id}: {reply}");
         return protocol::answer("reject", 1.0, 1.0, &[format!("Reply: {reply}")]);
     }

@@ -100,7 +100,7 @@ impl Incoming {
         let spool = &mut self.spool;
         self.message.push(data, &mut |body| spool.write(body));
         if self.message.too_large {
-            self.refused = Some("header section too large");
+            self.refused = Some(crate::reply::HEADER_TOO_LARGE);
         }
     }
 
@@ -113,7 +113,7 @@ impl Incoming {
         let spool = &mut self.spool;
         self.message.finish(&mut |body| spool.write(body));
         if self.message.too_large {
-            self.refused = Some("header section too large");
+            self.refused = Some(crate::reply::HEADER_TOO_LARGE);
             return;
         }
         if self.spool.pending_cr {
@@ -215,7 +215,7 @@ mod tests {
         }
         incoming.push(b"\r\nbody\r\n");
         incoming.finish();
-        assert_eq!(incoming.refused, Some("header section too large"));
+        assert_eq!(incoming.refused, Some(crate::reply::HEADER_TOO_LARGE));
         assert!(incoming.message.session.headers().is_empty());
     }
 }

@@ -411,24 +411,20 @@ async fn sign(
     login: Option<&str>,
     recipients: &[String],
 ) -> Result<Status, String> {
-    use crate::signer::NotSigned;
+    use crate::signer::{NotSigned, Outcome};
     delete_forged(cx, message).await?;
     let Some(signer) = &settings.signer else {
         return Ok(Status::Continue);
     };
     let body_hash = message.body_hash();
-    let signed = signer.key_for(message.headers(), login).and_then(|key| {
-        let token = signer.sign_message(
-            key,
-            message.headers(),
-            body_hash,
-            recipients,
-            settings.now(),
-        )?;
-        Ok((key, token))
-    });
-    match signed {
-        Ok((key, token)) => {
+    match signer.sign(
+        message.headers(),
+        body_hash,
+        login,
+        recipients,
+        settings.now(),
+    ) {
+        Outcome::Signed { key, token } => {
             let field = crate::envelope::sign::format_field(&key.did, &token, "\n");
             let value = field
                 .strip_prefix(crate::envelope::FIELD_NAME)
@@ -441,31 +437,22 @@ async fn sign(
             info!("{id}: signed did={} kid={}", key.did, key.kid);
             Ok(Status::Continue)
         }
-        Err(NotSigned::NoKey) => {
-            debug!("{id}: not signed: no signing key for this From address");
+        Outcome::Unsigned(NotSigned::NoKey) => {
+            debug!("{id}: not signed: {}", NotSigned::NoKey);
             Ok(Status::Continue)
         }
-        Err(e @ (NotSigned::LoginNotAllowed { .. } | NotSigned::Fields(_))) => {
+        Outcome::Unsigned(NotSigned::Failed(why)) => {
+            error!("{id}: signing failed: {why}; passed on unsigned (signing.on_error)");
+            Ok(Status::Continue)
+        }
+        Outcome::Unsigned(e) => {
             info!("{id}: not signed: {e}");
             Ok(Status::Continue)
         }
-        Err(NotSigned::Failed(why)) => match signer.on_error {
-            crate::config::OnSignError::Tempfail => {
-                error!("{id}: signing failed: {why}; temporary failure");
-                refuse(
-                    cx,
-                    &Reply::new(
-                        451,
-                        crate::reply::Enhanced(4, 3, 0),
-                        "AT-SMS signing failed temporarily",
-                    ),
-                )
-            }
-            crate::config::OnSignError::Accept => {
-                error!("{id}: signing failed: {why}; passed on unsigned (signing.on_error)");
-                Ok(Status::Continue)
-            }
-        },
+        Outcome::Refused { reply, why } => {
+            error!("{id}: signing failed: {why}; temporary failure");
+            refuse(cx, &reply)
+        }
     }
 }
 

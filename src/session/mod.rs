@@ -295,13 +295,7 @@ impl MessageSession {
 
     /// The reply for a message whose header section is over the limits, if it is.
     pub fn refusal(&self) -> Option<Reply> {
-        self.too_large.then(|| {
-            Reply::new(
-                552,
-                Enhanced(5, 3, 4),
-                "header section too large (too many or too long fields)",
-            )
-        })
+        self.too_large.then(crate::reply::header_section_too_large)
     }
 
     /// Whether the body matters: for a signature's hash, or for an AT-SMS client message
