@@ -55,9 +55,18 @@ fn reason(text: &str) -> String {
 }
 
 /// `header.from`: the address when its local part is an ASCII dot-atom, else the domain alone
-/// (as DMARC writes it), in A-label form. None when even the domain cannot be written.
+/// (as DMARC writes it; spec section 8: no common parser reads a quoted local part). The
+/// domain as written when it is ASCII (`MX.example.net` stays so: a reader comparing with
+/// the From field finds it), else in A-label form. None when even the domain cannot be
+/// written.
 fn header_from(from: &Mailbox) -> Option<String> {
-    let domain = ascii_domain(&from.domain)?;
+    let checked = ascii_domain(&from.domain)?;
+    let written = from.domain.strip_suffix('.').unwrap_or(&from.domain);
+    let domain = if written.eq_ignore_ascii_case(&checked) {
+        written.to_string()
+    } else {
+        checked
+    };
     let dot_atom = !from.local.is_empty()
         && from.local.split('.').all(|atom| {
             !atom.is_empty()
@@ -380,7 +389,7 @@ mod tests {
             "\n",
         );
         assert!(
-            value.contains("header.from=alice.example.com policy.aligned=no"),
+            value.contains("header.from=Alice.Example.com policy.aligned=no"),
             "{value}"
         );
         assert!(
