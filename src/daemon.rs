@@ -224,6 +224,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if socketmap_fixed(old) != socketmap_fixed(new) {
         changed.push("socketmap.listen, socket_mode, socket_group or max_connections");
     }
+    if old.exim != new.exim {
+        changed.push("[exim]");
+    }
+    if old.xrpc != new.xrpc || old.store.jti_file != new.store.jti_file {
+        changed.push("[xrpc] or store.jti_file");
+    }
     if old.log != new.log {
         changed.push("[log]");
     }

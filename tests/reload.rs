@@ -97,4 +97,26 @@ async fn sighup_reloads_and_a_broken_file_changes_nothing() {
         matches!(send(&mut still, &forged).await.1, Status::Reject { .. }),
         "still listening where it was"
     );
+
+    // The Exim scanner's and the signing service's listeners are fixed at start too.
+    let more = format!(
+        "{}
+[exim]
+listen = \"inet:127.0.0.1:1\"
+[xrpc]
+listen = \"inet:127.0.0.1:2\"
+",
+        config(&world, port, "on_fail = \"reject\"")
+    );
+    std::fs::write(&daemon.config_path, more).unwrap();
+    hup_and_wait(&daemon, "configuration reloaded", 3);
+    for what in ["[exim]", "[xrpc] or store.jti_file"] {
+        assert!(
+            daemon.log().contains(&format!(
+                "reload: {what} changed; this takes effect only when atsms-milter is restarted"
+            )),
+            "{what}: {}",
+            daemon.log()
+        );
+    }
 }
