@@ -1040,6 +1040,12 @@ impl Config {
                     i + 1
                 ));
             }
+            if let Some(allow) = &rule.allow
+                && let Err((_, why)) =
+                    crate::senders::SenderList::from_entries(allow.iter().map(String::as_str))
+            {
+                return Err(format!("inbox.rule #{}: allow: {why}", i + 1));
+            }
         }
         if self
             .inbox
@@ -1177,6 +1183,19 @@ mod tests {
         assert!(error(&format!("{key}logins = []\n")).contains("logins"));
         assert!(Config::from_toml(&format!("{key}logins = [\"*\"]\n"), "x").is_ok());
         assert!(Config::from_toml("[resolver]\nmail_share = 1\n", "x").is_ok());
+        // An inbox rule's allow list is read as the reputation lists are: every entry valid.
+        let rule = |allow: &str| {
+            format!("[[inbox.rule]]\nrecipients = [\"*@mx.test\"]\nallow = [{allow}]\n")
+        };
+        assert!(
+            Config::from_toml(
+                &rule("\"*.example.org\", \"did:plc:ofurdhfyhjhgomvfygxergep\""),
+                "x"
+            )
+            .is_ok()
+        );
+        assert!(error(&rule("\"did:key:zQ3sh\"")).contains("inbox.rule #1: allow"));
+        assert!(error(&rule("\"not a handle\"")).contains("neither a DID"));
         assert!(error("[resolver]\nmail_share = 1.5\n").contains("share from 0 to 1"));
         assert!(
             Config::from_toml(

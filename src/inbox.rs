@@ -3,6 +3,7 @@
 //! a recipient's mailbox and a verdict in, a refusal (or none) out.
 
 use crate::config::{Action, InboxRuleConfig, Require};
+use crate::senders::SenderList;
 use crate::verify::Verdict;
 
 /// `*` matches any run of characters (none included); ASCII case is folded.
@@ -29,41 +30,11 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|b| *b == b'*')
 }
 
-/// One sender an `allow` list names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Allowed {
-    Did(String),
-    Handle(String),
-    /// `*.domain`: any handle below `domain` (not `domain` itself).
-    HandleSuffix(String),
-}
-
-impl Allowed {
-    fn parse(entry: &str) -> Allowed {
-        let entry = entry.trim();
-        if entry.starts_with("did:") {
-            Allowed::Did(entry.to_string())
-        } else if let Some(domain) = entry.strip_prefix("*.") {
-            Allowed::HandleSuffix(format!(".{}", domain.to_ascii_lowercase()))
-        } else {
-            Allowed::Handle(entry.to_ascii_lowercase())
-        }
-    }
-
-    fn admits(&self, did: &str, handle: Option<&str>) -> bool {
-        match self {
-            Allowed::Did(d) => d == did,
-            Allowed::Handle(h) => handle == Some(h.as_str()),
-            Allowed::HandleSuffix(suffix) => handle.is_some_and(|h| h.ends_with(suffix.as_str())),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Rule {
     recipients: Vec<String>,
     require: Require,
-    allow: Option<Vec<Allowed>>,
+    allow: Option<SenderList>,
     action: Action,
 }
 
@@ -100,10 +71,12 @@ impl InboxRules {
                         .map(|p| p.to_ascii_lowercase())
                         .collect(),
                     require: r.require,
-                    allow: r
-                        .allow
-                        .as_ref()
-                        .map(|list| list.iter().map(|e| Allowed::parse(e)).collect()),
+                    // Validated when the configuration was read (`Config::validate`); an
+                    // entry that somehow is not valid admits nobody.
+                    allow: r.allow.as_ref().map(|list| {
+                        SenderList::from_entries(list.iter().map(String::as_str))
+                            .unwrap_or_default()
+                    }),
                     action: r.action,
                 })
                 .collect(),
@@ -146,7 +119,7 @@ impl InboxRules {
         if let Some(allow) = &rule.allow {
             let admitted = passing().any(|s| {
                 let did = s.did.as_deref().unwrap_or_default();
-                allow.iter().any(|a| a.admits(did, s.handle()))
+                allow.matches(did, s.handle())
             });
             if !admitted {
                 return unmet("this inbox does not take mail from this sender");

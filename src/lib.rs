@@ -39,6 +39,7 @@ pub mod replay;
 pub mod reply;
 pub mod reputation;
 pub mod routing;
+pub mod senders;
 pub mod service_auth;
 pub mod session;
 pub mod signer;

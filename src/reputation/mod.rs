@@ -12,7 +12,6 @@
 
 pub mod age;
 pub mod labels;
-pub mod lists;
 pub mod rate;
 
 use std::sync::Arc;
@@ -23,9 +22,9 @@ use crate::identity::IdentityResolver;
 use crate::identity::cache::TimedCache;
 use crate::identity::error::IdentityError;
 
+use crate::senders::SenderList;
 use age::Created;
 use labels::LabelSet;
-use lists::List;
 
 /// A rule that applied to a sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,8 +129,8 @@ struct Caches {
 pub struct Reputation {
     identity: Arc<IdentityResolver>,
     config: ReputationConfig,
-    deny: List,
-    allow: List,
+    deny: SenderList,
+    allow: SenderList,
     caches: Arc<Caches>,
     timeout: Duration,
 }
@@ -164,8 +163,8 @@ impl Reputation {
             }
         }
         let list = |path: &Option<std::path::PathBuf>| match path {
-            Some(path) => List::load(path).map_err(|e| format!("reputation: {e}")),
-            None => Ok(List::default()),
+            Some(path) => SenderList::load(path).map_err(|e| format!("reputation: {e}")),
+            None => Ok(SenderList::default()),
         };
         let caches = match previous {
             Some(p) => p.caches.clone(),
