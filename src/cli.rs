@@ -350,7 +350,7 @@ fn verify(args: VerifyArgs) -> ExitCode {
     let output = if args.json {
         serde_json::to_string_pretty(&verdict).unwrap_or_else(|_| "[]".into())
     } else {
-        let authserv_id = args.authserv_id.unwrap_or_else(crate::config::host_name);
+        let authserv_id = args.authserv_id.unwrap_or_else(crate::host::name);
         format!(
             "{}:{}",
             auth_results::FIELD_NAME,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use crate::config::{Config, Mode, SocketSpec};
+use crate::config::{Config, FileMode, SocketSpec};
 use crate::identity::IdentityResolver;
 use crate::lmtp::{self, LmtpService};
 use crate::milter;
@@ -176,7 +176,7 @@ fn ignore_sigxfsz() {
 
 async fn bind(
     listen: &SocketSpec,
-    mode: Mode,
+    mode: FileMode,
     group: Option<&str>,
 ) -> Result<socket::BoundListener, String> {
     socket::bind(listen, mode.0, group)
@@ -368,12 +368,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
                 lmtp_config.socket_group.as_deref(),
             )
             .await?;
-            let service = LmtpService::new(
-                shared.clone(),
-                lmtp_config,
-                crate::config::host_name(),
-                true,
-            )?;
+            let service = LmtpService::new(shared.clone(), lmtp_config, crate::host::name(), true)?;
             service.clean_known_maildirs();
             Some((listener, Arc::new(service)))
         }
@@ -392,7 +387,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     };
     let xrpc = match &config.xrpc.listen {
         Some(listen) => Some((
-            bind(listen, crate::config::Mode(0o660), None).await?,
+            bind(listen, crate::config::FileMode(0o660), None).await?,
             Arc::new(crate::xrpc::Service::new(
                 runtime.signing.clone(),
                 &config.xrpc,
@@ -532,7 +527,7 @@ pub async fn serve_stdio(config: Config) -> Result<(), String> {
     let service = Arc::new(LmtpService::new(
         shared,
         &lmtp_config,
-        crate::config::host_name(),
+        crate::host::name(),
         false,
     )?);
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());

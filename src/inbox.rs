@@ -2,7 +2,8 @@
 //! First match wins; a recipient no rule names takes any mail. An input of the judge: pure,
 //! a recipient's mailbox and a verdict in, a refusal (or none) out.
 
-use crate::config::{Action, InboxRuleConfig, Require};
+use crate::action::Action;
+use crate::config::{InboxRuleConfig, Require};
 use crate::senders::SenderList;
 use crate::verify::Verdict;
 

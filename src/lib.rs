@@ -12,6 +12,7 @@
 //! a `Verdict`; the judge in `session` turns a verdict and the recipients into decisions;
 //! transports only translate.
 
+pub mod action;
 pub mod address;
 pub mod auth_results;
 pub mod cli;
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod exim;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 pub mod identity;
 pub mod inbox;
 pub mod live;

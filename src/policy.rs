@@ -1,7 +1,8 @@
 //! `Verdict` + policy settings → `Decision`: the action the verification result asks for.
 //! Pure: no I/O. The judge (`session::judge`) combines it with inbox rules and reputation.
 
-use crate::config::{Action, PolicyConfig};
+use crate::action::Action;
+use crate::config::PolicyConfig;
 use crate::envelope::AuthResult;
 use crate::verify::Verdict;
 

@@ -149,9 +149,7 @@ impl Router {
         Router {
             identity,
             hosts: Arc::new(hosts),
-            host_name: Arc::new(
-                syntax::ascii_domain(&crate::config::host_name()).unwrap_or_default(),
-            ),
+            host_name: Arc::new(syntax::ascii_domain(&crate::host::name()).unwrap_or_default()),
             timeout,
         }
     }

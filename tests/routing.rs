@@ -217,7 +217,7 @@ async fn the_alias_map_never_forwards_mail_for_a_domain_the_mta_keeps() {
     let mut c = server.client().await;
     let m = mailbox(&w.mailto);
     let bang = w.mailto.replace(':', "!");
-    let host = atsms_milter::config::host_name();
+    let host = atsms_milter::host::name();
     for key in [
         format!("{m}@localhost"),
         format!("{m}@LOCALHOST."),

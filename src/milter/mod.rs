@@ -13,7 +13,7 @@ use indymilter::{
 };
 use tracing::{debug, error, info, warn};
 
-use crate::config::Action;
+use crate::action::Action;
 use crate::reply::Reply;
 use crate::session::judge::{self, Disposition, Scope, Target, Transaction};
 use crate::session::{MessageSession, Mode, Settings, SharedSettings};

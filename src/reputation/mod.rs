@@ -17,7 +17,8 @@ pub mod rate;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Action, CacheConfig, Config, ReputationConfig};
+use crate::action::Action;
+use crate::config::{CacheConfig, Config, ReputationConfig};
 use crate::identity::IdentityResolver;
 use crate::identity::cache::TimedCache;
 use crate::identity::error::IdentityError;

@@ -3,8 +3,8 @@
 //! value, the refusal reply and the log line out. The milter, LMTP and the Exim scanner call
 //! it and only translate what it returns; inbox rules and reputation plug in here.
 
+use crate::action::Action;
 use crate::auth_results::{self, Property};
-use crate::config::Action;
 use crate::inbox::Unmet;
 use crate::policy::{self, Decision};
 use crate::reply::{Enhanced, Reply};

@@ -7,8 +7,9 @@ pub mod judge;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::action::Action;
 use crate::auth_results;
-use crate::config::{Action, Config, LimitsConfig, Network, PolicyConfig};
+use crate::config::{Config, LimitsConfig, Network, PolicyConfig};
 use crate::envelope::{BodyHasher, FIELD_NAME, HeaderField};
 use crate::inbox::InboxRules;
 use crate::mime::PartScanner;
@@ -59,7 +60,7 @@ impl Settings {
     pub fn new(verifier: Verifier, policy: PolicyConfig) -> Settings {
         let router = Router::new(
             verifier.identity().clone(),
-            &[crate::config::host_name()],
+            &[crate::host::name()],
             Duration::from_secs(2),
         );
         Settings {
