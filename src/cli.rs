@@ -438,82 +438,16 @@ fn sign_locally(
     }
 }
 
-/// `sign --remote URL --service-auth JWT`: hashes here, has the signing service sign
-/// (interfaces.md, "The signing service"), and checks that the token covers this message
-/// before using it. A refusal is exit 1, a service or network failure 75.
+/// `sign --remote --service-auth`: the token, from the signing service.
 fn sign_remotely(url: &str, jwt: &str, args: &SignArgs, parsed: &message::ParsedMessage) -> Signed {
-    use crate::envelope::token::b64url;
-    let from = crate::envelope::check_fields(&parsed.headers)
-        .map_err(|e| (exit::NO_PASS, e.to_string()))?
-        .claim_form();
-    let h = sign::header_names_to_sign(&parsed.headers);
-    let hh = crate::envelope::canon::header_hash(&h, &parsed.headers);
-    let mut body = serde_json::json!({
-        "from": from, "h": h, "hh": b64url(&hh), "bh": b64url(&parsed.body_hash),
-        "ttl": args.ttl,
-    });
-    if !args.rcpt.is_empty() {
-        body["rcpt"] = serde_json::json!(args.rcpt);
-    }
-    let endpoint = format!(
-        "{}/xrpc/{}",
-        url.trim_end_matches('/'),
-        crate::service_auth::SIGN_ENVELOPE
-    );
-    let temp = |e: String| (exit::TEMPFAIL, e);
-    let rt = runtime().map_err(temp)?;
-    let (status, text) = rt
-        .block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .map_err(|e| e.to_string())?;
-            let response = client
-                .post(&endpoint)
-                .bearer_auth(jwt)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .map_err(|e| format!("{endpoint}: {e}"))?;
-            let status = response.status();
-            let text = response.text().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>((status, text))
+    use crate::xrpc::client::{ClientError, sign_remote};
+    let rt = runtime().map_err(|e| (exit::TEMPFAIL, e))?;
+    rt.block_on(sign_remote(url, jwt, parsed, &args.rcpt, args.ttl))
+        .map_err(|e| match e {
+            ClientError::Temporary(why) => (exit::TEMPFAIL, why),
+            ClientError::Refused(why) => (exit::NO_PASS, why),
+            ClientError::Wrong(why) => (exit::SOFTWARE, why),
         })
-        .map_err(temp)?;
-    if !status.is_success() {
-        let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let why = format!(
-            "signing service: {status} {}: {}",
-            error["error"].as_str().unwrap_or("?"),
-            error["message"].as_str().unwrap_or(text.trim())
-        );
-        let code = if status.is_server_error() {
-            exit::TEMPFAIL
-        } else {
-            exit::NO_PASS
-        };
-        return Err((code, why));
-    }
-    let output: crate::xrpc::SignEnvelopeOutput = serde_json::from_str(&text).map_err(|e| {
-        (
-            exit::TEMPFAIL,
-            format!("signing service: unreadable answer: {e}"),
-        )
-    })?;
-    // The service is trusted with the key, not with the message: the token must cover what
-    // was hashed here, or the message would not verify.
-    let token = crate::envelope::token::parse(&output.token, &output.did)
-        .map_err(|e| (exit::SOFTWARE, format!("signing service: bad token: {e}")))?;
-    let claims = &token.claims;
-    if claims.from != from || claims.h != h || claims.hh != hh || claims.bh != parsed.body_hash {
-        return Err((
-            exit::SOFTWARE,
-            "signing service: the token does not cover this message".into(),
-        ));
-    }
-    Ok((output.did, output.token))
 }
 
 fn cache(args: CacheArgs) -> ExitCode {

@@ -387,7 +387,7 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     };
     let xrpc = match &config.xrpc.listen {
         Some(listen) => Some((
-            bind(listen, crate::config::FileMode(0o660), None).await?,
+            bind(listen, FileMode(0o660), None).await?,
             Arc::new(crate::xrpc::Service::new(
                 runtime.signing.clone(),
                 &config.xrpc,
@@ -407,6 +407,20 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         ),
         None => None,
     };
+    let metrics_listener = match config.metrics.listen {
+        Some(listen) => Some(
+            bind(
+                &SocketSpec::Inet {
+                    host: listen.0.ip().to_string(),
+                    port: listen.0.port(),
+                },
+                FileMode(0o660),
+                None,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     info!("atsms-milter {} starting", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -417,11 +431,25 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     let (control, metrics) = {
         let settings = shared.get();
         let identity = settings.verifier.identity().clone();
-        let metrics = config.metrics.listen.map(|listen| {
-            tokio::spawn(crate::metrics::serve(
-                listen.0,
-                cache_source(identity.clone()),
-            ))
+        let metrics = metrics_listener.map(|listener| {
+            let app = crate::metrics::router(cache_source(identity.clone()));
+            let bounds = crate::http::Bounds {
+                max_connections: 64,
+                header_read_timeout: std::time::Duration::from_secs(5),
+            };
+            if let Some(listen) = config.metrics.listen {
+                info!("metrics on http://{}/metrics", listen.0);
+            }
+            tokio::spawn(async move {
+                crate::http::serve(
+                    &listener,
+                    "metrics",
+                    app,
+                    bounds,
+                    std::future::pending::<()>(),
+                )
+                .await
+            })
         });
         let control = control_listener
             .map(|listener| tokio::spawn(crate::control::serve(listener, identity)));

@@ -26,6 +26,7 @@ pub mod exim;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;
+pub mod http;
 pub mod identity;
 pub mod inbox;
 pub mod live;

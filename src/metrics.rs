@@ -9,9 +9,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{info, warn};
-
 /// Upper bounds (seconds) of the resolver latency histogram.
 const LATENCY_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -202,47 +199,25 @@ pub type CacheSource = std::sync::Arc<
         + Sync,
 >;
 
-/// Serves `GET /metrics` on `listen` (plain HTTP: keep it on loopback or a management network).
-pub async fn serve(listen: std::net::SocketAddr, cache: CacheSource) {
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!("metrics: cannot listen on {listen}: {e}");
-            return;
+/// The routes of the metrics listener: `GET /metrics` (and `/`), Prometheus text format.
+/// Served like every HTTP listener (`http::serve`); plain HTTP: keep it on loopback or a
+/// management network.
+pub fn router(cache: CacheSource) -> axum::Router {
+    use axum::routing::get;
+    let scrape = move || {
+        let cache = cache.clone();
+        async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                global().render(&cache().await),
+            )
         }
     };
-    info!("metrics on http://{listen}/metrics");
-    loop {
-        let mut stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors, say: wait, never spin.
-                warn!("metrics: accept failed: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let cache = cache.clone();
-        tokio::spawn(async move {
-            let mut request = vec![0u8; 2048];
-            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request))
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .unwrap_or(0);
-            let line = String::from_utf8_lossy(&request[..n]);
-            let (status, body) = if line.starts_with("GET /metrics ") || line.starts_with("GET / ")
-            {
-                ("200 OK", global().render(&cache().await))
-            } else {
-                ("404 Not Found", "not found\n".to_string())
-            };
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(reply.as_bytes()).await;
-            let _ = stream.shutdown().await;
-        });
-    }
+    axum::Router::new()
+        .route("/metrics", get(scrape.clone()))
+        .route("/", get(scrape))
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
 }

@@ -200,6 +200,131 @@ pub fn group_id(group: &str) -> io::Result<u32> {
     Ok(unsafe { (*entry).gr_gid })
 }
 
+// The milter's listeners (indymilter accepts connections itself): the same care as
+// `serve` — an accept that fails does not stop the listener — and TCP tuned for milter
+// replies.
+
+/// A listener that outlasts a failed `accept()`: indymilter stops serving on the first error,
+/// and running out of file descriptors (EMFILE) must not stop the daemon. The error is logged
+/// and accepting resumes after `socket::ACCEPT_BACKOFF`.
+pub struct Patient<L> {
+    inner: L,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<L> Patient<L> {
+    pub fn new(inner: L) -> Patient<L> {
+        Patient { inner, pause: None }
+    }
+}
+
+impl<L: indymilter::Listener> indymilter::Listener for Patient<L> {
+    type Io = L::Io;
+
+    fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<Self::Io>> {
+        use std::task::Poll;
+        loop {
+            if let Some(pause) = self.pause.as_mut() {
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.pause = None;
+            }
+            match self.inner.poll_accept(cx) {
+                Poll::Ready(Err(e)) => {
+                    tracing::warn!("milter: accept failed: {e}; retrying");
+                    self.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// A TCP listener whose connections neither delay our replies nor our ACKs.
+///
+/// - TCP_NODELAY: a milter reply is one small packet the MTA waits for; Nagle would hold it
+///   for the ACK of the previous one.
+/// - TCP_QUICKACK after every read: Postfix writes a body chunk larger than its stream buffer
+///   in two parts, and its own Nagle holds the second part until we ACK the first. A delayed
+///   ACK (40 ms on Linux) would stall every message (OpenDKIM stalls there).
+pub struct NoDelay(pub tokio::net::TcpListener);
+
+impl indymilter::Listener for NoDelay {
+    type Io = QuickAck;
+
+    fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map(|r| {
+            r.map(|(stream, _)| {
+                let _ = stream.set_nodelay(true);
+                QuickAck(stream)
+            })
+        })
+    }
+}
+
+/// A TCP stream that re-arms TCP_QUICKACK after each read (Linux clears it on its own).
+pub struct QuickAck(tokio::net::TcpStream);
+
+fn quickack(stream: &tokio::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+impl tokio::io::AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let result = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if result.is_ready() {
+            quickack(&self.0);
+        }
+        result
+    }
+}
+
+impl tokio::io::AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

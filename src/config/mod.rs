@@ -326,7 +326,10 @@ mod tests {
         assert_eq!(config.inbox.rules.len(), 2);
         assert_eq!(config.inbox.rules[0].action, Action::Reject, "the default");
         assert_eq!(config.inbox.rules[1].require, Require::Any);
-        assert_eq!(config.socketmap.timeout(), std::time::Duration::from_secs(2));
+        assert_eq!(
+            config.socketmap.timeout(),
+            std::time::Duration::from_secs(2)
+        );
         let text = toml::to_string(&config.effective()).unwrap();
         assert_eq!(
             Config::from_toml(&text, "again").unwrap().effective(),

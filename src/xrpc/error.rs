@@ -1,0 +1,55 @@
+//! The atproto XRPC error answer: a status and `{"error": NAME, "message": TEXT}` (atproto
+//! specs, "XRPC", Error Responses), with RFC 6750's challenge on 401.
+
+use axum::Json;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::service_auth::AuthError;
+
+/// An XRPC error answer: a status and `{"error": NAME, "message": TEXT}` (atproto specs,
+/// "XRPC", Error Responses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XrpcError {
+    pub status: u16,
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl XrpcError {
+    pub(super) fn new(status: u16, name: &'static str, message: impl Into<String>) -> XrpcError {
+        XrpcError {
+            status,
+            name,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn invalid(message: impl Into<String>) -> XrpcError {
+        XrpcError::new(400, "InvalidRequest", message)
+    }
+}
+
+impl From<AuthError> for XrpcError {
+    fn from(e: AuthError) -> XrpcError {
+        XrpcError::new(e.status(), e.name(), e.to_string())
+    }
+}
+
+impl IntoResponse for XrpcError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = Json(serde_json::json!({ "error": self.name, "message": self.message }));
+        let mut response = (status, body).into_response();
+        if self.status == 401 {
+            // RFC 6750 §3, as atproto's servers send it.
+            let challenge = format!("Bearer error=\"{}\"", self.name);
+            if let Ok(value) = challenge.parse() {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
+}
