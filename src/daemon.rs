@@ -544,7 +544,7 @@ pub async fn serve_stdio(config: Config) -> Result<(), String> {
     let mut settings = build_settings(&config)?;
     // One process per delivery: without Redis, replays are remembered in a file.
     if config.policy.replay && config.store.redis.is_none() {
-        let file = crate::replay::ReplayFile::new(config.store.replay_file.clone());
+        let file = crate::store::SeenFile::new(config.store.replay_file.clone());
         let replay = crate::replay::ReplaySet::new(10_000, None).with_file(file);
         if let Some(s) = Arc::get_mut(&mut settings) {
             s.replay = Some(Arc::new(replay));

@@ -367,7 +367,7 @@ impl Authenticator {
 pub struct JtiSet {
     memory: std::sync::Mutex<Remembered>,
     shared: Option<Arc<crate::store::SharedStore>>,
-    file: Option<Arc<crate::replay::ReplayFile>>,
+    file: Option<Arc<crate::store::SeenFile>>,
 }
 
 /// Entries the `jti` set holds at most: 300 000 × ~100 bytes ≈ 30 MiB, an hour of tokens at
@@ -435,7 +435,7 @@ impl JtiSet {
         match (shared, file) {
             (Some(shared), _) => set.shared = Some(shared),
             (None, Some(path)) => {
-                let file = crate::replay::ReplayFile::new(path);
+                let file = crate::store::SeenFile::new(path);
                 {
                     let mut memory = set.memory.lock().unwrap_or_else(|e| e.into_inner());
                     for (expiry, hash) in file.unexpired(now) {

@@ -150,7 +150,17 @@ fn deliver_through_postfix_with_milter(
 ) {
     let config = world.lmtp_daemon_config(listen, root, milter_section, "");
     let daemon = Daemon::start(&config, milter_port);
-    assert!(socket.exists(), "{}", daemon.log());
+    // The milter port being up says the daemon is binding; the LMTP socket may
+    // come a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        socket.exists(),
+        "no LMTP socket; daemon log: {}",
+        daemon.log()
+    );
     let postfix = Postfix::start(
         &["bob"],
         &format!(

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
-use crate::session::judge::{self, Disposition, Scope, Target, Transaction};
+use crate::session::judge::{self, Disposition, Origin, Scope, Target};
 use crate::session::{MessageBytes, MessageSession, Mode, Settings, SharedSettings};
 use crate::socket::{BoundListener, Stream};
 use protocol::{HeadDecoder, MboxStripper, ProtocolError, Request};
@@ -158,15 +158,14 @@ async fn judge_message(
         .iter()
         .map(|r| Target::new(r, settings))
         .collect();
-    let transaction = Transaction {
+    let origin = Origin {
         id,
-        mode: "exim",
+        transport: "exim",
         sender: &request.sender,
     };
-    let Some(judgement) =
-        judge::judge(settings, &transaction, &verified, &targets, Scope::Together)
-            .await
-            .pop()
+    let Some(judgement) = judge::judge(settings, &origin, &verified, &targets, Scope::Together)
+        .await
+        .pop()
     else {
         return protocol::answer(
             "tempfail",

@@ -136,19 +136,13 @@ pub async fn deliver_all(
             mailbox: r.mailbox.clone(),
         })
         .collect();
-    let transaction = judge::Transaction {
+    let origin = judge::Origin {
         id: "lmtp",
-        mode: "lmtp",
+        transport: "lmtp",
         sender: &t.sender,
     };
-    let judgements = judge::judge(
-        settings,
-        &transaction,
-        &verified,
-        &targets,
-        Scope::EachRecipient,
-    )
-    .await;
+    let judgements =
+        judge::judge(settings, &origin, &verified, &targets, Scope::EachRecipient).await;
     let single = t.recipients.len() == 1;
     // Copies that end up byte-identical (same head: the judge's header value is the same
     // and no Delivered-To names one recipient) are written once and linked (issue: many

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::action::Action;
 use crate::reply::Reply;
-use crate::session::judge::{self, Disposition, Scope, Target, Transaction};
+use crate::session::judge::{self, Disposition, Origin, Scope, Target};
 use crate::session::{MessageSession, Mode, Settings, SharedSettings};
 use crate::socket::BoundListener;
 
@@ -356,22 +356,16 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
         .iter()
         .map(|r| Target::new(r, &settings))
         .collect();
-    let transaction = Transaction {
+    let origin = Origin {
         id,
-        mode: "milter",
+        transport: "milter",
         sender: &sender,
     };
     // One transaction, one answer: the recipients are judged together.
-    let judgement = judge::judge(
-        &settings,
-        &transaction,
-        &verified,
-        &targets,
-        Scope::Together,
-    )
-    .await
-    .pop()
-    .ok_or("no judgement")?;
+    let judgement = judge::judge(&settings, &origin, &verified, &targets, Scope::Together)
+        .await
+        .pop()
+        .ok_or("no judgement")?;
     info!("{}", judgement.log_line);
     match &judgement.disposition {
         Disposition::Refuse(reply) => return refuse(cx, reply),

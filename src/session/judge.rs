@@ -15,11 +15,11 @@ use super::{Settings, Verified};
 
 /// The transaction being judged, for logs and metrics.
 #[derive(Debug, Clone)]
-pub struct Transaction<'a> {
+pub struct Origin<'a> {
     /// The queue id (milter), or a name for the transport (`lmtp`).
     pub id: &'a str,
     /// The transport, as metrics name it: `milter`, `lmtp`, `exim`.
-    pub mode: &'static str,
+    pub transport: &'static str,
     pub sender: &'a str,
 }
 
@@ -171,7 +171,7 @@ fn disposition(action: Action, why: String) -> Disposition {
 /// Judges `verified` for `targets`: one judgement per recipient, or one for all.
 pub async fn judge(
     settings: &Settings,
-    transaction: &Transaction<'_>,
+    origin: &Origin<'_>,
     verified: &Verified,
     targets: &[Target],
     scope: Scope,
@@ -249,9 +249,9 @@ pub async fn judge(
             inbox: inbox.as_ref(),
             action: strictest,
         };
-        let log_line = log_line(settings, transaction, &facts);
+        let log_line = log_line(settings, origin, &facts);
         crate::metrics::global().message(
-            transaction.mode,
+            origin.transport,
             decision.result.as_str(),
             strictest.as_str(),
         );
@@ -299,7 +299,7 @@ struct Facts<'a> {
     action: Action,
 }
 
-fn log_line(settings: &Settings, transaction: &Transaction<'_>, facts: &Facts<'_>) -> String {
+fn log_line(settings: &Settings, origin: &Origin<'_>, facts: &Facts<'_>) -> String {
     let Facts {
         verified,
         targets,
@@ -313,7 +313,7 @@ fn log_line(settings: &Settings, transaction: &Transaction<'_>, facts: &Facts<'_
     let handle = best.and_then(|s| s.handle()).unwrap_or("-");
     let mut line = format!(
         "{}: atsms={} did={did} handle={handle} signatures={} action={}",
-        transaction.id,
+        origin.id,
         decision.result,
         verdict.signatures.len(),
         facts.action.as_str()
@@ -343,7 +343,7 @@ fn log_line(settings: &Settings, transaction: &Transaction<'_>, facts: &Facts<'_
         .collect();
     line.push_str(&format!(
         " from=<{}> to={} resolve_ms={}",
-        transaction.sender.escape_default(),
+        origin.sender.escape_default(),
         to.join(","),
         verified.resolve_time.as_millis()
     ));
@@ -384,9 +384,9 @@ mod tests {
         }
     }
 
-    const TX: Transaction<'static> = Transaction {
+    const TX: Origin<'static> = Origin {
         id: "Q1",
-        mode: "lmtp",
+        transport: "lmtp",
         sender: "a@b.example",
     };
 

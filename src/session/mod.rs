@@ -19,7 +19,7 @@ use crate::reputation::Assessment;
 use crate::routing::Router;
 use crate::verify::{Context, Verdict, Verifier};
 
-pub use judge::{Judgement, Scope, Target, Transaction, judge};
+pub use judge::{Judgement, Origin, Scope, Target, judge};
 
 /// What a running daemon judges with. Built once per configuration (re)load; a connection
 /// keeps the one it started with.

@@ -10,6 +10,10 @@
 //! — delete, withhold, replay its own old entries, move the counters — is in
 //! docs/scaling.md. `rediss://` URLs speak TLS; credentials go in the URL.
 
+mod file;
+
+pub use file::SeenFile;
+
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
