@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench engine`; docs/performance.md has figures and what limits each.
 
-mod common;
+use atsms_testkit::load as common;
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The official atproto interop fixtures (tests/data/atproto), read in place.
 
-mod support;
+use atsms_testkit as support;
 
 use atsms_milter::crypto::{Alg, PublicKey, SignatureError, SigningKey};
 use atsms_milter::syntax;

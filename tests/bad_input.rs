@@ -1,23 +1,49 @@
 //! Hostile and broken input: each case ends in a clear result with a reason, within the
 //! resolver's time limit, without a panic or unbounded memory.
+// The kit's futures (testkit/) are laid out across a crate boundary, deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
 
-mod support;
+use atsms_testkit as support;
 
+use atsms_milter::config::CacheConfig;
+use atsms_milter::config::ResolverConfig;
+use atsms_milter::crypto::Alg;
+use atsms_milter::crypto::SignatureError;
+use atsms_milter::crypto::SigningKey;
+use atsms_milter::envelope::AuthResult;
+use atsms_milter::identity::DocumentError;
+use atsms_milter::identity::IdentityError;
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::identity::Upstream;
+use atsms_milter::message::read_message;
+use atsms_milter::verify::MAX_SIGNATURES;
+use atsms_milter::verify::Reason;
+use atsms_milter::verify::Verifier;
+use serde_json::Value;
 use std::collections::HashMap;
+use std::io::Read;
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use atsms_milter::config::{CacheConfig, ResolverConfig};
-use atsms_milter::crypto::{Alg, SignatureError, SigningKey};
-use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::{DocumentError, IdentityError, IdentityResolver, Upstream};
-use atsms_milter::message::read_message;
-use atsms_milter::verify::{MAX_SIGNATURES, Reason, Verifier};
-use support::dns::{Answer, DnsServer};
-use support::http::{HttpServer, Reply};
-use support::signing::{NOW, document, signed_message, verify_at};
+use std::time::Duration;
+use std::time::Instant;
+use support::daemon::Daemon;
+use support::dns::Answer;
+use support::dns::DnsServer;
+use support::http::HttpServer;
+use support::http::Reply;
+use support::postfix::free_port;
+use support::signing::NOW;
+use support::signing::document;
+use support::signing::signed_message;
+use support::signing::verify_at;
+use support::signing::verify_first;
 use support::vectors::VectorWorld;
+
+fn envelope_vector(name: &str) -> std::path::PathBuf {
+    support::test_data("envelope").join(name)
+}
 
 fn verifier(config: &ResolverConfig) -> Verifier {
     let resolver = IdentityResolver::new(config, &CacheConfig::default()).unwrap();
@@ -318,4 +344,136 @@ async fn an_unresolvable_plc_directory_is_temperror_not_permerror() {
         v[0].reason,
         Some(Reason::Identity(IdentityError::Unavailable(Upstream::Plc)))
     );
+}
+
+// Memory from attacker input.
+
+/// The daemon's peak resident set, in KiB (VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_header_section_of_ten_megabytes_is_refused_in_bounded_memory() {
+    let world = VectorWorld::start();
+    let root = support::public_tempdir();
+    let port = free_port();
+    let daemon = Daemon::start(
+        &world.lmtp_daemon_config(&format!("inet:127.0.0.1:{port}"), root.path(), "", ""),
+        port,
+    );
+    let before = peak_rss_kib(daemon.pid());
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(b"LHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nDATA\r\n")
+        .unwrap();
+    let mut lines = String::new();
+    stream
+        .write_all(&b"a:\r\n".repeat(10 * 1024 * 1024 / 4))
+        .unwrap();
+    stream.write_all(b"\r\nbody\r\n.\r\nQUIT\r\n").unwrap();
+    stream.read_to_string(&mut lines).unwrap();
+    assert!(
+        lines.contains("552 5.3.4 <bob@mx.example.net> header section too large"),
+        "{lines}"
+    );
+    let grown = peak_rss_kib(daemon.pid()).saturating_sub(before);
+    assert!(
+        grown < 40 * 1024,
+        "peak RSS grew by {grown} KiB for a 10 MB header section"
+    );
+}
+
+#[tokio::test]
+async fn the_identity_cache_is_bounded_by_bytes() {
+    // 300 DIDs, each with a 44 KB document (a long alsoKnownAs list), into a 2 MiB cache.
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let k = key.clone();
+    let plc = HttpServer::start(Arc::new(move |t: &str| {
+        let did = t.trim_start_matches('/');
+        let mut doc: Value = serde_json::from_str(&document(did, &k, None)).unwrap();
+        doc["alsoKnownAs"] = Value::Array(
+            (0..600)
+                .map(|i| Value::String(format!("at://padding-{i:050}.example")))
+                .collect(),
+        );
+        Reply::json(200, doc.to_string())
+    }));
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url().parse().unwrap()],
+        // 300 new DIDs one after another: not a test of the directory's budget.
+        max_requests_per_second: std::num::NonZeroU32::new(100_000).unwrap(),
+        ..Default::default()
+    };
+    let cache = CacheConfig {
+        max_bytes: 2 * 1024 * 1024,
+        ..CacheConfig::default()
+    };
+    let identity = Arc::new(IdentityResolver::new(&config, &cache).unwrap());
+    let v = Verifier::new(identity.clone(), Duration::from_secs(5));
+    for n in 0..300 {
+        let did = support::ids::plc_did(n);
+        let verdict = verify_first(&v, &support::signing::signed(&key, &did)).await;
+        assert_eq!(verdict.result, AuthResult::Pass, "{:?}", verdict.reason);
+    }
+    let stats = identity.stats().await;
+    assert!(
+        stats.bytes <= 2 * 1024 * 1024,
+        "{} bytes cached",
+        stats.bytes
+    );
+    assert!(
+        stats.document_entries < 300,
+        "evicted by bytes: {} left",
+        stats.document_entries
+    );
+}
+
+// One accept() error (EMFILE) stopped the daemon.
+
+#[test]
+fn running_out_of_descriptors_does_not_stop_the_daemon() {
+    let world = VectorWorld::start();
+    let root = support::public_tempdir();
+    let (milter_port, lmtp_port) = (free_port(), free_port());
+    let config = world.lmtp_daemon_config(
+        &format!("inet:127.0.0.1:{lmtp_port}"),
+        root.path(),
+        &format!("[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n"),
+        "",
+    );
+    let daemon = Daemon::start_with_nofile(&config, milter_port, 64);
+    // Take every descriptor the daemon has, and some: accept() fails with EMFILE.
+    let hogs: Vec<_> = (0..80)
+        .flat_map(|_| {
+            [milter_port, lmtp_port]
+                .into_iter()
+                .filter_map(|p| std::net::TcpStream::connect(("127.0.0.1", p)).ok())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(hogs);
+    std::thread::sleep(Duration::from_millis(500));
+    // Both listeners serve again.
+    let mut lmtp = std::net::TcpStream::connect(("127.0.0.1", lmtp_port)).unwrap();
+    lmtp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 3];
+    lmtp.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"220");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = support::milter::open_client(("127.0.0.1", milter_port)).await;
+        let message = std::fs::read(envelope_vector("no-signature-none.eml")).unwrap();
+        let (_, status) = support::milter::send(&mut conn, &message).await;
+        assert_eq!(status, indymilter_test::Status::Continue);
+    });
+    assert!(daemon.log().contains("accept failed"), "{}", daemon.log());
 }

@@ -1,7 +1,7 @@
 //! The command line as admins and scripts use it: the real binary, real loopback servers,
 //! the exit codes and JSON fields fixed in the interfaces.
 
-mod support;
+use atsms_testkit as support;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

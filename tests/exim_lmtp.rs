@@ -2,7 +2,7 @@
 //! our unix socket (lock-step), and with the `smtp` driver speaking LMTP over TCP, the only
 //! Exim path that sends BDAT.
 
-mod support;
+use atsms_testkit as support;
 
 use support::daemon::Daemon;
 use support::exim::Exim;

@@ -2,7 +2,7 @@
 //! (`contrib/exim/macros.conf`, `routers.conf`, `acl_rcpt.conf`): ${readsocket} against the
 //! daemon's lookup tables.
 
-mod support;
+use atsms_testkit as support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

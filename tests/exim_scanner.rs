@@ -4,7 +4,7 @@
 //! dead daemon defers, authenticated submissions are not judged. The daemon trusts only
 //! 127.0.0.1; "outside" mail comes from 127.0.0.2.
 
-mod support;
+use atsms_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! `store.redis`, so a restarted daemon serves the identities it knew with no request to the
 //! PLC directory, the DNS or a PDS.
 
-mod support;
+use atsms_testkit as support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

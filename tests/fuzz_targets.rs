@@ -3,7 +3,7 @@
 //! multi-byte characters and broken UTF-8 put anywhere. Not coverage-guided (that is
 //! `scripts/fuzz`, libFuzzer); deterministic per seed, and a failure prints its input.
 
-mod support;
+use atsms_testkit as support;
 
 use std::time::{Duration, Instant};
 

@@ -1,22 +1,48 @@
 //! Hostile and failing identity infrastructure: every case ends in permerror or temperror
 //! within the time limit, with a reason, and the milter keeps serving other mail.
+// The kit's futures (testkit/) are laid out across a crate boundary, deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
 
-mod support;
+use atsms_testkit as support;
 
-use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-use atsms_milter::config::{CacheConfig, PolicyConfig, ResolverConfig};
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::config::CacheConfig;
+use atsms_milter::config::PolicyConfig;
+use atsms_milter::config::ResolverConfig;
+use atsms_milter::crypto::Alg;
+use atsms_milter::crypto::SigningKey;
 use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::{DocumentError, IdentityError, IdentityResolver, Upstream};
-use atsms_milter::verify::{Reason, Verifier};
-use support::dns::{Answer, DnsServer};
-use support::http::{HttpServer, Reply};
+use atsms_milter::identity::DocumentError;
+use atsms_milter::identity::IdentityError;
+use atsms_milter::identity::IdentityResolver;
+use atsms_milter::identity::Upstream;
+use atsms_milter::verify::Reason;
+use atsms_milter::verify::Verifier;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
+use support::dns::Answer;
+use support::dns::DnsServer;
+use support::http::HttpServer;
+use support::http::Reply;
 use support::ids::plc_did;
-use support::signing::{NOW, document, signed, verify_first};
+use support::signing::NOW;
+use support::signing::document;
+use support::signing::signed;
+use support::signing::signed_message;
+use support::signing::verify_first;
+
+fn verifier_with_cache_defaults(config: ResolverConfig) -> Verifier {
+    let timeout = config.timeout();
+    Verifier::new(
+        Arc::new(IdentityResolver::new(&config, &CacheConfig::default()).unwrap()),
+        timeout,
+    )
+}
 
 fn verifier(config: ResolverConfig) -> Verifier {
     Verifier::new(
@@ -333,4 +359,148 @@ async fn the_milter_keeps_serving_while_one_identity_hangs() {
         good.1
     );
     milter.stop().await;
+}
+
+// SSRF through the PLC directory's host.
+
+#[tokio::test]
+async fn urls_on_the_plc_host_are_checked_like_any_other() {
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let trap = HttpServer::start(Arc::new(|_: &str| Reply::json(500, "{}")));
+    let trap_port = trap.addr.port();
+    for pds in [
+        format!("http://127.0.0.1:{trap_port}"),
+        format!("http://2130706433:{trap_port}"),
+        format!("https://[3fff::1]:{trap_port}"),
+    ] {
+        let doc = document("did:plc:hxdv4c2etoo2mbhg4alzhnno", &key, Some(&pds));
+        let plc = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, doc.clone())));
+        // The operator's PLC directory is on 127.0.0.1 (plain http): that makes nothing else
+        // on 127.0.0.1 the operator's.
+        let v = verifier_with_cache_defaults(ResolverConfig {
+            plc_urls: vec![plc.url().parse().unwrap()],
+            ..Default::default()
+        });
+        let kid = format!(
+            "at://did:plc:hxdv4c2etoo2mbhg4alzhnno/at.atsms.x509/{}",
+            "ab".repeat(32)
+        );
+        let verdict = verify_first(&v, &signed_message(&key, &kid, NOW)).await;
+        assert_eq!(verdict.result, AuthResult::Permerror, "{pds}");
+        assert_eq!(
+            verdict.reason,
+            Some(Reason::Identity(IdentityError::Refused(Upstream::Pds))),
+            "{pds}"
+        );
+    }
+    assert_eq!(trap.request_count(), 0, "the trap was never reached");
+}
+
+#[tokio::test]
+async fn reasons_name_no_http_status() {
+    let key = SigningKey::generate(Alg::Es256).unwrap();
+    let pds = HttpServer::start(Arc::new(|_: &str| Reply::json(503, "{}")));
+    let doc = document("did:plc:hxdv4c2etoo2mbhg4alzhnno", &key, Some(&pds.url()));
+    let plc = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, doc.clone())));
+    let v = verifier_with_cache_defaults(ResolverConfig {
+        plc_urls: vec![plc.url().parse().unwrap()],
+        allow_private_addresses: true,
+        ..Default::default()
+    });
+    let kid = format!(
+        "at://did:plc:hxdv4c2etoo2mbhg4alzhnno/at.atsms.x509/{}",
+        "ab".repeat(32)
+    );
+    let verdict = verify_first(&v, &signed_message(&key, &kid, NOW)).await;
+    let reason = verdict.reason.unwrap().to_string();
+    assert_eq!(reason, "PDS unavailable");
+    assert!(!reason.contains("503"));
+}
+
+// A slow did:web host held every fetch permit; one 429 blocked did:plc lookups for an hour.
+
+#[tokio::test]
+async fn a_hanging_did_web_host_does_not_starve_did_plc() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let k = key.clone();
+    let plc = HttpServer::start(Arc::new(move |t: &str| {
+        Reply::json(200, document(t.trim_start_matches('/'), &k, None))
+    }));
+    let hang = HttpServer::start(Arc::new(|_: &str| Reply::Hang));
+    let v = verifier_with_cache_defaults(ResolverConfig {
+        plc_urls: vec![plc.url().parse().unwrap()],
+        allow_private_addresses: true,
+        max_concurrent_fetches: std::num::NonZeroUsize::new(2).unwrap(),
+        timeout: std::num::NonZeroU64::new(5).unwrap(),
+        ..Default::default()
+    });
+    let web = format!("did:web:localhost%3A{}", hang.addr.port());
+    let hanging: Vec<_> = (0..4)
+        .map(|_| {
+            let (v, m) = (v.clone(), support::signing::signed(&key, &web));
+            tokio::spawn(async move { verify_first(&v, &m).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let verdict = verify_first(
+        &v,
+        &support::signing::signed(&key, &support::ids::plc_did(1)),
+    )
+    .await;
+    assert_eq!(verdict.result, AuthResult::Pass);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "did:plc waited {:?}",
+        started.elapsed()
+    );
+    for h in hanging {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_no_longer_than_cache_error() {
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let k = key.clone();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    let plc = HttpServer::start(Arc::new(move |t: &str| {
+        if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Reply::Headers(
+                vec![("Retry-After", "3600".into())],
+                Box::new(Reply::json(429, "{}")),
+            );
+        }
+        Reply::json(200, document(t.trim_start_matches('/'), &k, None))
+    }));
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url().parse().unwrap()],
+        ..Default::default()
+    };
+    let cache = CacheConfig {
+        error: 2,
+        ..CacheConfig::default()
+    };
+    let v = Verifier::new(
+        Arc::new(IdentityResolver::new(&config, &cache).unwrap()),
+        Duration::from_secs(5),
+    );
+    let first = verify_first(
+        &v,
+        &support::signing::signed(&key, &support::ids::plc_did(1)),
+    )
+    .await;
+    assert_eq!(first.result, AuthResult::Temperror);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let later = verify_first(
+        &v,
+        &support::signing::signed(&key, &support::ids::plc_did(2)),
+    )
+    .await;
+    assert_eq!(
+        later.result,
+        AuthResult::Pass,
+        "asked again after cache.error, not an hour"
+    );
 }

@@ -1,7 +1,10 @@
 //! The identity cache and key rotation, against a loopback PLC directory whose behaviour the
 //! test changes as it goes. Lifetimes are set to seconds so the rules can be watched.
+// The kit's futures (testkit/) are laid out across a crate boundary, deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
 
-mod support;
+use atsms_testkit as support;
 
 use atsms_milter::identity::budget::for_mail;
 

@@ -1,8 +1,11 @@
 //! DID-verified inboxes: consent at RCPT (presence equals consent, and its withdrawal), inbox
 //! rules answered per recipient over LMTP and one rule per transaction in the milter, and
 //! AT-SMS client messages filed into `.AT-SMS`.
+// The kit's futures (testkit/) are laid out across a crate boundary, deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
 
-mod support;
+use atsms_testkit as support;
 
 use std::sync::Arc;
 use std::time::Duration;

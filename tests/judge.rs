@@ -3,7 +3,7 @@
 //! ones everywhere, a message counted once towards its sender's rate, one inbox rule per
 //! transaction in Exim as in the milter.
 
-mod support;
+use atsms_testkit as support;
 
 use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,11 +1,26 @@
 //! The LMTP protocol driven directly: pipelining, BDAT, dot-stuffing, per-recipient replies
 //! with mixed outcomes, limits and timeouts, and what lands in the Maildirs, byte for byte.
+// The kit's futures (testkit/) are laid out across a crate boundary, deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
 
-mod support;
+use atsms_testkit as support;
 
-use atsms_milter::config::{Action, PolicyConfig};
-use support::lmtp::{RunningLmtp, dot_stuffed};
+use atsms_milter::config::Action;
+use atsms_milter::config::PolicyConfig;
+use std::time::Duration;
+use std::time::Instant;
+use support::lmtp::RunningLmtp;
+use support::lmtp::dot_stuffed;
 use support::vectors::VectorWorld;
+
+fn policy_trusting_no_network() -> PolicyConfig {
+    PolicyConfig {
+        authserv_id: Some("mx.test".parse().unwrap()),
+        trusted_networks: vec![],
+        ..PolicyConfig::default()
+    }
+}
 
 const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
@@ -438,4 +453,125 @@ async fn many_recipients_share_one_written_file() {
     let stored = String::from_utf8(contents.into_iter().next().unwrap()).unwrap();
     assert!(stored.contains("atsms=pass"), "{stored}");
     assert!(!stored.contains("Delivered-To"), "{stored}");
+}
+
+// The LMTP idle timeout acted as a total DATA timeout; 15. a final line without a newline
+// was dropped.
+
+#[tokio::test]
+async fn a_slow_steady_sender_is_served_and_a_whole_transfer_is_bounded() {
+    let world = VectorWorld::start();
+    let server = RunningLmtp::start(
+        world.resolver_config(),
+        policy_trusting_no_network(),
+        world.now(),
+        |config, _| {
+            config.idle_timeout = std::num::NonZeroU64::new(2).unwrap();
+            config.data_timeout = std::num::NonZeroU64::new(5).unwrap();
+        },
+    )
+    .await;
+    // One line a second for 4 seconds: each read within idle_timeout, the whole within
+    // data_timeout.
+    let mut c = server.client().await;
+    c.send(b"LHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nDATA\r\n")
+        .await;
+    c.replies(4).await;
+    c.send(b"Subject: slow\r\n\r\n").await;
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.send(b"line\r\n").await;
+    }
+    c.send(b".\r\n").await;
+    assert!(c.reply().await.starts_with("250 2.0.0"));
+    // Steady again, but for longer than data_timeout: 421, and nothing delivered.
+    c.send(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nDATA\r\n")
+        .await;
+    c.replies(3).await;
+    let started = Instant::now();
+    let reply = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.send(b"line\r\n").await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break c.reply().await;
+        }
+    };
+    assert!(
+        reply.starts_with("421 4.4.2") && reply.contains("data timeout"),
+        "{reply}"
+    );
+    assert_eq!(RunningLmtp::new_files(&server.maildir("bob")).len(), 1);
+}
+
+#[tokio::test]
+async fn a_last_line_without_a_line_end_is_kept() {
+    let world = VectorWorld::start();
+    let server = RunningLmtp::start(
+        world.resolver_config(),
+        policy_trusting_no_network(),
+        world.now(),
+        |_, _| {},
+    )
+    .await;
+    let signed = world.sign_at(
+        ALICE,
+        b"From: Alice <alice@alice.example.com>\r\nSubject: no end\r\n\r\nline one\r\nthe end, without a newline",
+        world.now(),
+        &[],
+    );
+    let mut c = server.client().await;
+    c.send(
+        format!(
+            "LHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@mx.example.net>\r\nBDAT {} LAST\r\n",
+            signed.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    c.send(&signed).await;
+    let replies = c.replies(4).await;
+    assert!(replies[3].starts_with("250 2.0.0"), "{replies:?}");
+    let stored =
+        String::from_utf8(RunningLmtp::new_files(&server.maildir("bob")).remove(0)).unwrap();
+    assert!(
+        stored.ends_with("\n\nline one\nthe end, without a newline"),
+        "{stored}"
+    );
+    assert!(stored.contains("atsms=pass"), "{stored}");
+}
+
+// Control characters from MAIL/RCPT, and Unicode case folding onto another mailbox.
+
+#[tokio::test]
+async fn control_characters_are_refused_and_no_mailbox_folds_onto_another() {
+    let world = VectorWorld::start();
+    let server = RunningLmtp::start(
+        world.resolver_config(),
+        policy_trusting_no_network(),
+        world.now(),
+        |_, _| {},
+    )
+    .await;
+    let mut c = server.client().await;
+    c.send(b"LHLO x\r\nMAIL FROM:<a\rb@example>\r\nMAIL FROM:<a\x00b@example>\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob\r@mx.example.net>\r\nRCPT TO:<bob\x00x@mx.example.net>\r\n").await;
+    let replies = c.replies(6).await;
+    assert!(
+        replies[1].starts_with("501 ") && replies[2].starts_with("501 "),
+        "{replies:?}"
+    );
+    assert!(replies[3].starts_with("250 "));
+    assert!(
+        replies[4].starts_with("501 ") && replies[5].starts_with("501 "),
+        "{replies:?}"
+    );
+    c.send("RCPT TO:<\u{212A}evin@mx.example.net>\r\nDATA\r\n".as_bytes())
+        .await;
+    c.replies(2).await;
+    c.send(&dot_stuffed(b"Subject: kelvin\r\n\r\nhi\r\n")).await;
+    assert!(c.reply().await.starts_with("250 "));
+    assert!(RunningLmtp::new_files(&server.maildir("\u{212A}evin")).len() == 1);
+    assert!(
+        !server.maildir("kevin").exists(),
+        "kevin's mailbox was not touched"
+    );
 }

@@ -1,16 +1,37 @@
 //! LMTP delivery that loses nothing: a full file system, a kill -9 in the middle of a
 //! delivery followed by the MTA's retry, and stale tmp/ files from crashes.
+// The kit's futures (testkit/) are laid out across a crate boundary, deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
 
-mod support;
+use atsms_testkit as support;
 
+use atsms_milter::config::Action;
+use atsms_milter::config::PolicyConfig;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
+use std::time::Duration;
+use std::time::Instant;
 use support::daemon::Daemon;
-use support::http::{HttpServer, Reply};
-use support::lmtp::{LmtpClient, dot_stuffed};
-use support::postfix::{Postfix, free_port};
+use support::http::HttpServer;
+use support::http::Reply;
+use support::lmtp::LmtpClient;
+use support::lmtp::RunningLmtp;
+use support::lmtp::dot_stuffed;
+use support::postfix::Postfix;
+use support::postfix::free_port;
 use support::vectors::VectorWorld;
+
+fn policy_trusting_no_network() -> PolicyConfig {
+    PolicyConfig {
+        authserv_id: Some("mx.test".parse().unwrap()),
+        trusted_networks: vec![],
+        ..PolicyConfig::default()
+    }
+}
+
+fn envelope_vector(name: &str) -> std::path::PathBuf {
+    support::test_data("envelope").join(name)
+}
 
 const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 
@@ -176,4 +197,59 @@ fn kill_dash_9_mid_delivery_then_the_mta_retries_and_delivers() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(count(&maildir.join("new")), 1, "delivered once");
+}
+
+// Maildir delivery followed symlinks.
+
+#[tokio::test]
+async fn symlinked_folders_are_refused() {
+    let world = VectorWorld::start();
+    let junk_policy = PolicyConfig {
+        on_fail: Action::Junk,
+        ..policy_trusting_no_network()
+    };
+    let server =
+        RunningLmtp::start(world.resolver_config(), junk_policy, world.now(), |_, _| {}).await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let maildir = server.maildir("bob");
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    std::os::unix::fs::symlink(elsewhere.path(), maildir.join(".Junk")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), maildir.join(".Lists")).unwrap();
+    let forged = std::fs::read(envelope_vector("body-tampered-fail.eml")).unwrap();
+    let good = world.sign_at(
+        ALICE,
+        b"From: Alice <alice@alice.example.com>\r\nSubject: to lists\r\n\r\nhi\r\n",
+        world.now(),
+        &[],
+    );
+    let mut c = server.client().await;
+    for (message, rcpt) in [
+        (&forged, "bob@mx.example.net"),
+        (&good, "bob+Lists@mx.example.net"),
+    ] {
+        c.send(
+            format!("LHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").as_bytes(),
+        )
+        .await;
+        c.replies(4).await;
+        c.send(&dot_stuffed(message)).await;
+        let reply = c.reply().await;
+        if rcpt.contains("Lists") {
+            // A symlinked .Detail is no folder: the copy goes to INBOX.
+            assert!(reply.starts_with("250 "), "{reply}");
+        } else {
+            assert!(
+                reply.starts_with("451 4.3.0"),
+                "the symlinked .Junk is refused: {reply}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing written elsewhere"
+    );
+    assert_eq!(RunningLmtp::new_files(&maildir).len(), 1);
 }

@@ -4,7 +4,7 @@
 //! and the 99th-percentile end-of-message latency (reported, never asserted: machines are
 //! shared and noisy).
 
-mod support;
+use atsms_testkit as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Prometheus metrics scraped from a running daemon while mail goes through both modes.
 
-mod support;
+use atsms_testkit as support;
 
 use std::io::{Read, Write};
 

@@ -1,6 +1,6 @@
 //! Milter protocol details, driven in-process by indymilter-test as the MTA.
 
-mod support;
+use atsms_testkit as support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;

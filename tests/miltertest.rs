@@ -1,7 +1,7 @@
 //! A second, independent milter client: OpenDKIM's miltertest runs a Lua script against the
 //! real daemon.
 
-mod support;
+use atsms_testkit as support;
 
 use std::process::Command;
 

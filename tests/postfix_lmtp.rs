@@ -2,7 +2,7 @@
 //! (`virtual_transport = lmtp:…`), over TCP and over a unix socket; the Maildir files are
 //! checked byte for byte.
 
-mod support;
+use atsms_testkit as support;
 
 use support::daemon::Daemon;
 use support::postfix::{Postfix, free_port};

@@ -2,7 +2,7 @@
 //! `atsms-milter serve`, mail sent with swaks, results read from the Maildir files Postfix's
 //! virtual(8) writes and from what swaks was told.
 
-mod support;
+use atsms_testkit as support;
 
 use std::sync::Arc;
 

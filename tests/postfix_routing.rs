@@ -3,7 +3,7 @@
 //! host (`virtual_mailbox_maps` on its own daemon for consent, delivery over LMTP into
 //! Maildirs). The DIDs' documents name `localhost` with B's port.
 
-mod support;
+use atsms_testkit as support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

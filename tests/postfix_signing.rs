@@ -3,7 +3,7 @@
 //! throwaway Postfix (B) whose milter verifies, and which rewrites some fields on the way in
 //! (`header_checks`). Both daemons trust only 127.0.0.1, so B really judges what A relays.
 
-mod support;
+use atsms_testkit as support;
 
 use support::daemon::Daemon;
 use support::dovecot::DovecotAuth;

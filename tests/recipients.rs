@@ -3,7 +3,7 @@
 //! multi-byte character, malformed or not, is answered like any other and never ends the
 //! session, let alone another one.
 
-mod support;
+use atsms_testkit as support;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! what it started with, a broken file is logged and changes nothing, and settings that need a
 //! restart are reported.
 
-mod support;
+use atsms_testkit as support;
 
 use std::time::{Duration, Instant};
 

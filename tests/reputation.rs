@@ -3,7 +3,7 @@
 //! directory serving documents and audit logs, deny and allow files reloaded on SIGHUP, and
 //! per-DID rate limits — in memory, and across two daemons sharing a real Redis.
 
-mod support;
+use atsms_testkit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! netstrings and Postfix's own `postmap -q`), their guards, cold lookups, bad input, and
 //! `atsms-milter route`.
 
-mod support;
+use atsms_testkit as support;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

@@ -1,7 +1,7 @@
 //! The daemon as an admin runs it: `serve` on a unix socket, clean shutdown on SIGTERM, and
 //! `check-config` naming the key and line of an error.
 
-mod support;
+use atsms_testkit as support;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::{Command, Stdio};

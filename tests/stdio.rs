@@ -1,8 +1,6 @@
 //! `serve --stdio`: one LMTP session on standard input and output, as Exim's pipe-style
 //! `lmtp` transport (`command = …`) runs it, one process per delivery.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 # LMTP delivery, atsms-milter against Dovecot's LMTP in the same run: Postfix's smtp-source -L
 # against each (unix sockets, Maildir, full durability), 1 and 16 sessions, 4 and 64 KiB.
 # Installs Dovecot, Postfix (smtp-source) and strace if missing. Run as root.
-# Usage: bench/lmtp.sh [messages per run, default 2000] [--tmpfs] [--recipients]
+# Usage: scripts/bench/lmtp.sh [messages per run, default 2000] [--tmpfs] [--recipients]
 #   --recipients: 1, 10 and 100 recipients per message instead (messages / recipients each)
 #   --tmpfs: Maildirs in /dev/shm, to separate CPU from disk
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Signed mail through a throwaway Postfix with and without the milter (benches/postfix_e2e.rs).
+# Signed mail through a throwaway Postfix with and without the milter (load/src/bin/postfix_e2e.rs).
 # Installs Postfix if missing. Run as root.
-# Usage: bench/postfix-e2e.sh [--messages 2000] [--connections 1,16] [--size 4096] [--tcp]
+# Usage: scripts/bench/postfix-e2e.sh [--messages 2000] [--connections 1,16] [--size 4096] [--tcp]
 #   --tcp: milters (OpenDKIM, atsms-milter) and LMTP (atsms-milter, Dovecot) over loopback TCP,
 #          side by side; installs OpenDKIM and Dovecot's LMTP if missing
 set -euo pipefail
@@ -19,4 +19,4 @@ if [[ " $* " == *" --tcp "* ]]; then
   fi
 fi
 ulimit -n 8192
-exec cargo bench --locked --bench postfix_e2e -- "$@"
+exec scripts/bench/load.sh postfix_e2e "$@"

@@ -82,8 +82,7 @@ pub fn spawn_child(args: &[&str]) -> (Child, String) {
     (child, line.trim().to_string())
 }
 
-#[path = "../../tests/support/ids.rs"]
-pub mod ids;
+pub use crate::ids;
 
 pub fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -270,9 +269,7 @@ pub fn rss(pid: u32) -> u64 {
 /// A fresh work directory under target/ (OpenDKIM checks that no directory above its key is
 /// writable by others: not /tmp).
 pub fn work_dir(name: &str) -> PathBuf {
-    let work = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join(name);
+    let work = crate::project().join("target").join(name);
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).unwrap();
     work
@@ -437,7 +434,7 @@ pub enum Ready {
 
 /// Starts the release daemon (`serve --config conf`) and waits until it is ready.
 pub fn start_daemon(name: &'static str, conf: &Path, ready: Ready) -> Daemon {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+    let child = std::process::Command::new(crate::binary())
         .arg("serve")
         .arg("--config")
         .arg(conf)

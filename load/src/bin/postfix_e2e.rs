@@ -4,7 +4,7 @@
 //! (smtpd, cleanup, the queue file) plus, in one of the two, the milter.
 //!
 //! Run by scripts/bench/postfix-e2e.sh (as root: Postfix's master runs as root):
-//!   cargo bench --bench postfix_e2e -- [--messages 2000] [--connections 1,16] [--size 4096]
+//!   scripts/bench/load.sh postfix_e2e [--messages 2000] [--connections 1,16] [--size 4096]
 //!
 //! `--tcp`: everything between Postfix and the programs over loopback TCP, side by side in one
 //! run — smtpd_milters = OpenDKIM (inet) against atsms-milter (inet), the message carrying both
@@ -13,13 +13,8 @@
 //! durability, timed until the last message is in `new/`. Needs OpenDKIM and Dovecot's LMTP
 //! (the script installs them).
 
-#[path = "../tests/support/mod.rs"]
-#[allow(unused_imports)]
-mod support;
-
-// Both include tests/support/ids.rs; each bench uses one of the two.
-#[allow(clippy::duplicate_mod)]
-mod common;
+use atsms_testkit as support;
+use atsms_testkit::load as common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -383,7 +378,7 @@ async fn main() {
     let config = format!(
         "[milter]\nlisten = \"inet:127.0.0.1:{milter_port}\"\n\n{}\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\nreplay = false\n\n[log]\nlevel = \"warn\"\n\n[control]\nsocket = \"{}/target/bench-e2e-control.sock\"\n",
         world.resolver_toml(),
-        env!("CARGO_MANIFEST_DIR")
+        support::project().display()
     );
     let _milter = Daemon::start(&config, milter_port);
     let discard = "virtual_transport = discard:";

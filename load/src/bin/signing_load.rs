@@ -5,9 +5,9 @@
 //! RSS of the daemon.
 //!
 //! Run by scripts/bench/signing.sh (which installs OpenDKIM if missing):
-//!   cargo bench --bench signing_load -- [--sizes 4800] [--concurrency 1,16] [--messages 5000]
+//!   scripts/bench/load.sh signing_load [--sizes 4800] [--concurrency 1,16] [--messages 5000]
 
-mod common;
+use atsms_testkit::load as common;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postfix::free_port;
+use crate::postfix::free_port;
 
 pub struct Exim {
     pub dir: tempfile::TempDir,
@@ -155,7 +155,7 @@ local_interfaces = 127.0.0.1
         message: &[u8],
         options: &[&str],
     ) -> (String, bool) {
-        super::swaks(self.dir.path(), self.smtp_port, from, to, message, options)
+        crate::swaks(self.dir.path(), self.smtp_port, from, to, message, options)
     }
 }
 

@@ -22,10 +22,10 @@
 //! Writes `target/bench-soak/soak.csv`; `scripts/bench/soak.sh` runs it and plots
 //! `docs/performance/soak.png`.
 //!
-//! Run: `cargo bench --bench soak -- [--messages 1000000] [--dids 50000] [--max 50000] [--rate N]
+//! Run: `scripts/bench/load.sh soak [--messages 1000000] [--dids 50000] [--max 50000] [--rate N]
 //! [--cache-mib 256]`
 
-mod common;
+use atsms_testkit::load as common;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -1,5 +1,8 @@
-//! Loopback stand-ins for what is outside this machine's reach: a PLC directory and PDS
-//! (HTTP) and DNS. They speak the real protocols to the real client code.
+//! The project's test kit, shared by the integration tests (tests/) and the load drivers
+//! (load/): throwaway instances of the real mail software on loopback (Postfix, Exim, Dovecot,
+//! OpenDKIM, rspamd, Redis), the daemon under test, clients for its protocols, and loopback
+//! stand-ins for what is outside this machine's reach (a PLC directory and PDS over HTTP,
+//! DNS) that speak the real protocols to the real client code.
 #![allow(dead_code)]
 
 pub mod daemon;
@@ -9,6 +12,7 @@ pub mod exim;
 pub mod http;
 pub mod ids;
 pub mod lmtp;
+pub mod load;
 pub mod milter;
 pub mod opendkim;
 pub mod plc;
@@ -21,11 +25,38 @@ pub mod vectors;
 
 use std::path::{Path, PathBuf};
 
+/// The project's root (this kit lives in its `testkit/`).
+pub fn project() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit/ lies in the project")
+        .to_path_buf()
+}
+
+/// The `atsms-milter` binary Cargo built beside the running test or load driver
+/// (`target/PROFILE/`, the test itself being in `target/PROFILE/deps/`), or the one named by
+/// `ATSMS_MILTER_BIN`.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ATSMS_MILTER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the running executable");
+    let mut dir = exe.parent().expect("a directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("the profile directory");
+    }
+    let binary = dir.join("atsms-milter");
+    assert!(
+        binary.exists(),
+        "no {} (build it first: cargo build [--release])",
+        binary.display()
+    );
+    binary
+}
+
 /// `tests/data/<sub>`: the project's own copy of the vectors (tests/data/SOURCES.md).
 pub fn test_data(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data")
-        .join(sub)
+    project().join("tests/data").join(sub)
 }
 
 /// A temporary directory other users may enter (mode 0755): MTAs running as their own users
@@ -86,7 +117,5 @@ pub fn swaks(
 
 /// A file of the project's contrib/ directory (the files admins copy, tested as they are).
 pub fn contrib(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib")
-        .join(path)
+    project().join("contrib").join(path)
 }

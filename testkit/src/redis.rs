@@ -3,7 +3,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postfix::free_port;
+use crate::postfix::free_port;
 
 pub struct Redis {
     pub port: u16,

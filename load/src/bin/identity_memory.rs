@@ -10,10 +10,10 @@
 //!   is evicted; then a second resolver with the default `cache.max_bytes` (64 MiB) shows the
 //!   bound holding: the same fill keeps its RSS flat.
 //!
-//! Run: `cargo bench --bench identity_memory -- [--steps 100000,1000000] [--concurrency 64]
+//! Run: `scripts/bench/load.sh identity_memory [--steps 100000,1000000] [--concurrency 64]
 //! [--bound]` (`--bound`: the default `cache.max_bytes` instead of 4 GiB).
 
-mod common;
+use atsms_testkit::load as common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

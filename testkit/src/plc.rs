@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use atsms_milter::crypto::SigningKey;
 
-use super::http::{HttpServer, Reply};
+use crate::http::{HttpServer, Reply};
 
 pub struct Plc {
     pub server: HttpServer,
@@ -59,7 +59,7 @@ impl Plc {
     /// endpoint (`smtp://host:port` or `mailto:…`).
     pub fn set(&self, did: &str, key: &SigningKey, mail: Option<&str>) {
         let mut doc: serde_json::Value =
-            serde_json::from_str(&super::signing::document(did, key, None)).unwrap();
+            serde_json::from_str(&crate::signing::document(did, key, None)).unwrap();
         if let Some(endpoint) = mail {
             doc["service"] = serde_json::json!([{"id": "#atsms_mail", "type": "AtsmsMailService", "serviceEndpoint": endpoint}]);
         }

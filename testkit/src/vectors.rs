@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::dns::{Answer, DnsServer};
-use super::http::{HttpServer, Reply, query_param};
-use super::test_data;
+use crate::dns::{Answer, DnsServer};
+use crate::http::{HttpServer, Reply, query_param};
+use crate::test_data;
 
 pub struct VectorWorld {
     pub vectors: Value,
@@ -138,7 +138,7 @@ impl VectorWorld {
     ) -> Vec<(Value, atsms_milter::verify::Verdict)> {
         let mut out = Vec::new();
         for case in self.cases() {
-            let path = super::test_data("envelope").join(case["file"].as_str().unwrap());
+            let path = crate::test_data("envelope").join(case["file"].as_str().unwrap());
             let message =
                 atsms_milter::message::read_message(std::fs::File::open(&path).unwrap()).unwrap();
             let context = atsms_milter::verify::Context {

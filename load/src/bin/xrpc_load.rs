@@ -4,12 +4,10 @@
 //! the same run. The service is the real daemon over loopback HTTP/1.1 (keep-alive), driven by
 //! N connections at once; each request carries its own token (a `jti` is good once).
 //!
-//!   cargo bench --bench xrpc_load -- [--requests 5000] [--connections 16]
+//!   scripts/bench/load.sh xrpc_load [--requests 5000] [--connections 16]
 
-mod common;
-#[path = "../tests/support/dns.rs"]
-#[allow(dead_code)]
-mod dns;
+use atsms_testkit::dns;
+use atsms_testkit::load as common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -6,12 +6,10 @@
 //! - the milter of a second daemon with every reputation rule on and warm: a deny list of
 //!   10 000 DIDs, a labeler whose label is applied, an identity age, a rate limit in memory.
 //!
-//!   cargo bench --bench scanner_load -- [--messages 5000] [--connections 16]
+//!   scripts/bench/load.sh scanner_load [--messages 5000] [--connections 16]
 
-mod common;
-#[path = "../tests/support/http.rs"]
-#[allow(dead_code)]
-mod http;
+use atsms_testkit::http;
+use atsms_testkit::load as common;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -242,7 +242,7 @@ milter_default_action = tempfail
         message: &[u8],
         options: &[&str],
     ) -> (String, bool) {
-        super::swaks(self.root(), self.smtp_port, from, to, message, options)
+        crate::swaks(self.root(), self.smtp_port, from, to, message, options)
     }
 }
 
@@ -291,7 +291,7 @@ impl Drop for Postfix {
             .stderr(Stdio::null())
             .status();
         if let Some(child) = self.child.take() {
-            super::reap(child, Duration::from_secs(10));
+            crate::reap(child, Duration::from_secs(10));
         }
     }
 }

@@ -51,7 +51,7 @@ impl Daemon {
         std::fs::write(&config_path, config).unwrap();
         let log_path = dir.path().join("daemon.log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atsms-milter"));
+        let mut command = Command::new(crate::binary());
         command
             .arg("serve")
             .arg("--config")

@@ -18,7 +18,7 @@ impl DovecotAuth {
             Path::new("/usr/sbin/dovecot").exists(),
             "Dovecot is not installed: run scripts/test"
         );
-        let dir = super::public_tempdir();
+        let dir = crate::public_tempdir();
         let root = dir.path();
         let passwd: String = users
             .iter()
@@ -90,7 +90,7 @@ impl Drop for DovecotAuth {
         // SIGTERM: the master stops its auth, log, config and anvil processes, then itself.
         if let Some(child) = self.child.take() {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            super::reap(child, Duration::from_secs(10));
+            crate::reap(child, Duration::from_secs(10));
         }
     }
 }

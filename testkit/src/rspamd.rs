@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::dns::DnsServer;
-use super::postfix::free_port;
+use crate::dns::DnsServer;
+use crate::postfix::free_port;
 
 pub struct Rspamd {
     dir: tempfile::TempDir,
@@ -27,7 +27,7 @@ impl Rspamd {
             Path::new("/usr/bin/rspamd").exists(),
             "rspamd is not installed: run scripts/test"
         );
-        let dir = super::public_tempdir();
+        let dir = crate::public_tempdir();
         let root = dir.path();
         for sub in ["etc/local.d", "db", "run", "log"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
@@ -150,7 +150,7 @@ impl Drop for Rspamd {
         if let Some(child) = self.child.take() {
             let group = child.id() as i32;
             unsafe { libc::kill(-group, libc::SIGTERM) };
-            super::reap(child, Duration::from_secs(10));
+            crate::reap(child, Duration::from_secs(10));
             unsafe { libc::kill(-group, libc::SIGKILL) };
         }
     }

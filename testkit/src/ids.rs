@@ -1,4 +1,4 @@
-//! Identifiers made up for tests and benchmarks (benches/common includes this file too).
+//! Identifiers made up for tests and benchmarks (the test kit and the load drivers share it).
 
 /// The n-th of many distinct, valid did:plc identifiers.
 pub fn plc_did(n: usize) -> String {

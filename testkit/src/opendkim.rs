@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::postfix::free_port;
+use crate::postfix::free_port;
 
 pub struct OpenDkim {
     pub port: u16,
@@ -16,7 +16,7 @@ impl OpenDkim {
     /// Verifies and always adds its `Authentication-Results` field (`dkim=none` for unsigned
     /// mail) with `authserv_id`.
     pub fn start(authserv_id: &str) -> OpenDkim {
-        let dir = super::public_tempdir();
+        let dir = crate::public_tempdir();
         let port = free_port();
         let conf = dir.path().join("opendkim.conf");
         std::fs::write(

@@ -3,9 +3,9 @@
 //! every request with a fixed `OK` and looks nothing up — same client, same run. Serial
 //! round trips on one connection, as Postfix's trivial-rewrite makes them, then pipelined.
 //!
-//! Run: `cargo bench --bench socketmap_load -- [--lookups 20000]` (or scripts/bench/socketmap.sh).
+//! Run: `scripts/bench/load.sh socketmap_load [--lookups 20000]` (or scripts/bench/socketmap.sh).
 
-mod common;
+use atsms_testkit::load as common;
 
 use std::time::{Duration, Instant};
 

@@ -4,9 +4,9 @@
 //! p50/p99 end-of-message latency, CPU seconds per 1 000 messages and peak RSS of the daemon.
 //!
 //! Run by scripts/bench/milter.sh (which installs OpenDKIM if missing):
-//!   cargo bench --bench milter_load -- [--sizes 4096,65536,1048576] [--concurrency 1,16,128] [--messages 3000]
+//!   scripts/bench/load.sh milter_load [--sizes 4096,65536,1048576] [--concurrency 1,16,128] [--messages 3000]
 
-mod common;
+use atsms_testkit::load as common;
 
 use common::{Daemon, base_message, load, open, rss, split, usage};
 
