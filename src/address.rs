@@ -76,7 +76,7 @@ pub fn fold(address: &str, delimiter: &str) -> Option<Folded> {
 /// spec section 9): `did:` + method + `:` + the rest, where the method never contains a dot.
 /// Only did:plc and did:web with a host (no port) have mailboxes.
 pub fn did_of_local_part(local: &str) -> Option<String> {
-    let local = local.to_ascii_lowercase().replace('!', ".");
+    let local = local.to_ascii_lowercase().replace(['!', '#'], ".");
     let rest = local.strip_prefix("did.")?;
     let (method, id) = rest.split_once('.')?;
     let did = format!("did:{method}:{id}");

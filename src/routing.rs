@@ -138,6 +138,8 @@ pub struct Router {
     host_name: Arc<String>,
     /// How long a lookup may take before the answer is `TEMP` (the fetch goes on).
     timeout: Duration,
+    /// `inbox.atsms_records`: the DID's `at.atsms.inbox` record consents too.
+    atsms_records: bool,
 }
 
 impl Router {
@@ -151,7 +153,14 @@ impl Router {
             hosts: Arc::new(hosts),
             host_name: Arc::new(syntax::ascii_domain(&crate::host::name()).unwrap_or_default()),
             timeout,
+            atsms_records: true,
         }
+    }
+
+    /// Whether the DID's `at.atsms.inbox` record consents too (`inbox.atsms_records`).
+    pub fn with_atsms_records(mut self, on: bool) -> Router {
+        self.atsms_records = on;
+        self
     }
 
     /// How long a lookup may take before its answer is `TEMP` (`socketmap.timeout`).
@@ -290,16 +299,40 @@ impl Router {
         }
     }
 
-    /// Whether this host may keep a mailbox for `address` (spec section 9: presence equals
-    /// consent).
+    /// Whether this host may keep a mailbox for `address`: the DID document's `smtp://`
+    /// endpoint names its domain (spec section 9: presence equals consent), or — as the
+    /// AT-SMS client consents — the DID's `at.atsms.inbox` record lists exactly that mailbox
+    /// and the DID publishes at least one device certificate (`inbox.atsms_records`).
     pub async fn consent(&self, address: &DidAddress) -> Consent {
         if !self.is_ours(&address.domain) {
             return Consent::Refused;
         }
         match self.endpoint(&address.did).await {
             Ok(Endpoint::Smtp { host, .. }) if host == address.domain => Consent::Given,
+            Ok(_) if self.atsms_records => self.record_consent(address).await,
             Ok(_) | Err(Lookup::Nothing) => Consent::Refused,
             Err(Lookup::Later(why)) => Consent::Unknown(why),
+        }
+    }
+
+    /// Consent by the DID's AT-SMS records, within `timeout` (the fetch goes on).
+    async fn record_consent(&self, address: &DidAddress) -> Consent {
+        let identity = self.identity.clone();
+        let did = address.did.clone();
+        let fetch = tokio::spawn(async move { identity.atsms_inbox(&did).await });
+        match tokio::time::timeout(self.timeout, fetch).await {
+            Ok(Ok(Ok(found))) => {
+                let inbox = &found.value;
+                if inbox.names_mailbox(&address.did, &address.domain) && !inbox.devices.is_empty() {
+                    Consent::Given
+                } else {
+                    Consent::Refused
+                }
+            }
+            Ok(Ok(Err(e))) if e.is_transient() => Consent::Unknown(e.to_string()),
+            Ok(Ok(Err(_))) => Consent::Refused,
+            Ok(Err(_)) => Consent::Unknown("lookup failed".into()),
+            Err(_) => Consent::Unknown(IdentityError::TimedOut.to_string()),
         }
     }
 }

@@ -23,8 +23,13 @@ use serde::Deserialize;
 use crate::crypto::{Alg, PublicKey, SignatureError};
 use crate::identity::{IdentityResolver, ResolvedDid};
 
-/// The method the signing service serves: the `lxm` its tokens must name.
-pub const SIGN_ENVELOPE: &str = "at.atsms.mail.signEnvelope";
+/// The method the signing service serves: the `lxm` its tokens must name. Its authority is
+/// `mail.atsms-milter.org`, a name this project can hold; the `at.atsms.*` namespace belongs
+/// to the AT-SMS client's lexicons (`at.atsms.inbox`, `at.atsms.x509`, …).
+pub const SIGN_ENVELOPE: &str = "org.atsms-milter.mail.signEnvelope";
+/// The method's first name, inside a namespace this project does not control: still served
+/// for one release (a token for it must name it as its `lxm`), deprecated (docs/signing.md).
+pub const SIGN_ENVELOPE_DEPRECATED: &str = "at.atsms.mail.signEnvelope";
 /// The service id of the signing service in its DID document (`<service_did>#atsms_signer`).
 pub const SERVICE_ID: &str = "atsms_signer";
 /// The furthest ahead `exp` may be (what `com.atproto.server.getServiceAuth` grants at most).
@@ -266,7 +271,6 @@ pub struct Caller {
 pub struct Authenticator {
     identity: Arc<IdentityResolver>,
     service_did: String,
-    lxm: &'static str,
     seen: JtiSet,
 }
 
@@ -279,7 +283,6 @@ impl Authenticator {
         Authenticator {
             identity,
             service_did,
-            lxm: SIGN_ENVELOPE,
             seen,
         }
     }
@@ -288,7 +291,8 @@ impl Authenticator {
         &self.service_did
     }
 
-    /// Authenticates a request by its `Authorization` header, as of `now`, for a caller
+    /// Authenticates a request to the method `lxm` by its `Authorization` header, as of
+    /// `now`, for a caller
     /// `may_sign` says this service signs for. Anyone can reach the port: nothing is looked
     /// up and nothing remembered for a token that is malformed, for another service or
     /// method, or whose `iss` has no key here — so strangers can neither spend the PLC
@@ -297,11 +301,12 @@ impl Authenticator {
     pub async fn authenticate(
         &self,
         authorization: Option<&str>,
+        lxm: &str,
         now: i64,
         may_sign: impl Fn(&str) -> bool,
     ) -> Result<Caller, AuthError> {
         let token = parse(bearer(authorization)?)?;
-        token.check(now, &self.service_did, self.lxm)?;
+        token.check(now, &self.service_did, lxm)?;
         if !may_sign(&token.iss) {
             return Err(AuthError::NotAuthorized(token.iss));
         }

@@ -3,7 +3,7 @@
 //! error table gets its status and error name, the daemon keeps serving, and what it signs
 //! verifies (through `sign --remote` and `verify`, the commands).
 
-mod support;
+use atsms_testkit as support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +20,9 @@ const ALICE: &str = "did:plc:ofurdhfyhjhgomvfygxergep"; // ES256K, handle alice.
 const BOB: &str = "did:plc:hxdv4c2etoo2mbhg4alzhnno"; // ES256, handle bob.example.org
 const CAROL: &str = "did:plc:rlb4qa26zfkxwsmeln6fmywp"; // a document, no signing key here
 const SERVICE: &str = "did:web:signer.test";
-const LXM: &str = "at.atsms.mail.signEnvelope";
+const LXM: &str = "org.atsms-milter.mail.signEnvelope";
+/// The method's first name, served for one release as a deprecated alias.
+const OLD_LXM: &str = "at.atsms.mail.signEnvelope";
 
 fn now() -> i64 {
     SystemTime::now()
@@ -745,7 +747,7 @@ fn sign_remote_writes_a_message_that_verifies() {
 fn the_published_lexicon_names_every_error_the_service_gives() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/docs/lexicons/at/atsms/mail/signEnvelope.json"
+        "/docs/lexicons/org/atsms-milter/mail/signEnvelope.json"
     );
     let lexicon: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     assert_eq!(lexicon["id"], LXM);
@@ -888,4 +890,72 @@ async fn strangers_cost_nothing_and_a_used_token_stays_used_across_a_restart() {
     let fresh = Claims::new(&caller).sign_with(&key, None);
     let answer = post(port, Some(&fresh), &from).await;
     assert_error(&answer, 400, "UnalignedFrom", "a new token");
+}
+
+#[tokio::test]
+async fn the_first_name_of_the_method_still_signs_for_one_release_and_says_it_is_deprecated() {
+    let world = VectorWorld::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_daemon, port) = service(&world, dir.path());
+    let alice = vector_key(&world, ALICE);
+    let good = body("alice@alice.example.com");
+    let at_old_path = |token: String| {
+        format!(
+            "POST /xrpc/{OLD_LXM} HTTP/1.1\r\nHost: signer.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n{good}",
+            good.len()
+        )
+        .into_bytes()
+    };
+    let raw = |request: Vec<u8>| async move {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream.write_all(&request).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        answer
+    };
+
+    // A token for the old name, at the old path: signed, marked deprecated.
+    let mut claims = Claims::new(ALICE);
+    claims.lxm = Some(OLD_LXM);
+    let answer = raw(at_old_path(claims.sign_with(&alice, None))).await;
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert_eq!(parse_answer(&answer).0, 200, "{text}");
+    assert!(text.contains("\r\ndeprecation: @1796428800\r\n"), "{text}");
+    assert!(
+        text.contains("</xrpc/org.atsms-milter.mail.signenvelope>; rel=\"successor-version\""),
+        "{text}"
+    );
+    // A token names one method: the new name's token is not good at the old path, nor the
+    // old name's at the new one.
+    let answer = raw(at_old_path(Claims::new(ALICE).sign_with(&alice, None))).await;
+    assert_error(
+        &parse_answer(&answer),
+        401,
+        "BadJwtLexiconMethod",
+        "new token, old path",
+    );
+    assert_error(
+        &post(port, Some(&claims.sign_with(&alice, None)), &good).await,
+        401,
+        "BadJwtLexiconMethod",
+        "old token, new path",
+    );
+    // The new name answers without the marks.
+    let mut request = post_request(Some(&Claims::new(ALICE).sign_with(&alice, None)), &good);
+    let answer = raw(std::mem::take(&mut request)).await;
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert_eq!(parse_answer(&answer).0, 200, "{text}");
+    assert!(!text.contains("deprecation:"), "{text}");
+
+    let health = get(port, "/xrpc/_health").await;
+    assert_eq!(health.1["methods"][LXM], "current");
+    assert!(
+        health.1["methods"][OLD_LXM]
+            .as_str()
+            .unwrap()
+            .starts_with("deprecated: use org.atsms-milter.mail.signEnvelope"),
+        "{health:?}"
+    );
 }

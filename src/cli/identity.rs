@@ -142,12 +142,9 @@ pub(super) fn route(args: RouteArgs) -> ExitCode {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(exit::USAGE, e),
     };
+    let inbox = ConfigArgs { config: None }.load().unwrap_or_default().inbox;
     let hosts = if args.inbox_hosts.is_empty() {
-        ConfigArgs { config: None }
-            .load()
-            .unwrap_or_default()
-            .inbox
-            .hosts()
+        inbox.hosts()
     } else {
         args.inbox_hosts.clone()
     };
@@ -155,7 +152,8 @@ pub(super) fn route(args: RouteArgs) -> ExitCode {
         return fail(exit::SOFTWARE, "cannot start the async runtime");
     };
     let timeout = args.resolver.config().timeout();
-    let router = routing::Router::new(resolver.clone(), &hosts, timeout);
+    let router = routing::Router::new(resolver.clone(), &hosts, timeout)
+        .with_atsms_records(inbox.atsms_records);
     let address = args.address.trim().to_string();
     let route = rt.block_on(async {
         let parsed = DidAddress::parse(&address);

@@ -200,7 +200,7 @@ struct SignArgs {
     #[arg(long, value_name = "URL", requires = "service_auth", conflicts_with_all = ["key", "kid", "now"])]
     remote: Option<String>,
     /// The service token from your PDS (com.atproto.server.getServiceAuth with the service's
-    /// DID as aud and lxm at.atsms.mail.signEnvelope).
+    /// DID as aud and lxm org.atsms-milter.mail.signEnvelope).
     #[arg(long, value_name = "JWT", requires = "remote")]
     service_auth: Option<String>,
     /// Lifetime of the signature in seconds (at most 604800).

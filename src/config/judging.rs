@@ -97,15 +97,29 @@ pub struct InboxRuleConfig {
 }
 
 /// DID-verified inboxes: the host names DID documents point at, and the inbox rules.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InboxConfig {
     /// The names by which DID documents' `smtp://` endpoints point at this host. Unset: this
     /// host's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hosts: Option<Vec<String>>,
+    /// A DID mailbox is also consented when the DID's `at.atsms.inbox` record lists
+    /// `mailto:` for exactly that mailbox and the DID publishes a device certificate
+    /// (`at.atsms.x509`): consent as the AT-SMS client gives it.
+    pub atsms_records: bool,
     #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<InboxRuleConfig>,
+}
+
+impl Default for InboxConfig {
+    fn default() -> InboxConfig {
+        InboxConfig {
+            hosts: None,
+            atsms_records: true,
+            rules: Vec::new(),
+        }
+    }
 }
 
 impl InboxConfig {

@@ -63,6 +63,25 @@ impl DeviceCertificate {
     /// Checks a PEM certificate against the `kid` URI and fingerprint that named it.
     pub fn parse(pem: &str, kid: &str, fingerprint: &str) -> Result<DeviceCertificate, CertError> {
         let cert = Certificate::from_pem(pem.as_bytes()).map_err(|_| CertError::Unparsable)?;
+        DeviceCertificate::check(&cert, kid, fingerprint)
+    }
+
+    /// `parse` for a DER certificate (as a CMS structure carries it).
+    pub fn parse_der(
+        der: &[u8],
+        kid: &str,
+        fingerprint: &str,
+    ) -> Result<DeviceCertificate, CertError> {
+        use der::Decode;
+        let cert = Certificate::from_der(der).map_err(|_| CertError::Unparsable)?;
+        DeviceCertificate::check(&cert, kid, fingerprint)
+    }
+
+    fn check(
+        cert: &Certificate,
+        kid: &str,
+        fingerprint: &str,
+    ) -> Result<DeviceCertificate, CertError> {
         let tbs = cert.tbs_certificate();
         let spki = tbs.subject_public_key_info();
         let curve = spki

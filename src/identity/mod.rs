@@ -6,6 +6,7 @@ pub mod cache;
 pub mod device_cert;
 pub mod did_doc;
 pub mod error;
+pub mod inbox;
 mod keys;
 mod names;
 pub mod net;
@@ -132,6 +133,8 @@ pub struct IdentityResolver {
     max_document_size: usize,
     documents: TimedCache<ResolvedDid>,
     certificates: TimedCache<DeviceCertificate>,
+    /// DIDs' AT-SMS inbox records and device certificates (`inbox`).
+    inboxes: TimedCache<inbox::AtsmsInbox>,
     handles: TimedCache<(String, HandleSource)>,
     /// Domains' `_atsms-mail` TXT answers (spec section 9): `Ok` when the domain vouches.
     mail_hosts: TimedCache<()>,
@@ -175,8 +178,9 @@ impl IdentityResolver {
             plc_urls,
             max_document_size: resolver.max_document_size,
             // cache.max_bytes and max_entries, shared out: documents are most of it.
-            documents: TimedCache::new(cache, 5, 8),
+            documents: TimedCache::new(cache, 4, 8),
             certificates: TimedCache::new(cache, 1, 8),
+            inboxes: TimedCache::new(cache, 1, 8),
             handles: TimedCache::new(cache, 1, 8),
             mail_hosts: TimedCache::new(cache, 1, 8),
             rotation_checks: moka::sync::Cache::builder()
@@ -349,6 +353,7 @@ impl IdentityResolver {
         let removed = self.documents.invalidate(did).await;
         self.rotation_checks.invalidate(did);
         self.certificates.invalidate_prefix(&format!("at://{did}/"));
+        self.inboxes.invalidate(did).await;
         removed
     }
 
@@ -366,6 +371,7 @@ impl IdentityResolver {
             mail_host_entries: self.mail_hosts.entry_count().await,
             bytes: document_bytes
                 + self.certificates.weighted_size().await
+                + self.inboxes.weighted_size().await
                 + self.handles.weighted_size().await
                 + self.mail_hosts.weighted_size().await,
         }

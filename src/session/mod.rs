@@ -86,7 +86,8 @@ impl Settings {
             verifier.identity().clone(),
             &config.inbox.hosts(),
             config.socketmap.timeout(),
-        );
+        )
+        .with_atsms_records(config.inbox.atsms_records);
         let mut settings = Settings::new(verifier, config.policy.clone());
         settings.limits = config.limits.clone();
         settings.inbox = Arc::new(InboxRules::new(&config.inbox.rules));

@@ -53,6 +53,9 @@ pub enum Kind {
     Handle,
     /// A device certificate (`atsms:cert:<kid>`): the PEM from the record.
     Certificate,
+    /// A DID's AT-SMS inbox facts (`atsms:inbox:<did>`): its `at.atsms.inbox` mailboxes and
+    /// device certificates, as JSON (`identity::inbox`).
+    Inbox,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Kind::Did => "did",
             Kind::Handle => "handle",
             Kind::Certificate => "cert",
+            Kind::Inbox => "inbox",
         };
         format!("atsms:{prefix}:{key}")
     }
@@ -349,7 +353,7 @@ impl SharedStore {
     /// keys (`atsms:cert:at://<did>/…`, found with SCAN: purging is an operator's rare act)
     /// and the entry of `handle` (the handle its document claimed).
     pub async fn forget_identity(&self, did: &str, handle: Option<&str>) {
-        let mut keys = vec![Kind::Did.redis_key(did)];
+        let mut keys = vec![Kind::Did.redis_key(did), Kind::Inbox.redis_key(did)];
         keys.extend(handle.map(|h| Kind::Handle.redis_key(h)));
         let pattern = glob_escape(&Kind::Certificate.redis_key(&format!("at://{did}/"))) + "*";
         let mut cursor = 0u64;

@@ -1,5 +1,6 @@
 //! The signing service (interfaces.md, "The signing service"): `POST
-//! /xrpc/at.atsms.mail.signEnvelope` signs what a client hashed, for the caller's own DID,
+//! /xrpc/org.atsms-milter.mail.signEnvelope` (formerly `at.atsms.mail.signEnvelope`: still
+//! served for one release, deprecated) signs what a client hashed, for the caller's own DID,
 //! authenticated by an atproto inter-service token (`service_auth`). A user's own server (or
 //! their PDS, proxying with `atproto-proxy: <service_did>#atsms_signer`) signs for them, so
 //! clients hold no private keys. Also `GET /xrpc/_health` and, for a `did:web` service DID,
@@ -29,7 +30,9 @@ use tracing::{debug, info, warn};
 
 use crate::envelope::sign::{Covered, field_value};
 use crate::live::Live;
-use crate::service_auth::{AuthError, Authenticator, Caller, JtiSet, SIGN_ENVELOPE};
+use crate::service_auth::{
+    AuthError, Authenticator, Caller, JtiSet, SIGN_ENVELOPE, SIGN_ENVELOPE_DEPRECATED,
+};
 use crate::signer::Signer;
 use crate::socket::BoundListener;
 use crate::verify::Verifier;
@@ -88,8 +91,14 @@ impl Service {
         })
     }
 
-    /// One `signEnvelope` call, checked in the order of interfaces.md's table.
-    async fn sign(&self, headers: &HeaderMap, body: Body) -> Result<SignEnvelopeOutput, XrpcError> {
+    /// One `signEnvelope` call to the method `lxm`, checked in the order of interfaces.md's
+    /// table.
+    async fn sign(
+        &self,
+        lxm: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<SignEnvelopeOutput, XrpcError> {
         let settings = self.signing.get();
         let authorization = headers
             .get(header::AUTHORIZATION)
@@ -99,7 +108,7 @@ impl Service {
         };
         let caller: Caller = self
             .auth
-            .authenticate(authorization, settings.now(), |iss| {
+            .authenticate(authorization, lxm, settings.now(), |iss| {
                 signer.key_of_did(iss).is_some()
             })
             .await?;
@@ -147,6 +156,36 @@ async fn sign_envelope(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    serve_sign(service, SIGN_ENVELOPE, headers, body).await
+}
+
+/// The method's deprecated first name (`at.atsms.mail.signEnvelope`): served for one release,
+/// with a warning in the log and a `Deprecation` header field (RFC 9745: deprecated since
+/// 2026-12-05) and a `Link` to its successor on the answer.
+async fn sign_envelope_deprecated(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    warn!(
+        "xrpc: a client called the deprecated {SIGN_ENVELOPE_DEPRECATED}; it is served for one \
+         more release: use {SIGN_ENVELOPE}"
+    );
+    let mut response = serve_sign(service, SIGN_ENVELOPE_DEPRECATED, headers, body).await;
+    response.headers_mut().insert(
+        "deprecation",
+        header::HeaderValue::from_static("@1796428800"),
+    );
+    response.headers_mut().insert(
+        header::LINK,
+        header::HeaderValue::from_static(
+            "</xrpc/org.atsms-milter.mail.signEnvelope>; rel=\"successor-version\"",
+        ),
+    );
+    response
+}
+
+async fn serve_sign(service: Arc<Service>, lxm: &str, headers: HeaderMap, body: Body) -> Response {
     let Ok(_permit) = service.permits.clone().try_acquire_owned() else {
         warn!("xrpc: more than xrpc.max_concurrent requests; one refused");
         return XrpcError::new(
@@ -156,7 +195,7 @@ async fn sign_envelope(
         )
         .into_response();
     };
-    match tokio::time::timeout(service.timeout, service.sign(&headers, body)).await {
+    match tokio::time::timeout(service.timeout, service.sign(lxm, &headers, body)).await {
         Ok(Ok(output)) => Json(output).into_response(),
         Ok(Err(e)) => {
             if e.status >= 500 {
@@ -174,7 +213,15 @@ async fn sign_envelope(
 }
 
 async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "methods": {
+            SIGN_ENVELOPE: "current",
+            SIGN_ENVELOPE_DEPRECATED: format!(
+                "deprecated: use {SIGN_ENVELOPE}; served until the next release"
+            ),
+        },
+    }))
 }
 
 async fn did_document(State(service): State<Arc<Service>>) -> Response {
@@ -202,6 +249,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route(
             &format!("/xrpc/{SIGN_ENVELOPE}"),
             post(sign_envelope).fallback(wrong_method),
+        )
+        .route(
+            &format!("/xrpc/{SIGN_ENVELOPE_DEPRECATED}"),
+            post(sign_envelope_deprecated).fallback(wrong_method),
         )
         .route("/xrpc/_health", get(health).fallback(wrong_method))
         .route(

@@ -18,7 +18,7 @@ const MAX_RECIPIENTS: usize = 1000;
 /// The longest `ttl` a caller may ask for (the spec's longest token lifetime).
 pub(super) const MAX_TTL: i64 = crate::envelope::token::MAX_LIFETIME;
 
-/// The input of `at.atsms.mail.signEnvelope` (docs/lexicons/at/atsms/mail/signEnvelope.json).
+/// The input of `org.atsms-milter.mail.signEnvelope` (docs/lexicons/org/atsms-milter/mail/signEnvelope.json).
 #[derive(Debug, Deserialize)]
 struct SignEnvelopeInput {
     from: String,
