@@ -113,6 +113,27 @@ fn resinfo(sig: &SignatureVerdict, extra: &[Property]) -> Vec<String> {
     parts
 }
 
+/// The resinfo of the X.509 floor (an AT-SMS client's CMS SignedData, `floor`): our method
+/// with its result, the reason when it did not pass, `policy.atsms-envelope=x509`, and the
+/// DID of the device certificate as `header.d`, last.
+pub fn floor_resinfo(floor: &crate::floor::FloorVerdict) -> String {
+    let mut parts = vec![format!("{METHOD}={}", floor.result)];
+    if floor.result != AuthResult::Pass
+        && let Some(why) = &floor.reason
+    {
+        parts.push(format!("reason={}", reason(why)));
+    }
+    parts.push("policy.atsms-envelope=x509".into());
+    if let Some(did) = floor
+        .did
+        .as_deref()
+        .filter(|d| crate::syntax::is_valid_did(d))
+    {
+        parts.push(format!("header.d=\"{did}\""));
+    }
+    parts.join(" ")
+}
+
 fn push_extra(parts: &mut Vec<String>, extra: &[Property]) {
     for p in extra {
         if p.name.chars().all(is_token_char) && p.value.chars().all(is_token_char) {

@@ -85,6 +85,10 @@ pub enum SignatureError {
     HighS,
     #[error("signature does not verify")]
     Invalid,
+    #[error("signature is not a DER ECDSA-Sig-Value")]
+    NotDer,
+    #[error("signature is not on P-256")]
+    NotP256,
 }
 
 /// A verification key on one of the two curves.
@@ -200,6 +204,22 @@ impl PublicKey {
                     .map_err(|_| SignatureError::Invalid)
             }
         }
+    }
+}
+
+impl PublicKey {
+    /// Verifies a DER `ECDSA-Sig-Value` over `message` (hashed here with SHA-256) by a P-256
+    /// key, as CMS carries it (RFC 5753 §2.1.1 with RFC 5652 §5.6). High-S is accepted: CMS
+    /// and X.509 allow both forms and the AT-SMS client does not normalise; low-S is a rule
+    /// of our envelope format (`verify`), not of CMS.
+    pub fn verify_der(&self, message: &[u8], der: &[u8]) -> Result<(), SignatureError> {
+        let PublicKey::P256(key) = self else {
+            return Err(SignatureError::NotP256);
+        };
+        let sig = p256::ecdsa::Signature::from_der(der).map_err(|_| SignatureError::NotDer)?;
+        let sig = sig.normalize_s();
+        key.verify(message, &sig)
+            .map_err(|_| SignatureError::Invalid)
     }
 }
 

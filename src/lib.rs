@@ -23,6 +23,7 @@ pub mod crypto;
 pub mod daemon;
 pub mod envelope;
 pub mod exim;
+pub mod floor;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host;

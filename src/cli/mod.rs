@@ -21,7 +21,7 @@ mod verifying;
 
 use identity::{resolve, route};
 use signing::{keygen, sign};
-use verifying::verify;
+use verifying::{verify, verify_cms};
 
 /// Exit statuses of `verify` (and the other commands where they fit): sysexits.h.
 pub mod exit {
@@ -56,6 +56,9 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Verify a saved message and print the Authentication-Results field it would get.
     Verify(VerifyArgs),
+    /// Verify a CMS SignedData (DER, PEM, or an S/MIME message) from an AT-SMS device
+    /// certificate: the X.509 floor, e.g. content a client has decrypted.
+    VerifyCms(VerifyCmsArgs),
     /// Add an AT-SMS-Signature field to a message.
     Sign(SignArgs),
     /// Make a private key (PKCS#8 PEM on stdout; its Multikey and did:key on stderr).
@@ -188,6 +191,17 @@ struct VerifyArgs {
 }
 
 #[derive(Args, Debug)]
+struct VerifyCmsArgs {
+    /// The SignedData: DER, PEM, or an S/MIME message; standard input when absent.
+    file: Option<PathBuf>,
+    /// {"result", "did", "fingerprint", "published", "reason"}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    resolver: ResolverArgs,
+}
+
+#[derive(Args, Debug)]
 struct SignArgs {
     /// PKCS#8 PEM private key (P-256 or secp256k1).
     #[arg(long, value_name = "KEY.pem", required_unless_present = "remote")]
@@ -284,6 +298,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => check_config(args),
         Command::Verify(args) => verify(args),
+        Command::VerifyCms(args) => verify_cms(args),
         Command::Sign(args) => sign(args),
         Command::Keygen(args) => keygen(args),
         Command::Resolve(args) => resolve(args),

@@ -175,9 +175,15 @@ impl IdentityResolver {
             .into_iter()
             .flatten()
             .filter_map(|e| e.get("uri")?.as_str()?.strip_prefix("mailto:"))
-            // One plain mailbox per URI; anything else (lists, headers) is not an endpoint.
-            .filter_map(crate::syntax::plain_mailbox)
-            .map(|a| a.to_ascii_lowercase())
+            // One address per URI, kept only to be compared with a DID mailbox
+            // (`names_mailbox`), never handed to an MTA: the client's `did!plc!…` spelling
+            // is not a plain RFC 5321 mailbox (`!` reads as a bang path to some MTAs).
+            .filter(|a| {
+                a.len() <= 254
+                    && a.matches('@').count() == 1
+                    && a.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .map(str::to_ascii_lowercase)
             .collect();
         if mailto.is_empty() {
             // No mailbox to consent to: the certificates would not change the answer.

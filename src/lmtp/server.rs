@@ -278,7 +278,8 @@ async fn command_reply(
             }
             match mailboxes.resolve(&address) {
                 Ok(recipient) => {
-                    // A DID mailbox is kept only while the DID's document names this host.
+                    // A DID mailbox is kept only while the DID consents to it here: its
+                    // document names this host, or its at.atsms.inbox record this mailbox.
                     // Asked of the mailbox the address folds into — the one delivery writes
                     // to — never of the address as given: `DID!PLC!X+y@MX.host` is X's.
                     if let Some(did_address) = DidAddress::parse(&recipient.mailbox) {
@@ -288,7 +289,8 @@ async fn command_reply(
                                 return Reply::new(
                                     550,
                                     Enhanced(5, 1, 1),
-                                    "no mailbox here: the DID document does not name this host",
+                                    "no mailbox here: the DID names no mailbox at this host \
+                                     (DID document or at.atsms.inbox record)",
                                 )
                                 .for_recipient(&address);
                             }
@@ -296,7 +298,9 @@ async fn command_reply(
                                 return Reply::new(
                                     451,
                                     Enhanced(4, 4, 3),
-                                    format!("DID document unavailable ({why}), try again later"),
+                                    format!(
+                                        "DID document or PDS unavailable ({why}), try again later"
+                                    ),
                                 )
                                 .for_recipient(&address);
                             }

@@ -1,5 +1,7 @@
 //! A loopback PLC directory whose documents a test sets and changes as it goes (a DID moving
-//! its mail endpoint, say), built on `http::HttpServer`.
+//! its mail endpoint, say), built on `http::HttpServer`. The same server is the DIDs' PDS when
+//! a document names it (`set_with_pds`): `com.atproto.repo.getRecord` and `listRecords` over
+//! the records a test puts (`put_record`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,10 @@ pub struct Plc {
     /// Audit logs (`/<did>/log/audit`), by DID.
     audits: Arc<Mutex<HashMap<String, String>>>,
     down: Arc<std::sync::atomic::AtomicBool>,
+    /// Records by `at://` URI, as `getRecord` answers them.
+    records: Arc<Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
+    /// While set, the PDS answers 503 (the directory still answers).
+    pds_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Plc {
@@ -21,8 +27,18 @@ impl Plc {
         let documents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let audits: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let records: Arc<Mutex<std::collections::BTreeMap<String, serde_json::Value>>> =
+            Arc::default();
+        let pds_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (docs, logs, is_down) = (documents.clone(), audits.clone(), down.clone());
+        let (stored, is_pds_down) = (records.clone(), pds_down.clone());
         let server = HttpServer::start(Arc::new(move |target: &str| {
+            if target.starts_with("/xrpc/") {
+                if is_pds_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Reply::json(503, "{}");
+                }
+                return pds(&stored.lock().unwrap(), target);
+            }
             if is_down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Reply::json(503, "{}");
             }
@@ -43,7 +59,42 @@ impl Plc {
             documents,
             audits,
             down,
+            records,
+            pds_down,
         }
+    }
+
+    /// `set`, with this server as the DID's PDS.
+    pub fn set_with_pds(&self, did: &str, key: &SigningKey, mail: Option<&str>) {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&crate::signing::document(did, key, Some(&self.url()))).unwrap();
+        if let Some(endpoint) = mail {
+            doc["service"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!(
+                    {"id": "#atsms_mail", "type": "AtsmsMailService", "serviceEndpoint": endpoint}
+                ));
+        }
+        self.set_document(did, doc.to_string());
+    }
+
+    /// Puts (or replaces) the record `collection/rkey` in `did`'s repository.
+    pub fn put_record(&self, did: &str, collection: &str, rkey: &str, value: serde_json::Value) {
+        let uri = format!("at://{did}/{collection}/{rkey}");
+        let record = serde_json::json!({"uri": uri, "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm", "value": value});
+        self.records.lock().unwrap().insert(uri, record);
+    }
+
+    pub fn delete_record(&self, did: &str, collection: &str, rkey: &str) {
+        let uri = format!("at://{did}/{collection}/{rkey}");
+        self.records.lock().unwrap().remove(&uri);
+    }
+
+    /// While down, the PDS answers 503 to everything.
+    pub fn set_pds_down(&self, down: bool) {
+        self.pds_down
+            .store(down, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// While down, every request gets 503.
@@ -99,6 +150,34 @@ impl Plc {
     pub fn requests(&self) -> usize {
         self.server.request_count()
     }
+}
+
+/// The PDS's answers: `getRecord` (400 `RecordNotFound` when absent, as a PDS answers) and
+/// `listRecords` (one page of a collection).
+fn pds(records: &std::collections::BTreeMap<String, serde_json::Value>, target: &str) -> Reply {
+    use crate::http::query_param;
+    let repo = query_param(target, "repo").unwrap_or_default();
+    let collection = query_param(target, "collection").unwrap_or_default();
+    if target.starts_with("/xrpc/com.atproto.repo.getRecord") {
+        let rkey = query_param(target, "rkey").unwrap_or_default();
+        return match records.get(&format!("at://{repo}/{collection}/{rkey}")) {
+            Some(record) => Reply::json(200, record.to_string()),
+            None => Reply::json(
+                400,
+                r#"{"error":"RecordNotFound","message":"Could not locate record"}"#,
+            ),
+        };
+    }
+    if target.starts_with("/xrpc/com.atproto.repo.listRecords") {
+        let prefix = format!("at://{repo}/{collection}/");
+        let listed: Vec<&serde_json::Value> = records
+            .iter()
+            .filter(|(uri, _)| uri.starts_with(&prefix))
+            .map(|(_, r)| r)
+            .collect();
+        return Reply::json(200, serde_json::json!({"records": listed}).to_string());
+    }
+    Reply::json(404, r#"{"error":"XRPCNotSupported"}"#)
 }
 
 /// The mailbox local part of `did` (spec section 9).

@@ -1,0 +1,398 @@
+//! AT-SMS's own messages (the AT-SMS client, 3numlabs/atsms), as far as a mail host can see
+//! into them (docs/atsms.md):
+//!
+//! - **Recognising** what an `application/atsms-envelope` or `.p7m` part carries: an HPKE
+//!   sealed envelope (`[1, 1, suite, enc, ct]` or `[1, 2, tag, nonce, ct]`, deterministic
+//!   CBOR, at most 64 KiB), a CMS EnvelopedData (whose recipients name device certificates by
+//!   issuer and serial), a CMS SignedData — or something malformed, which is never a pass.
+//! - **The X.509 floor**: an unencrypted CMS SignedData (RFC 5652) by a device certificate is
+//!   verified: the signer is the certificate its SignerIdentifier names (never "the first
+//!   certificate"), SHA-256 with ECDSA P-256, with or without signed attributes (the client
+//!   makes none; other S/MIME agents do, RFC 5652 §5.4), high-S accepted as CMS allows; the
+//!   DID and fingerprint come from the certificate's `at://<did>/at.atsms.x509/<fingerprint>`
+//!   URI, checked as spec 5.2 checks a device; the certificate must be published by the DID's
+//!   PDS under that fingerprint.
+//!
+//! The signature is checked before anything is fetched: a stranger's garbage costs no lookup.
+
+mod signed;
+mod smime;
+
+pub use signed::{FloorError, FloorVerdict, Signed, check_signed, verify};
+pub use smime::{CmsInput, Found, find_in_message, read_input};
+
+use cms::content_info::ContentInfo;
+use cms::enveloped_data::{KeyAgreeRecipientIdentifier, RecipientIdentifier, RecipientInfo};
+use cms::signed_data::SignedData;
+use der::Decode;
+use der::oid::ObjectIdentifier;
+
+/// id-signedData and id-envelopedData (RFC 5652 §5.1, §6.1).
+pub(crate) const ID_SIGNED_DATA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+pub(crate) const ID_ENVELOPED_DATA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.3");
+/// id-sha256 (RFC 5754 §2.2) and ecdsa-with-SHA256 (RFC 5754 §3.3; RFC 5753 lets
+/// id-ecPublicKey stand for it).
+pub(crate) const ID_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+pub(crate) const ECDSA_WITH_SHA256: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+pub(crate) const ID_EC_PUBLIC_KEY: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// The content-type and message-digest signed attributes (RFC 5652 §11.1, §11.2).
+pub(crate) const ID_CONTENT_TYPE: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+pub(crate) const ID_MESSAGE_DIGEST: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+/// commonName (X.520).
+pub(crate) const ID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
+
+/// The largest sealed envelope the AT-SMS wire format makes (its largest padding bucket).
+pub const MAX_SEALED: usize = 64 * 1024;
+/// The largest CMS structure read (a message is bounded by the MTA; this bounds the parse).
+pub const MAX_CMS: usize = 16 * 1024 * 1024;
+
+/// What an AT-SMS part carries (`verify --json`'s `atsms_envelope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvelopeKind {
+    Sealed,
+    CmsEnveloped,
+    CmsSigned,
+    Malformed,
+}
+
+impl EnvelopeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnvelopeKind::Sealed => "sealed",
+            EnvelopeKind::CmsEnveloped => "cms-enveloped",
+            EnvelopeKind::CmsSigned => "cms-signed",
+            EnvelopeKind::Malformed => "malformed",
+        }
+    }
+}
+
+/// What the decoded bytes of an AT-SMS part are.
+pub fn classify(bytes: &[u8]) -> EnvelopeKind {
+    if bytes.first() == Some(&0x85) {
+        return if sealed_shape(bytes) {
+            EnvelopeKind::Sealed
+        } else {
+            EnvelopeKind::Malformed
+        };
+    }
+    match cms_kind(bytes) {
+        Some(kind) => kind,
+        None => EnvelopeKind::Malformed,
+    }
+}
+
+/// A sealed envelope's shape (AT-SMS wire format): a deterministic-CBOR array of five, version
+/// 1; mode 1 (to a device's prekey): suite, `enc` of 32 bytes, ciphertext; mode 2 (symmetric):
+/// a tag of 8 bytes, a nonce of 24, ciphertext. Nothing after it; at most `MAX_SEALED`.
+/// Hand-read: five heads of one strict profile (no maps, tags, floats or indefinite lengths,
+/// shortest forms only), which a general CBOR decoder would accept more loosely.
+pub fn sealed_shape(bytes: &[u8]) -> bool {
+    fn head(bytes: &[u8], at: &mut usize) -> Option<(u8, u64)> {
+        let first = *bytes.get(*at)?;
+        *at += 1;
+        let (major, info) = (first >> 5, first & 0x1f);
+        let value = match info {
+            0..=23 => return Some((major, u64::from(info))),
+            24..=27 => {
+                let n = 1usize << (info - 24);
+                let raw = bytes.get(*at..*at + n)?;
+                *at += n;
+                raw.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
+            }
+            _ => return None,
+        };
+        // Shortest form only (deterministic CBOR).
+        let shortest = match info {
+            24 => value >= 24,
+            25 => value > 0xff,
+            26 => value > 0xffff,
+            _ => value > 0xffff_ffff,
+        };
+        shortest.then_some((major, value))
+    }
+    fn uint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        match head(bytes, at)? {
+            (0, v) => Some(v),
+            _ => None,
+        }
+    }
+    fn bstr(bytes: &[u8], at: &mut usize) -> Option<usize> {
+        let (0x02, len) = head(bytes, at)? else {
+            return None;
+        };
+        let len = usize::try_from(len).ok()?;
+        bytes.get(*at..at.checked_add(len)?)?;
+        *at += len;
+        Some(len)
+    }
+    let check = || -> Option<()> {
+        let mut at = 0;
+        if bytes.len() > MAX_SEALED || head(bytes, &mut at)? != (4, 5) {
+            return None;
+        }
+        if uint(bytes, &mut at)? != 1 {
+            return None;
+        }
+        match uint(bytes, &mut at)? {
+            1 => {
+                uint(bytes, &mut at)?;
+                (bstr(bytes, &mut at)? == 32).then_some(())?;
+            }
+            2 => {
+                (bstr(bytes, &mut at)? == 8).then_some(())?;
+                (bstr(bytes, &mut at)? == 24).then_some(())?;
+            }
+            _ => return None,
+        }
+        bstr(bytes, &mut at)?;
+        (at == bytes.len()).then_some(())
+    };
+    check().is_some()
+}
+
+/// The CMS content type of `bytes` when its structure reads: a SignedData in DER, or an
+/// EnvelopedData (the client writes its outer layers in BER with indefinite lengths) whose
+/// recipient infos decode.
+fn cms_kind(bytes: &[u8]) -> Option<EnvelopeKind> {
+    if bytes.len() > MAX_CMS {
+        return None;
+    }
+    let mut at = 0;
+    let outer = ber::tlv(bytes, &mut at)?;
+    let mut inner = outer.content_start;
+    let oid = ber::tlv(bytes, &mut inner)?;
+    let oid = ObjectIdentifier::from_bytes(&bytes[oid.content_start..oid.content_end?]).ok()?;
+    if oid == ID_SIGNED_DATA {
+        let info = ContentInfo::from_der(bytes).ok()?;
+        info.content.decode_as::<SignedData>().ok()?;
+        return Some(EnvelopeKind::CmsSigned);
+    }
+    if oid == ID_ENVELOPED_DATA {
+        enveloped_recipients(bytes)?;
+        return Some(EnvelopeKind::CmsEnveloped);
+    }
+    None
+}
+
+/// A recipient of a CMS EnvelopedData, as it names the device certificate: the issuer's
+/// common name (the DID, for a device's self-signed certificate) and the serial number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub issuer_cn: Option<String>,
+    pub serial: Vec<u8>,
+}
+
+/// The recipients of a CMS EnvelopedData (RFC 5652 §6.1: `[0] { SEQUENCE { version,
+/// [0] originatorInfo OPTIONAL, recipientInfos SET, … } }`), read through the BER of the
+/// outer layers; none for anything else. A recipient named by key identifier has no serial
+/// and is left out (no device certificate can match it).
+pub fn enveloped_recipients(bytes: &[u8]) -> Option<Vec<Recipient>> {
+    let mut at = 0;
+    let outer = ber::tlv(bytes, &mut at)?;
+    let mut at = outer.content_start;
+    let oid = ber::tlv(bytes, &mut at)?;
+    if ObjectIdentifier::from_bytes(&bytes[oid.content_start..oid.content_end?]).ok()?
+        != ID_ENVELOPED_DATA
+    {
+        return None;
+    }
+    at = oid.content_end?;
+    let explicit = ber::tlv(bytes, &mut at)?;
+    (explicit.tag == 0xa0).then_some(())?;
+    let mut at = explicit.content_start;
+    let sequence = ber::tlv(bytes, &mut at)?;
+    (sequence.tag == 0x30).then_some(())?;
+    let mut at = sequence.content_start;
+    let version = ber::tlv(bytes, &mut at)?;
+    (version.tag == 0x02).then_some(())?;
+    at = version.content_end?;
+    let mut set = ber::tlv(bytes, &mut at)?;
+    if set.tag == 0xa0 {
+        // originatorInfo
+        at = ber::skip(bytes, set)?;
+        set = ber::tlv(bytes, &mut at)?;
+    }
+    (set.tag == 0x31).then_some(())?;
+    let end = set.content_end?;
+    let infos = cms::enveloped_data::RecipientInfos::from_der(&bytes[set.start..end]).ok()?;
+    let mut out = Vec::new();
+    for info in infos.0.iter() {
+        let named = match info {
+            RecipientInfo::Ktri(k) => match &k.rid {
+                RecipientIdentifier::IssuerAndSerialNumber(i) => vec![i.clone()],
+                RecipientIdentifier::SubjectKeyIdentifier(_) => vec![],
+            },
+            RecipientInfo::Kari(k) => k
+                .recipient_enc_keys
+                .iter()
+                .filter_map(|r| match &r.rid {
+                    KeyAgreeRecipientIdentifier::IssuerAndSerialNumber(i) => Some(i.clone()),
+                    KeyAgreeRecipientIdentifier::RKeyId(_) => None,
+                })
+                .collect(),
+            _ => vec![],
+        };
+        out.extend(named.into_iter().map(|i| Recipient {
+            issuer_cn: common_name(&i.issuer),
+            serial: i.serial_number.as_bytes().to_vec(),
+        }));
+    }
+    Some(out)
+}
+
+fn common_name(name: &x509_cert::name::Name) -> Option<String> {
+    name.iter_rdn()
+        .flat_map(|rdn| rdn.iter())
+        .find(|atv| atv.oid == ID_CN)
+        .and_then(|atv| {
+            atv.value
+                .decode_as::<der::asn1::PrintableStringRef<'_>>()
+                .map(|s| s.as_str().to_string())
+                .or_else(|_| {
+                    atv.value
+                        .decode_as::<der::asn1::Utf8StringRef<'_>>()
+                        .map(|s| s.as_str().to_string())
+                })
+                .ok()
+        })
+}
+
+/// A minimal BER reader for the outer layers of a CMS structure: tags and lengths, definite
+/// or indefinite (X.690 §8.1.3.6), never the values. Hand-written because the der crate
+/// reads DER only, and the AT-SMS client writes EnvelopedData with indefinite lengths.
+pub(crate) mod ber {
+    #[derive(Debug, Clone, Copy)]
+    pub struct Tlv {
+        pub tag: u8,
+        /// Where the TLV starts (its tag).
+        pub start: usize,
+        pub content_start: usize,
+        /// None: indefinite length (the content runs to an end-of-contents pair).
+        pub content_end: Option<usize>,
+    }
+
+    /// Reads one tag and length at `at` (low tag numbers only, as CMS uses), moving `at` past
+    /// them (to the content; past the content is `content_end`, or `skip`).
+    pub fn tlv(bytes: &[u8], at: &mut usize) -> Option<Tlv> {
+        let start = *at;
+        let tag = *bytes.get(*at)?;
+        if tag & 0x1f == 0x1f {
+            return None;
+        }
+        let first = *bytes.get(*at + 1)?;
+        *at += 2;
+        let content_end = match first {
+            0x80 => {
+                // Indefinite: constructed only.
+                (tag & 0x20 != 0).then_some(())?;
+                None
+            }
+            0..=0x7f => Some(*at + usize::from(first)),
+            _ => {
+                let n = usize::from(first & 0x7f);
+                if n > 4 {
+                    return None;
+                }
+                let raw = bytes.get(*at..*at + n)?;
+                *at += n;
+                let len = raw.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b));
+                Some(at.checked_add(len)?)
+            }
+        };
+        if content_end.is_some_and(|end| end > bytes.len()) {
+            return None;
+        }
+        Some(Tlv {
+            tag,
+            start,
+            content_start: *at,
+            content_end,
+        })
+    }
+
+    /// Where the element `tlv` ends (past its end-of-contents when indefinite), bounded in
+    /// depth.
+    pub fn skip(bytes: &[u8], element: Tlv) -> Option<usize> {
+        fn end(bytes: &[u8], tlv: Tlv, depth: usize) -> Option<usize> {
+            if let Some(end) = tlv.content_end {
+                return Some(end);
+            }
+            if depth > 32 {
+                return None;
+            }
+            let mut at = tlv.content_start;
+            loop {
+                if bytes.get(at..at + 2)? == [0, 0] {
+                    return Some(at + 2);
+                }
+                let inner = super::ber::tlv(bytes, &mut at)?;
+                at = end(bytes, inner, depth + 1)?;
+            }
+        }
+        end(bytes, element, 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_envelopes_have_one_strict_shape() {
+        let mut mode1 = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x20];
+        mode1.extend([7u8; 32]);
+        mode1.extend([0x43, 1, 2, 3]);
+        assert!(sealed_shape(&mode1));
+        assert_eq!(classify(&mode1), EnvelopeKind::Sealed);
+        let mut mode2 = vec![0x85, 0x01, 0x02, 0x48];
+        mode2.extend([1u8; 8]);
+        mode2.extend([0x58, 0x18]);
+        mode2.extend([2u8; 24]);
+        mode2.extend([0x40]);
+        assert!(sealed_shape(&mode2));
+        // Trailing bytes, a short enc, a non-shortest length, another version, a map.
+        let mut trailing = mode1.clone();
+        trailing.push(0);
+        let mut short = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x1f];
+        short.extend([7u8; 31]);
+        short.extend([0x40]);
+        let mut long_form = vec![0x85, 0x01, 0x01, 0x18, 0x01, 0x58, 0x20];
+        long_form.extend([7u8; 32]);
+        long_form.extend([0x40]);
+        let mut v2 = mode1.clone();
+        v2[1] = 0x02;
+        for bad in [trailing, short, long_form, v2, vec![0x85], vec![0xa0]] {
+            assert!(!sealed_shape(&bad), "{bad:02x?}");
+            assert_eq!(classify(&bad), EnvelopeKind::Malformed);
+        }
+        // Over the largest bucket.
+        let mut huge = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x20];
+        huge.extend([7u8; 32]);
+        huge.extend([0x5a, 0x00, 0x01, 0x00, 0x00]);
+        huge.extend(vec![0u8; 65536]);
+        assert!(!sealed_shape(&huge));
+    }
+
+    #[test]
+    fn ber_lengths_are_bounded_and_never_panic() {
+        for bytes in [
+            &b""[..],
+            &[0x30],
+            &[0x30, 0x80],
+            &[0x30, 0x85, 1, 2, 3, 4, 5],
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
+            &[0x02, 0x80],
+            &[0x30, 0x80, 0x30, 0x80, 0x30, 0x80],
+        ] {
+            assert_eq!(classify(bytes), EnvelopeKind::Malformed, "{bytes:02x?}");
+            assert_eq!(enveloped_recipients(bytes), None);
+        }
+    }
+}

@@ -1,0 +1,426 @@
+//! Real AT-SMS mail, as the AT-SMS client makes it (tests/data/atsms-client, SOURCES.md): the
+//! X.509 floor (`verify-cms`, and `verify` on a message carrying a SignedData), what an AT-SMS
+//! part carries, the recipients of an EnvelopedData, and consent by the DID's own
+//! `at.atsms.inbox` record at RCPT. A loopback PLC directory that is the DIDs' PDS too serves
+//! the documents and records; no code of the AT-SMS project runs.
+// The kit's futures (testkit/) are laid out across a crate boundary, deeper than the
+// default limit of 128.
+#![recursion_limit = "256"]
+
+use atsms_testkit as support;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use atsms_milter::config::Config;
+use atsms_milter::crypto::{Alg, SigningKey};
+use base64::Engine;
+use serde_json::{Value, json};
+use support::lmtp::RunningLmtp;
+use support::plc::Plc;
+
+/// The sender of the client's SignedData, and the recipient of its EnvelopedData.
+const SENDER: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+const RECIPIENT: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+const SMIME: &str = "did:plc:smimesmimesmimesmimesmim";
+/// 2026-12-06: inside every test certificate's validity.
+const NOW: i64 = 1_796_500_000;
+const US: &str = "mx.example.net";
+
+fn data(name: &str) -> Vec<u8> {
+    std::fs::read(support::test_data("atsms-client").join(name)).unwrap()
+}
+
+fn text(name: &str) -> String {
+    String::from_utf8(data(name)).unwrap().trim().to_string()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A directory (and PDS) where `did` publishes the device certificate `pem` under `fp`.
+fn publish(plc: &Plc, did: &str, pem: &str, fp: &str) {
+    plc.set_with_pds(did, &SigningKey::generate(Alg::Es256).unwrap(), None);
+    plc.put_record(
+        did,
+        "at.atsms.x509",
+        fp,
+        json!({"$type": "at.atsms.x509", "certificate": pem, "serialNumber": "00", "createdAt": "2026-12-05T00:00:00Z"}),
+    );
+}
+
+fn run(plc: &Plc, command: &str, json: bool, input: &[u8]) -> (Output, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("input");
+    std::fs::write(&file, input).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_atsms-milter"));
+    cmd.arg(command);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd
+        .args([
+            "--plc-url",
+            &plc.url(),
+            "--allow-private-addresses",
+            "--now",
+        ])
+        .arg(NOW.to_string())
+        .arg(&file)
+        .output()
+        .unwrap();
+    let value = if json {
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    } else {
+        Value::Null
+    };
+    (out, value)
+}
+
+fn pem(der: &[u8]) -> Vec<u8> {
+    let lines: Vec<String> = b64(der)
+        .as_bytes()
+        .chunks(64)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PKCS7-----\n{}\n-----END PKCS7-----\n",
+        lines.join("\n")
+    )
+    .into_bytes()
+}
+
+/// A mail carrying `bytes` as one base64 part of `content_type`.
+fn mail_with_part(content_type: &str, bytes: &[u8]) -> Vec<u8> {
+    format!(
+        "From: <a@example.net>\r\nTo: <did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@{US}>\r\nSubject: part\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: {content_type}\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        b64(bytes)
+    )
+    .into_bytes()
+}
+
+#[test]
+fn the_clients_signed_data_passes_only_while_its_did_publishes_the_certificate() {
+    let plc = Plc::start();
+    let fp = text("sender.fp");
+    publish(&plc, SENDER, &text("sender.crt.pem"), &fp);
+    let signed = data("signed.der");
+
+    for input in [signed.clone(), pem(&signed)] {
+        let (out, v) = run(&plc, "verify-cms", true, &input);
+        assert_eq!(out.status.code(), Some(0), "{v}");
+        assert_eq!(v["result"], "pass");
+        assert_eq!(v["did"], SENDER);
+        assert_eq!(v["fingerprint"], fp.as_str());
+        assert_eq!(v["published"], true);
+        assert_eq!(v["reason"], Value::Null);
+    }
+
+    // One byte of the content changed: the signature no longer covers it.
+    let content = data("signed.content");
+    let at = signed
+        .windows(content.len())
+        .position(|w| w == content.as_slice())
+        .unwrap();
+    let mut tampered = signed.clone();
+    tampered[at + content.len() - 1] ^= 0x01;
+    let (out, v) = run(&plc, "verify-cms", true, &tampered);
+    assert_eq!(
+        (out.status.code(), v["result"].as_str()),
+        (Some(1), Some("fail")),
+        "{v}"
+    );
+
+    // The PDS cannot answer: temperror, whether it is published unknown.
+    plc.set_pds_down(true);
+    let (out, v) = run(&plc, "verify-cms", true, &signed);
+    assert_eq!(out.status.code(), Some(75), "{v}");
+    assert_eq!(v["result"], "temperror");
+    assert_eq!(v["published"], Value::Null);
+    plc.set_pds_down(false);
+
+    // The record withdrawn: a certificate the DID does not publish vouches for nothing.
+    plc.delete_record(SENDER, "at.atsms.x509", &fp);
+    let (out, v) = run(&plc, "verify-cms", true, &signed);
+    assert_eq!(out.status.code(), Some(1), "{v}");
+    assert_eq!(v["result"], "permerror");
+    assert_eq!(v["published"], false);
+    assert_eq!(v["did"], SENDER);
+
+    // Garbage is malformed, and costs no lookup.
+    let before = plc.requests();
+    let (out, v) = run(&plc, "verify-cms", true, b"\x30\x03\x02\x01\x01");
+    assert_eq!(
+        (out.status.code(), v["result"].as_str()),
+        (Some(1), Some("permerror"))
+    );
+    assert_eq!(plc.requests(), before);
+}
+
+/// The signer is the certificate the SignerIdentifier names: another certificate placed first
+/// in the set changes nothing, and a SignerIdentifier naming another certificate does not
+/// verify with the signer's.
+#[test]
+fn the_signer_is_the_certificate_its_identifier_names() {
+    use cms::cert::CertificateChoices;
+    use cms::content_info::ContentInfo;
+    use cms::signed_data::{SignedData, SignerIdentifier};
+    use der::{Decode, DecodePem, Encode};
+
+    let plc = Plc::start();
+    publish(&plc, SENDER, &text("sender.crt.pem"), &text("sender.fp"));
+    let other = x509_cert::Certificate::from_pem(data("recip.crt.pem")).unwrap();
+    let info = ContentInfo::from_der(&data("signed.der")).unwrap();
+    let signed: SignedData = info.content.decode_as().unwrap();
+    let rebuild = |signed: &SignedData| {
+        ContentInfo {
+            content_type: info.content_type,
+            content: der::Any::encode_from(signed).unwrap(),
+        }
+        .to_der()
+        .unwrap()
+    };
+
+    let mut first = signed.clone();
+    let mut set: Vec<CertificateChoices> = vec![CertificateChoices::Certificate(other.clone())];
+    set.extend(first.certificates.take().unwrap().0.into_vec());
+    first.certificates = Some(cms::signed_data::CertificateSet(
+        der::asn1::SetOfVec::try_from(set).unwrap(),
+    ));
+    let (_, v) = run(&plc, "verify-cms", true, &rebuild(&first));
+    assert_eq!(v["result"], "pass", "{v}");
+
+    let mut misnamed = first.clone();
+    let mut signers = misnamed.signer_infos.0.into_vec();
+    signers[0].sid = SignerIdentifier::IssuerAndSerialNumber(cms::cert::IssuerAndSerialNumber {
+        issuer: other.tbs_certificate().issuer().clone(),
+        serial_number: other.tbs_certificate().serial_number().clone(),
+    });
+    misnamed.signer_infos =
+        cms::signed_data::SignerInfos(der::asn1::SetOfVec::try_from(signers).unwrap());
+    let (_, v) = run(&plc, "verify-cms", true, &rebuild(&misnamed));
+    assert_ne!(v["result"], "pass", "{v}");
+    assert_ne!(v["did"], SENDER, "{v}");
+
+    let mut nobody = signed.clone();
+    nobody.certificates = None;
+    let (_, v) = run(&plc, "verify-cms", true, &rebuild(&nobody));
+    assert_eq!(v["result"], "permerror", "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("SignerIdentifier"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_detached_s_mime_signature_with_signed_attributes_verifies() {
+    let plc = Plc::start();
+    publish(
+        &plc,
+        SMIME,
+        &text("smime-device.crt.pem"),
+        &text("smime-device.fp"),
+    );
+    let message = data("smime-signed.eml");
+    let (out, v) = run(&plc, "verify-cms", true, &message);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["result"], "pass");
+    assert_eq!(v["did"], SMIME);
+
+    // `verify` finds it in the message and reports it as an atsms result with header.d.
+    let (out, _) = run(&plc, "verify", false, &message);
+    let field = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        field.contains(&format!(
+            "atsms=pass policy.atsms-envelope=x509 header.d=\"{SMIME}\""
+        )),
+        "{field}"
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    // The signed text changed in transit: the message digest no longer matches.
+    let altered = String::from_utf8(message)
+        .unwrap()
+        .replace("Signed by a device", "Signed by a forger");
+    let (_, v) = run(&plc, "verify-cms", true, altered.as_bytes());
+    assert_eq!(v["result"], "fail", "{v}");
+}
+
+#[test]
+fn verify_says_what_an_atsms_part_carries() {
+    let plc = Plc::start();
+    publish(&plc, SENDER, &text("sender.crt.pem"), &text("sender.fp"));
+    let cases: [(Vec<u8>, &str, &str, i32); 5] = [
+        (data("sample-atsms-envelope.eml"), "sealed", "none", 3),
+        (
+            mail_with_part(
+                "application/pkcs7-mime; smime-type=enveloped-data; name=message.p7m",
+                &data("oneshot.der"),
+            ),
+            "cms-enveloped",
+            "none",
+            3,
+        ),
+        (
+            mail_with_part(
+                "application/pkcs7-mime; smime-type=signed-data; name=message.p7m",
+                &data("signed.der"),
+            ),
+            "cms-signed",
+            "pass",
+            0,
+        ),
+        (
+            mail_with_part(
+                "application/atsms-envelope",
+                b"\x85\x01\x01\x01\x41\x00\x40",
+            ),
+            "malformed",
+            "none",
+            3,
+        ),
+        (
+            mail_with_part("application/atsms-envelope", &data("signed.der")[..200]),
+            "malformed",
+            "none",
+            3,
+        ),
+    ];
+    for (message, envelope, result, code) in cases {
+        let (out, v) = run(&plc, "verify", true, &message);
+        assert_eq!(out.status.code(), Some(code), "{envelope}: {v}");
+        let objects = v.as_array().unwrap();
+        assert_eq!(objects.len(), 1, "{envelope}: {v}");
+        assert_eq!(objects[0]["atsms_envelope"], envelope, "{v}");
+        assert_eq!(objects[0]["result"], result, "{envelope}: {v}");
+    }
+    // A message with neither: still `[]`.
+    let (out, v) = run(&plc, "verify", true, b"From: <a@example.net>\r\n\r\nhi\r\n");
+    assert_eq!((out.status.code(), v), (Some(3), json!([])));
+}
+
+#[test]
+fn an_enveloped_data_names_its_recipients_by_the_did_and_the_certificate_serial() {
+    let recipients = atsms_milter::floor::enveloped_recipients(&data("oneshot.der")).unwrap();
+    assert_eq!(
+        recipients,
+        vec![atsms_milter::floor::Recipient {
+            issuer_cn: Some(RECIPIENT.to_string()),
+            serial: vec![
+                0x0b, 0xe2, 0x3f, 0x11, 0xd3, 0x9b, 0xa7, 0xc0, 0xa8, 0x71, 0x2d, 0x3a, 0x79, 0x8e,
+                0xf2, 0x0f
+            ],
+        }]
+    );
+    assert_eq!(
+        atsms_milter::floor::classify(&data("oneshot.der")),
+        atsms_milter::floor::EnvelopeKind::CmsEnveloped
+    );
+    assert_eq!(
+        atsms_milter::floor::classify(&data("envelope.cbor")),
+        atsms_milter::floor::EnvelopeKind::Sealed
+    );
+}
+
+/// The recipient device's certificate fingerprint (its record key).
+fn recipient_fp() -> String {
+    "b8c287336496ab79c9c905291c01e639dc53a49dc80e36f206f1f81d702cbfc1".into()
+}
+
+async fn lmtp(plc: &Plc, records: bool) -> RunningLmtp {
+    let toml = format!(
+        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[cache]\nfresh = 1\nmax_age = 1\nerror = 0\nnegative = 0\n[inbox]\nhosts = [\"{US}\"]\natsms_records = {records}\n[policy]\nauthserv_id = \"mx.test\"\n",
+        plc.url()
+    );
+    RunningLmtp::start_with_config(&Config::from_toml(&toml, "test").unwrap(), NOW).await
+}
+
+async fn rcpt(server: &RunningLmtp, address: &str) -> String {
+    let mut c = server.client().await;
+    c.send(format!("LHLO x\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<{address}>\r\n").as_bytes())
+        .await;
+    c.replies(3).await.remove(2)
+}
+
+#[tokio::test]
+async fn the_dids_inbox_record_and_a_published_device_are_consent() {
+    let plc = Plc::start();
+    let bang = format!("did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@{US}");
+    let dotted = format!("did.plc.aaaaaaaaaaaaaaaaaaaaaaaa@{US}");
+    // No #atsms_mail in the document: consent only by the records.
+    publish(&plc, RECIPIENT, &text("recip.crt.pem"), &recipient_fp());
+    let inbox = |uri: &str| json!({"$type": "at.atsms.inbox", "endpoints": [{"uri": "https://inbox.example.net/inbox"}, {"uri": uri}]});
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        inbox(&format!("mailto:{bang}")),
+    );
+
+    let server = lmtp(&plc, true).await;
+    for address in [&bang, &dotted] {
+        let reply = rcpt(&server, address).await;
+        assert!(reply.starts_with("250 2.1.5"), "{address}: {reply}");
+    }
+    // Switched off: the document alone decides, and it names no host.
+    let without = lmtp(&plc, false).await;
+    assert!(rcpt(&without, &bang).await.starts_with("550 5.1.1"));
+
+    // The record names a mailbox at another host: not this one.
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        inbox("mailto:did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@mx.other.example"),
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = rcpt(&server, &bang).await;
+    assert!(reply.starts_with("550 5.1.1"), "{reply}");
+
+    // Named again, but no device published: no consent.
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        inbox(&format!("mailto:{bang}")),
+    );
+    plc.delete_record(RECIPIENT, "at.atsms.x509", &recipient_fp());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = rcpt(&server, &bang).await;
+    assert!(reply.starts_with("550 5.1.1"), "{reply}");
+
+    // A certificate under a record key that is not its fingerprint is no device.
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.x509",
+        &"0".repeat(64),
+        json!({"certificate": text("recip.crt.pem")}),
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = rcpt(&server, &bang).await;
+    assert!(reply.starts_with("550 5.1.1"), "{reply}");
+
+    // The PDS down, nothing cached: 4xx, never a refusal.
+    let fresh = Plc::start();
+    publish(&fresh, RECIPIENT, &text("recip.crt.pem"), &recipient_fp());
+    fresh.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        inbox(&format!("mailto:{bang}")),
+    );
+    fresh.set_pds_down(true);
+    let server = lmtp(&fresh, true).await;
+    let reply = rcpt(&server, &bang).await;
+    assert!(reply.starts_with("451 4.4.3"), "{reply}");
+    fresh.set_pds_down(false);
+    let reply = rcpt(&server, &bang).await;
+    assert!(reply.starts_with("250 2.1.5"), "{reply}");
+}
