@@ -5,8 +5,9 @@
 //!
 //! The body streams past in chunks and is never held: a small scanner follows the MIME
 //! structure (RFC 2046 §5.1: boundaries, nested multiparts) and reads only part headers, each
-//! bounded. Hand-written because the MIME parsers at hand (mail-parser) want the whole
-//! message in memory.
+//! bounded — and the first AT-SMS part itself, up to `MAX_CAPTURE`, so that `floor` can say
+//! what it carries and verify a SignedData. Hand-written because the MIME parsers at hand
+//! (mail-parser) want the whole message in memory.
 
 /// Longest line kept for matching a boundary (RFC 2046 boundaries are at most 70 characters;
 /// longer lines are body text and are not looked at beyond this).
@@ -15,6 +16,9 @@ const MAX_LINE: usize = 1000;
 const MAX_PART_HEADER: usize = 16 * 1024;
 /// Deepest nesting of multiparts followed.
 const MAX_DEPTH: usize = 16;
+/// Most of an AT-SMS part kept (transfer-encoded): a sealed envelope is at most 64 KiB
+/// (88 KiB in base64); a longer part is reported malformed rather than held.
+pub const MAX_CAPTURE: usize = 1024 * 1024;
 
 /// Whether a Content-Type (and the part's Content-Disposition) names an AT-SMS client message.
 pub fn is_atsms_part(content_type: &str, disposition: Option<&str>) -> bool {
@@ -83,6 +87,62 @@ pub struct PartScanner {
     /// The current part's header section.
     header: Vec<u8>,
     found: bool,
+    /// The AT-SMS part's body, once found, until its closing boundary.
+    capture: Option<Capture>,
+}
+
+/// The body of the AT-SMS part, as transferred.
+#[derive(Debug, Clone, Default)]
+struct Capture {
+    base64: bool,
+    data: Vec<u8>,
+    /// Longer than `MAX_CAPTURE`, or a line too long to be base64: not kept.
+    overflow: bool,
+    /// Its closing boundary was seen.
+    done: bool,
+}
+
+impl Capture {
+    fn new(encoding: Option<&str>) -> Capture {
+        Capture {
+            base64: encoding.is_some_and(|e| e.trim().eq_ignore_ascii_case("base64")),
+            ..Capture::default()
+        }
+    }
+
+    fn line(&mut self, line: &[u8], too_long: bool) {
+        if too_long || self.data.len() + line.len() + 2 > MAX_CAPTURE {
+            self.overflow = true;
+            self.data = Vec::new();
+        }
+        if !self.overflow {
+            self.data.extend_from_slice(line);
+            self.data.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The part's content: base64 decoded (RFC 2045 §6.8), or as sent without the line end
+    /// that belongs to the boundary.
+    fn content(&self) -> Option<Vec<u8>> {
+        if self.overflow {
+            return None;
+        }
+        if self.base64 {
+            use base64::Engine;
+            let text: Vec<u8> = self
+                .data
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            return base64::engine::general_purpose::STANDARD.decode(text).ok();
+        }
+        let mut data = self.data.clone();
+        if data.ends_with(b"\r\n") {
+            data.truncate(data.len() - 2);
+        }
+        Some(data)
+    }
 }
 
 impl PartScanner {
@@ -91,26 +151,59 @@ impl PartScanner {
     pub fn new(
         content_type: Option<&str>,
         disposition: Option<&str>,
+        encoding: Option<&str>,
     ) -> (bool, Option<PartScanner>) {
         let Some(content_type) = content_type else {
             return (false, None);
         };
+        let scanner = |boundaries, found, capture| PartScanner {
+            boundaries,
+            state: State::Body,
+            line: Vec::new(),
+            line_too_long: false,
+            header: Vec::new(),
+            found,
+            capture,
+        };
         if is_atsms_part(content_type, disposition) {
-            return (true, None);
+            // The whole body is the part.
+            return (
+                true,
+                Some(scanner(Vec::new(), true, Some(Capture::new(encoding)))),
+            );
         }
         match boundary(content_type) {
-            Some(b) => (
-                false,
-                Some(PartScanner {
-                    boundaries: vec![b],
-                    state: State::Body,
-                    line: Vec::new(),
-                    line_too_long: false,
-                    header: Vec::new(),
-                    found: false,
-                }),
-            ),
+            Some(b) => (false, Some(scanner(vec![b], false, None))),
             None => (false, None),
+        }
+    }
+
+    /// Whether nothing more of the body matters: no AT-SMS part is being read.
+    pub fn finished(&self) -> bool {
+        self.found && self.capture.as_ref().is_none_or(|c| c.done || c.overflow)
+    }
+
+    /// What the AT-SMS part carries (none: no AT-SMS part), and its content when it is a
+    /// CMS SignedData (for the X.509 floor). Asked once the body has ended.
+    pub fn envelope(&self) -> Option<(crate::floor::EnvelopeKind, Option<Vec<u8>>)> {
+        use crate::floor::EnvelopeKind;
+        if !self.found {
+            return None;
+        }
+        let Some(capture) = &self.capture else {
+            return Some((EnvelopeKind::Malformed, None));
+        };
+        let mut capture = capture.clone();
+        if !capture.done && !self.line.is_empty() {
+            // The body ended without a line end.
+            capture.line(&self.line, self.line_too_long);
+        }
+        let Some(content) = capture.content() else {
+            return Some((EnvelopeKind::Malformed, None));
+        };
+        match crate::floor::classify(&content) {
+            EnvelopeKind::CmsSigned => Some((EnvelopeKind::CmsSigned, Some(content))),
+            kind => Some((kind, None)),
         }
     }
 
@@ -120,7 +213,7 @@ impl PartScanner {
     }
 
     pub fn update(&mut self, chunk: &[u8]) {
-        if self.found {
+        if self.finished() {
             return;
         }
         let mut rest = chunk;
@@ -163,12 +256,25 @@ impl PartScanner {
                 }
             }
             State::Body if !too_long => self.body_line(&line),
-            State::Body => {}
+            State::Body => {
+                if let Some(capture) = self.capture.as_mut().filter(|c| !c.done) {
+                    capture.line(&line, true);
+                }
+            }
         }
     }
 
     /// A body line: a boundary of an enclosing multipart starts a part or ends the multipart.
     fn body_line(&mut self, line: &[u8]) {
+        let boundary = self.is_boundary(line);
+        if let Some(capture) = self.capture.as_mut().filter(|c| !c.done) {
+            if boundary {
+                capture.done = true;
+            } else {
+                capture.line(line, false);
+            }
+            return;
+        }
         let Some(rest) = line.strip_prefix(b"--") else {
             return;
         };
@@ -188,6 +294,19 @@ impl PartScanner {
                 }
             }
         }
+    }
+
+    /// Whether `line` is a delimiter of an enclosing multipart.
+    fn is_boundary(&self, line: &[u8]) -> bool {
+        let Some(rest) = line.strip_prefix(b"--") else {
+            return false;
+        };
+        let trimmed = trim_end_wsp(rest);
+        self.boundaries.iter().any(|b| {
+            trimmed
+                .strip_prefix(b.as_slice())
+                .is_some_and(|after| after.is_empty() || after == b"--")
+        })
     }
 
     fn end_part_header(&mut self) {
@@ -219,6 +338,8 @@ impl PartScanner {
         if let Some(ct) = &content_type {
             if is_atsms_part(ct, disposition.as_deref()) {
                 self.found = true;
+                let encoding = field("content-transfer-encoding");
+                self.capture = Some(Capture::new(encoding.as_deref()));
                 return;
             }
             if let Some(b) = boundary(ct)
@@ -243,7 +364,7 @@ mod tests {
     use super::*;
 
     fn scan(content_type: &str, body: &[u8], cuts: &[usize]) -> bool {
-        let (top, scanner) = PartScanner::new(Some(content_type), None);
+        let (top, scanner) = PartScanner::new(Some(content_type), None, None);
         let Some(mut scanner) = scanner else {
             return top;
         };
@@ -283,11 +404,86 @@ mod tests {
         ));
         assert!(!is_atsms_part("text/plain; name=message.p7m", None));
         // The top level decides without reading the body.
-        assert!(PartScanner::new(Some("application/atsms-envelope"), None).0);
-        assert!(PartScanner::new(Some("text/plain"), None).1.is_none());
+        assert!(PartScanner::new(Some("application/atsms-envelope"), None, None).0);
+        assert!(PartScanner::new(Some("text/plain"), None, None).1.is_none());
         // A p7m named otherwise, or a name only in the text, is not one.
         let other = b"--b\r\nContent-Type: application/pkcs7-mime; name=smime.p7m\r\n\r\nx\r\n--b\r\nContent-Type: text/plain\r\n\r\nname=\"message.p7m\" application/atsms-envelope\r\n--b--\r\n";
         assert!(!scan("multipart/mixed; boundary=b", other, &[]));
+    }
+
+    fn envelope(
+        content_type: &str,
+        encoding: Option<&str>,
+        body: &[u8],
+        cut: usize,
+    ) -> Option<crate::floor::EnvelopeKind> {
+        let (_, scanner) = PartScanner::new(Some(content_type), None, encoding);
+        let mut scanner = scanner?;
+        scanner.update(&body[..cut]);
+        scanner.update(&body[cut..]);
+        scanner.envelope().map(|(kind, _)| kind)
+    }
+
+    #[test]
+    fn the_atsms_part_is_read_to_say_what_it_carries_however_the_body_is_cut() {
+        use crate::floor::EnvelopeKind;
+        use base64::Engine;
+        let mut sealed = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x20];
+        sealed.extend([7u8; 32]);
+        sealed.extend([0x58, 0x40]);
+        sealed.extend([9u8; 64]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&sealed);
+        let (a, b) = b64.split_at(40);
+        let body = format!(
+            "--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: application/atsms-envelope\r\nContent-Transfer-Encoding: base64\r\n\r\n{a}\r\n{b}\r\n--b--\r\n"
+        );
+        let broken = body.replace(&b64[10..20], "!!!!!!!!!!");
+        for cut in 0..body.len() {
+            assert_eq!(
+                envelope("multipart/mixed; boundary=b", None, body.as_bytes(), cut),
+                Some(EnvelopeKind::Sealed),
+                "cut {cut}"
+            );
+            assert_eq!(
+                envelope("multipart/mixed; boundary=b", None, broken.as_bytes(), cut),
+                Some(EnvelopeKind::Malformed),
+                "cut {cut}"
+            );
+        }
+        // The whole body is the part, with or without a last line end.
+        let top = format!("{a}\r\n{b}");
+        for cut in 0..top.len() {
+            assert_eq!(
+                envelope(
+                    "application/atsms-envelope",
+                    Some("base64"),
+                    top.as_bytes(),
+                    cut
+                ),
+                Some(EnvelopeKind::Sealed)
+            );
+        }
+        // Past MAX_CAPTURE: not held, malformed.
+        let line = "A".repeat(76) + "\r\n";
+        let huge = line.repeat(MAX_CAPTURE / line.len() + 2);
+        assert_eq!(
+            envelope(
+                "application/atsms-envelope",
+                Some("base64"),
+                huge.as_bytes(),
+                0
+            ),
+            Some(EnvelopeKind::Malformed)
+        );
+        assert_eq!(
+            envelope(
+                "multipart/mixed; boundary=b",
+                None,
+                b"--b\r\n\r\nx\r\n--b--\r\n",
+                3
+            ),
+            None
+        );
     }
 
     #[test]

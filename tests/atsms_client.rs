@@ -424,3 +424,79 @@ async fn the_dids_inbox_record_and_a_published_device_are_consent() {
     let reply = rcpt(&server, &bang).await;
     assert!(reply.starts_with("250 2.1.5"), "{reply}");
 }
+
+/// A mail carrying `der` the way the AT-SMS client's SMTP form does: one base64 part, lines
+/// of 76.
+fn client_mail(der: &[u8]) -> Vec<u8> {
+    let lines: Vec<String> = b64(der)
+        .as_bytes()
+        .chunks(76)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    format!(
+        "From: <plc.ewvi7nxzyoun6zhxrhs64oiz@demo.atsms.at>\r\nTo: <bob@{US}>\r\nSubject: ATSMS\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/pkcs7-mime; smime-type=signed-data; name=\"message.p7m\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        lines.join("\r\n")
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
+    let plc = Plc::start();
+    publish(&plc, SENDER, &text("sender.crt.pem"), &text("sender.fp"));
+    let toml = format!(
+        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{US}\"]\n[policy]\nauthserv_id = \"mx.test\"\non_fail = \"accept\"\non_none = \"accept\"\n",
+        plc.url()
+    );
+    let server =
+        RunningLmtp::start_with_config(&Config::from_toml(&toml, "test").unwrap(), NOW).await;
+    let signed = data("signed.der");
+    let content = data("signed.content");
+    let at = signed
+        .windows(content.len())
+        .position(|w| w == content.as_slice())
+        .unwrap();
+    let mut tampered = signed.clone();
+    tampered[at + 3] ^= 0x20;
+    for message in [
+        client_mail(&signed),
+        client_mail(&tampered),
+        data("sample-atsms-envelope.eml"),
+    ] {
+        let mut c = server.client().await;
+        c.send(
+            format!("LHLO x\r\nMAIL FROM:<x@demo.atsms.at>\r\nRCPT TO:<bob@{US}>\r\nDATA\r\n")
+                .as_bytes(),
+        )
+        .await;
+        c.replies(4).await;
+        c.send(&support::lmtp::dot_stuffed(&message)).await;
+        let reply = c.reply().await;
+        assert!(reply.starts_with("250 "), "{reply}");
+    }
+    let stored: Vec<String> = RunningLmtp::new_files(&server.maildir("bob"))
+        .iter()
+        .map(|m| {
+            let text = String::from_utf8_lossy(m).into_owned();
+            let start = text.find("Authentication-Results:").unwrap();
+            let end = text[start..].find("\nFrom:").unwrap();
+            text[start..start + end].replace("\n\t", " ")
+        })
+        .collect();
+    assert_eq!(stored.len(), 3);
+    assert!(
+        stored[0].contains(&format!(
+            "atsms=pass header.from=plc.ewvi7nxzyoun6zhxrhs64oiz@demo.atsms.at policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{SENDER}\""
+        )),
+        "{stored:?}"
+    );
+    assert!(
+        stored[1].contains("atsms=fail reason=")
+            && stored[1].contains(&format!("header.d=\"{SENDER}\"")),
+        "{stored:?}"
+    );
+    assert_eq!(
+        stored[2], "Authentication-Results: mx.test; atsms=none policy.atsms-envelope=sealed",
+        "{stored:?}"
+    );
+}

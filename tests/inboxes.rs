@@ -300,7 +300,19 @@ async fn atsms_client_messages_are_marked_and_filed() {
         |_, _| {},
     )
     .await;
-    let client_message = b"From: x@y.example\r\nSubject: from an AT-SMS client\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nOpen this in your AT-SMS client.\r\n--b1\r\nContent-Type: application/pkcs7-mime; name=\"message.p7m\"\r\nContent-Disposition: attachment; filename=\"message.p7m\"\r\n\r\nMIAGCSqGSIb3DQEHA6CAMIACAQIx\r\n--b1--\r\n";
+    // The AT-SMS client's own EnvelopedData (tests/data/atsms-client), as its SMTP form sends it.
+    let enveloped = std::fs::read(support::test_data("atsms-client").join("oneshot.der")).unwrap();
+    let client_message = format!(
+        "From: x@y.example\r\nSubject: from an AT-SMS client\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nOpen this in your AT-SMS client.\r\n--b1\r\nContent-Type: application/pkcs7-mime; name=\"message.p7m\"\r\nContent-Disposition: attachment; filename=\"message.p7m\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &enveloped)
+            .as_bytes()
+            .chunks(76)
+            .map(|line| String::from_utf8_lossy(line).into_owned())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    )
+    .into_bytes();
+    let client_message = client_message.as_slice();
     let maildir = server.maildir("bob");
     for with_folder in [false, true] {
         if with_folder {
@@ -317,7 +329,9 @@ async fn atsms_client_messages_are_marked_and_filed() {
     assert_eq!(inbox.len(), 1, "without the folder: INBOX");
     let stored = String::from_utf8_lossy(&inbox[0]).into_owned();
     assert!(
-        stored.contains("Authentication-Results: mx.test; atsms=none policy.atsms-envelope=yes\n"),
+        stored.contains(
+            "Authentication-Results: mx.test; atsms=none policy.atsms-envelope=cms-enveloped\n"
+        ),
         "{stored}"
     );
     assert_eq!(

@@ -18,7 +18,9 @@
 mod signed;
 mod smime;
 
-pub use signed::{FloorError, FloorVerdict, Signed, check_signed, verify};
+pub use signed::{
+    FloorError, FloorVerdict, Signed, check_signed, claimed_device, published, verify,
+};
 pub use smime::{CmsInput, Found, find_in_message, read_input};
 
 use cms::content_info::ContentInfo;

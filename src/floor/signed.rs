@@ -7,8 +7,8 @@ use std::sync::Arc;
 use cms::cert::CertificateChoices;
 use cms::content_info::ContentInfo;
 use cms::signed_data::{SignedData, SignerIdentifier};
-use der::Encode;
 use der::oid::ObjectIdentifier;
+use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
 use x509_cert::ext::pkix::SubjectKeyIdentifier;
@@ -36,6 +36,10 @@ pub enum FloorError {
     DigestMismatch,
     #[error("{0}")]
     Signature(SignatureError),
+    /// Verified, but the DID's PDS does not publish the certificate, or could not say, or
+    /// the certificate is not valid now: the reason as found.
+    #[error("{0}")]
+    Unpublished(String),
 }
 
 impl FloorError {
@@ -148,6 +152,16 @@ pub fn check_signed(der: &[u8], detached: Option<&[u8]>) -> Result<Signed, Floor
     })
 }
 
+/// The device a SignedData claims to be signed by (DID and fingerprint of the certificate
+/// its SignerIdentifier names), whether or not the signature verifies: reported as
+/// `header.d` of a failing signature, as DKIM reports `d=`.
+pub fn claimed_device(der: &[u8]) -> Option<(String, String)> {
+    let info = ContentInfo::from_der(der).ok()?;
+    let signed = info.content.decode_as::<SignedData>().ok()?;
+    let signer = signed.signer_infos.0.iter().next()?;
+    device_uri(&signer_certificate(&signed, &signer.sid).ok()?)
+}
+
 /// The certificate the SignerIdentifier names (RFC 5652 §5.3), among those the SignedData
 /// carries: by issuer and serial number, or by subject key identifier.
 fn signer_certificate(
@@ -210,18 +224,25 @@ pub async fn verify(
     detached: Option<&[u8]>,
     now: i64,
 ) -> FloorVerdict {
-    let signed = match check_signed(der, detached) {
-        Ok(signed) => signed,
-        Err(e) => {
-            return FloorVerdict {
-                result: e.result(),
-                did: None,
-                fingerprint: None,
-                published: None,
-                reason: Some(e.to_string()),
-            };
-        }
-    };
+    match check_signed(der, detached) {
+        Ok(signed) => published(identity, &signed, now).await,
+        Err(e) => FloorVerdict {
+            result: e.result(),
+            did: None,
+            fingerprint: None,
+            published: None,
+            reason: Some(e.to_string()),
+        },
+    }
+}
+
+/// The verdict on a SignedData whose signature verified: pass when its certificate is valid
+/// now and the DID's PDS publishes it under its fingerprint.
+pub async fn published(
+    identity: &Arc<IdentityResolver>,
+    signed: &Signed,
+    now: i64,
+) -> FloorVerdict {
     let verdict = |result, published, reason: Option<String>| FloorVerdict {
         result,
         did: Some(signed.did.clone()),

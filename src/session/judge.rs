@@ -231,8 +231,8 @@ pub async fn judge(
                 .and_then(|best| Some((best.did.clone()?, best.passed.as_ref()?.jti.clone()))),
         };
         let mut properties = Vec::new();
-        if verified.atsms_envelope {
-            properties.push(Property::new("atsms-envelope", "yes"));
+        if let Some(kind) = verified.atsms_envelope {
+            properties.push(Property::new("atsms-envelope", kind.as_str()));
         }
         for applied in &reputation.applied {
             let (name, value) = applied.rule.property();
@@ -262,7 +262,7 @@ pub async fn judge(
             inbox,
             action: strictest,
             disposition,
-            atsms_envelope: verified.atsms_envelope,
+            atsms_envelope: verified.atsms_envelope.is_some(),
             header_value,
             log_line,
             remember,
@@ -324,8 +324,8 @@ fn log_line(settings: &Settings, origin: &Origin<'_>, facts: &Facts<'_>) -> Stri
     if let Some(unmet) = facts.inbox {
         line.push_str(&format!(" inbox=rule{}:unmet", unmet.rule));
     }
-    if verified.atsms_envelope {
-        line.push_str(" atsms-envelope=yes");
+    if let Some(kind) = verified.atsms_envelope {
+        line.push_str(&format!(" atsms-envelope={}", kind.as_str()));
     }
     line.push_str(&verified.reputation.log_fields());
     if let Some(reason) = best.and_then(|s| s.reason.as_ref()) {
@@ -379,7 +379,7 @@ mod tests {
         Verified {
             verdict: Verdict { signatures },
             resolve_time: Duration::from_millis(3),
-            atsms_envelope: false,
+            atsms_envelope: None,
             reputation: Assessment::default(),
         }
     }
@@ -530,7 +530,7 @@ mod tests {
         ];
         // Unsigned mail: each recipient gets its own answer in one transaction.
         let mut unsigned = verified(vec![]);
-        unsigned.atsms_envelope = true;
+        unsigned.atsms_envelope = Some(crate::floor::EnvelopeKind::Sealed);
         let j = judge(&s, &TX, &unsigned, &targets, Scope::EachRecipient).await;
         assert_eq!(
             j[0].reply().unwrap().to_string(),
@@ -546,7 +546,7 @@ mod tests {
         assert_eq!((j[2].action, j[2].inbox.is_none()), (Action::Accept, true));
         assert_eq!(
             j[2].header_value,
-            " mx.test; atsms=none policy.atsms-envelope=yes"
+            " mx.test; atsms=none policy.atsms-envelope=sealed"
         );
         assert!(j[2].atsms_envelope);
         // The verification's own refusal stays its own when it is the stricter.

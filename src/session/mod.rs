@@ -11,6 +11,7 @@ use crate::action::Action;
 use crate::auth_results;
 use crate::config::{Config, LimitsConfig, Network, PolicyConfig};
 use crate::envelope::{BodyHasher, FIELD_NAME, HeaderField};
+use crate::floor::EnvelopeKind;
 use crate::inbox::InboxRules;
 use crate::mime::PartScanner;
 use crate::replay::ReplaySet;
@@ -220,8 +221,8 @@ enum Parts {
 pub struct Verified {
     pub verdict: Verdict,
     pub resolve_time: Duration,
-    /// The message carries an AT-SMS client message (marked `policy.atsms-envelope=yes`).
-    pub atsms_envelope: bool,
+    /// What AT-SMS client content the message carries (`policy.atsms-envelope=<kind>`).
+    pub atsms_envelope: Option<EnvelopeKind>,
     /// What reputation says of the sender of a passing signature.
     pub reputation: Assessment,
 }
@@ -265,8 +266,16 @@ impl MessageSession {
                 .find(|f| f.is(name))
                 .map(|f| String::from_utf8_lossy(&f.value).replace(['\r', '\n'], ""))
         };
-        let (content_type, disposition) = (field("content-type"), field("content-disposition"));
-        self.parts = match PartScanner::new(content_type.as_deref(), disposition.as_deref()) {
+        let (content_type, disposition, encoding) = (
+            field("content-type"),
+            field("content-disposition"),
+            field("content-transfer-encoding"),
+        );
+        self.parts = match PartScanner::new(
+            content_type.as_deref(),
+            disposition.as_deref(),
+            encoding.as_deref(),
+        ) {
             (found, None) => Parts::Known(found),
             (_, Some(scanner)) => Parts::Scanning(Box::new(scanner)),
         };
@@ -305,7 +314,9 @@ impl MessageSession {
     pub fn wants_body(&mut self) -> bool {
         self.start_body();
         !self.too_large
-            && (self.signed || self.for_signing || matches!(self.parts, Parts::Scanning(_)))
+            && (self.signed
+                || self.for_signing
+                || matches!(&self.parts, Parts::Scanning(s) if !s.finished()))
     }
 
     pub fn body(&mut self, chunk: &[u8]) {
@@ -316,20 +327,20 @@ impl MessageSession {
         if self.signed || self.for_signing {
             self.body.update(chunk);
         }
-        if let Parts::Scanning(scanner) = &mut self.parts {
+        if let Parts::Scanning(scanner) = &mut self.parts
+            && !scanner.finished()
+        {
             scanner.update(chunk);
-            if scanner.found() {
-                self.parts = Parts::Known(true);
-            }
         }
     }
 
-    /// Whether an AT-SMS client message was seen (all of it, once the body ended).
-    pub fn atsms_envelope(&self) -> bool {
+    /// What AT-SMS client content the message carries (all of it, once the body ended), and
+    /// the SignedData when it is one.
+    pub fn atsms_envelope(&self) -> Option<(EnvelopeKind, Option<Vec<u8>>)> {
         match &self.parts {
-            Parts::Known(found) => *found,
-            Parts::Scanning(scanner) => scanner.found(),
-            Parts::Pending => false,
+            Parts::Known(true) => Some((EnvelopeKind::Malformed, None)),
+            Parts::Scanning(scanner) => scanner.envelope(),
+            Parts::Known(false) | Parts::Pending => None,
         }
     }
 
@@ -369,7 +380,7 @@ impl MessageSession {
         self.start_body();
         let body_hash = self.body_hash();
         let started = Instant::now();
-        let verdict = settings
+        let mut verdict = settings
             .verifier
             .verify(
                 &self.headers,
@@ -380,6 +391,12 @@ impl MessageSession {
                 },
             )
             .await;
+        // An AT-SMS client's SignedData: the X.509 floor, one more signature.
+        let envelope = self.atsms_envelope();
+        if let Some((EnvelopeKind::CmsSigned, Some(der))) = &envelope {
+            let floor = settings.verifier.floor(&self.headers, der, now).await;
+            verdict.signatures.push(floor);
+        }
         // Reputation speaks of the sender a passing signature names.
         let reputation = match (&settings.reputation, verdict.best_pass()) {
             (Some(reputation), Some(best)) => match (&best.did, &best.passed) {
@@ -395,7 +412,7 @@ impl MessageSession {
         Verified {
             verdict,
             resolve_time: started.elapsed(),
-            atsms_envelope: self.atsms_envelope(),
+            atsms_envelope: envelope.map(|(kind, _)| kind),
             reputation,
         }
     }

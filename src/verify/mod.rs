@@ -19,6 +19,8 @@ use crate::identity::{DidDocument, IdentityError, IdentityResolver, ResolvedDid,
 use crate::syntax;
 use crate::syntax::ascii_domain;
 
+mod floor;
+
 /// Signatures verified per message; fields beyond this are reported as `permerror` without
 /// any lookup, so a message with thousands of fields costs no more than one with ten.
 pub const MAX_SIGNATURES: usize = 10;
@@ -67,6 +69,9 @@ pub enum Reason {
     /// Step 11: the same (DID, jti, mailbox) was accepted before.
     #[error("replayed")]
     Replayed,
+    /// The X.509 floor (an AT-SMS client's CMS SignedData, `floor`).
+    #[error("{0}")]
+    Floor(crate::floor::FloorError),
     #[error("more than {MAX_SIGNATURES} signatures; not verified")]
     TooManySignatures,
 }
