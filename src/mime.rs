@@ -184,7 +184,8 @@ impl PartScanner {
     }
 
     /// What the AT-SMS part carries (none: no AT-SMS part), and its content when it is a
-    /// CMS SignedData (for the X.509 floor). Asked once the body has ended.
+    /// CMS structure (a SignedData for the X.509 floor, an EnvelopedData for its recipients).
+    /// Asked once the body has ended.
     pub fn envelope(&self) -> Option<(crate::floor::EnvelopeKind, Option<Vec<u8>>)> {
         use crate::floor::EnvelopeKind;
         if !self.found {
@@ -202,7 +203,9 @@ impl PartScanner {
             return Some((EnvelopeKind::Malformed, None));
         };
         match crate::floor::classify(&content) {
-            EnvelopeKind::CmsSigned => Some((EnvelopeKind::CmsSigned, Some(content))),
+            kind @ (EnvelopeKind::CmsSigned | EnvelopeKind::CmsEnveloped) => {
+                Some((kind, Some(content)))
+            }
             kind => Some((kind, None)),
         }
     }

@@ -337,6 +337,51 @@ impl Router {
     }
 }
 
+impl Router {
+    /// The consent of the recipient `mailbox`, when it is a DID mailbox at one of
+    /// `inbox.hosts` (none otherwise: consent is this host's to check for its own mailboxes
+    /// only); with the recipients of a CMS EnvelopedData the message carries, consent also
+    /// needs the envelope to name a device certificate that DID publishes, and every entry
+    /// naming that DID to be one (issuer CN = the DID, serial of a published certificate).
+    pub async fn consent_of(
+        &self,
+        mailbox: &str,
+        enveloped_to: Option<&[crate::floor::Recipient]>,
+    ) -> Option<Consent> {
+        let address = DidAddress::parse(mailbox).filter(|a| self.is_ours(&a.domain))?;
+        let consent = self.consent(&address).await;
+        let (Consent::Given, Some(recipients)) = (&consent, enveloped_to) else {
+            return Some(consent);
+        };
+        let for_this: Vec<&crate::floor::Recipient> = recipients
+            .iter()
+            .filter(|r| r.issuer_cn.as_deref() == Some(address.did.as_str()))
+            .collect();
+        if for_this.is_empty() {
+            return Some(Consent::Refused);
+        }
+        let identity = self.identity.clone();
+        let did = address.did.clone();
+        let fetch = tokio::spawn(async move { identity.atsms_inbox(&did).await });
+        Some(match tokio::time::timeout(self.timeout, fetch).await {
+            Ok(Ok(Ok(found))) => {
+                let published = |r: &&crate::floor::Recipient| {
+                    found.value.device_by_serial(&r.serial).is_some()
+                };
+                if for_this.iter().all(published) {
+                    Consent::Given
+                } else {
+                    Consent::Refused
+                }
+            }
+            Ok(Ok(Err(e))) if e.is_transient() => Consent::Unknown(e.to_string()),
+            Ok(Ok(Err(_))) => Consent::Refused,
+            Ok(Err(_)) => Consent::Unknown("lookup failed".into()),
+            Err(_) => Consent::Unknown(IdentityError::TimedOut.to_string()),
+        })
+    }
+}
+
 /// The consent check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Consent {

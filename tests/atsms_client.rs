@@ -500,3 +500,68 @@ async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
         "{stored:?}"
     );
 }
+
+#[tokio::test]
+async fn an_enveloped_data_is_taken_only_for_a_device_its_did_publishes() {
+    let plc = Plc::start();
+    let bang = format!("did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@{US}");
+    publish(&plc, RECIPIENT, &text("recip.crt.pem"), &recipient_fp());
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        json!({"endpoints": [{"uri": format!("mailto:{bang}")}]}),
+    );
+    let toml = format!(
+        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{US}\"]\n[policy]\nauthserv_id = \"mx.test\"\non_none = \"accept\"\n",
+        plc.url()
+    );
+    let server =
+        RunningLmtp::start_with_config(&Config::from_toml(&toml, "test").unwrap(), NOW).await;
+    let enveloped = data("oneshot.der");
+    // The same envelope, its recipient entry naming a serial the DID does not publish.
+    let serial = [
+        0x0b, 0xe2, 0x3f, 0x11, 0xd3, 0x9b, 0xa7, 0xc0, 0xa8, 0x71, 0x2d, 0x3a, 0x79, 0x8e, 0xf2,
+        0x0f,
+    ];
+    let at = enveloped.windows(16).position(|w| w == serial).unwrap();
+    let mut elsewhere = enveloped.clone();
+    elsewhere[at + 15] ^= 0x01;
+    let mail = |der: &[u8]| {
+        String::from_utf8(client_mail(der))
+            .unwrap()
+            .replace("smime-type=signed-data", "smime-type=enveloped-data")
+            .replace(&format!("bob@{US}"), &bang)
+            .into_bytes()
+    };
+    let mut replies = Vec::new();
+    for der in [&enveloped, &elsewhere] {
+        let mut c = server.client().await;
+        c.send(
+            format!("LHLO x\r\nMAIL FROM:<x@demo.atsms.at>\r\nRCPT TO:<{bang}>\r\nDATA\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let before = c.replies(4).await;
+        assert!(before[2].starts_with("250 2.1.5"), "{before:?}");
+        c.send(&support::lmtp::dot_stuffed(&mail(der))).await;
+        replies.push(c.reply().await);
+    }
+    assert!(replies[0].starts_with("250 "), "{replies:?}");
+    assert!(replies[1].starts_with("550 5.1.1"), "{replies:?}");
+    let folder = server
+        .dir
+        .path()
+        .join(US)
+        .join("did.plc.aaaaaaaaaaaaaaaaaaaaaaaa")
+        .join("Maildir");
+    let stored = RunningLmtp::new_files(&folder);
+    assert_eq!(stored.len(), 1);
+    let stored = String::from_utf8_lossy(&stored[0]).into_owned();
+    assert!(
+        stored.contains(
+            "Authentication-Results: mx.test; atsms=none policy.atsms-consent=yes policy.atsms-envelope=cms-enveloped\n"
+        ),
+        "{stored}"
+    );
+}

@@ -185,10 +185,6 @@ impl IdentityResolver {
             })
             .map(str::to_ascii_lowercase)
             .collect();
-        if mailto.is_empty() {
-            // No mailbox to consent to: the certificates would not change the answer.
-            return Ok(AtsmsInbox::default());
-        }
         let limit = MAX_DEVICES.to_string();
         let listed = self
             .pds_query(

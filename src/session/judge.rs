@@ -9,6 +9,7 @@ use crate::inbox::Unmet;
 use crate::policy::{self, Decision};
 use crate::reply::{Enhanced, Reply};
 use crate::reputation::Assessment;
+use crate::routing::Consent;
 use crate::verify::Verdict;
 
 use super::{Settings, Verified};
@@ -198,9 +199,36 @@ pub async fn judge(
         // recipients under other rules out of it).
         let rule = settings.inbox.rule_for(&targets[group[0]].mailbox);
         let inbox = settings.inbox.check(rule, &verdict);
-        // The strictest of what the result, the inbox rule and reputation ask for.
+        // The DID mailboxes among the recipients: their consent (and, for an EnvelopedData,
+        // that it is encrypted to a device the DID publishes). The milter's RCPT went
+        // through Postfix's atsms_mailbox map and LMTP asked at RCPT, so this is cached; it
+        // is asked again here because an envelope's recipients are known only now.
+        let mut consent: Option<Consent> = None;
+        for &i in &group {
+            let Some(here) = settings
+                .router
+                .consent_of(&targets[i].mailbox, verified.enveloped_to.as_deref())
+                .await
+            else {
+                continue;
+            };
+            consent = Some(match (consent, here) {
+                (Some(Consent::Refused), _) | (_, Consent::Refused) => Consent::Refused,
+                (Some(Consent::Unknown(why)), _) | (_, Consent::Unknown(why)) => {
+                    Consent::Unknown(why)
+                }
+                _ => Consent::Given,
+            });
+        }
+        let consent_action = match &consent {
+            Some(Consent::Refused) => Some(Action::Reject),
+            Some(Consent::Unknown(_)) => Some(Action::Tempfail),
+            _ => None,
+        };
+        // The strictest of what consent, the result, the inbox rule and reputation ask for.
         let reputation = &verified.reputation;
         let strictest = [
+            consent_action,
             Some(decision.action),
             inbox.as_ref().map(|u| u.action),
             reputation.strictest().map(|a| a.action),
@@ -217,8 +245,27 @@ pub async fn judge(
         let disposition = if settings.policy.dry_run {
             Disposition::Deliver
         } else {
-            let why = reason(&decision, inbox.as_ref(), reputation, strictest);
-            disposition(strictest, why)
+            match &consent {
+                Some(Consent::Refused) if strictest == Action::Reject => {
+                    Disposition::Refuse(Reply::new(
+                        550,
+                        Enhanced(5, 1, 1),
+                        "no mailbox here: the DID names no mailbox at this host, or no device \
+                     of its own that this message is encrypted to",
+                    ))
+                }
+                Some(Consent::Unknown(why)) if strictest == Action::Tempfail => {
+                    Disposition::Refuse(Reply::new(
+                        451,
+                        Enhanced(4, 4, 3),
+                        format!("DID document or PDS unavailable ({why}), try again later"),
+                    ))
+                }
+                _ => {
+                    let why = reason(&decision, inbox.as_ref(), reputation, strictest);
+                    disposition(strictest, why)
+                }
+            }
         };
         let remember = Remember {
             replay_mailboxes: if replay.is_some() {
@@ -231,6 +278,16 @@ pub async fn judge(
                 .and_then(|best| Some((best.did.clone()?, best.passed.as_ref()?.jti.clone()))),
         };
         let mut properties = Vec::new();
+        if let Some(consent) = consent {
+            properties.push(Property::new(
+                "atsms-consent",
+                if consent == Consent::Given {
+                    "yes"
+                } else {
+                    "no"
+                },
+            ));
+        }
         if let Some(kind) = verified.atsms_envelope {
             properties.push(Property::new("atsms-envelope", kind.as_str()));
         }
@@ -380,6 +437,7 @@ mod tests {
             verdict: Verdict { signatures },
             resolve_time: Duration::from_millis(3),
             atsms_envelope: None,
+            enveloped_to: None,
             reputation: Assessment::default(),
         }
     }

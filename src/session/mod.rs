@@ -223,6 +223,9 @@ pub struct Verified {
     pub resolve_time: Duration,
     /// What AT-SMS client content the message carries (`policy.atsms-envelope=<kind>`).
     pub atsms_envelope: Option<EnvelopeKind>,
+    /// The device certificates a CMS EnvelopedData is encrypted to (consent: a DID mailbox
+    /// takes one only when it names a device that DID publishes).
+    pub enveloped_to: Option<Vec<crate::floor::Recipient>>,
     /// What reputation says of the sender of a passing signature.
     pub reputation: Assessment,
 }
@@ -412,6 +415,12 @@ impl MessageSession {
         Verified {
             verdict,
             resolve_time: started.elapsed(),
+            enveloped_to: match &envelope {
+                Some((EnvelopeKind::CmsEnveloped, Some(der))) => {
+                    crate::floor::enveloped_recipients(der)
+                }
+                _ => None,
+            },
             atsms_envelope: envelope.map(|(kind, _)| kind),
             reputation,
         }
