@@ -386,14 +386,40 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
         None => None,
     };
     let xrpc = match &config.xrpc.listen {
-        Some(listen) => Some((
-            bind(listen, FileMode(0o660), None).await?,
-            Arc::new(crate::xrpc::Service::new(
+        Some(listen) => {
+            let mut service = crate::xrpc::Service::new(
                 runtime.signing.clone(),
                 &config.xrpc,
                 &config.store.jti_file,
-            )?),
-        )),
+            )?;
+            if config.xrpc.inbox {
+                // The HTTPS inbox stores as LMTP does: the LMTP service when it runs here,
+                // else one for the inbox alone.
+                let lmtp_service = match &lmtp {
+                    Some((_, service)) => service.clone(),
+                    None => {
+                        let lmtp_config = config.lmtp.clone().unwrap_or_default();
+                        Arc::new(LmtpService::new(
+                            shared.clone(),
+                            &lmtp_config,
+                            crate::host::name(),
+                            true,
+                        )?)
+                    }
+                };
+                let hosts = config
+                    .inbox
+                    .hosts()
+                    .iter()
+                    .filter_map(|h| crate::syntax::ascii_domain(h))
+                    .collect();
+                service = service.with_inbox(crate::xrpc::inbox::Inbox::new(lmtp_service, hosts));
+            }
+            Some((
+                bind(listen, FileMode(0o660), None).await?,
+                Arc::new(service),
+            ))
+        }
         None => None,
     };
     let exim_listener = match &config.exim.listen {

@@ -565,3 +565,135 @@ async fn an_enveloped_data_is_taken_only_for_a_device_its_did_publishes() {
         "{stored}"
     );
 }
+
+/// One HTTP/1.1 POST on a fresh connection: the status and the JSON answer.
+fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: inbox.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    let json = answer
+        .split_once("\r\n\r\n")
+        .and_then(|(_, b)| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[test]
+fn the_https_inbox_stores_an_envelope_once_as_the_smtp_path_does() {
+    use support::daemon::Daemon;
+    use support::postfix::free_port;
+    let plc = Plc::start();
+    let bang = format!("did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@{US}");
+    publish(&plc, RECIPIENT, &text("recip.crt.pem"), &recipient_fp());
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        json!({"endpoints": [{"uri": "https://inbox.test/inbox"}, {"uri": format!("mailto:{bang}")}]}),
+    );
+    let stranger = support::ids::plc_did(77);
+    plc.set_with_pds(&stranger, &SigningKey::generate(Alg::Es256).unwrap(), None);
+    let dir = support::public_tempdir();
+    let port = free_port();
+    let config = format!(
+        "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\n\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\nmax_message_size = 100000\n\n[inbox]\nhosts = [\"{US}\"]\n\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\n\n[reputation]\nrate_limit = 4\n\n[policy]\nauthserv_id = \"mx.test\"\n\n[store]\njti_file = \"{0}/jti\"\n\n[log]\nlevel = \"debug\"\n",
+        dir.path().display(),
+        plc.url()
+    );
+    let daemon = Daemon::start(&config, port);
+    let folder = dir
+        .path()
+        .join(US)
+        .join("did.plc.aaaaaaaaaaaaaaaaaaaaaaaa")
+        .join("Maildir");
+    let body = |bytes: &[u8]| json!({"envelope": b64(bytes)}).to_string();
+    let to = format!("/inbox/{RECIPIENT}");
+
+    let sealed = data("envelope.cbor");
+    let (status, answer) = post(port, &to, &body(&sealed));
+    assert_eq!(status, 202, "{answer} {}", daemon.log());
+    assert_eq!(answer["stored"], true);
+    // The same envelope again (a client retrying): accepted, stored once.
+    let (status, again) = post(port, &to, &body(&sealed));
+    assert_eq!((status, &again["stored"]), (202, &json!(false)));
+    assert_eq!(again["sha256"], answer["sha256"]);
+    let stored = RunningLmtp::new_files(&folder);
+    assert_eq!(stored.len(), 1);
+    let stored = String::from_utf8_lossy(&stored[0]).into_owned();
+    assert!(
+        stored.contains("Authentication-Results: mx.test; atsms=none policy.atsms-consent=yes policy.atsms-envelope=sealed\n"),
+        "{stored}"
+    );
+    assert!(stored.contains("Content-Type: application/atsms-envelope"));
+    let kept: String = stored
+        .split("base64\n\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| !l.starts_with("--"))
+        .collect();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(kept)
+            .unwrap(),
+        sealed,
+        "the envelope byte for byte"
+    );
+    assert!(
+        !stored.contains("127.0.0.1"),
+        "the poster's address is not kept: {stored}"
+    );
+    let log = daemon.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("inbox") && l.contains("127.0.0.1:")),
+        "nor logged with it: {log}"
+    );
+
+    // The client's EnvelopedData, encrypted to the recipient's device.
+    let (status, _) = post(port, &to, &body(&data("oneshot.der")));
+    assert_eq!(status, 202);
+    // What is not an envelope; a DID with no inbox here; too large; malformed requests.
+    assert_eq!(post(port, &to, &body(b"hello")).0, 400);
+    assert_eq!(post(port, &to, "{\"envelope\": 5}").0, 400);
+    assert_eq!(
+        post(port, &format!("/inbox/{stranger}"), &body(&sealed)).0,
+        404
+    );
+    assert_eq!(post(port, "/inbox/not-a-did", &body(&sealed)).0, 404);
+    let mut huge = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x20];
+    huge.extend([7u8; 32]);
+    huge.extend([0x5a, 0x00, 0x01, 0x86, 0xa0]);
+    huge.extend(vec![0u8; 100_000]);
+    assert_eq!(post(port, &to, &body(&huge)).0, 413);
+
+    // The recipient's rate (4 an hour): two stored so far, two more, then 429.
+    let distinct = |n: u8| {
+        let mut e = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x20];
+        e.extend([n; 32]);
+        e.extend([0x41, n]);
+        e
+    };
+    assert_eq!(post(port, &to, &body(&distinct(1))).0, 202);
+    assert_eq!(post(port, &to, &body(&distinct(2))).0, 202);
+    assert_eq!(post(port, &to, &body(&distinct(3))).0, 429);
+    assert_eq!(RunningLmtp::new_files(&folder).len(), 4);
+
+    // The PDS down for a DID not seen yet: 503, not a refusal.
+    let later = support::ids::plc_did(78);
+    plc.set_with_pds(&later, &SigningKey::generate(Alg::Es256).unwrap(), None);
+    plc.set_pds_down(true);
+    assert_eq!(
+        post(port, &format!("/inbox/{later}"), &body(&sealed)).0,
+        503
+    );
+    plc.set_pds_down(false);
+}

@@ -117,7 +117,7 @@ impl Config {
         for (i, key) in self.signing.keys.iter().enumerate() {
             if key.logins.as_ref().is_none_or(|l| l.is_empty()) {
                 return Err(format!(
-                    "signing.key #{} ({}): logins must name the SASL logins that may sign with                      it; logins = [\"*\"] lets every authenticated login sign every sender it                      lists",
+                    "signing.key #{} ({}): logins must name the SASL logins that may sign with it; logins = [\"*\"] lets every authenticated login sign every sender it lists",
                     i + 1,
                     key.kid
                 ));
@@ -131,6 +131,13 @@ impl Config {
                     key.did
                 ));
             }
+        }
+        if self.xrpc.inbox && self.lmtp.as_ref().is_none_or(|l| l.maildir.is_empty()) {
+            return Err(
+                "xrpc.inbox: the HTTPS inbox stores as LMTP does: it needs an [lmtp] section \
+                 with its maildir"
+                    .into(),
+            );
         }
         if let Some(did) = &self.xrpc.service_did
             && !did.starts_with("did:")

@@ -118,6 +118,9 @@ pub struct XrpcConfig {
     pub max_concurrent: NonZeroUsize,
     /// Seconds a request may take, reading it included.
     pub timeout: NonZeroU64,
+    /// Serves `POST /inbox/{did}`: the endpoint the AT-SMS client posts envelopes to, stored
+    /// as LMTP stores mail (needs `[lmtp]`).
+    pub inbox: bool,
 }
 
 impl Default for XrpcConfig {
@@ -127,6 +130,7 @@ impl Default for XrpcConfig {
             service_did: None,
             max_concurrent: NonZeroUsize::new(64).expect("non-zero"),
             timeout: NonZeroU64::new(10).expect("non-zero"),
+            inbox: false,
         }
     }
 }

@@ -318,3 +318,36 @@ async fn store(
             .collect(),
     }
 }
+
+/// A whole message handed over at once (the HTTPS inbox, `xrpc::inbox`): `address` resolved
+/// as RCPT resolves it, then the same delivery as DATA — verified, judged, written once —
+/// and its one reply.
+pub async fn deliver_message(
+    service: &Arc<LmtpService>,
+    sender: &str,
+    address: &str,
+    message: &[u8],
+) -> Reply {
+    use super::incoming::Incoming;
+    use super::recipient::RecipientError;
+    let settings = service.settings.get();
+    let mailboxes = service.mailboxes();
+    let recipient = match mailboxes.resolve(address) {
+        Ok(recipient) => recipient,
+        Err(RecipientError::Unknown) => {
+            return Reply::new(550, Enhanced(5, 1, 1), "user unknown").for_recipient(address);
+        }
+        Err(RecipientError::BadAddress) => {
+            return Reply::new(550, Enhanced(5, 1, 3), "bad address").for_recipient(address);
+        }
+    };
+    let mut t = Transaction::new(sender.to_string());
+    t.recipients.push(recipient);
+    t.incoming = Some(Incoming::new(service.max_message_size, &settings));
+    t.push(message);
+    deliver_all(service, &settings, t)
+        .await
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Reply::new(451, Enhanced(4, 3, 0), "internal error: no reply"))
+}

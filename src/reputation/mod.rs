@@ -267,6 +267,22 @@ impl Reputation {
     }
 
     /// Counts an accepted message from `did` (its signature's `jti`) towards the rate limit.
+    /// The HTTPS inbox's rate limit: envelopes carry no sender, so the per-DID limit
+    /// (`rate_limit` an hour) counts what is posted **to** `recipient` (keyed `inbox:<did>`,
+    /// each envelope once by its SHA-256 `hash`). Counts the envelope when it is allowed.
+    pub async fn inbox_allows(&self, recipient: &str, hash: &str, now: i64) -> bool {
+        let limit = self.config.rate_limit;
+        if limit == 0 {
+            return true;
+        }
+        let key = format!("inbox:{recipient}");
+        if self.caches.rate.would_exceed(&key, hash, limit, now).await {
+            return false;
+        }
+        self.caches.rate.count(&key, hash, now).await;
+        true
+    }
+
     pub async fn count(&self, did: &str, jti: &str, now: i64) {
         if self.config.rate_limit > 0 {
             self.caches.rate.count(did, jti, now).await;

@@ -14,6 +14,7 @@
 pub mod client;
 mod did_json;
 mod error;
+pub mod inbox;
 mod request;
 
 use std::sync::Arc;
@@ -69,6 +70,8 @@ pub struct Service {
     auth: Authenticator,
     permits: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
+    /// The HTTPS inbox, when `xrpc.inbox` is on.
+    inbox: Option<inbox::Inbox>,
 }
 
 impl Service {
@@ -88,7 +91,14 @@ impl Service {
             signing,
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.get())),
             timeout: Duration::from_secs(config.timeout.get()),
+            inbox: None,
         })
+    }
+
+    /// Serves the HTTPS inbox too (`xrpc.inbox`).
+    pub fn with_inbox(mut self, inbox: inbox::Inbox) -> Service {
+        self.inbox = Some(inbox);
+        self
     }
 
     /// One `signEnvelope` call to the method `lxm`, checked in the order of interfaces.md's
@@ -255,6 +265,7 @@ pub fn router(service: Arc<Service>) -> Router {
             post(sign_envelope_deprecated).fallback(wrong_method),
         )
         .route("/xrpc/_health", get(health).fallback(wrong_method))
+        .route("/inbox/{did}", post(inbox::post).fallback(wrong_method))
         .route(
             "/.well-known/did.json",
             get(did_document).fallback(wrong_method),

@@ -123,19 +123,28 @@ impl Request {
 const DRAIN_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// The body, at most `MAX_BODY` bytes of JSON.
-pub(super) async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Vec<u8>, XrpcError> {
+pub(super) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, XrpcError> {
+    read_json_body(headers, body, MAX_BODY).await
+}
+
+/// A JSON body of at most `max` bytes (the HTTPS inbox's bound is the message size limit).
+pub(super) async fn read_json_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    max: usize,
+) -> Result<Vec<u8>, XrpcError> {
     let too_large = || {
         XrpcError::new(
             413,
             "PayloadTooLarge",
-            format!("the body is limited to {MAX_BODY} bytes"),
+            format!("the body is limited to {max} bytes"),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         // A client waiting for `100 Continue` (RFC 9110 §10.1.1) never sends the body if it
         // is answered at once; any other is drained, unless it is huge.
         let waits = headers.contains_key(header::EXPECT);
@@ -154,7 +163,7 @@ pub(super) async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Vec
         let frame =
             frame.map_err(|e| XrpcError::invalid(format!("the body could not be read: {e}")))?;
         if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > MAX_BODY {
+            if bytes.len() + data.len() > max {
                 drain(body, (bytes.len() + data.len()) as u64).await;
                 return Err(too_large());
             }
