@@ -170,7 +170,7 @@ async fn retry_after_on_429_is_honoured_and_the_next_directory_asked() {
     let mirror = HttpServer::start(Arc::new(move |t: &str| {
         Reply::json(200, document(t.trim_start_matches('/'), &k, None))
     }));
-    // Retry-After is honoured up to cache.error (60 s by default): tests/hostile_review.rs r18.
+    // Retry-After is honoured up to cache.error (60 s by default): tests/hostile.rs `retry_after_is_honoured_no_longer_than_cache_error`.
     let config = ResolverConfig {
         plc_urls: vec![busy.url().parse().unwrap(), mirror.url().parse().unwrap()],
         ..Default::default()
