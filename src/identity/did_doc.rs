@@ -148,6 +148,16 @@ impl DidDocument {
                 == Some(fragment)
     }
 
+    /// The text `key` would decode for `#fragment` (its type and multibase value): the same
+    /// text is the same key, so a parsed key may be cached under it.
+    pub fn key_text(&self, fragment: &str) -> Option<(&str, &str)> {
+        let method = self
+            .verification_methods
+            .iter()
+            .find(|m| self.matches_fragment(&m.id, fragment) && m.controller.is_none())?;
+        Some((&method.kind, method.public_key_multibase.as_deref()?))
+    }
+
     /// The key of `#fragment` (spec 5.1): the first method with that id and this DID as
     /// controller decides; a defect in it is an error, with no fallback to later entries.
     pub fn key(&self, fragment: &str) -> Result<PublicKey, DocumentError> {

@@ -39,7 +39,22 @@ impl IdentityResolver {
         };
         let key = match kid {
             Kid::VerificationMethod { fragment, .. } => {
-                did.document.key(fragment).map_err(|e| fail(e.into()))?
+                // Decoding a key (a point decompression) costs more than the rest of a
+                // lookup: a parsed key is kept under the text it came from.
+                let text = did
+                    .document
+                    .key_text(fragment)
+                    .map(|(kind, multibase)| format!("{kind} {multibase}"));
+                match text.as_deref().and_then(|t| self.parsed_keys.get(t)) {
+                    Some(key) => key,
+                    None => {
+                        let key = did.document.key(fragment).map_err(|e| fail(e.into()))?;
+                        if let Some(text) = text {
+                            self.parsed_keys.insert(text, key.clone());
+                        }
+                        key
+                    }
+                }
             }
             Kid::DeviceCertificate { fingerprint, .. } => {
                 let (document, fingerprint) = (did.document.clone(), fingerprint.clone());

@@ -126,6 +126,9 @@ pub(crate) fn fetch_error(upstream: Upstream, e: FetchError) -> IdentityError {
     }
 }
 
+/// Decoded keys kept (the senders seen most recently, whose documents are cached too).
+const PARSED_KEYS: u64 = 10_000;
+
 /// Resolves and caches identities. One per process, shared by every connection.
 pub struct IdentityResolver {
     net: Net,
@@ -138,6 +141,9 @@ pub struct IdentityResolver {
     handles: TimedCache<(String, HandleSource)>,
     /// Domains' `_atsms-mail` TXT answers (spec section 9): `Ok` when the domain vouches.
     mail_hosts: TimedCache<()>,
+    /// Keys decoded from documents, by their type and multibase text (`keys.rs`): at most
+    /// `PARSED_KEYS`, about 150 bytes each.
+    parsed_keys: moka::sync::Cache<String, PublicKey>,
     /// DIDs refreshed after a failure recently (ROTATION_CHECK_INTERVAL).
     rotation_checks: moka::sync::Cache<String, ()>,
     /// PLC directories that answered 429, and until when they asked us to stay away.
@@ -183,6 +189,7 @@ impl IdentityResolver {
             inboxes: TimedCache::new(cache, 1, 8),
             handles: TimedCache::new(cache, 1, 8),
             mail_hosts: TimedCache::new(cache, 1, 8),
+            parsed_keys: moka::sync::Cache::new(PARSED_KEYS),
             rotation_checks: moka::sync::Cache::builder()
                 .max_capacity(cache.max_entries)
                 .time_to_live(ROTATION_CHECK_INTERVAL)

@@ -28,8 +28,9 @@ pub struct Connection {
     _open: crate::metrics::ConnectionGuard,
     settings: Arc<Settings>,
     skip_negotiated: bool,
-    /// The MTA sends header fields without waiting for a reply to each (SMFIP_NR_HDR).
-    noreply_header: bool,
+    /// The steps the MTA sends without waiting for a reply (SMFIP_NR_*): every answer of
+    /// such a step is `Noreply`.
+    noreply: ProtoOpts,
     /// The client's address, when it connected over IP.
     client: Option<std::net::IpAddr>,
     message: Option<MessageSession>,
@@ -117,10 +118,20 @@ fn handle_negotiate(
         ProtoOpts::LEADING_SPACE | ProtoOpts::NO_HELO | ProtoOpts::NO_UNKNOWN | ProtoOpts::NO_DATA;
     // Header fields need no answer (they are only recorded): saying so up front saves the MTA a
     // round trip per field. A failure while recording one is answered at end of message.
-    let noreply_header = mta_opts.contains(ProtoOpts::NOREPLY_HEADER);
-    if noreply_header {
-        cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
+    // Steps whose answer is always "continue" need none: the MTA sends them without waiting,
+    // and a message costs one round trip (end of message) instead of five. Header fields and
+    // body chunks are only recorded, connect and MAIL only noted; RCPT is answered only when
+    // inbox rules may refuse a recipient there. A failure in an unanswered step is answered
+    // at end of message (never a silent accept).
+    let mut noreply = ProtoOpts::NOREPLY_CONNECT
+        | ProtoOpts::NOREPLY_MAIL
+        | ProtoOpts::NOREPLY_HEADER
+        | ProtoOpts::NOREPLY_BODY;
+    if settings.inbox.is_empty() {
+        noreply |= ProtoOpts::NOREPLY_RCPT;
     }
+    let noreply = noreply & mta_opts;
+    cx.requested_opts |= noreply;
     let skip_negotiated = mta_opts.contains(ProtoOpts::SKIP);
     if skip_negotiated {
         cx.requested_opts |= ProtoOpts::SKIP;
@@ -135,7 +146,7 @@ fn handle_negotiate(
         _open: crate::metrics::global().milter_connection(),
         settings,
         skip_negotiated,
-        noreply_header,
+        noreply,
         client: None,
         message: None,
         mode: Mode::Judge,
@@ -154,7 +165,18 @@ fn handle_connect(cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
     if let SocketInfo::Inet(addr) = socket {
         conn.client = Some(addr.ip());
     }
-    Status::Continue
+    conn.answer(ProtoOpts::NOREPLY_CONNECT, Status::Continue)
+}
+
+impl Connection {
+    /// `status`, or no answer when the MTA does not wait for one at this step.
+    fn answer(&self, step: ProtoOpts, status: Status) -> Status {
+        if self.noreply.contains(step) {
+            Status::Noreply
+        } else {
+            status
+        }
+    }
 }
 
 fn handle_mail(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
@@ -181,7 +203,7 @@ fn handle_mail(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
         Mode::Sign { .. } => MessageSession::to_sign(&conn.settings),
         _ => MessageSession::new(&conn.settings),
     });
-    Status::Continue
+    conn.answer(ProtoOpts::NOREPLY_MAIL, Status::Continue)
 }
 
 fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
@@ -206,53 +228,46 @@ fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
         }
     }
     conn.recipients.push(address);
-    Status::Continue
+    conn.answer(ProtoOpts::NOREPLY_RCPT, Status::Continue)
 }
 
 fn handle_header(cx: &mut Context<Connection>, name: CString, value: CString) -> Status {
-    let id = queue_id(&cx.macros);
+    // The queue id only for a log line: no allocation per field otherwise.
+    let id = || queue_id(&cx.macros);
     let Some(conn) = cx.data.as_mut() else {
         // Without connection state the end of message fails too: never a silent accept.
-        error!("{id}: connection state missing at header");
+        error!("{}: connection state missing at header", id());
         return Status::Tempfail;
-    };
-    let reply = if conn.noreply_header {
-        Status::Noreply
-    } else {
-        Status::Continue
     };
     let Some(message) = conn.message.as_mut() else {
         // The end of message finds no message either and tempfails there.
-        error!("{id}: header outside a message");
-        return if conn.noreply_header {
-            Status::Noreply
-        } else {
-            Status::Tempfail
-        };
+        error!("{}: header outside a message", id());
+        return conn.answer(ProtoOpts::NOREPLY_HEADER, Status::Tempfail);
     };
     message.header(&lossy(&name), value.as_bytes());
-    reply
+    conn.answer(ProtoOpts::NOREPLY_HEADER, Status::Continue)
 }
 
 fn handle_body(cx: &mut Context<Connection>, chunk: Bytes) -> Status {
-    let id = queue_id(&cx.macros);
+    let id = || queue_id(&cx.macros);
     let Some(conn) = cx.data.as_mut() else {
-        error!("{id}: connection state missing at body");
+        error!("{}: connection state missing at body", id());
         return Status::Tempfail;
     };
     let Some(message) = conn.message.as_mut() else {
-        error!("{id}: body outside a message");
-        return Status::Tempfail;
+        error!("{}: body outside a message", id());
+        return conn.answer(ProtoOpts::NOREPLY_BODY, Status::Tempfail);
     };
     if !(conn.mode != Mode::Pass && message.wants_body()) {
-        return if conn.skip_negotiated {
+        let status = if conn.skip_negotiated {
             Status::Skip
         } else {
             Status::Continue
         };
+        return conn.answer(ProtoOpts::NOREPLY_BODY, status);
     }
     message.body(&chunk);
-    Status::Continue
+    conn.answer(ProtoOpts::NOREPLY_BODY, Status::Continue)
 }
 
 fn handle_abort(cx: &mut Context<Connection>) -> Status {

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod lmtp;
 pub mod load;
 pub mod milter;
+pub mod milter_wire;
 pub mod opendkim;
 pub mod plc;
 pub mod postfix;
