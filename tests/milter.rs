@@ -47,13 +47,14 @@ async fn send_as(
     )
     .await
     .unwrap();
+    // Steps that only ever continue go unanswered (SMFIP_NR_*): one round trip a message.
     assert_eq!(
         conn.mail(["<alice@alice.example.com>"]).await.unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     assert_eq!(
         conn.rcpt(["<bob@mx.example.net>"]).await.unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     let (fields, body) = split_message(raw);
     for (name, value) in extra_headers {
@@ -63,10 +64,7 @@ async fn send_as(
         conn.header(name.as_str(), value.as_str()).await.unwrap();
     }
     let status = conn.body(body).await.unwrap();
-    assert!(
-        matches!(status, Status::Continue | Status::Skip),
-        "{status:?}"
-    );
+    assert_eq!(status, Status::Noreply);
     conn.macros(MacroStage::Eom, [("i", "4ABCDEF")])
         .await
         .unwrap();
@@ -81,7 +79,7 @@ async fn open(milter: &RunningMilter) -> TestConnection {
         .unwrap();
     assert_eq!(
         conn.connect("client.example", CLIENT).await.unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     conn
 }
@@ -194,7 +192,13 @@ async fn forged_message_is_rejected_or_tagged_by_policy() {
 async fn unsigned_mail_gets_none_and_its_body_is_skipped() {
     let world = VectorWorld::start();
     let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
-    let mut conn = open(&milter).await;
+    // An MTA that waits for every body chunk's answer: told to skip the rest.
+    let mut conn = TestConnection::configure()
+        .available_opts(ProtoOpts::all() - ProtoOpts::NOREPLY_BODY)
+        .open_tcp(milter.addr)
+        .await
+        .unwrap();
+    conn.connect("client.example", CLIENT).await.unwrap();
     conn.macros(MacroStage::Mail, [("i", "4UNSIGNED")])
         .await
         .unwrap();
@@ -361,5 +365,41 @@ async fn an_mta_without_leading_space_or_header_changes_is_refused() {
     let mut conn = open(&milter).await;
     let (actions, _) = send(&mut conn, &vector("no-signature-none.eml"), &[]).await;
     assert_eq!(inserted_header(&actions), " mx.test; atsms=none");
+    milter.stop().await;
+}
+
+/// Postfix sends MAIL, RCPT, header fields and body chunks without waiting when the milter
+/// asks (SMFIP_NR_*): one round trip a message. RCPT stays answered when an inbox rule may
+/// refuse a recipient there.
+#[tokio::test]
+async fn steps_that_only_continue_are_not_answered() {
+    let world = VectorWorld::start();
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let conn = open(&milter).await;
+    let unanswered = ProtoOpts::NOREPLY_CONNECT
+        | ProtoOpts::NOREPLY_MAIL
+        | ProtoOpts::NOREPLY_RCPT
+        | ProtoOpts::NOREPLY_HEADER
+        | ProtoOpts::NOREPLY_BODY;
+    assert!(
+        conn.negotiated_opts().contains(unanswered),
+        "{:?}",
+        conn.negotiated_opts()
+    );
+    milter.stop().await;
+
+    let mut config = atsms_milter::config::Config::default();
+    config.resolver = world.resolver_config();
+    config.policy = policy();
+    config.inbox.rules = vec![atsms_milter::config::InboxRuleConfig {
+        recipients: vec!["did.*@mx.example.net".into()],
+        require: atsms_milter::config::Require::Pass,
+        allow: None,
+        action: Action::Reject,
+    }];
+    let milter = RunningMilter::start_with_config(&config, world.now()).await;
+    let conn = open(&milter).await;
+    assert!(!conn.negotiated_opts().contains(ProtoOpts::NOREPLY_RCPT));
+    assert!(conn.negotiated_opts().contains(ProtoOpts::NOREPLY_MAIL));
     milter.stop().await;
 }

@@ -51,7 +51,7 @@ async fn serve_on_a_unix_socket_and_stop_on_sigterm() {
         conn.connect("localhost", indymilter_test::SocketInfo::Unknown)
             .await
             .unwrap(),
-        Status::Continue
+        Status::Noreply
     );
     conn.close().await.unwrap();
 
