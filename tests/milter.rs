@@ -388,9 +388,11 @@ async fn steps_that_only_continue_are_not_answered() {
     );
     milter.stop().await;
 
-    let mut config = atsms_milter::config::Config::default();
-    config.resolver = world.resolver_config();
-    config.policy = policy();
+    let mut config = atsms_milter::config::Config {
+        resolver: world.resolver_config(),
+        policy: policy(),
+        ..Default::default()
+    };
     config.inbox.rules = vec![atsms_milter::config::InboxRuleConfig {
         recipients: vec!["did.*@mx.example.net".into()],
         require: atsms_milter::config::Require::Pass,
