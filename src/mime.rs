@@ -1,13 +1,17 @@
 //! Recognising AT-SMS's own messages (issue: "AT-SMS's own messages are recognised"): mail
 //! carrying an AT-SMS client message — a part of type `application/atsms-envelope`, or
 //! `application/pkcs7-mime` / `application/x-pkcs7-mime` named `message.p7m` (`name=` of
-//! Content-Type or `filename=` of Content-Disposition) — whatever its signature's result.
+//! Content-Type or `filename=` of Content-Disposition) — whatever its signature's result;
+//! and a detached S/MIME signature (`multipart/signed`, RFC 1847 §2.1, RFC 8551 §3.5) by a
+//! device certificate: its first part kept as signed, its `pkcs7-signature` part read.
 //!
 //! The body streams past in chunks and is never held: a small scanner follows the MIME
 //! structure (RFC 2046 §5.1: boundaries, nested multiparts) and reads only part headers, each
 //! bounded — and the first AT-SMS part itself, up to `MAX_CAPTURE`, so that `floor` can say
 //! what it carries and verify a SignedData. Hand-written because the MIME parsers at hand
 //! (mail-parser) want the whole message in memory.
+
+use crate::floor::CmsInput;
 
 /// Longest line kept for matching a boundary (RFC 2046 boundaries are at most 70 characters;
 /// longer lines are body text and are not looked at beyond this).
@@ -55,6 +59,17 @@ fn split_type(value: &str) -> (String, Vec<(String, String)>) {
     (kind, params)
 }
 
+/// Whether a Content-Type is a `multipart/signed` whose protocol is S/MIME's (RFC 8551 §3.5).
+fn is_signed_multipart(content_type: &str) -> bool {
+    let (kind, params) = split_type(content_type);
+    kind == "multipart/signed"
+        && params.iter().any(|(k, v)| {
+            k == "protocol"
+                && (v.eq_ignore_ascii_case("application/pkcs7-signature")
+                    || v.eq_ignore_ascii_case("application/x-pkcs7-signature"))
+        })
+}
+
 /// The boundary of a multipart Content-Type, if it is one.
 fn boundary(content_type: &str) -> Option<Vec<u8>> {
     let (kind, params) = split_type(content_type);
@@ -89,6 +104,68 @@ pub struct PartScanner {
     found: bool,
     /// The AT-SMS part's body, once found, until its closing boundary.
     capture: Option<Capture>,
+    /// The first `multipart/signed` being read, until its signature part is found.
+    signed: Option<Box<Detached>>,
+}
+
+/// A `multipart/signed` as it streams past (RFC 1847 §2.1): its first part kept exactly as
+/// signed, in canonical form (RFC 8551 §3.1.1: every line end CRLF), headers included.
+#[derive(Debug, Clone, Default)]
+struct Detached {
+    /// Where its boundary is in `PartScanner::boundaries`.
+    depth: usize,
+    stage: Stage,
+    content: Vec<u8>,
+    /// Where the current line starts in `content`.
+    line_start: usize,
+    /// Longer than `MAX_CAPTURE`: not kept.
+    overflow: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Stage {
+    /// Before its first delimiter (the preamble).
+    #[default]
+    Preamble,
+    /// Its first part, kept.
+    Content,
+    /// Its second part's header section: a `pkcs7-signature` or not S/MIME.
+    SignatureHeader,
+}
+
+impl Detached {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.stage != Stage::Content || self.overflow {
+            return;
+        }
+        if self.content.len() + bytes.len() + 2 > MAX_CAPTURE {
+            self.overflow = true;
+            self.content = Vec::new();
+            return;
+        }
+        self.content.extend_from_slice(bytes);
+    }
+
+    /// The current line ended: its line end is made CRLF.
+    fn end_line(&mut self) {
+        if self.stage != Stage::Content || self.overflow {
+            return;
+        }
+        if self.content.len() > self.line_start && self.content.last() == Some(&b'\r') {
+            self.content.pop();
+        }
+        self.content.extend_from_slice(b"\r\n");
+    }
+
+    /// The delimiter that ends the first part was the line just ended: it and the CRLF
+    /// before it (which belongs to the delimiter, RFC 2046 §5.1.1) are not content.
+    fn end_content(&mut self) {
+        self.content.truncate(self.line_start);
+        if self.content.ends_with(b"\r\n") {
+            self.content.truncate(self.content.len() - 2);
+        }
+        self.stage = Stage::SignatureHeader;
+    }
 }
 
 /// The body of the AT-SMS part, as transferred.
@@ -164,6 +241,7 @@ impl PartScanner {
             header: Vec::new(),
             found,
             capture,
+            signed: None,
         };
         if is_atsms_part(content_type, disposition) {
             // The whole body is the part.
@@ -173,7 +251,13 @@ impl PartScanner {
             );
         }
         match boundary(content_type) {
-            Some(b) => (false, Some(scanner(vec![b], false, None))),
+            Some(b) => {
+                let mut scanner = scanner(vec![b], false, None);
+                if is_signed_multipart(content_type) {
+                    scanner.signed = Some(Box::default());
+                }
+                (false, Some(scanner))
+            }
             None => (false, None),
         }
     }
@@ -184,28 +268,44 @@ impl PartScanner {
     }
 
     /// What the AT-SMS part carries (none: no AT-SMS part), and its content when it is a
-    /// CMS structure (a SignedData for the X.509 floor, an EnvelopedData for its recipients).
-    /// Asked once the body has ended.
-    pub fn envelope(&self) -> Option<(crate::floor::EnvelopeKind, Option<Vec<u8>>)> {
+    /// CMS structure (a SignedData for the X.509 floor, with the content a detached one
+    /// signs; an EnvelopedData for its recipients). Asked once the body has ended.
+    pub fn envelope(&self) -> Option<(crate::floor::EnvelopeKind, Option<CmsInput>)> {
         use crate::floor::EnvelopeKind;
         if !self.found {
             return None;
         }
-        let Some(capture) = &self.capture else {
-            return Some((EnvelopeKind::Malformed, None));
-        };
-        let mut capture = capture.clone();
-        if !capture.done && !self.line.is_empty() {
-            // The body ended without a line end.
-            capture.line(&self.line, self.line_too_long);
+        let content = self.capture.as_ref().and_then(|capture| {
+            let mut capture = capture.clone();
+            if !capture.done && !self.line.is_empty() {
+                // The body ended without a line end.
+                capture.line(&self.line, self.line_too_long);
+            }
+            capture.content()
+        });
+        if let Some(signed) = &self.signed {
+            // A detached signature: AT-SMS's only when a device certificate signed it (an
+            // ordinary S/MIME signature is not ours to judge, as a message without a
+            // DKIM-Signature gets no dkim result).
+            let der = content.filter(|der| {
+                !signed.overflow
+                    && crate::floor::classify(der) == EnvelopeKind::CmsSigned
+                    && crate::floor::claimed_device(der).is_some()
+            })?;
+            let detached = Some(signed.content.clone());
+            return Some((EnvelopeKind::CmsSigned, Some(CmsInput { der, detached })));
         }
-        let Some(content) = capture.content() else {
+        let Some(content) = content else {
             return Some((EnvelopeKind::Malformed, None));
         };
         match crate::floor::classify(&content) {
-            kind @ (EnvelopeKind::CmsSigned | EnvelopeKind::CmsEnveloped) => {
-                Some((kind, Some(content)))
-            }
+            kind @ (EnvelopeKind::CmsSigned | EnvelopeKind::CmsEnveloped) => Some((
+                kind,
+                Some(CmsInput {
+                    der: content,
+                    detached: None,
+                }),
+            )),
             kind => Some((kind, None)),
         }
     }
@@ -220,7 +320,8 @@ impl PartScanner {
             return;
         }
         let mut rest = chunk;
-        while !rest.is_empty() {
+        // Nothing after the part that answers matters (a chunk may hold more).
+        while !rest.is_empty() && !self.finished() {
             match rest.iter().position(|b| *b == b'\n') {
                 Some(lf) => {
                     self.push_line_bytes(&rest[..lf]);
@@ -236,6 +337,9 @@ impl PartScanner {
     }
 
     fn push_line_bytes(&mut self, bytes: &[u8]) {
+        if let Some(signed) = self.signed.as_mut() {
+            signed.push(bytes);
+        }
         let room = MAX_LINE.saturating_sub(self.line.len());
         if bytes.len() > room {
             self.line_too_long = true;
@@ -249,6 +353,9 @@ impl PartScanner {
             line.pop();
         }
         let too_long = std::mem::take(&mut self.line_too_long);
+        if let Some(signed) = self.signed.as_mut() {
+            signed.end_line();
+        }
         match self.state {
             State::PartHeader => {
                 if line.is_empty() {
@@ -264,6 +371,9 @@ impl PartScanner {
                     capture.line(&line, true);
                 }
             }
+        }
+        if let Some(signed) = self.signed.as_mut() {
+            signed.line_start = signed.content.len();
         }
     }
 
@@ -289,13 +399,36 @@ impl PartScanner {
                     self.boundaries.truncate(depth + 1);
                     self.state = State::PartHeader;
                     self.header.clear();
+                    self.signed_delimiter(depth, false);
                     return;
                 }
                 if after == b"--" {
                     self.boundaries.truncate(depth);
+                    self.signed_delimiter(depth, true);
                     return;
                 }
             }
+        }
+    }
+
+    /// A delimiter of the multipart at `depth` (`close`: its close-delimiter): the first
+    /// delimiter of the `multipart/signed` starts its content, the second ends it; one of an
+    /// enclosing multipart, or a close-delimiter before the signature, ends it unread.
+    fn signed_delimiter(&mut self, depth: usize, close: bool) {
+        let Some(signed) = self.signed.as_mut() else {
+            return;
+        };
+        if depth > signed.depth {
+            return;
+        }
+        match signed.stage {
+            Stage::Preamble if depth == signed.depth && !close => {
+                signed.stage = Stage::Content;
+                signed.line_start = 0;
+                signed.content.clear();
+            }
+            Stage::Content if depth == signed.depth && !close => signed.end_content(),
+            _ => self.signed = None,
         }
     }
 
@@ -338,8 +471,24 @@ impl PartScanner {
         };
         let content_type = field("content-type");
         let disposition = field("content-disposition");
+        if let Some(signed) = &self.signed
+            && signed.stage == Stage::SignatureHeader
+        {
+            // The second part of the multipart/signed: its signature, or not S/MIME.
+            let (kind, _) = split_type(content_type.as_deref().unwrap_or_default());
+            if kind == "application/pkcs7-signature" || kind == "application/x-pkcs7-signature" {
+                self.found = true;
+                let encoding = field("content-transfer-encoding");
+                self.capture = Some(Capture::new(encoding.as_deref()));
+            } else {
+                self.signed = None;
+            }
+            return;
+        }
         if let Some(ct) = &content_type {
             if is_atsms_part(ct, disposition.as_deref()) {
+                // An AT-SMS part inside a multipart/signed's content: the part is what counts.
+                self.signed = None;
                 self.found = true;
                 let encoding = field("content-transfer-encoding");
                 self.capture = Some(Capture::new(encoding.as_deref()));
@@ -349,6 +498,12 @@ impl PartScanner {
                 && self.boundaries.len() < MAX_DEPTH
             {
                 self.boundaries.push(b);
+                if self.signed.is_none() && !self.found && is_signed_multipart(ct) {
+                    self.signed = Some(Box::new(Detached {
+                        depth: self.boundaries.len() - 1,
+                        ..Detached::default()
+                    }));
+                }
             }
         }
     }
@@ -496,5 +651,108 @@ mod tests {
         // After the inner multipart ended, its boundary no longer counts.
         let closed = b"--a\r\nContent-Type: multipart/alternative; boundary=\"b\"\r\n\r\n--b--\r\n--b\r\nContent-Type: application/atsms-envelope\r\n\r\n--a--\r\n";
         assert!(!scan("multipart/mixed; boundary=a", closed, &[]));
+    }
+
+    const SMIME: &[u8] = include_bytes!("../tests/data/atsms-client/smime-signed.eml");
+
+    /// The body and top-level Content-Type of a whole message.
+    fn body_of(message: &[u8]) -> (String, Vec<u8>) {
+        let at = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&message[..at]).replace("\r\n\t", " ");
+        let ct = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Type:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        (ct, message[at + 4..].to_vec())
+    }
+
+    fn detached(content_type: &str, body: &[u8], cuts: &[usize]) -> Option<CmsInput> {
+        let (_, scanner) = PartScanner::new(Some(content_type), None, None);
+        let mut scanner = scanner.unwrap();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&body.len())) {
+            scanner.update(&body[from..to]);
+            from = to;
+        }
+        match scanner.envelope()? {
+            (crate::floor::EnvelopeKind::CmsSigned, input) => input,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_detached_signature_keeps_its_content_as_signed_however_the_body_is_cut() {
+        // What mail-parser reads from the whole message (`verify-cms`) is the reference.
+        let whole = crate::floor::read_input(SMIME).unwrap();
+        assert!(whole.detached.is_some());
+        let (ct, body) = body_of(SMIME);
+        for cut in 0..body.len() {
+            assert_eq!(
+                detached(&ct, &body, &[cut]).as_ref(),
+                Some(&whole),
+                "cut {cut}"
+            );
+        }
+        // It verifies over what was kept.
+        let kept = detached(&ct, &body, &[]).unwrap();
+        let signed = crate::floor::check_signed(&kept.der, kept.detached.as_deref()).unwrap();
+        assert_eq!(signed.did, "did:plc:smimesmimesmimesmimesmim");
+        // Line ends made LF in transit are read back as the CRLF that was signed.
+        let lf: Vec<u8> = body.iter().copied().filter(|b| *b != b'\r').collect();
+        assert_eq!(detached(&ct, &lf, &[7]), Some(whole.clone()));
+        // Nested as the first part of a multipart/mixed, it is found alike.
+        let nested = [
+            format!("--outer\r\nContent-Type: {ct}\r\n\r\n").into_bytes(),
+            body.clone(),
+            b"\r\n--outer--\r\n".to_vec(),
+        ]
+        .concat();
+        assert_eq!(
+            detached("multipart/mixed; boundary=outer", &nested, &[100]),
+            Some(whole)
+        );
+    }
+
+    #[test]
+    fn a_signature_not_by_a_device_or_not_s_mime_is_not_ours() {
+        use cms::content_info::ContentInfo;
+        use cms::signed_data::SignedData;
+        use der::{Decode, Encode};
+        let (ct, body) = body_of(SMIME);
+        let whole = crate::floor::read_input(SMIME).unwrap();
+        // The same signature without the certificate its SignerIdentifier names.
+        let info = ContentInfo::from_der(&whole.der).unwrap();
+        let mut signed: SignedData = info.content.decode_as().unwrap();
+        signed.certificates = None;
+        let anonymous = ContentInfo {
+            content_type: info.content_type,
+            content: der::Any::encode_from(&signed).unwrap(),
+        }
+        .to_der()
+        .unwrap();
+        use base64::Engine;
+        let text = String::from_utf8(body.clone()).unwrap();
+        let b64_start = text.find("MII").unwrap();
+        let b64_end = b64_start + text[b64_start..].find("\r\n\r\n").unwrap();
+        let swapped = format!(
+            "{}{}{}",
+            &text[..b64_start],
+            base64::engine::general_purpose::STANDARD.encode(&anonymous),
+            &text[b64_end..]
+        );
+        assert_eq!(detached(&ct, swapped.as_bytes(), &[]), None);
+        // A second part that is not a pkcs7-signature; a protocol that is not S/MIME.
+        let plain = text.replace(
+            "Content-Type: application/pkcs7-signature",
+            "Content-Type: text/plain",
+        );
+        assert_eq!(detached(&ct, plain.as_bytes(), &[]), None);
+        let pgp = ct.replace("application/pkcs7-signature", "application/pgp-signature");
+        assert_eq!(detached(&pgp, &body, &[]), None);
+        // Broken base64 in the signature part.
+        let broken = text.replacen("MII", "!!!", 1);
+        assert_eq!(detached(&ct, broken.as_bytes(), &[]), None);
     }
 }

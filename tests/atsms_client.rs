@@ -444,6 +444,12 @@ fn client_mail(der: &[u8]) -> Vec<u8> {
 async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
     let plc = Plc::start();
     publish(&plc, SENDER, &text("sender.crt.pem"), &text("sender.fp"));
+    publish(
+        &plc,
+        SMIME,
+        &text("smime-device.crt.pem"),
+        &text("smime-device.fp"),
+    );
     let toml = format!(
         "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{US}\"]\n[policy]\nauthserv_id = \"mx.test\"\non_fail = \"accept\"\non_none = \"accept\"\n",
         plc.url()
@@ -458,10 +464,18 @@ async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
         .unwrap();
     let mut tampered = signed.clone();
     tampered[at + 3] ^= 0x20;
+    // A detached S/MIME signature by a device (multipart/signed), as sent and altered.
+    let smime = data("smime-signed.eml");
+    let smime_altered = String::from_utf8(smime.clone())
+        .unwrap()
+        .replace("Signed by a device", "Signed by a forger")
+        .into_bytes();
     for message in [
         client_mail(&signed),
         client_mail(&tampered),
         data("sample-atsms-envelope.eml"),
+        smime,
+        smime_altered,
     ] {
         let mut c = server.client().await;
         c.send(
@@ -483,7 +497,7 @@ async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
             text[start..start + end].replace("\n\t", " ")
         })
         .collect();
-    assert_eq!(stored.len(), 3);
+    assert_eq!(stored.len(), 5);
     assert!(
         stored[0].contains(&format!(
             "atsms=pass header.from=plc.ewvi7nxzyoun6zhxrhs64oiz@demo.atsms.at policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{SENDER}\""
@@ -497,6 +511,17 @@ async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
     );
     assert_eq!(
         stored[2], "Authentication-Results: mx.test; atsms=none policy.atsms-envelope=sealed",
+        "{stored:?}"
+    );
+    assert!(
+        stored[3].contains(&format!(
+            "atsms=pass header.from=plc.smimesmimesmimesmimesmim@example.net policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{SMIME}\""
+        )),
+        "{stored:?}"
+    );
+    assert!(
+        stored[4].contains("atsms=fail reason=")
+            && stored[4].contains(&format!("header.d=\"{SMIME}\"")),
         "{stored:?}"
     );
 }

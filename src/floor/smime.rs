@@ -92,7 +92,7 @@ fn smime(bytes: &[u8]) -> Result<CmsInput, FloorError> {
 }
 
 /// The AT-SMS content a whole message carries, found with mail-parser: a `multipart/signed`
-/// with a `pkcs7-signature` (the X.509 floor, detached), or the first part of type
+/// with a `pkcs7-signature` by a device certificate (the X.509 floor, detached), or the first part of type
 /// `application/atsms-envelope` or `application/pkcs7-mime` (decoded). `input` is the
 /// SignedData to verify when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,16 +112,16 @@ pub fn find_in_message(bytes: &[u8]) -> Option<Found> {
                     .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
         })
     });
-    if signed_multipart {
-        return Some(match smime(bytes) {
-            Ok(input) if cms_kind(&input.der) == Some(EnvelopeKind::CmsSigned) => Found {
-                kind: EnvelopeKind::CmsSigned,
-                input: Some(input),
-            },
-            _ => Found {
-                kind: EnvelopeKind::Malformed,
-                input: None,
-            },
+    // A detached signature counts when a device certificate made it; an ordinary S/MIME
+    // signature is not AT-SMS content (the milter's scanner reads it alike, `mime.rs`).
+    if signed_multipart
+        && let Ok(input) = smime(bytes)
+        && cms_kind(&input.der) == Some(EnvelopeKind::CmsSigned)
+        && super::claimed_device(&input.der).is_some()
+    {
+        return Some(Found {
+            kind: EnvelopeKind::CmsSigned,
+            input: Some(input),
         });
     }
     let part = message.parts.iter().find(|p| {

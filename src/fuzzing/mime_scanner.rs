@@ -5,7 +5,7 @@
 use crate::floor::EnvelopeKind;
 use crate::mime::PartScanner;
 
-type Answer = (bool, Option<(EnvelopeKind, Option<Vec<u8>>)>);
+type Answer = (bool, Option<(EnvelopeKind, Option<crate::floor::CmsInput>)>);
 
 fn scan(content_type: &str, pieces: &[&[u8]]) -> Answer {
     let (top, scanner) = PartScanner::new(Some(content_type), None, Some("base64"));

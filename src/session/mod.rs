@@ -339,7 +339,7 @@ impl MessageSession {
 
     /// What AT-SMS client content the message carries (all of it, once the body ended), and
     /// the SignedData when it is one.
-    pub fn atsms_envelope(&self) -> Option<(EnvelopeKind, Option<Vec<u8>>)> {
+    pub fn atsms_envelope(&self) -> Option<(EnvelopeKind, Option<crate::floor::CmsInput>)> {
         match &self.parts {
             Parts::Known(true) => Some((EnvelopeKind::Malformed, None)),
             Parts::Scanning(scanner) => scanner.envelope(),
@@ -396,8 +396,11 @@ impl MessageSession {
             .await;
         // An AT-SMS client's SignedData: the X.509 floor, one more signature.
         let envelope = self.atsms_envelope();
-        if let Some((EnvelopeKind::CmsSigned, Some(der))) = &envelope {
-            let floor = settings.verifier.floor(&self.headers, der, now).await;
+        if let Some((EnvelopeKind::CmsSigned, Some(input))) = &envelope {
+            let detached = input.detached.as_deref();
+            let floor = (settings.verifier)
+                .floor(&self.headers, &input.der, detached, now)
+                .await;
             verdict.signatures.push(floor);
         }
         // Reputation speaks of the sender a passing signature names.
@@ -416,8 +419,8 @@ impl MessageSession {
             verdict,
             resolve_time: started.elapsed(),
             enveloped_to: match &envelope {
-                Some((EnvelopeKind::CmsEnveloped, Some(der))) => {
-                    crate::floor::enveloped_recipients(der)
+                Some((EnvelopeKind::CmsEnveloped, Some(input))) => {
+                    crate::floor::enveloped_recipients(&input.der)
                 }
                 _ => None,
             },

@@ -9,9 +9,16 @@ use super::*;
 use crate::floor::{self, FloorError};
 
 impl Verifier {
-    /// The verdict of the SignedData `der` a message carries, as of `now`.
-    pub async fn floor(&self, headers: &[HeaderField], der: &[u8], now: i64) -> SignatureVerdict {
-        let signed = match floor::check_signed(der, None) {
+    /// The verdict of the SignedData `der` a message carries (`detached`: the content a
+    /// `multipart/signed` signs), as of `now`.
+    pub async fn floor(
+        &self,
+        headers: &[HeaderField],
+        der: &[u8],
+        detached: Option<&[u8]>,
+        now: i64,
+    ) -> SignatureVerdict {
+        let signed = match floor::check_signed(der, detached) {
             Ok(signed) => signed,
             Err(e) => {
                 let claimed = floor::claimed_device(der);
