@@ -722,3 +722,46 @@ fn the_https_inbox_stores_an_envelope_once_as_the_smtp_path_does() {
     );
     plc.set_pds_down(false);
 }
+
+#[tokio::test]
+async fn the_milter_verifies_a_detached_s_mime_signature_by_a_device() {
+    let plc = Plc::start();
+    publish(
+        &plc,
+        SMIME,
+        &text("smime-device.crt.pem"),
+        &text("smime-device.fp"),
+    );
+    let toml = format!(
+        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[policy]\nauthserv_id = \"mx.test\"\non_fail = \"accept\"\n",
+        plc.url()
+    );
+    let milter = support::milter::RunningMilter::start_with_config(
+        &Config::from_toml(&toml, "test").unwrap(),
+        NOW,
+    )
+    .await;
+    let smime = data("smime-signed.eml");
+    let altered = String::from_utf8(smime.clone())
+        .unwrap()
+        .replace("Signed by a device", "Signed by a forger")
+        .into_bytes();
+    let mut fields = Vec::new();
+    for message in [&smime, &altered] {
+        let mut conn = support::milter::open_client(milter.addr).await;
+        let (actions, _) = support::milter::send(&mut conn, message).await;
+        fields.push(support::milter::inserted_field(&actions).replace("\n\t", " "));
+    }
+    assert!(
+        fields[0].contains(&format!(
+            "atsms=pass header.from=plc.smimesmimesmimesmimesmim@example.net policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{SMIME}\""
+        )),
+        "{fields:?}"
+    );
+    assert!(
+        fields[1].contains("atsms=fail reason=")
+            && fields[1].contains(&format!("header.d=\"{SMIME}\"")),
+        "{fields:?}"
+    );
+    milter.stop().await;
+}
