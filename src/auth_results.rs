@@ -114,7 +114,7 @@ fn resinfo(sig: &SignatureVerdict, extra: &[Property]) -> Vec<String> {
 }
 
 /// The resinfo of the X.509 floor (an AT-SMS client's CMS SignedData, `floor`): our method
-/// with its result, the reason when it did not pass, `policy.atsms-envelope=x509`, and the
+/// with its result, the reason when it did not pass, `policy.atsms-envelope=cms-signed`, and the
 /// DID of the device certificate as `header.d`, last.
 pub fn floor_resinfo(floor: &crate::floor::FloorVerdict) -> String {
     let mut parts = vec![format!("{METHOD}={}", floor.result)];
@@ -123,7 +123,7 @@ pub fn floor_resinfo(floor: &crate::floor::FloorVerdict) -> String {
     {
         parts.push(format!("reason={}", reason(why)));
     }
-    parts.push("policy.atsms-envelope=x509".into());
+    parts.push("policy.atsms-envelope=cms-signed".into());
     if let Some(did) = floor
         .did
         .as_deref()

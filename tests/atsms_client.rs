@@ -239,7 +239,7 @@ fn a_detached_s_mime_signature_with_signed_attributes_verifies() {
     let field = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         field.contains(&format!(
-            "atsms=pass policy.atsms-envelope=x509 header.d=\"{SMIME}\""
+            "atsms=pass policy.atsms-envelope=cms-signed header.d=\"{SMIME}\""
         )),
         "{field}"
     );
