@@ -23,6 +23,8 @@ use support::plc::Plc;
 const SENDER: &str = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
 const RECIPIENT: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
 const SMIME: &str = "did:plc:smimesmimesmimesmimesmim";
+/// The From of smime-signed.eml.
+const SMIME_FROM: &str = "plc.smimesmimesmimesmimesmim@example.net";
 /// 2026-12-06: inside every test certificate's validity.
 const NOW: i64 = 1_796_500_000;
 const US: &str = "mx.example.net";
@@ -47,6 +49,41 @@ fn publish(plc: &Plc, did: &str, pem: &str, fp: &str) {
         "at.atsms.x509",
         fp,
         json!({"$type": "at.atsms.x509", "certificate": pem, "serialNumber": "00", "createdAt": "2026-12-05T00:00:00Z"}),
+    );
+}
+
+/// The OpenSSL-made device of smime-signed.eml, published by its DID.
+fn publish_smime_device(plc: &Plc) {
+    publish(
+        plc,
+        SMIME,
+        &text("smime-device.crt.pem"),
+        &text("smime-device.fp"),
+    );
+}
+
+/// smime-signed.eml as sent, and with its signed text changed in transit.
+fn smime_as_sent_and_altered() -> [Vec<u8>; 2] {
+    let sent = data("smime-signed.eml");
+    let altered = String::from_utf8(sent.clone())
+        .unwrap()
+        .replace("Signed by a device", "Signed by a forger")
+        .into_bytes();
+    [sent, altered]
+}
+
+/// Our field for the X.509 floor passing (`pass`) and failing (`fail`) for `did`, the
+/// message from `from`.
+fn assert_floor_pass_and_fail(pass: &str, fail: &str, from: &str, did: &str) {
+    assert!(
+        pass.contains(&format!(
+            "atsms=pass header.from={from} policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{did}\""
+        )),
+        "{pass}"
+    );
+    assert!(
+        fail.contains("atsms=fail reason=") && fail.contains(&format!("header.d=\"{did}\"")),
+        "{fail}"
     );
 }
 
@@ -222,13 +259,8 @@ fn the_signer_is_the_certificate_its_identifier_names() {
 #[test]
 fn a_detached_s_mime_signature_with_signed_attributes_verifies() {
     let plc = Plc::start();
-    publish(
-        &plc,
-        SMIME,
-        &text("smime-device.crt.pem"),
-        &text("smime-device.fp"),
-    );
-    let message = data("smime-signed.eml");
+    publish_smime_device(&plc);
+    let [message, altered] = smime_as_sent_and_altered();
     let (out, v) = run(&plc, "verify-cms", true, &message);
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["result"], "pass");
@@ -246,10 +278,7 @@ fn a_detached_s_mime_signature_with_signed_attributes_verifies() {
     assert_eq!(out.status.code(), Some(0));
 
     // The signed text changed in transit: the message digest no longer matches.
-    let altered = String::from_utf8(message)
-        .unwrap()
-        .replace("Signed by a device", "Signed by a forger");
-    let (_, v) = run(&plc, "verify-cms", true, altered.as_bytes());
+    let (_, v) = run(&plc, "verify-cms", true, &altered);
     assert_eq!(v["result"], "fail", "{v}");
 }
 
@@ -444,12 +473,7 @@ fn client_mail(der: &[u8]) -> Vec<u8> {
 async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
     let plc = Plc::start();
     publish(&plc, SENDER, &text("sender.crt.pem"), &text("sender.fp"));
-    publish(
-        &plc,
-        SMIME,
-        &text("smime-device.crt.pem"),
-        &text("smime-device.fp"),
-    );
+    publish_smime_device(&plc);
     let toml = format!(
         "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{US}\"]\n[policy]\nauthserv_id = \"mx.test\"\non_fail = \"accept\"\non_none = \"accept\"\n",
         plc.url()
@@ -465,11 +489,7 @@ async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
     let mut tampered = signed.clone();
     tampered[at + 3] ^= 0x20;
     // A detached S/MIME signature by a device (multipart/signed), as sent and altered.
-    let smime = data("smime-signed.eml");
-    let smime_altered = String::from_utf8(smime.clone())
-        .unwrap()
-        .replace("Signed by a device", "Signed by a forger")
-        .into_bytes();
+    let [smime, smime_altered] = smime_as_sent_and_altered();
     for message in [
         client_mail(&signed),
         client_mail(&tampered),
@@ -498,32 +518,17 @@ async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
         })
         .collect();
     assert_eq!(stored.len(), 5);
-    assert!(
-        stored[0].contains(&format!(
-            "atsms=pass header.from=plc.ewvi7nxzyoun6zhxrhs64oiz@demo.atsms.at policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{SENDER}\""
-        )),
-        "{stored:?}"
-    );
-    assert!(
-        stored[1].contains("atsms=fail reason=")
-            && stored[1].contains(&format!("header.d=\"{SENDER}\"")),
-        "{stored:?}"
+    assert_floor_pass_and_fail(
+        &stored[0],
+        &stored[1],
+        "plc.ewvi7nxzyoun6zhxrhs64oiz@demo.atsms.at",
+        SENDER,
     );
     assert_eq!(
         stored[2], "Authentication-Results: mx.test; atsms=none policy.atsms-envelope=sealed",
         "{stored:?}"
     );
-    assert!(
-        stored[3].contains(&format!(
-            "atsms=pass header.from=plc.smimesmimesmimesmimesmim@example.net policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{SMIME}\""
-        )),
-        "{stored:?}"
-    );
-    assert!(
-        stored[4].contains("atsms=fail reason=")
-            && stored[4].contains(&format!("header.d=\"{SMIME}\"")),
-        "{stored:?}"
-    );
+    assert_floor_pass_and_fail(&stored[3], &stored[4], SMIME_FROM, SMIME);
 }
 
 #[tokio::test]
@@ -726,12 +731,7 @@ fn the_https_inbox_stores_an_envelope_once_as_the_smtp_path_does() {
 #[tokio::test]
 async fn the_milter_verifies_a_detached_s_mime_signature_by_a_device() {
     let plc = Plc::start();
-    publish(
-        &plc,
-        SMIME,
-        &text("smime-device.crt.pem"),
-        &text("smime-device.fp"),
-    );
+    publish_smime_device(&plc);
     let toml = format!(
         "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[policy]\nauthserv_id = \"mx.test\"\non_fail = \"accept\"\n",
         plc.url()
@@ -741,27 +741,12 @@ async fn the_milter_verifies_a_detached_s_mime_signature_by_a_device() {
         NOW,
     )
     .await;
-    let smime = data("smime-signed.eml");
-    let altered = String::from_utf8(smime.clone())
-        .unwrap()
-        .replace("Signed by a device", "Signed by a forger")
-        .into_bytes();
     let mut fields = Vec::new();
-    for message in [&smime, &altered] {
+    for message in &smime_as_sent_and_altered() {
         let mut conn = support::milter::open_client(milter.addr).await;
         let (actions, _) = support::milter::send(&mut conn, message).await;
         fields.push(support::milter::inserted_field(&actions).replace("\n\t", " "));
     }
-    assert!(
-        fields[0].contains(&format!(
-            "atsms=pass header.from=plc.smimesmimesmimesmimesmim@example.net policy.aligned=no policy.atsms-envelope=cms-signed header.d=\"{SMIME}\""
-        )),
-        "{fields:?}"
-    );
-    assert!(
-        fields[1].contains("atsms=fail reason=")
-            && fields[1].contains(&format!("header.d=\"{SMIME}\"")),
-        "{fields:?}"
-    );
+    assert_floor_pass_and_fail(&fields[0], &fields[1], SMIME_FROM, SMIME);
     milter.stop().await;
 }

@@ -159,6 +159,14 @@ pub fn sealed_shape(bytes: &[u8]) -> bool {
     check().is_some()
 }
 
+/// Whether `der` is a SignedData whose SignerIdentifier names a device certificate (an
+/// `at://…/at.atsms.x509/…` URI): the X.509 floor, not an ordinary S/MIME signature, which is
+/// not AT-SMS content and gets no result (as a message without a DKIM-Signature gets no
+/// `dkim` result). Whether the signature verifies is `check_signed`'s question.
+pub fn device_signed(der: &[u8]) -> bool {
+    cms_kind(der) == Some(EnvelopeKind::CmsSigned) && claimed_device(der).is_some()
+}
+
 /// The CMS content type of `bytes` when its structure reads: a SignedData in DER, or an
 /// EnvelopedData (the client writes its outer layers in BER with indefinite lengths) whose
 /// recipient infos decode.

@@ -92,8 +92,8 @@ fn smime(bytes: &[u8]) -> Result<CmsInput, FloorError> {
 }
 
 /// The AT-SMS content a whole message carries, found with mail-parser: a `multipart/signed`
-/// with a `pkcs7-signature` by a device certificate (the X.509 floor, detached), or the first part of type
-/// `application/atsms-envelope` or `application/pkcs7-mime` (decoded). `input` is the
+/// with a `pkcs7-signature` by a device certificate (the X.509 floor, detached), or the first
+/// part of type `application/atsms-envelope` or `application/pkcs7-mime` (decoded). `input` is the
 /// SignedData to verify when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -112,12 +112,11 @@ pub fn find_in_message(bytes: &[u8]) -> Option<Found> {
                     .is_some_and(|s| s.eq_ignore_ascii_case("signed"))
         })
     });
-    // A detached signature counts when a device certificate made it; an ordinary S/MIME
-    // signature is not AT-SMS content (the milter's scanner reads it alike, `mime.rs`).
+    // A detached signature counts when a device certificate made it (the milter's scanner
+    // reads it alike, `mime`).
     if signed_multipart
         && let Ok(input) = smime(bytes)
-        && cms_kind(&input.der) == Some(EnvelopeKind::CmsSigned)
-        && super::claimed_device(&input.der).is_some()
+        && super::device_signed(&input.der)
     {
         return Some(Found {
             kind: EnvelopeKind::CmsSigned,

@@ -12,8 +12,6 @@ pub(super) struct Detached {
     pub(super) content: Vec<u8>,
     /// Where the current line starts in `content`.
     pub(super) line_start: usize,
-    /// Longer than `MAX_CAPTURE`: not kept.
-    pub(super) overflow: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,21 +26,22 @@ pub(super) enum Stage {
 }
 
 impl Detached {
-    pub(super) fn push(&mut self, bytes: &[u8]) {
-        if self.stage != Stage::Content || self.overflow {
-            return;
+    /// Keeps `bytes` of the first part; false when that would pass `MAX_CAPTURE` (room is
+    /// left for the line end).
+    pub(super) fn push(&mut self, bytes: &[u8]) -> bool {
+        if self.stage != Stage::Content {
+            return true;
         }
         if self.content.len() + bytes.len() + 2 > MAX_CAPTURE {
-            self.overflow = true;
-            self.content = Vec::new();
-            return;
+            return false;
         }
         self.content.extend_from_slice(bytes);
+        true
     }
 
     /// The current line ended: its line end is made CRLF.
     pub(super) fn end_line(&mut self) {
-        if self.stage != Stage::Content || self.overflow {
+        if self.stage != Stage::Content {
             return;
         }
         if self.content.len() > self.line_start && self.content.last() == Some(&b'\r') {

@@ -62,14 +62,18 @@ fn split_type(value: &str) -> (String, Vec<(String, String)>) {
     (kind, params)
 }
 
+/// S/MIME's detached signature types (RFC 8551 §3.5; the `x-` form of older agents).
+const SIGNATURE_TYPES: [&str; 2] = [
+    "application/pkcs7-signature",
+    "application/x-pkcs7-signature",
+];
+
 /// Whether a Content-Type is a `multipart/signed` whose protocol is S/MIME's (RFC 8551 §3.5).
 fn is_signed_multipart(content_type: &str) -> bool {
     let (kind, params) = split_type(content_type);
     kind == "multipart/signed"
         && params.iter().any(|(k, v)| {
-            k == "protocol"
-                && (v.eq_ignore_ascii_case("application/pkcs7-signature")
-                    || v.eq_ignore_ascii_case("application/x-pkcs7-signature"))
+            k == "protocol" && SIGNATURE_TYPES.iter().any(|t| v.eq_ignore_ascii_case(t))
         })
 }
 
@@ -227,14 +231,8 @@ impl PartScanner {
             capture.content()
         });
         if let Some(signed) = &self.signed {
-            // A detached signature: AT-SMS's only when a device certificate signed it (an
-            // ordinary S/MIME signature is not ours to judge, as a message without a
-            // DKIM-Signature gets no dkim result).
-            let der = content.filter(|der| {
-                !signed.overflow
-                    && crate::floor::classify(der) == EnvelopeKind::CmsSigned
-                    && crate::floor::claimed_device(der).is_some()
-            })?;
+            // A detached signature: AT-SMS's only when a device certificate made it.
+            let der = content.filter(|der| crate::floor::device_signed(der))?;
             let detached = Some(signed.content.clone());
             return Some((EnvelopeKind::CmsSigned, Some(CmsInput { der, detached })));
         }
@@ -280,8 +278,11 @@ impl PartScanner {
     }
 
     fn push_line_bytes(&mut self, bytes: &[u8]) {
-        if let Some(signed) = self.signed.as_mut() {
-            signed.push(bytes);
+        if let Some(signed) = self.signed.as_mut()
+            && !signed.push(bytes)
+        {
+            // Longer than `MAX_CAPTURE`: not held, so not judged (never a pass).
+            self.signed = None;
         }
         let room = MAX_LINE.saturating_sub(self.line.len());
         if bytes.len() > room {
@@ -419,7 +420,7 @@ impl PartScanner {
         {
             // The second part of the multipart/signed: its signature, or not S/MIME.
             let (kind, _) = split_type(content_type.as_deref().unwrap_or_default());
-            if kind == "application/pkcs7-signature" || kind == "application/x-pkcs7-signature" {
+            if SIGNATURE_TYPES.contains(&kind.as_str()) {
                 self.found = true;
                 let encoding = field("content-transfer-encoding");
                 self.capture = Some(Capture::new(encoding.as_deref()));
