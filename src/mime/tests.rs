@@ -232,6 +232,14 @@ fn a_signature_not_by_a_device_or_not_s_mime_is_not_ours() {
     assert_eq!(detached(&ct, plain.as_bytes(), &[]), None);
     let pgp = ct.replace("application/pkcs7-signature", "application/pgp-signature");
     assert_eq!(detached(&pgp, &body, &[]), None);
+    // A signed part larger than the scanner keeps: not held, not judged (never a pass).
+    let line = "A".repeat(76) + "\r\n";
+    let huge = text.replacen(
+        "Signed by a device, detached.",
+        &line.repeat(MAX_CAPTURE / line.len() + 2),
+        1,
+    );
+    assert_eq!(detached(&ct, huge.as_bytes(), &[]), None);
     // Broken base64 in the signature part.
     let broken = text.replacen("MII", "!!!", 1);
     assert_eq!(detached(&ct, broken.as_bytes(), &[]), None);
