@@ -95,7 +95,44 @@ pub enum SignatureError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKey {
     P256(p256::ecdsa::VerifyingKey),
-    K256(k256::ecdsa::VerifyingKey),
+    K256(K256Key),
+}
+
+/// A secp256k1 key, held twice: k256's form to encode it (SEC1, multikey) and libsecp256k1's
+/// (the `secp256k1` crate, Bitcoin Core's library) to verify with. libsecp256k1 verifies in half
+/// the time of k256 0.14, whose verification was the largest single cost of a milter message
+/// (docs/performance.md, "CPU per message"); k256 still parses, encodes and signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K256Key {
+    key: k256::ecdsa::VerifyingKey,
+    verifier: secp256k1::PublicKey,
+}
+
+/// libsecp256k1's context for verification: stateless once made (no randomisation is needed
+/// to verify, only to sign).
+static SECP256K1_VERIFY: std::sync::LazyLock<secp256k1::Secp256k1<secp256k1::VerifyOnly>> =
+    std::sync::LazyLock::new(secp256k1::Secp256k1::verification_only);
+
+impl K256Key {
+    fn new(key: k256::ecdsa::VerifyingKey) -> Option<K256Key> {
+        // The same point in libsecp256k1's form; both libraries check that it is on the curve,
+        // so a disagreement (never seen) refuses the key rather than trusting either alone.
+        let verifier =
+            secp256k1::PublicKey::from_slice(key.to_sec1_point(false).as_bytes()).ok()?;
+        Some(K256Key { key, verifier })
+    }
+
+    /// Verifies `r || s` (already checked to be in range and low-S) over SHA-256(`message`).
+    fn verify(&self, message: &[u8], signature: &k256::ecdsa::Signature) -> bool {
+        use sha2::Digest;
+        let Ok(sig) = secp256k1::ecdsa::Signature::from_compact(&signature.to_bytes()) else {
+            return false;
+        };
+        let digest = secp256k1::Message::from_digest(sha2::Sha256::digest(message).into());
+        SECP256K1_VERIFY
+            .verify_ecdsa(digest, &sig, &self.verifier)
+            .is_ok()
+    }
 }
 
 impl PublicKey {
@@ -114,8 +151,10 @@ impl PublicKey {
                 .map(PublicKey::P256)
                 .map_err(|_| invalid()),
             Alg::Es256k => k256::ecdsa::VerifyingKey::from_sec1_bytes(bytes)
+                .ok()
+                .and_then(K256Key::new)
                 .map(PublicKey::K256)
-                .map_err(|_| invalid()),
+                .ok_or_else(invalid),
         }
     }
 
@@ -157,7 +196,7 @@ impl PublicKey {
     pub fn compressed_point(&self) -> Vec<u8> {
         match self {
             PublicKey::P256(k) => k.to_sec1_point(true).as_bytes().to_vec(),
-            PublicKey::K256(k) => k.to_sec1_point(true).as_bytes().to_vec(),
+            PublicKey::K256(k) => k.key.to_sec1_point(true).as_bytes().to_vec(),
         }
     }
 
@@ -165,7 +204,7 @@ impl PublicKey {
     pub fn uncompressed_point(&self) -> Vec<u8> {
         match self {
             PublicKey::P256(k) => k.to_sec1_point(false).as_bytes().to_vec(),
-            PublicKey::K256(k) => k.to_sec1_point(false).as_bytes().to_vec(),
+            PublicKey::K256(k) => k.key.to_sec1_point(false).as_bytes().to_vec(),
         }
     }
 
@@ -200,8 +239,11 @@ impl PublicKey {
                 if bool::from(sig.s().is_high()) {
                     return Err(SignatureError::HighS);
                 }
-                key.verify(message, &sig)
-                    .map_err(|_| SignatureError::Invalid)
+                if key.verify(message, &sig) {
+                    Ok(())
+                } else {
+                    Err(SignatureError::Invalid)
+                }
             }
         }
     }
@@ -315,7 +357,10 @@ impl SigningKey {
     pub fn public_key(&self) -> PublicKey {
         match self {
             SigningKey::P256(k) => PublicKey::P256(*k.verifying_key()),
-            SigningKey::K256(k) => PublicKey::K256(*k.verifying_key()),
+            SigningKey::K256(k) => PublicKey::K256(
+                // A private key's public point is on the curve: libsecp256k1 cannot refuse it.
+                K256Key::new(*k.verifying_key()).expect("a signing key's point is on the curve"),
+            ),
         }
     }
 
@@ -390,6 +435,41 @@ mod tests {
                 SigningKey::from_pkcs8_pem(&untidy).unwrap().public_key(),
                 public
             );
+        }
+    }
+
+    /// libsecp256k1 (which verifies) and k256 (which signs and parses) agree on every outcome:
+    /// a valid signature, the message altered, the signature altered, another key.
+    #[test]
+    fn libsecp256k1_and_k256_agree() {
+        use k256::ecdsa::signature::Verifier as _;
+        let other = SigningKey::generate(Alg::Es256k).unwrap().public_key();
+        for i in 0..64u32 {
+            let key = SigningKey::generate(Alg::Es256k).unwrap();
+            let public = key.public_key();
+            let PublicKey::K256(k) = &public else {
+                unreachable!()
+            };
+            let message = format!("message {i}").into_bytes();
+            let mut sig = key.sign(&message);
+            let mut altered = message.clone();
+            altered[i as usize % message.len()] ^= 1;
+            let by_k256 = |m: &[u8], s: &[u8; 64]| {
+                k.key
+                    .verify(m, &k256::ecdsa::Signature::from_slice(s).unwrap())
+                    .is_ok()
+            };
+            assert!(by_k256(&message, &sig));
+            assert_eq!(public.verify(&message, &sig), Ok(()));
+            assert!(!by_k256(&altered, &sig));
+            assert_eq!(public.verify(&altered, &sig), Err(SignatureError::Invalid));
+            assert_eq!(other.verify(&message, &sig), Err(SignatureError::Invalid));
+            sig[(i as usize * 7) % 64] ^= 0x10;
+            let agree = k256::ecdsa::Signature::from_slice(&sig)
+                .map(|s| k.key.verify(&message, &s).is_ok())
+                .unwrap_or(false);
+            assert!(!agree);
+            assert!(public.verify(&message, &sig).is_err());
         }
     }
 
