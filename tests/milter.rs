@@ -405,3 +405,108 @@ async fn steps_that_only_continue_are_not_answered() {
     assert!(conn.negotiated_opts().contains(ProtoOpts::NOREPLY_MAIL));
     milter.stop().await;
 }
+
+/// One milter protocol packet: length (kind included), kind, payload (libmilter's framing).
+fn packet(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+    out.push(kind);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A whole milter session as an MTA sends it, byte for byte: negotiation (every protocol
+/// option offered), connect, macros, envelope, the header fields, the body in two chunks,
+/// end of message, quit.
+fn raw_session(message: &[u8]) -> Vec<u8> {
+    let nul = |parts: &[&[u8]]| -> Vec<u8> {
+        parts
+            .iter()
+            .flat_map(|p| p.iter().copied().chain([0]))
+            .collect()
+    };
+    let mut out = Vec::new();
+    let mut negotiate = 6u32.to_be_bytes().to_vec();
+    negotiate.extend_from_slice(&0x1ffu32.to_be_bytes());
+    negotiate.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
+    out.extend(packet(b'O', &negotiate));
+    let mut connect = b"client.example\0".to_vec();
+    connect.push(b'4');
+    connect.extend_from_slice(&40000u16.to_be_bytes());
+    connect.extend_from_slice(b"192.0.2.25\0");
+    out.extend(packet(b'C', &connect));
+    out.extend(packet(
+        b'D',
+        &[&b"M"[..], &nul(&[b"i", b"4ABCDEF"])].concat(),
+    ));
+    out.extend(packet(b'M', &nul(&[b"<alice@alice.example.com>"])));
+    out.extend(packet(b'R', &nul(&[b"<bob@mx.example.net>"])));
+    let (fields, body) = split_message(message);
+    for (name, value) in fields {
+        out.extend(packet(b'L', &nul(&[name.as_bytes(), value.as_bytes()])));
+    }
+    out.extend(packet(b'N', b""));
+    let (first, second) = body.split_at(body.len() / 2);
+    out.extend(packet(b'B', first));
+    out.extend(packet(b'B', second));
+    out.extend(packet(
+        b'D',
+        &[&b"E"[..], &nul(&[b"i", b"4ABCDEF"])].concat(),
+    ));
+    out.extend(packet(b'E', b""));
+    out.extend(packet(b'Q', b""));
+    out
+}
+
+/// Sends `session` to a fresh milter in writes of the sizes `chunks` gives (cycled), and
+/// returns every byte the milter answered until it closed the connection.
+async fn answers(world: &VectorWorld, session: &[u8], chunks: &[usize]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let milter = RunningMilter::start(world.resolver_config(), policy(), world.now()).await;
+    let stream = tokio::net::TcpStream::connect(milter.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let reader = tokio::spawn(async move {
+        let mut all = Vec::new();
+        read.read_to_end(&mut all).await.unwrap();
+        all
+    });
+    let mut rest = session;
+    for size in chunks.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (now, later) = rest.split_at((*size).min(rest.len()));
+        write.write_all(now).await.unwrap();
+        write.flush().await.unwrap();
+        // Let the milter read what has arrived so far, so its reads end mid-packet.
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+        rest = later;
+    }
+    let all = tokio::time::timeout(std::time::Duration::from_secs(20), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    milter.stop().await;
+    all
+}
+
+/// The milter's framing is split-invariant: the same session sent in one write, or cut into
+/// pieces of 1 to 13 bytes (length prefixes, kinds and payloads cut everywhere), gets the
+/// same answers, byte for byte.
+#[tokio::test]
+async fn a_session_cut_anywhere_gets_the_same_answers() {
+    let world = VectorWorld::start();
+    let session = raw_session(&vector("k256-multikey-pass.eml"));
+    let whole = answers(&world, &session, &[session.len()]).await;
+    let text = String::from_utf8_lossy(&whole);
+    assert!(text.contains("atsms=pass"), "{text:?}");
+    let cut = answers(
+        &world,
+        &session,
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+    )
+    .await;
+    assert_eq!(String::from_utf8_lossy(&cut), text);
+    let in_two = answers(&world, &session, &[2, session.len()]).await;
+    assert_eq!(String::from_utf8_lossy(&in_two), text);
+}

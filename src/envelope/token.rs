@@ -5,8 +5,9 @@ use std::fmt;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::crypto::Alg;
 use crate::syntax;
@@ -106,21 +107,87 @@ pub struct Token {
     pub signature: Vec<u8>,
 }
 
+/// A member's value, as much of it as the checks read. Strings are borrowed from the decoded
+/// part unless they hold escapes: a token is parsed on every message, and serde_json's
+/// `Value` allocated each name, string and array (the largest share of the allocations per
+/// message in docs/performance.md's profile).
+#[derive(Debug)]
+enum Json<'a> {
+    String(Cow<'a, str>),
+    /// A number: `Some` when it is an integer that fits in an i64 (what `Value::as_i64` says).
+    Number(Option<i64>),
+    /// An array: `Some` when every item is a string.
+    Array(Option<Vec<Cow<'a, str>>>),
+    /// `true`, `false`, `null` or an object (read through, never kept).
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Json<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct JsonVisitor;
+        impl<'de> Visitor<'de> for JsonVisitor {
+            type Value = Json<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Json<'de>, E> {
+                Ok(Json::String(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Json<'de>, E> {
+                Ok(Json::String(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Json<'de>, E> {
+                Ok(Json::String(Cow::Owned(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Json<'de>, E> {
+                Ok(Json::Number(Some(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Json<'de>, E> {
+                Ok(Json::Number(i64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Json<'de>, E> {
+                Ok(Json::Number(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Json<'de>, E> {
+                Ok(Json::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Json<'de>, E> {
+                Ok(Json::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+                let mut strings = Some(Vec::new());
+                while let Some(item) = seq.next_element::<Json<'de>>()? {
+                    match (&mut strings, item) {
+                        (Some(all), Json::String(s)) => all.push(s),
+                        _ => strings = None,
+                    }
+                }
+                Ok(Json::Array(strings))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Json::Other)
+            }
+        }
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
 /// A JSON object read member by member, so that repeated names are seen (serde_json's own
 /// maps keep the last one silently).
-struct Members(Vec<(String, Value)>);
+struct Members<'a>(Vec<(Cow<'a, str>, Json<'a>)>);
 
-impl<'de> Deserialize<'de> for Members {
+impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct MembersVisitor;
         impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = Members;
+            type Value = Members<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
-                let mut members = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::with_capacity(12);
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, Json<'de>>()? {
                     members.push(entry);
                 }
                 Ok(Members(members))
@@ -229,10 +296,10 @@ fn decode_part(part: &str, which: Part) -> Result<Vec<u8>, TokenError> {
         .map_err(|_| TokenError::BadBase64(which))
 }
 
-fn decode_object(part: &str, which: Part) -> Result<Vec<(String, Value)>, TokenError> {
-    let bytes = decode_part(part, which)?;
+/// The members of a part that must be a JSON object, checked for repeated names.
+fn decode_object(bytes: &[u8], which: Part) -> Result<Vec<(Cow<'_, str>, Json<'_>)>, TokenError> {
     let Members(members) =
-        serde_json::from_slice(&bytes).map_err(|_| TokenError::NotObject(which))?;
+        serde_json::from_slice(bytes).map_err(|_| TokenError::NotObject(which))?;
     for (i, (name, _)) in members.iter().enumerate() {
         if members[..i].iter().any(|(other, _)| other == name) {
             return Err(TokenError::RepeatedMember {
@@ -244,7 +311,7 @@ fn decode_object(part: &str, which: Part) -> Result<Vec<(String, Value)>, TokenE
     Ok(members)
 }
 
-fn member<'a>(members: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+fn member<'a, 'b>(members: &'a [(Cow<'b, str>, Json<'b>)], name: &str) -> Option<&'a Json<'b>> {
     members.iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
@@ -257,25 +324,27 @@ pub fn parse(t: &str, d: &str) -> Result<Token, TokenError> {
     else {
         return Err(TokenError::NotThreeParts);
     };
-    let header = decode_object(header_b64, Part::Header)?;
-    let claims = decode_object(claims_b64, Part::Claims)?;
+    let header_json = decode_part(header_b64, Part::Header)?;
+    let header = decode_object(&header_json, Part::Header)?;
+    let claims_json = decode_part(claims_b64, Part::Claims)?;
+    let claims = decode_object(&claims_json, Part::Claims)?;
     let signature = decode_part(sig_b64, Part::Signature)?;
 
     // Step 3: protected header.
     match member(&header, "typ") {
-        Some(Value::String(typ)) if typ == TYP => {}
+        Some(Json::String(typ)) if typ == TYP => {}
         Some(_) => return Err(TokenError::TypWrong),
         None => return Err(TokenError::TypMissing),
     }
     let alg = match member(&header, "alg") {
-        Some(Value::String(alg)) => {
+        Some(Json::String(alg)) => {
             Alg::from_jws(alg).ok_or_else(|| TokenError::AlgUnsupported(shown(alg)))?
         }
         Some(_) => return Err(TokenError::AlgNotString),
         None => return Err(TokenError::AlgMissing),
     };
     let kid = match member(&header, "kid") {
-        Some(Value::String(kid)) => Kid::parse(kid).ok_or(TokenError::KidInvalid)?,
+        Some(Json::String(kid)) => Kid::parse(kid).ok_or(TokenError::KidInvalid)?,
         Some(_) => return Err(TokenError::KidNotString),
         None => return Err(TokenError::KidMissing),
     };
@@ -311,55 +380,53 @@ pub fn parse(t: &str, d: &str) -> Result<Token, TokenError> {
     })
 }
 
-fn read_claims(members: &[(String, Value)]) -> Result<Claims, TokenError> {
-    let string = |name: &'static str| match member(members, name) {
-        Some(Value::String(s)) => Ok(s.clone()),
+fn read_claims(members: &[(Cow<'_, str>, Json<'_>)]) -> Result<Claims, TokenError> {
+    let str = |name: &'static str| match member(members, name) {
+        Some(Json::String(s)) => Ok(s.as_ref()),
         Some(_) => Err(TokenError::ClaimNotString(name)),
         None => Err(TokenError::ClaimMissing(name)),
     };
     // "integer": a JSON number without fraction or exponent that fits in 64 bits.
     let integer = |name: &'static str| match member(members, name) {
-        Some(Value::Number(n)) => n.as_i64().ok_or(TokenError::ClaimNotInteger(name)),
+        Some(Json::Number(n)) => n.ok_or(TokenError::ClaimNotInteger(name)),
         Some(_) => Err(TokenError::ClaimNotInteger(name)),
         None => Err(TokenError::ClaimMissing(name)),
     };
     let strings = |name: &'static str| -> Result<Option<Vec<String>>, TokenError> {
         match member(members, name) {
             None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| item.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .map(Some)
+            Some(Json::Array(items)) => items
+                .as_ref()
+                .map(|items| Some(items.iter().map(|s| s.to_string()).collect()))
                 .ok_or(TokenError::ClaimNotStrings(name)),
             Some(_) => Err(TokenError::ClaimNotStrings(name)),
         }
     };
     // A value that can never be a SHA-256 digest is a malformed claim, not a mismatch.
     let digest = |name: &'static str| -> Result<[u8; 32], TokenError> {
-        let encoded = string(name)?;
+        let encoded = str(name)?;
         if encoded.contains('=') {
             return Err(TokenError::ClaimNotDigest(name));
         }
         URL_SAFE_NO_PAD
-            .decode(&encoded)
+            .decode(encoded)
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(TokenError::ClaimNotDigest(name))
     };
     let claims = Claims {
-        iss: string("iss")?,
+        iss: str("iss")?.to_string(),
         iat: integer("iat")?,
         exp: integer("exp")?,
-        jti: string("jti")?,
-        from: string("from")?,
+        jti: str("jti")?.to_string(),
+        from: str("from")?.to_string(),
         h: strings("h")?.ok_or(TokenError::ClaimMissing("h"))?,
         hh: digest("hh")?,
         bh: digest("bh")?,
         rcpt: strings("rcpt")?,
         aud: strings("aud")?,
     };
-    if string("c")? != CANONICALIZATION {
+    if str("c")? != CANONICALIZATION {
         return Err(TokenError::Canonicalization);
     }
     Ok(claims)
@@ -421,6 +488,20 @@ mod tests {
         assert_eq!(t.alg, Alg::Es256k);
         assert_eq!(t.claims.iat, 1000);
         assert_eq!(t.kid.did(), D);
+        // Escaped strings read as what they spell; unknown members of any type are ignored;
+        // a large negative integer is still an integer.
+        let escaped = claims(r#","x":{"y":[1,{"z":null}]},"aud":["did:web:a\u002eexample"]"#)
+            .replace("0123456789abcdef", r#"0123456789abcde\u0066"#)
+            .replace(r#""from":"a@b.c""#, r#""from":"a\/@b.c""#);
+        let t = parse(&token(HEADER, &escaped), D).unwrap();
+        assert_eq!(t.claims.jti, "0123456789abcdef");
+        assert_eq!(t.claims.from, "a/@b.c");
+        assert_eq!(t.claims.aud, Some(vec!["did:web:a.example".to_string()]));
+        let negative = claims("").replace(":1000,", ":-9223372036854775808,");
+        assert_eq!(
+            parse(&token(HEADER, &negative), D).unwrap().claims.iat,
+            i64::MIN
+        );
     }
 
     #[test]
@@ -479,6 +560,42 @@ mod tests {
                 Padded(Part::Signature),
             ),
             ("a.b".to_string(), NotThreeParts),
+            // A name spelled with an escape is the same name (RFC 8259 §7).
+            (
+                token(HEADER, &claims(r#","i\u0061t":5"#)),
+                RepeatedMember {
+                    part: Part::Claims,
+                    name: "iat".into(),
+                },
+            ),
+            (
+                token(HEADER, &claims("").replace("1000", "9223372036854775808")),
+                ClaimNotInteger("iat"),
+            ),
+            (
+                token(HEADER, &claims("").replace("1000", r#""1000""#)),
+                ClaimNotInteger("iat"),
+            ),
+            (
+                token(HEADER, &claims("").replace(r#"["from"]"#, r#"["from",1]"#)),
+                ClaimNotStrings("h"),
+            ),
+            (
+                token(HEADER, &claims("").replace(r#"["from"]"#, r#""from""#)),
+                ClaimNotStrings("h"),
+            ),
+            (
+                token(HEADER, &claims(r#","rcpt":[["a@b.c"]]"#)),
+                ClaimNotStrings("rcpt"),
+            ),
+            (
+                token(HEADER, &claims("").replace(r#""a@b.c""#, "{}")),
+                ClaimNotString("from"),
+            ),
+            (
+                token(&HEADER.replace(r#""ES256K""#, "null"), &claims("")),
+                AlgNotString,
+            ),
         ];
         for (case, error) in cases {
             assert_eq!(parse(&case, D).unwrap_err(), error, "{case}");

@@ -244,7 +244,12 @@ fn handle_header(cx: &mut Context<Connection>, name: CString, value: CString) ->
         error!("{}: header outside a message", id());
         return conn.answer(ProtoOpts::NOREPLY_HEADER, Status::Tempfail);
     };
-    message.header(&lossy(&name), value.as_bytes());
+    // The CStrings are the field's own: kept without a copy (a name that is not UTF-8 is
+    // shown lossily and will never match a signed name).
+    let name = name
+        .into_string()
+        .unwrap_or_else(|e| lossy(&e.into_cstring()));
+    message.header(name, value.into_bytes());
     conn.answer(ProtoOpts::NOREPLY_HEADER, Status::Continue)
 }
 

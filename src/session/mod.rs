@@ -287,7 +287,9 @@ impl MessageSession {
     /// A header field as received: `value` is everything after the colon, folds included.
     /// Past `limits.max_header_fields` or `max_header_bytes` nothing more is kept and the
     /// message is to be refused (`refusal`).
-    pub fn header(&mut self, name: &str, value: &[u8]) {
+    /// Owned strings are kept as they are (the milter's and the LMTP splitter's): no copy.
+    pub fn header(&mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) {
+        let (name, value) = (name.into(), value.into());
         self.header_bytes += (name.len() + value.len() + 3) as u64;
         if self.too_large
             || self.headers.len() >= self.limits.max_header_fields
@@ -298,10 +300,10 @@ impl MessageSession {
             self.forged = Vec::new();
             return;
         }
-        let field = HeaderField::new(name, value);
+        let field = HeaderField { name, value };
         let forged = (field.is(auth_results::FIELD_NAME)
-            && auth_results::claims_ours(value, &self.authserv_id))
-            || auth_results::hides_ours(value, &self.authserv_id);
+            && auth_results::claims_ours(&field.value, &self.authserv_id))
+            || auth_results::hides_ours(&field.value, &self.authserv_id);
         self.signed |= field.is(FIELD_NAME);
         self.headers.push(field);
         self.forged.push(forged);
@@ -485,7 +487,7 @@ impl MessageBytes {
         if let Some(splitter) = self.splitter.take() {
             let finished = splitter.finish();
             for field in finished.fields {
-                self.session.header(&field.name, &field.value);
+                self.session.header(field.name, field.value);
             }
             if self.session.refusal().is_some() {
                 self.too_large = true;
@@ -574,7 +576,7 @@ mod tests {
         );
         assert!(m.headers().is_empty(), "nothing kept once refused");
         let mut m = MessageSession::new(&s);
-        m.header("Subject", &vec![b'x'; 2 * 1024 * 1024]);
+        m.header("Subject", vec![b'x'; 2 * 1024 * 1024]);
         assert!(m.refusal().is_some());
     }
 

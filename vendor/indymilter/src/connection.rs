@@ -24,9 +24,10 @@
 // share of its CPU per message after the signature check.
 
 use crate::message::{self, reply::Reply, Message};
+use bytes::BytesMut;
 use std::{io, sync::Arc, time::Duration};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter},
     sync::Mutex,
     time,
 };
@@ -38,11 +39,29 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 struct Inner {
-    stream: BufStream<Box<dyn Stream>>,
+    stream: BufWriter<Box<dyn Stream>>,
+    /// What has been read and not yet taken as a message.
+    read: BytesMut,
     timeout: Duration,
 }
 
+/// The least the read buffer grows by: a whole pipelined message from the MTA at once.
+const READ_CHUNK: usize = 16 * 1024;
+
 impl Inner {
+    async fn read_message(&mut self) -> io::Result<Message> {
+        loop {
+            if let Some(msg) = message::split(&mut self.read)? {
+                return Ok(msg);
+            }
+            let missing = message::missing(&self.read);
+            self.read.reserve(missing.max(READ_CHUNK));
+            if self.stream.read_buf(&mut self.read).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
     async fn timed<T>(
         timeout: Duration,
         f: impl std::future::Future<Output = io::Result<T>>,
@@ -74,7 +93,8 @@ impl Connection {
         let stream: Box<dyn Stream> = Box::new(stream);
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                stream: BufStream::new(stream),
+                stream: BufWriter::new(stream),
+                read: BytesMut::new(),
                 timeout,
             })),
         }
@@ -86,7 +106,7 @@ impl Connection {
         let mut inner = self.inner.lock().await;
         let timeout = inner.timeout;
         Inner::timed(timeout, inner.stream.flush()).await?;
-        let result = Inner::timed(timeout, message::read(&mut inner.stream)).await;
+        let result = Inner::timed(timeout, inner.read_message()).await;
 
         if let Ok(msg) = &result {
             trace!(?msg, "message read");

@@ -21,7 +21,7 @@
 pub mod command;
 pub mod reply;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use std::{
     ascii,
     error::Error,
@@ -161,6 +161,43 @@ where
     stream.read_exact(&mut buffer).await?;
 
     Ok(Message::new(kind, buffer))
+}
+
+/// Takes the first whole milter protocol message off `buf`, if it holds one (added for
+/// atsms-milter, see the connection): the same framing as `read`, a length of 0 included.
+pub(crate) fn split(buf: &mut BytesMut) -> io::Result<Option<Message>> {
+    let Some(len) = payload_len(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    buf.advance(4);
+    let kind = buf.get_u8();
+    Ok(Some(Message::new(kind, buf.split_to(len).freeze())))
+}
+
+/// How many more bytes the first message in `buf` needs (at least 1 when it is incomplete).
+pub(crate) fn missing(buf: &BytesMut) -> usize {
+    let total = match payload_len(buf) {
+        Ok(Some(len)) => 5 + len,
+        _ => 5,
+    };
+    total.saturating_sub(buf.len()).max(1)
+}
+
+/// The payload length the first four bytes of `buf` announce (the kind byte not counted).
+fn payload_len(buf: &[u8]) -> io::Result<Option<usize>> {
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = usize::try_from(u32::from_be_bytes(*prefix))
+        .expect("unsupported pointer size")
+        .saturating_sub(1);
+    if len > Message::MAX_BUFFER_LEN {
+        return Err(ErrorKind::InvalidData.into());
+    }
+    Ok(Some(len))
 }
 
 /// Writes a milter protocol message to a stream.
