@@ -48,6 +48,9 @@ struct Inner {
 /// The least the read buffer grows by: a whole pipelined message from the MTA at once.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The write buffer's size (tokio's default): replies wait there until the next read.
+const WRITE_CAPACITY: usize = 8 * 1024;
+
 impl Inner {
     async fn read_message(&mut self) -> io::Result<Message> {
         loop {
@@ -93,7 +96,7 @@ impl Connection {
         let stream: Box<dyn Stream> = Box::new(stream);
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                stream: BufWriter::new(stream),
+                stream: BufWriter::with_capacity(WRITE_CAPACITY, stream),
                 read: BytesMut::new(),
                 timeout,
             })),
@@ -105,8 +108,14 @@ impl Connection {
     pub async fn read_message(&self) -> io::Result<Message> {
         let mut inner = self.inner.lock().await;
         let timeout = inner.timeout;
-        Inner::timed(timeout, inner.stream.flush()).await?;
-        let result = Inner::timed(timeout, inner.read_message()).await;
+        if !inner.stream.buffer().is_empty() {
+            Inner::timed(timeout, inner.stream.flush()).await?;
+        }
+        let result = match message::split(&mut inner.read) {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Inner::timed(timeout, inner.read_message()).await,
+            Err(e) => Err(e),
+        };
 
         if let Ok(msg) = &result {
             trace!(?msg, "message read");
@@ -119,6 +128,9 @@ impl Connection {
     pub async fn flush(&self) -> io::Result<()> {
         let mut inner = self.inner.lock().await;
         let timeout = inner.timeout;
+        if inner.stream.buffer().is_empty() {
+            return Ok(());
+        }
         Inner::timed(timeout, inner.stream.flush()).await
     }
 
@@ -140,6 +152,10 @@ impl Connection {
 
         let mut inner = self.inner.lock().await;
         let timeout = inner.timeout;
+        if inner.stream.buffer().len() + 5 + msg.buffer.len() <= WRITE_CAPACITY {
+            // Only copied into the buffer: nothing here can wait.
+            return message::write_unflushed(&mut inner.stream, msg).await;
+        }
         Inner::timed(timeout, message::write_unflushed(&mut inner.stream, msg)).await
     }
 }
