@@ -5,7 +5,9 @@ fsyncs the file, the new/ directory and its uidlist (mail_fsync = optimized); at
 fdatasyncs the file and fsyncs new/ (group-committed). The messages are smtp-source's unsigned
 test messages: this measures delivery, not verification. CPU per delivery is the machine's busy
 time during the run (/proc/stat) less smtp-source's own CPU, so kernel work for fsyncs counts
-for both. fsyncs per delivery come from a separate, shorter run under strace -f -c.
+for both; with --recipients, the server's own processes' CPU (/proc/PID/stat of the server and
+its descendants) is printed beside it, which leaves out interrupts, idle exits and whatever
+else the machine ran. fsyncs per delivery come from a separate, shorter run under strace -f -c.
 """
 
 import os
@@ -33,6 +35,20 @@ def busy_seconds():
     fields = open("/proc/stat").readline().split()[1:]
     user, nice, system, idle, iowait, irq, softirq = (int(x) for x in fields[:7])
     return (user + nice + system + irq + softirq) / HZ
+
+
+def own_seconds(pid):
+    """CPU seconds of the server's own processes: the process, its running descendants, and
+    the children they reaped (utime, stime, cutime, cstime of /proc/PID/stat)."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            stat = open(f"/proc/{p}/stat").read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += sum(int(x) for x in fields[11:15])
+    return total / HZ
 
 
 def wait_for(path, timeout=20):
@@ -202,9 +218,10 @@ def main_recipients():
                 os.makedirs(server.mail, exist_ok=True)
                 if server.name == "dovecot":
                     shutil.chown(server.mail, "nobody", "nogroup")
-                busy0, t0 = busy_seconds(), time.time()
+                busy0, own0, t0 = busy_seconds(), own_seconds(server.proc.pid), time.time()
                 client_cpu = smtp_source(server.socket, 1, messages, 4096, recipients)
                 elapsed, busy = time.time() - t0, busy_seconds() - busy0
+                own = (own_seconds(server.proc.pid) - own0) / messages * 1e6
                 files, inodes = files_and_inodes(server.mail)
                 if files != messages * recipients:
                     raise SystemExit(f"{server.name}: {files} of {messages * recipients} copies arrived")
@@ -212,12 +229,12 @@ def main_recipients():
                 cpu = max(busy - client_cpu, 0.0) / messages * 1e6
                 fsyncs = fsyncs_per_delivery(server, 1, 4096, max(messages // 4, 20), recipients)
                 results[(recipients, server.name)] = (rate, cpu)
-                rows.append(f"| {recipients} | {server.name} | {rate:.0f} | {rate * recipients:.0f} | {cpu:.0f} | {fsyncs:.1f} | {inodes / messages:.2f} | {files} |")
+                rows.append(f"| {recipients} | {server.name} | {rate:.0f} | {rate * recipients:.0f} | {cpu:.0f} | {own:.0f} | {fsyncs:.1f} | {inodes / messages:.2f} | {files} |")
     finally:
         for server in servers:
             server.stop()
-    print("| recipients | program | messages/s | copies/s | CPU µs / message | fsyncs / message | files written / message | copies arrived |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| recipients | program | messages/s | copies/s | CPU µs / message (machine) | CPU µs / message (server's processes) | fsyncs / message | files written / message | copies arrived |")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\n| recipients | messages/s atsms/dovecot | CPU per message atsms/dovecot |")
     print("|---|---|---|")

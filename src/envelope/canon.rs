@@ -69,12 +69,20 @@ pub fn relaxed_header(field: &HeaderField, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A field name as `h` and the header section compare it: trailing WSP dropped, ASCII case
-/// folded.
-fn name_key(name: &str) -> impl Iterator<Item = u8> + '_ {
-    name.trim_end_matches([' ', '\t'])
-        .bytes()
-        .map(|b| b.to_ascii_lowercase())
+/// Field names as `h` and the header section compare them: trailing WSP dropped, ASCII case
+/// folded. Ordered by length first, so most comparisons end there.
+fn cmp_names(a: &str, b: &str) -> std::cmp::Ordering {
+    fn trimmed(name: &str) -> &[u8] {
+        let bytes = name.as_bytes();
+        let end = bytes.iter().rposition(|b| !is_wsp(*b)).map_or(0, |i| i + 1);
+        &bytes[..end]
+    }
+    let (a, b) = (trimmed(a), trimmed(b));
+    a.len().cmp(&b.len()).then_with(|| {
+        a.iter()
+            .map(u8::to_ascii_lowercase)
+            .cmp(b.iter().map(u8::to_ascii_lowercase))
+    })
 }
 
 /// `hh`: SHA-256 over the fields named in `h`, each the last instance not yet used,
@@ -84,18 +92,17 @@ fn name_key(name: &str) -> impl Iterator<Item = u8> + '_ {
 /// search and its instances a run taken from the end: O((|h| + n) log n) however hostile
 /// `h` and the header section are, and three allocations in all (it was one per field).
 pub fn header_hash(h: &[String], headers: &[HeaderField]) -> [u8; 32] {
+    use std::cmp::Ordering;
     let mut order: Vec<usize> = (0..headers.len()).collect();
-    order.sort_by(|&a, &b| {
-        name_key(&headers[a].name)
-            .cmp(name_key(&headers[b].name))
-            .then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| cmp_names(&headers[a].name, &headers[b].name).then(a.cmp(&b)));
     // How many instances of the run starting at each position are used.
     let mut used = vec![0usize; order.len()];
     let mut canonical = Vec::with_capacity(1024);
     for name in h {
-        let start = order.partition_point(|&i| name_key(&headers[i].name).lt(name_key(name)));
-        let end = order.partition_point(|&i| name_key(&headers[i].name).le(name_key(name)));
+        let start = order.partition_point(|&i| cmp_names(&headers[i].name, name) == Ordering::Less);
+        let end = start
+            + order[start..]
+                .partition_point(|&i| cmp_names(&headers[i].name, name) == Ordering::Equal);
         let Some(slot) = used.get_mut(start) else {
             continue;
         };
