@@ -138,7 +138,9 @@ impl Default for BodyHasher {
     fn default() -> Self {
         BodyHasher {
             sha: Sha256::new(),
-            buffer: Vec::with_capacity(BUFFER),
+            // Made on the first chunk: a hasher that is only moved or replaced (`mem::take`)
+            // allocates nothing.
+            buffer: Vec::new(),
             pending_space: false,
             pending_cr: false,
             line_has_content: false,
@@ -157,6 +159,9 @@ impl BodyHasher {
 
     pub fn update(&mut self, chunk: &[u8]) {
         self.raw_len += chunk.len() as u64;
+        if self.buffer.capacity() == 0 {
+            self.buffer.reserve(BUFFER);
+        }
         let mut i = 0;
         while i < chunk.len() {
             // Fast path, the common case in the middle of a line: copy a run of bytes that
