@@ -266,7 +266,10 @@ impl<T: Weigh + Send + Sync + 'static> TimedCache<T> {
             }
         }
         self.count(|c| c.misses += 1);
-        self.fetch(key, fetch, false).await
+        // A miss goes to the network: its future (HTTP, DNS, the fetch lock) is boxed, so the
+        // hit above, the path of nearly every message, carries a pointer to it instead of the
+        // whole state and every future awaiting this one stays small (docs/performance.md).
+        Box::pin(self.fetch(key, fetch, false)).await
     }
 
     /// Fetches `key` now (merged with a fetch already running), updating the entry. A

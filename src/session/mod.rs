@@ -400,18 +400,17 @@ impl MessageSession {
         let envelope = self.atsms_envelope();
         if let Some((EnvelopeKind::CmsSigned, Some(input))) = &envelope {
             let detached = input.detached.as_deref();
-            let floor = (settings.verifier)
-                .floor(&self.headers, &input.der, detached, now)
-                .await;
+            // Boxed, as the reputation below: rare, large futures (certificate fetches,
+            // labelers) kept out of the state every message's future carries and moves.
+            let floor =
+                Box::pin((settings.verifier).floor(&self.headers, &input.der, detached, now)).await;
             verdict.signatures.push(floor);
         }
         // Reputation speaks of the sender a passing signature names.
         let reputation = match (&settings.reputation, verdict.best_pass()) {
             (Some(reputation), Some(best)) => match (&best.did, &best.passed) {
                 (Some(did), Some(passed)) => {
-                    reputation
-                        .assess(did, &passed.jti, best.handle(), now)
-                        .await
+                    Box::pin(reputation.assess(did, &passed.jti, best.handle(), now)).await
                 }
                 _ => Assessment::default(),
             },

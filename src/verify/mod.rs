@@ -352,7 +352,9 @@ impl Verifier {
                 let fresh = match rejection.retry_with_fresh_document {
                     true => match tokio::time::timeout(
                         self.timeout,
-                        self.identity.refresh_after_failure(&claims.iss),
+                        // Rare (a key that failed): boxed, so it does not enlarge every
+                        // message's future.
+                        Box::pin(self.identity.refresh_after_failure(&claims.iss)),
                     )
                     .await
                     {
@@ -372,10 +374,7 @@ impl Verifier {
                 let Some(document) = fresh else {
                     return reject(rejection.result, rejection.reason);
                 };
-                match self
-                    .key_and_signature(&token, context.now, Some(document))
-                    .await
-                {
+                match Box::pin(self.key_and_signature(&token, context.now, Some(document))).await {
                     Ok(resolved) => resolved,
                     Err(rejection) => return reject(rejection.result, rejection.reason),
                 }
