@@ -6,14 +6,15 @@
 //! directory fsync (group commit). Files are stored with LF line ends, as Postfix's virtual(8)
 //! and Dovecot store them; `S=` is the file's size.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod sync;
+pub use sync::DirSyncer;
 
 /// Files in `tmp/` older than this are debris of an interrupted delivery (maildir spec).
 pub const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 3600);
@@ -149,17 +150,14 @@ impl Folder {
 /// `relative`, and `tmp`/`new`/`cur`, must be a real directory. `is_subfolder` adds the
 /// Maildir++ `maildirfolder` marker.
 pub fn open_folder(base: &Path, relative: &Path, is_subfolder: bool) -> io::Result<Folder> {
-    // The base exists but for the first delivery: open it, and make it only when missing
-    // (two system calls fewer per delivery than making it every time).
-    let mut dir: OwnedFd = match File::open(base) {
-        Ok(dir) => dir,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(base)?;
-            File::open(base)?
-        }
-        Err(e) => return Err(e),
-    }
-    .into();
+    // The base exists but for the first delivery: made only when missing (no `mkdir` and
+    // `stat` per delivery).
+    let mut dir: OwnedFd = File::open(base)
+        .or_else(|e| match e.kind() {
+            io::ErrorKind::NotFound => fs::create_dir_all(base).and_then(|()| File::open(base)),
+            _ => Err(e),
+        })?
+        .into();
     for component in relative.components() {
         match component {
             std::path::Component::Normal(name) => dir = open_or_make_dir_at(&dir, name)?,
@@ -205,70 +203,6 @@ pub fn ensure_folder(folder: &Path, is_subfolder: bool) -> io::Result<Folder> {
 /// Whether `path` is a real directory (not a symlink to one).
 pub fn is_real_dir(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-}
-
-/// Group commit of `new/` directory fsyncs: a rename counts as durable once a sync that
-/// started after it has finished; concurrent deliveries share one sync.
-#[derive(Default)]
-pub struct DirSyncer {
-    dirs: Mutex<HashMap<PathBuf, Arc<SyncState>>>,
-}
-
-#[derive(Default)]
-struct SyncState {
-    inner: Mutex<SyncCounters>,
-    done: Condvar,
-}
-
-#[derive(Default)]
-struct SyncCounters {
-    /// Renames completed into this directory.
-    renamed: u64,
-    /// Renames known to be covered by a finished fsync.
-    synced: u64,
-    /// A sync is running.
-    syncing: bool,
-    /// Deliveries waiting for a sync to finish: nobody to wake, no wake-up (a system call).
-    waiting: usize,
-}
-
-impl DirSyncer {
-    /// Records a completed rename into `dir` (open as `fd`) and returns once an fsync of
-    /// `dir` covers it.
-    pub fn sync_after_rename(&self, dir: &Path, fd: &OwnedFd) -> io::Result<()> {
-        let state = {
-            let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
-            dirs.entry(dir.to_path_buf()).or_default().clone()
-        };
-        let mut counters = state.inner.lock().unwrap_or_else(|e| e.into_inner());
-        counters.renamed += 1;
-        let mine = counters.renamed;
-        loop {
-            if counters.synced >= mine {
-                return Ok(());
-            }
-            if !counters.syncing {
-                // Sync everything renamed so far, ours included.
-                counters.syncing = true;
-                let target = counters.renamed;
-                drop(counters);
-                let result = fsync_fd(fd);
-                counters = state.inner.lock().unwrap_or_else(|e| e.into_inner());
-                counters.syncing = false;
-                if result.is_ok() {
-                    counters.synced = counters.synced.max(target);
-                }
-                if counters.waiting > 0 {
-                    state.done.notify_all();
-                }
-                result?;
-                continue;
-            }
-            counters.waiting += 1;
-            counters = state.done.wait(counters).unwrap_or_else(|e| e.into_inner());
-            counters.waiting -= 1;
-        }
-    }
 }
 
 /// A delivered file.
@@ -495,6 +429,7 @@ pub fn clean_tmp(folder: &Path, now: SystemTime) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn deliver_creates_a_complete_file_in_new() {
