@@ -69,15 +69,16 @@ pub fn relaxed_header(field: &HeaderField, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Field names as `h` and the header section compare them: trailing WSP dropped, ASCII case
-/// folded. Ordered by length first, so most comparisons end there.
-fn cmp_names(a: &str, b: &str) -> std::cmp::Ordering {
-    fn trimmed(name: &str) -> &[u8] {
-        let bytes = name.as_bytes();
-        let end = bytes.iter().rposition(|b| !is_wsp(*b)).map_or(0, |i| i + 1);
-        &bytes[..end]
-    }
-    let (a, b) = (trimmed(a), trimmed(b));
+/// A field's name as `h` names it: trailing WSP dropped (`HeaderField::is`).
+fn trimmed(name: &str) -> &[u8] {
+    let bytes = name.as_bytes();
+    let end = bytes.iter().rposition(|b| !is_wsp(*b)).map_or(0, |i| i + 1);
+    &bytes[..end]
+}
+
+/// Names ordered by length first, so most comparisons end there, then by their bytes with
+/// ASCII case folded.
+fn cmp_names(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| {
         a.iter()
             .map(u8::to_ascii_lowercase)
@@ -94,15 +95,19 @@ fn cmp_names(a: &str, b: &str) -> std::cmp::Ordering {
 pub fn header_hash(h: &[String], headers: &[HeaderField]) -> [u8; 32] {
     use std::cmp::Ordering;
     let mut order: Vec<usize> = (0..headers.len()).collect();
-    order.sort_by(|&a, &b| cmp_names(&headers[a].name, &headers[b].name).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        cmp_names(trimmed(&headers[a].name), trimmed(&headers[b].name)).then(a.cmp(&b))
+    });
     // How many instances of the run starting at each position are used.
     let mut used = vec![0usize; order.len()];
     let mut canonical = Vec::with_capacity(1024);
+    // A name in `h` is taken as written (no trimming): "subject " names no field.
+    let field = |i: usize| trimmed(&headers[i].name);
     for name in h {
-        let start = order.partition_point(|&i| cmp_names(&headers[i].name, name) == Ordering::Less);
+        let name = name.as_bytes();
+        let start = order.partition_point(|&i| cmp_names(field(i), name) == Ordering::Less);
         let end = start
-            + order[start..]
-                .partition_point(|&i| cmp_names(&headers[i].name, name) == Ordering::Equal);
+            + order[start..].partition_point(|&i| cmp_names(field(i), name) == Ordering::Equal);
         let Some(slot) = used.get_mut(start) else {
             continue;
         };
@@ -359,7 +364,7 @@ mod tests {
                 .map(|i| HeaderField::new(names[next(names.len())], format!(" v{round}.{i}")))
                 .collect();
             let h: Vec<String> = (0..next(10))
-                .map(|_| names[next(names.len())].trim().to_lowercase())
+                .map(|_| names[next(names.len())].to_lowercase())
                 .chain(["nowhere".to_string()])
                 .collect();
             assert_eq!(
@@ -382,5 +387,9 @@ mod tests {
             header_hash(&h(&["from", "to", "from", "from"]), &headers),
             sha(b"from:second\r\nto:x\r\nfrom:first\r\n")
         );
+        // A field's name loses its trailing WSP; a name in `h` is taken as written.
+        let spaced = vec![HeaderField::new("To \t", " x")];
+        assert_eq!(header_hash(&h(&["to"]), &spaced), sha(b"to:x\r\n"));
+        assert_eq!(header_hash(&h(&["to "]), &headers), sha(b""));
     }
 }

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::borrow::Cow;
 
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::crypto::Alg;
 use crate::syntax;
@@ -165,7 +165,9 @@ impl<'de> Deserialize<'de> for Json<'de> {
                 Ok(Json::Array(strings))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                // Read, not skipped: serde_json's skipping checks neither UTF-8, escapes,
+                // number range nor depth, and a token `Value` refused must stay refused.
+                while map.next_entry::<Json<'de>, Json<'de>>()?.is_some() {}
                 Ok(Json::Other)
             }
         }
@@ -595,6 +597,31 @@ mod tests {
             (
                 token(&HEADER.replace(r#""ES256K""#, "null"), &claims("")),
                 AlgNotString,
+            ),
+            // What serde_json's `Value` refused anywhere in a part is still refused, however
+            // deep in a member nobody reads.
+            (
+                token(HEADER, &claims(r#","x":{"y":"\ud800"}"#)),
+                NotObject(Part::Claims),
+            ),
+            (
+                token(HEADER, &claims(r#","x":{"y":1e400}"#)),
+                NotObject(Part::Claims),
+            ),
+            (
+                token(HEADER, &claims(r#","x":[{"y":"\ud800"}]"#)),
+                NotObject(Part::Claims),
+            ),
+            (
+                token(
+                    HEADER,
+                    &claims(&format!(
+                        r#","x":{}1{}"#,
+                        r#"{"y":["#.repeat(100),
+                        "]}".repeat(100)
+                    )),
+                ),
+                NotObject(Part::Claims),
             ),
         ];
         for (case, error) in cases {

@@ -48,6 +48,9 @@ struct Inner {
 /// The least the read buffer grows by: a whole pipelined message from the MTA at once.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The most read-buffer room a connection keeps while idle between packets.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
 /// The write buffer's size (tokio's default): replies wait there until the next read.
 const WRITE_CAPACITY: usize = 8 * 1024;
 
@@ -56,6 +59,11 @@ impl Inner {
         loop {
             if let Some(msg) = message::split(&mut self.read)? {
                 return Ok(msg);
+            }
+            // Once a large packet is consumed, its room is given back: a connection keeps at
+            // most what an ordinary burst needs between packets.
+            if self.read.is_empty() && self.read.capacity() > KEEP_CAPACITY {
+                self.read = BytesMut::new();
             }
             let missing = message::missing(&self.read);
             self.read.reserve(missing.max(READ_CHUNK));
