@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod sync;
 pub use sync::DirSyncer;
+use sync::fsync_fd;
 
 /// Files in `tmp/` older than this are debris of an interrupted delivery (maildir spec).
 pub const STALE_TMP_AGE: Duration = Duration::from_secs(36 * 3600);
@@ -123,11 +124,6 @@ fn open_or_make_dir_at(parent: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<O
         }
         other => other,
     }
-}
-
-fn fsync_fd(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fsync on a descriptor we own.
-    check(unsafe { libc::fsync(fd.as_raw_fd()) }).map(|_| ())
 }
 
 /// A maildir folder, opened. Below the operator's `base` every directory was opened without

@@ -2,11 +2,18 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::fsync_fd;
+/// fsync(2) of a descriptor we own: a file, or a directory after a rename into it.
+pub(super) fn fsync_fd(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fsync on a descriptor we own.
+    if unsafe { libc::fsync(fd.as_raw_fd()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Group commit of `new/` directory fsyncs: a rename counts as durable once a sync that
 /// started after it has finished; concurrent deliveries share one sync.
