@@ -441,7 +441,7 @@ fn raw_session(message: &[u8]) -> Vec<u8> {
     out.extend(packet(b'M', &nul(&[b"<alice@alice.example.com>"])));
     out.extend(packet(b'R', &nul(&[b"<bob@mx.example.net>"])));
     let (fields, body) = split_message(message);
-    // A field larger than the milter's read chunk (16 KiB), unsigned, so the verdict stays.
+    // A field larger than the milter's read chunk (8 KiB), unsigned, so the verdict stays.
     let filler = format!(" {}", "x".repeat(40_000));
     out.extend(packet(b'L', &nul(&[b"X-Filler", filler.as_bytes()])));
     for (name, value) in fields {

@@ -45,8 +45,9 @@ struct Inner {
     timeout: Duration,
 }
 
-/// The least the read buffer grows by: a whole pipelined message from the MTA at once.
-const READ_CHUNK: usize = 16 * 1024;
+/// The least the read buffer grows by (the 8 KiB of the `BufStream` it replaces: an idle
+/// connection holds no more than before; a larger packet grows it to its size).
+const READ_CHUNK: usize = 8 * 1024;
 
 /// The most read-buffer room a connection keeps while idle between packets.
 const KEEP_CAPACITY: usize = 64 * 1024;
