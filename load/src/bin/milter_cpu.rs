@@ -11,6 +11,8 @@
 //! cost is stated beside the figures it produced.
 //!
 //!   scripts/bench/load.sh milter_cpu [--messages 8000] [--connections 16] [--size 4800]
+//!   [--log LEVEL]    (atsms-milter's `log.level`, `info` by default: `warn` drops the line per
+//!                    message, to see what it costs)
 //!   [--only atsms]   (PERF=1 in the environment: print the daemon's pid and wait for Enter
 //!   before the timed run, to attach `perf record -g -p PID`)
 
@@ -96,14 +98,14 @@ fn fields_and_body(raw: &[u8]) -> (Fields, Vec<u8>) {
     common::split(raw)
 }
 
-fn start_atsms(work: &Path, plc: &str) -> (std::process::Child, PathBuf) {
+fn start_atsms(work: &Path, plc: &str, log_level: &str) -> (std::process::Child, PathBuf) {
     let w = work.display();
     let socket = work.join("atsms.sock");
     let conf = work.join("atsms.toml");
     std::fs::write(
         &conf,
         format!(
-            "[milter]\nlisten = \"unix:{w}/atsms.sock\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\nallow_private_addresses = true\n\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\n\n[control]\nsocket = \"{w}/control.sock\"\n"
+            "[milter]\nlisten = \"unix:{w}/atsms.sock\"\n\n[resolver]\nplc_urls = [\"{plc}\"]\nallow_private_addresses = true\n\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\n\n[control]\nsocket = \"{w}/control.sock\"\n\n[log]\nlevel = \"{log_level}\"\n"
         ),
     )
     .unwrap();
@@ -135,7 +137,11 @@ fn main() {
         "verificationMethod": [{"id": "#atproto", "type": "Multikey", "controller": DID, "publicKeyMultibase": key.public_key().to_multikey()}],
     });
     let plc = common::serve_document(document.to_string());
-    let (mut atsms, atsms_socket) = start_atsms(&work, &plc);
+    let log_level = args
+        .windows(2)
+        .find(|w| w[0] == "--log")
+        .map_or("info", |w| w[1].as_str());
+    let (mut atsms, atsms_socket) = start_atsms(&work, &plc, log_level);
 
     // Each message signed on its own: replay detection is on.
     let base = common::base_message(size);
