@@ -18,10 +18,13 @@ impl HeaderField {
         }
     }
 
+    /// The name without the WSP that may stand before the colon (RFC 5322 obsolete syntax).
+    pub fn bare_name(&self) -> &str {
+        self.name.trim_end_matches([' ', '\t'])
+    }
+
     pub fn is(&self, name: &str) -> bool {
-        self.name
-            .trim_end_matches([' ', '\t'])
-            .eq_ignore_ascii_case(name)
+        self.bare_name().eq_ignore_ascii_case(name)
     }
 }
 
@@ -31,13 +34,7 @@ fn is_wsp(b: u8) -> bool {
 
 /// Appends `name:value` + CRLF in relaxed form (RFC 6376 §3.4.2).
 pub fn relaxed_header(field: &HeaderField, out: &mut Vec<u8>) {
-    out.extend(
-        field
-            .name
-            .trim_end_matches([' ', '\t'])
-            .bytes()
-            .map(|b| b.to_ascii_lowercase()),
-    );
+    out.extend(field.bare_name().bytes().map(|b| b.to_ascii_lowercase()));
     out.push(b':');
     let mut pending_space = false;
     let mut started = false;
@@ -69,13 +66,6 @@ pub fn relaxed_header(field: &HeaderField, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A field's name as `h` names it: trailing WSP dropped (`HeaderField::is`).
-fn trimmed(name: &str) -> &[u8] {
-    let bytes = name.as_bytes();
-    let end = bytes.iter().rposition(|b| !is_wsp(*b)).map_or(0, |i| i + 1);
-    &bytes[..end]
-}
-
 /// Names ordered by length first, so most comparisons end there, then by their bytes with
 /// ASCII case folded.
 fn cmp_names(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
@@ -94,15 +84,14 @@ fn cmp_names(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
 /// `h` and the header section are, and three allocations in all (it was one per field).
 pub fn header_hash(h: &[String], headers: &[HeaderField]) -> [u8; 32] {
     use std::cmp::Ordering;
+    // A field's name loses its trailing WSP (`HeaderField::is`); a name in `h` is taken as
+    // written: "subject " names no field.
+    let field = |i: usize| headers[i].bare_name().as_bytes();
     let mut order: Vec<usize> = (0..headers.len()).collect();
-    order.sort_by(|&a, &b| {
-        cmp_names(trimmed(&headers[a].name), trimmed(&headers[b].name)).then(a.cmp(&b))
-    });
+    order.sort_by(|&a, &b| cmp_names(field(a), field(b)).then(a.cmp(&b)));
     // How many instances of the run starting at each position are used.
     let mut used = vec![0usize; order.len()];
     let mut canonical = Vec::with_capacity(1024);
-    // A name in `h` is taken as written (no trimming): "subject " names no field.
-    let field = |i: usize| trimmed(&headers[i].name);
     for name in h {
         let name = name.as_bytes();
         let start = order.partition_point(|&i| cmp_names(field(i), name) == Ordering::Less);
