@@ -189,8 +189,12 @@ impl<'de> Deserialize<'de> for Members<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
                 let mut members = Vec::with_capacity(12);
-                while let Some(entry) = map.next_entry::<Cow<'de, str>, Json<'de>>()? {
-                    members.push(entry);
+                // Names read as `Json` too: serde's `Cow<str>` would always copy them.
+                while let Some((name, value)) = map.next_entry::<Json<'de>, Json<'de>>()? {
+                    let Json::String(name) = name else {
+                        return Err(serde::de::Error::custom("a member name is not a string"));
+                    };
+                    members.push((name, value));
                 }
                 Ok(Members(members))
             }
