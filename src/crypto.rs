@@ -1,8 +1,9 @@
 //! ES256 (P-256) and ES256K (secp256k1) keys and signatures, the atproto way.
 //!
 //! atproto cryptography spec: 64-byte `r || s` signatures only (never DER) and low-S on both
-//! curves. k256 rejects high-S itself; p256 accepts it, so the check here is explicit and comes
-//! first for both curves, so the two behave the same (AT-SMS envelope v1, section 3.2).
+//! curves. libsecp256k1 rejects high-S itself; aws-lc accepts it, so the check here is explicit
+//! and comes first for both curves, so the two behave the same (AT-SMS envelope v1, section
+//! 3.2). p256 and k256 parse, check ranges and sign; aws-lc (P-256) and libsecp256k1 verify.
 
 use std::fmt;
 
@@ -134,10 +135,14 @@ impl P256Key {
     }
 
     /// Verifies `r || s` (already parsed, so in range) over SHA-256(`message`).
-    fn verify(&self, message: &[u8], signature: &p256::ecdsa::Signature) -> bool {
+    fn verify(
+        &self,
+        message: &[u8],
+        signature: &p256::ecdsa::Signature,
+    ) -> Result<(), SignatureError> {
         self.verifier
             .verify_sig(message, &signature.to_bytes())
-            .is_ok()
+            .map_err(|_| SignatureError::Invalid)
     }
 }
 
@@ -166,15 +171,18 @@ impl K256Key {
     }
 
     /// Verifies `r || s` (already checked to be in range and low-S) over SHA-256(`message`).
-    fn verify(&self, message: &[u8], signature: &k256::ecdsa::Signature) -> bool {
+    fn verify(
+        &self,
+        message: &[u8],
+        signature: &k256::ecdsa::Signature,
+    ) -> Result<(), SignatureError> {
         use sha2::Digest;
-        let Ok(sig) = secp256k1::ecdsa::Signature::from_compact(&signature.to_bytes()) else {
-            return false;
-        };
+        let sig = secp256k1::ecdsa::Signature::from_compact(&signature.to_bytes())
+            .map_err(|_| SignatureError::Invalid)?;
         let digest = secp256k1::Message::from_digest(sha2::Sha256::digest(message).into());
         SECP256K1_VERIFY
             .verify_ecdsa(digest, &sig, &self.verifier)
-            .is_ok()
+            .map_err(|_| SignatureError::Invalid)
     }
 }
 
@@ -275,11 +283,7 @@ impl PublicKey {
                 if bool::from(sig.s().is_high()) {
                     return Err(SignatureError::HighS);
                 }
-                if key.verify(message, &sig) {
-                    Ok(())
-                } else {
-                    Err(SignatureError::Invalid)
-                }
+                key.verify(message, &sig)
             }
             PublicKey::K256(key) => {
                 let sig = k256::ecdsa::Signature::from_slice(signature)
@@ -287,11 +291,7 @@ impl PublicKey {
                 if bool::from(sig.s().is_high()) {
                     return Err(SignatureError::HighS);
                 }
-                if key.verify(message, &sig) {
-                    Ok(())
-                } else {
-                    Err(SignatureError::Invalid)
-                }
+                key.verify(message, &sig)
             }
         }
     }
@@ -307,12 +307,7 @@ impl PublicKey {
             return Err(SignatureError::NotP256);
         };
         let sig = p256::ecdsa::Signature::from_der(der).map_err(|_| SignatureError::NotDer)?;
-        let sig = sig.normalize_s();
-        if key.verify(message, &sig) {
-            Ok(())
-        } else {
-            Err(SignatureError::Invalid)
-        }
+        key.verify(message, &sig.normalize_s())
     }
 }
 
@@ -492,79 +487,68 @@ mod tests {
         }
     }
 
-    /// libsecp256k1 (which verifies) and k256 (which signs and parses) agree on every outcome:
-    /// a valid signature, the message altered, the signature altered, another key.
-    #[test]
-    fn libsecp256k1_and_k256_agree() {
-        use k256::ecdsa::signature::Verifier as _;
-        let other = SigningKey::generate(Alg::Es256k).unwrap().public_key();
+    /// The verifying library and the parsing one (`reference`: does this key accept these
+    /// `r || s` for this message?) agree on every outcome: a valid signature, the message
+    /// altered, the signature altered, another key. `also` adds a curve's own checks.
+    fn assert_libraries_agree(
+        alg: Alg,
+        reference: impl Fn(&PublicKey, &[u8], &[u8]) -> bool,
+        also: impl Fn(&PublicKey, &[u8], &[u8], &[u8; 64]),
+    ) {
+        let other = SigningKey::generate(alg).unwrap().public_key();
         for i in 0..64u32 {
-            let key = SigningKey::generate(Alg::Es256k).unwrap();
+            let key = SigningKey::generate(alg).unwrap();
             let public = key.public_key();
-            let PublicKey::K256(k) = &public else {
-                unreachable!()
-            };
             let message = format!("message {i}").into_bytes();
             let mut sig = key.sign(&message);
             let mut altered = message.clone();
             altered[i as usize % message.len()] ^= 1;
-            let by_k256 = |m: &[u8], s: &[u8; 64]| {
-                k.key
-                    .verify(m, &k256::ecdsa::Signature::from_slice(s).unwrap())
-                    .is_ok()
-            };
-            assert!(by_k256(&message, &sig));
+            assert!(reference(&public, &message, &sig));
             assert_eq!(public.verify(&message, &sig), Ok(()));
-            assert!(!by_k256(&altered, &sig));
+            assert!(!reference(&public, &altered, &sig));
             assert_eq!(public.verify(&altered, &sig), Err(SignatureError::Invalid));
             assert_eq!(other.verify(&message, &sig), Err(SignatureError::Invalid));
+            also(&public, &message, &altered, &sig);
             sig[(i as usize * 7) % 64] ^= 0x10;
-            let agree = k256::ecdsa::Signature::from_slice(&sig)
-                .map(|s| k.key.verify(&message, &s).is_ok())
-                .unwrap_or(false);
-            assert!(!agree);
+            assert!(!reference(&public, &message, &sig));
             assert!(public.verify(&message, &sig).is_err());
         }
     }
 
-    /// aws-lc (which verifies) and p256 (which signs, parses and checks ranges) agree, for
-    /// compact signatures and for CMS's DER ones in both S forms.
+    #[test]
+    fn libsecp256k1_and_k256_agree() {
+        use k256::ecdsa::signature::Verifier as _;
+        let by_k256 = |public: &PublicKey, message: &[u8], sig: &[u8]| {
+            let PublicKey::K256(k) = public else {
+                unreachable!()
+            };
+            k256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.key.verify(message, &s).is_ok())
+        };
+        assert_libraries_agree(Alg::Es256k, by_k256, |_, _, _, _| {});
+    }
+
+    /// For P-256 also CMS's DER signatures, in both S forms.
     #[test]
     fn aws_lc_and_p256_agree() {
         use p256::ecdsa::signature::Verifier as _;
-        let other = SigningKey::generate(Alg::Es256).unwrap().public_key();
-        for i in 0..64u32 {
-            let key = SigningKey::generate(Alg::Es256).unwrap();
-            let public = key.public_key();
-            let PublicKey::P256(k) = &public else {
+        let by_p256 = |public: &PublicKey, message: &[u8], sig: &[u8]| {
+            let PublicKey::P256(k) = public else {
                 unreachable!()
             };
-            let message = format!("message {i}").into_bytes();
-            let mut sig = key.sign(&message);
-            let mut altered = message.clone();
-            altered[i as usize % message.len()] ^= 1;
-            let parsed = p256::ecdsa::Signature::from_slice(&sig).unwrap();
-            assert!(k.key.verify(&message, &parsed).is_ok());
-            assert_eq!(public.verify(&message, &sig), Ok(()));
-            assert!(k.key.verify(&altered, &parsed).is_err());
-            assert_eq!(public.verify(&altered, &sig), Err(SignatureError::Invalid));
-            assert_eq!(other.verify(&message, &sig), Err(SignatureError::Invalid));
-            // DER, low-S and high-S alike (CMS takes both).
-            let high = p256::ecdsa::Signature::from_slice(&malleate(Alg::Es256, &sig)).unwrap();
-            for der in [parsed.to_der(), high.to_der()] {
-                assert_eq!(public.verify_der(&message, der.as_bytes()), Ok(()));
+            p256::ecdsa::Signature::from_slice(sig).is_ok_and(|s| k.key.verify(message, &s).is_ok())
+        };
+        let der = |public: &PublicKey, message: &[u8], altered: &[u8], sig: &[u8; 64]| {
+            let low = p256::ecdsa::Signature::from_slice(sig).unwrap();
+            let high = p256::ecdsa::Signature::from_slice(&malleate(Alg::Es256, sig)).unwrap();
+            for der in [low.to_der(), high.to_der()] {
+                assert_eq!(public.verify_der(message, der.as_bytes()), Ok(()));
                 assert_eq!(
-                    public.verify_der(&altered, der.as_bytes()),
+                    public.verify_der(altered, der.as_bytes()),
                     Err(SignatureError::Invalid)
                 );
             }
-            sig[(i as usize * 7) % 64] ^= 0x10;
-            let agree = p256::ecdsa::Signature::from_slice(&sig)
-                .map(|s| k.key.verify(&message, &s).is_ok())
-                .unwrap_or(false);
-            assert!(!agree);
-            assert!(public.verify(&message, &sig).is_err());
-        }
+        };
+        assert_libraries_agree(Alg::Es256, by_p256, der);
     }
 
     #[test]
