@@ -402,8 +402,12 @@ impl MessageSession {
             let detached = input.detached.as_deref();
             // Boxed, as the reputation below: rare, large futures (certificate fetches,
             // labelers) kept out of the state every message's future carries and moves.
-            let floor =
-                Box::pin((settings.verifier).floor(&self.headers, &input.der, detached, now)).await;
+            let floor = Box::pin(
+                settings
+                    .verifier
+                    .floor(&self.headers, &input.der, detached, now),
+            )
+            .await;
             verdict.signatures.push(floor);
         }
         // Reputation speaks of the sender a passing signature names.
