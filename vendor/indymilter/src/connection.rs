@@ -56,11 +56,9 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 const WRITE_CAPACITY: usize = 8 * 1024;
 
 impl Inner {
-    async fn read_message(&mut self) -> io::Result<Message> {
+    /// Reads until a whole message is in the buffer (none is yet), and takes it.
+    async fn read_more(&mut self) -> io::Result<Message> {
         loop {
-            if let Some(msg) = message::split(&mut self.read)? {
-                return Ok(msg);
-            }
             // Once a large packet is consumed, its room is given back: a connection keeps at
             // most what an ordinary burst needs between packets.
             if self.read.is_empty() && self.read.capacity() > KEEP_CAPACITY {
@@ -70,6 +68,9 @@ impl Inner {
             self.read.reserve(missing.max(READ_CHUNK));
             if self.stream.read_buf(&mut self.read).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if let Some(msg) = message::split(&mut self.read)? {
+                return Ok(msg);
             }
         }
     }
@@ -122,7 +123,7 @@ impl Connection {
         }
         let result = match message::split(&mut inner.read) {
             Ok(Some(msg)) => Ok(msg),
-            Ok(None) => Inner::timed(timeout, inner.read_message()).await,
+            Ok(None) => Inner::timed(timeout, inner.read_more()).await,
             Err(e) => Err(e),
         };
 
