@@ -1,10 +1,19 @@
 //! Logging: standard error (journald picks it up under systemd) or syslog, facility mail,
 //! through the local syslog socket (RFC 3164 datagrams, as glibc's syslog(3) sends them).
 //! One line per event; no secrets and no message bodies are ever logged.
+//!
+//! Standard error is written in batches: a line at `info` or below waits at most
+//! [`BATCH_WINDOW`] in memory and goes out with the lines logged beside it in one `write`
+//! (at 10,000 messages a second, one system call for fifty lines instead of fifty; rspamd's
+//! file logger buffers the same way). A warning or an error is written at once, with every
+//! line before it, so the order never changes and nothing that needs an admin waits. What a
+//! crash can lose is the last window of `info` lines; a clean stop (SIGTERM, a returned
+//! error, a panic of the main thread) writes them (the guard [`init`] returns).
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
@@ -102,6 +111,151 @@ impl<'a> MakeWriter<'a> for Syslog {
     }
 }
 
+/// How long an `info` line may wait to be written with others.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// Lines waiting past this size are written by whoever adds one (memory stays bounded when
+/// the writer thread falls behind).
+const BATCH_LIMIT: usize = 64 * 1024;
+
+/// Standard error, in batches (module comment). Lines wait in `pending`; the writer thread
+/// sleeps on `wake` until the first line of a batch arrives, lets [`BATCH_WINDOW`] pass and
+/// writes what came. Every write happens under the lock, so lines leave in the order logged.
+#[derive(Clone)]
+struct Batched {
+    shared: Arc<BatchShared>,
+}
+
+struct BatchShared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+struct Pending {
+    lines: Vec<u8>,
+    closed: bool,
+    /// Standard error (a buffer in the tests).
+    out: Box<dyn Write + Send>,
+}
+
+impl BatchShared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Writes the waiting lines; a write error (standard error closed) drops them, as an
+/// unbuffered write would have.
+fn write_out(pending: &mut Pending) {
+    if !pending.lines.is_empty() {
+        let _ = pending.out.write_all(&pending.lines);
+        pending.lines.clear();
+        if pending.lines.capacity() > BATCH_LIMIT {
+            pending.lines = Vec::new();
+        }
+    }
+}
+
+impl Batched {
+    fn start(out: Box<dyn Write + Send>) -> (Batched, LogGuard) {
+        let shared = Arc::new(BatchShared {
+            pending: Mutex::new(Pending {
+                lines: Vec::new(),
+                closed: false,
+                out,
+            }),
+            wake: Condvar::new(),
+        });
+        let writer = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("atsms-log".to_string())
+            .spawn(move || {
+                let mut pending = writer.lock();
+                loop {
+                    while pending.lines.is_empty() && !pending.closed {
+                        pending = writer.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
+                    }
+                    if pending.closed {
+                        return write_out(&mut pending);
+                    }
+                    drop(pending);
+                    std::thread::sleep(BATCH_WINDOW);
+                    pending = writer.lock();
+                    write_out(&mut pending);
+                }
+            });
+        match thread {
+            Ok(thread) => (
+                Batched {
+                    shared: Arc::clone(&shared),
+                },
+                LogGuard(Some((shared, thread))),
+            ),
+            // No thread to write batches: every line is written at once instead.
+            Err(_) => {
+                shared.lock().closed = true;
+                (Batched { shared }, LogGuard(None))
+            }
+        }
+    }
+}
+
+/// One event's line for [`Batched`]. The formatter hands a whole line to one `write_all`.
+struct BatchedLine {
+    shared: Arc<BatchShared>,
+    at_once: bool,
+}
+
+impl Write for BatchedLine {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let mut pending = self.shared.lock();
+        let first = pending.lines.is_empty();
+        pending.lines.extend_from_slice(bytes);
+        if self.at_once || pending.closed || pending.lines.len() >= BATCH_LIMIT {
+            write_out(&mut pending);
+        } else if first {
+            self.shared.wake.notify_one();
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Batched {
+    type Writer = BatchedLine;
+
+    fn make_writer(&'a self) -> BatchedLine {
+        BatchedLine {
+            shared: Arc::clone(&self.shared),
+            at_once: true,
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> BatchedLine {
+        BatchedLine {
+            shared: Arc::clone(&self.shared),
+            at_once: *meta.level() <= Level::WARN,
+        }
+    }
+}
+
+/// Held for as long as the process logs: dropping it writes the lines still waiting and
+/// stops the writer thread, so a clean stop loses no line.
+pub struct LogGuard(Option<(Arc<BatchShared>, std::thread::JoinHandle<()>)>);
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some((shared, thread)) = self.0.take() {
+            shared.lock().closed = true;
+            shared.wake.notify_one();
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A panic is a bug, never a way to end the process from the network: each connection runs
 /// in a task of its own, which a panic ends alone (the runtime catches it). This hook makes
 /// it one log line, at error level and through the configured destination, instead of the
@@ -125,8 +279,8 @@ fn log_panics() {
     }));
 }
 
-/// Installs the logger `config` asks for (once per process).
-pub fn init(config: &LogConfig) {
+/// Installs the logger `config` asks for (once per process); keep the guard until the end.
+pub fn init(config: &LogConfig) -> LogGuard {
     log_panics();
     let level = match config.level {
         LogLevel::Error => Level::ERROR,
@@ -148,12 +302,109 @@ pub fn init(config: &LogConfig) {
             .with_level(false)
             .with_writer(syslog)
             .try_init();
+        LogGuard(None)
     } else {
+        let (batched, guard) = Batched::start(Box::new(io::stderr()));
         let _ = tracing_subscriber::fmt()
             .with_max_level(level)
             .with_target(false)
             .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
-            .with_writer(io::stderr)
+            .with_writer(batched)
             .try_init();
+        guard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared buffer standing in for standard error.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn line(batched: &Batched, at_once: bool, text: &str) {
+        let mut writer = BatchedLine {
+            shared: Arc::clone(&batched.shared),
+            at_once,
+        };
+        writer.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_warning_writes_every_line_before_it_at_once_in_order() {
+        let sink = Sink::default();
+        let (batched, _guard) = Batched::start(Box::new(sink.clone()));
+        line(&batched, false, "one\n");
+        line(&batched, false, "two\n");
+        line(&batched, true, "warning\n");
+        assert_eq!(sink.text(), "one\ntwo\nwarning\n");
+    }
+
+    #[test]
+    fn info_lines_arrive_within_the_window_and_all_at_a_clean_stop() {
+        let sink = Sink::default();
+        let (batched, guard) = Batched::start(Box::new(sink.clone()));
+        line(&batched, false, "first\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sink.text().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(sink.text(), "first\n");
+        line(&batched, false, "second\n");
+        drop(guard);
+        assert_eq!(sink.text(), "first\nsecond\n");
+        // After the stop, lines are written at once.
+        line(&batched, false, "late\n");
+        assert_eq!(sink.text(), "first\nsecond\nlate\n");
+    }
+
+    #[test]
+    fn lines_from_many_threads_stay_whole_and_bounded() {
+        let sink = Sink::default();
+        let (batched, guard) = Batched::start(Box::new(sink.clone()));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let batched = batched.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5000 {
+                        line(&batched, i % 1000 == 999, &format!("thread {t} line {i}\n"));
+                        assert!(batched.shared.lock().lines.len() < BATCH_LIMIT + 64);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        drop(guard);
+        let text = sink.text();
+        for t in 0..4 {
+            let mine: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("thread {t} ")))
+                .collect();
+            let expected: Vec<String> = (0..5000).map(|i| format!("thread {t} line {i}")).collect();
+            assert_eq!(mine, expected, "each thread's lines whole and in its order");
+        }
+        assert_eq!(text.lines().count(), 20_000);
     }
 }

@@ -681,7 +681,8 @@ fn the_https_inbox_stores_an_envelope_once_as_the_smtp_path_does() {
         !stored.contains("127.0.0.1"),
         "the poster's address is not kept: {stored}"
     );
-    let log = daemon.log();
+    let log = daemon.log_with("inbox: stored ");
+    assert!(log.contains("inbox: stored "), "{log}");
     assert!(
         !log.lines()
             .any(|l| l.contains("inbox") && l.contains("127.0.0.1:")),

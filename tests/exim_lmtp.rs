@@ -75,7 +75,8 @@ listen = \"inet:127.0.0.1:{milter_port}\"
         &daemon,
     );
     check_delivery(&stored, &signed);
-    assert!(daemon.log().contains("via=data"), "{}", daemon.log());
+    let log = daemon.log_with("via=data");
+    assert!(log.contains("via=data"), "{log}");
     exim.stop();
 }
 
@@ -98,10 +99,7 @@ fn exim_smtp_driver_speaking_lmtp_sends_bdat() {
         &daemon,
     );
     check_delivery(&stored, &signed);
-    assert!(
-        daemon.log().contains("via=bdat"),
-        "Exim used BDAT: {}",
-        daemon.log()
-    );
+    let log = daemon.log_with("via=bdat");
+    assert!(log.contains("via=bdat"), "Exim used BDAT: {log}");
     exim.stop();
 }

@@ -220,7 +220,7 @@ fn exim_refuses_forgeries_at_data_and_delivers_passes_with_our_field() {
         .unwrap_or_else(|| panic!("{main}"));
     assert!(refused.contains("AT-SMS signature fail"), "{refused}");
     println!("Exim's log: {refused}");
-    let log = daemon.log();
+    let log = daemon.log_with(": atsms=fail did=did:plc:ofurdhfyhjhgomvfygxergep");
     assert!(
         log.contains(": atsms=fail did=did:plc:ofurdhfyhjhgomvfygxergep"),
         "{log}"

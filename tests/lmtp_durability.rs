@@ -124,11 +124,8 @@ fn stale_tmp_files_are_cleaned_at_start() {
     );
     assert!(!old.exists(), "older than 36 hours: removed");
     assert!(fresh.exists(), "recent: left alone");
-    assert!(
-        daemon.log().contains("removed 1 stale file(s)"),
-        "{}",
-        daemon.log()
-    );
+    let log = daemon.log_with("removed 1 stale file(s)");
+    assert!(log.contains("removed 1 stale file(s)"), "{log}");
 }
 
 #[test]

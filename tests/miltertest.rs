@@ -46,9 +46,6 @@ fn miltertest_script_passes() {
         stdout.contains("inserted: Authentication-Results: mx.test;"),
         "{stdout}"
     );
-    assert!(
-        daemon.log().contains("MTQUEUE1: atsms=pass"),
-        "{}",
-        daemon.log()
-    );
+    let log = daemon.log_with("MTQUEUE1: atsms=pass");
+    assert!(log.contains("MTQUEUE1: atsms=pass"), "{log}");
 }

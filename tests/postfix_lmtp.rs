@@ -87,7 +87,7 @@ fn deliver_through_postfix(
         unsigned.contains("\nAuthentication-Results: mx.test; atsms=none\n"),
         "{unsigned}"
     );
-    let log = daemon.log();
+    let log = daemon.log_with("atsms=fail");
     let line = log
         .lines()
         .find(|l| l.contains("atsms=fail"))

@@ -121,13 +121,13 @@ fn postfix_delivers_each_verdict_in_its_header() {
     assert!(cleaned.contains("atsms=pass"), "{cleaned}");
 
     // One log line per message, with the queue id Postfix gave it.
-    let log = daemon.log();
     let maillog = postfix.maillog();
     let queue_id = maillog
         .lines()
         .find(|l| l.contains("postfix/cleanup") && l.contains("message-id=<good-one@"))
         .and_then(|l| l.split(": ").nth(1))
         .unwrap_or_else(|| panic!("{maillog}"));
+    let log = daemon.log_with(&format!("{queue_id}: atsms=pass"));
     let line = log
         .lines()
         .find(|l| l.contains(&format!("{queue_id}: atsms=pass")))
@@ -186,10 +186,10 @@ fn postfix_rejects_forgeries_when_told_to() {
         1
     );
     assert!(header_section(find(&delivered, "fine")).contains("atsms=pass"));
+    let log = daemon.log_with("action=reject");
     assert!(
-        daemon.log().contains("atsms=fail") && daemon.log().contains("action=reject"),
-        "{}",
-        daemon.log()
+        log.contains("atsms=fail") && log.contains("action=reject"),
+        "{log}"
     );
 }
 

@@ -74,7 +74,8 @@ async fn sighup_reloads_and_a_broken_file_changes_nothing() {
         "reload failed, keeping the running configuration",
         1,
     );
-    assert!(daemon.log().contains("explode"), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("explode"), "{log}");
     let mut later = open_client(("127.0.0.1", port)).await;
     assert!(
         matches!(send(&mut later, &forged).await.1, Status::Reject { .. }),

@@ -336,7 +336,12 @@ async fn labels_lists_and_age_decide_with_the_judge() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let log = daemon.log();
+    // The last message's line (lines keep their order: the earlier ones are there too).
+    let clean_did = format!("did={} ", clean.0);
+    let log = daemon.log_when(|log| {
+        log.lines()
+            .any(|l| l.contains(&clean_did) && l.contains(" denied=yes"))
+    });
     let spam_line = log
         .lines()
         .find(|l| l.contains(&format!("did={}", spam.0)) && l.contains("atsms=pass"))

@@ -415,13 +415,10 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         serde_json::json!([{"id": "#atsms_signer", "type": "AtsmsSignerService", "serviceEndpoint": "https://signer.test"}])
     );
 
-    let log = daemon.log();
-    assert!(
-        log.contains(&format!(
-            "xrpc: signed did={ALICE} kid={ALICE}#atproto from=alice@alice.example.com"
-        )),
-        "{log}"
-    );
+    let signed =
+        format!("xrpc: signed did={ALICE} kid={ALICE}#atproto from=alice@alice.example.com");
+    let log = daemon.log_with(&signed);
+    assert!(log.contains(&signed), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,13 +535,9 @@ async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_50
         signing_key(dir.path(), &gone, &unknown_key),
     );
     let daemon = Daemon::start(&config, port);
-    assert!(
-        daemon
-            .log()
-            .contains(&format!("signing key {caller}#atproto is published")),
-        "{}",
-        daemon.log()
-    );
+    let published = format!("signing key {caller}#atproto is published");
+    let log = daemon.log_with(&published);
+    assert!(log.contains(&published), "{log}");
     // The caller's own mailbox is not aligned (no handle, no mail host): 400 UnalignedFrom
     // shows the token was accepted.
     let from = body("someone@example.com");

@@ -312,7 +312,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(exit::NO_PASS, e),
     };
-    crate::logging::init(&config.log);
+    let _log = crate::logging::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();

@@ -105,6 +105,27 @@ impl Daemon {
         text
     }
 
+    /// The log once `done` says it holds what the test waits for, or after ten seconds (the
+    /// assertion that follows then fails with the whole log). Lines at `info` reach the log
+    /// in batches, at most `atsms_milter::logging::BATCH_WINDOW` after they were logged;
+    /// warnings and errors at once. Lines keep their order, so what was logged before a line
+    /// waited for is in the log too.
+    pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// [`Daemon::log_when`] it contains `what`.
+    pub fn log_with(&self, what: &str) -> String {
+        self.log_when(|log| log.contains(what))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
