@@ -29,37 +29,56 @@ pub const MAX_CAPTURE: usize = 1024 * 1024;
 
 /// Whether a Content-Type (and the part's Content-Disposition) names an AT-SMS client message.
 pub fn is_atsms_part(content_type: &str, disposition: Option<&str>) -> bool {
-    let (kind, params) = split_type(content_type);
-    if kind == "application/atsms-envelope" {
+    let content_type = split_type(content_type);
+    if content_type.is("application/atsms-envelope") {
         return true;
     }
-    if kind != "application/pkcs7-mime" && kind != "application/x-pkcs7-mime" {
+    if !content_type.is("application/pkcs7-mime") && !content_type.is("application/x-pkcs7-mime") {
         return false;
     }
-    let named = |params: &[(String, String)], key: &str| {
-        params
-            .iter()
-            .any(|(k, v)| k == key && v.eq_ignore_ascii_case("message.p7m"))
+    let named = |value: TypeValue<'_>, key: &str| {
+        value
+            .params()
+            .any(|(k, v)| k.eq_ignore_ascii_case(key) && v.eq_ignore_ascii_case("message.p7m"))
     };
-    named(&params, "name") || disposition.is_some_and(|d| named(&split_type(d).1, "filename"))
+    named(content_type, "name") || disposition.is_some_and(|d| named(split_type(d), "filename"))
 }
 
-/// `type/subtype` lower-cased, and the parameters (names lower-cased, values unquoted).
-fn split_type(value: &str) -> (String, Vec<(String, String)>) {
-    let mut parts = value.split(';');
-    let kind = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let params = parts
-        .filter_map(|p| {
+/// A Content-Type or Content-Disposition value read in place (RFC 2045 §5.1, RFC 2183 §2):
+/// the `type/subtype` (or disposition type) and the parameters, names and types compared
+/// without regard to case (RFC 2045 §5.1: "matching of media type and subtype is ALWAYS
+/// case-insensitive"), values unquoted. Nothing is copied: it is read once per part header.
+#[derive(Clone, Copy)]
+struct TypeValue<'a> {
+    kind: &'a str,
+    params: &'a str,
+}
+
+impl<'a> TypeValue<'a> {
+    fn is(&self, kind: &str) -> bool {
+        self.kind.eq_ignore_ascii_case(kind)
+    }
+
+    /// The parameters in order: (name, value), trimmed, a quoted value without its quotes.
+    fn params(&self) -> impl Iterator<Item = (&'a str, &'a str)> + use<'a> {
+        self.params.split(';').filter_map(|p| {
             let (k, v) = p.split_once('=')?;
             let v = v.trim();
             let v = v
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .unwrap_or(v);
-            Some((k.trim().to_ascii_lowercase(), v.to_string()))
+            Some((k.trim(), v))
         })
-        .collect();
-    (kind, params)
+    }
+}
+
+fn split_type(value: &str) -> TypeValue<'_> {
+    let (kind, params) = value.split_once(';').unwrap_or((value, ""));
+    TypeValue {
+        kind: kind.trim(),
+        params,
+    }
 }
 
 /// S/MIME's detached signature types (RFC 8551 §3.5; the `x-` form of older agents).
@@ -70,23 +89,25 @@ const SIGNATURE_TYPES: [&str; 2] = [
 
 /// Whether a Content-Type is a `multipart/signed` whose protocol is S/MIME's (RFC 8551 §3.5).
 fn is_signed_multipart(content_type: &str) -> bool {
-    let (kind, params) = split_type(content_type);
-    kind == "multipart/signed"
-        && params.iter().any(|(k, v)| {
-            k == "protocol" && SIGNATURE_TYPES.iter().any(|t| v.eq_ignore_ascii_case(t))
+    let content_type = split_type(content_type);
+    content_type.is("multipart/signed")
+        && content_type.params().any(|(k, v)| {
+            k.eq_ignore_ascii_case("protocol")
+                && SIGNATURE_TYPES.iter().any(|t| v.eq_ignore_ascii_case(t))
         })
 }
 
 /// The boundary of a multipart Content-Type, if it is one.
 fn boundary(content_type: &str) -> Option<Vec<u8>> {
-    let (kind, params) = split_type(content_type);
-    if !kind.starts_with("multipart/") {
+    let content_type = split_type(content_type);
+    let kind = content_type.kind.as_bytes();
+    if kind.len() < 10 || !kind[..10].eq_ignore_ascii_case(b"multipart/") {
         return None;
     }
-    params
-        .into_iter()
-        .find(|(k, _)| k == "boundary")
-        .map(|(_, v)| v.into_bytes())
+    content_type
+        .params()
+        .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.as_bytes().to_vec())
         .filter(|b| !b.is_empty() && b.len() <= 200)
 }
 
@@ -419,8 +440,8 @@ impl PartScanner {
             && signed.stage == Stage::SignatureHeader
         {
             // The second part of the multipart/signed: its signature, or not S/MIME.
-            let (kind, _) = split_type(content_type.as_deref().unwrap_or_default());
-            if SIGNATURE_TYPES.contains(&kind.as_str()) {
+            let kind = split_type(content_type.as_deref().unwrap_or_default());
+            if SIGNATURE_TYPES.iter().any(|t| kind.is(t)) {
                 self.found = true;
                 let encoding = field("content-transfer-encoding");
                 self.capture = Some(Capture::new(encoding.as_deref()));

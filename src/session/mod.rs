@@ -357,6 +357,10 @@ impl MessageSession {
     /// milter's `change_header` index), last first: deleting one never shifts the index of
     /// one still to delete.
     pub fn forged_fields(&self) -> Vec<(&str, i32)> {
+        // Forged fields are rare: a message without any costs no allocation.
+        if !self.forged.contains(&true) {
+            return Vec::new();
+        }
         let mut seen: std::collections::HashMap<String, i32> = std::collections::HashMap::new();
         let mut out = Vec::new();
         for (field, forged) in self.headers.iter().zip(&self.forged) {
