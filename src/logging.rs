@@ -6,9 +6,10 @@
 //! [`BATCH_WINDOW`] in memory and goes out with the lines logged beside it in one `write`
 //! (at 10,000 messages a second, one system call for fifty lines instead of fifty; rspamd's
 //! file logger buffers the same way). A warning or an error is written at once, with every
-//! line before it, so the order never changes and nothing that needs an admin waits. What a
-//! crash can lose is the last window of `info` lines; a clean stop (SIGTERM, a returned
-//! error, a panic of the main thread) writes them (the guard [`init`] returns).
+//! line before it, so the order never changes and nothing that needs an admin waits (a panic
+//! is logged at error level, so it writes what waits too). What an abnormal end (SIGKILL,
+//! abort, the OOM killer) can lose is the last window of `info` lines; a clean stop (SIGTERM,
+//! SIGINT, a returned error) writes them (the guard [`init`] returns).
 
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
@@ -120,7 +121,13 @@ const BATCH_LIMIT: usize = 64 * 1024;
 
 /// Standard error, in batches (module comment). Lines wait in `pending`; the writer thread
 /// sleeps on `wake` until the first line of a batch arrives, lets [`BATCH_WINDOW`] pass and
-/// writes what came. Every write happens under the lock, so lines leave in the order logged.
+/// writes what came.
+///
+/// Two locks, always taken in this order: `pending` (the lines waiting) and `out` (standard
+/// error and the batch being written). A batch is swapped out of `pending` only while `out`
+/// is held, so batches leave in the order their lines were logged; `pending` is let go before
+/// the `write`, so a line logged meanwhile never waits for a system call (only a warning,
+/// which must go out behind the batch being written, does).
 #[derive(Clone)]
 struct Batched {
     shared: Arc<BatchShared>,
@@ -128,41 +135,54 @@ struct Batched {
 
 struct BatchShared {
     pending: Mutex<Pending>,
+    out: Mutex<Out>,
     wake: Condvar,
 }
 
 struct Pending {
     lines: Vec<u8>,
     closed: bool,
+}
+
+struct Out {
     /// Standard error (a buffer in the tests).
-    out: Box<dyn Write + Send>,
+    sink: Box<dyn Write + Send>,
+    /// The batch being written; its buffer is swapped back and forth with `Pending::lines`.
+    batch: Vec<u8>,
 }
 
 impl BatchShared {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-/// Writes the waiting lines; a write error (standard error closed) drops them, as an
-/// unbuffered write would have.
-fn write_out(pending: &mut Pending) {
-    if !pending.lines.is_empty() {
-        let _ = pending.out.write_all(&pending.lines);
-        pending.lines.clear();
-        if pending.lines.capacity() > BATCH_LIMIT {
-            pending.lines = Vec::new();
+    /// Writes the waiting lines, letting `pending` go before the system call. A write error
+    /// (standard error closed, or a full disk under it) drops the batch, as unbuffered writes
+    /// would have dropped each of its lines.
+    fn write_out(&self, mut pending: MutexGuard<'_, Pending>) {
+        if pending.lines.is_empty() {
+            return;
         }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let Out { sink, batch } = &mut *out;
+        std::mem::swap(&mut pending.lines, batch);
+        drop(pending);
+        let _ = sink.write_all(batch);
+        batch.clear();
+        batch.shrink_to(BATCH_LIMIT);
     }
 }
 
 impl Batched {
-    fn start(out: Box<dyn Write + Send>) -> (Batched, LogGuard) {
+    fn start(sink: Box<dyn Write + Send>) -> (Batched, LogGuard) {
         let shared = Arc::new(BatchShared {
             pending: Mutex::new(Pending {
                 lines: Vec::new(),
                 closed: false,
-                out,
+            }),
+            out: Mutex::new(Out {
+                sink,
+                batch: Vec::new(),
             }),
             wake: Condvar::new(),
         });
@@ -170,18 +190,17 @@ impl Batched {
         let thread = std::thread::Builder::new()
             .name("atsms-log".to_string())
             .spawn(move || {
-                let mut pending = writer.lock();
                 loop {
+                    let mut pending = writer.lock();
                     while pending.lines.is_empty() && !pending.closed {
                         pending = writer.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
                     }
                     if pending.closed {
-                        return write_out(&mut pending);
+                        return writer.write_out(pending);
                     }
                     drop(pending);
                     std::thread::sleep(BATCH_WINDOW);
-                    pending = writer.lock();
-                    write_out(&mut pending);
+                    writer.write_out(writer.lock());
                 }
             });
         match thread {
@@ -212,7 +231,7 @@ impl Write for BatchedLine {
         let first = pending.lines.is_empty();
         pending.lines.extend_from_slice(bytes);
         if self.at_once || pending.closed || pending.lines.len() >= BATCH_LIMIT {
-            write_out(&mut pending);
+            self.shared.write_out(pending);
         } else if first {
             self.shared.wake.notify_one();
         }
@@ -244,6 +263,7 @@ impl<'a> MakeWriter<'a> for Batched {
 
 /// Held for as long as the process logs: dropping it writes the lines still waiting and
 /// stops the writer thread, so a clean stop loses no line.
+#[must_use = "dropping the guard stops batching; keep it until the process ends"]
 pub struct LogGuard(Option<(Arc<BatchShared>, std::thread::JoinHandle<()>)>);
 
 impl Drop for LogGuard {
@@ -363,9 +383,14 @@ mod tests {
         let sink = Sink::default();
         let (batched, guard) = Batched::start(Box::new(sink.clone()));
         line(&batched, false, "first\n");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Written by the thread, with nothing else logged: 5 ms, a second allowed for a busy
+        // machine (a window of seconds, or none at all, fails here).
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
         while sink.text().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "never written");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not written within a second"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(sink.text(), "first\n");
@@ -388,6 +413,8 @@ mod tests {
                     for i in 0..5000 {
                         line(&batched, i % 1000 == 999, &format!("thread {t} line {i}\n"));
                         assert!(batched.shared.lock().lines.len() < BATCH_LIMIT + 64);
+                        let out = batched.shared.out.lock().unwrap();
+                        assert!(out.batch.capacity() <= BATCH_LIMIT, "the buffer given back");
                     }
                 })
             })

@@ -338,10 +338,12 @@ async fn labels_lists_and_age_decide_with_the_judge() {
 
     // The last message's line (lines keep their order: the earlier ones are there too).
     let clean_did = format!("did={} ", clean.0);
-    let log = daemon.log_when(|log| {
+    let last_line = |log: &str| {
         log.lines()
             .any(|l| l.contains(&clean_did) && l.contains(" denied=yes"))
-    });
+    };
+    let log = daemon.log_when(last_line);
+    assert!(last_line(&log), "{log}");
     let spam_line = log
         .lines()
         .find(|l| l.contains(&format!("did={}", spam.0)) && l.contains("atsms=pass"))

@@ -42,6 +42,50 @@ fn what_counts_and_what_does_not() {
         None
     ));
     assert!(!is_atsms_part("text/plain; name=message.p7m", None));
+    // RFC 2045 §5.1: types, subtypes and parameter names in any case; values as written
+    // but for the quotes.
+    assert!(is_atsms_part(
+        " APPLICATION/X-PKCS7-MIME ; NAME = \"Message.P7M\" ",
+        None
+    ));
+    assert!(is_atsms_part(
+        "Application/Pkcs7-Mime",
+        Some("Attachment; FileName=MESSAGE.p7m")
+    ));
+    assert!(!is_atsms_part(
+        "application/pkcs7-mime",
+        Some("attachment; name=message.p7m")
+    ));
+    assert!(is_signed_multipart(
+        "MULTIPART/Signed; Protocol=\"Application/PKCS7-Signature\"; BOUNDARY=x"
+    ));
+    assert!(is_signed_multipart(
+        "multipart/signed; micalg=sha-256; protocol=application/x-pkcs7-signature"
+    ));
+    assert!(!is_signed_multipart(
+        "multipart/signed; protocol=\"application/pgp-signature\""
+    ));
+    assert!(!is_signed_multipart(
+        "multipart/mixed; protocol=\"application/pkcs7-signature\""
+    ));
+    assert_eq!(
+        boundary("MultiPart/Mixed; Boundary=\"Outer Bound\""),
+        Some(b"Outer Bound".to_vec()),
+        "the boundary keeps its case"
+    );
+    assert_eq!(
+        boundary("multipart/mixed; charset=x; boundary=b2; boundary=b3"),
+        Some(b"b2".to_vec())
+    );
+    assert_eq!(boundary("multipart"), None);
+    assert_eq!(boundary("multipart/mixed"), None);
+    assert_eq!(boundary("multipart/mixed; boundary=\"\""), None);
+    assert_eq!(boundary("text/plain; boundary=b"), None);
+    assert_eq!(
+        boundary("multipárt/mixed; boundary=b"),
+        None,
+        "no panic on a multibyte type"
+    );
     // The top level decides without reading the body.
     assert!(PartScanner::new(Some("application/atsms-envelope"), None, None).0);
     assert!(PartScanner::new(Some("text/plain"), None, None).1.is_none());
