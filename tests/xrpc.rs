@@ -627,7 +627,7 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
         free_port(),
         plc.url()
     );
-    let _daemon = Daemon::start(&config, port);
+    let daemon = Daemon::start(&config, port);
     hang.store(true, std::sync::atomic::Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let asked = plc.request_count();
@@ -644,7 +644,8 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
     while plc.request_count() < asked + 2 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the service never asked"
+            "the service never asked:\n{}",
+            daemon.log()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -14,8 +14,32 @@ pub struct Postfix {
     child: Option<Child>,
 }
 
-/// A free loopback port (bound, then released for the server to take).
+/// A free loopback port for a server a test is about to start (bound, then released for the
+/// server to take). Between the release and the server's bind the port must not go to anyone
+/// else, so it is taken below the kernel's ephemeral range (`ip_local_port_range`), where no
+/// `bind(0)` and no outgoing connection of the tests running beside it can land, and never the
+/// same twice in one test process. (A port from `bind(0)` could be handed to another test's
+/// `bind(0)` in that window: the server then failed to start while its port answered for the
+/// other one.) Where the ephemeral range starts too low to leave room, `bind(0)` as before.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low >= 16384 {
+        let span = ephemeral_low - 10000;
+        // Each test process starts elsewhere in the span (processes can overlap in a suite).
+        let start = std::process::id() * 97 % span;
+        for _ in 0..span {
+            let port = 10000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+                drop(listener);
+                return port as u16;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
