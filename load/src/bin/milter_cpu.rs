@@ -19,7 +19,7 @@
 use atsms_testkit::load as common;
 use atsms_testkit::milter_wire::{MilterClient, own_cpu};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,7 +98,8 @@ fn fields_and_body(raw: &[u8]) -> (Fields, Vec<u8>) {
     common::split(raw)
 }
 
-fn start_atsms(work: &Path, plc: &str, log_level: &str) -> (std::process::Child, PathBuf) {
+/// The daemon, killed when dropped (a panic of this program leaves no daemon behind).
+fn start_atsms(work: &Path, plc: &str, log_level: &str) -> common::Daemon {
     let w = work.display();
     let socket = work.join("atsms.sock");
     let conf = work.join("atsms.toml");
@@ -119,7 +120,11 @@ fn start_atsms(work: &Path, plc: &str, log_level: &str) -> (std::process::Child,
         .spawn()
         .expect("atsms-milter");
     common::wait_for_socket(&socket);
-    (child, socket)
+    common::Daemon {
+        name: "atsms-milter",
+        child,
+        socket,
+    }
 }
 
 fn main() {
@@ -141,7 +146,8 @@ fn main() {
         .windows(2)
         .find(|w| w[0] == "--log")
         .map_or("info", |w| w[1].as_str());
-    let (mut atsms, atsms_socket) = start_atsms(&work, &plc, log_level);
+    let atsms = start_atsms(&work, &plc, log_level);
+    let atsms_socket = atsms.socket.clone();
 
     // Each message signed on its own: replay detection is on.
     let base = common::base_message(size);
@@ -172,7 +178,7 @@ fn main() {
     };
     let warm: Arc<Vec<_>> = Arc::new((0..50).map(|_| sign_one()).collect());
     let ours: Arc<Vec<_>> = Arc::new((0..count).map(|_| sign_one()).collect());
-    let pid = atsms.id();
+    let pid = atsms.child.id();
     run(&atsms_socket, pid, &warm, 1, "atsms=pass");
 
     let theirs = (!only_atsms).then(|| {
@@ -222,6 +228,5 @@ fn main() {
             a.daemon_us / o.daemon_us
         );
     }
-    let _ = atsms.kill();
-    let _ = atsms.wait();
+    drop(atsms);
 }
