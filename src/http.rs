@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::socket::{BoundListener, Stream};
 
@@ -34,7 +34,7 @@ pub async fn serve(
         let permit = connections.clone().try_acquire_owned();
         async move {
             let Ok(_permit) = permit else {
-                warn!(
+                crate::warn_throttled!(
                     "{what}: more than {} connections; closing one",
                     bounds.max_connections
                 );

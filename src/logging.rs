@@ -299,6 +299,71 @@ fn log_panics() {
     }));
 }
 
+/// A name a client chose (a queue id, an Exim request's field), fit for one log line: as it
+/// is when every character is printable ASCII, else escaped (`\u{1b}`, `\r`, …), so no
+/// client can forge a line or drive the terminal of whoever reads the log.
+pub fn escaped(text: &str) -> String {
+    if text.bytes().all(|b| b.is_ascii_graphic()) {
+        text.to_string()
+    } else {
+        text.escape_default().to_string()
+    }
+}
+
+/// A warning that may repeat without bound (a connection past a limit, a deprecated name
+/// called): said at most once per interval, the next time with how many were held back.
+pub struct Throttled {
+    interval: Duration,
+    /// When it was last said, and how many times it was held back since.
+    state: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttled {
+    pub const fn new(interval: Duration) -> Throttled {
+        Throttled {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since it was last said)` when it may be said now.
+    pub fn check(&self) -> Option<u64> {
+        self.check_at(std::time::Instant::now())
+    }
+
+    fn check_at(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.0 {
+            Some(said) if now.saturating_duration_since(said) < self.interval => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let held = state.1;
+                *state = (Some(now), 0);
+                Some(held)
+            }
+        }
+    }
+}
+
+/// `warn!` at most once a minute for this call site, with the count held back meanwhile.
+#[macro_export]
+macro_rules! warn_throttled {
+    ($($arg:tt)+) => {{
+        static SAID: $crate::logging::Throttled =
+            $crate::logging::Throttled::new(::std::time::Duration::from_secs(60));
+        match SAID.check() {
+            Some(0) => ::tracing::warn!($($arg)+),
+            Some(held) => ::tracing::warn!(
+                "{} ({held} more like it since it was last said)",
+                format_args!($($arg)+)
+            ),
+            None => {}
+        }
+    }};
+}
+
 /// Installs the logger `config` asks for (once per process); keep the guard until the end.
 pub fn init(config: &LogConfig) -> LogGuard {
     log_panics();
@@ -338,6 +403,25 @@ pub fn init(config: &LogConfig) -> LogGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_warning_is_said_once_an_interval_with_a_count() {
+        let t = Throttled::new(Duration::from_secs(60));
+        let start = std::time::Instant::now();
+        assert_eq!(t.check_at(start), Some(0));
+        for s in 1..=59 {
+            assert_eq!(t.check_at(start + Duration::from_secs(s)), None);
+        }
+        assert_eq!(t.check_at(start + Duration::from_secs(60)), Some(59));
+        assert_eq!(t.check_at(start + Duration::from_secs(61)), None);
+    }
+
+    #[test]
+    fn names_from_clients_are_escaped() {
+        assert_eq!(escaped("1pXyZa-000AbC-De"), "1pXyZa-000AbC-De");
+        assert_eq!(escaped("Q1\r\nforged: line"), "Q1\\r\\nforged: line");
+        assert_eq!(escaped("\u{1b}[2J"), "\\u{1b}[2J");
+    }
 
     /// A shared buffer standing in for standard error.
     #[derive(Clone, Default)]

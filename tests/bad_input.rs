@@ -477,3 +477,141 @@ fn running_out_of_descriptors_does_not_stop_the_daemon() {
     });
     assert!(daemon.log().contains("accept failed"), "{}", daemon.log());
 }
+
+// What one listener's clients can make the daemon hold (the Exim scanner and the milter are
+// reached by whoever can connect to their ports, local users included).
+
+/// An Exim scanner request names no `Rcpt:` (the judge once indexed the first recipient and
+/// panicked), and another sends a first mbox line of 100 MB (it was held whole).
+#[test]
+fn the_exim_scanner_answers_any_request_and_holds_no_endless_line() {
+    let world = VectorWorld::start();
+    let root = support::public_tempdir();
+    let (lmtp, exim) = (free_port(), free_port());
+    let daemon = Daemon::start(
+        &world.lmtp_daemon_config(
+            &format!("inet:127.0.0.1:{lmtp}"),
+            root.path(),
+            &format!("[exim]\nlisten = \"inet:127.0.0.1:{exim}\"\n"),
+            "",
+        ),
+        exim,
+    );
+    let scan = |head: &str, body: &mut dyn FnMut(&mut std::net::TcpStream)| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", exim)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        body(&mut stream);
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let message = std::fs::read(envelope_vector("no-signature-none.eml")).unwrap();
+    let mbox = [
+        b"From x@y.example Mon Dec  7 09:00:00 2026\n".as_slice(),
+        &message,
+    ]
+    .concat();
+    let answer = scan(
+        &format!(
+            "CHECK RSPAMC/1.3\r\nContent-length: {}\r\nQueue-Id: 1abc\r\nFrom: <x@y.example>\r\n\r\n",
+            mbox.len()
+        ),
+        &mut |s| s.write_all(&mbox).unwrap(),
+    );
+    assert!(answer.starts_with("RSPAMD/1.3 0 EX_OK"), "{answer}");
+    assert!(answer.contains("atsms=none"), "{answer}");
+
+    let before = peak_rss_kib(daemon.pid());
+    let line = 100 * 1024 * 1024;
+    let rest = [&b"\n"[..], &message].concat();
+    let answer = scan(
+        &format!(
+            "CHECK RSPAMC/1.3\r\nContent-length: {}\r\nRcpt: <bob@mx.example.net>\r\n\r\n",
+            line + rest.len()
+        ),
+        &mut |s| {
+            let chunk = vec![b'x'; 1024 * 1024];
+            for _ in 0..100 {
+                s.write_all(&chunk).unwrap();
+            }
+            s.write_all(&rest).unwrap();
+        },
+    );
+    assert!(answer.starts_with("RSPAMD/1.3 0 EX_OK"), "{answer}");
+    let grown = peak_rss_kib(daemon.pid()).saturating_sub(before);
+    assert!(
+        grown < 20 * 1024,
+        "peak RSS grew by {grown} KiB for a 100 MB mbox line"
+    );
+    assert!(!daemon.log().contains("internal error"), "{}", daemon.log());
+}
+
+/// 200 milter connections each stop one byte short of a 1 MiB packet: together they may
+/// hold at most `milter::bounds::MAX_HELD` (64 MiB); the others are closed at once, and the
+/// milter serves the next MTA as before. (That a packet begun gets 30 s to finish is a unit
+/// test of `milter::bounds`, on a paused clock.)
+#[test]
+fn unfinished_milter_packets_hold_bounded_memory() {
+    let world = VectorWorld::start();
+    let root = support::public_tempdir();
+    let (milter, lmtp) = (free_port(), free_port());
+    let daemon = Daemon::start(
+        &world.lmtp_daemon_config(
+            &format!("inet:127.0.0.1:{lmtp}"),
+            root.path(),
+            &format!("[milter]\nlisten = \"inet:127.0.0.1:{milter}\"\n"),
+            "",
+        ),
+        milter,
+    );
+    let before = peak_rss_kib(daemon.pid());
+    let almost = vec![b'B'; 1024 * 1024 - 2];
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..200 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", milter)).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A write to a connection already closed may fail: it is counted below.
+        let _ = s
+            .write_all(&(1024u32 * 1024 - 1).to_be_bytes())
+            .and_then(|()| s.write_all(&almost));
+        held.push(s);
+    }
+    // Those past the bound were closed by the daemon: reading them ends at once, where
+    // reading one it holds waits.
+    std::thread::sleep(Duration::from_millis(500));
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut byte = [0u8; 1];
+        match s.read(&mut byte) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            _ => closed += 1,
+        }
+    }
+    assert!(
+        (120..=150).contains(&closed),
+        "{closed} of 200 closed; 64 MiB holds about 64 of them"
+    );
+    let grown = peak_rss_kib(daemon.pid()).saturating_sub(before);
+    assert!(
+        grown < 110 * 1024,
+        "peak RSS grew by {grown} KiB for 200 unfinished 1 MiB packets"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = support::milter::open_client(("127.0.0.1", milter)).await;
+        let message = std::fs::read(envelope_vector("no-signature-none.eml")).unwrap();
+        let (_, status) = support::milter::send(&mut conn, &message).await;
+        assert_eq!(status, indymilter_test::Status::Continue);
+    });
+    assert!(!daemon.log().contains("internal error"), "{}", daemon.log());
+}

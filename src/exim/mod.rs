@@ -59,11 +59,13 @@ pub async fn run(
         let permit = permits.clone().try_acquire_owned();
         async move {
             let Ok(_permit) = permit else {
-                warn!("exim: more than exim.max_connections scans at once; closing one (Exim defers it)");
+                crate::warn_throttled!(
+                    "exim: more than exim.max_connections scans at once; closing one (Exim defers it)"
+                );
                 return;
             };
             if let Err(e) = scan(stream, &settings, idle).await {
-                warn!("exim: scan not answered (Exim defers the message): {e}");
+                crate::warn_throttled!("exim: scan not answered (Exim defers the message): {e}");
             }
         }
     })

@@ -130,7 +130,8 @@ pub fn parse_head(head: &[u8]) -> Result<Request, ProtocolError> {
                         .map_err(|_| ProtocolError::BadLine("Content-length"))?,
                 );
             }
-            "queue-id" => request.queue_id = Some(value.to_string()),
+            // Logged with every line of the scan: whoever reaches the port writes it.
+            "queue-id" => request.queue_id = Some(crate::logging::escaped(value)),
             "from" => request.sender = bracketed(value, "From")?,
             "rcpt" => {
                 if request.recipients.len() == MAX_RECIPIENTS {
@@ -167,10 +168,15 @@ enum Strip {
 /// Removes what Exim's mbox copy adds before the message — the first line, then an
 /// `X-Envelope-From: <` line and an `X-Envelope-To: ` line if they come next, in that place
 /// only (the message may carry fields of those names further down, which stay).
+///
+/// Holds at most the length of the longer prefix: a line known to be dropped is skipped as
+/// it arrives, however long (a client sending an endless first line holds nothing).
 #[derive(Debug)]
 pub struct MboxStripper {
     state: Strip,
-    /// The start of a line being decided, held until it can be.
+    /// Dropping the rest of a line; then `state` is the one after it.
+    skipping: bool,
+    /// The start of a line being decided, held until it can be (shorter than the prefixes).
     line: Vec<u8>,
 }
 
@@ -178,6 +184,7 @@ impl Default for MboxStripper {
     fn default() -> Self {
         MboxStripper {
             state: Strip::FromLine,
+            skipping: false,
             line: Vec::new(),
         }
     }
@@ -192,56 +199,58 @@ impl MboxStripper {
         MboxStripper::default()
     }
 
+    /// The lines that may come next in `state`, and the state after each once dropped (an
+    /// `X-Envelope-To:` without `X-Envelope-From:` before it is Exim's too: a null sender).
+    fn expected(state: Strip) -> &'static [(&'static [u8], Strip)] {
+        match state {
+            Strip::EnvelopeFrom => &[
+                (ENVELOPE_FROM, Strip::EnvelopeTo),
+                (ENVELOPE_TO, Strip::Message),
+            ],
+            Strip::EnvelopeTo => &[(ENVELOPE_TO, Strip::Message)],
+            Strip::FromLine | Strip::Message => &[],
+        }
+    }
+
     /// Feeds mbox bytes; returns the message bytes among them.
     pub fn feed<'a>(&mut self, mut bytes: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
         use std::borrow::Cow;
         let mut out: Option<Vec<u8>> = None;
-        while self.state != Strip::Message {
+        while self.state != Strip::Message || self.skipping {
             if bytes.is_empty() {
                 return Cow::Owned(out.unwrap_or_default());
             }
-            let prefix = match self.state {
-                Strip::EnvelopeFrom => ENVELOPE_FROM,
-                Strip::EnvelopeTo => ENVELOPE_TO,
-                _ => b"" as &[u8],
-            };
-            match bytes.iter().position(|b| *b == b'\n') {
-                Some(end) => {
-                    self.line.extend_from_slice(&bytes[..=end]);
-                    bytes = &bytes[end + 1..];
-                    let line = std::mem::take(&mut self.line);
-                    let dropped = self.state == Strip::FromLine || line.starts_with(prefix);
-                    self.state = match self.state {
-                        Strip::FromLine => Strip::EnvelopeFrom,
-                        Strip::EnvelopeFrom if dropped => Strip::EnvelopeTo,
-                        // Not there: the next expected line may be the one.
-                        Strip::EnvelopeFrom if line.starts_with(ENVELOPE_TO) => Strip::Message,
-                        _ => Strip::Message,
-                    };
-                    if !dropped && !line.starts_with(ENVELOPE_TO) {
-                        out.get_or_insert_with(Vec::new).extend_from_slice(&line);
-                    }
-                }
-                None => {
-                    self.line.extend_from_slice(bytes);
-                    // Undecided while the held bytes could still be the prefix.
-                    let could_be = |p: &[u8]| {
-                        let n = self.line.len().min(p.len());
-                        self.line[..n] == p[..n]
-                    };
-                    let undecided = match self.state {
-                        Strip::FromLine => true,
-                        Strip::EnvelopeFrom => could_be(ENVELOPE_FROM) || could_be(ENVELOPE_TO),
-                        _ => could_be(ENVELOPE_TO),
-                    };
-                    if !undecided {
-                        self.state = Strip::Message;
-                        let line = std::mem::take(&mut self.line);
-                        out.get_or_insert_with(Vec::new).extend_from_slice(&line);
-                    }
+            if self.skipping {
+                let Some(end) = bytes.iter().position(|b| *b == b'\n') else {
                     return Cow::Owned(out.unwrap_or_default());
-                }
+                };
+                bytes = &bytes[end + 1..];
+                self.skipping = false;
+                continue;
             }
+            if self.state == Strip::FromLine {
+                (self.skipping, self.state) = (true, Strip::EnvelopeFrom);
+                continue;
+            }
+            let expected = Self::expected(self.state);
+            let longest = expected.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+            // Enough to decide, never past the line's end.
+            let line_end = bytes
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(bytes.len(), |e| e + 1);
+            let take = longest.saturating_sub(self.line.len()).min(line_end);
+            self.line.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if let Some((_, after)) = expected.iter().find(|(p, _)| self.line.starts_with(p)) {
+                self.line.clear();
+                (self.skipping, self.state) = (true, *after);
+            } else if !expected.iter().any(|(p, _)| p.starts_with(&self.line)) {
+                // Not Exim's: the message starts with this line.
+                self.state = Strip::Message;
+                out.get_or_insert_with(Vec::new).append(&mut self.line);
+            }
+            // Otherwise still undecided, and `bytes` is spent: wait for more.
         }
         match out {
             None => Cow::Borrowed(bytes),
@@ -254,7 +263,7 @@ impl MboxStripper {
 
     /// Whatever is still held once the copy has ended (a message of one unfinished line).
     pub fn finish(&mut self) -> Vec<u8> {
-        if self.state == Strip::FromLine {
+        if self.state == Strip::FromLine || self.skipping {
             return Vec::new();
         }
         std::mem::take(&mut self.line)
@@ -432,6 +441,20 @@ mod tests {
             strip_split(own, 5),
             b"X-Envelope-Fromage: <x>\nSubject: s\n\nb\n"
         );
+    }
+
+    #[test]
+    fn a_line_that_is_dropped_is_never_held() {
+        // An endless mbox line, or an endless X-Envelope-From: line, costs nothing held.
+        for head in [&b""[..], b"From x\nX-Envelope-From: <"] {
+            let mut s = MboxStripper::new();
+            assert!(s.feed(head).is_empty());
+            for _ in 0..1024 {
+                assert!(s.feed(&[b'a'; 1024]).is_empty());
+                assert!(s.line.capacity() <= ENVELOPE_FROM.len(), "{}", s.line.len());
+            }
+            assert_eq!(&*s.feed(b"a\nSubject: s\n"), b"Subject: s\n");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Milter mode: thin indymilter callbacks over a per-connection `Connection`. Every error is
 //! logged with the queue id and becomes a tempfail: never a panic, never a silent accept.
 
+mod bounds;
+
 use std::ffi::{CStr, CString};
 use std::future::Future;
 use std::sync::Arc;
@@ -44,13 +46,13 @@ pub struct Connection {
     rule: Option<Option<usize>>,
 }
 
+/// The MTA's queue id (`{i}`), fit for a log line (whoever reaches the milter port writes it).
 fn queue_id(macros: &indymilter::Macros) -> String {
     macros
         .get(c"i")
-        .and_then(|v| v.to_str().ok())
+        .map(|v| String::from_utf8_lossy(v.to_bytes()))
         .filter(|v| !v.is_empty())
-        .unwrap_or("NOQUEUE")
-        .to_string()
+        .map_or_else(|| "NOQUEUE".to_string(), |v| crate::logging::escaped(&v))
 }
 
 fn lossy(s: &CStr) -> String {
@@ -493,7 +495,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let config = indymilter::Config {
         max_connections,
-        // Idle connections are closed after this (libmilter's default is 7210 s).
+        // Idle connections are closed after this (libmilter's default is 7210 s); a packet
+        // begun has `bounds::PACKET_TIMEOUT` to arrive whole.
         connection_timeout: Duration::from_secs(7210),
         ..Default::default()
     };
@@ -502,7 +505,7 @@ pub async fn run(
     match listener {
         BoundListener::Tcp(l) => {
             indymilter::run(
-                crate::socket::Patient::new(crate::socket::NoDelay(l)),
+                crate::socket::Patient::new(bounds::Bounded(crate::socket::NoDelay(l))),
                 callbacks,
                 config,
                 shutdown,
@@ -510,7 +513,8 @@ pub async fn run(
             .await
         }
         BoundListener::Unix(l, _file) => {
-            indymilter::run(crate::socket::Patient::new(l), callbacks, config, shutdown).await
+            let listener = crate::socket::Patient::new(bounds::Bounded(l));
+            indymilter::run(listener, callbacks, config, shutdown).await
         }
     }
 }

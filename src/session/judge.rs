@@ -196,8 +196,11 @@ pub async fn judge(
         }
         let decision = policy::decide(&verdict, &settings.policy);
         // One transaction is judged under one rule: the first recipient's (the milter keeps
-        // recipients under other rules out of it).
-        let rule = settings.inbox.rule_for(&targets[group[0]].mailbox);
+        // recipients under other rules out of it). A request naming no recipient (an Exim
+        // scanner client may send none) is under none.
+        let rule = group
+            .first()
+            .and_then(|&i| settings.inbox.rule_for(&targets[i].mailbox));
         let inbox = settings.inbox.check(rule, &verdict);
         // The DID mailboxes among the recipients: their consent (and, for an EnvelopedData,
         // that it is encrypted to a device the DID publishes). The milter's RCPT went
@@ -480,6 +483,26 @@ mod tests {
         assert_eq!(together.len(), 1);
         assert_eq!(together[0].recipients, vec![0, 1]);
         assert_eq!(together[0].decision.result, AuthResult::Policy);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_without_recipients_is_judged() {
+        // The Exim scanner's request may name no `Rcpt:` (any local client can send one).
+        let s = settings(PolicyConfig::default());
+        let v = verified(vec![pass(None, true)]);
+        let together = judge(&s, &TX, &v, &[], Scope::Together).await;
+        assert_eq!(together.len(), 1);
+        assert_eq!(together[0].decision.result, AuthResult::Pass);
+        assert!(
+            together[0].log_line.contains(" to= "),
+            "{}",
+            together[0].log_line
+        );
+        assert!(
+            judge(&s, &TX, &v, &[], Scope::EachRecipient)
+                .await
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::inbox::InboxRules;
 use crate::live::Live;
@@ -72,7 +72,7 @@ pub async fn run(
         let permit = permits.clone().try_acquire_owned();
         async move {
             let Ok(_permit) = permit else {
-                warn!("socketmap: more than the allowed connections; closing one");
+                crate::warn_throttled!("socketmap: more than the allowed connections; closing one");
                 return;
             };
             let timeout = tables.router.timeout();
@@ -145,7 +145,7 @@ async fn connection(mut stream: Stream, tables: &Tables, timeout: Duration) -> s
                 Ok(None) => break,
                 Err(e) => {
                     // A broken request leaves the stream out of step: say so and close.
-                    warn!("socketmap: {e}; closing the connection");
+                    crate::warn_throttled!("socketmap: {e}; closing the connection");
                     write_answers(&mut stream, &out, timeout).await?;
                     return stream.shutdown().await;
                 }

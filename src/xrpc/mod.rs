@@ -177,7 +177,7 @@ async fn sign_envelope_deprecated(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    warn!(
+    crate::warn_throttled!(
         "xrpc: a client called the deprecated {SIGN_ENVELOPE_DEPRECATED}; it is served for one \
          more release: use {SIGN_ENVELOPE}"
     );
@@ -197,7 +197,7 @@ async fn sign_envelope_deprecated(
 
 async fn serve_sign(service: Arc<Service>, lxm: &str, headers: HeaderMap, body: Body) -> Response {
     let Ok(_permit) = service.permits.clone().try_acquire_owned() else {
-        warn!("xrpc: more than xrpc.max_concurrent requests; one refused");
+        crate::warn_throttled!("xrpc: more than xrpc.max_concurrent requests; one refused");
         return XrpcError::new(
             503,
             "NotEnoughResources",
