@@ -751,3 +751,30 @@ async fn the_milter_verifies_a_detached_s_mime_signature_by_a_device() {
     assert_floor_pass_and_fail(&fields[0], &fields[1], SMIME_FROM, SMIME);
     milter.stop().await;
 }
+
+/// A SignedData by a certificate its DID does not publish: `permerror`, and `header.d` names
+/// the DID the certificate claims, as a failing DKIM signature's `d=` is reported (RFC 8601
+/// §2.7.1 and RFC 6376 §6.1: the property says who the signature claims, the result whether
+/// that held). A reader trusts `header.d` only beside `atsms=pass` (docs/atsms.md).
+#[tokio::test]
+async fn an_unpublished_certificate_is_permerror_and_header_d_names_the_did_it_claims() {
+    let plc = Plc::start(); // nothing published
+    let toml = format!(
+        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[policy]\nauthserv_id = \"mx.test\"\non_permerror = \"accept\"\n",
+        plc.url()
+    );
+    let milter = support::milter::RunningMilter::start_with_config(
+        &Config::from_toml(&toml, "test").unwrap(),
+        NOW,
+    )
+    .await;
+    let mut conn = support::milter::open_client(milter.addr).await;
+    let (actions, _) = support::milter::send(&mut conn, &data("smime-signed.eml")).await;
+    let field = support::milter::inserted_field(&actions).replace("\n\t", " ");
+    assert!(
+        field.contains("atsms=permerror reason=\"certificate not published")
+            && field.ends_with(&format!("header.d=\"{SMIME}\"")),
+        "{field}"
+    );
+    milter.stop().await;
+}

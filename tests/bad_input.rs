@@ -492,7 +492,7 @@ fn the_exim_scanner_answers_any_request_and_holds_no_endless_line() {
         &world.lmtp_daemon_config(
             &format!("inet:127.0.0.1:{lmtp}"),
             root.path(),
-            &format!("[exim]\nlisten = \"inet:127.0.0.1:{exim}\"\n"),
+            &format!("[exim]\nlisten = \"inet:127.0.0.1:{exim}\"\nmax_connections = 2\n"),
             "",
         ),
         exim,
@@ -516,13 +516,17 @@ fn the_exim_scanner_answers_any_request_and_holds_no_endless_line() {
     .concat();
     let answer = scan(
         &format!(
-            "CHECK RSPAMC/1.3\r\nContent-length: {}\r\nQueue-Id: 1abc\r\nFrom: <x@y.example>\r\n\r\n",
+            "CHECK RSPAMC/1.3\r\nContent-length: {}\r\nQueue-Id: 1abc\u{1b}[2J\r\nFrom: <x@y.example>\r\n\r\n",
             mbox.len()
         ),
         &mut |s| s.write_all(&mbox).unwrap(),
     );
     assert!(answer.starts_with("RSPAMD/1.3 0 EX_OK"), "{answer}");
     assert!(answer.contains("atsms=none"), "{answer}");
+    // The client's queue id, escaped in the log (it could drive a terminal or forge a line).
+    let log = daemon.log_with("atsms=none");
+    assert!(log.contains("1abc\\u{1b}[2J: atsms=none"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
 
     let before = peak_rss_kib(daemon.pid());
     let line = 100 * 1024 * 1024;
@@ -547,6 +551,23 @@ fn the_exim_scanner_answers_any_request_and_holds_no_endless_line() {
         "peak RSS grew by {grown} KiB for a 100 MB mbox line"
     );
     assert!(!daemon.log().contains("internal error"), "{}", daemon.log());
+    // Past exim.max_connections, each connection is closed; that is said once a minute.
+    let holders: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", exim)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..300 {
+        let mut past = std::net::TcpStream::connect(("127.0.0.1", exim)).unwrap();
+        past.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = past.read(&mut [0u8; 1]);
+    }
+    drop(holders);
+    let log = daemon.log_with("more than exim.max_connections");
+    assert_eq!(
+        log.matches("more than exim.max_connections").count(),
+        1,
+        "{log}"
+    );
 }
 
 /// 200 milter connections each stop one byte short of a 1 MiB packet: together they may

@@ -890,7 +890,7 @@ async fn strangers_cost_nothing_and_a_used_token_stays_used_across_a_restart() {
 async fn the_first_name_of_the_method_still_signs_for_one_release_and_says_it_is_deprecated() {
     let world = VectorWorld::start();
     let dir = tempfile::tempdir().unwrap();
-    let (_daemon, port) = service(&world, dir.path());
+    let (daemon, port) = service(&world, dir.path());
     let alice = vector_key(&world, ALICE);
     let good = body("alice@alice.example.com");
     let at_old_path = |token: String| {
@@ -952,4 +952,11 @@ async fn the_first_name_of_the_method_still_signs_for_one_release_and_says_it_is
             .starts_with("deprecated: use org.atsms-milter.mail.signEnvelope"),
         "{health:?}"
     );
+    // Said once a minute, however often it is called (each call once logged a warning:
+    // 100,000 lines in 3 s).
+    for _ in 0..300 {
+        raw(at_old_path("not.a.token".into())).await;
+    }
+    let log = daemon.log_with("called the deprecated");
+    assert_eq!(log.matches("called the deprecated").count(), 1, "{log}");
 }
