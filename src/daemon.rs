@@ -83,6 +83,9 @@ fn build_settings_reusing(
         }
     };
     let mut settings = Settings::from_config(verifier, config);
+    if let Some((_, previous)) = previous {
+        settings.router = settings.router.keeping_pins_of(&previous.router);
+    }
     settings.signer = crate::signer::Signer::load(&config.signing)?.map(Arc::new);
     let previous_reputation = previous.and_then(|(_, s)| s.reputation.clone());
     settings.reputation = crate::reputation::Reputation::load(

@@ -21,6 +21,12 @@ pub const MAILBOX: &str = "atsms_mailbox";
 /// What `atsms_transport` says of a DID mail host the address policy refuses.
 pub const REFUSED_HOST: &str = "DID mail host refused by this site's address policy";
 
+/// How long the address a `mailto:` target was vetted at is kept for `atsms_transport`:
+/// Postfix's `maximal_queue_lifetime`, the longest aliased mail may wait in the queue.
+pub const PIN_LIFETIME: Duration = Duration::from_secs(5 * 86_400);
+/// `mailto:` targets pinned at most (about 100 bytes each).
+const MAX_PINS: u64 = 100_000;
+
 /// One lookup's answer, as the socketmap protocol carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
@@ -140,6 +146,11 @@ pub struct Router {
     timeout: Duration,
     /// `inbox.atsms_records`: the DID's `at.atsms.inbox` record consents too.
     atsms_records: bool,
+    /// `routing.alias_domains`, A-labels: the only domains `atsms_alias` rewrites.
+    alias_domains: Arc<Vec<String>>,
+    /// `mailto:` targets `atsms_alias` handed out → the address their domain's mail
+    /// exchange was vetted at, which `atsms_transport` then answers (kept across reloads).
+    pins: moka::sync::Cache<String, IpAddr>,
 }
 
 impl Router {
@@ -154,7 +165,25 @@ impl Router {
             host_name: Arc::new(syntax::ascii_domain(&crate::host::name()).unwrap_or_default()),
             timeout,
             atsms_records: true,
+            alias_domains: Arc::default(),
+            pins: moka::sync::Cache::builder()
+                .max_capacity(MAX_PINS)
+                .time_to_live(PIN_LIFETIME)
+                .build(),
         }
+    }
+
+    /// The domains `atsms_alias` rewrites (`routing.alias_domains`, A-labels).
+    pub fn with_alias_domains(mut self, domains: &[crate::config::MailDomain]) -> Router {
+        self.alias_domains = Arc::new(domains.iter().map(|d| d.as_str().to_string()).collect());
+        self
+    }
+
+    /// Keeps the `mailto:` targets `previous` pinned (a reload must not let queued mail be
+    /// routed by a second lookup).
+    pub fn keeping_pins_of(mut self, previous: &Router) -> Router {
+        self.pins = previous.pins.clone();
+        self
     }
 
     /// Whether the DID's `at.atsms.inbox` record consents too (`inbox.atsms_records`).
@@ -206,25 +235,34 @@ impl Router {
         }
     }
 
-    /// `atsms_alias` (virtual_alias_maps, sending side): a DID mailbox address at a remote
-    /// domain → where the document says its owner receives mail.
+    /// `atsms_alias` (virtual_alias_maps, sending side): a DID mailbox address at one of
+    /// `routing.alias_domains` → where the document says its owner receives mail.
     ///
-    /// Never for a domain an MTA treats as its own — `localhost`, a single label, an address
-    /// literal, one of `inbox.hosts`, this host's name — since aliasing runs after smtpd's
-    /// relay check: an outside client's `RCPT TO:<did.plc.…@localhost>` must not be
-    /// forwarded to wherever a DID document points (an open relay). Never towards a host
-    /// the address policy refuses.
+    /// Only those domains: aliasing runs after smtpd's relay check, so a domain the MTA
+    /// keeps (its name, `$mydomain`, a virtual domain, `localhost`) would let an outside
+    /// client's `RCPT TO:<did.plc.…@that.domain>` be forwarded to wherever a DID document
+    /// points — an open relay — and this daemon cannot know every domain an MTA keeps
+    /// (tables in SQL or LDAP, Exim's domain lists, several MTAs). Alias domains are ones the
+    /// MTA does not keep, which its relay check refuses to every client that may not relay
+    /// (docs/security.md). Never `localhost`, a single label, an address literal, one of
+    /// `inbox.hosts` or this host's name, whatever the list says; never towards a host or a
+    /// `mailto:` domain the address policy refuses.
     pub async fn alias(&self, key: &str) -> Answer {
         let Some(address) = DidAddress::parse(key) else {
             return Answer::NotFound;
         };
-        if !self.is_remote(&address.domain) {
+        if !self.alias_domains.contains(&address.domain) || !self.is_remote(&address.domain) {
             return Answer::NotFound;
         }
         let target = match self.endpoint(&address.did).await {
             // One plain mailbox at a routable domain (`syntax::plain_mailbox`), possibly
-            // a user of this very host: never a list, a file, a pipe or `localhost`.
-            Ok(Endpoint::Mailto(target)) => target,
+            // a user of this very host: never a list, a file, a pipe or `localhost`; its
+            // domain's mail exchange vetted and pinned (`pin`).
+            Ok(Endpoint::Mailto(target)) => match self.pin(&target).await {
+                Ok(true) => target,
+                Ok(false) => return Answer::NotFound,
+                Err(why) => return Answer::Temporary(why),
+            },
             // Its mailbox here: a DID that lives on this host, delivered locally.
             Ok(Endpoint::Smtp { host, .. }) if self.is_ours(&host) => address.at(&host),
             // Elsewhere: only a host the address policy lets mail go to (which refuses
@@ -247,6 +285,35 @@ impl Router {
         }
     }
 
+    /// Vets where mail for the `mailto:` address `target` would go, by its domain's MX
+    /// records (`Net::vetted_mail_exchange`), and pins that address for `atsms_transport`,
+    /// so the MTA connects to it and to nothing a second lookup could answer (a private
+    /// address, DNS rebinding). `Ok(false)`: the address policy refuses it. A domain of this
+    /// host, or an exchange at one of its own addresses, is local mail: nothing to pin (a
+    /// pin would send it back to this host by SMTP).
+    async fn pin(&self, target: &str) -> Result<bool, String> {
+        let Some((_, domain)) = target.rsplit_once('@') else {
+            return Ok(false);
+        };
+        if self.is_ours(domain) || domain == self.host_name.as_str() {
+            return Ok(true);
+        }
+        let vetted =
+            tokio::time::timeout(self.timeout, self.identity.vetted_mail_exchange(domain)).await;
+        match vetted {
+            Ok(Ok(Some(ip))) => {
+                if !crate::host::is_own_address(ip) {
+                    self.pins.insert(target.to_ascii_lowercase(), ip);
+                }
+                Ok(true)
+            }
+            Ok(Ok(None)) => Ok(false),
+            Ok(Err(e)) if e.is_transient() => Err(e.to_string()),
+            Ok(Err(_)) => Ok(false),
+            Err(_) => Err(IdentityError::TimedOut.to_string()),
+        }
+    }
+
     /// The address mail for `host` may go to under the address policy (bounded by the
     /// lookup timeout); `Err` with the reason when DNS cannot say now.
     async fn vetted(&self, host: &str) -> Result<Option<IpAddr>, String> {
@@ -263,8 +330,13 @@ impl Router {
     /// policy (no MX lookup, and no second lookup by the MTA that could be answered
     /// otherwise). A host the policy refuses gets `error:5.7.1` — never `NOTFOUND`, which
     /// would let the MTA route the address by MX to that very host (SSRF by mail). Never a
-    /// host of ours (local delivery).
+    /// host of ours (local delivery). A `mailto:` target `atsms_alias` handed out in the
+    /// last `PIN_LIFETIME` → `smtp:[<address>]:25`, the address its mail exchange was vetted
+    /// at then.
     pub async fn transport(&self, key: &str) -> Answer {
+        if let Some(ip) = self.pins.get(&key.to_ascii_lowercase()) {
+            return Answer::Found(format!("smtp:[{ip}]:25"));
+        }
         let Some(address) = DidAddress::parse(key) else {
             return Answer::NotFound;
         };

@@ -51,9 +51,25 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
     let plc = Plc::start();
     let key = SigningKey::generate(Alg::Es256k).unwrap();
     let (here, remote, elsewhere, mailto) = (plc_did(1), plc_did(2), plc_did(3), plc_did(4));
-    let (refused, listed) = (plc_did(5), plc_did(6));
-    // DNS for the DIDs' hosts: nowhere.example does not exist (NXDOMAIN).
-    let dns = support::dns::DnsServer::start(Default::default());
+    let (refused, listed, pinned) = (plc_did(5), plc_did(6), plc_did(7));
+    // DNS for the DIDs' hosts: nowhere.example does not exist (NXDOMAIN); public.example's
+    // mail exchange is at 8.8.8.8.
+    use support::dns::Answer;
+    let dns = support::dns::DnsServer::start(
+        [
+            (
+                "public.example",
+                vec![Answer::Mx(10, "mx.public.example".into())],
+            ),
+            (
+                "mx.public.example",
+                vec![Answer::A(std::net::Ipv4Addr::new(8, 8, 8, 8))],
+            ),
+        ]
+        .into_iter()
+        .map(|(name, answers)| (name.to_string(), answers))
+        .collect(),
+    );
 
     // B: another host keeping DID mailboxes (its LMTP is the "remote host" in this test).
     let b_root = support::public_tempdir();
@@ -71,6 +87,7 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
     plc.set(&elsewhere, &key, Some("smtp://mx.other.example"));
     plc.set(&mailto, &key, Some(&format!("mailto:bob@{EXIM_DOMAIN}")));
     plc.set(&refused, &key, Some("smtp://nowhere.example"));
+    plc.set(&pinned, &key, Some("mailto:admin@public.example"));
     plc.set(
         &listed,
         &key,
@@ -82,7 +99,7 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
     let (maps, lmtp) = (free_port(), free_port());
     let mut daemon = Daemon::start(
         &format!(
-            "[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{}/%d/%n/Maildir\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[resolver]\nplc_urls = [\"{}\"]\ndns_servers = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{EXIM_DOMAIN}\"]\n",
+            "[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{}/%d/%n/Maildir\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[resolver]\nplc_urls = [\"{}\"]\ndns_servers = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{EXIM_DOMAIN}\"]\n[routing]\nalias_domains = [\"anywhere.example\"]\n",
             root.path().display(),
             plc.url(),
             dns.server_arg()
@@ -209,6 +226,17 @@ begin retry
             && routed.contains("refused by this site's address policy"),
         "{routed}"
     );
+    // A mailto: address at another domain: to the address its mail exchange was vetted at.
+    let routed = exim.route_test(&format!("{}@anywhere.example", mailbox(&pinned)));
+    assert!(
+        routed.contains("admin@public.example")
+            && routed.contains("router = atsms_pinned")
+            && routed.contains("8.8.8.8"),
+        "{routed}"
+    );
+    // A DID mailbox at a domain that is not an alias domain is not aliased.
+    let routed = exim.route_test(&format!("{}@elsewhere.example", mailbox(&pinned)));
+    assert!(!routed.contains("public.example"), "{routed}");
     // A mailto: value that is not one plain address routes nowhere (no pipe, no list).
     let routed = exim.route_test(&format!("{}@anywhere.example", mailbox(&listed)));
     assert!(

@@ -22,7 +22,10 @@ use support::socketmap::{RunningSocketmap, netstring};
 
 const US: &str = "mx.example.net";
 
-/// DNS for the endpoints' hosts: one public, one private.
+/// The domain this site's users write DID mailboxes at (`routing.alias_domains`).
+const ALIASED: &str = "anything.example";
+
+/// DNS for the endpoints' hosts (one public, one private) and for `mailto:` domains.
 fn dns() -> DnsServer {
     let mut zone = HashMap::new();
     zone.insert(
@@ -33,13 +36,21 @@ fn dns() -> DnsServer {
         "private.example".into(),
         vec![Answer::A(Ipv4Addr::new(10, 0, 0, 5))],
     );
+    zone.insert(
+        "example.org".into(),
+        vec![Answer::Mx(10, "mx.example.org".into())],
+    );
+    zone.insert(
+        "mx.example.org".into(),
+        vec![Answer::A(Ipv4Addr::new(8, 8, 8, 8))],
+    );
     DnsServer::start(zone)
 }
 
 fn config(plc: &str, dns: &DnsServer, extra: &str) -> Config {
     Config::from_toml(
         &format!(
-            "[resolver]\nplc_urls = [\"{plc}\"]\ndns_servers = [\"{}\"]\ntimeout = 3\n\n[inbox]\nhosts = [\"{US}\"]\n{extra}",
+            "[resolver]\nplc_urls = [\"{plc}\"]\ndns_servers = [\"{}\"]\ntimeout = 3\n\n[inbox]\nhosts = [\"{US}\"]\n[routing]\nalias_domains = [\"{ALIASED}\"]\n{extra}",
             dns.server_arg()
         ),
         "test",
@@ -87,7 +98,8 @@ async fn the_three_maps_answer_as_the_interfaces_say() {
     let mut c = server.client().await;
     let m = mailbox;
     let cases = [
-        // atsms_alias: any domain → where the document says.
+        // atsms_alias: an alias domain → where the document says; a mailto: target's
+        // domain's mail exchange vetted and pinned for atsms_transport.
         (
             "atsms_alias",
             format!("{}@anything.example", m(&w.elsewhere)),
@@ -102,6 +114,22 @@ async fn the_three_maps_answer_as_the_interfaces_say() {
             "atsms_alias",
             format!("{}@anything.example", m(&w.mailto)),
             "OK alice@example.org".into(),
+        ),
+        (
+            "atsms_transport",
+            "alice@example.org".into(),
+            "OK smtp:[8.8.8.8]:25".into(),
+        ),
+        (
+            "atsms_transport",
+            "bob@example.org".into(),
+            "NOTFOUND ".into(),
+        ),
+        // Only the alias domains: elsewhere the address is left to the MTA.
+        (
+            "atsms_alias",
+            format!("{}@elsewhere.example", m(&w.elsewhere)),
+            "NOTFOUND ".into(),
         ),
         (
             "atsms_alias",
@@ -197,10 +225,12 @@ async fn the_three_maps_answer_as_the_interfaces_say() {
 }
 
 /// An open relay, closed: Postfix aliases after smtpd's relay check, so an outside client's
-/// `RCPT TO:<did.plc.…@localhost>` (or at any domain Postfix keeps) must never be rewritten
-/// to what a DID document names; and a `mailto:` value is one plain mailbox or nothing.
+/// `RCPT TO:<did.plc.…@localhost>` (or at any domain Postfix keeps: its name, `$mydomain`,
+/// a virtual domain) must never be rewritten to what a DID document names. Only the alias
+/// domains are, which the MTA does not keep; and a `mailto:` value is one plain mailbox or
+/// nothing.
 #[tokio::test]
-async fn the_alias_map_never_forwards_mail_for_a_domain_the_mta_keeps() {
+async fn the_alias_map_rewrites_only_its_alias_domains() {
     let w = world();
     let key = SigningKey::generate(Alg::Es256k).unwrap();
     let (list, local_target, display) = (plc_did(20), plc_did(21), plc_did(23));
@@ -231,6 +261,14 @@ async fn the_alias_map_never_forwards_mail_for_a_domain_the_mta_keeps() {
         format!("{m}@{US}"),
         format!("{m}@{}", US.to_uppercase()),
         format!("{m}@{host}"),
+        // Domains an MTA keeps that no daemon can know of.
+        format!("{m}@example.net"),
+        format!("{m}@mail.example.net"),
+        format!("{m}@other-virtual.example"),
+        format!("{}@{}.", m.to_uppercase(), US.to_uppercase()),
+        // Near the alias domain, not it.
+        format!("{m}@sub.{ALIASED}"),
+        format!("{m}@{ALIASED}.evil.example"),
     ] {
         assert_eq!(c.lookup("atsms_alias", &key).await, "NOTFOUND ", "{key}");
     }
@@ -238,12 +276,93 @@ async fn the_alias_map_never_forwards_mail_for_a_domain_the_mta_keeps() {
         let key = format!("{}@anything.example", mailbox(did));
         assert_eq!(c.lookup("atsms_alias", &key).await, "NOTFOUND ", "{key}");
     }
-    // The same DID at a remote domain is still routed.
+    // The same DID at the alias domain, any case, with a trailing dot, is routed.
+    for key in [
+        format!("{m}@{ALIASED}"),
+        format!("{}@{}.", m.to_uppercase(), ALIASED.to_uppercase()),
+    ] {
+        assert_eq!(
+            c.lookup("atsms_alias", &key).await,
+            "OK alice@example.org",
+            "{key}"
+        );
+    }
+}
+
+/// A `mailto:` target is mail sent on a DID document's word: its domain's mail exchange must
+/// be one the address policy lets mail go to (SSRF by mail: `admin@internal.corp.example`),
+/// every MX host of it (the MTA may fall back to any), and the MTA is then given the address
+/// vetted, which a second lookup cannot change (DNS rebinding).
+#[tokio::test]
+async fn a_mailto_target_is_vetted_by_its_mail_exchange_and_pinned() {
+    let rebound = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = rebound.clone();
+    let dns = DnsServer::start_with(Arc::new(move |name: &str| {
+        let public = Answer::A(Ipv4Addr::new(8, 8, 8, 8));
+        let private = Answer::A(Ipv4Addr::new(10, 0, 0, 5));
+        Some(match name {
+            "internal.corp.example" => vec![Answer::Mx(10, "mx.internal.corp.example".into())],
+            "mx.internal.corp.example" => vec![private],
+            "fallback.example" => vec![
+                Answer::Mx(10, "mx1.fallback.example".into()),
+                Answer::Mx(20, "mx2.fallback.example".into()),
+            ],
+            "mx1.fallback.example" => vec![public],
+            "mx2.fallback.example" => vec![private],
+            "nullmx.example" => vec![Answer::Mx(0, ".".into()), public],
+            "implicit.example" => vec![Answer::A(Ipv4Addr::new(9, 9, 9, 9))],
+            "rebinding.example" => vec![Answer::Mx(10, "mx.rebinding.example".into())],
+            "mx.rebinding.example" if flag.load(std::sync::atomic::Ordering::SeqCst) => {
+                vec![private]
+            }
+            "mx.rebinding.example" => vec![public],
+            _ => return None,
+        })
+    }));
+    let plc = Plc::start();
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let cases = [
+        ("admin@internal.corp.example", "NOTFOUND "),
+        ("admin@fallback.example", "NOTFOUND "),
+        ("admin@nullmx.example", "NOTFOUND "),
+        ("admin@nowhere.example", "NOTFOUND "),
+        ("admin@implicit.example", "OK admin@implicit.example"),
+        ("admin@rebinding.example", "OK admin@rebinding.example"),
+    ];
+    let dids: Vec<String> = (0..cases.len()).map(|i| plc_did(40 + i)).collect();
+    for (did, (target, _)) in dids.iter().zip(&cases) {
+        plc.set(did, &key, Some(&format!("mailto:{target}")));
+    }
+    let server = RunningSocketmap::start(&config(&plc.url(), &dns, "")).await;
+    let mut c = server.client().await;
+    for (did, (target, want)) in dids.iter().zip(&cases) {
+        let alias = format!("{}@{ALIASED}", mailbox(did));
+        assert_eq!(&c.lookup("atsms_alias", &alias).await, want, "{target}");
+        let pinned = c.lookup("atsms_transport", target).await;
+        let want_pin = match *target {
+            "admin@implicit.example" => "OK smtp:[9.9.9.9]:25",
+            "admin@rebinding.example" => "OK smtp:[8.8.8.8]:25",
+            _ => "NOTFOUND ",
+        };
+        assert_eq!(pinned, want_pin, "{target}");
+    }
+    // The exchange now resolves to a private address: what was handed out stays pinned to
+    // the address vetted, and a new alias lookup refuses it.
+    rebound.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
-        c.lookup("atsms_alias", &format!("{m}@anything.example"))
-            .await,
-        "OK alice@example.org"
+        c.lookup("atsms_transport", "ADMIN@Rebinding.Example").await,
+        "OK smtp:[8.8.8.8]:25"
     );
+    drop(c);
+    let server = RunningSocketmap::start(&config(
+        &plc.url(),
+        &dns,
+        "[cache]\nfresh = 0\nmax_age = 0\n",
+    ))
+    .await;
+    let mut c = server.client().await;
+    let alias = format!("{}@{ALIASED}", mailbox(&dids[5]));
+    assert_eq!(c.lookup("atsms_alias", &alias).await, "NOTFOUND ");
 }
 
 #[tokio::test]
@@ -265,7 +384,7 @@ async fn a_cold_lookup_answers_temp_in_time_and_costs_one_request() {
     let dns = dns();
     let server =
         RunningSocketmap::start(&config(&slow.url(), &dns, "[socketmap]\ntimeout = 1\n")).await;
-    let key = format!("{}@anywhere.example", mailbox(&did));
+    let key = format!("{}@{ALIASED}", mailbox(&did));
     let mut clients = Vec::new();
     for _ in 0..10 {
         clients.push(server.client().await);
@@ -299,7 +418,7 @@ async fn a_cold_lookup_answers_temp_in_time_and_costs_one_request() {
     let server = RunningSocketmap::start(&config(&down.url(), &dns, "")).await;
     let mut c = server.client().await;
     assert!(
-        c.lookup("atsms_transport", &key.replace("anywhere", "mx.other"))
+        c.lookup("atsms_transport", &key.replace(ALIASED, "mx.other.example"))
             .await
             .starts_with("TEMP ")
     );
@@ -426,7 +545,7 @@ fn postmap_queries_every_map_of_the_daemon() {
     let slow = HttpServer::start(Arc::new(|_: &str| Reply::Hang));
     let daemon = Daemon::start(
         &format!(
-            "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{port}\"\ntimeout = 1\n\n[resolver]\nplc_urls = [\"{}\", \"{}\"]\ndns_servers = [\"{}\"]\ntimeout = 3\n\n[inbox]\nhosts = [\"{US}\"]\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+            "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{port}\"\ntimeout = 1\n\n[resolver]\nplc_urls = [\"{}\", \"{}\"]\ndns_servers = [\"{}\"]\ntimeout = 3\n\n[inbox]\nhosts = [\"{US}\"]\n[routing]\nalias_domains = [\"{ALIASED}\"]\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n",
             free_port(),
             w.plc.url(),
             slow.url(),

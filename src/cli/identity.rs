@@ -142,18 +142,25 @@ pub(super) fn route(args: RouteArgs) -> ExitCode {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(exit::USAGE, e),
     };
-    let inbox = ConfigArgs { config: None }.load().unwrap_or_default().inbox;
+    let config = ConfigArgs { config: None }.load().unwrap_or_default();
+    let inbox = config.inbox;
     let hosts = if args.inbox_hosts.is_empty() {
         inbox.hosts()
     } else {
         args.inbox_hosts.clone()
+    };
+    let alias_domains = if args.alias_domains.is_empty() {
+        config.routing.alias_domains
+    } else {
+        args.alias_domains.clone()
     };
     let Ok(rt) = runtime() else {
         return fail(exit::SOFTWARE, "cannot start the async runtime");
     };
     let timeout = args.resolver.config().timeout();
     let router = routing::Router::new(resolver.clone(), &hosts, timeout)
-        .with_atsms_records(inbox.atsms_records);
+        .with_atsms_records(inbox.atsms_records)
+        .with_alias_domains(&alias_domains);
     let address = args.address.trim().to_string();
     let route = rt.block_on(async {
         let parsed = DidAddress::parse(&address);

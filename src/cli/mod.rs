@@ -258,6 +258,10 @@ struct RouteArgs {
     /// inbox.hosts of the configuration file, else this host's name.
     #[arg(long = "inbox-host", value_name = "NAME")]
     inbox_hosts: Vec<String>,
+    /// A domain `atsms_alias` rewrites (routing.alias_domains); repeatable. Default:
+    /// routing.alias_domains of the configuration file (none: nothing is aliased).
+    #[arg(long = "alias-domain", value_name = "DOMAIN")]
+    alias_domains: Vec<crate::config::MailDomain>,
     #[command(flatten)]
     resolver: ResolverArgs,
 }

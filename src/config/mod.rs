@@ -43,6 +43,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub limits: LimitsConfig,
     pub socketmap: SocketmapConfig,
+    pub routing: RoutingConfig,
     pub inbox: InboxConfig,
     pub signing: SigningConfig,
     pub xrpc: XrpcConfig,
@@ -166,6 +167,27 @@ impl Config {
         {
             return Err("inbox.hosts: host names, without '@'".into());
         }
+        // An alias domain is one the MTA refuses to relay to: never a name this host keeps
+        // (docs/security.md, "Open relay through DID aliases").
+        let hosts: Vec<String> = self
+            .inbox
+            .hosts()
+            .iter()
+            .chain(std::iter::once(&crate::host::name()))
+            .filter_map(|h| crate::syntax::ascii_domain(h))
+            .collect();
+        if let Some(own) = self
+            .routing
+            .alias_domains
+            .iter()
+            .find(|d| hosts.iter().any(|h| h == d.as_str()))
+        {
+            return Err(format!(
+                "routing.alias_domains: {own} is a name of this host (inbox.hosts or its host \
+                 name); alias domains must be domains the MTA does not keep, or a client on \
+                 the internet could relay through a DID's document"
+            ));
+        }
         if self.limits.max_header_fields == 0 || self.limits.max_header_bytes < 1024 {
             return Err(
                 "limits: max_header_fields must be at least 1, max_header_bytes at least 1024"
@@ -264,6 +286,27 @@ mod tests {
     #[test]
     fn cross_key_rules() {
         assert!(error("[resolver]\nplc_urls = []\n").contains("at least one"));
+        // An alias domain is never one this host keeps, nor an MTA's own kind of name.
+        let ok = Config::from_toml(
+            "[routing]\nalias_domains = [\"DID.Example.NET.\"]\n[inbox]\nhosts = [\"mx.example.net\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ok.routing.alias_domains[0].as_str(), "did.example.net");
+        for (domain, words) in [
+            ("mx.example.net", "a name of this host"),
+            ("MX.EXAMPLE.NET.", "a name of this host"),
+            ("localhost", "not a domain mail is routed to"),
+            ("mail.localhost", "not a domain mail is routed to"),
+            ("example", "not a domain mail is routed to"),
+            ("[127.0.0.1]", "not a domain mail is routed to"),
+            ("127.0.0.1", "not a domain mail is routed to"),
+        ] {
+            let err = error(&format!(
+                "[routing]\nalias_domains = [\"{domain}\"]\n[inbox]\nhosts = [\"mx.example.net\"]\n"
+            ));
+            assert!(err.contains(words), "{domain}: {err}");
+        }
         // A fleet key whenever Redis is used, on loopback too (anything on the host that can
         // reach the port could write to it).
         for url in [

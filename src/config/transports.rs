@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FileMode, SocketSpec, TcpAddress};
+use super::{FileMode, MailDomain, SocketSpec, TcpAddress};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -102,6 +102,17 @@ impl SocketmapConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout.get())
     }
+}
+
+/// Mail routed by DID documents, the sending side (`routing`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// The domains whose DID mailbox addresses `atsms_alias` rewrites by the DID's document
+    /// (`did.plc.<id>@<one of these>`): domains this host's MTA does not keep, so that its
+    /// relay check refuses them to every client that may not relay. Empty: nothing is
+    /// aliased.
+    pub alias_domains: Vec<MailDomain>,
 }
 
 /// The signing service (XRPC, the PDS-side signer).

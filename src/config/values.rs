@@ -266,6 +266,40 @@ impl fmt::Display for AuthservId {
 }
 string_value!(AuthservId);
 
+/// A domain mail is routed to (`syntax::routable_domain`): two labels or more, not
+/// `localhost` nor below it, not an address literal; kept as its lower-case A-label.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MailDomain(String);
+
+impl std::str::FromStr for MailDomain {
+    type Err = String;
+    fn from_str(text: &str) -> Result<MailDomain, String> {
+        crate::syntax::routable_domain(text)
+            .map(MailDomain)
+            .ok_or_else(|| {
+                format!(
+                    "\"{}\" is not a domain mail is routed to (two labels or more, not \
+                     localhost, not an address literal)",
+                    text.escape_default()
+                )
+            })
+    }
+}
+
+impl MailDomain {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MailDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_value!(MailDomain);
+
 /// A fraction from 0 to 1 (`resolver.mail_share`); TOML may write it `1` or `0.8`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "ShareValue", into = "f64")]

@@ -133,6 +133,18 @@ impl IdentityResolver {
             .map_err(|e| fetch_error(Upstream::MailHost, e))
     }
 
+    /// Where mail for `domain` goes by MX routing, if the address policy lets mail go there
+    /// (`Net::vetted_mail_exchange`): a `mailto:` target's domain, pinned like a host.
+    pub async fn vetted_mail_exchange(
+        &self,
+        domain: &str,
+    ) -> Result<Option<std::net::IpAddr>, IdentityError> {
+        self.net
+            .vetted_mail_exchange(domain)
+            .await
+            .map_err(|e| fetch_error(Upstream::MailHost, e))
+    }
+
     async fn fetch_mail_host(&self, domain: &str) -> Cached<()> {
         match self.net.txt(&format!("_atsms-mail.{domain}")).await {
             Ok(records) if records.iter().any(|r| r == "v=atsms1") => Ok(Arc::new(())),

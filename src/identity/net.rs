@@ -48,6 +48,9 @@ impl FetchError {
     }
 }
 
+/// MX hosts of one domain vetted at most (RFC 5321 §5.1 sets no limit; Postfix tries five).
+pub const MAX_EXCHANGES: usize = 10;
+
 /// Whether an address is on the public Internet. Everything else (loopback, RFC 1918,
 /// link-local including 169.254.169.254, CGNAT, documentation, multicast, reserved, and
 /// IPv6 forms that embed such IPv4 addresses) is refused unless the operator allows it.
@@ -391,6 +394,55 @@ impl Net {
 
     pub fn allow_private(&self) -> bool {
         self.allow_private
+    }
+
+    /// The address mail for `domain` goes to by MX routing (RFC 5321 §5.1), under the
+    /// address policy: its MX hosts in order of preference (at most [`MAX_EXCHANGES`]),
+    /// every one vetted as [`Net::vetted_address`] vets a host — an MTA may fall back to
+    /// any of them, so one refused refuses the domain — or, without MX records, the domain
+    /// itself (the implicit MX). The most preferred host's first address is given, for the
+    /// MTA to connect to and nothing else. `None`: refused (a private address anywhere, a
+    /// null MX (RFC 7505), an MX host without an address, NXDOMAIN, too many hosts).
+    pub async fn vetted_mail_exchange(&self, domain: &str) -> Result<Option<IpAddr>, FetchError> {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let mut hosts: Vec<(u16, String)> = match self.dns.mx_lookup(fqdn).await {
+            Ok(lookup) => lookup
+                .answers()
+                .iter()
+                .filter_map(|record| match &record.data {
+                    hickory_resolver::proto::rr::RData::MX(mx) => Some((
+                        mx.preference,
+                        mx.exchange.to_ascii().trim_end_matches('.').to_string(),
+                    )),
+                    _ => None,
+                })
+                .collect(),
+            Err(e) if e.is_nx_domain() => return Ok(None),
+            Err(e) if e.is_no_records_found() => Vec::new(),
+            Err(e) => {
+                return Err(FetchError::new(
+                    FetchErrorKind::Transient,
+                    format!("DNS MX lookup of {domain}: {e}"),
+                ));
+            }
+        };
+        if hosts.is_empty() {
+            return self.vetted_address(domain).await;
+        }
+        if hosts.len() > MAX_EXCHANGES || hosts.iter().any(|(_, host)| host.is_empty()) {
+            return Ok(None);
+        }
+        hosts.sort();
+        let mut first = None;
+        for (_, host) in &hosts {
+            match self.vetted_address(host).await? {
+                Some(ip) => {
+                    first.get_or_insert(ip);
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(first)
     }
 
     /// The address mail for `host` may go to under the address policy: every address the

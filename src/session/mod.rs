@@ -88,7 +88,8 @@ impl Settings {
             &config.inbox.hosts(),
             config.socketmap.timeout(),
         )
-        .with_atsms_records(config.inbox.atsms_records);
+        .with_atsms_records(config.inbox.atsms_records)
+        .with_alias_domains(&config.routing.alias_domains);
         let mut settings = Settings::new(verifier, config.policy.clone());
         settings.limits = config.limits.clone();
         settings.inbox = Arc::new(InboxRules::new(&config.inbox.rules));

@@ -6,13 +6,15 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, TXT};
+use hickory_proto::rr::rdata::{A, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 #[derive(Clone, Debug)]
 pub enum Answer {
     Txt(String),
     A(Ipv4Addr),
+    /// An MX record: preference and exchange (`"."` for a null MX, RFC 7505).
+    Mx(u16, String),
 }
 
 /// Answers a query name (lower-case, no trailing dot) with records, or None for NXDOMAIN.
@@ -95,6 +97,12 @@ fn answer(
         let rdata = match (record, query.query_type) {
             (Answer::Txt(text), RecordType::TXT) => RData::TXT(TXT::new(vec![text.clone()])),
             (Answer::A(ip), RecordType::A) => RData::A(A(*ip)),
+            (Answer::Mx(preference, exchange), RecordType::MX) => {
+                match Name::from_ascii(exchange) {
+                    Ok(exchange) => RData::MX(MX::new(*preference, exchange)),
+                    Err(_) => continue,
+                }
+            }
             _ => continue,
         };
         response.add_answer(Record::from_rdata(name.clone(), 60, rdata));
