@@ -233,6 +233,19 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.xrpc != new.xrpc || old.store.jti_file != new.store.jti_file {
         changed.push("[xrpc] or store.jti_file");
     }
+    let inbox_posts = |c: &Config| {
+        (
+            c.inbox.post_rate_per_network,
+            c.inbox.post_rate_per_did,
+            c.inbox.max_concurrent_posts,
+            c.inbox.upload_timeout,
+        )
+    };
+    if inbox_posts(old) != inbox_posts(new) {
+        changed.push(
+            "inbox.post_rate_per_network, post_rate_per_did, max_concurrent_posts or upload_timeout",
+        );
+    }
     if old.log != new.log {
         changed.push("[log]");
     }
@@ -416,7 +429,11 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
                     .iter()
                     .filter_map(|h| crate::syntax::ascii_domain(h))
                     .collect();
-                service = service.with_inbox(crate::xrpc::inbox::Inbox::new(lmtp_service, hosts));
+                service = service.with_inbox(crate::xrpc::inbox::Inbox::new(
+                    lmtp_service,
+                    hosts,
+                    &config.inbox,
+                ));
             }
             Some((
                 bind(listen, FileMode(0o660), None).await?,

@@ -11,6 +11,11 @@ use tracing::debug;
 
 use crate::socket::{BoundListener, Stream};
 
+/// The address of the connection a request came on (none on a unix socket), for handlers
+/// that key limits on the client (an `axum::Extension`).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
 /// The bounds of one HTTP listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
@@ -30,7 +35,8 @@ pub async fn serve(
 ) {
     let connections = Arc::new(tokio::sync::Semaphore::new(bounds.max_connections));
     crate::socket::serve(listener, what, shutdown, |stream: Stream| {
-        let app = app.clone();
+        let peer = Peer(stream.peer_ip());
+        let app = app.clone().layer(axum::Extension(peer));
         let permit = connections.clone().try_acquire_owned();
         async move {
             let Ok(_permit) = permit else {

@@ -30,6 +30,7 @@ pub mod host;
 pub mod http;
 pub mod identity;
 pub mod inbox;
+pub mod limit;
 pub mod live;
 pub mod lmtp;
 pub mod logging;

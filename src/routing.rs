@@ -211,13 +211,23 @@ impl Router {
 
     /// The DID's endpoint. A cold lookup that has not finished within `timeout` answers
     /// "later" while the fetch goes on in the background and fills the cache: a slow answer
-    /// would stall every client of Postfix's trivial-rewrite.
-    async fn endpoint(&self, did: &str) -> Result<Endpoint, Lookup> {
+    /// would stall every client of Postfix's trivial-rewrite. The fetch takes the turn of
+    /// the client that asked (`budget::carried`). With `stale_ok` (consent), a document the
+    /// directory's budget had no slot to refetch now is answered from the last one known.
+    async fn endpoint(&self, did: &str, stale_ok: bool) -> Result<Endpoint, Lookup> {
         let identity = self.identity.clone();
         let owned = did.to_string();
-        let fetch = tokio::spawn(async move { identity.resolve_did(&owned).await });
+        let fetch = tokio::spawn(crate::identity::budget::carried(async move {
+            identity.resolve_did(&owned).await
+        }));
         match tokio::time::timeout(self.timeout, fetch).await {
             Ok(Ok(Ok(found))) => Ok(Endpoint::of(&found.value)),
+            Ok(Ok(Err(e))) if stale_ok && e.is_busy() => {
+                match self.identity.last_known_document(did).await {
+                    Some(last) => Ok(Endpoint::of(&last)),
+                    None => Err(Lookup::Later(e.to_string())),
+                }
+            }
             Ok(Ok(Err(e))) if e.is_transient() => Err(Lookup::Later(e.to_string())),
             Ok(Ok(Err(_))) => Err(Lookup::Nothing),
             Ok(Err(_)) => Err(Lookup::Later("lookup failed".into())),
@@ -254,7 +264,7 @@ impl Router {
         if !self.alias_domains.contains(&address.domain) || !self.is_remote(&address.domain) {
             return Answer::NotFound;
         }
-        let target = match self.endpoint(&address.did).await {
+        let target = match self.endpoint(&address.did, false).await {
             // One plain mailbox at a routable domain (`syntax::plain_mailbox`), possibly
             // a user of this very host: never a list, a file, a pipe or `localhost`; its
             // domain's mail exchange vetted and pinned (`pin`).
@@ -340,7 +350,7 @@ impl Router {
         let Some(address) = DidAddress::parse(key) else {
             return Answer::NotFound;
         };
-        let (host, port) = match self.endpoint(&address.did).await {
+        let (host, port) = match self.endpoint(&address.did, false).await {
             Ok(Endpoint::Smtp { host, port }) => (host, port),
             Ok(_) | Err(Lookup::Nothing) => return Answer::NotFound,
             Err(Lookup::Later(why)) => return Answer::Temporary(why),
@@ -379,7 +389,7 @@ impl Router {
         if !self.is_ours(&address.domain) {
             return Consent::Refused;
         }
-        match self.endpoint(&address.did).await {
+        match self.endpoint(&address.did, true).await {
             Ok(Endpoint::Smtp { host, .. }) if host == address.domain => Consent::Given,
             Ok(_) if self.atsms_records => self.record_consent(address).await,
             Ok(_) | Err(Lookup::Nothing) => Consent::Refused,
@@ -387,18 +397,27 @@ impl Router {
         }
     }
 
-    /// Consent by the DID's AT-SMS records, within `timeout` (the fetch goes on).
+    /// Consent by the DID's AT-SMS records, within `timeout` (the fetch goes on); the last
+    /// records known while the directory's budget has no slot to refetch them now.
     async fn record_consent(&self, address: &DidAddress) -> Consent {
         let identity = self.identity.clone();
         let did = address.did.clone();
-        let fetch = tokio::spawn(async move { identity.atsms_inbox(&did).await });
+        let fetch = tokio::spawn(crate::identity::budget::carried(async move {
+            identity.atsms_inbox(&did).await
+        }));
+        let gives = |inbox: &crate::identity::inbox::AtsmsInbox| {
+            if inbox.names_mailbox(&address.did, &address.domain) && !inbox.devices.is_empty() {
+                Consent::Given
+            } else {
+                Consent::Refused
+            }
+        };
         match tokio::time::timeout(self.timeout, fetch).await {
-            Ok(Ok(Ok(found))) => {
-                let inbox = &found.value;
-                if inbox.names_mailbox(&address.did, &address.domain) && !inbox.devices.is_empty() {
-                    Consent::Given
-                } else {
-                    Consent::Refused
+            Ok(Ok(Ok(found))) => gives(&found.value),
+            Ok(Ok(Err(e))) if e.is_busy() => {
+                match self.identity.last_known_inbox(&address.did).await {
+                    Some(last) => gives(&last),
+                    None => Consent::Unknown(e.to_string()),
                 }
             }
             Ok(Ok(Err(e))) if e.is_transient() => Consent::Unknown(e.to_string()),
@@ -434,7 +453,9 @@ impl Router {
         }
         let identity = self.identity.clone();
         let did = address.did.clone();
-        let fetch = tokio::spawn(async move { identity.atsms_inbox(&did).await });
+        let fetch = tokio::spawn(crate::identity::budget::carried(async move {
+            identity.atsms_inbox(&did).await
+        }));
         Some(match tokio::time::timeout(self.timeout, fetch).await {
             Ok(Ok(Ok(found))) => {
                 let published = |r: &&crate::floor::Recipient| {

@@ -20,6 +20,16 @@ pub enum Stream {
     Unix(tokio::net::UnixStream),
 }
 
+impl Stream {
+    /// The peer's address (none on a unix socket).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok().map(|a| a.ip()),
+            Stream::Unix(_) => None,
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for Stream {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,

@@ -778,3 +778,94 @@ async fn an_unpublished_certificate_is_permerror_and_header_d_names_the_did_it_c
     );
     milter.stop().await;
 }
+
+/// An envelope is either stored or not acknowledged, whatever is cancelled when. Its store
+/// takes longer than `xrpc.timeout` (the signer's PDS, asked by the X.509 floor, answers
+/// slowly), or the client hangs up: the POST is answered 503 (or not at all), the storing
+/// goes on, and a retry is told it is stored — and it is, once. (The storing once ran inside
+/// the request: cancelled half-way, it left the envelope marked in flight, and every retry
+/// was told "stored" while nothing ever was.)
+#[test]
+fn an_envelope_is_stored_or_not_acknowledged_whatever_is_cancelled() {
+    use support::daemon::Daemon;
+    use support::postfix::free_port;
+    let plc = Plc::start();
+    publish(&plc, SENDER, &text("sender.crt.pem"), &text("sender.fp"));
+    publish(&plc, RECIPIENT, &text("recip.crt.pem"), &recipient_fp());
+    let bang = format!("did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@{US}");
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        json!({"endpoints": [{"uri": format!("mailto:{bang}")}]}),
+    );
+    let dir = support::public_tempdir();
+    let port = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\ntimeout = 1\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"{US}\"]\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\n[policy]\nauthserv_id = \"mx.test\"\n[store]\njti_file = \"{0}/jti\"\n",
+            dir.path().display(),
+            plc.url()
+        ),
+        port,
+    );
+    let folder = dir
+        .path()
+        .join(US)
+        .join("did.plc.aaaaaaaaaaaaaaaaaaaaaaaa")
+        .join("Maildir");
+    let to = format!("/inbox/{RECIPIENT}");
+    let body = |bytes: &[u8]| json!({"envelope": b64(bytes)}).to_string();
+    // The recipient's consent is cached; then its PDS (the signer's too) turns slow.
+    assert_eq!(post(port, &to, &body(&data("envelope.cbor"))).0, 202);
+    plc.set_pds_delay(Duration::from_millis(2500));
+
+    // Past xrpc.timeout: not acknowledged.
+    let signed = data("signed.der");
+    let (status, answer) = post(port, &to, &body(&signed));
+    assert_eq!(status, 503, "{answer}");
+    // The client that hangs up as soon as it has sent its POST.
+    let mut tampered = signed.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1; // another envelope (its signature fails: stored, judged so)
+    {
+        use std::io::Write;
+        let text = body(&tampered);
+        let mut gone = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            gone,
+            "POST {to} HTTP/1.1\r\nHost: inbox.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        )
+        .unwrap();
+    }
+    // The one past the timeout went on and was stored: a retry is told so. The one whose
+    // client hung up was stored, or was never begun (dropped before it was handed to its
+    // task): either way its retry is acknowledged only once it is stored, and one copy of
+    // each is kept.
+    std::thread::sleep(Duration::from_secs(4));
+    plc.set_pds_delay(Duration::ZERO);
+    let (status, answer) = post(port, &to, &body(&signed));
+    assert_eq!(
+        (status, &answer["stored"]),
+        (202, &json!(false)),
+        "{answer}"
+    );
+    let (status, answer) = post(port, &to, &body(&tampered));
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = post(port, &to, &body(&tampered));
+    assert_eq!(
+        (status, &answer["stored"]),
+        (202, &json!(false)),
+        "{answer}"
+    );
+    let stored = RunningLmtp::new_files(&folder);
+    assert_eq!(stored.len(), 3, "{}", daemon.log());
+    let with = |kind: &str| {
+        stored
+            .iter()
+            .filter(|m| String::from_utf8_lossy(m).contains(kind))
+            .count()
+    };
+    assert_eq!(with("policy.atsms-envelope=cms-signed"), 2);
+}

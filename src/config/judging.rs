@@ -110,6 +110,16 @@ pub struct InboxConfig {
     pub atsms_records: bool,
     #[serde(rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<InboxRuleConfig>,
+    /// The HTTPS inbox (anonymous): POSTs a client network (IPv4 /24, IPv6 /48) may make,
+    /// whatever they carry.
+    pub post_rate_per_network: crate::limit::Rate,
+    /// The HTTPS inbox: POSTs to one DID with an inbox here.
+    pub post_rate_per_did: crate::limit::Rate,
+    /// The HTTPS inbox: POSTs served at once (its own share, apart from the signing
+    /// service's `xrpc.max_concurrent`); more get 503 at once.
+    pub max_concurrent_posts: std::num::NonZeroUsize,
+    /// The HTTPS inbox: seconds a client may take to send a POST's body (slow uploads).
+    pub upload_timeout: NonZeroU64,
 }
 
 impl Default for InboxConfig {
@@ -118,6 +128,16 @@ impl Default for InboxConfig {
             hosts: None,
             atsms_records: true,
             rules: Vec::new(),
+            post_rate_per_network: crate::limit::Rate {
+                count: 300,
+                per: std::time::Duration::from_secs(60),
+            },
+            post_rate_per_did: crate::limit::Rate {
+                count: 60,
+                per: std::time::Duration::from_secs(60),
+            },
+            max_concurrent_posts: std::num::NonZeroUsize::new(32).expect("non-zero"),
+            upload_timeout: NonZeroU64::new(10).expect("non-zero"),
         }
     }
 }

@@ -132,6 +132,9 @@ pub struct XrpcConfig {
     /// Serves `POST /inbox/{did}`: the endpoint the AT-SMS client posts envelopes to, stored
     /// as LMTP stores mail (needs `[lmtp]`).
     pub inbox: bool,
+    /// Reverse proxies (networks) whose `X-Forwarded-For` names the client: the rightmost
+    /// address in it that is not itself one of these. Empty: the peer is the client.
+    pub trusted_proxies: Vec<super::Network>,
 }
 
 impl Default for XrpcConfig {
@@ -142,6 +145,7 @@ impl Default for XrpcConfig {
             max_concurrent: NonZeroUsize::new(64).expect("non-zero"),
             timeout: NonZeroU64::new(10).expect("non-zero"),
             inbox: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }

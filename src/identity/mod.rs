@@ -249,6 +249,25 @@ impl IdentityResolver {
         }
     }
 
+    /// The last document the cache holds for `did`, however old (an entry is kept for
+    /// `max_age` and `stale_if_error`), for a use that may take a stale answer while the
+    /// directory's budget has no slot for it now: a DID mailbox's consent (`routing`, as
+    /// RFC 8767 serves stale DNS answers), never a key.
+    pub async fn last_known_document(&self, did: &str) -> Option<Arc<ResolvedDid>> {
+        self.documents
+            .peek(did)
+            .await
+            .and_then(|e| e.value.clone().ok())
+    }
+
+    /// As `last_known_document`, for the DID's AT-SMS inbox record and devices.
+    pub async fn last_known_inbox(&self, did: &str) -> Option<Arc<inbox::AtsmsInbox>> {
+        self.inboxes
+            .peek(did)
+            .await
+            .and_then(|e| e.value.clone().ok())
+    }
+
     /// Background refreshes queued or running, and dropped for a full queue.
     pub fn refreshes(&self) -> (usize, u64) {
         (self.refresher.pending(), self.refresher.dropped())

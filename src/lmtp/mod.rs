@@ -118,8 +118,11 @@ pub async fn run(
     info!("LMTP listening on {}", listener.describe());
     crate::socket::serve(&listener, "LMTP", shutdown, |stream| {
         let service = service.clone();
+        // A client of its own for the directory's budget (identity::budget).
+        let client = crate::identity::budget::Client::connection();
         async move {
-            if let Err(e) = session(stream, service).await {
+            let session = session(stream, service);
+            if let Err(e) = crate::identity::budget::with_client(client, session).await {
                 debug!("LMTP session ended: {e}");
             }
         }

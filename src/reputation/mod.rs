@@ -362,9 +362,8 @@ impl Reputation {
         }
         let lookup = {
             let (this, did) = (self.clone(), did.to_string());
-            // On its own task, for the same purpose (the PLC budget's mail share).
-            let purpose = crate::identity::budget::purpose();
-            tokio::spawn(crate::identity::budget::with_purpose(purpose, async move {
+            // On its own task, for the same purpose (the PLC budget's mail share) and client.
+            tokio::spawn(crate::identity::budget::carried(async move {
                 let fetch = {
                     let (identity, did) = (this.identity.clone(), did.clone());
                     move || {

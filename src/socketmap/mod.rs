@@ -76,7 +76,12 @@ pub async fn run(
                 return;
             };
             let timeout = tables.router.timeout();
-            if let Err(e) = connection(stream, &tables, timeout).await {
+            // Each connection (a Postfix process, an Exim lookup) is a client of its own
+            // for the directory's budget: one asking for a flood of random DIDs is served in
+            // turn with the others (identity::budget).
+            let client = crate::identity::budget::Client::connection();
+            let served = connection(stream, &tables, timeout);
+            if let Err(e) = crate::identity::budget::with_client(client, served).await {
                 debug!("socketmap connection ended: {e}");
             }
         }

@@ -156,6 +156,73 @@ impl SeenFile {
     }
 }
 
+/// A set of keys kept as files of a directory, one empty file per key, named by its SHA-256
+/// in hex: whether a key is there is one `stat`, adding it one `open`, at any size — the
+/// HTTPS inbox's envelopes already stored (a `SeenFile` is read whole per question). A key
+/// counts until its file is older than the `keep` asked with; `sweep` removes those. The
+/// caller runs these off the async runtime (`spawn_blocking`): they touch the disk.
+pub struct SeenDir {
+    dir: std::path::PathBuf,
+}
+
+impl SeenDir {
+    pub fn new(dir: std::path::PathBuf) -> SeenDir {
+        SeenDir { dir }
+    }
+
+    fn path(&self, hash: &[u8; 32]) -> std::path::PathBuf {
+        let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(name)
+    }
+
+    /// Whether `hash` was added less than `keep` ago.
+    pub fn contains(&self, hash: &[u8; 32], keep: std::time::Duration) -> std::io::Result<bool> {
+        match std::fs::symlink_metadata(self.path(hash)) {
+            Ok(meta) => Ok(meta.modified()?.elapsed().map_or(true, |age| age < keep)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds `hash` (again: its time is now). Durable with the directory's next sync, not
+    /// before: a crash may forget it, and the key is then stored twice, never lost.
+    pub fn insert(&self, hash: &[u8; 32]) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(self.path(hash))
+            .map(drop)
+    }
+
+    /// Removes the keys older than `keep`; the count removed.
+    pub fn sweep(&self, keep: std::time::Duration) -> std::io::Result<usize> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= keep));
+            if old && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 /// 64 hex digits as 32 bytes.
 fn unhex(hex: &str) -> Option<[u8; 32]> {
     let bytes = hex.as_bytes();
@@ -173,6 +240,30 @@ fn unhex(hex: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_directory_answers_each_key_alone_until_it_is_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = SeenDir::new(dir.path().join("seen"));
+        let day = std::time::Duration::from_secs(86_400);
+        assert!(!seen.contains(&[1; 32], day).unwrap(), "no directory yet");
+        seen.insert(&[1; 32]).unwrap();
+        assert!(seen.contains(&[1; 32], day).unwrap());
+        assert!(!seen.contains(&[2; 32], day).unwrap());
+        assert!(
+            !seen.contains(&[1; 32], std::time::Duration::ZERO).unwrap(),
+            "too old"
+        );
+        assert_eq!(seen.sweep(day).unwrap(), 0);
+        assert_eq!(seen.sweep(std::time::Duration::ZERO).unwrap(), 1);
+        assert!(!seen.contains(&[1; 32], day).unwrap());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("seen"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
 
     #[test]
     fn the_file_remembers_across_instances_until_expiry() {

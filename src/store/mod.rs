@@ -12,7 +12,7 @@
 
 mod file;
 
-pub use file::SeenFile;
+pub use file::{SeenDir, SeenFile};
 
 use std::path::Path;
 use std::sync::Mutex;

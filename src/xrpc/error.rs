@@ -14,6 +14,8 @@ pub struct XrpcError {
     pub status: u16,
     pub name: &'static str,
     pub message: String,
+    /// Seconds after which the client may try again (`Retry-After`, RFC 9110 §10.2.3).
+    pub retry_after: Option<u64>,
 }
 
 impl XrpcError {
@@ -22,7 +24,14 @@ impl XrpcError {
             status,
             name,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same, saying when to try again.
+    pub(super) fn retry_after(mut self, after: std::time::Duration) -> XrpcError {
+        self.retry_after = Some(after.as_secs_f64().ceil() as u64);
+        self
     }
 
     pub(super) fn invalid(message: impl Into<String>) -> XrpcError {
@@ -41,6 +50,11 @@ impl IntoResponse for XrpcError {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = Json(serde_json::json!({ "error": self.name, "message": self.message }));
         let mut response = (status, body).into_response();
+        if let Some(after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(after));
+        }
         if self.status == 401 {
             // RFC 6750 §3, as atproto's servers send it.
             let challenge = format!("Bearer error=\"{}\"", self.name);

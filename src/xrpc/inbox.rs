@@ -3,24 +3,42 @@
 //! `at.atsms.inbox` record). The envelope is stored exactly as the SMTP path stores it: made
 //! into the mail the client's SMTP form sends (one `application/atsms-envelope` part) and
 //! handed to LMTP's delivery — the same consent check (the DID mailbox at one of
-//! `inbox.hosts`), judge, size limit and Maildir, one copy. Answers: 202 stored (or already
-//! stored: the same SHA-256), 400 not an envelope, 404 no consent for that DID here, 413 over
-//! `lmtp.max_message_size`, 429 over the recipient's rate, 503 the store or the DID's PDS
-//! unavailable.
+//! `inbox.hosts`), judge and Maildir, one copy. Answers: 202 stored (or already stored: the
+//! same SHA-256), 400 not an envelope, 404 no consent for that DID here, 408 the body took
+//! too long, 413 over the cap, 429 over a rate (with `Retry-After`), 503 too many at once,
+//! or the store or the DID's PDS unavailable.
 //!
-//! Who reaches it: anyone on the HTTP port. What they could make us do, and the bound:
-//! - fill a mailbox: only a DID that consents to mail here; at most `reputation.rate_limit`
-//!   envelopes an hour per recipient DID; each at most `lmtp.max_message_size`; a repeat is
-//!   stored once (SHA-256, remembered in a `SeenFile` beside the Maildir);
-//! - spend lookups: one DID document and its inbox records per new DID, under the PLC
-//!   budget's share for what is not mail (`resolver.mail_share`), cached like documents;
-//! - learn who has a mailbox here: 404 says no more than the DID's own public records do;
-//! - be recorded: the sender's address is not kept with the envelope (their spec §7): no
+//! Who reaches it: anyone on the HTTP port, without credentials, by design. What one client
+//! could make us spend, and the bound, in the order a POST meets them:
+//! - requests: `inbox.post_rate_per_network` POSTs per client network (IPv4 /24, IPv6 /48;
+//!   the client as `xrpc.trusted_proxies` name it), whatever they carry, counted before
+//!   anything is read or looked up; `inbox.max_concurrent_posts` at once, apart from the
+//!   signing service's share (`xrpc.max_concurrent`);
+//! - lookups: the DID's consent is asked from the path before the body is read (a DID with no
+//!   inbox here costs no byte of body), under the PLC budget's share for what is not mail and
+//!   in the turn of the client's network (`identity::budget`), cached like documents;
+//! - memory: the body is read up to `MAX_BODY` (the base64 of the largest envelope taken, a
+//!   CMS structure of `MAX_CMS`; a sealed envelope, at most the client's 64 KiB bucket and
+//!   its framing, `MAX_SEALED`, is refused past that once decoded), within
+//!   `inbox.upload_timeout`; the JSON is dropped once decoded, so a POST holds its body, then
+//!   the envelope, then the mail made of it, never all at once;
+//! - a mailbox: `inbox.post_rate_per_did` POSTs per DID (and `reputation.rate_limit`
+//!   envelopes an hour, when set); a repeat is stored once (SHA-256, one file per envelope
+//!   in a `SeenDir` beside the Maildir: one `stat` whatever its size, off the runtime);
+//! - half-done work: the storing runs on a task of its own, so a client gone or a timeout
+//!   never cancels it half-way; an envelope is acknowledged (202) only once stored, and two
+//!   POSTs of the same envelope wait for each other, so neither is told "already stored"
+//!   before it is;
+//! - learning who has a mailbox here: 404 says no more than the DID's own public records do;
+//! - being recorded: the sender's address is not kept with the envelope (their spec §7): no
 //!   `Received` field, no log line with the peer's address.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -32,27 +50,63 @@ use tracing::{info, warn};
 use super::error::XrpcError;
 use super::request::read_json_body;
 use crate::floor::EnvelopeKind;
+use crate::identity::budget::{self, Client};
+use crate::limit::RateLimit;
 use crate::lmtp::LmtpService;
-use crate::store::SeenFile;
+use crate::routing::Consent;
+use crate::store::SeenDir;
 
 /// How long a stored envelope is remembered as stored (a client retrying after a lost answer
 /// does so within minutes; a week is generous).
-const REMEMBER: i64 = 7 * 86_400;
+const REMEMBER: Duration = Duration::from_secs(7 * 86_400);
+/// The largest sealed envelope: the client's largest padding bucket (64 KiB) and the CBOR
+/// and AEAD framing around it (sealed-sender §5), with room to spare.
+pub const MAX_SEALED: usize = 64 * 1024 + 1024;
+/// The largest CMS structure taken (an EnvelopedData or SignedData the client's SMTP form
+/// carries; the MIME scanner keeps an AT-SMS part of at most as much).
+pub const MAX_CMS: usize = 1024 * 1024;
+/// The largest body read: the base64 of `MAX_CMS` and the JSON around it.
+pub const MAX_BODY: usize = MAX_CMS.div_ceil(3) * 4 + 1024;
+/// The directory of stored envelopes' hashes in a DID's Maildir.
+const SEEN_DIR: &str = "atsms-inbox-seen.d";
+/// Client networks and DIDs a rate is kept for at most.
+const RATE_KEYS: u64 = 100_000;
 
-/// The HTTPS inbox: LMTP's delivery, and the envelopes being stored right now.
+/// The HTTPS inbox: LMTP's delivery, its bounds, and the envelopes being stored right now.
 pub struct Inbox {
     lmtp: Arc<LmtpService>,
     /// `inbox.hosts`: the DID mailbox is `<did mailbox>@<the first host it consents to>`.
     hosts: Vec<String>,
-    in_flight: Mutex<HashSet<[u8; 32]>>,
+    per_network: RateLimit<Client>,
+    per_did: RateLimit<String>,
+    permits: Arc<tokio::sync::Semaphore>,
+    upload_timeout: Duration,
+    /// The envelopes being stored: a second POST of one waits for the first to end.
+    in_flight: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<()>>>,
+    /// Seen directories swept of old entries in the last hour.
+    swept: moka::sync::Cache<PathBuf, ()>,
 }
 
 impl Inbox {
-    pub fn new(lmtp: Arc<LmtpService>, hosts: Vec<String>) -> Inbox {
+    pub fn new(
+        lmtp: Arc<LmtpService>,
+        hosts: Vec<String>,
+        config: &crate::config::InboxConfig,
+    ) -> Inbox {
         Inbox {
             lmtp,
             hosts,
-            in_flight: Mutex::new(HashSet::new()),
+            per_network: RateLimit::new(config.post_rate_per_network, RATE_KEYS),
+            per_did: RateLimit::new(config.post_rate_per_did, RATE_KEYS),
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_posts.get(),
+            )),
+            upload_timeout: Duration::from_secs(config.upload_timeout.get()),
+            in_flight: Mutex::new(HashMap::new()),
+            swept: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(3600))
+                .build(),
         }
     }
 }
@@ -86,157 +140,296 @@ fn as_mail(envelope: &[u8], hash: &str, mailbox: &str, host: &str, now: i64) -> 
 pub(super) async fn post(
     State(service): State<Arc<super::Service>>,
     Path(did): Path<String>,
+    Extension(peer): Extension<crate::http::Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(inbox) = service.inbox.as_ref() else {
+    let Some(inbox) = service.inbox.clone() else {
         return XrpcError::new(404, "NotFound", "not found").into_response();
     };
-    let Ok(_permit) = service.permits.clone().try_acquire_owned() else {
+    // Every POST counts against its network's rate, before anything is read or looked up.
+    let client = service
+        .client_ip(peer.0, &headers)
+        .map_or(Client::UNKNOWN, Client::network);
+    if let Err(limited) = inbox.per_network.check(client, Instant::now()) {
+        return XrpcError::new(
+            429,
+            "RateLimitExceeded",
+            "too many requests from your network; try again later",
+        )
+        .retry_after(limited.retry_after)
+        .into_response();
+    }
+    let Ok(_permit) = inbox.permits.clone().try_acquire_owned() else {
+        crate::warn_throttled!("inbox: more than inbox.max_concurrent_posts at once; one refused");
         return XrpcError::new(503, "NotEnoughResources", "too many requests at once")
             .into_response();
     };
-    match tokio::time::timeout(service.timeout, store(inbox, &did, &headers, body)).await {
+    let accepted = budget::with_client(client, accept(&inbox, &did, &headers, body));
+    match tokio::time::timeout(service.timeout, accepted).await {
         Ok(Ok(stored)) => (
             axum::http::StatusCode::ACCEPTED,
             axum::Json(serde_json::json!({"stored": stored.0, "sha256": stored.1})),
         )
             .into_response(),
         Ok(Err(e)) => e.into_response(),
-        Err(_) => {
-            XrpcError::new(504, "UpstreamTimeout", "the request took too long").into_response()
-        }
+        // Not acknowledged: if the storing goes on and ends well, the client's retry is told
+        // it is stored already.
+        Err(_) => XrpcError::new(503, "Unavailable", "not stored in time; try again later")
+            .into_response(),
     }
 }
 
-/// Stores the posted envelope: `(newly stored, its SHA-256)`.
-async fn store(
-    inbox: &Inbox,
+fn not_here() -> XrpcError {
+    XrpcError::new(404, "NotFound", "no inbox here for that DID")
+}
+
+/// Takes the posted envelope in: `(newly stored, its SHA-256)`.
+async fn accept(
+    inbox: &Arc<Inbox>,
     did: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(bool, String), XrpcError> {
-    let mailbox_local = match crate::syntax::supported_did_method(did) {
+    let local = match crate::syntax::supported_did_method(did) {
         Some(_) if !did.contains('%') => crate::address::local_part_of_did(did),
-        _ => {
+        _ => return Err(not_here()),
+    };
+    // Consent from the path first: nothing of the body is read for a DID with no inbox here.
+    let (address, host) = inbox.mailbox(&local, None).await?;
+    if let Err(limited) = inbox.per_did.check(did.to_string(), Instant::now()) {
+        return Err(XrpcError::new(
+            429,
+            "RateLimitExceeded",
+            "too many envelopes for this DID; try again later",
+        )
+        .retry_after(limited.retry_after));
+    }
+    let read = read_json_body(headers, body, MAX_BODY);
+    let raw = tokio::time::timeout(inbox.upload_timeout, read)
+        .await
+        .map_err(|_| {
+            XrpcError::new(
+                408,
+                "RequestTimeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    inbox.upload_timeout.as_secs()
+                ),
+            )
+        })??;
+    let envelope = decode(raw)?;
+    let too_large = |max: usize| {
+        XrpcError::new(
+            413,
+            "PayloadTooLarge",
+            format!("an envelope of this kind is limited to {max} bytes"),
+        )
+    };
+    let max = MAX_CMS.min(usize::try_from(inbox.lmtp.max_message_size).unwrap_or(usize::MAX));
+    if envelope.len() > max {
+        return Err(too_large(max));
+    }
+    let kind = crate::floor::classify(&envelope);
+    match kind {
+        EnvelopeKind::Malformed => {
             return Err(XrpcError::new(
-                404,
-                "NotFound",
-                "no inbox here for that DID",
+                400,
+                "InvalidEnvelope",
+                "not an AT-SMS envelope (a sealed envelope or a CMS structure)",
             ));
         }
+        EnvelopeKind::Sealed if envelope.len() > MAX_SEALED => {
+            return Err(too_large(MAX_SEALED));
+        }
+        _ => {}
+    }
+    // An EnvelopedData: consent also needs it to be encrypted to a device the DID publishes.
+    if kind == EnvelopeKind::CmsEnveloped {
+        let recipients = crate::floor::enveloped_recipients(&envelope);
+        inbox.mailbox(&local, recipients.as_deref()).await?;
+    }
+    let digest: [u8; 32] = Sha256::digest(&envelope).into();
+    let job = Job {
+        did: did.to_string(),
+        address,
+        host,
+        envelope,
+        digest,
     };
-    let max = usize::try_from(inbox.lmtp.max_message_size).unwrap_or(usize::MAX);
-    // base64 is 4/3 of the bytes, plus the JSON around it.
-    let limit = max.saturating_mul(4) / 3 + 1024;
-    let raw = read_json_body(headers, body, limit).await?;
+    // On a task of its own: what cancels this request (a timeout, a client gone) never
+    // cancels the storing half-way.
+    let hash = hex(&digest);
+    match tokio::spawn(budget::carried(store_once(inbox.clone(), job))).await {
+        Ok(Ok(stored)) => Ok((stored, hash)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(XrpcError::new(
+            500,
+            "InternalServerError",
+            "the envelope could not be stored",
+        )),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The envelope of `{"envelope": "<base64>"}`; the JSON is dropped here.
+fn decode(raw: Vec<u8>) -> Result<Vec<u8>, XrpcError> {
     #[derive(serde::Deserialize)]
-    struct Posted {
-        envelope: String,
+    struct Posted<'a> {
+        #[serde(borrow)]
+        envelope: std::borrow::Cow<'a, str>,
     }
     let posted: Posted = serde_json::from_slice(&raw)
         .map_err(|_| XrpcError::invalid("the body must be {\"envelope\": \"<base64>\"}"))?;
-    let envelope = base64::engine::general_purpose::STANDARD
-        .decode(posted.envelope.trim())
-        .or_else(|_| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(posted.envelope.trim())
-        })
-        .map_err(|_| XrpcError::invalid("envelope: not base64"))?;
-    if envelope.len() > max {
-        return Err(XrpcError::new(
-            413,
-            "PayloadTooLarge",
-            format!("the envelope is limited to {max} bytes (lmtp.max_message_size)"),
-        ));
-    }
-    let kind = crate::floor::classify(&envelope);
-    if kind == EnvelopeKind::Malformed {
-        return Err(XrpcError::new(
-            400,
-            "InvalidEnvelope",
-            "not an AT-SMS envelope (a sealed envelope or a CMS structure)",
-        ));
-    }
-    let digest: [u8; 32] = Sha256::digest(&envelope).into();
-    let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let text = posted.envelope.trim();
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
+        .map_err(|_| XrpcError::invalid("envelope: not base64"))
+}
 
-    // The DID mailbox here: the first of inbox.hosts it consents to.
-    let settings = inbox.lmtp.settings.get();
-    let enveloped_to = (kind == EnvelopeKind::CmsEnveloped)
-        .then(|| crate::floor::enveloped_recipients(&envelope))
-        .flatten();
-    let mut unknown = None;
-    let mut chosen = None;
-    for host in &inbox.hosts {
-        let address = format!("{mailbox_local}@{host}");
-        match settings
-            .router
-            .consent_of(&address, enveloped_to.as_deref())
-            .await
-        {
-            Some(crate::routing::Consent::Given) => {
-                chosen = Some((address, host.clone()));
-                break;
+impl Inbox {
+    /// The DID mailbox here an envelope for the DID whose mailbox local part is `local` goes
+    /// to: the first of `inbox.hosts` it consents to (with the recipients of an
+    /// EnvelopedData, to one of its devices). 404 without, 503 when that cannot be known now.
+    async fn mailbox(
+        &self,
+        local: &str,
+        enveloped_to: Option<&[crate::floor::Recipient]>,
+    ) -> Result<(String, String), XrpcError> {
+        let router = self.lmtp.settings.get().router.clone();
+        let mut unknown = None;
+        for host in &self.hosts {
+            let address = format!("{local}@{host}");
+            match router.consent_of(&address, enveloped_to).await {
+                Some(Consent::Given) => return Ok((address, host.clone())),
+                Some(Consent::Unknown(why)) => unknown = Some(why),
+                _ => {}
             }
-            Some(crate::routing::Consent::Unknown(why)) => unknown = Some(why),
-            _ => {}
         }
-    }
-    let Some((address, host)) = chosen else {
-        return Err(match unknown {
+        Err(match unknown {
             Some(why) => XrpcError::new(
                 503,
                 "Unavailable",
                 format!("the DID's document or PDS is unavailable ({why}); try again later"),
             ),
-            None => XrpcError::new(404, "NotFound", "no inbox here for that DID"),
-        });
-    };
+            None => not_here(),
+        })
+    }
+}
 
-    // Once per envelope: concurrent posts of the same one wait for none, one stores it.
+/// One envelope to store for one DID mailbox.
+struct Job {
+    did: String,
+    address: String,
+    host: String,
+    envelope: Vec<u8>,
+    digest: [u8; 32],
+}
+
+/// An envelope being stored: taken off the in-flight set however the storing ends (stored,
+/// refused, panicked), which wakes the POSTs of the same envelope waiting for it.
+struct InFlight {
+    inbox: Arc<Inbox>,
+    digest: [u8; 32],
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inbox
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.digest);
+    }
+}
+
+/// Stores `job` unless it is stored already: `Ok(true)` newly stored, `Ok(false)` stored
+/// before. One store of an envelope at a time; another waits for it, then looks again.
+async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
+    let _in_flight = loop {
+        let waiting = {
+            let mut in_flight = inbox.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            match in_flight.get(&job.digest) {
+                Some(done) => Err(done.clone()),
+                None => {
+                    let (done, waiting) = tokio::sync::watch::channel(());
+                    in_flight.insert(job.digest, waiting);
+                    Ok(done)
+                }
+            }
+        };
+        match waiting {
+            Ok(done) => {
+                break InFlight {
+                    inbox: inbox.clone(),
+                    digest: job.digest,
+                    _done: done,
+                };
+            }
+            // Ends when the other store does (its sender dropped).
+            Err(mut other) => while other.changed().await.is_ok() {},
+        }
+    };
     let recipient = inbox
         .lmtp
         .mailboxes()
-        .resolve(&address)
-        .map_err(|_| XrpcError::new(404, "NotFound", "no inbox here for that DID"))?;
-    let seen = SeenFile::new(recipient.maildir.join("atsms-inbox-seen"));
-    let now = settings.now();
-    if seen.contains(&hash, now).unwrap_or(false) {
-        return Ok((false, hash));
-    }
-    if !inbox
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(digest)
-    {
-        return Ok((false, hash));
-    }
-    let result = async {
-        if let Some(reputation) = &settings.reputation
-            && !reputation.inbox_allows(did, &hash, now).await
-        {
-            return Err(XrpcError::new(
-                429,
-                "RateLimitExceeded",
-                "too many envelopes for this DID; try again later",
-            ));
-        }
-        let mail = as_mail(&envelope, &hash, &address, &host, now);
-        let reply = crate::lmtp::delivery::deliver_message(&inbox.lmtp, "", &address, &mail).await;
-        answer(&reply, did, &hash)
-    }
+        .resolve(&job.address)
+        .map_err(|_| not_here())?;
+    let seen = Arc::new(SeenDir::new(recipient.maildir.join(SEEN_DIR)));
+    let digest = job.digest;
+    let stored = blocking({
+        let seen = seen.clone();
+        move || seen.contains(&digest, REMEMBER)
+    })
     .await;
-    inbox
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&digest);
-    result?;
-    if let Err(e) = seen.insert(&hash, now + REMEMBER, now) {
-        seen.warn(&e);
+    if stored.unwrap_or(false) {
+        return Ok(false);
     }
-    Ok((true, hash))
+    let settings = inbox.lmtp.settings.get();
+    let now = settings.now();
+    let hash = hex(&job.digest);
+    if let Some(reputation) = &settings.reputation
+        && !reputation.inbox_allows(&job.did, &hash, now).await
+    {
+        return Err(XrpcError::new(
+            429,
+            "RateLimitExceeded",
+            "too many envelopes for this DID; try again later",
+        ));
+    }
+    let mail = as_mail(&job.envelope, &hash, &job.address, &job.host, now);
+    drop(job.envelope);
+    let reply = crate::lmtp::delivery::deliver_message(&inbox.lmtp, "", &job.address, &mail).await;
+    drop(mail);
+    answer(&reply, &job.did, &hash)?;
+    if let Err(e) = blocking({
+        let seen = seen.clone();
+        move || seen.insert(&digest)
+    })
+    .await
+    {
+        warn!("inbox: cannot note {hash} as stored (a repeat would be stored again): {e}");
+    }
+    let dir = recipient.maildir.join(SEEN_DIR);
+    if !inbox.swept.contains_key(&dir) {
+        inbox.swept.insert(dir, ());
+        tokio::task::spawn_blocking(move || seen.sweep(REMEMBER));
+    }
+    Ok(true)
+}
+
+/// Runs file work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
 }
 
 /// LMTP's reply as the inbox's answer.
@@ -248,11 +441,7 @@ fn answer(reply: &crate::reply::Reply, did: &str, hash: &str) -> Result<(), Xrpc
             Ok(())
         }
         552 => Err(XrpcError::new(413, "PayloadTooLarge", text)),
-        550 if reply.enhanced.is_some_and(|e| e.1 == 1) => Err(XrpcError::new(
-            404,
-            "NotFound",
-            "no inbox here for that DID",
-        )),
+        550 if reply.enhanced.is_some_and(|e| e.1 == 1) => Err(not_here()),
         400..=499 => {
             warn!("inbox: {did}: {} {text}", reply.code);
             Err(XrpcError::new(

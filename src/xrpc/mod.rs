@@ -20,6 +20,7 @@ mod request;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -30,6 +31,7 @@ use axum::routing::{get, post};
 use tracing::{debug, info, warn};
 
 use crate::envelope::sign::{Covered, field_value};
+use crate::identity::budget::Client;
 use crate::live::Live;
 use crate::service_auth::{
     AuthError, Authenticator, Caller, JtiSet, SIGN_ENVELOPE, SIGN_ENVELOPE_DEPRECATED,
@@ -71,7 +73,9 @@ pub struct Service {
     permits: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
     /// The HTTPS inbox, when `xrpc.inbox` is on.
-    inbox: Option<inbox::Inbox>,
+    inbox: Option<Arc<inbox::Inbox>>,
+    /// `xrpc.trusted_proxies`: peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Vec<crate::config::Network>,
 }
 
 impl Service {
@@ -92,13 +96,23 @@ impl Service {
             permits: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent.get())),
             timeout: Duration::from_secs(config.timeout.get()),
             inbox: None,
+            trusted_proxies: config.trusted_proxies.clone(),
         })
     }
 
     /// Serves the HTTPS inbox too (`xrpc.inbox`).
     pub fn with_inbox(mut self, inbox: inbox::Inbox) -> Service {
-        self.inbox = Some(inbox);
+        self.inbox = Some(Arc::new(inbox));
         self
+    }
+
+    /// The client's address (`client_ip`).
+    fn client_ip(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: &HeaderMap,
+    ) -> Option<std::net::IpAddr> {
+        client_ip(&self.trusted_proxies, peer, headers)
     }
 
     /// One `signEnvelope` call to the method `lxm`, checked in the order of interfaces.md's
@@ -163,10 +177,11 @@ impl Service {
 
 async fn sign_envelope(
     State(service): State<Arc<Service>>,
+    Extension(peer): Extension<crate::http::Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    serve_sign(service, SIGN_ENVELOPE, headers, body).await
+    serve_sign(service, SIGN_ENVELOPE, peer, headers, body).await
 }
 
 /// The method's deprecated first name (`at.atsms.mail.signEnvelope`): served for one release,
@@ -174,6 +189,7 @@ async fn sign_envelope(
 /// 2026-12-05) and a `Link` to its successor on the answer.
 async fn sign_envelope_deprecated(
     State(service): State<Arc<Service>>,
+    Extension(peer): Extension<crate::http::Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -181,7 +197,7 @@ async fn sign_envelope_deprecated(
         "xrpc: a client called the deprecated {SIGN_ENVELOPE_DEPRECATED}; it is served for one \
          more release: use {SIGN_ENVELOPE}"
     );
-    let mut response = serve_sign(service, SIGN_ENVELOPE_DEPRECATED, headers, body).await;
+    let mut response = serve_sign(service, SIGN_ENVELOPE_DEPRECATED, peer, headers, body).await;
     response.headers_mut().insert(
         "deprecation",
         header::HeaderValue::from_static("@1796428800"),
@@ -195,7 +211,13 @@ async fn sign_envelope_deprecated(
     response
 }
 
-async fn serve_sign(service: Arc<Service>, lxm: &str, headers: HeaderMap, body: Body) -> Response {
+async fn serve_sign(
+    service: Arc<Service>,
+    lxm: &str,
+    peer: crate::http::Peer,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Ok(_permit) = service.permits.clone().try_acquire_owned() else {
         crate::warn_throttled!("xrpc: more than xrpc.max_concurrent requests; one refused");
         return XrpcError::new(
@@ -205,7 +227,12 @@ async fn serve_sign(service: Arc<Service>, lxm: &str, headers: HeaderMap, body: 
         )
         .into_response();
     };
-    match tokio::time::timeout(service.timeout, service.sign(lxm, &headers, body)).await {
+    // The caller's lookups take its network's turn of the directory's budget.
+    let client = service
+        .client_ip(peer.0, &headers)
+        .map_or(Client::UNKNOWN, Client::network);
+    let signed = crate::identity::budget::with_client(client, service.sign(lxm, &headers, body));
+    match tokio::time::timeout(service.timeout, signed).await {
         Ok(Ok(output)) => Json(output).into_response(),
         Ok(Err(e)) => {
             if e.status >= 500 {
@@ -291,4 +318,75 @@ pub async fn run(
     };
     crate::http::serve(&listener, "xrpc", router(service), bounds, shutdown).await;
     Ok(())
+}
+
+/// The client's address: the peer's, or behind a trusted reverse proxy the rightmost address
+/// of `X-Forwarded-For` that is not itself a trusted proxy (what a client wrote further left
+/// is its own to forge; an unreadable entry stops the walk at the last proxy).
+fn client_ip(
+    trusted_proxies: &[crate::config::Network],
+    peer: Option<std::net::IpAddr>,
+    headers: &HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let trusted = |ip: &std::net::IpAddr| trusted_proxies.iter().any(|n| n.0.contains(ip));
+    let peer = peer?;
+    if !trusted(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<Option<std::net::IpAddr>> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or_default().split(','))
+        .map(|a| a.trim().parse().ok())
+        .collect();
+    let mut client = peer;
+    for hop in forwarded.into_iter().rev() {
+        match hop {
+            Some(ip) if trusted(&ip) => client = ip,
+            Some(ip) => return Some(ip),
+            None => break,
+        }
+    }
+    Some(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_peer_or_what_a_trusted_proxy_says() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let trusted = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let headers = |xff: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in xff {
+                h.append("x-forwarded-for", v.parse().unwrap());
+            }
+            h
+        };
+        let at = |peer: &str, xff: &[&str]| client_ip(&trusted, Some(ip(peer)), &headers(xff));
+        // Not a proxy: its own address, whatever it writes.
+        assert_eq!(at("192.0.2.7", &["198.51.100.1"]), Some(ip("192.0.2.7")));
+        // Behind the proxy: the rightmost address not a proxy's.
+        assert_eq!(at("127.0.0.1", &["198.51.100.1"]), Some(ip("198.51.100.1")));
+        assert_eq!(
+            at("127.0.0.1", &["1.1.1.1, 198.51.100.1", "10.1.2.3"]),
+            Some(ip("198.51.100.1"))
+        );
+        // A forged or unreadable entry further left is not believed.
+        assert_eq!(
+            at("127.0.0.1", &["1.1.1.1, junk, 198.51.100.1"]),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(
+            at("127.0.0.1", &["198.51.100.1, junk"]),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(at("127.0.0.1", &[]), Some(ip("127.0.0.1")));
+        assert_eq!(client_ip(&trusted, None, &headers(&["1.1.1.1"])), None);
+    }
 }

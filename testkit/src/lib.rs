@@ -4,6 +4,9 @@
 //! stand-ins for what is outside this machine's reach (a PLC directory and PDS over HTTP,
 //! DNS) that speak the real protocols to the real client code.
 #![allow(dead_code)]
+// The daemon's futures (an identity lookup carried into its own task for its client's
+// turn) are laid out deeper than the default limit of 128.
+#![recursion_limit = "256"]
 
 pub mod daemon;
 pub mod dns;

@@ -20,6 +20,8 @@ pub struct Plc {
     records: Arc<Mutex<std::collections::BTreeMap<String, serde_json::Value>>>,
     /// While set, the PDS answers 503 (the directory still answers).
     pds_down: Arc<std::sync::atomic::AtomicBool>,
+    /// Milliseconds the PDS waits before each answer.
+    pds_delay: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Plc {
@@ -30,14 +32,20 @@ impl Plc {
         let records: Arc<Mutex<std::collections::BTreeMap<String, serde_json::Value>>> =
             Arc::default();
         let pds_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pds_delay = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (docs, logs, is_down) = (documents.clone(), audits.clone(), down.clone());
         let (stored, is_pds_down) = (records.clone(), pds_down.clone());
+        let delay = pds_delay.clone();
         let server = HttpServer::start(Arc::new(move |target: &str| {
             if target.starts_with("/xrpc/") {
                 if is_pds_down.load(std::sync::atomic::Ordering::SeqCst) {
                     return Reply::json(503, "{}");
                 }
-                return pds(&stored.lock().unwrap(), target);
+                let answer = pds(&stored.lock().unwrap(), target);
+                return match delay.load(std::sync::atomic::Ordering::SeqCst) {
+                    0 => answer,
+                    ms => Reply::Delayed(std::time::Duration::from_millis(ms), Box::new(answer)),
+                };
             }
             if is_down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Reply::json(503, "{}");
@@ -61,7 +69,16 @@ impl Plc {
             down,
             records,
             pds_down,
+            pds_delay,
         }
+    }
+
+    /// The PDS waits this long before each answer from now on.
+    pub fn set_pds_delay(&self, delay: std::time::Duration) {
+        self.pds_delay.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
     }
 
     /// `set`, with this server as the DID's PDS.
