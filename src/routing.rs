@@ -212,22 +212,22 @@ impl Router {
     /// The DID's endpoint. A cold lookup that has not finished within `timeout` answers
     /// "later" while the fetch goes on in the background and fills the cache: a slow answer
     /// would stall every client of Postfix's trivial-rewrite. The fetch takes the turn of
-    /// the client that asked (`budget::carried`). With `stale_ok` (consent), a document the
-    /// directory's budget had no slot to refetch now is answered from the last one known.
-    async fn endpoint(&self, did: &str, stale_ok: bool) -> Result<Endpoint, Lookup> {
+    /// the client that asked (`budget::carried`). For `consent`, a document past
+    /// `cache.max_age` is answered while it is refreshed
+    /// (`IdentityResolver::resolve_did_for_consent`): a mailbox keeps its consent while a
+    /// flood of lookups has spent the directory's budget.
+    async fn endpoint(&self, did: &str, consent: bool) -> Result<Endpoint, Lookup> {
         let identity = self.identity.clone();
         let owned = did.to_string();
         let fetch = tokio::spawn(crate::identity::budget::carried(async move {
-            identity.resolve_did(&owned).await
+            if consent {
+                identity.resolve_did_for_consent(&owned).await
+            } else {
+                identity.resolve_did(&owned).await
+            }
         }));
         match tokio::time::timeout(self.timeout, fetch).await {
             Ok(Ok(Ok(found))) => Ok(Endpoint::of(&found.value)),
-            Ok(Ok(Err(e))) if stale_ok && e.is_busy() => {
-                match self.identity.last_known_document(did).await {
-                    Some(last) => Ok(Endpoint::of(&last)),
-                    None => Err(Lookup::Later(e.to_string())),
-                }
-            }
             Ok(Ok(Err(e))) if e.is_transient() => Err(Lookup::Later(e.to_string())),
             Ok(Ok(Err(_))) => Err(Lookup::Nothing),
             Ok(Err(_)) => Err(Lookup::Later("lookup failed".into())),
@@ -397,13 +397,13 @@ impl Router {
         }
     }
 
-    /// Consent by the DID's AT-SMS records, within `timeout` (the fetch goes on); the last
-    /// records known while the directory's budget has no slot to refetch them now.
+    /// Consent by the DID's AT-SMS records, within `timeout` (the fetch goes on); records
+    /// past `cache.max_age` answer while they are refreshed.
     async fn record_consent(&self, address: &DidAddress) -> Consent {
         let identity = self.identity.clone();
         let did = address.did.clone();
         let fetch = tokio::spawn(crate::identity::budget::carried(async move {
-            identity.atsms_inbox(&did).await
+            identity.atsms_inbox_for_consent(&did).await
         }));
         let gives = |inbox: &crate::identity::inbox::AtsmsInbox| {
             if inbox.names_mailbox(&address.did, &address.domain) && !inbox.devices.is_empty() {
@@ -414,12 +414,6 @@ impl Router {
         };
         match tokio::time::timeout(self.timeout, fetch).await {
             Ok(Ok(Ok(found))) => gives(&found.value),
-            Ok(Ok(Err(e))) if e.is_busy() => {
-                match self.identity.last_known_inbox(&address.did).await {
-                    Some(last) => gives(&last),
-                    None => Consent::Unknown(e.to_string()),
-                }
-            }
             Ok(Ok(Err(e))) if e.is_transient() => Consent::Unknown(e.to_string()),
             Ok(Ok(Err(_))) => Consent::Refused,
             Ok(Err(_)) => Consent::Unknown("lookup failed".into()),
@@ -454,7 +448,7 @@ impl Router {
         let identity = self.identity.clone();
         let did = address.did.clone();
         let fetch = tokio::spawn(crate::identity::budget::carried(async move {
-            identity.atsms_inbox(&did).await
+            identity.atsms_inbox_for_consent(&did).await
         }));
         Some(match tokio::time::timeout(self.timeout, fetch).await {
             Ok(Ok(Ok(found))) => {

@@ -438,3 +438,184 @@ fn postfix_delivers_a_mailto_target_to_the_address_vetted_or_not_at_all() {
         "{log}"
     );
 }
+
+/// One netstring request on a socketmap connection, its answer's text.
+fn socketmap_lookup(stream: &mut std::net::TcpStream, map: &str, key: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let request = format!("{map} {key}");
+    stream
+        .write_all(format!("{}:{request},", request.len()).as_bytes())
+        .ok()?;
+    let mut length = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).ok()? == 1 && byte[0] != b':' {
+        length.push(byte[0]);
+    }
+    let length: usize = String::from_utf8(length).ok()?.parse().ok()?;
+    let mut answer = vec![0u8; length + 1];
+    stream.read_exact(&mut answer).ok()?;
+    answer.pop();
+    String::from_utf8(answer).ok()
+}
+
+/// Outsiders flood every way a DID lookup can be set off from outside — socketmap lookups
+/// from eight connections (Postfix processes), POSTs to the HTTPS inbox, RCPTs through
+/// Postfix from another client — each naming a random DID, which costs the directory a
+/// request, far more than its budget for what is not mail (2 a second here). Mail to the
+/// real DID mailboxes of this host is still accepted: their documents, past `cache.max_age`
+/// by then, answer their consent while they are refreshed, and what lookups they need take
+/// their client's turn (it once got `451 4.4.3 … budget spent`).
+#[test]
+fn real_did_mailboxes_take_mail_while_strangers_flood_lookups_of_random_dids() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let plc = Plc::start();
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let real = [plc_did(50), plc_did(51)];
+    let root = support::public_tempdir();
+    let (lmtp, maps, http) = (free_port(), free_port(), free_port());
+    let _daemon = Daemon::start(
+        &format!(
+            "[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{0}/%d/%n/Maildir\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[xrpc]\nlisten = \"inet:127.0.0.1:{http}\"\ninbox = true\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\nmax_requests_per_second = 4\nmail_share = 0.5\n[cache]\nfresh = 1\nmax_age = 2\n[inbox]\nhosts = [\"localhost\"]\n[policy]\nauthserv_id = \"b.test\"\n[store]\njti_file = \"{0}/jti\"\n",
+            root.path().display(),
+            plc.url()
+        ),
+        lmtp,
+    );
+    let b = Postfix::start(
+        &[],
+        &format!(
+            "myhostname = b.test\nvirtual_mailbox_domains = localhost\nvirtual_mailbox_maps = socketmap:inet:127.0.0.1:{maps}:atsms_mailbox\nvirtual_transport = lmtp:inet:127.0.0.1:{lmtp}\nlmtp_line_length_limit = 0\nsmtpd_error_sleep_time = 0\nsmtpd_soft_error_limit = 1000\nsmtpd_hard_error_limit = 1000\n"
+        ),
+    );
+    for did in &real {
+        plc.set(
+            did,
+            &key,
+            Some(&format!("smtp://localhost:{}", b.smtp_port)),
+        );
+    }
+    // Each has taken mail here before the flood.
+    let maildir = |did: &str| {
+        root.path()
+            .join("localhost")
+            .join(mailbox(did))
+            .join("Maildir/new")
+    };
+    for did in &real {
+        let to = format!("{}@localhost", mailbox(did));
+        let (transcript, ok) = b.swaks("alice@a.example", &to, &message(&to, "before"));
+        assert!(ok, "{transcript}");
+        b.wait_for_files(&maildir(did), 1);
+    }
+    std::thread::sleep(Duration::from_secs(3)); // past cache.max_age
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicUsize::new(100_000));
+    let answers: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+    let random = {
+        let next = next.clone();
+        move || plc_did(next.fetch_add(1, Ordering::Relaxed))
+    };
+    let count = {
+        let answers = answers.clone();
+        move |what: String| *answers.lock().unwrap().entry(what).or_default() += 1
+    };
+    let mut flood = Vec::new();
+    for _ in 0..8 {
+        let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
+        flood.push(std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", maps)).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("{}@localhost", mailbox(&random()));
+                let Some(answer) = socketmap_lookup(&mut stream, "atsms_mailbox", &key) else {
+                    break;
+                };
+                count(format!(
+                    "socketmap {}",
+                    answer.split(' ').next().unwrap_or("")
+                ));
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
+        flood.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+                let _ = write!(
+                    s,
+                    "POST /inbox/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+                    random()
+                );
+                let mut status = String::new();
+                let _ = BufReader::new(s).read_line(&mut status);
+                count(format!("inbox {}", status.split(' ').nth(1).unwrap_or("-")));
+            }
+        }));
+    }
+    for _ in 0..2 {
+        let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
+        let port = b.smtp_port;
+        flood.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                let mut reader = BufReader::new(socket.try_clone().unwrap());
+                let mut writer = socket;
+                let mut line = String::new();
+                let mut say = |text: &str| {
+                    let _ = write!(writer, "{text}\r\n");
+                };
+                let _ = reader.read_line(&mut line);
+                say("HELO flood.example");
+                say("MAIL FROM:<x@flood.example>");
+                for _ in 0..10 {
+                    say(&format!("RCPT TO:<{}@localhost>", mailbox(&random())));
+                }
+                say("QUIT");
+                for l in reader.lines().map_while(Result::ok) {
+                    if l.starts_with("550") || l.starts_with("450") || l.starts_with("451") {
+                        count(format!("smtp {}", &l[..3]));
+                    }
+                }
+            }
+        }));
+    }
+    // The flood has filled the others' schedule (2 lookups a second) many times over.
+    let (flooding, asked_before) = (Instant::now(), plc.requests());
+    std::thread::sleep(Duration::from_secs(3));
+    let mut took = Vec::new();
+    for did in &real {
+        let to = format!("{}@localhost", mailbox(did));
+        let started = Instant::now();
+        let (transcript, ok) = b.swaks("alice@a.example", &to, &message(&to, "under a flood"));
+        took.push(started.elapsed());
+        assert!(ok, "{transcript}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in flood {
+        thread.join().unwrap();
+    }
+    let (flooded, asked) = (flooding.elapsed(), plc.requests() - asked_before);
+    let answers = answers.lock().unwrap().clone();
+    println!("while the flood ran: {answers:?}; the real mail took {took:?}");
+    for did in &real {
+        let delivered = b.wait_for_files(&maildir(did), 2);
+        assert!(
+            delivered
+                .iter()
+                .any(|m| String::from_utf8_lossy(m).contains("Subject: under a flood"))
+        );
+    }
+    // It was a flood: more was asked than the budget gives, and the directory was asked no
+    // more than the budget allows (4 a second, mail's share included).
+    assert!(
+        answers.get("socketmap TEMP").copied().unwrap_or(0) >= 8,
+        "{answers:?}"
+    );
+    assert!(
+        asked as f64 <= 4.0 * flooded.as_secs_f64() + 2.0,
+        "the directory asked {asked} times in {flooded:?}: {answers:?}"
+    );
+}

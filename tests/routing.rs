@@ -701,3 +701,52 @@ async fn a_client_that_never_reads_is_closed() {
     );
     drop(sender);
 }
+
+/// A DID mailbox keeps its consent while the directory's budget has no slot to refetch its
+/// document: the last document known answers (as RFC 8767 serves stale DNS), where a DID
+/// never seen waits for a slot like any other. Another client (a second connection) has just
+/// taken the others' only slot of the second, and a lookup may wait half a second.
+#[tokio::test]
+async fn a_mailbox_keeps_its_consent_while_the_budget_has_no_slot_to_refetch_it() {
+    let w = world();
+    let key = SigningKey::generate(Alg::Es256k).unwrap();
+    let never_seen = plc_did(60);
+    w.plc.set(&never_seen, &key, Some(&format!("smtp://{US}")));
+    let config = Config::from_toml(
+        &format!(
+            "[resolver]\nplc_urls = [\"{}\"]\ntimeout = 1\nmax_requests_per_second = 2\nmail_share = 0.5\n[cache]\nfresh = 1\nmax_age = 2\n[inbox]\nhosts = [\"{US}\"]\n",
+            w.plc.url()
+        ),
+        "test",
+    )
+    .unwrap();
+    let server = RunningSocketmap::start(&config).await;
+    let (mut ours, mut other) = (server.client().await, server.client().await);
+    let mailbox_of = |did: &str| format!("{}@{US}", mailbox(did));
+    let consented = format!("OK {US}/{}/Maildir/", mailbox(&w.ours));
+    assert_eq!(
+        ours.lookup("atsms_mailbox", &mailbox_of(&w.ours)).await,
+        consented
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await; // past cache.max_age
+    // The other connection takes the slot of this second; ours would wait a whole second.
+    other
+        .lookup("atsms_mailbox", &mailbox_of(&plc_did(61)))
+        .await;
+    let before = w.plc.requests();
+    assert_eq!(
+        ours.lookup("atsms_mailbox", &mailbox_of(&w.ours)).await,
+        consented
+    );
+    assert_eq!(
+        w.plc.requests(),
+        before,
+        "answered from the last document known"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    other
+        .lookup("atsms_mailbox", &mailbox_of(&plc_did(62)))
+        .await;
+    let answer = ours.lookup("atsms_mailbox", &mailbox_of(&never_seen)).await;
+    assert!(answer.starts_with("TEMP "), "{answer}");
+}

@@ -272,6 +272,43 @@ impl<T: Weigh + Send + Sync + 'static> TimedCache<T> {
         Box::pin(self.fetch(key, fetch, false)).await
     }
 
+    /// As `get`, for a use that may take a value past `max_age` (a DID mailbox's consent,
+    /// never a key): while a good value is still kept (`max_age` + `stale_if_error`), it is
+    /// served at once, flagged stale, and refreshed in the background — as RFC 5861's
+    /// stale-while-revalidate, and without waiting for the directory's budget, which a
+    /// flood of lookups may have spent.
+    pub async fn get_stale_while_refreshing<F, Fut>(
+        &self,
+        key: &str,
+        fetch: F,
+        refresh: impl FnOnce(),
+    ) -> Result<Found<T>, IdentityError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<T>, IdentityError>>,
+    {
+        if let Some(entry) = self.entries.get(key).await
+            && let Ok(value) = &entry.value
+        {
+            let age = entry.fetched.elapsed();
+            if age >= self.lifetimes.max_age
+                && age < self.lifetimes.max_age + self.lifetimes.stale_if_error
+            {
+                self.count(|c| {
+                    c.hits += 1;
+                    c.stale_served += 1;
+                });
+                refresh();
+                return Ok(Found {
+                    value: value.clone(),
+                    stale: true,
+                    cached: true,
+                });
+            }
+        }
+        self.get(key, fetch, refresh).await
+    }
+
     /// Fetches `key` now (merged with a fetch already running), updating the entry. A
     /// transient failure keeps a good value that may still serve stale. With
     /// `only_if_not_fresh` (background refreshes) nothing is fetched if the entry is fresh.

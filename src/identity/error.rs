@@ -123,12 +123,6 @@ fn not_found(upstream: Upstream) -> &'static str {
 }
 
 impl IdentityError {
-    /// Not asked because the directory's request budget had no slot in time: this host's
-    /// choice, not the directory's failure.
-    pub fn is_busy(&self) -> bool {
-        matches!(self, IdentityError::Busy(_))
-    }
-
     pub fn kind(&self) -> ErrorKind {
         match self {
             IdentityError::Unavailable(_) | IdentityError::TimedOut | IdentityError::Busy(_) => {

@@ -87,6 +87,21 @@ impl IdentityResolver {
         .await
     }
 
+    /// As `atsms_inbox`, for consent: records past `max_age` are served while refreshed
+    /// (`resolve_did_for_consent`).
+    pub async fn atsms_inbox_for_consent(
+        self: &Arc<Self>,
+        did: &str,
+    ) -> Result<Found<AtsmsInbox>, IdentityError> {
+        self.cached_with(
+            |r| &r.inboxes,
+            did,
+            |this, did| async move { this.fetch_inbox_shared(&did).await },
+            true,
+        )
+        .await
+    }
+
     async fn fetch_inbox_shared(self: &Arc<Self>, did: &str) -> Cached<AtsmsInbox> {
         use crate::store::Kind;
         if let Some(shared) = &self.shared

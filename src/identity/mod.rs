@@ -249,25 +249,6 @@ impl IdentityResolver {
         }
     }
 
-    /// The last document the cache holds for `did`, however old (an entry is kept for
-    /// `max_age` and `stale_if_error`), for a use that may take a stale answer while the
-    /// directory's budget has no slot for it now: a DID mailbox's consent (`routing`, as
-    /// RFC 8767 serves stale DNS answers), never a key.
-    pub async fn last_known_document(&self, did: &str) -> Option<Arc<ResolvedDid>> {
-        self.documents
-            .peek(did)
-            .await
-            .and_then(|e| e.value.clone().ok())
-    }
-
-    /// As `last_known_document`, for the DID's AT-SMS inbox record and devices.
-    pub async fn last_known_inbox(&self, did: &str) -> Option<Arc<inbox::AtsmsInbox>> {
-        self.inboxes
-            .peek(did)
-            .await
-            .and_then(|e| e.value.clone().ok())
-    }
-
     /// Background refreshes queued or running, and dropped for a full queue.
     pub fn refreshes(&self) -> (usize, u64) {
         (self.refresher.pending(), self.refresher.dropped())
@@ -292,6 +273,23 @@ impl IdentityResolver {
         .await
     }
 
+    /// The document of `did` for a DID mailbox's consent: as `resolve_did`, but a document
+    /// past `max_age` (still kept for `stale_if_error`) is served while it is refreshed in
+    /// the background (`TimedCache::get_stale_while_refreshing`), so a mailbox keeps its
+    /// consent while a flood of lookups has spent the directory's budget. Never for a key.
+    pub async fn resolve_did_for_consent(
+        self: &Arc<Self>,
+        did: &str,
+    ) -> Result<Found<ResolvedDid>, IdentityError> {
+        self.cached_with(
+            |r| &r.documents,
+            did,
+            |this, did| async move { this.fetch_did_shared(&did, false).await },
+            true,
+        )
+        .await
+    }
+
     /// `key` from the cache `cache` picks, fetched with `fetch` when the lifetimes say so;
     /// an entry between `fresh` and `max_age` is served and refreshed in the background.
     async fn cached<T, F, Fut>(
@@ -299,6 +297,23 @@ impl IdentityResolver {
         cache: fn(&IdentityResolver) -> &TimedCache<T>,
         key: &str,
         fetch: F,
+    ) -> Result<Found<T>, IdentityError>
+    where
+        T: cache::Weigh + Send + Sync + 'static,
+        F: Fn(Arc<IdentityResolver>, String) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Cached<T>> + Send + 'static,
+    {
+        self.cached_with(cache, key, fetch, false).await
+    }
+
+    /// As `cached`; with `stale_ok`, an entry past `max_age` is served too while it is
+    /// refreshed (consent only).
+    async fn cached_with<T, F, Fut>(
+        self: &Arc<Self>,
+        cache: fn(&IdentityResolver) -> &TimedCache<T>,
+        key: &str,
+        fetch: F,
+        stale_ok: bool,
     ) -> Result<Found<T>, IdentityError>
     where
         T: cache::Weigh + Send + Sync + 'static,
@@ -323,9 +338,14 @@ impl IdentityResolver {
                 let _ = cache(&this).fetch(&key, again, true).await;
             });
         };
-        cache(self)
-            .get(key, || fetch(self.clone(), key.to_string()), refresh)
-            .await
+        let fetch_now = || fetch(self.clone(), key.to_string());
+        if stale_ok {
+            cache(self)
+                .get_stale_while_refreshing(key, fetch_now, refresh)
+                .await
+        } else {
+            cache(self).get(key, fetch_now, refresh).await
+        }
     }
 
     /// After a signature failed with a cached key (spec section 6: keys rotate): fetch the
