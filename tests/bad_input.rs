@@ -555,12 +555,21 @@ fn the_exim_scanner_answers_any_request_and_holds_no_endless_line() {
     let holders: Vec<_> = (0..2)
         .map(|_| std::net::TcpStream::connect(("127.0.0.1", exim)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    for _ in 0..300 {
+    let refused = || {
         let mut past = std::net::TcpStream::connect(("127.0.0.1", exim)).unwrap();
-        past.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let _ = past.read(&mut [0u8; 1]);
+        past.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        matches!(past.read(&mut [0u8; 1]), Ok(0))
+    };
+    // Once the two are the scans the daemon holds, every other connection is closed at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !refused() {
+        assert!(
+            Instant::now() < deadline,
+            "the holders never took the scans"
+        );
     }
+    let closed = (0..300).filter(|_| refused()).count();
+    assert_eq!(closed, 300);
     drop(holders);
     let log = daemon.log_with("more than exim.max_connections");
     assert_eq!(

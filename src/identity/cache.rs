@@ -273,10 +273,10 @@ impl<T: Weigh + Send + Sync + 'static> TimedCache<T> {
     }
 
     /// As `get`, for a use that may take a value past `max_age` (a DID mailbox's consent,
-    /// never a key): while a good value is still kept (`max_age` + `stale_if_error`), it is
-    /// served at once, flagged stale, and refreshed in the background — as RFC 5861's
-    /// stale-while-revalidate, and without waiting for the directory's budget, which a
-    /// flood of lookups may have spent.
+    /// never a key): an entry past `max_age` is refetched if the directory's budget has a
+    /// slot free now; if it has none (a flood of lookups spent it), the value still kept
+    /// (`max_age` + `stale_if_error`) is served, flagged stale, and refreshed in the
+    /// background — RFC 5861's stale-while-revalidate, only while it is needed.
     pub async fn get_stale_while_refreshing<F, Fut>(
         &self,
         key: &str,
@@ -287,26 +287,28 @@ impl<T: Weigh + Send + Sync + 'static> TimedCache<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<T>, IdentityError>>,
     {
-        if let Some(entry) = self.entries.get(key).await
-            && let Ok(value) = &entry.value
-        {
+        let kept = self.entries.get(key).await.and_then(|entry| {
             let age = entry.fetched.elapsed();
-            if age >= self.lifetimes.max_age
-                && age < self.lifetimes.max_age + self.lifetimes.stale_if_error
-            {
-                self.count(|c| {
-                    c.hits += 1;
-                    c.stale_served += 1;
-                });
+            let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
+            let value = entry.value.as_ref().ok()?;
+            (age >= self.lifetimes.max_age && age < keep).then(|| value.clone())
+        });
+        let Some(value) = kept else {
+            return self.get(key, fetch, refresh).await;
+        };
+        let without_waiting = super::budget::without_waiting(self.get(key, fetch, || {}));
+        match without_waiting.await {
+            Err(IdentityError::Busy(_)) => {
+                self.count(|c| c.stale_served += 1);
                 refresh();
-                return Ok(Found {
-                    value: value.clone(),
+                Ok(Found {
+                    value,
                     stale: true,
                     cached: true,
-                });
+                })
             }
+            other => other,
         }
-        self.get(key, fetch, refresh).await
     }
 
     /// Fetches `key` now (merged with a fetch already running), updating the entry. A

@@ -44,6 +44,7 @@ tokio::task_local! {
     static REFRESH: ();
     static PURPOSE: Purpose;
     static CLIENT: Client;
+    static NO_WAIT: ();
 }
 
 /// What a lookup is made for.
@@ -121,6 +122,12 @@ pub fn purpose() -> Purpose {
 /// The client the running task's lookups are for.
 pub fn client() -> Client {
     CLIENT.try_with(|c| *c).unwrap_or(Client::UNKNOWN)
+}
+
+/// Runs `f` with lookups that take a slot only if one is free now (a stale answer can stand
+/// in while it is refreshed: consent).
+pub async fn without_waiting<F: std::future::Future>(f: F) -> F::Output {
+    NO_WAIT.scope((), f).await
 }
 
 /// Whether the running task is a background refresh.
@@ -209,6 +216,8 @@ impl Budget {
     pub async fn acquire(&self, max_wait: Duration) -> Result<(), OverBudget> {
         if is_refresh() {
             self.refresh(max_wait).await
+        } else if NO_WAIT.try_with(|_| ()).is_ok() {
+            self.lookup(purpose(), Duration::ZERO).await
         } else {
             self.lookup(purpose(), max_wait).await
         }
