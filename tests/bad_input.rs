@@ -634,6 +634,9 @@ fn unfinished_milter_packets_hold_bounded_memory() {
         grown < 110 * 1024,
         "peak RSS grew by {grown} KiB for 200 unfinished 1 MiB packets"
     );
+    // Said, once for all of them.
+    let log = daemon.log_with("unfinished packets hold more than 64 MiB");
+    assert_eq!(log.matches("unfinished packets hold").count(), 1, "{log}");
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     let rt = tokio::runtime::Runtime::new().unwrap();

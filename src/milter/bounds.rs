@@ -14,8 +14,9 @@
 //!   chunk of 64 KiB or a header field of at most `header_size_limit` (100 KiB), so 1,000
 //!   MTA connections each in the middle of a body chunk fit (they never all are at once).
 //!
-//! Only a read that ends inside a packet costs a counter update or a timer: a packet read
-//! whole in one go, as nearly every packet is, costs a few comparisons.
+//! Only a read that ends inside a packet costs a counter update, and only a wait inside one
+//! a timer: a packet read whole in one go, as nearly every packet is, costs a few
+//! comparisons.
 
 use std::io;
 use std::pin::Pin;
@@ -111,7 +112,7 @@ pub struct PacketBounds<S> {
     charged: usize,
     held: &'static AtomicUsize,
     max_held: usize,
-    /// Running while a read ended inside a packet; made once, then reset.
+    /// Running while a read waits inside a packet; made once, then reset.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
 }
@@ -136,8 +137,8 @@ impl<S> PacketBounds<S> {
         }
     }
 
-    /// After a read: the unfinished packet counted (once) and its deadline set, or both
-    /// cleared when the read ended between packets.
+    /// After a read: the unfinished packet counted (once), or, between packets, its count
+    /// given back and its deadline stopped.
     fn settle(&mut self) -> io::Result<()> {
         if !self.framing.inside_a_packet() {
             self.release();
@@ -150,11 +151,24 @@ impl<S> PacketBounds<S> {
             self.charged = declared;
             if before + declared > self.max_held {
                 self.release();
+                crate::warn_throttled!(
+                    "milter: unfinished packets hold more than {} MiB; closing a connection",
+                    self.max_held >> 20
+                );
                 return Err(io::Error::other(format!(
                     "unfinished milter packets hold more than {} MiB; closing this connection",
                     self.max_held >> 20
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// Waiting inside a packet: its deadline, set when the wait begins (a packet read whole,
+    /// as nearly every one is, never sets a timer); `Err` once it has passed.
+    fn wait_inside_a_packet(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.framing.inside_a_packet() {
+            return Ok(());
         }
         if !self.armed {
             let at = tokio::time::Instant::now() + PACKET_TIMEOUT;
@@ -164,7 +178,24 @@ impl<S> PacketBounds<S> {
             }
             self.armed = true;
         }
-        Ok(())
+        let passed = self
+            .deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if !passed {
+            return Ok(());
+        }
+        crate::warn_throttled!(
+            "milter: a packet not finished within {} s; closing the connection",
+            PACKET_TIMEOUT.as_secs()
+        );
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "a milter packet not finished within {} s",
+                PACKET_TIMEOUT.as_secs()
+            ),
+        ))
     }
 }
 
@@ -188,21 +219,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for PacketBounds<S> {
                 Poll::Ready(this.settle())
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if this.armed
-                    && let Some(deadline) = this.deadline.as_mut()
-                    && deadline.as_mut().poll(cx).is_ready()
-                {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "a milter packet not finished within {} s",
-                            PACKET_TIMEOUT.as_secs()
-                        ),
-                    )));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => match this.wait_inside_a_packet(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
         }
     }
 }
