@@ -348,16 +348,6 @@ async fn an_unresolvable_plc_directory_is_temperror_not_permerror() {
 
 // Memory from attacker input.
 
-/// The daemon's peak resident set, in KiB (VmHWM).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_header_section_of_ten_megabytes_is_refused_in_bounded_memory() {
     let world = VectorWorld::start();
@@ -367,7 +357,7 @@ fn a_header_section_of_ten_megabytes_is_refused_in_bounded_memory() {
         &world.lmtp_daemon_config(&format!("inet:127.0.0.1:{port}"), root.path(), "", ""),
         port,
     );
-    let before = peak_rss_kib(daemon.pid());
+    let before = daemon.peak_rss_kib();
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -385,7 +375,7 @@ fn a_header_section_of_ten_megabytes_is_refused_in_bounded_memory() {
         lines.contains("552 5.3.4 <bob@mx.example.net> header section too large"),
         "{lines}"
     );
-    let grown = peak_rss_kib(daemon.pid()).saturating_sub(before);
+    let grown = daemon.peak_rss_kib().saturating_sub(before);
     assert!(
         grown < 40 * 1024,
         "peak RSS grew by {grown} KiB for a 10 MB header section"
@@ -528,7 +518,7 @@ fn the_exim_scanner_answers_any_request_and_holds_no_endless_line() {
     assert!(log.contains("1abc\\u{1b}[2J: atsms=none"), "{log}");
     assert!(!log.contains('\u{1b}'), "{log}");
 
-    let before = peak_rss_kib(daemon.pid());
+    let before = daemon.peak_rss_kib();
     let line = 100 * 1024 * 1024;
     let rest = [&b"\n"[..], &message].concat();
     let answer = scan(
@@ -545,7 +535,7 @@ fn the_exim_scanner_answers_any_request_and_holds_no_endless_line() {
         },
     );
     assert!(answer.starts_with("RSPAMD/1.3 0 EX_OK"), "{answer}");
-    let grown = peak_rss_kib(daemon.pid()).saturating_sub(before);
+    let grown = daemon.peak_rss_kib().saturating_sub(before);
     assert!(
         grown < 20 * 1024,
         "peak RSS grew by {grown} KiB for a 100 MB mbox line"
@@ -597,7 +587,7 @@ fn unfinished_milter_packets_hold_bounded_memory() {
         ),
         milter,
     );
-    let before = peak_rss_kib(daemon.pid());
+    let before = daemon.peak_rss_kib();
     let almost = vec![b'B'; 1024 * 1024 - 2];
     let mut held = Vec::new();
     let mut closed = 0;
@@ -629,7 +619,7 @@ fn unfinished_milter_packets_hold_bounded_memory() {
         (120..=150).contains(&closed),
         "{closed} of 200 closed; 64 MiB holds about 64 of them"
     );
-    let grown = peak_rss_kib(daemon.pid()).saturating_sub(before);
+    let grown = daemon.peak_rss_kib().saturating_sub(before);
     assert!(
         grown < 110 * 1024,
         "peak RSS grew by {grown} KiB for 200 unfinished 1 MiB packets"

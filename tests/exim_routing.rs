@@ -55,21 +55,16 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
     // DNS for the DIDs' hosts: nowhere.example does not exist (NXDOMAIN); public.example's
     // mail exchange is at 8.8.8.8.
     use support::dns::Answer;
-    let dns = support::dns::DnsServer::start(
-        [
-            (
-                "public.example",
-                vec![Answer::Mx(10, "mx.public.example".into())],
-            ),
-            (
-                "mx.public.example",
-                vec![Answer::A(std::net::Ipv4Addr::new(8, 8, 8, 8))],
-            ),
-        ]
-        .into_iter()
-        .map(|(name, answers)| (name.to_string(), answers))
-        .collect(),
-    );
+    let dns = support::dns::DnsServer::with_records(&[
+        (
+            "public.example",
+            vec![Answer::Mx(10, "mx.public.example".into())],
+        ),
+        (
+            "mx.public.example",
+            vec![Answer::A(std::net::Ipv4Addr::new(8, 8, 8, 8))],
+        ),
+    ]);
 
     // B: another host keeping DID mailboxes (its LMTP is the "remote host" in this test).
     let b_root = support::public_tempdir();

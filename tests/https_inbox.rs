@@ -67,16 +67,6 @@ fn envelope(n: u32) -> String {
     )
 }
 
-/// The daemon's peak resident set, in KiB (VmHWM).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 /// One POST on a fresh connection, with extra header lines: the status line's code and the
 /// whole answer.
 fn post(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
@@ -143,7 +133,7 @@ fn upload(port: u16, path: String, megabytes: usize) -> std::thread::JoinHandle<
 #[test]
 fn a_did_without_an_inbox_costs_no_body_and_a_body_is_read_under_a_cap() {
     let inbox = start("", "");
-    let before = peak_rss_kib(inbox.daemon.pid());
+    let before = inbox.daemon.peak_rss_kib();
     let stranger = plc_did(91);
     let refused: Vec<_> = (0..32)
         .map(|_| upload(inbox.port, format!("/inbox/{stranger}"), 64))
@@ -160,7 +150,7 @@ fn a_did_without_an_inbox_costs_no_body_and_a_body_is_read_under_a_cap() {
         let (status, _) = upload.join().unwrap();
         assert!(status == 413 || status == 0, "{status}");
     }
-    let grown = peak_rss_kib(inbox.daemon.pid()).saturating_sub(before);
+    let grown = inbox.daemon.peak_rss_kib().saturating_sub(before);
     assert!(
         grown < 80 * 1024,
         "peak RSS grew by {grown} KiB for 64 uploads of 64 MiB"

@@ -217,14 +217,10 @@ fn an_outside_client_cannot_relay_through_a_did_mailbox() {
     // B: the victim's mail host; a@mx.example.net is a real mailbox there.
     let b = Postfix::start(&["a"], "");
     plc.set(&did, &key, Some("mailto:a@mx.example.net"));
-    let dns = support::dns::DnsServer::start(
-        [(
-            "mx.example.net".to_string(),
-            vec![support::dns::Answer::A(std::net::Ipv4Addr::LOCALHOST)],
-        )]
-        .into_iter()
-        .collect(),
-    );
+    let dns = support::dns::DnsServer::with_records(&[(
+        "mx.example.net",
+        vec![support::dns::Answer::A(std::net::Ipv4Addr::LOCALHOST)],
+    )]);
     let dovecot = support::dovecot::DovecotAuth::start(&[("alice", "alice-secret")]);
     let maps = free_port();
     let _daemon = Daemon::start(
@@ -377,29 +373,24 @@ fn postfix_delivers_a_mailto_target_to_the_address_vetted_or_not_at_all() {
     plc.set(&internal, &key, Some("mailto:admin@internal.corp.example"));
     plc.set(&public, &key, Some("mailto:admin@public.example"));
     use support::dns::Answer;
-    let dns = support::dns::DnsServer::start(
-        [
-            (
-                "internal.corp.example",
-                vec![Answer::Mx(10, "mx.internal.corp.example".into())],
-            ),
-            (
-                "mx.internal.corp.example",
-                vec![Answer::A(std::net::Ipv4Addr::new(10, 0, 0, 5))],
-            ),
-            (
-                "public.example",
-                vec![Answer::Mx(10, "mx.public.example".into())],
-            ),
-            (
-                "mx.public.example",
-                vec![Answer::A(std::net::Ipv4Addr::new(8, 8, 8, 8))],
-            ),
-        ]
-        .into_iter()
-        .map(|(name, answers)| (name.to_string(), answers))
-        .collect(),
-    );
+    let dns = support::dns::DnsServer::with_records(&[
+        (
+            "internal.corp.example",
+            vec![Answer::Mx(10, "mx.internal.corp.example".into())],
+        ),
+        (
+            "mx.internal.corp.example",
+            vec![Answer::A(std::net::Ipv4Addr::new(10, 0, 0, 5))],
+        ),
+        (
+            "public.example",
+            vec![Answer::Mx(10, "mx.public.example".into())],
+        ),
+        (
+            "mx.public.example",
+            vec![Answer::A(std::net::Ipv4Addr::new(8, 8, 8, 8))],
+        ),
+    ]);
     let maps = free_port();
     let _daemon = Daemon::start(
         &format!(

@@ -55,6 +55,16 @@ impl DnsServer {
         DnsServer { addr, socket }
     }
 
+    /// `records`: a name (lower-case, no trailing dot) and its records, each.
+    pub fn with_records(records: &[(&str, Vec<Answer>)]) -> DnsServer {
+        DnsServer::start(
+            records
+                .iter()
+                .map(|(name, answers)| (name.to_string(), answers.clone()))
+                .collect(),
+        )
+    }
+
     pub fn server_arg(&self) -> String {
         self.addr.to_string()
     }
