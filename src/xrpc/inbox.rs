@@ -20,8 +20,8 @@
 //! - memory: the body is read up to `MAX_BODY` (the base64 of the largest envelope taken, a
 //!   CMS structure of `MAX_CMS`; a sealed envelope, at most the client's 64 KiB bucket and
 //!   its framing, `MAX_SEALED`, is refused past that once decoded), within
-//!   `inbox.upload_timeout`; the JSON is dropped once decoded, so a POST holds its body, then
-//!   the envelope, then the mail made of it, never all at once;
+//!   `inbox.upload_timeout`; the base64 is decoded in the body's own buffer, so a POST holds
+//!   one copy of what it was sent (and, while storing, the mail made of it);
 //! - a mailbox: `inbox.post_rate_per_did` POSTs per DID (and `reputation.rate_limit`
 //!   envelopes an hour, when set); a repeat is stored once (SHA-256, one file per envelope
 //!   in a `SeenDir` beside the Maildir: one `stat` whatever its size, off the runtime);
@@ -275,20 +275,66 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The envelope of `{"envelope": "<base64>"}`; the JSON is dropped here.
-fn decode(raw: Vec<u8>) -> Result<Vec<u8>, XrpcError> {
+/// The envelope of `{"envelope": "<base64>"}`, decoded in the body's own buffer: a POST
+/// holds one copy of what it was sent, never the JSON beside the envelope.
+fn decode(mut raw: Vec<u8>) -> Result<Vec<u8>, XrpcError> {
     #[derive(serde::Deserialize)]
     struct Posted<'a> {
         #[serde(borrow)]
         envelope: std::borrow::Cow<'a, str>,
     }
-    let posted: Posted = serde_json::from_slice(&raw)
-        .map_err(|_| XrpcError::invalid("the body must be {\"envelope\": \"<base64>\"}"))?;
+    let not_json = || XrpcError::invalid("the body must be {\"envelope\": \"<base64>\"}");
+    let posted: Posted = serde_json::from_slice(&raw).map_err(|_| not_json())?;
     let text = posted.envelope.trim();
-    base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text))
-        .map_err(|_| XrpcError::invalid("envelope: not base64"))
+    let range = match posted.envelope {
+        // A string without escapes (the client's: base64 needs none) lies in `raw` itself.
+        std::borrow::Cow::Borrowed(_) => {
+            let start = text.as_ptr() as usize - raw.as_ptr() as usize;
+            start..start + text.len()
+        }
+        std::borrow::Cow::Owned(ref owned) => {
+            let mut copy = owned.trim().as_bytes().to_vec();
+            let len = copy.len();
+            return base64_in_place(&mut copy, 0..len).map(|n| {
+                copy.truncate(n);
+                copy
+            });
+        }
+    };
+    let decoded = base64_in_place(&mut raw, range)?;
+    raw.truncate(decoded);
+    raw.shrink_to_fit();
+    Ok(raw)
+}
+
+/// Decodes the base64 (standard or URL-safe alphabet, padded or not) at `range` of `buf`
+/// into `buf`'s start, chunk by chunk: each chunk's bytes are written only over input
+/// already read (three bytes out for four in). The decoded length.
+fn base64_in_place(buf: &mut [u8], range: std::ops::Range<usize>) -> Result<usize, XrpcError> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let url_safe = buf[range.clone()].iter().any(|b| *b == b'-' || *b == b'_');
+    let engine = if url_safe {
+        GeneralPurpose::new(&base64::alphabet::URL_SAFE, config)
+    } else {
+        GeneralPurpose::new(&base64::alphabet::STANDARD, config)
+    };
+    let bad = || XrpcError::invalid("envelope: not base64");
+    const CHUNK: usize = 1024;
+    let mut out = 0;
+    let mut at = range.start;
+    let mut decoded = [0u8; CHUNK / 4 * 3];
+    while at < range.end {
+        let end = (at + CHUNK).min(range.end);
+        let n = engine
+            .decode_slice(&buf[at..end], &mut decoded)
+            .map_err(|_| bad())?;
+        buf[out..out + n].copy_from_slice(&decoded[..n]);
+        out += n;
+        at = end;
+    }
+    Ok(out)
 }
 
 impl Inbox {
@@ -451,5 +497,36 @@ fn answer(reply: &crate::reply::Reply, did: &str, hash: &str) -> Result<(), Xrpc
             ))
         }
         _ => Err(XrpcError::new(400, "Refused", text)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_is_decoded_in_the_bodys_own_buffer() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        for len in [0usize, 1, 2, 3, 767, 768, 769, 1500, 70_000] {
+            let envelope: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            for text in [
+                STANDARD.encode(&envelope),
+                URL_SAFE_NO_PAD.encode(&envelope),
+            ] {
+                let body = format!("{{ \"envelope\" : \" {text}\" }}").into_bytes();
+                assert_eq!(decode(body).unwrap(), envelope, "{len}");
+            }
+        }
+        // An escaped solidus is JSON for "/": decoded all the same.
+        let body = br#"{"envelope": "AP\/+"}"#.to_vec();
+        assert_eq!(decode(body).unwrap(), STANDARD.decode("AP/+").unwrap());
+        for bad in [
+            &br#"{"envelope": "@@@@"}"#[..],
+            br#"{"envelope": 5}"#,
+            b"{",
+            br#"{"envelope": "A"}"#,
+        ] {
+            assert_eq!(decode(bad.to_vec()).unwrap_err().status, 400, "{bad:?}");
+        }
     }
 }
