@@ -1,7 +1,9 @@
 //! The house as built, checked against docs/architecture.md: the rooms (the modules of
 //! src/lib.rs) and, for each, the rooms its code uses (every `crate::room` outside its tests),
-//! must be what the table there says; the arrows never run in a circle; socketmap and xrpc
-//! reach no room of the judge (`session`); no source file is over 700 lines.
+//! must be what the table there says; the arrows never run in a circle; the socketmap (a
+//! lookup table) reaches no room of the judge (`session`); the transports (milter, LMTP, the
+//! Exim scanner, XRPC and its HTTPS inbox) reach routing, reputation and replays only through
+//! the judge; no source file is over 700 lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -160,12 +162,21 @@ fn the_arrows_run_one_way() {
             panic!("a circle: {}", found.join(" → "));
         }
     }
-    for room in ["socketmap", "xrpc"] {
-        assert!(
-            !graph[room].contains("session"),
-            "{room} reaches the session's settings: {:?}",
-            graph[room]
-        );
+    assert!(
+        !graph["socketmap"].contains("session"),
+        "the socketmap reaches the session's settings: {:?}",
+        graph["socketmap"]
+    );
+    // Transports only translate the judge's answers: what decides (consent, reputation,
+    // replays) is the judge's to ask.
+    for transport in ["milter", "lmtp", "exim", "xrpc"] {
+        for decider in ["routing", "reputation", "replay"] {
+            assert!(
+                !graph[transport].contains(decider),
+                "{transport} uses {decider} itself instead of asking the judge: {:?}",
+                graph[transport]
+            );
+        }
     }
 }
 

@@ -533,6 +533,13 @@ async fn lmtp_verifies_the_x509_floor_as_a_signature_with_its_did() {
 
 #[tokio::test]
 async fn an_enveloped_data_is_taken_only_for_a_device_its_did_publishes() {
+    // A mailbox that does not exist is not policy: a dry run refuses it all the same.
+    for dry_run in [false, true] {
+        enveloped_data_for(dry_run).await;
+    }
+}
+
+async fn enveloped_data_for(dry_run: bool) {
     let plc = Plc::start();
     let bang = format!("did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@{US}");
     publish(&plc, RECIPIENT, &text("recip.crt.pem"), &recipient_fp());
@@ -543,7 +550,7 @@ async fn an_enveloped_data_is_taken_only_for_a_device_its_did_publishes() {
         json!({"endpoints": [{"uri": format!("mailto:{bang}")}]}),
     );
     let toml = format!(
-        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{US}\"]\n[policy]\nauthserv_id = \"mx.test\"\non_none = \"accept\"\n",
+        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[inbox]\nhosts = [\"{US}\"]\n[policy]\nauthserv_id = \"mx.test\"\non_none = \"accept\"\ndry_run = {dry_run}\n",
         plc.url()
     );
     let server =
@@ -578,7 +585,10 @@ async fn an_enveloped_data_is_taken_only_for_a_device_its_did_publishes() {
         replies.push(c.reply().await);
     }
     assert!(replies[0].starts_with("250 "), "{replies:?}");
-    assert!(replies[1].starts_with("550 5.1.1"), "{replies:?}");
+    assert!(
+        replies[1].starts_with("550 5.1.1"),
+        "dry run {dry_run}: {replies:?}"
+    );
     let folder = server
         .dir
         .path()

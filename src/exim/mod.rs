@@ -182,14 +182,17 @@ async fn judge_message(
         Disposition::Junk => ("junk", vec![]),
         Disposition::Quarantine(reason) => ("quarantine", vec![format!("Reason: {reason}")]),
         Disposition::Discard => ("discard", vec![]),
-        Disposition::Refuse(reply) => (
-            if reply.is_temporary() {
-                "tempfail"
-            } else {
-                "reject"
-            },
-            vec![format!("Reply: {reply}")],
-        ),
+        Disposition::Refuse(refusal) => {
+            let reply = refusal.reply();
+            (
+                if reply.is_temporary() {
+                    "tempfail"
+                } else {
+                    "reject"
+                },
+                vec![format!("Reply: {reply}")],
+            )
+        }
     };
     if !judgement.refuses() {
         judge::accepted(settings, &judgement).await;

@@ -74,26 +74,60 @@ fn folder_for(
     }
 }
 
+/// What became of a message for one mailbox: what LMTP answers (`Outcome::reply`) and the
+/// HTTPS inbox maps to a status (`xrpc::inbox`), each from what happened, not from a code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written durably; the Maildir file's id.
+    Saved(String),
+    /// The judge refused it.
+    Refused(crate::session::Refusal),
+    /// Over a size (`lmtp.max_message_size`, the header section's limits).
+    TooLarge(String),
+    /// The disk is full.
+    Full,
+    /// Spooling or writing failed otherwise.
+    Failed,
+}
+
+impl Outcome {
+    pub fn reply(&self) -> Reply {
+        match self {
+            Outcome::Saved(id) => Reply::new(250, Enhanced(2, 0, 0), format!("{id} Saved")),
+            Outcome::Refused(refusal) => refusal.reply(),
+            Outcome::TooLarge(why) => Reply::new(552, Enhanced(5, 3, 4), why.clone()),
+            Outcome::Full => Reply::new(452, Enhanced(4, 3, 1), "insufficient system storage"),
+            Outcome::Failed => Reply::new(451, Enhanced(4, 3, 0), "temporary delivery failure"),
+        }
+    }
+}
+
 /// Verifies the message once, then judges, delivers and replies for each recipient in
 /// order. A recipient given twice is delivered once and answered twice, each reply naming
 /// the address as that RCPT gave it.
 pub async fn deliver_all(
     service: &Arc<LmtpService>,
     settings: &Arc<Settings>,
-    mut t: Transaction,
+    t: Transaction,
 ) -> Vec<Reply> {
-    let each = |reply: Reply| -> Vec<Reply> {
-        t.recipients
-            .iter()
-            .map(|r| reply.for_recipient(&r.address))
-            .collect()
-    };
+    let addresses: Vec<String> = t.recipients.iter().map(|r| r.address.clone()).collect();
+    deliver_outcomes(service, settings, t)
+        .await
+        .into_iter()
+        .zip(addresses)
+        .map(|(outcome, address)| outcome.reply().for_recipient(&address))
+        .collect()
+}
+
+/// As `deliver_all`, each recipient's outcome.
+async fn deliver_outcomes(
+    service: &Arc<LmtpService>,
+    settings: &Arc<Settings>,
+    mut t: Transaction,
+) -> Vec<Outcome> {
+    let each = |outcome: Outcome| vec![outcome; t.recipients.len()];
     let Some(mut incoming) = t.incoming.take() else {
-        return each(Reply::new(
-            451,
-            Enhanced(4, 3, 0),
-            "internal error: no message",
-        ));
+        return each(Outcome::Failed);
     };
     incoming.finish();
     if let Some(why) = incoming.refused {
@@ -102,18 +136,14 @@ pub async fn deliver_all(
             t.sender.escape_default(),
             incoming.size
         );
-        return each(Reply::new(552, Enhanced(5, 3, 4), why));
+        return each(Outcome::TooLarge(why.to_string()));
     }
     if let Some(e) = incoming.io_error() {
         error!(
             "lmtp: spooling a message from <{}> failed: {e}",
             t.sender.escape_default()
         );
-        return each(Reply::new(
-            451,
-            Enhanced(4, 3, 0),
-            "temporary failure spooling the message",
-        ));
+        return each(Outcome::Failed);
     }
     let verified = incoming.session().finish(settings, settings.now()).await;
     let kept_headers = incoming.kept_header_section();
@@ -143,12 +173,75 @@ pub async fn deliver_all(
     };
     let judgements =
         judge::judge(settings, &origin, &verified, &targets, Scope::EachRecipient).await;
+    let groups = copies(&t, &unique, &judgements, &kept_headers);
+    let mut stored: Vec<Option<(String, Result<String, DeliveryError>)>> =
+        (0..unique.len()).map(|_| None).collect();
+    for (head, copies) in groups {
+        let shown: Vec<(usize, String)> =
+            copies.iter().map(|c| (c.index, c.shown.clone())).collect();
+        for ((index, shown), result) in shown
+            .into_iter()
+            .zip(store(service, &incoming, copies, head).await)
+        {
+            stored[index] = Some((shown, result));
+        }
+    }
+    let mut by_mailbox: Vec<Outcome> = Vec::with_capacity(unique.len());
+    for ((recipient, judgement), stored) in unique.iter().zip(&judgements).zip(stored) {
+        let (outcome, shown) = match (judgement.refusal(), stored) {
+            (Some(refusal), _) => (Outcome::Refused(refusal.clone()), "-".to_string()),
+            (None, None) => (Outcome::Failed, "-".to_string()),
+            (None, Some((shown, result))) => {
+                let outcome = match result {
+                    Ok(id) => {
+                        judge::accepted(settings, judgement).await;
+                        Outcome::Saved(id)
+                    }
+                    Err(e) => {
+                        error!("lmtp: delivery to <{}> failed: {e}", recipient.address);
+                        match e {
+                            DeliveryError::Full(_) => Outcome::Full,
+                            DeliveryError::Io(_) => Outcome::Failed,
+                        }
+                    }
+                };
+                (outcome, shown)
+            }
+        };
+        let reply = outcome.reply().for_recipient(&recipient.address);
+        info!(
+            "{} via={} size={size} folder={} reply=\"{}\"",
+            judgement.log_line,
+            t.via,
+            shown.escape_default(),
+            reply.to_string().escape_default()
+        );
+        crate::metrics::global().lmtp_delivery(match reply.code / 100 {
+            2 => "saved",
+            5 => "rejected",
+            _ => "deferred",
+        });
+        by_mailbox.push(outcome);
+    }
+    t.recipients
+        .iter()
+        .map(|r| by_mailbox[first_of[&r.mailbox]].clone())
+        .collect()
+}
+
+/// The copies to write, grouped by their head: copies that end up byte-identical (the
+/// judge's header value the same, no Delivered-To naming one recipient) are written once and
+/// linked (issue: many recipients, one write); each group is one blocking task. Refused
+/// recipients get none.
+fn copies(
+    t: &Transaction,
+    unique: &[&Recipient],
+    judgements: &[judge::Judgement],
+    kept_headers: &[u8],
+) -> Vec<(Vec<u8>, Vec<Copy>)> {
     let single = t.recipients.len() == 1;
-    // Copies that end up byte-identical (same head: the judge's header value is the same
-    // and no Delivered-To names one recipient) are written once and linked (issue: many
-    // recipients, one write); each group is one blocking task.
     let mut groups: Vec<(Vec<u8>, Vec<Copy>)> = Vec::new();
-    for (index, (recipient, judgement)) in unique.iter().zip(&judgements).enumerate() {
+    for (index, (recipient, judgement)) in unique.iter().zip(judgements).enumerate() {
         if judgement.refuses() {
             continue;
         }
@@ -164,7 +257,7 @@ pub async fn deliver_all(
             judgement.header_value
         ));
         let mut head = head.into_bytes();
-        head.extend_from_slice(&kept_headers);
+        head.extend_from_slice(kept_headers);
         head.push(b'\n');
         let copy = Copy {
             index,
@@ -178,65 +271,7 @@ pub async fn deliver_all(
             None => groups.push((head, vec![copy])),
         }
     }
-    let mut stored: Vec<Option<(String, Result<String, DeliveryError>)>> =
-        (0..unique.len()).map(|_| None).collect();
-    for (head, copies) in groups {
-        let shown: Vec<(usize, String)> =
-            copies.iter().map(|c| (c.index, c.shown.clone())).collect();
-        for ((index, shown), result) in shown
-            .into_iter()
-            .zip(store(service, &incoming, copies, head).await)
-        {
-            stored[index] = Some((shown, result));
-        }
-    }
-    let mut replies_by_mailbox: Vec<Reply> = Vec::with_capacity(unique.len());
-    for ((recipient, judgement), stored) in unique.iter().zip(&judgements).zip(stored) {
-        let (reply, shown) = match (judgement.reply(), stored) {
-            (Some(refusal), _) => (refusal.clone(), "-".to_string()),
-            (None, None) => (
-                Reply::new(451, Enhanced(4, 3, 0), "temporary delivery failure"),
-                "-".to_string(),
-            ),
-            (None, Some((shown, result))) => {
-                let reply = match result {
-                    Ok(id) => {
-                        judge::accepted(settings, judgement).await;
-                        Reply::new(250, Enhanced(2, 0, 0), format!("{id} Saved"))
-                    }
-                    Err(DeliveryError::Full(e)) => {
-                        error!("lmtp: delivery to <{}> failed: {e}", recipient.address);
-                        Reply::new(452, Enhanced(4, 3, 1), "insufficient system storage")
-                    }
-                    Err(DeliveryError::Io(e)) => {
-                        error!("lmtp: delivery to <{}> failed: {e}", recipient.address);
-                        Reply::new(451, Enhanced(4, 3, 0), "temporary delivery failure")
-                    }
-                };
-                (reply, shown)
-            }
-        };
-        info!(
-            "{} via={} size={size} folder={} reply=\"{}\"",
-            judgement.log_line,
-            t.via,
-            shown.escape_default(),
-            reply
-                .for_recipient(&recipient.address)
-                .to_string()
-                .escape_default()
-        );
-        crate::metrics::global().lmtp_delivery(match reply.code / 100 {
-            2 => "saved",
-            5 => "rejected",
-            _ => "deferred",
-        });
-        replies_by_mailbox.push(reply);
-    }
-    t.recipients
-        .iter()
-        .map(|r| replies_by_mailbox[first_of[&r.mailbox]].for_recipient(&r.address))
-        .collect()
+    groups
 }
 
 /// One recipient's copy: where it goes.
@@ -321,33 +356,25 @@ async fn store(
 
 /// A whole message handed over at once (the HTTPS inbox, `xrpc::inbox`): `address` resolved
 /// as RCPT resolves it, then the same delivery as DATA — verified, judged, written once —
-/// and its one reply.
+/// and its outcome.
 pub async fn deliver_message(
     service: &Arc<LmtpService>,
     sender: &str,
     address: &str,
     message: &[u8],
-) -> Reply {
+) -> Outcome {
     use super::incoming::Incoming;
-    use super::recipient::RecipientError;
     let settings = service.settings.get();
-    let mailboxes = service.mailboxes();
-    let recipient = match mailboxes.resolve(address) {
-        Ok(recipient) => recipient,
-        Err(RecipientError::Unknown) => {
-            return Reply::new(550, Enhanced(5, 1, 1), "user unknown").for_recipient(address);
-        }
-        Err(RecipientError::BadAddress) => {
-            return Reply::new(550, Enhanced(5, 1, 3), "bad address").for_recipient(address);
-        }
+    let Ok(recipient) = service.mailboxes().resolve(address) else {
+        return Outcome::Refused(crate::session::Refusal::NoMailbox);
     };
     let mut t = Transaction::new(sender.to_string());
     t.recipients.push(recipient);
     t.incoming = Some(Incoming::new(service.max_message_size, &settings));
     t.push(message);
-    deliver_all(service, &settings, t)
+    deliver_outcomes(service, &settings, t)
         .await
         .into_iter()
         .next()
-        .unwrap_or_else(|| Reply::new(451, Enhanced(4, 3, 0), "internal error: no reply"))
+        .unwrap_or(Outcome::Failed)
 }

@@ -15,7 +15,7 @@ use super::incoming::Incoming;
 use super::protocol::{Command, Decoder, Event};
 use super::recipient::RecipientError;
 use crate::reply::{Enhanced, Reply};
-use crate::routing::{Consent, DidAddress};
+use crate::session::Gate;
 
 /// Most recipients in one transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
 const MAX_RECIPIENTS: usize = 1000;
@@ -278,33 +278,11 @@ async fn command_reply(
             }
             match mailboxes.resolve(&address) {
                 Ok(recipient) => {
-                    // A DID mailbox is kept only while the DID consents to it here: its
-                    // document names this host, or its at.atsms.inbox record this mailbox.
-                    // Asked of the mailbox the address folds into — the one delivery writes
-                    // to — never of the address as given: `DID!PLC!X+y@MX.host` is X's.
-                    if let Some(did_address) = DidAddress::parse(&recipient.mailbox) {
-                        match settings.router.consent(&did_address).await {
-                            Consent::Given => {}
-                            Consent::Refused => {
-                                return Reply::new(
-                                    550,
-                                    Enhanced(5, 1, 1),
-                                    "no mailbox here: the DID names no mailbox at this host \
-                                     (DID document or at.atsms.inbox record)",
-                                )
-                                .for_recipient(&address);
-                            }
-                            Consent::Unknown(why) => {
-                                return Reply::new(
-                                    451,
-                                    Enhanced(4, 4, 3),
-                                    format!(
-                                        "DID document or PDS unavailable ({why}), try again later"
-                                    ),
-                                )
-                                .for_recipient(&address);
-                            }
-                        }
+                    // The judge at recipient time: a DID mailbox is kept only while the DID
+                    // consents to it here, asked of the mailbox the address folds into — the
+                    // one delivery writes to — never of the address as given.
+                    if let Err(refusal) = settings.admit(Gate::Lmtp, &recipient.mailbox).await {
+                        return refusal.reply().for_recipient(&address);
                     }
                     t.recipients.push(recipient);
                     ok(Enhanced(2, 1, 5), "OK")

@@ -216,9 +216,10 @@ fn handle_rcpt(cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
     let address = envelope_address(&args);
     if conn.mode == Mode::Judge && !conn.settings.inbox.is_empty() {
         // A milter cannot answer per recipient after DATA: one transaction, one inbox rule.
-        match conn.settings.admit_recipient(conn.rule, &address) {
+        match conn.settings.admit_to_transaction(conn.rule, &address) {
             Ok(rule) => conn.rule = Some(rule),
-            Err(reply) => {
+            Err(refusal) => {
+                let reply = refusal.reply();
                 let enhanced = reply.enhanced.map(|e| e.to_string());
                 let _ = cx.reply.set_error_reply(
                     &reply.code.to_string(),
@@ -390,7 +391,7 @@ async fn eom(cx: &mut EomContext<Connection>, id: &str) -> Result<Status, String
         .ok_or("no judgement")?;
     info!("{}", judgement.log_line);
     match &judgement.disposition {
-        Disposition::Refuse(reply) => return refuse(cx, reply),
+        Disposition::Refuse(refusal) => return refuse(cx, &refusal.reply()),
         Disposition::Discard => {
             judge::accepted(&settings, &judgement).await;
             return Ok(Status::Discard);

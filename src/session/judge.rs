@@ -12,6 +12,7 @@ use crate::reputation::Assessment;
 use crate::routing::Consent;
 use crate::verify::Verdict;
 
+use super::admit::Refusal;
 use super::{Settings, Verified};
 
 /// The transaction being judged, for logs and metrics.
@@ -69,8 +70,9 @@ pub enum Disposition {
     Quarantine(String),
     /// Accepted and dropped (LMTP never drops: `.Junk`).
     Discard,
-    /// Refused with this reply (`reject` 550, `tempfail` 451).
-    Refuse(Reply),
+    /// Refused: no mailbox here, consent unknown now, or what policy asks (`reject` 550,
+    /// `tempfail` 451); `Refusal::reply` says it.
+    Refuse(Refusal),
 }
 
 /// What the judge decided for one recipient, or for all of them together: every effect the
@@ -116,15 +118,20 @@ struct Remember {
 
 impl Judgement {
     /// The refusal, when the message is refused.
-    pub fn reply(&self) -> Option<&Reply> {
+    pub fn refusal(&self) -> Option<&Refusal> {
         match &self.disposition {
-            Disposition::Refuse(reply) => Some(reply),
+            Disposition::Refuse(refusal) => Some(refusal),
             _ => None,
         }
     }
 
+    /// The refusal's reply, when the message is refused.
+    pub fn reply(&self) -> Option<Reply> {
+        self.refusal().map(Refusal::reply)
+    }
+
     pub fn refuses(&self) -> bool {
-        self.reply().is_some()
+        self.refusal().is_some()
     }
 }
 
@@ -160,12 +167,14 @@ fn disposition(action: Action, why: String) -> Disposition {
         Action::Junk => Disposition::Junk,
         Action::Quarantine => Disposition::Quarantine(why),
         Action::Discard => Disposition::Discard,
-        Action::Reject => Disposition::Refuse(Reply::new(550, Enhanced(5, 7, 1), why)),
-        Action::Tempfail => Disposition::Refuse(Reply::new(
+        Action::Reject => {
+            Disposition::Refuse(Refusal::Policy(Reply::new(550, Enhanced(5, 7, 1), why)))
+        }
+        Action::Tempfail => Disposition::Refuse(Refusal::Policy(Reply::new(
             451,
             Enhanced(4, 7, 1),
             format!("{why}, try again later"),
-        )),
+        ))),
     }
 }
 
@@ -223,51 +232,43 @@ pub async fn judge(
                 _ => Consent::Given,
             });
         }
+        // What policy asks: the strictest of the result's, the inbox rule's and reputation's
+        // actions (the only ones a dry run does not carry out).
+        let reputation = &verified.reputation;
+        let strictest = |actions: &[Option<Action>]| {
+            actions.iter().flatten().fold(Action::Accept, |a, &b| {
+                if b.strictness() > a.strictness() {
+                    b
+                } else {
+                    a
+                }
+            })
+        };
+        let policy_action = strictest(&[
+            Some(decision.action),
+            inbox.as_ref().map(|u| u.action),
+            reputation.strictest().map(|a| a.action),
+        ]);
+        // What is logged: consent's too (no mailbox is a refusal, an unknown one a deferral).
         let consent_action = match &consent {
             Some(Consent::Refused) => Some(Action::Reject),
             Some(Consent::Unknown(_)) => Some(Action::Tempfail),
             _ => None,
         };
-        // The strictest of what consent, the result, the inbox rule and reputation ask for.
-        let reputation = &verified.reputation;
-        let strictest = [
-            consent_action,
-            Some(decision.action),
-            inbox.as_ref().map(|u| u.action),
-            reputation.strictest().map(|a| a.action),
-        ]
-        .into_iter()
-        .flatten()
-        .fold(Action::Accept, |a, b| {
-            if b.strictness() > a.strictness() {
-                b
-            } else {
-                a
+        let action = strictest(&[consent_action, Some(policy_action)]);
+        let dry_run = settings.policy.dry_run;
+        let disposition = match &consent {
+            // A mailbox that does not exist here, whatever a dry run says.
+            Some(Consent::Refused) => Disposition::Refuse(Refusal::NoMailbox),
+            _ if !dry_run && policy_action == Action::Reject => {
+                let why = reason(&decision, inbox.as_ref(), reputation, policy_action);
+                disposition(policy_action, why)
             }
-        });
-        let disposition = if settings.policy.dry_run {
-            Disposition::Deliver
-        } else {
-            match &consent {
-                Some(Consent::Refused) if strictest == Action::Reject => {
-                    Disposition::Refuse(Reply::new(
-                        550,
-                        Enhanced(5, 1, 1),
-                        "no mailbox here: the DID names no mailbox at this host, or no device \
-                     of its own that this message is encrypted to",
-                    ))
-                }
-                Some(Consent::Unknown(why)) if strictest == Action::Tempfail => {
-                    Disposition::Refuse(Reply::new(
-                        451,
-                        Enhanced(4, 4, 3),
-                        format!("DID document or PDS unavailable ({why}), try again later"),
-                    ))
-                }
-                _ => {
-                    let why = reason(&decision, inbox.as_ref(), reputation, strictest);
-                    disposition(strictest, why)
-                }
+            Some(Consent::Unknown(why)) => Disposition::Refuse(Refusal::Unavailable(why.clone())),
+            _ if dry_run => Disposition::Deliver,
+            _ => {
+                let why = reason(&decision, inbox.as_ref(), reputation, policy_action);
+                disposition(policy_action, why)
             }
         };
         let remember = Remember {
@@ -307,20 +308,20 @@ pub async fn judge(
             verdict: &verdict,
             decision: &decision,
             inbox: inbox.as_ref(),
-            action: strictest,
+            action,
         };
         let log_line = log_line(settings, origin, &facts);
         crate::metrics::global().message(
             origin.transport,
             decision.result.as_str(),
-            strictest.as_str(),
+            action.as_str(),
         );
         judgements.push(Judgement {
             recipients: group,
             verdict,
             decision,
             inbox,
-            action: strictest,
+            action,
             disposition,
             atsms_envelope: verified.atsms_envelope.is_some(),
             header_value,

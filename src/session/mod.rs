@@ -2,6 +2,7 @@
 //! a verdict out, and the one judge (`judge`) that turns a verdict and the recipients into
 //! per-recipient decisions, header values, replies and log lines. Transports only translate.
 
+pub mod admit;
 pub mod judge;
 
 use std::sync::Arc;
@@ -15,11 +16,12 @@ use crate::floor::EnvelopeKind;
 use crate::inbox::InboxRules;
 use crate::mime::PartScanner;
 use crate::replay::ReplaySet;
-use crate::reply::{Enhanced, Reply};
+use crate::reply::Reply;
 use crate::reputation::Assessment;
 use crate::routing::Router;
 use crate::verify::{Context, Verdict, Verifier};
 
+pub use admit::{Gate, Refusal};
 pub use judge::{Judgement, Origin, Scope, Target, judge};
 
 /// What a running daemon judges with. Built once per configuration (re)load; a connection
@@ -149,27 +151,6 @@ impl Settings {
         actions.sort_by_key(|a| a.strictness());
         actions.dedup();
         actions
-    }
-
-    /// Whether a recipient may join a transaction whose first recipient is under the inbox
-    /// rule `first` (`None`: it is the first). One transaction is judged under one rule, so
-    /// a recipient under another is refused `452 4.5.3` (RFC 5321 §4.5.3.1.10: the client
-    /// sends it again in a transaction of its own); `Ok` gives the transaction's rule.
-    pub fn admit_recipient(
-        &self,
-        first: Option<Option<usize>>,
-        recipient: &str,
-    ) -> Result<Option<usize>, Reply> {
-        let mailbox = Target::new(recipient, self).mailbox;
-        let rule = self.inbox.rule_for(&mailbox);
-        match first {
-            Some(first) if first != rule => Err(Reply::new(
-                452,
-                Enhanced(4, 5, 3),
-                "recipient under another inbox rule, send it separately",
-            )),
-            _ => Ok(rule),
-        }
     }
 }
 
@@ -624,20 +605,23 @@ mod tests {
             allow: None,
             action: Action::Reject,
         }]));
-        let first = s.admit_recipient(None, "Strict+x@MX.example.net").unwrap();
+        let first = s
+            .admit_to_transaction(None, "Strict+x@MX.example.net")
+            .unwrap();
         assert_eq!(first, Some(0));
         assert_eq!(
-            s.admit_recipient(Some(first), "strict@mx.example.net"),
+            s.admit_to_transaction(Some(first), "strict@mx.example.net"),
             Ok(Some(0))
         );
         assert_eq!(
-            s.admit_recipient(Some(first), "open@mx.example.net")
+            s.admit_to_transaction(Some(first), "open@mx.example.net")
                 .unwrap_err()
+                .reply()
                 .to_string(),
             "452 4.5.3 recipient under another inbox rule, send it separately"
         );
         assert_eq!(
-            s.admit_recipient(Some(None), "open@mx.example.net"),
+            s.admit_to_transaction(Some(None), "open@mx.example.net"),
             Ok(None)
         );
     }

@@ -53,7 +53,8 @@ use crate::floor::EnvelopeKind;
 use crate::identity::budget::{self, Client};
 use crate::limit::RateLimit;
 use crate::lmtp::LmtpService;
-use crate::routing::Consent;
+use crate::lmtp::delivery::Outcome;
+use crate::session::{Gate, Refusal};
 use crate::store::SeenDir;
 
 /// How long a stored envelope is remembered as stored (a client retrying after a lost answer
@@ -196,7 +197,7 @@ async fn accept(
         _ => return Err(not_here()),
     };
     // Consent from the path first: nothing of the body is read for a DID with no inbox here.
-    let (address, host) = inbox.mailbox(&local, None).await?;
+    let (address, host) = inbox.mailbox(&local).await?;
     if let Err(limited) = inbox.per_did.check(did.to_string(), Instant::now()) {
         return Err(XrpcError::new(
             429,
@@ -244,11 +245,8 @@ async fn accept(
         }
         _ => {}
     }
-    // An EnvelopedData: consent also needs it to be encrypted to a device the DID publishes.
-    if kind == EnvelopeKind::CmsEnveloped {
-        let recipients = crate::floor::enveloped_recipients(&envelope);
-        inbox.mailbox(&local, recipients.as_deref()).await?;
-    }
+    // (An EnvelopedData's consent also needs it encrypted to a device the DID publishes:
+    // the judge asks that of the message, whose recipients it reads.)
     let digest: [u8; 32] = Sha256::digest(&envelope).into();
     let job = Job {
         did: did.to_string(),
@@ -339,31 +337,20 @@ fn base64_in_place(buf: &mut [u8], range: std::ops::Range<usize>) -> Result<usiz
 
 impl Inbox {
     /// The DID mailbox here an envelope for the DID whose mailbox local part is `local` goes
-    /// to: the first of `inbox.hosts` it consents to (with the recipients of an
-    /// EnvelopedData, to one of its devices). 404 without, 503 when that cannot be known now.
-    async fn mailbox(
-        &self,
-        local: &str,
-        enveloped_to: Option<&[crate::floor::Recipient]>,
-    ) -> Result<(String, String), XrpcError> {
-        let router = self.lmtp.settings.get().router.clone();
+    /// to: the first of `inbox.hosts` the judge takes it at (consent). 404 without, 503 when
+    /// that cannot be known now.
+    async fn mailbox(&self, local: &str) -> Result<(String, String), XrpcError> {
+        let settings = self.lmtp.settings.get();
         let mut unknown = None;
         for host in &self.hosts {
             let address = format!("{local}@{host}");
-            match router.consent_of(&address, enveloped_to).await {
-                Some(Consent::Given) => return Ok((address, host.clone())),
-                Some(Consent::Unknown(why)) => unknown = Some(why),
-                _ => {}
+            match settings.admit(Gate::Inbox, &address).await {
+                Ok(()) => return Ok((address, host.clone())),
+                Err(e @ Refusal::Unavailable(_)) => unknown = Some(e),
+                Err(_) => {}
             }
         }
-        Err(match unknown {
-            Some(why) => XrpcError::new(
-                503,
-                "Unavailable",
-                format!("the DID's document or PDS is unavailable ({why}); try again later"),
-            ),
-            None => not_here(),
-        })
+        Err(unknown.map_or_else(not_here, |e| refused(&e)))
     }
 }
 
@@ -450,9 +437,10 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
     }
     let mail = as_mail(&job.envelope, &hash, &job.address, &job.host, now);
     drop(job.envelope);
-    let reply = crate::lmtp::delivery::deliver_message(&inbox.lmtp, "", &job.address, &mail).await;
+    let outcome =
+        crate::lmtp::delivery::deliver_message(&inbox.lmtp, "", &job.address, &mail).await;
     drop(mail);
-    answer(&reply, &job.did, &hash)?;
+    answer(&outcome, &job.did, &hash)?;
     if let Err(e) = blocking({
         let seen = seen.clone();
         move || seen.insert(&digest)
@@ -478,55 +466,42 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
 }
 
-/// LMTP's reply as the inbox's answer.
-fn answer(reply: &crate::reply::Reply, did: &str, hash: &str) -> Result<(), XrpcError> {
-    let text = reply.lines.join(" ");
-    match reply.code {
-        200..=299 => {
+/// What became of the envelope, as the inbox's answer.
+fn answer(outcome: &Outcome, did: &str, hash: &str) -> Result<(), XrpcError> {
+    match outcome {
+        Outcome::Saved(_) => {
             info!("inbox: stored {hash} for {did}");
             Ok(())
         }
-        552 => Err(XrpcError::new(413, "PayloadTooLarge", text)),
-        550 if reply.enhanced.is_some_and(|e| e.1 == 1) => Err(not_here()),
-        400..=499 => {
-            warn!("inbox: {did}: {} {text}", reply.code);
+        Outcome::Refused(refusal) => Err(refused(refusal)),
+        Outcome::TooLarge(why) => Err(XrpcError::new(413, "PayloadTooLarge", why.clone())),
+        Outcome::Full | Outcome::Failed => {
+            warn!("inbox: {did}: {}", outcome.reply());
             Err(XrpcError::new(
                 503,
                 "Unavailable",
                 "the store is unavailable; try again later",
             ))
         }
-        _ => Err(XrpcError::new(400, "Refused", text)),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_envelope_is_decoded_in_the_bodys_own_buffer() {
-        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-        for len in [0usize, 1, 2, 3, 767, 768, 769, 1500, 70_000] {
-            let envelope: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
-            for text in [
-                STANDARD.encode(&envelope),
-                URL_SAFE_NO_PAD.encode(&envelope),
-            ] {
-                let body = format!("{{ \"envelope\" : \" {text}\" }}").into_bytes();
-                assert_eq!(decode(body).unwrap(), envelope, "{len}");
-            }
-        }
-        // An escaped solidus is JSON for "/": decoded all the same.
-        let body = br#"{"envelope": "AP\/+"}"#.to_vec();
-        assert_eq!(decode(body).unwrap(), STANDARD.decode("AP/+").unwrap());
-        for bad in [
-            &br#"{"envelope": "@@@@"}"#[..],
-            br#"{"envelope": 5}"#,
-            b"{",
-            br#"{"envelope": "A"}"#,
-        ] {
-            assert_eq!(decode(bad.to_vec()).unwrap_err().status, 400, "{bad:?}");
-        }
+/// The judge's refusal as the inbox says it.
+fn refused(refusal: &Refusal) -> XrpcError {
+    match refusal {
+        Refusal::NoMailbox => not_here(),
+        Refusal::Unavailable(why) => XrpcError::new(
+            503,
+            "Unavailable",
+            format!("the DID's document or PDS is unavailable ({why}); try again later"),
+        ),
+        // A transaction of its own: never asked here.
+        Refusal::OtherRule => XrpcError::new(503, "Unavailable", "try again later"),
+        Refusal::Policy(reply) if reply.is_temporary() => XrpcError::new(
+            503,
+            "Unavailable",
+            format!("{}; try again later", reply.lines.join(" ")),
+        ),
+        Refusal::Policy(reply) => XrpcError::new(400, "Refused", reply.lines.join(" ")),
     }
 }
