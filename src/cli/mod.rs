@@ -13,7 +13,7 @@ use crate::crypto::{Alg, SigningKey};
 use crate::envelope::AuthResult;
 use crate::identity::IdentityResolver;
 use crate::message;
-use crate::verify::{Context, Verifier};
+use crate::verify::Verifier;
 
 mod identity;
 mod signing;

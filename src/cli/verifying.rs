@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::session::Settings;
 
 pub(super) fn verify(args: VerifyArgs) -> ExitCode {
     let mut raw = Vec::new();
@@ -11,10 +12,6 @@ pub(super) fn verify(args: VerifyArgs) -> ExitCode {
     {
         return fail(exit::NO_INPUT, e);
     }
-    let parsed = match message::read_message(&raw[..]) {
-        Ok(parsed) => parsed,
-        Err(e) => return fail(exit::NO_INPUT, e.to_string()),
-    };
     let resolver = match args.resolver.resolver() {
         Ok(r) => r,
         Err(e) => return fail(exit::USAGE, e),
@@ -23,46 +20,23 @@ pub(super) fn verify(args: VerifyArgs) -> ExitCode {
         return fail(exit::SOFTWARE, "cannot start the async runtime");
     };
     let verifier = Verifier::new(Arc::new(resolver), args.resolver.config().timeout());
-    let recipients: Vec<String> = args.rcpt.iter().map(|r| r.to_ascii_lowercase()).collect();
-    let context = Context {
-        now: args.resolver.now(),
-        recipients: &recipients,
+    let mut settings = Settings::new(verifier, crate::config::PolicyConfig::default());
+    settings.authserv_id = args.authserv_id.clone().unwrap_or_else(crate::host::name);
+    settings.fixed_now = Some(args.resolver.now());
+    let Some((verified, judgement)) = rt.block_on(judged(&settings, &raw, &args.rcpt)) else {
+        return fail(exit::NO_INPUT, "the header section is too large");
     };
-    let verdict = rt.block_on(verifier.verify(&parsed.headers, &parsed.body_hash, &context));
-    // AT-SMS's own content (docs/atsms.md): what it is, and the X.509 floor's result when it
-    // is a SignedData.
-    let found = crate::floor::find_in_message(&raw);
-    let floor = found.as_ref().and_then(|f| f.input.as_ref()).map(|input| {
-        rt.block_on(crate::floor::verify(
-            verifier.identity(),
-            &input.der,
-            input.detached.as_deref(),
-            context.now,
-        ))
-    });
-    let mut results: Vec<AuthResult> = verdict.signatures.iter().map(|s| s.result).collect();
-    results.extend(floor.as_ref().map(|f| f.result));
+    let verdict = &judgement.verdict;
+    let results: Vec<AuthResult> = verdict.signatures.iter().map(|s| s.result).collect();
     let output = if args.json {
-        let envelope = found.as_ref().map(|f| f.kind.as_str());
-        let mut objects = match serde_json::to_value(&verdict) {
+        let envelope = verified.atsms_envelope.map(|kind| kind.as_str());
+        let mut objects = match serde_json::to_value(verdict) {
             Ok(serde_json::Value::Array(objects)) => objects,
             _ => Vec::new(),
         };
-        if let Some(floor) = &floor {
-            objects.push(serde_json::json!({
-                "result": floor.result,
-                "did": floor.did,
-                "kid": floor.did.as_ref().zip(floor.fingerprint.as_ref()).map(|(did, fp)| {
-                    format!("at://{did}/{}/{fp}", crate::envelope::token::DEVICE_CERT_COLLECTION)
-                }),
-                "reason": floor.reason,
-                "handle": null,
-                "aligned": null,
-                "stale": false,
-            }));
-        } else if objects.is_empty() && envelope.is_some() {
-            // AT-SMS client mail carries no AT-SMS-Signature: report what it is, as the
-            // milter's `atsms=none policy.atsms-envelope=yes` does.
+        if objects.is_empty() && envelope.is_some() {
+            // AT-SMS client mail carries no signature of its own here: report what it is,
+            // as the judge's `atsms=none policy.atsms-envelope=<kind>` does.
             objects.push(serde_json::json!({
                 "result": "none", "did": null, "kid": null,
                 "reason": "no AT-SMS-Signature; an AT-SMS client message",
@@ -74,19 +48,7 @@ pub(super) fn verify(args: VerifyArgs) -> ExitCode {
         }
         serde_json::to_string_pretty(&objects).unwrap_or_else(|_| "[]".into())
     } else {
-        let authserv_id = args.authserv_id.unwrap_or_else(crate::host::name);
-        let value = match &floor {
-            Some(floor) if verdict.signatures.is_empty() => {
-                format!(" {authserv_id}; {}", auth_results::floor_resinfo(floor))
-            }
-            Some(floor) => format!(
-                "{};\n\t{}",
-                auth_results::format_value(&authserv_id, &verdict, &[], "\n"),
-                auth_results::floor_resinfo(floor)
-            ),
-            None => auth_results::format_value(&authserv_id, &verdict, &[], "\n"),
-        };
-        format!("{}:{value}", auth_results::FIELD_NAME)
+        format!("{}:{}", auth_results::FIELD_NAME, judgement.header_value)
     };
     println!("{output}");
     ExitCode::from(if results.is_empty() {
@@ -98,6 +60,34 @@ pub(super) fn verify(args: VerifyArgs) -> ExitCode {
     } else {
         exit::NO_PASS
     })
+}
+
+/// The message as the daemon judges it: through the same session (fields, body hash, forged
+/// results, an AT-SMS part and the X.509 floor) and the one judge, for `rcpt` (its recipients'
+/// `rcpt` claim; none: the message alone). None when its header section is over the limits.
+async fn judged(
+    settings: &Settings,
+    raw: &[u8],
+    rcpt: &[String],
+) -> Option<(crate::session::Verified, crate::session::Judgement)> {
+    use crate::session::{MessageBytes, MessageSession, Origin, Scope, Target};
+    let mut message = MessageBytes::new(MessageSession::new(settings), &settings.limits);
+    message.push(raw, &mut |_| {});
+    message.finish(&mut |_| {});
+    if message.too_large {
+        return None;
+    }
+    let verified = message.session.finish(settings, settings.now()).await;
+    let targets: Vec<Target> = rcpt.iter().map(|r| Target::new(r, settings)).collect();
+    let origin = Origin {
+        id: "verify",
+        transport: "cli",
+        sender: "",
+    };
+    let judgement = crate::session::judge(settings, &origin, &verified, &targets, Scope::Together)
+        .await
+        .pop()?;
+    Some((verified, judgement))
 }
 
 pub(super) fn verify_cms(args: VerifyCmsArgs) -> ExitCode {
