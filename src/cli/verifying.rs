@@ -104,20 +104,45 @@ pub(super) fn verify_cms(args: VerifyCmsArgs) -> ExitCode {
     let Ok(rt) = runtime() else {
         return fail(exit::SOFTWARE, "cannot start the async runtime");
     };
-    let verdict = match crate::floor::read_input(&raw) {
-        Ok(input) => rt.block_on(crate::floor::verify(
-            &resolver,
-            &input.der,
-            input.detached.as_deref(),
-            args.resolver.now(),
-        )),
-        Err(e) => crate::floor::FloorVerdict {
-            result: e.result(),
+    let verdict = if looks_like_a_message(&raw) {
+        // A message (S/MIME): judged as the daemon judges it, its X.509 floor reported.
+        let verifier = Verifier::new(resolver, args.resolver.config().timeout());
+        let mut settings = Settings::new(verifier, crate::config::PolicyConfig::default());
+        settings.fixed_now = Some(args.resolver.now());
+        let judged = rt.block_on(judged(&settings, &raw, &[]));
+        let floor = judged.as_ref().and_then(|(_, judgement)| {
+            judgement
+                .verdict
+                .signatures
+                .iter()
+                .find(|s| s.kid.as_deref().is_some_and(|k| k.starts_with("at://")))
+                .map(floor_verdict)
+        });
+        floor.unwrap_or_else(|| crate::floor::FloorVerdict {
+            result: AuthResult::None,
             did: None,
             fingerprint: None,
             published: None,
-            reason: Some(e.to_string()),
-        },
+            reason: Some("no SignedData by a device certificate in the message".into()),
+        })
+    } else {
+        // A bare DER or PEM structure has no From to align: the floor's own step, which the
+        // judge's runs too (`floor::check_signed`, `floor::published`).
+        match crate::floor::read_input(&raw) {
+            Ok(input) => rt.block_on(crate::floor::verify(
+                &resolver,
+                &input.der,
+                input.detached.as_deref(),
+                args.resolver.now(),
+            )),
+            Err(e) => crate::floor::FloorVerdict {
+                result: e.result(),
+                did: None,
+                fingerprint: None,
+                published: None,
+                reason: Some(e.to_string()),
+            },
+        }
     };
     if args.json {
         println!(
@@ -136,4 +161,33 @@ pub(super) fn verify_cms(args: VerifyCmsArgs) -> ExitCode {
         AuthResult::Temperror => exit::TEMPFAIL,
         _ => exit::NO_PASS,
     })
+}
+
+/// Whether `raw` is a mail message rather than a DER or PEM structure.
+fn looks_like_a_message(raw: &[u8]) -> bool {
+    raw.first() != Some(&0x30)
+        && !String::from_utf8_lossy(&raw[..raw.len().min(4096)]).contains("-----BEGIN ")
+}
+
+/// The judge's verdict on a SignedData, as `verify-cms` reports it.
+fn floor_verdict(s: &crate::verify::SignatureVerdict) -> crate::floor::FloorVerdict {
+    use crate::floor::FloorError;
+    use crate::verify::Reason;
+    let published = match (&s.result, &s.reason) {
+        (AuthResult::Pass, _) => Some(true),
+        (AuthResult::Temperror, _) => None,
+        (_, Some(Reason::Floor(FloorError::Unpublished(_)))) => Some(false),
+        _ => None,
+    };
+    crate::floor::FloorVerdict {
+        result: s.result,
+        did: s.did.clone(),
+        fingerprint: s
+            .kid
+            .as_deref()
+            .and_then(|k| k.rsplit_once('/'))
+            .map(|(_, fp)| fp.to_string()),
+        published,
+        reason: s.reason.as_ref().map(|r| r.to_string()),
+    }
 }
