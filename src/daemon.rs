@@ -10,7 +10,7 @@ use crate::identity::IdentityResolver;
 use crate::lmtp::{self, LmtpService};
 use crate::milter;
 use crate::session::Settings;
-use crate::socket;
+use crate::socket::{self, BoundListener};
 use crate::verify::Verifier;
 
 /// Completes on the first SIGTERM or SIGINT.
@@ -339,6 +339,224 @@ fn reload(
     *current = new;
 }
 
+/// Every listening socket of a configuration, bound before anything is served: a bad address
+/// fails the start, not half of it.
+struct Listeners {
+    milter: Option<(BoundListener, usize)>,
+    lmtp: Option<(BoundListener, Arc<LmtpService>)>,
+    socketmap: Option<BoundListener>,
+    xrpc: Option<(BoundListener, Arc<crate::xrpc::Service>)>,
+    exim: Option<BoundListener>,
+    metrics: Option<BoundListener>,
+}
+
+impl Listeners {
+    async fn bind(config: &Config, runtime: &Runtime) -> Result<Listeners, String> {
+        let shared = &runtime.settings;
+        let milter = match &config.milter_in_force() {
+            Some(m) => Some((
+                bind(&m.listen, m.socket_mode, m.socket_group.as_deref()).await?,
+                m.max_connections.get(),
+            )),
+            None => None,
+        };
+        let lmtp = match &config.lmtp {
+            Some(l) if l.listen.is_some() => {
+                let listen = l.listen.as_ref().expect("checked");
+                let listener = bind(listen, l.socket_mode, l.socket_group.as_deref()).await?;
+                let service = LmtpService::new(shared.clone(), l, crate::host::name(), true)?;
+                service.clean_known_maildirs();
+                Some((listener, Arc::new(service)))
+            }
+            _ => None,
+        };
+        let socketmap = match &config.socketmap.listen {
+            Some(listen) => {
+                let s = &config.socketmap;
+                Some(bind(listen, s.socket_mode, s.socket_group.as_deref()).await?)
+            }
+            None => None,
+        };
+        let xrpc = match &config.xrpc.listen {
+            Some(listen) => Some((
+                bind(listen, FileMode(0o660), None).await?,
+                Arc::new(xrpc_service(
+                    config,
+                    runtime,
+                    lmtp.as_ref().map(|(_, s)| s),
+                )?),
+            )),
+            None => None,
+        };
+        let exim = match &config.exim.listen {
+            Some(listen) => {
+                let e = &config.exim;
+                Some(bind(listen, e.socket_mode, e.socket_group.as_deref()).await?)
+            }
+            None => None,
+        };
+        let metrics = match config.metrics.listen {
+            Some(listen) => {
+                let (host, port) = (listen.0.ip().to_string(), listen.0.port());
+                Some(bind(&SocketSpec::Inet { host, port }, FileMode(0o660), None).await?)
+            }
+            None => None,
+        };
+        Ok(Listeners {
+            milter,
+            lmtp,
+            socketmap,
+            xrpc,
+            exim,
+            metrics,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.milter.is_none()
+            && self.lmtp.is_none()
+            && self.socketmap.is_none()
+            && self.xrpc.is_none()
+            && self.exim.is_none()
+    }
+}
+
+/// The signing service, and with `xrpc.inbox` the HTTPS inbox, which stores as LMTP does:
+/// through the LMTP service when it runs here, else one of its own.
+fn xrpc_service(
+    config: &Config,
+    runtime: &Runtime,
+    lmtp: Option<&Arc<LmtpService>>,
+) -> Result<crate::xrpc::Service, String> {
+    let service = crate::xrpc::Service::new(
+        runtime.signing.clone(),
+        &config.xrpc,
+        &config.store.jti_file,
+    )?;
+    if !config.xrpc.inbox {
+        return Ok(service);
+    }
+    let lmtp_service = match lmtp {
+        Some(service) => service.clone(),
+        None => {
+            let lmtp_config = config.lmtp.clone().unwrap_or_default();
+            let host = crate::host::name();
+            Arc::new(LmtpService::new(
+                runtime.settings.clone(),
+                &lmtp_config,
+                host,
+                true,
+            )?)
+        }
+    };
+    let hosts = config
+        .inbox
+        .hosts()
+        .iter()
+        .filter_map(|h| crate::syntax::ascii_domain(h))
+        .collect();
+    let inbox = crate::xrpc::inbox::Inbox::new(lmtp_service, hosts, &config.inbox);
+    Ok(service.with_inbox(inbox))
+}
+
+/// The listeners served, each on a task of its own until `stop`; LMTP's service (a reload
+/// re-reads its recipients).
+fn spawn_services(
+    listeners: Listeners,
+    config: &Config,
+    runtime: &Runtime,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (
+    tokio::task::JoinSet<Result<(), String>>,
+    Option<Arc<LmtpService>>,
+) {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let shared = &runtime.settings;
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some((listener, max_connections)) = listeners.milter {
+        let (shared, stop) = (shared.clone(), stopped(stop.clone()));
+        tasks.spawn(async move {
+            milter::run(listener, shared, max_connections, stop)
+                .await
+                .map_err(|e| format!("milter stopped: {e}"))
+        });
+    }
+    if let Some(listener) = listeners.socketmap {
+        let (tables, stop) = (runtime.tables.clone(), stopped(stop.clone()));
+        let max = config.socketmap.max_connections.get();
+        tasks.spawn(async move {
+            crate::socketmap::run(listener, tables, max, stop)
+                .await
+                .map_err(|e| format!("socketmap stopped: {e}"))
+        });
+    }
+    if let Some(listener) = listeners.exim {
+        let (shared, stop) = (shared.clone(), stopped(stop.clone()));
+        let max = config.exim.max_connections.get();
+        let idle = std::time::Duration::from_secs(config.exim.timeout.get());
+        tasks.spawn(async move {
+            crate::exim::run(listener, shared, max, idle, stop)
+                .await
+                .map_err(|e| format!("Exim scanner stopped: {e}"))
+        });
+    }
+    if let Some((listener, service)) = listeners.xrpc {
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            crate::xrpc::run(listener, service, stop)
+                .await
+                .map_err(|e| format!("signing service stopped: {e}"))
+        });
+    }
+    let lmtp_service = listeners.lmtp.as_ref().map(|(_, service)| service.clone());
+    if let Some((listener, service)) = listeners.lmtp {
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            lmtp::run(listener, service, stop)
+                .await
+                .map_err(|e| format!("LMTP stopped: {e}"))
+        });
+    }
+    (tasks, lmtp_service)
+}
+
+/// The metrics endpoint and the control socket: served until the daemon aborts them.
+fn spawn_side_services(
+    metrics: Option<BoundListener>,
+    control: Option<BoundListener>,
+    config: &Config,
+    runtime: &Runtime,
+) -> (
+    Option<tokio::task::JoinHandle<()>>,
+    Option<tokio::task::JoinHandle<()>>,
+) {
+    let identity = runtime.settings.get().verifier.identity().clone();
+    let metrics = metrics.map(|listener| {
+        let app = crate::metrics::router(cache_source(identity.clone()));
+        let bounds = crate::http::Bounds {
+            max_connections: 64,
+            header_read_timeout: std::time::Duration::from_secs(5),
+        };
+        if let Some(listen) = config.metrics.listen {
+            info!("metrics on http://{}/metrics", listen.0);
+        }
+        tokio::spawn(async move {
+            crate::http::serve(
+                &listener,
+                "metrics",
+                app,
+                bounds,
+                std::future::pending::<()>(),
+            )
+            .await
+        })
+    });
+    let control = control.map(|listener| tokio::spawn(crate::control::serve(listener, identity)));
+    (metrics, control)
+}
+
 /// Runs the daemon with `config` (read from `path`, for reloads) until a shutdown signal: the
 /// milter, LMTP, or both in one process with one identity cache.
 pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(), String> {
@@ -350,204 +568,26 @@ pub async fn serve(config: Config, path: Option<std::path::PathBuf>) -> Result<(
     let settings = build_settings(&config)?;
     check_signing_keys(&settings).await?;
     let runtime = Runtime::new(settings);
-    let shared = runtime.settings.clone();
-    let milter_config = config.milter_in_force();
-    let lmtp_listen = config
-        .lmtp
-        .as_ref()
-        .and_then(|l| l.listen.clone().map(|listen| (l.clone(), listen)));
-    if milter_config.is_none()
-        && lmtp_listen.is_none()
-        && config.socketmap.listen.is_none()
-        && config.xrpc.listen.is_none()
-        && config.exim.listen.is_none()
-    {
+    let listeners = Listeners::bind(&config, &runtime).await?;
+    if listeners.is_empty() {
         return Err(
             "nothing to serve: [lmtp] has no listen address and there is no [milter] section \
                     (use `serve --stdio` for one LMTP session on standard input)"
                 .into(),
         );
     }
-    // Bind everything before serving anything: a bad address fails the start, not half of it.
-    let milter_listener = match &milter_config {
-        Some(m) => Some((
-            bind(&m.listen, m.socket_mode, m.socket_group.as_deref()).await?,
-            m.max_connections.get(),
-        )),
-        None => None,
-    };
-    let lmtp = match &lmtp_listen {
-        Some((lmtp_config, listen)) => {
-            let listener = bind(
-                listen,
-                lmtp_config.socket_mode,
-                lmtp_config.socket_group.as_deref(),
-            )
-            .await?;
-            let service = LmtpService::new(shared.clone(), lmtp_config, crate::host::name(), true)?;
-            service.clean_known_maildirs();
-            Some((listener, Arc::new(service)))
-        }
-        None => None,
-    };
-    let socketmap_listener = match &config.socketmap.listen {
-        Some(listen) => Some(
-            bind(
-                listen,
-                config.socketmap.socket_mode,
-                config.socketmap.socket_group.as_deref(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let xrpc = match &config.xrpc.listen {
-        Some(listen) => {
-            let mut service = crate::xrpc::Service::new(
-                runtime.signing.clone(),
-                &config.xrpc,
-                &config.store.jti_file,
-            )?;
-            if config.xrpc.inbox {
-                // The HTTPS inbox stores as LMTP does: the LMTP service when it runs here,
-                // else one for the inbox alone.
-                let lmtp_service = match &lmtp {
-                    Some((_, service)) => service.clone(),
-                    None => {
-                        let lmtp_config = config.lmtp.clone().unwrap_or_default();
-                        Arc::new(LmtpService::new(
-                            shared.clone(),
-                            &lmtp_config,
-                            crate::host::name(),
-                            true,
-                        )?)
-                    }
-                };
-                let hosts = config
-                    .inbox
-                    .hosts()
-                    .iter()
-                    .filter_map(|h| crate::syntax::ascii_domain(h))
-                    .collect();
-                service = service.with_inbox(crate::xrpc::inbox::Inbox::new(
-                    lmtp_service,
-                    hosts,
-                    &config.inbox,
-                ));
-            }
-            Some((
-                bind(listen, FileMode(0o660), None).await?,
-                Arc::new(service),
-            ))
-        }
-        None => None,
-    };
-    let exim_listener = match &config.exim.listen {
-        Some(listen) => Some(
-            bind(
-                listen,
-                config.exim.socket_mode,
-                config.exim.socket_group.as_deref(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    let metrics_listener = match config.metrics.listen {
-        Some(listen) => Some(
-            bind(
-                &SocketSpec::Inet {
-                    host: listen.0.ip().to_string(),
-                    port: listen.0.port(),
-                },
-                FileMode(0o660),
-                None,
-            )
-            .await?,
-        ),
-        None => None,
-    };
     info!("atsms-milter {} starting", env!("CARGO_PKG_VERSION"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let mut tasks = tokio::task::JoinSet::new();
     let control_listener = bind_control_socket(&config).await?;
-    let (control, metrics) = {
-        let settings = shared.get();
-        let identity = settings.verifier.identity().clone();
-        let metrics = metrics_listener.map(|listener| {
-            let app = crate::metrics::router(cache_source(identity.clone()));
-            let bounds = crate::http::Bounds {
-                max_connections: 64,
-                header_read_timeout: std::time::Duration::from_secs(5),
-            };
-            if let Some(listen) = config.metrics.listen {
-                info!("metrics on http://{}/metrics", listen.0);
-            }
-            tokio::spawn(async move {
-                crate::http::serve(
-                    &listener,
-                    "metrics",
-                    app,
-                    bounds,
-                    std::future::pending::<()>(),
-                )
-                .await
-            })
-        });
-        let control = control_listener
-            .map(|listener| tokio::spawn(crate::control::serve(listener, identity)));
-        (control, metrics)
-    };
-    if let Some((listener, max_connections)) = milter_listener {
-        let shared = shared.clone();
-        let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            milter::run(listener, shared, max_connections, stop)
-                .await
-                .map_err(|e| format!("milter stopped: {e}"))
-        });
-    }
-    if let Some(listener) = socketmap_listener {
-        let (tables, stop) = (runtime.tables.clone(), stopped(stop_rx.clone()));
-        let max = config.socketmap.max_connections.get();
-        tasks.spawn(async move {
-            crate::socketmap::run(listener, tables, max, stop)
-                .await
-                .map_err(|e| format!("socketmap stopped: {e}"))
-        });
-    }
-    if let Some(listener) = exim_listener {
-        let (shared, stop) = (shared.clone(), stopped(stop_rx.clone()));
-        let max = config.exim.max_connections.get();
-        let idle = std::time::Duration::from_secs(config.exim.timeout.get());
-        tasks.spawn(async move {
-            crate::exim::run(listener, shared, max, idle, stop)
-                .await
-                .map_err(|e| format!("Exim scanner stopped: {e}"))
-        });
-    }
-    if let Some((listener, service)) = xrpc {
-        let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            crate::xrpc::run(listener, service, stop)
-                .await
-                .map_err(|e| format!("signing service stopped: {e}"))
-        });
-    }
-    let lmtp_service = lmtp.as_ref().map(|(_, service)| service.clone());
-    if let Some((listener, service)) = lmtp {
-        let stop = stopped(stop_rx.clone());
-        tasks.spawn(async move {
-            lmtp::run(listener, service, stop)
-                .await
-                .map_err(|e| format!("LMTP stopped: {e}"))
-        });
-    }
+    let mut listeners = listeners;
+    let (metrics, control) = spawn_side_services(
+        listeners.metrics.take(),
+        control_listener,
+        &config,
+        &runtime,
+    );
+    let (mut tasks, lmtp_service) = spawn_services(listeners, &config, &runtime, &stop_rx);
     let mut config = config;
-
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -301,13 +301,32 @@ async fn the_directory_sees_the_budget_and_refreshes_yield_to_lookups() {
         assert!(identity.resolve_did(d).await.unwrap().cached);
     }
     let second: Vec<String> = (20..25).map(did).collect();
+    let asked = std::time::Instant::now();
     let found =
         futures::future::join_all(second.iter().map(|d| for_mail(identity.resolve_did(d)))).await;
     assert!(found.iter().all(|f| f.is_ok()));
-    let refreshed_before = requests_for(&first) - 20;
+    // Refreshes may take the slots that were free before the lookups came (how many depends
+    // on how long this busy machine took to get here). From then on the lookups go first:
+    // while they wait on mail's schedule (4 a second), a refresh gets at most the others'
+    // slot (1 a second) across their span of about 1.25 s. Refreshes queued ahead of them
+    // would show some fifteen here.
+    let last_lookup = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, d)| second.contains(d))
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap();
+    let refreshed_meanwhile = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, d)| first.contains(d) && *t >= asked && *t <= last_lookup)
+        .count();
     assert!(
-        refreshed_before <= 2,
-        "the lookups went ahead of the queued refreshes ({refreshed_before} refreshes first)"
+        refreshed_meanwhile <= 3,
+        "the lookups waited behind the queued refreshes ({refreshed_meanwhile} refreshes went while they waited)"
     );
     // The refreshes then come, spaced at the rate, never a burst.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
