@@ -9,12 +9,12 @@ use atsms_testkit::load as common;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use atsms_milter::config::{CacheConfig, ResolverConfig};
-use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::{BodyHasher, HeaderField, header_hash, sign, tags, token};
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::message::read_message;
-use atsms_milter::verify::{Context, Verifier};
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::format::envelope::{BodyHasher, HeaderField, header_hash, sign, tags, token};
+use atsms_milter::format::message::read_message;
+use atsms_milter::infra::config::{CacheConfig, ResolverConfig};
+use atsms_milter::verification::verify::{Context, Verifier};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use sha2::{Digest, Sha256};
 

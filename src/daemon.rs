@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use crate::config::{Config, FileMode, SocketSpec};
-use crate::identity::IdentityResolver;
-use crate::lmtp::{self, LmtpService};
-use crate::milter;
-use crate::session::Settings;
-use crate::socket::{self, BoundListener};
-use crate::verify::Verifier;
+use crate::atproto::identity::IdentityResolver;
+use crate::infra::config::{Config, FileMode, SocketSpec};
+use crate::infra::socket::{self, BoundListener};
+use crate::policy::judge::Settings;
+use crate::transport::lmtp::{self, LmtpService};
+use crate::transport::milter;
+use crate::verification::verify::Verifier;
 
 /// Completes on the first SIGTERM or SIGINT.
 pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
@@ -42,9 +42,9 @@ pub fn build_settings(config: &Config) -> Result<Arc<Settings>, String> {
 /// The replay set of a daemon: in memory, shared through Redis when configured.
 fn new_replay_set(
     config: &Config,
-    shared: Option<Arc<crate::store::SharedStore>>,
-) -> Arc<crate::replay::ReplaySet> {
-    Arc::new(crate::replay::ReplaySet::new(
+    shared: Option<Arc<crate::infra::store::SharedStore>>,
+) -> Arc<crate::policy::replay::ReplaySet> {
+    Arc::new(crate::policy::replay::ReplaySet::new(
         config.cache.max_entries.max(100_000) * 10,
         shared,
     ))
@@ -72,7 +72,9 @@ fn build_settings_reusing(
                         .key_file
                         .as_deref()
                         .ok_or("store.redis needs store.key_file")?;
-                    Some(Arc::new(crate::store::SharedStore::new(url, key_file)?))
+                    Some(Arc::new(crate::infra::store::SharedStore::new(
+                        url, key_file,
+                    )?))
                 }
                 None => None,
             };
@@ -86,9 +88,9 @@ fn build_settings_reusing(
     if let Some((_, previous)) = previous {
         settings.router = settings.router.keeping_pins_of(&previous.router);
     }
-    settings.signer = crate::signer::Signer::load(&config.signing)?.map(Arc::new);
+    settings.signer = crate::policy::signer::Signer::load(&config.signing)?.map(Arc::new);
     let previous_reputation = previous.and_then(|(_, s)| s.reputation.clone());
-    settings.reputation = crate::reputation::Reputation::load(
+    settings.reputation = crate::policy::reputation::Reputation::load(
         config,
         settings.verifier.identity().clone(),
         previous_reputation.as_deref(),
@@ -147,7 +149,7 @@ async fn check_signing_keys(settings: &Settings) -> Result<(), String> {
 /// (no writable /run/atsms-milter for a user running the daemon by hand) is skipped quietly.
 async fn bind_control_socket(config: &Config) -> Result<Option<socket::BoundListener>, String> {
     let path = config.control.path();
-    match crate::control::bind(&path).await {
+    match crate::transport::control::bind(&path).await {
         Ok(listener) => Ok(Some(listener)),
         Err(e) if config.control.socket.is_none() => {
             tracing::debug!("no control socket at {}: {e}", path.display());
@@ -161,7 +163,7 @@ async fn bind_control_socket(config: &Config) -> Result<Option<socket::BoundList
 }
 
 /// What `[metrics]` shows of the identity cache.
-fn cache_source(identity: Arc<IdentityResolver>) -> crate::metrics::CacheSource {
+fn cache_source(identity: Arc<IdentityResolver>) -> crate::infra::metrics::CacheSource {
     Arc::new(move || {
         let identity = identity.clone();
         Box::pin(async move { identity.stats().await.gauges() })
@@ -256,17 +258,17 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 /// start, and on reload): the judge's settings (milter, LMTP, Exim), the routing tables
 /// (socketmap) and what the signing service signs with (XRPC). Each room gets only its own.
 struct Runtime {
-    settings: crate::live::Live<Settings>,
-    tables: crate::live::Live<crate::socketmap::Tables>,
-    signing: crate::live::Live<crate::xrpc::Signing>,
+    settings: crate::infra::live::Live<Settings>,
+    tables: crate::infra::live::Live<crate::transport::socketmap::Tables>,
+    signing: crate::infra::live::Live<crate::transport::xrpc::Signing>,
 }
 
 impl Runtime {
     fn new(settings: Arc<Settings>) -> Runtime {
         Runtime {
-            tables: crate::live::Live::new(routing_tables(&settings)),
-            signing: crate::live::Live::new(Runtime::signing(&settings)),
-            settings: crate::live::Live::new(settings),
+            tables: crate::infra::live::Live::new(routing_tables(&settings)),
+            signing: crate::infra::live::Live::new(Runtime::signing(&settings)),
+            settings: crate::infra::live::Live::new(settings),
         }
     }
 
@@ -276,8 +278,8 @@ impl Runtime {
         self.settings.set(settings);
     }
 
-    fn signing(settings: &Settings) -> Arc<crate::xrpc::Signing> {
-        Arc::new(crate::xrpc::Signing {
+    fn signing(settings: &Settings) -> Arc<crate::transport::xrpc::Signing> {
+        Arc::new(crate::transport::xrpc::Signing {
             signer: settings.signer.clone(),
             verifier: settings.verifier.clone(),
             fixed_now: settings.fixed_now,
@@ -287,8 +289,8 @@ impl Runtime {
 
 /// The socketmap's tables of the settings `settings`: their router, inbox rules and
 /// recipient delimiter.
-pub fn routing_tables(settings: &Settings) -> Arc<crate::socketmap::Tables> {
-    Arc::new(crate::socketmap::Tables {
+pub fn routing_tables(settings: &Settings) -> Arc<crate::transport::socketmap::Tables> {
+    Arc::new(crate::transport::socketmap::Tables {
         router: settings.router.clone(),
         inbox: settings.inbox.clone(),
         delimiter: settings.recipient_delimiter.clone(),
@@ -345,7 +347,7 @@ struct Listeners {
     milter: Option<(BoundListener, usize)>,
     lmtp: Option<(BoundListener, Arc<LmtpService>)>,
     socketmap: Option<BoundListener>,
-    xrpc: Option<(BoundListener, Arc<crate::xrpc::Service>)>,
+    xrpc: Option<(BoundListener, Arc<crate::transport::xrpc::Service>)>,
     exim: Option<BoundListener>,
     metrics: Option<BoundListener>,
 }
@@ -364,7 +366,8 @@ impl Listeners {
             Some(l) if l.listen.is_some() => {
                 let listen = l.listen.as_ref().expect("checked");
                 let listener = bind(listen, l.socket_mode, l.socket_group.as_deref()).await?;
-                let service = LmtpService::new(shared.clone(), l, crate::host::name(), true)?;
+                let service =
+                    LmtpService::new(shared.clone(), l, crate::infra::host::name(), true)?;
                 service.clean_known_maildirs();
                 Some((listener, Arc::new(service)))
             }
@@ -427,8 +430,8 @@ fn xrpc_service(
     config: &Config,
     runtime: &Runtime,
     lmtp: Option<&Arc<LmtpService>>,
-) -> Result<crate::xrpc::Service, String> {
-    let service = crate::xrpc::Service::new(
+) -> Result<crate::transport::xrpc::Service, String> {
+    let service = crate::transport::xrpc::Service::new(
         runtime.signing.clone(),
         &config.xrpc,
         &config.store.jti_file,
@@ -440,7 +443,7 @@ fn xrpc_service(
         Some(service) => service.clone(),
         None => {
             let lmtp_config = config.lmtp.clone().unwrap_or_default();
-            let host = crate::host::name();
+            let host = crate::infra::host::name();
             Arc::new(LmtpService::new(
                 runtime.settings.clone(),
                 &lmtp_config,
@@ -453,9 +456,9 @@ fn xrpc_service(
         .inbox
         .hosts()
         .iter()
-        .filter_map(|h| crate::syntax::ascii_domain(h))
+        .filter_map(|h| crate::format::syntax::ascii_domain(h))
         .collect();
-    let inbox = crate::xrpc::inbox::Inbox::new(lmtp_service, hosts, &config.inbox);
+    let inbox = crate::transport::xrpc::inbox::Inbox::new(lmtp_service, hosts, &config.inbox);
     Ok(service.with_inbox(inbox))
 }
 
@@ -487,7 +490,7 @@ fn spawn_services(
         let (tables, stop) = (runtime.tables.clone(), stopped(stop.clone()));
         let max = config.socketmap.max_connections.get();
         tasks.spawn(async move {
-            crate::socketmap::run(listener, tables, max, stop)
+            crate::transport::socketmap::run(listener, tables, max, stop)
                 .await
                 .map_err(|e| format!("socketmap stopped: {e}"))
         });
@@ -497,7 +500,7 @@ fn spawn_services(
         let max = config.exim.max_connections.get();
         let idle = std::time::Duration::from_secs(config.exim.timeout.get());
         tasks.spawn(async move {
-            crate::exim::run(listener, shared, max, idle, stop)
+            crate::transport::exim::run(listener, shared, max, idle, stop)
                 .await
                 .map_err(|e| format!("Exim scanner stopped: {e}"))
         });
@@ -505,7 +508,7 @@ fn spawn_services(
     if let Some((listener, service)) = listeners.xrpc {
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
-            crate::xrpc::run(listener, service, stop)
+            crate::transport::xrpc::run(listener, service, stop)
                 .await
                 .map_err(|e| format!("signing service stopped: {e}"))
         });
@@ -534,8 +537,8 @@ fn spawn_side_services(
 ) {
     let identity = runtime.settings.get().verifier.identity().clone();
     let metrics = metrics.map(|listener| {
-        let app = crate::metrics::router(cache_source(identity.clone()));
-        let bounds = crate::http::Bounds {
+        let app = crate::infra::metrics::router(cache_source(identity.clone()));
+        let bounds = crate::infra::http::Bounds {
             max_connections: 64,
             header_read_timeout: std::time::Duration::from_secs(5),
         };
@@ -543,7 +546,7 @@ fn spawn_side_services(
             info!("metrics on http://{}/metrics", listen.0);
         }
         tokio::spawn(async move {
-            crate::http::serve(
+            crate::infra::http::serve(
                 &listener,
                 "metrics",
                 app,
@@ -553,7 +556,8 @@ fn spawn_side_services(
             .await
         })
     });
-    let control = control.map(|listener| tokio::spawn(crate::control::serve(listener, identity)));
+    let control =
+        control.map(|listener| tokio::spawn(crate::transport::control::serve(listener, identity)));
     (metrics, control)
 }
 
@@ -630,18 +634,18 @@ pub async fn serve_stdio(config: Config) -> Result<(), String> {
     let mut settings = build_settings(&config)?;
     // One process per delivery: without Redis, replays are remembered in a file.
     if config.policy.replay && config.store.redis.is_none() {
-        let file = crate::store::SeenFile::new(config.store.replay_file.clone());
-        let replay = crate::replay::ReplaySet::new(10_000, None).with_file(file);
+        let file = crate::infra::store::SeenFile::new(config.store.replay_file.clone());
+        let replay = crate::policy::replay::ReplaySet::new(10_000, None).with_file(file);
         if let Some(s) = Arc::get_mut(&mut settings) {
             s.replay = Some(Arc::new(replay));
         }
     }
-    let shared = crate::live::Live::new(settings);
+    let shared = crate::infra::live::Live::new(settings);
     let lmtp_config = config.lmtp.clone().unwrap_or_default();
     let service = Arc::new(LmtpService::new(
         shared,
         &lmtp_config,
-        crate::host::name(),
+        crate::infra::host::name(),
         false,
     )?);
     let stream = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());

@@ -7,50 +7,19 @@
 //! are the command line, the configuration file, the sockets and the header fields it writes
 //! (docs/configuration.md, docs/envelope-v1.md).
 //!
-//! The rooms and the direction of their arrows are in docs/architecture.md: `envelope` and
-//! `crypto` are pure; `identity` owns the network and the cache; `verify` turns a message into
-//! a `Verdict`; the judge in `session` turns a verdict and the recipients into decisions;
-//! transports only translate.
+//! The rooms, grouped by what they are for, and the direction of their arrows are in
+//! docs/architecture.md: `transport` (the protocols), `policy` (the judge and what it weighs),
+//! `verification` (a message to a `Verdict`), `atproto` (identities, service auth), `format`
+//! (wire formats, pure), `infra` (what every room stands on); `cli`, `daemon` and `fuzzing` are
+//! the program's entry points.
 
-pub mod action;
-pub mod address;
-pub mod auth_results;
+pub mod atproto;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod control;
-pub mod crypto;
 pub mod daemon;
-pub mod envelope;
-pub mod exim;
-pub mod floor;
+pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod host;
-pub mod http;
-pub mod identity;
-pub mod inbox;
-pub mod limit;
-pub mod live;
-pub mod lmtp;
-pub mod logging;
-pub mod maildir;
-pub mod message;
-pub mod metrics;
-pub mod milter;
-pub mod mime;
+pub mod infra;
 pub mod policy;
-pub mod replay;
-pub mod reply;
-pub mod reputation;
-pub mod routing;
-pub mod senders;
-pub mod service_auth;
-pub mod session;
-pub mod signer;
-pub mod socket;
-pub mod socketmap;
-pub mod store;
-pub mod syntax;
-pub mod verify;
-pub mod xrpc;
+pub mod transport;
+pub mod verification;

@@ -1,9 +1,10 @@
 //! The house as built, checked against docs/architecture.md: the rooms (the modules of
-//! src/lib.rs) and, for each, the rooms its code uses (every `crate::room` outside its tests),
-//! must be what the table there says; the arrows never run in a circle; the socketmap (a
-//! lookup table) reaches no room of the judge (`session`); the transports (milter, LMTP, the
-//! Exim scanner, XRPC and its HTTPS inbox) reach routing, reputation and replays only through
-//! the judge; no source file is over 700 lines.
+//! src/lib.rs, and the modules of each group in it: `transport::milter`, …) and, for each, the
+//! rooms its code uses (every `crate::room` outside its tests), must be what the table there
+//! says; the arrows never run in a circle; the socketmap (a lookup table) reaches no room of
+//! the judge; the transports (milter, LMTP, the Exim scanner, XRPC and its HTTPS inbox) reach
+//! routing, reputation and replays only through the judge; no source file is over 700 lines;
+//! no function is over 120.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,9 +13,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The rooms: `pub mod NAME;` in src/lib.rs.
-fn rooms() -> BTreeSet<String> {
-    std::fs::read_to_string(root().join("src/lib.rs"))
+/// The `pub mod NAME;` lines of a module file.
+fn modules_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub mod "))
@@ -22,8 +23,50 @@ fn rooms() -> BTreeSet<String> {
         .collect()
 }
 
+/// The groups of rooms (docs/architecture.md): folders of src/ whose mod.rs says what the
+/// group is for and declares its rooms, nothing else.
+const GROUPS: [&str; 6] = [
+    "transport",
+    "policy",
+    "verification",
+    "atproto",
+    "format",
+    "infra",
+];
+
+fn is_group(name: &str) -> bool {
+    let path = root().join("src").join(name).join("mod.rs");
+    GROUPS.contains(&name)
+        && std::fs::read_to_string(&path).unwrap().lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with("//!") || l.starts_with("pub mod ")
+        })
+}
+
+/// The rooms, as paths below the crate: `cli`, `transport::milter`, …
+fn rooms() -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for name in modules_of(&root().join("src/lib.rs")) {
+        if is_group(&name) {
+            for room in modules_of(&root().join("src").join(&name).join("mod.rs")) {
+                all.insert(format!("{name}::{room}"));
+            }
+        } else {
+            all.insert(name);
+        }
+    }
+    for group in GROUPS {
+        assert!(
+            is_group(group),
+            "src/{group}/mod.rs holds more than its rooms"
+        );
+    }
+    all
+}
+
 /// The files of a room: src/ROOM.rs or everything below src/ROOM/.
 fn files(room: &str) -> Vec<PathBuf> {
+    let room = room.replace("::", "/");
     let single = root().join(format!("src/{room}.rs"));
     if single.exists() {
         return vec![single];
@@ -52,29 +95,38 @@ fn code_of(path: &Path) -> String {
     }
 }
 
+/// The room a path below the crate names (`infra::config::Config` → `infra::config`).
+fn room_named(path: &str, all: &BTreeSet<String>) -> Option<String> {
+    let mut parts = path.split("::");
+    let first = parts.next()?;
+    if all.contains(first) {
+        return Some(first.to_string());
+    }
+    let room = format!("{first}::{}", parts.next()?);
+    all.contains(&room).then_some(room)
+}
+
 /// The rooms `room`'s code names as `crate::OTHER`.
 fn uses(room: &str, all: &BTreeSet<String>) -> BTreeSet<String> {
     let mut used = BTreeSet::new();
     for file in files(room) {
         let code = code_of(&file);
         for (at, _) in code.match_indices("crate::") {
-            let rest = &code[at + "crate::".len()..];
-            let name: String = rest
+            let path: String = code[at + "crate::".len()..]
                 .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
                 .collect();
-            if all.contains(&name) && name != room {
-                used.insert(name);
-            }
-            // `use crate::{a, b::c}`
-            if rest.starts_with('{') {
-                let group = &rest[1..rest.find('}').unwrap_or(rest.len())];
-                for item in group.split(',') {
-                    let name = item.trim().split("::").next().unwrap_or_default();
-                    if all.contains(name) && name != room {
-                        used.insert(name.to_string());
-                    }
+            match room_named(&path, all) {
+                Some(name) if name != room => {
+                    used.insert(name);
                 }
+                Some(_) => {}
+                // `use crate::{a, b::c}` would hide its rooms from this reading.
+                None => assert!(
+                    !path.is_empty() && !path.ends_with("::"),
+                    "{}: a `crate::` path this test cannot read: {path:?}",
+                    file.display()
+                ),
             }
         }
     }
@@ -102,8 +154,7 @@ fn documented(all: &BTreeSet<String>) -> BTreeMap<String, BTreeSet<String>> {
             .split('`')
             .skip(1)
             .step_by(2)
-            .map(|name| name.split("::").next().unwrap_or_default().to_string())
-            .filter(|name| all.contains(name))
+            .filter_map(|name| room_named(name, all))
             .collect();
         table.insert(room.to_string(), named);
     }
@@ -163,18 +214,18 @@ fn the_arrows_run_one_way() {
         }
     }
     assert!(
-        !graph["socketmap"].contains("session"),
-        "the socketmap reaches the session's settings: {:?}",
-        graph["socketmap"]
+        !graph["transport::socketmap"].contains("policy::judge"),
+        "the socketmap reaches the judge's settings: {:?}",
+        graph["transport::socketmap"]
     );
     // Transports only translate the judge's answers: what decides (consent, reputation,
     // replays) is the judge's to ask.
-    for transport in ["milter", "lmtp", "exim", "xrpc"] {
-        for decider in ["routing", "reputation", "replay"] {
+    for transport in ["milter", "lmtp", "exim", "xrpc"].map(|t| format!("transport::{t}")) {
+        for decider in ["routing", "reputation", "replay"].map(|d| format!("policy::{d}")) {
             assert!(
-                !graph[transport].contains(decider),
+                !graph[&transport].contains(&decider),
                 "{transport} uses {decider} itself instead of asking the judge: {:?}",
-                graph[transport]
+                graph[&transport]
             );
         }
     }
@@ -186,11 +237,84 @@ fn no_source_file_is_over_700_lines() {
     let long: Vec<String> = all
         .iter()
         .flat_map(|r| files(r))
-        .chain([root().join("src/lib.rs"), root().join("src/main.rs")])
+        .chain(groups_and_roots())
         .filter_map(|f| {
             let lines = std::fs::read_to_string(&f).unwrap().lines().count();
             (lines > 700).then(|| format!("{}: {lines}", f.display()))
         })
         .collect();
     assert!(long.is_empty(), "{long:?}");
+}
+
+/// src/lib.rs, src/main.rs and each group's mod.rs.
+fn groups_and_roots() -> Vec<PathBuf> {
+    let mut out = vec![root().join("src/lib.rs"), root().join("src/main.rs")];
+    for name in modules_of(&root().join("src/lib.rs")) {
+        if is_group(&name) {
+            out.push(root().join("src").join(name).join("mod.rs"));
+        }
+    }
+    out
+}
+
+/// Every `fn` of a file with its length in lines: from its line to the closing brace at its
+/// indentation (rustfmt's layout).
+fn functions(path: &Path) -> Vec<(String, usize)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let head = trimmed
+            .trim_start_matches("pub ")
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("const ")
+            .trim_start_matches("async ");
+        let Some(name) = head.strip_prefix("fn ") else {
+            continue;
+        };
+        if line.ends_with(';') {
+            continue;
+        }
+        let close = format!("{}}}", " ".repeat(indent));
+        if let Some(end) = lines[at..].iter().position(|l| *l == close) {
+            let name: String = name
+                .chars()
+                .take_while(|c| *c != '(' && *c != '<')
+                .collect();
+            out.push((format!("{}:{} {name}", path.display(), at + 1), end + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_is_over_120_lines() {
+    let all = rooms();
+    let long: Vec<String> = all
+        .iter()
+        .flat_map(|r| files(r))
+        .flat_map(|f| functions(&f))
+        .filter(|(_, lines)| *lines > 120)
+        .map(|(name, lines)| format!("{name}: {lines}"))
+        .collect();
+    assert!(long.is_empty(), "{long:#?}");
+}
+
+#[test]
+fn no_test_function_is_over_150_lines() {
+    let mut long = Vec::new();
+    for entry in std::fs::read_dir(root().join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            long.extend(
+                functions(&path)
+                    .into_iter()
+                    .filter(|(_, lines)| *lines > 150)
+                    .map(|(name, lines)| format!("{name}: {lines}")),
+            );
+        }
+    }
+    assert!(long.is_empty(), "{long:#?}");
 }

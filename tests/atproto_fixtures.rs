@@ -2,8 +2,8 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::crypto::{Alg, PublicKey, SignatureError, SigningKey};
-use atsms_milter::syntax;
+use atsms_milter::format::crypto::{Alg, PublicKey, SignatureError, SigningKey};
+use atsms_milter::format::syntax;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use serde_json::Value;

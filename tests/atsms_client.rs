@@ -12,8 +12,8 @@ use atsms_testkit as support;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use atsms_milter::config::Config;
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::infra::config::Config;
 use base64::Engine;
 use serde_json::{Value, json};
 use support::lmtp::RunningLmtp;
@@ -343,10 +343,12 @@ fn verify_says_what_an_atsms_part_carries() {
 
 #[test]
 fn an_enveloped_data_names_its_recipients_by_the_did_and_the_certificate_serial() {
-    let recipients = atsms_milter::floor::enveloped_recipients(&data("oneshot.der")).unwrap();
+    let recipients =
+        atsms_milter::verification::atsms_parts::enveloped_recipients(&data("oneshot.der"))
+            .unwrap();
     assert_eq!(
         recipients,
-        vec![atsms_milter::floor::Recipient {
+        vec![atsms_milter::verification::atsms_parts::Recipient {
             issuer_cn: Some(RECIPIENT.to_string()),
             serial: vec![
                 0x0b, 0xe2, 0x3f, 0x11, 0xd3, 0x9b, 0xa7, 0xc0, 0xa8, 0x71, 0x2d, 0x3a, 0x79, 0x8e,
@@ -355,12 +357,12 @@ fn an_enveloped_data_names_its_recipients_by_the_did_and_the_certificate_serial(
         }]
     );
     assert_eq!(
-        atsms_milter::floor::classify(&data("oneshot.der")),
-        atsms_milter::floor::EnvelopeKind::CmsEnveloped
+        atsms_milter::verification::atsms_parts::classify(&data("oneshot.der")),
+        atsms_milter::verification::atsms_parts::EnvelopeKind::CmsEnveloped
     );
     assert_eq!(
-        atsms_milter::floor::classify(&data("envelope.cbor")),
-        atsms_milter::floor::EnvelopeKind::Sealed
+        atsms_milter::verification::atsms_parts::classify(&data("envelope.cbor")),
+        atsms_milter::verification::atsms_parts::EnvelopeKind::Sealed
     );
 }
 

@@ -5,7 +5,7 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::config::PolicyConfig;
+use atsms_milter::infra::config::PolicyConfig;
 use std::process::Command;
 use support::daemon::Daemon;
 use support::postfix::Postfix;

@@ -8,9 +8,9 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::auth_results::{Property, format_value};
-use atsms_milter::envelope::AuthResult;
-use atsms_milter::verify::Verdict;
+use atsms_milter::format::auth_results::{Property, format_value};
+use atsms_milter::format::envelope::AuthResult;
+use atsms_milter::verification::verify::Verdict;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::process::{Command, Stdio};

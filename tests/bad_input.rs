@@ -6,20 +6,20 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::config::CacheConfig;
-use atsms_milter::config::ResolverConfig;
-use atsms_milter::crypto::Alg;
-use atsms_milter::crypto::SignatureError;
-use atsms_milter::crypto::SigningKey;
-use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::DocumentError;
-use atsms_milter::identity::IdentityError;
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::identity::Upstream;
-use atsms_milter::message::read_message;
-use atsms_milter::verify::MAX_SIGNATURES;
-use atsms_milter::verify::Reason;
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::DocumentError;
+use atsms_milter::atproto::identity::IdentityError;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::atproto::identity::Upstream;
+use atsms_milter::format::crypto::Alg;
+use atsms_milter::format::crypto::SignatureError;
+use atsms_milter::format::crypto::SigningKey;
+use atsms_milter::format::envelope::AuthResult;
+use atsms_milter::format::message::read_message;
+use atsms_milter::infra::config::CacheConfig;
+use atsms_milter::infra::config::ResolverConfig;
+use atsms_milter::verification::verify::MAX_SIGNATURES;
+use atsms_milter::verification::verify::Reason;
+use atsms_milter::verification::verify::Verifier;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Read;
@@ -118,7 +118,10 @@ async fn gigantic_unsigned_header_field_and_body() {
     over.resize(17 * 1024 * 1024, b'x');
     let err = read_message(&over[..]).unwrap_err();
     assert!(
-        matches!(err, atsms_milter::message::ReadError::HeaderTooLarge),
+        matches!(
+            err,
+            atsms_milter::format::message::ReadError::HeaderTooLarge
+        ),
         "{err}"
     );
 }

@@ -335,7 +335,7 @@ fn keygen_prints_a_key_its_multikey_and_did_key() {
         let out = run(&["keygen".into(), "--curve".into(), curve.into()], None);
         assert_eq!(out.status.code(), Some(0));
         let pem = String::from_utf8(out.stdout).unwrap();
-        let key = atsms_milter::crypto::SigningKey::from_pkcs8_pem(&pem).unwrap();
+        let key = atsms_milter::format::crypto::SigningKey::from_pkcs8_pem(&pem).unwrap();
         let stderr = String::from_utf8(out.stderr).unwrap();
         let multikey = key.public_key().to_multikey();
         assert!(multikey.starts_with(prefix));

@@ -7,7 +7,7 @@ use atsms_testkit as support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
 use support::daemon::Daemon;
 use support::exim::Exim;
 use support::ids::plc_did;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
 use support::daemon::Daemon;
 use support::dns::{Answer, DnsServer};
 use support::ids::plc_did;
@@ -21,7 +21,7 @@ use support::vectors::VectorWorld;
 const DIDS: usize = 100;
 
 fn now() -> i64 {
-    atsms_milter::clock::unix_now()
+    atsms_milter::infra::clock::unix_now()
 }
 
 fn config(port: u16, resolver: &str, redis: &Redis) -> String {

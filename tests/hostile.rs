@@ -6,18 +6,18 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::config::CacheConfig;
-use atsms_milter::config::PolicyConfig;
-use atsms_milter::config::ResolverConfig;
-use atsms_milter::crypto::Alg;
-use atsms_milter::crypto::SigningKey;
-use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::DocumentError;
-use atsms_milter::identity::IdentityError;
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::identity::Upstream;
-use atsms_milter::verify::Reason;
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::DocumentError;
+use atsms_milter::atproto::identity::IdentityError;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::atproto::identity::Upstream;
+use atsms_milter::format::crypto::Alg;
+use atsms_milter::format::crypto::SigningKey;
+use atsms_milter::format::envelope::AuthResult;
+use atsms_milter::infra::config::CacheConfig;
+use atsms_milter::infra::config::PolicyConfig;
+use atsms_milter::infra::config::ResolverConfig;
+use atsms_milter::verification::verify::Reason;
+use atsms_milter::verification::verify::Verifier;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
 use support::daemon::Daemon;
 use support::ids::plc_did;
 use support::plc::Plc;

@@ -6,16 +6,16 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::identity::budget::for_mail;
+use atsms_milter::atproto::identity::budget::for_mail;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atsms_milter::config::{CacheConfig, ResolverConfig};
-use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::format::envelope::AuthResult;
+use atsms_milter::infra::config::{CacheConfig, ResolverConfig};
+use atsms_milter::verification::verify::Verifier;
 use support::http::{HttpServer, Reply};
 use support::signing::{document, signed, verify_first};
 

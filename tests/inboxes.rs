@@ -10,8 +10,8 @@ use atsms_testkit as support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atsms_milter::config::{Action, Config, PolicyConfig};
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::infra::config::{Action, Config, PolicyConfig};
 use support::ids::plc_did;
 use support::lmtp::{RunningLmtp, dot_stuffed};
 use support::plc::{Plc, mailbox};

@@ -8,7 +8,7 @@ use atsms_testkit as support;
 use std::io::{Read, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
 use indymilter_test::{EomAction, Status};
 use support::daemon::Daemon;
 use support::ids::plc_did;

@@ -6,8 +6,8 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::config::Action;
-use atsms_milter::config::PolicyConfig;
+use atsms_milter::infra::config::Action;
+use atsms_milter::infra::config::PolicyConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;

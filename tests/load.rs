@@ -9,10 +9,10 @@ use atsms_testkit as support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atsms_milter::config::{PolicyConfig, ResolverConfig};
-use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::sign;
-use atsms_milter::message::read_message;
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::format::envelope::sign;
+use atsms_milter::format::message::read_message;
+use atsms_milter::infra::config::{PolicyConfig, ResolverConfig};
 use indymilter_test::{EomAction, Status, TestConnection};
 use support::http::{HttpServer, Reply};
 use support::ids::plc_did;

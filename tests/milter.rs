@@ -5,7 +5,7 @@ use atsms_testkit as support;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use atsms_milter::config::{Action, PolicyConfig};
+use atsms_milter::infra::config::{Action, PolicyConfig};
 use indymilter_test::{EomAction, MacroStage, ProtoOpts, Status, TestConnection};
 use support::http::{HttpServer, Reply};
 use support::milter::{RunningMilter, split_message};
@@ -388,14 +388,14 @@ async fn steps_that_only_continue_are_not_answered() {
     );
     milter.stop().await;
 
-    let mut config = atsms_milter::config::Config {
+    let mut config = atsms_milter::infra::config::Config {
         resolver: world.resolver_config(),
         policy: policy(),
         ..Default::default()
     };
-    config.inbox.rules = vec![atsms_milter::config::InboxRuleConfig {
+    config.inbox.rules = vec![atsms_milter::infra::config::InboxRuleConfig {
         recipients: vec!["did.*@mx.example.net".into()],
-        require: atsms_milter::config::Require::Pass,
+        require: atsms_milter::infra::config::Require::Pass,
         allow: None,
         action: Action::Reject,
     }];

@@ -8,7 +8,7 @@ use atsms_testkit as support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
 use support::daemon::Daemon;
 use support::ids::plc_did;
 use support::plc::{Plc, mailbox};

@@ -144,7 +144,7 @@ fn awkward_recipients_are_answered_on_every_path() {
     let mut out = String::new();
     stream.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("220 "), "{out}");
-    // The panic hook's line (src/logging.rs), at error level: written at once.
+    // The panic hook's line (src/infra/logging.rs), at error level: written at once.
     let log = daemon.log();
     assert!(!log.contains("internal error"), "{log}");
 }

@@ -2,18 +2,18 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::config::CacheConfig;
-use atsms_milter::config::PolicyConfig;
-use atsms_milter::crypto::Alg;
-use atsms_milter::crypto::SigningKey;
-use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::message::read_message;
-use atsms_milter::replay::ReplaySet;
-use atsms_milter::store::SharedStore;
-use atsms_milter::verify::Context;
-use atsms_milter::verify::Reason;
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::format::crypto::Alg;
+use atsms_milter::format::crypto::SigningKey;
+use atsms_milter::format::envelope::AuthResult;
+use atsms_milter::format::message::read_message;
+use atsms_milter::infra::config::CacheConfig;
+use atsms_milter::infra::config::PolicyConfig;
+use atsms_milter::infra::store::SharedStore;
+use atsms_milter::policy::replay::ReplaySet;
+use atsms_milter::verification::verify::Context;
+use atsms_milter::verification::verify::Reason;
+use atsms_milter::verification::verify::Verifier;
 use indymilter_test::Status;
 use std::io::Read;
 use std::io::Write;
@@ -343,7 +343,7 @@ fn stdio_runs_share_the_replay_file() {
 
 #[tokio::test]
 async fn a_document_written_into_redis_without_the_fleet_key_is_ignored() {
-    use atsms_milter::store::SharedStore;
+    use atsms_milter::infra::store::SharedStore;
     let redis = support::redis::Redis::start();
     let world = VectorWorld::start();
     let dir = tempfile::tempdir().unwrap();
@@ -357,7 +357,7 @@ async fn a_document_written_into_redis_without_the_fleet_key_is_ignored() {
     // The attacker writes a document for alice holding their own key.
     let attacker = SigningKey::generate(Alg::Es256k).unwrap();
     let forged_doc = serde_json::json!({
-        "fetched": atsms_milter::clock::unix_now(),
+        "fetched": atsms_milter::infra::clock::unix_now(),
         "source": "https://plc.directory/x",
         "body": document(ALICE, &attacker, None),
     });

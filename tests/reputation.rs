@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
 use base64::Engine;
 use indymilter_test::{EomAction, Status};
 use serde_json::{Value, json};

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atsms_milter::config::Config;
-use atsms_milter::crypto::{Alg, SigningKey};
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::infra::config::Config;
 use support::daemon::Daemon;
 use support::dns::{Answer, DnsServer};
 use support::http::{HttpServer, Reply};
@@ -247,7 +247,7 @@ async fn the_alias_map_rewrites_only_its_alias_domains() {
     let mut c = server.client().await;
     let m = mailbox(&w.mailto);
     let bang = w.mailto.replace(':', "!");
-    let host = atsms_milter::host::name();
+    let host = atsms_milter::infra::host::name();
     for key in [
         format!("{m}@localhost"),
         format!("{m}@LOCALHOST."),

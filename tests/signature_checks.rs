@@ -8,13 +8,13 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::config::CacheConfig;
-use atsms_milter::config::ResolverConfig;
-use atsms_milter::crypto::Alg;
-use atsms_milter::crypto::SigningKey;
-use atsms_milter::envelope::AuthResult;
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::format::crypto::Alg;
+use atsms_milter::format::crypto::SigningKey;
+use atsms_milter::format::envelope::AuthResult;
+use atsms_milter::infra::config::CacheConfig;
+use atsms_milter::infra::config::ResolverConfig;
+use atsms_milter::verification::verify::Verifier;
 use serde_json::Value;
 use std::io::Write;
 use std::process::Command;

@@ -8,7 +8,7 @@
 
 use atsms_testkit as support;
 
-use atsms_milter::envelope::AuthResult;
+use atsms_milter::format::envelope::AuthResult;
 use indymilter_test::{EomAction, Status};
 use support::milter::{RunningMilter, send_from as send};
 use support::vectors::VectorWorld;
@@ -25,12 +25,12 @@ fn key_file(world: &VectorWorld, dir: &std::path::Path, did: &str) -> std::path:
     path
 }
 
-fn config(world: &VectorWorld, signing: &str) -> atsms_milter::config::Config {
+fn config(world: &VectorWorld, signing: &str) -> atsms_milter::infra::config::Config {
     let text = format!(
         "{}\n[policy]\nauthserv_id = \"mx.test\"\ntrusted_networks = []\n\n{signing}",
         world.resolver_toml()
     );
-    atsms_milter::config::Config::from_toml(&text, "test").unwrap()
+    atsms_milter::infra::config::Config::from_toml(&text, "test").unwrap()
 }
 
 fn message(from: &str, subject: &str) -> Vec<u8> {
@@ -275,7 +275,7 @@ fn refused_start(key_pem: &[u8], mode: u32, plc: &support::plc::Plc, did: &str) 
 
 #[test]
 fn a_bad_signing_key_stops_the_start_and_says_why() {
-    use atsms_milter::crypto::{Alg, SigningKey};
+    use atsms_milter::format::crypto::{Alg, SigningKey};
     let plc = support::plc::Plc::start();
     let did = support::ids::plc_did(3);
     let key = SigningKey::generate(Alg::Es256k).unwrap();

@@ -13,7 +13,7 @@ use atsms_testkit as support;
 use std::path::Path;
 use std::process::Command;
 
-use atsms_milter::auth_results::{Property, format_value};
+use atsms_milter::format::auth_results::{Property, format_value};
 use support::contrib;
 use support::vectors::VectorWorld;
 
@@ -29,7 +29,7 @@ async fn judged(
 ) -> Vec<u8> {
     let raw = std::fs::read(support::test_data("envelope").join(vector)).unwrap();
     let verdicts = support::signing::verify_at(&world.verifier(), &raw, world.now()).await;
-    let verdict = atsms_milter::verify::Verdict {
+    let verdict = atsms_milter::verification::verify::Verdict {
         signatures: verdicts,
     };
     let value = format_value(OURS, &verdict, properties, "\r\n");
@@ -54,7 +54,7 @@ async fn cases(world: &VectorWorld) -> Cases {
         "Authentication-Results: relay.example; atsms=fail reason=\"body hash mismatch\" header.d=\"{ALICE}\"\r\n"
     );
     let unsigned = {
-        let verdict = atsms_milter::verify::Verdict { signatures: vec![] };
+        let verdict = atsms_milter::verification::verify::Verdict { signatures: vec![] };
         format!(
             "Authentication-Results:{}\r\n{relay}From: <carol@example.org>\r\nSubject: unsigned\r\n\r\nhello\r\n",
             format_value(OURS, &verdict, &[], "\r\n")

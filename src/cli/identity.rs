@@ -22,7 +22,7 @@ struct ResolutionSource {
     /// The URL the DID document came from.
     document: String,
     /// How the handle was resolved to the DID (`dns` or `https`), when it was.
-    handle: Option<crate::identity::HandleSource>,
+    handle: Option<crate::atproto::identity::HandleSource>,
     /// Where the key came from: the `#atproto` verification method.
     key: Option<String>,
 }
@@ -137,7 +137,7 @@ struct Route {
 }
 
 pub(super) fn route(args: RouteArgs) -> ExitCode {
-    use crate::routing::{self, Consent, DidAddress};
+    use crate::policy::routing::{self, Consent, DidAddress};
     let resolver = match args.resolver.resolver() {
         Ok(r) => Arc::new(r),
         Err(e) => return fail(exit::USAGE, e),
@@ -173,8 +173,8 @@ pub(super) fn route(args: RouteArgs) -> ExitCode {
             {
                 let document = &found.value.document;
                 endpoint = document.mail_service().map(str::to_string);
-                if let Some(crate::identity::did_doc::MailEndpoint::Smtp {
-                    host: crate::identity::did_doc::MailHost::Name(host),
+                if let Some(crate::atproto::identity::did_doc::MailEndpoint::Smtp {
+                    host: crate::atproto::identity::did_doc::MailHost::Name(host),
                     ..
                 }) = document.mail_endpoint()
                 {

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::auth_results;
-use crate::config::{CacheConfig, Config, DEFAULT_CONFIG_PATH, ResolverConfig};
-use crate::crypto::{Alg, SigningKey};
-use crate::envelope::AuthResult;
-use crate::identity::IdentityResolver;
-use crate::message;
-use crate::verify::Verifier;
+use crate::atproto::identity::IdentityResolver;
+use crate::format::auth_results;
+use crate::format::crypto::{Alg, SigningKey};
+use crate::format::envelope::AuthResult;
+use crate::format::message;
+use crate::infra::config::{CacheConfig, Config, DEFAULT_CONFIG_PATH, ResolverConfig};
+use crate::verification::verify::Verifier;
 
 mod identity;
 mod signing;
@@ -140,10 +140,10 @@ struct ResolverArgs {
     now: Option<i64>,
     /// PLC directory URL; repeat to try several in order.
     #[arg(long = "plc-url", value_name = "URL")]
-    plc_urls: Vec<crate::config::HttpUrl>,
+    plc_urls: Vec<crate::infra::config::HttpUrl>,
     /// DNS server (IP or IP:PORT) instead of the system resolver; repeatable.
     #[arg(long = "dns-server", value_name = "IP:PORT")]
-    dns_servers: Vec<crate::config::DnsServer>,
+    dns_servers: Vec<crate::infra::config::DnsServer>,
     /// Permit loopback and private targets, and plain http to them (test setups only).
     #[arg(long)]
     allow_private_addresses: bool,
@@ -165,7 +165,7 @@ impl ResolverArgs {
     }
 
     fn now(&self) -> i64 {
-        self.now.unwrap_or_else(crate::clock::unix_now)
+        self.now.unwrap_or_else(crate::infra::clock::unix_now)
     }
 
     fn resolver(&self) -> Result<IdentityResolver, String> {
@@ -261,7 +261,7 @@ struct RouteArgs {
     /// A domain `atsms_alias` rewrites (routing.alias_domains); repeatable. Default:
     /// routing.alias_domains of the configuration file (none: nothing is aliased).
     #[arg(long = "alias-domain", value_name = "DOMAIN")]
-    alias_domains: Vec<crate::config::MailDomain>,
+    alias_domains: Vec<crate::infra::config::MailDomain>,
     #[command(flatten)]
     resolver: ResolverArgs,
 }
@@ -316,7 +316,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(exit::NO_PASS, e),
     };
-    let _log = crate::logging::init(&config.log);
+    let _log = crate::infra::logging::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build();
@@ -361,7 +361,7 @@ fn cache(args: CacheArgs) -> ExitCode {
         CacheAction::Stats => "stats".to_string(),
         CacheAction::Purge { did } => format!("purge {did}"),
     };
-    match crate::control::request(&socket, &request) {
+    match crate::transport::control::request(&socket, &request) {
         Ok(reply) if reply.starts_with("error") => fail(exit::USAGE, reply.trim()),
         Ok(reply) => {
             print!("{reply}");

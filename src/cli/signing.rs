@@ -34,7 +34,7 @@ pub(super) fn sign(args: SignArgs) -> ExitCode {
             );
         }
     };
-    let field = crate::envelope::sign::format_field(&did, &token, parsed.newline);
+    let field = crate::format::envelope::sign::format_field(&did, &token, parsed.newline);
     let mut out = io::stdout().lock();
     let written = out
         .write_all(field.as_bytes())
@@ -56,7 +56,7 @@ pub(super) fn sign_locally(
     args: &SignArgs,
     parsed: &message::ParsedMessage,
 ) -> Signed {
-    use crate::signer::{Outcome, Signer};
+    use crate::policy::signer::{Outcome, Signer};
     let pem = std::fs::read_to_string(path)
         .map_err(|e| (exit::NO_INPUT, format!("{}: {e}", path.display())))?;
     let key = SigningKey::from_pkcs8_pem(&pem)
@@ -64,7 +64,7 @@ pub(super) fn sign_locally(
     // The same signer as the milter's: a message the verifier could not pass is not signed.
     let signer =
         Signer::one(key, kid, args.ttl, !args.rcpt.is_empty()).map_err(|e| (exit::USAGE, e))?;
-    let now = args.now.unwrap_or_else(crate::clock::unix_now);
+    let now = args.now.unwrap_or_else(crate::infra::clock::unix_now);
     match signer.sign(&parsed.headers, parsed.body_hash, None, &args.rcpt, now) {
         Outcome::Signed { key, token } => Ok((key.did.clone(), token)),
         Outcome::Unsigned(why) => Err((exit::NO_PASS, format!("not signed: {why}"))),
@@ -79,7 +79,7 @@ pub(super) fn sign_remotely(
     args: &SignArgs,
     parsed: &message::ParsedMessage,
 ) -> Signed {
-    use crate::xrpc::client::{ClientError, sign_remote};
+    use crate::transport::xrpc::client::{ClientError, sign_remote};
     let rt = runtime().map_err(|e| (exit::TEMPFAIL, e))?;
     rt.block_on(sign_remote(url, jwt, parsed, &args.rcpt, args.ttl))
         .map_err(|e| match e {
@@ -98,7 +98,7 @@ pub(super) fn keygen(args: KeygenArgs) -> ExitCode {
         Ok(key) => {
             let public = key.public_key();
             if let Some(did) = &args.did
-                && crate::syntax::supported_did_method(did).is_none()
+                && crate::format::syntax::supported_did_method(did).is_none()
             {
                 return fail(
                     exit::USAGE,

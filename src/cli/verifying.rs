@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::session::Settings;
+use crate::policy::judge::Settings;
 
 pub(super) fn verify(args: VerifyArgs) -> ExitCode {
     let mut raw = Vec::new();
@@ -20,8 +20,11 @@ pub(super) fn verify(args: VerifyArgs) -> ExitCode {
         return fail(exit::SOFTWARE, "cannot start the async runtime");
     };
     let verifier = Verifier::new(Arc::new(resolver), args.resolver.config().timeout());
-    let mut settings = Settings::new(verifier, crate::config::PolicyConfig::default());
-    settings.authserv_id = args.authserv_id.clone().unwrap_or_else(crate::host::name);
+    let mut settings = Settings::new(verifier, crate::infra::config::PolicyConfig::default());
+    settings.authserv_id = args
+        .authserv_id
+        .clone()
+        .unwrap_or_else(crate::infra::host::name);
     settings.fixed_now = Some(args.resolver.now());
     let Some((verified, judgement)) = rt.block_on(judged(&settings, &raw, &args.rcpt)) else {
         return fail(exit::NO_INPUT, "the header section is too large");
@@ -69,8 +72,11 @@ async fn judged(
     settings: &Settings,
     raw: &[u8],
     rcpt: &[String],
-) -> Option<(crate::session::Verified, crate::session::Judgement)> {
-    use crate::session::{MessageBytes, MessageSession, Origin, Scope, Target};
+) -> Option<(
+    crate::policy::judge::Verified,
+    crate::policy::judge::Judgement,
+)> {
+    use crate::policy::judge::{MessageBytes, MessageSession, Origin, Scope, Target};
     let mut message = MessageBytes::new(MessageSession::new(settings), &settings.limits);
     message.push(raw, &mut |_| {});
     message.finish(&mut |_| {});
@@ -84,9 +90,10 @@ async fn judged(
         transport: "cli",
         sender: "",
     };
-    let judgement = crate::session::judge(settings, &origin, &verified, &targets, Scope::Together)
-        .await
-        .pop()?;
+    let judgement =
+        crate::policy::judge::judge(settings, &origin, &verified, &targets, Scope::Together)
+            .await
+            .pop()?;
     Some((verified, judgement))
 }
 
@@ -107,7 +114,7 @@ pub(super) fn verify_cms(args: VerifyCmsArgs) -> ExitCode {
     let verdict = if looks_like_a_message(&raw) {
         // A message (S/MIME): judged as the daemon judges it, its X.509 floor reported.
         let verifier = Verifier::new(resolver, args.resolver.config().timeout());
-        let mut settings = Settings::new(verifier, crate::config::PolicyConfig::default());
+        let mut settings = Settings::new(verifier, crate::infra::config::PolicyConfig::default());
         settings.fixed_now = Some(args.resolver.now());
         let judged = rt.block_on(judged(&settings, &raw, &[]));
         let floor = judged.as_ref().and_then(|(_, judgement)| {
@@ -118,7 +125,7 @@ pub(super) fn verify_cms(args: VerifyCmsArgs) -> ExitCode {
                 .find(|s| s.kid.as_deref().is_some_and(|k| k.starts_with("at://")))
                 .map(floor_verdict)
         });
-        floor.unwrap_or_else(|| crate::floor::FloorVerdict {
+        floor.unwrap_or_else(|| crate::verification::atsms_parts::FloorVerdict {
             result: AuthResult::None,
             did: None,
             fingerprint: None,
@@ -128,14 +135,14 @@ pub(super) fn verify_cms(args: VerifyCmsArgs) -> ExitCode {
     } else {
         // A bare DER or PEM structure has no From to align: the floor's own step, which the
         // judge's runs too (`floor::check_signed`, `floor::published`).
-        match crate::floor::read_input(&raw) {
-            Ok(input) => rt.block_on(crate::floor::verify(
+        match crate::verification::atsms_parts::read_input(&raw) {
+            Ok(input) => rt.block_on(crate::verification::atsms_parts::verify(
                 &resolver,
                 &input.der,
                 input.detached.as_deref(),
                 args.resolver.now(),
             )),
-            Err(e) => crate::floor::FloorVerdict {
+            Err(e) => crate::verification::atsms_parts::FloorVerdict {
                 result: e.result(),
                 did: None,
                 fingerprint: None,
@@ -170,16 +177,18 @@ fn looks_like_a_message(raw: &[u8]) -> bool {
 }
 
 /// The judge's verdict on a SignedData, as `verify-cms` reports it.
-fn floor_verdict(s: &crate::verify::SignatureVerdict) -> crate::floor::FloorVerdict {
-    use crate::floor::FloorError;
-    use crate::verify::Reason;
+fn floor_verdict(
+    s: &crate::verification::verify::SignatureVerdict,
+) -> crate::verification::atsms_parts::FloorVerdict {
+    use crate::verification::atsms_parts::FloorError;
+    use crate::verification::verify::Reason;
     let published = match (&s.result, &s.reason) {
         (AuthResult::Pass, _) => Some(true),
         (AuthResult::Temperror, _) => None,
         (_, Some(Reason::Floor(FloorError::Unpublished(_)))) => Some(false),
         _ => None,
     };
-    crate::floor::FloorVerdict {
+    crate::verification::atsms_parts::FloorVerdict {
         result: s.result,
         did: s.did.clone(),
         fingerprint: s

@@ -4,10 +4,10 @@
 //! never a panic, and what they agree on holds (a folded mailbox is folded, a DID mailbox
 //! names its own DID, a plain mailbox is plain again).
 
-use crate::address::{did_of_local_part, fold, local_part_of_did};
-use crate::identity::did_doc::MailEndpoint;
-use crate::routing::DidAddress;
-use crate::syntax::{plain_mailbox, routable_domain};
+use crate::atproto::identity::did_doc::MailEndpoint;
+use crate::format::address::{did_of_local_part, fold, local_part_of_did};
+use crate::format::syntax::{plain_mailbox, routable_domain};
+use crate::policy::routing::DidAddress;
 
 /// The target: any bytes.
 pub fn run(data: &[u8]) {
@@ -47,12 +47,12 @@ pub fn run(data: &[u8]) {
 /// `RCPT TO:<bytes>` through the LMTP decoder, and the address it gives through the mailbox
 /// and Maildir rules.
 fn lmtp_rcpt(data: &[u8]) {
-    use crate::lmtp::protocol::{Command, Decoder, Event};
+    use crate::transport::lmtp::protocol::{Command, Decoder, Event};
     let line = [b"RCPT TO:<".as_slice(), data, b">\r\n"].concat();
     let mut decoder = Decoder::new();
     let (_, event) = decoder.next(&line);
     if let Some(Event::Command(Command::Rcpt(path))) = event {
-        let mailboxes = crate::lmtp::recipient::Mailboxes::new(&Default::default())
+        let mailboxes = crate::transport::lmtp::recipient::Mailboxes::new(&Default::default())
             .expect("the default template");
         if let Ok(recipient) = mailboxes.resolve(&path.0) {
             assert!(recipient.maildir.starts_with(&recipient.base));
@@ -68,5 +68,5 @@ fn exim_rcpt(data: &[u8]) {
         b">\r\n\r\n",
     ]
     .concat();
-    let _ = crate::exim::protocol::HeadDecoder::new().feed(&head);
+    let _ = crate::transport::exim::protocol::HeadDecoder::new().feed(&head);
 }

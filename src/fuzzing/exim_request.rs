@@ -2,7 +2,7 @@
 //! and the same however they are cut; the mbox stripper gives the same message bytes for any
 //! cut of the same copy.
 
-use crate::exim::protocol::{HeadDecoder, MboxStripper};
+use crate::transport::exim::protocol::{HeadDecoder, MboxStripper};
 
 fn head(pieces: &[&[u8]]) -> String {
     let mut decoder = HeadDecoder::new();

@@ -2,7 +2,7 @@
 //! never a panic. DATA is entered whenever a DATA command comes, as a server answering 354
 //! would.
 
-use crate::lmtp::protocol::{Command, Decoder, Event};
+use crate::transport::lmtp::protocol::{Command, Decoder, Event};
 
 fn events(pieces: &[&[u8]]) -> Vec<String> {
     let mut decoder = Decoder::new();

@@ -2,9 +2,9 @@
 //! body, step 10 (strict From, duplicates), the mailbox grammar on every field, and
 //! Authentication-Results recognition (authserv-ids, fields hidden after bare line breaks).
 
-use crate::auth_results;
-use crate::envelope::{self, canon};
-use crate::message::read_message;
+use crate::format::auth_results;
+use crate::format::envelope::{self, canon};
+use crate::format::message::read_message;
 
 /// The target: any bytes.
 pub fn run(data: &[u8]) {

@@ -2,10 +2,16 @@
 //! the same answer — whether there is an AT-SMS part, what it carries, its content — and
 //! never a panic.
 
-use crate::floor::EnvelopeKind;
-use crate::mime::PartScanner;
+use crate::format::mime::PartScanner;
+use crate::verification::atsms_parts::EnvelopeKind;
 
-type Answer = (bool, Option<(EnvelopeKind, Option<crate::floor::CmsInput>)>);
+type Answer = (
+    bool,
+    Option<(
+        EnvelopeKind,
+        Option<crate::verification::atsms_parts::CmsInput>,
+    )>,
+);
 
 fn scan(content_type: &str, pieces: &[&[u8]]) -> Answer {
     let (top, scanner) = PartScanner::new(Some(content_type), None, Some("base64"));

@@ -2,7 +2,7 @@
 //! the frames found are the same however the input is cut (split-invariance), and encoding
 //! what was decoded decodes to the same again.
 
-use crate::socketmap::netstring::{decode, encode};
+use crate::transport::socketmap::netstring::{decode, encode};
 
 /// Frames (payloads) decoded from `data` as a server would: whatever is complete, in order,
 /// then whether it stopped at an error.

@@ -1,7 +1,7 @@
 //! atproto service tokens: any string parses to a token or one named error, never a panic,
 //! and a parsed token's checks never panic either.
 
-use crate::service_auth::{SIGN_ENVELOPE, bearer, parse};
+use crate::atproto::service_auth::{SIGN_ENVELOPE, bearer, parse};
 
 /// The target: any bytes.
 pub fn run(data: &[u8]) {

@@ -1,7 +1,7 @@
 //! The AT-SMS-Signature value as it arrives from the wire: tag list, then token, then the
 //! time checks. Must never panic, whatever the bytes.
 
-use crate::envelope::{tags, token};
+use crate::format::envelope::{tags, token};
 
 /// The target: any bytes.
 pub fn run(data: &[u8]) {

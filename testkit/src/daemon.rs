@@ -107,7 +107,7 @@ impl Daemon {
 
     /// The log once `done` says it holds what the test waits for, or after ten seconds (the
     /// assertion that follows then fails with the whole log). Lines at `info` reach the log
-    /// in batches, at most `atsms_milter::logging::BATCH_WINDOW` after they were logged;
+    /// in batches, at most `atsms_milter::infra::logging::BATCH_WINDOW` after they were logged;
     /// warnings and errors at once. Lines keep their order, so what was logged before a line
     /// waited for is in the log too.
     pub fn log_when(&self, done: impl Fn(&str) -> bool) -> String {

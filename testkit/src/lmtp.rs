@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use atsms_milter::config::{CacheConfig, LmtpConfig, PolicyConfig, ResolverConfig};
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::lmtp::{self, LmtpService};
-use atsms_milter::session::Settings;
-use atsms_milter::socket::{self, SocketSpec};
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::infra::config::{CacheConfig, LmtpConfig, PolicyConfig, ResolverConfig};
+use atsms_milter::infra::socket::{self, SocketSpec};
+use atsms_milter::policy::judge::Settings;
+use atsms_milter::transport::lmtp::{self, LmtpService};
+use atsms_milter::verification::verify::Verifier;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -38,13 +38,15 @@ impl RunningLmtp {
         let mut settings = Settings::new(Verifier::new(identity, resolver.timeout()), policy);
         settings.fixed_now = Some(now);
         if settings.policy.replay {
-            settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
+            settings.replay = Some(Arc::new(atsms_milter::policy::replay::ReplaySet::new(
+                10_000, None,
+            )));
         }
         RunningLmtp::serve(settings, &config, dir).await
     }
 
     async fn serve(settings: Settings, config: &LmtpConfig, dir: tempfile::TempDir) -> RunningLmtp {
-        let shared = atsms_milter::live::Live::new(Arc::new(settings));
+        let shared = atsms_milter::infra::live::Live::new(Arc::new(settings));
         let service = Arc::new(LmtpService::new(shared, config, "lmtp.test".into(), true).unwrap());
         let listener = socket::bind(&SocketSpec::parse("inet:127.0.0.1:0").unwrap(), 0o660, None)
             .await
@@ -63,7 +65,10 @@ impl RunningLmtp {
 
     /// An LMTP server with a whole configuration (`Settings::from_config`: inbox rules,
     /// limits, …); its `[lmtp]` maildir template points into the server's directory.
-    pub async fn start_with_config(config: &atsms_milter::config::Config, now: i64) -> RunningLmtp {
+    pub async fn start_with_config(
+        config: &atsms_milter::infra::config::Config,
+        now: i64,
+    ) -> RunningLmtp {
         let dir = tempfile::tempdir().unwrap();
         let mut lmtp = config.lmtp.clone().unwrap_or_default();
         lmtp.maildir = format!("{}/%d/%n/Maildir", dir.path().display());
@@ -72,7 +77,9 @@ impl RunningLmtp {
             Settings::from_config(Verifier::new(identity, config.resolver.timeout()), config);
         settings.fixed_now = Some(now);
         if settings.policy.replay {
-            settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
+            settings.replay = Some(Arc::new(atsms_milter::policy::replay::ReplaySet::new(
+                10_000, None,
+            )));
         }
         RunningLmtp::serve(settings, &lmtp, dir).await
     }

@@ -7,7 +7,7 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atsms_milter::message::read_message;
+use atsms_milter::format::message::read_message;
 use indymilter_test::{EomAction, ProtoOpts, TestConnection};
 
 /// Serves one JSON document to every request on a loopback port (a PLC directory that knows
@@ -416,10 +416,12 @@ impl OpenDkim {
 }
 
 /// A fresh ES256K key in a private key file (mode 0600) under `work`.
-pub fn key_file(work: &Path, name: &str) -> (atsms_milter::crypto::SigningKey, PathBuf) {
+pub fn key_file(work: &Path, name: &str) -> (atsms_milter::format::crypto::SigningKey, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let key =
-        atsms_milter::crypto::SigningKey::generate(atsms_milter::crypto::Alg::Es256k).unwrap();
+    let key = atsms_milter::format::crypto::SigningKey::generate(
+        atsms_milter::format::crypto::Alg::Es256k,
+    )
+    .unwrap();
     let path = work.join(name);
     std::fs::write(&path, key.to_pkcs8_pem()).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use atsms_milter::config::{CacheConfig, PolicyConfig, ResolverConfig};
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::milter;
-use atsms_milter::session::Settings;
-use atsms_milter::socket::{self, SocketSpec};
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::infra::config::{CacheConfig, PolicyConfig, ResolverConfig};
+use atsms_milter::infra::socket::{self, SocketSpec};
+use atsms_milter::policy::judge::Settings;
+use atsms_milter::transport::milter;
+use atsms_milter::verification::verify::Verifier;
 
 pub struct RunningMilter {
     pub addr: std::net::SocketAddr,
@@ -23,14 +23,14 @@ impl RunningMilter {
 
     /// A milter with a whole configuration (`Settings::from_config`), judging as of `now`.
     pub async fn start_with_config(
-        config: &atsms_milter::config::Config,
+        config: &atsms_milter::infra::config::Config,
         now: i64,
     ) -> RunningMilter {
         let identity = Arc::new(IdentityResolver::new(&config.resolver, &config.cache).unwrap());
         let mut settings =
             Settings::from_config(Verifier::new(identity, config.resolver.timeout()), config);
         settings.fixed_now = Some(now);
-        settings.signer = atsms_milter::signer::Signer::load(&config.signing)
+        settings.signer = atsms_milter::policy::signer::Signer::load(&config.signing)
             .unwrap()
             .map(Arc::new);
         RunningMilter::serve(settings).await
@@ -46,14 +46,16 @@ impl RunningMilter {
         let mut settings = Settings::new(Verifier::new(identity, resolver.timeout()), policy);
         settings.fixed_now = Some(now);
         if settings.policy.replay {
-            settings.replay = Some(Arc::new(atsms_milter::replay::ReplaySet::new(10_000, None)));
+            settings.replay = Some(Arc::new(atsms_milter::policy::replay::ReplaySet::new(
+                10_000, None,
+            )));
             settings.replay_in_milter = true;
         }
         RunningMilter::serve(settings).await
     }
 
     async fn serve(settings: Settings) -> RunningMilter {
-        let shared = atsms_milter::live::Live::new(Arc::new(settings));
+        let shared = atsms_milter::infra::live::Live::new(Arc::new(settings));
         let spec = SocketSpec::parse("inet:127.0.0.1:0").unwrap();
         let listener = socket::bind(&spec, 0o660, None).await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use atsms_milter::crypto::SigningKey;
+use atsms_milter::format::crypto::SigningKey;
 
 use crate::http::{HttpServer, Reply};
 

@@ -1,9 +1,9 @@
 //! Keys, DID documents and signed messages made on the spot, for tests that run their own
 //! loopback directory.
 
-use atsms_milter::crypto::SigningKey;
-use atsms_milter::envelope::sign;
-use atsms_milter::message::read_message;
+use atsms_milter::format::crypto::SigningKey;
+use atsms_milter::format::envelope::sign;
+use atsms_milter::format::message::read_message;
 
 /// The vectors' verification time; in-process servers are given it as their clock.
 pub const NOW: i64 = 1_795_000_000;
@@ -54,12 +54,12 @@ pub fn signed(key: &SigningKey, did: &str) -> Vec<u8> {
 
 /// Every signature's verdict for a raw message, judged as of `now` with no recipients known.
 pub async fn verify_at(
-    verifier: &atsms_milter::verify::Verifier,
+    verifier: &atsms_milter::verification::verify::Verifier,
     message: &[u8],
     now: i64,
-) -> Vec<atsms_milter::verify::SignatureVerdict> {
+) -> Vec<atsms_milter::verification::verify::SignatureVerdict> {
     let parsed = read_message(message).unwrap();
-    let context = atsms_milter::verify::Context {
+    let context = atsms_milter::verification::verify::Context {
         now,
         recipients: &[],
     };
@@ -71,8 +71,8 @@ pub async fn verify_at(
 
 /// The top signature's verdict, as of `NOW`.
 pub async fn verify_first(
-    verifier: &atsms_milter::verify::Verifier,
+    verifier: &atsms_milter::verification::verify::Verifier,
     message: &[u8],
-) -> atsms_milter::verify::SignatureVerdict {
+) -> atsms_milter::verification::verify::SignatureVerdict {
     verify_at(verifier, message, NOW).await.remove(0)
 }

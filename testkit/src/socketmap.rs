@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use atsms_milter::config::{Config, SocketSpec};
-use atsms_milter::identity::IdentityResolver;
-use atsms_milter::session::Settings;
-use atsms_milter::verify::Verifier;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::infra::config::{Config, SocketSpec};
+use atsms_milter::policy::judge::Settings;
+use atsms_milter::verification::verify::Verifier;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,14 +22,15 @@ impl RunningSocketmap {
         let identity = Arc::new(IdentityResolver::new(&config.resolver, &config.cache).unwrap());
         let settings =
             Settings::from_config(Verifier::new(identity, config.resolver.timeout()), config);
-        let shared = atsms_milter::live::Live::new(atsms_milter::daemon::routing_tables(&settings));
+        let shared =
+            atsms_milter::infra::live::Live::new(atsms_milter::daemon::routing_tables(&settings));
         let spec: SocketSpec = "inet:127.0.0.1:0".parse().unwrap();
-        let listener = atsms_milter::socket::bind(&spec, 0o660, None)
+        let listener = atsms_milter::infra::socket::bind(&spec, 0o660, None)
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(atsms_milter::socketmap::run(
+        tokio::spawn(atsms_milter::transport::socketmap::run(
             listener,
             shared,
             config.socketmap.max_connections.get(),

@@ -96,8 +96,8 @@ impl VectorWorld {
         self.vectors["cases"].as_array().unwrap()
     }
 
-    pub fn resolver_config(&self) -> atsms_milter::config::ResolverConfig {
-        atsms_milter::config::ResolverConfig {
+    pub fn resolver_config(&self) -> atsms_milter::infra::config::ResolverConfig {
+        atsms_milter::infra::config::ResolverConfig {
             plc_urls: vec![self.plc.url().parse().unwrap()],
             dns_servers: vec![self.dns.server_arg().parse().unwrap()],
             allow_private_addresses: true,
@@ -122,26 +122,30 @@ impl VectorWorld {
 
 impl VectorWorld {
     /// A verifier resolving through this world (its own identity cache).
-    pub fn verifier(&self) -> atsms_milter::verify::Verifier {
-        let resolver = atsms_milter::identity::IdentityResolver::new(
+    pub fn verifier(&self) -> atsms_milter::verification::verify::Verifier {
+        let resolver = atsms_milter::atproto::identity::IdentityResolver::new(
             &self.resolver_config(),
-            &atsms_milter::config::CacheConfig::default(),
+            &atsms_milter::infra::config::CacheConfig::default(),
         )
         .unwrap();
-        atsms_milter::verify::Verifier::new(Arc::new(resolver), std::time::Duration::from_secs(5))
+        atsms_milter::verification::verify::Verifier::new(
+            Arc::new(resolver),
+            std::time::Duration::from_secs(5),
+        )
     }
 
     /// Every case with its verdict, as of the vectors' time, no recipients known.
     pub async fn verdicts(
         &self,
-        verifier: &atsms_milter::verify::Verifier,
-    ) -> Vec<(Value, atsms_milter::verify::Verdict)> {
+        verifier: &atsms_milter::verification::verify::Verifier,
+    ) -> Vec<(Value, atsms_milter::verification::verify::Verdict)> {
         let mut out = Vec::new();
         for case in self.cases() {
             let path = crate::test_data("envelope").join(case["file"].as_str().unwrap());
             let message =
-                atsms_milter::message::read_message(std::fs::File::open(&path).unwrap()).unwrap();
-            let context = atsms_milter::verify::Context {
+                atsms_milter::format::message::read_message(std::fs::File::open(&path).unwrap())
+                    .unwrap();
+            let context = atsms_milter::verification::verify::Context {
                 now: self.now(),
                 recipients: &[],
             };
@@ -176,12 +180,12 @@ impl VectorWorld {
     /// Signs `message` as of `now` (use `self.now()` for in-process servers with a fixed
     /// clock) with the vector key of `did`, restricted to `rcpt` when given.
     pub fn sign_at(&self, did: &str, message: &[u8], now: i64, rcpt: &[String]) -> Vec<u8> {
-        use atsms_milter::crypto::SigningKey;
-        use atsms_milter::envelope::sign;
+        use atsms_milter::format::crypto::SigningKey;
+        use atsms_milter::format::envelope::sign;
         let entry = &self.keys[did];
         let key = SigningKey::from_pkcs8_pem(entry["pkcs8_pem"].as_str().unwrap()).unwrap();
         let kid = entry["kid"].as_str().unwrap();
-        let parsed = atsms_milter::message::read_message(message).unwrap();
+        let parsed = atsms_milter::format::message::read_message(message).unwrap();
         let request = sign::SignRequest {
             key: &key,
             kid,

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use atsms_milter::config::{CacheConfig, ResolverConfig};
-use atsms_milter::identity::IdentityResolver;
+use atsms_milter::atproto::identity::IdentityResolver;
+use atsms_milter::infra::config::{CacheConfig, ResolverConfig};
 
 /// The document of `did`, shaped as plc.directory serves one.
 fn document(did: &str, multikey: &str) -> String {
@@ -37,10 +37,12 @@ fn document(did: &str, multikey: &str) -> String {
 
 /// The child: a PLC directory answering every `/<did>` with its document.
 async fn plc_child() {
-    let multikey = atsms_milter::crypto::SigningKey::generate(atsms_milter::crypto::Alg::Es256k)
-        .unwrap()
-        .public_key()
-        .to_multikey();
+    let multikey = atsms_milter::format::crypto::SigningKey::generate(
+        atsms_milter::format::crypto::Alg::Es256k,
+    )
+    .unwrap()
+    .public_key()
+    .to_multikey();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("{}", listener.local_addr().unwrap().port());
     let app = axum::Router::new().route(

@@ -23,9 +23,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::sign;
-use atsms_milter::message::read_message;
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::format::envelope::sign;
+use atsms_milter::format::message::read_message;
 
 const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 

@@ -13,9 +13,9 @@ use common::{Daemon, base_message, load, open, rss, split, usage};
 use std::sync::Arc;
 use std::time::Duration;
 
-use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::sign;
-use atsms_milter::message::read_message;
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::format::envelope::sign;
+use atsms_milter::format::message::read_message;
 
 const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 

@@ -14,8 +14,8 @@ use atsms_testkit::load as common;
 use std::sync::Arc;
 use std::time::Instant;
 
-use atsms_milter::crypto::SigningKey;
-use atsms_milter::envelope::sign;
+use atsms_milter::format::crypto::SigningKey;
+use atsms_milter::format::envelope::sign;
 use base64::Engine;
 use common::{Ready, load, split, usage};
 use http::{HttpServer, Reply};
@@ -64,7 +64,7 @@ async fn main() {
     let connections = common::numbers(&args, "--connections", "16")[0];
     let work = common::work_dir("bench-scanner");
     let (key, _) = common::key_file(&work, "sender.pem");
-    let labeler_key = SigningKey::generate(atsms_milter::crypto::Alg::Es256k).unwrap();
+    let labeler_key = SigningKey::generate(atsms_milter::format::crypto::Alg::Es256k).unwrap();
 
     let labels = serde_json::json!({"labels": [label(&labeler_key, "porn")]}).to_string();
     let labeler = HttpServer::start(Arc::new(move |_: &str| Reply::json(200, labels.clone())));
@@ -144,7 +144,7 @@ async fn main() {
 
     // The message, signed now; as the milter gets it and as Exim's mbox copy.
     let raw = common::base_message(4096);
-    let parsed = atsms_milter::message::read_message(&raw[..]).unwrap();
+    let parsed = atsms_milter::format::message::read_message(&raw[..]).unwrap();
     let kid = format!("{DID}#atproto");
     let request = sign::SignRequest {
         key: &key,

@@ -32,9 +32,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use atsms_milter::crypto::{Alg, SigningKey};
-use atsms_milter::envelope::sign;
-use atsms_milter::message::read_message;
+use atsms_milter::format::crypto::{Alg, SigningKey};
+use atsms_milter::format::envelope::sign;
+use atsms_milter::format::message::read_message;
 use indymilter_test::EomAction;
 
 /// The key of DID `n`, derived from `n` (the directory child derives the same).
@@ -258,7 +258,7 @@ async fn main() {
     let (mut child, port) = common::spawn_child(&["--plc-child", "--dids", &dids.to_string()]);
 
     // Signed before the run, on both cores.
-    let now = atsms_milter::clock::unix_now();
+    let now = atsms_milter::infra::clock::unix_now();
     let signing = Instant::now();
     let messages: Vec<common::Message> = {
         let halves: Vec<_> = (0..2)

@@ -12,11 +12,11 @@ use atsms_testkit::load as common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use atsms_milter::config::{SigningConfig, SigningKeyConfig};
-use atsms_milter::crypto::SigningKey;
-use atsms_milter::envelope::sign::Covered;
-use atsms_milter::service_auth::{self, SIGN_ENVELOPE};
-use atsms_milter::signer::Signer;
+use atsms_milter::atproto::service_auth::{self, SIGN_ENVELOPE};
+use atsms_milter::format::crypto::SigningKey;
+use atsms_milter::format::envelope::sign::Covered;
+use atsms_milter::infra::config::{SigningConfig, SigningKeyConfig};
+use atsms_milter::policy::signer::Signer;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};

@@ -1,0 +1,256 @@
+//! What a DID publishes for AT-SMS delivery in its own repository (the AT-SMS client's
+//! lexicons, not our envelope spec): the `at.atsms.inbox` record (rkey `self`: `endpoints:
+//! [{uri}]`, `mailto:` and `https:` URIs) and its device certificates (`at.atsms.x509`, rkey
+//! = the device fingerprint). Together they are the DID's consent to AT-SMS mail at a
+//! mailbox (interfaces.md, `inbox.atsms_records`); the certificates' issuer and serial are
+//! what a CMS EnvelopedData names its recipients by. Fetched from the DID's PDS, cached like
+//! documents and shared through the fleet's store.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// The inbox record's collection and key.
+pub const INBOX_COLLECTION: &str = "at.atsms.inbox";
+pub const INBOX_RKEY: &str = "self";
+/// Device certificates read per DID (one page of `listRecords`); a DID with more devices is
+/// judged by the first hundred.
+const MAX_DEVICES: usize = 100;
+
+/// A DID's AT-SMS inbox facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtsmsInbox {
+    /// The `mailto:` endpoints of the inbox record, addresses as written (no `mailto:`).
+    pub mailto: Vec<String>,
+    /// The published device certificates that passed the checks of spec 5.2 (fingerprint,
+    /// subjectAltName naming their record, P-256).
+    pub devices: Vec<Device>,
+}
+
+/// One published device certificate, as a CMS recipient or signer names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Lower-case hex SHA-256 of the raw public key point: the record key.
+    pub fingerprint: String,
+    /// The certificate's serial number (DER content octets, as issuerAndSerialNumber has it).
+    pub serial: Vec<u8>,
+    /// The certificate, DER (the X.509 floor compares it byte for byte).
+    pub der: Vec<u8>,
+}
+
+impl cache::Weigh for AtsmsInbox {
+    fn weight(&self) -> usize {
+        self.mailto.iter().map(String::len).sum::<usize>()
+            + self
+                .devices
+                .iter()
+                .map(|d| d.fingerprint.len() + d.serial.len() + d.der.len() + 64)
+                .sum::<usize>()
+    }
+}
+
+impl AtsmsInbox {
+    /// Whether the record lists `mailto:` for the DID mailbox `local@domain` (either spelling
+    /// of the local part: `did!plc!…` as the AT-SMS client writes it, `did.plc.…` as we do).
+    pub fn names_mailbox(&self, did: &str, domain: &str) -> bool {
+        self.mailto.iter().any(|address| {
+            let Some((local, host)) = address.rsplit_once('@') else {
+                return false;
+            };
+            crate::format::address::did_of_local_part(local).as_deref() == Some(did)
+                && crate::format::syntax::ascii_domain(host).as_deref() == Some(domain)
+        })
+    }
+
+    /// The device whose certificate has this serial number (a CMS recipient's or signer's
+    /// issuerAndSerialNumber; the issuer is the DID itself, the certificates are self-signed).
+    pub fn device_by_serial(&self, serial: &[u8]) -> Option<&Device> {
+        self.devices.iter().find(|d| d.serial == serial)
+    }
+}
+
+impl IdentityResolver {
+    /// `did`'s AT-SMS inbox facts, from the cache when it may serve. A DID without an inbox
+    /// record or certificates has empty facts (not an error); a PDS that cannot answer now is
+    /// an error of kind `Temporary`.
+    pub async fn atsms_inbox(
+        self: &Arc<Self>,
+        did: &str,
+    ) -> Result<Found<AtsmsInbox>, IdentityError> {
+        self.cached(
+            |r| &r.inboxes,
+            did,
+            |this, did| async move { this.fetch_inbox_shared(&did).await },
+        )
+        .await
+    }
+
+    /// As `atsms_inbox`, for consent: records past `max_age` are served while refreshed
+    /// (`resolve_did_for_consent`).
+    pub async fn atsms_inbox_for_consent(
+        self: &Arc<Self>,
+        did: &str,
+    ) -> Result<Found<AtsmsInbox>, IdentityError> {
+        self.cached_with(
+            |r| &r.inboxes,
+            did,
+            |this, did| async move { this.fetch_inbox_shared(&did).await },
+            true,
+        )
+        .await
+    }
+
+    async fn fetch_inbox_shared(self: &Arc<Self>, did: &str) -> Cached<AtsmsInbox> {
+        use crate::infra::store::Kind;
+        if let Some(shared) = &self.shared
+            && let Some(entry) = shared.entry(Kind::Inbox, did, self.lifetimes.fresh).await
+            && let Ok(inbox) = serde_json::from_str::<AtsmsInbox>(&entry.body)
+        {
+            // The store is not trusted to have checked the certificates: check them again.
+            let devices = inbox
+                .devices
+                .into_iter()
+                .filter(|d| device_of(did, &d.fingerprint, &d.der).is_some())
+                .collect();
+            return Ok(Arc::new(AtsmsInbox {
+                mailto: inbox.mailto,
+                devices,
+            }));
+        }
+        let document = self.resolve_did(did).await?.value;
+        let inbox = self.fetch_inbox(&document.document).await?;
+        if let Some(shared) = &self.shared {
+            let keep = self.lifetimes.max_age + self.lifetimes.stale_if_error;
+            let body = serde_json::to_vec(&inbox).unwrap_or_default();
+            shared.put_entry(Kind::Inbox, did, "pds", &body, keep).await;
+        }
+        Ok(Arc::new(inbox))
+    }
+
+    /// One `com.atproto.repo.*` query to the DID's PDS: `None` for a record or repository
+    /// that is not there (400 `RecordNotFound`, 404, 410).
+    async fn pds_query(
+        &self,
+        document: &DidDocument,
+        method: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Option<serde_json::Value>, IdentityError> {
+        let upstream = Upstream::Pds;
+        let pds = document.pds().ok_or(IdentityError::NoPds)?;
+        let mut url = reqwest::Url::parse(pds).map_err(|_| IdentityError::NoPds)?;
+        url.set_path(&format!("/xrpc/{method}"));
+        url.query_pairs_mut().extend_pairs(query);
+        let response = self
+            .net
+            .get(
+                url.as_str(),
+                upstream,
+                "application/json",
+                self.max_document_size,
+                0,
+            )
+            .await
+            .map_err(|e| fetch_error(upstream, e))?;
+        match response.status {
+            200..=299 => {}
+            400 | 404 | 410 => return Ok(None),
+            status @ (408 | 429 | 500..=599) => {
+                tracing::debug!("{url}: HTTP {status}");
+                return Err(IdentityError::Unavailable(upstream));
+            }
+            status => {
+                tracing::debug!("{url}: HTTP {status}");
+                return Err(IdentityError::Rejected(upstream));
+            }
+        }
+        serde_json::from_slice(&response.body)
+            .map(Some)
+            .map_err(|_| IdentityError::BadRecord)
+    }
+
+    async fn fetch_inbox(&self, document: &DidDocument) -> Result<AtsmsInbox, IdentityError> {
+        let did = document.id.as_str();
+        let record = self
+            .pds_query(
+                document,
+                "com.atproto.repo.getRecord",
+                &[
+                    ("repo", did),
+                    ("collection", INBOX_COLLECTION),
+                    ("rkey", INBOX_RKEY),
+                ],
+            )
+            .await?;
+        let mailto: Vec<String> = record
+            .as_ref()
+            .and_then(|r| r.pointer("/value/endpoints"))
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("uri")?.as_str()?.strip_prefix("mailto:"))
+            // One address per URI, kept only to be compared with a DID mailbox
+            // (`names_mailbox`), never handed to an MTA: the client's `did!plc!…` spelling
+            // is not a plain RFC 5321 mailbox (`!` reads as a bang path to some MTAs).
+            .filter(|a| {
+                a.len() <= 254
+                    && a.matches('@').count() == 1
+                    && a.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let limit = MAX_DEVICES.to_string();
+        let listed = self
+            .pds_query(
+                document,
+                "com.atproto.repo.listRecords",
+                &[
+                    ("repo", did),
+                    ("collection", DEVICE_CERT_COLLECTION),
+                    ("limit", &limit),
+                ],
+            )
+            .await?;
+        let prefix = format!("at://{did}/{DEVICE_CERT_COLLECTION}/");
+        let devices = listed
+            .as_ref()
+            .and_then(|l| l.get("records"))
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+            .take(MAX_DEVICES)
+            .filter_map(|record| {
+                let fingerprint = record.get("uri")?.as_str()?.strip_prefix(&prefix)?;
+                let pem = record.pointer("/value/certificate")?.as_str()?;
+                let der = pem_to_der(pem)?;
+                device_of(did, fingerprint, &der)
+            })
+            .collect();
+        Ok(AtsmsInbox { mailto, devices })
+    }
+}
+
+/// A device certificate (DER) as its record `fingerprint` of `did` publishes it, checked as
+/// spec 5.2 checks a signing device (fingerprint, subjectAltName, P-256), or none.
+pub fn device_of(did: &str, fingerprint: &str, der: &[u8]) -> Option<Device> {
+    use der::Decode;
+    let kid = format!("at://{did}/{DEVICE_CERT_COLLECTION}/{fingerprint}");
+    DeviceCertificate::parse_der(der, &kid, fingerprint).ok()?;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(Device {
+        fingerprint: fingerprint.to_string(),
+        serial: cert.tbs_certificate().serial_number().as_bytes().to_vec(),
+        der: der.to_vec(),
+    })
+}
+
+/// The DER of one PEM certificate.
+fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    use der::DecodePem;
+    use der::Encode;
+    x509_cert::Certificate::from_pem(pem.as_bytes())
+        .ok()?
+        .to_der()
+        .ok()
+}

@@ -1,0 +1,5 @@
+//! The atproto layer: identities (DID documents, handles, device certificates, the cache and
+//! the directory budget) and inter-service auth tokens.
+
+pub mod identity;
+pub mod service_auth;

@@ -1,0 +1,11 @@
+//! Wire formats and their pure parsers: the AT-SMS envelope, keys and signatures, MIME,
+//! messages, addresses, syntax, SMTP replies and `Authentication-Results`.
+
+pub mod address;
+pub mod auth_results;
+pub mod crypto;
+pub mod envelope;
+pub mod message;
+pub mod mime;
+pub mod reply;
+pub mod syntax;

@@ -1,0 +1,14 @@
+//! Infrastructure every room may stand on: configuration, sockets and the HTTP server, logging
+//! and metrics, the clock and the host, `Live` values, rate limits, stores and Maildir.
+
+pub mod clock;
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod limit;
+pub mod live;
+pub mod logging;
+pub mod maildir;
+pub mod metrics;
+pub mod socket;
+pub mod store;

@@ -1,0 +1,113 @@
+//! The judge at recipient time: whether a recipient is taken, before any of the message is
+//! seen — LMTP's RCPT, the milter's, the HTTPS inbox's path. What it says is a `Refusal` or
+//! the recipient's inbox rule; every transport only says it in its own words (`Refusal::
+//! reply` for SMTP, LMTP and the milter; an HTTP status for the inbox).
+//!
+//! Two questions, asked where they apply:
+//! - **consent** (LMTP, the HTTPS inbox): a DID mailbox at one of `inbox.hosts` exists only
+//!   while its DID consents to it here, asked of the mailbox the address folds into (the one
+//!   delivery writes to). The milter leaves it to the MTA's `atsms_mailbox` map and to the
+//!   judge at end of message, which asks again (an envelope's devices are known only then);
+//! - **one rule a transaction** (the milter, and Exim's RCPT ACL through the socketmap): a
+//!   transaction is judged under the inbox rule of its first recipient, so a recipient under
+//!   another is sent again in a transaction of its own.
+//!
+//! Never dry-run: a mailbox that does not exist here is refused as an unknown user is,
+//! whatever `policy.dry_run` says (docs/configuration.md).
+
+use super::Settings;
+use super::judgement::Target;
+use crate::format::reply::{Enhanced, Reply};
+use crate::policy::routing::{Consent, DidAddress};
+
+/// Why a recipient, or a message for it, is not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A DID mailbox whose DID does not consent to it here (no document or `at.atsms.inbox`
+    /// record naming it, or no device of its own an envelope is encrypted to): no mailbox,
+    /// as for an unknown user. Never dry-run.
+    NoMailbox,
+    /// Whether the DID consents cannot be known now (its document or PDS unavailable).
+    /// Never dry-run.
+    Unavailable(String),
+    /// Under another inbox rule than the transaction's first recipient.
+    OtherRule,
+    /// What policy asks — a verification result's action, an inbox rule, reputation —
+    /// `reject` or `tempfail`, in its words. The only refusal a dry run does not carry out.
+    Policy(Reply),
+}
+
+impl Refusal {
+    /// As SMTP, LMTP and the milter say it.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Refusal::NoMailbox => Reply::new(
+                550,
+                Enhanced(5, 1, 1),
+                "no mailbox here: the DID names no mailbox at this host (DID document or \
+                 at.atsms.inbox record), or no device of its own this message is encrypted to",
+            ),
+            Refusal::Unavailable(why) => Reply::new(
+                451,
+                Enhanced(4, 4, 3),
+                format!("DID document or PDS unavailable ({why}), try again later"),
+            ),
+            Refusal::OtherRule => Reply::new(
+                452,
+                Enhanced(4, 5, 3),
+                "recipient under another inbox rule, send it separately",
+            ),
+            Refusal::Policy(reply) => reply.clone(),
+        }
+    }
+}
+
+/// Where a recipient comes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// LMTP's RCPT: each recipient is judged on its own; consent asked.
+    Lmtp,
+    /// The HTTPS inbox's `POST /inbox/{did}`: consent asked.
+    Inbox,
+}
+
+impl Settings {
+    /// Whether `address` is taken at `gate` (consent of a DID mailbox here; see the top of
+    /// this file).
+    pub async fn admit(&self, gate: Gate, address: &str) -> Result<(), Refusal> {
+        match gate {
+            Gate::Lmtp | Gate::Inbox => self.consents(address).await,
+        }
+    }
+
+    /// The consent of the mailbox `address` folds into, when it is a DID mailbox (at a
+    /// domain not of `inbox.hosts`, none: this host keeps no DID mailbox there).
+    async fn consents(&self, address: &str) -> Result<(), Refusal> {
+        let mailbox = Target::new(address, self).mailbox;
+        let Some(did_address) = DidAddress::parse(&mailbox) else {
+            return Ok(());
+        };
+        match self.router.consent(&did_address).await {
+            Consent::Given => Ok(()),
+            Consent::Refused => Err(Refusal::NoMailbox),
+            Consent::Unknown(why) => Err(Refusal::Unavailable(why)),
+        }
+    }
+
+    /// The milter's RCPT (its callbacks are not async): whether a recipient may join a
+    /// transaction whose first recipient is under the inbox rule `first` (`None`: it is the
+    /// first). `Ok` gives the transaction's rule. RFC 5321 §4.5.3.1.10: the client sends a
+    /// recipient refused `452` again in a transaction of its own.
+    pub fn admit_to_transaction(
+        &self,
+        first: Option<Option<usize>>,
+        address: &str,
+    ) -> Result<Option<usize>, Refusal> {
+        let mailbox = Target::new(address, self).mailbox;
+        let rule = self.inbox.rule_for(&mailbox);
+        match first {
+            Some(first) if first != rule => Err(Refusal::OtherRule),
+            _ => Ok(rule),
+        }
+    }
+}
