@@ -46,6 +46,88 @@ fn wait_for_file(dir: &Path, exim: &Exim) -> String {
     }
 }
 
+/// Exim for `EXIM_DOMAIN` with the contrib ACL and routers, its socketmap at `maps` and
+/// delivery over LMTP to `lmtp`.
+fn exim_config(maps: u16, lmtp: u16) -> String {
+    format!(
+        "domainlist local_domains = {EXIM_DOMAIN}
+ATSMS_SOCKETMAP = inet:127.0.0.1:{maps}
+ATSMS_ROUTE_SELF = send
+.include {macros}
+acl_smtp_rcpt = acl_check_rcpt
+tls_advertise_hosts =
+
+begin acl
+acl_check_rcpt:
+.include {acl}
+  # Exim's default: no '@', '%', '!', '/' or '|' in local parts (the DID statements above
+  # come first).
+  deny    local_parts = ^.*[@%!/|]
+  accept  domains = +local_domains
+  accept  hosts = 127.0.0.1
+  deny    message = relay not permitted
+
+begin routers
+.include {routers}
+local:
+  driver = accept
+  domains = +local_domains
+  transport = atsms_lmtp
+
+begin transports
+# The DID's smtp:// host is B's LMTP listener in this test.
+remote_smtp:
+  driver = smtp
+  protocol = lmtp
+  port = 25
+  allow_localhost
+  message_linelength_limit = 1000000000
+atsms_lmtp:
+  driver = smtp
+  protocol = lmtp
+  hosts = 127.0.0.1
+  port = {lmtp}
+  hosts_override
+  allow_localhost
+  message_linelength_limit = 1000000000
+
+begin retry
+* * F,2h,1m
+",
+        macros = contrib("macros.conf"),
+        acl = contrib("acl_rcpt.conf"),
+        routers = contrib("routers.conf"),
+    )
+}
+
+/// What Exim's routers make of DID mailboxes whose documents name no host of ours.
+fn addresses_routed_nowhere_else(exim: &Exim, refused: &str, pinned: &str, listed: &str) {
+    // A mail host the address policy refuses: the address fails, never routed by MX.
+    let routed = exim.route_test(&format!("{}@nowhere.example", mailbox(refused)));
+    assert!(
+        routed.contains("is undeliverable")
+            && routed.contains("refused by this site's address policy"),
+        "{routed}"
+    );
+    // A mailto: address at another domain: to the address its mail exchange was vetted at.
+    let routed = exim.route_test(&format!("{}@anywhere.example", mailbox(pinned)));
+    assert!(
+        routed.contains("admin@public.example")
+            && routed.contains("router = atsms_pinned")
+            && routed.contains("8.8.8.8"),
+        "{routed}"
+    );
+    // A DID mailbox at a domain that is not an alias domain is not aliased.
+    let routed = exim.route_test(&format!("{}@elsewhere.example", mailbox(pinned)));
+    assert!(!routed.contains("public.example"), "{routed}");
+    // A mailto: value that is not one plain address routes nowhere (no pipe, no list).
+    let routed = exim.route_test(&format!("{}@anywhere.example", mailbox(listed)));
+    assert!(
+        routed.contains("Unrouteable address") && !routed.contains("/bin/sh"),
+        "{routed}"
+    );
+}
+
 #[test]
 fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
     let plc = Plc::start();
@@ -101,57 +183,7 @@ fn exim_routes_by_did_document_and_checks_consent_at_rcpt() {
         ),
         lmtp,
     );
-    let exim = Exim::start_with(|_, _| {
-        format!(
-            "domainlist local_domains = {EXIM_DOMAIN}
-ATSMS_SOCKETMAP = inet:127.0.0.1:{maps}
-ATSMS_ROUTE_SELF = send
-.include {macros}
-acl_smtp_rcpt = acl_check_rcpt
-tls_advertise_hosts =
-
-begin acl
-acl_check_rcpt:
-.include {acl}
-  # Exim's default: no '@', '%', '!', '/' or '|' in local parts (the DID statements above
-  # come first).
-  deny    local_parts = ^.*[@%!/|]
-  accept  domains = +local_domains
-  accept  hosts = 127.0.0.1
-  deny    message = relay not permitted
-
-begin routers
-.include {routers}
-local:
-  driver = accept
-  domains = +local_domains
-  transport = atsms_lmtp
-
-begin transports
-# The DID's smtp:// host is B's LMTP listener in this test.
-remote_smtp:
-  driver = smtp
-  protocol = lmtp
-  port = 25
-  allow_localhost
-  message_linelength_limit = 1000000000
-atsms_lmtp:
-  driver = smtp
-  protocol = lmtp
-  hosts = 127.0.0.1
-  port = {lmtp}
-  hosts_override
-  allow_localhost
-  message_linelength_limit = 1000000000
-
-begin retry
-* * F,2h,1m
-",
-            macros = contrib("macros.conf"),
-            acl = contrib("acl_rcpt.conf"),
-            routers = contrib("routers.conf"),
-        )
-    });
+    let exim = Exim::start_with(|_, _| exim_config(maps, lmtp));
 
     // To a DID whose document names another host: routed straight there.
     let to = format!("{}@anywhere.example", mailbox(&remote));
@@ -214,30 +246,7 @@ begin retry
         "{transcript}"
     );
 
-    // A mail host the address policy refuses: the address fails, never routed by MX.
-    let routed = exim.route_test(&format!("{}@nowhere.example", mailbox(&refused)));
-    assert!(
-        routed.contains("is undeliverable")
-            && routed.contains("refused by this site's address policy"),
-        "{routed}"
-    );
-    // A mailto: address at another domain: to the address its mail exchange was vetted at.
-    let routed = exim.route_test(&format!("{}@anywhere.example", mailbox(&pinned)));
-    assert!(
-        routed.contains("admin@public.example")
-            && routed.contains("router = atsms_pinned")
-            && routed.contains("8.8.8.8"),
-        "{routed}"
-    );
-    // A DID mailbox at a domain that is not an alias domain is not aliased.
-    let routed = exim.route_test(&format!("{}@elsewhere.example", mailbox(&pinned)));
-    assert!(!routed.contains("public.example"), "{routed}");
-    // A mailto: value that is not one plain address routes nowhere (no pipe, no list).
-    let routed = exim.route_test(&format!("{}@anywhere.example", mailbox(&listed)));
-    assert!(
-        routed.contains("Unrouteable address") && !routed.contains("/bin/sh"),
-        "{routed}"
-    );
+    addresses_routed_nowhere_else(&exim, &refused, &pinned, &listed);
 
     // The daemon gone: RCPT to a DID mailbox here is deferred, never accepted blind.
     daemon.stop();

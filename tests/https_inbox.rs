@@ -214,6 +214,34 @@ fn each_network_and_each_did_is_rate_limited_by_default() {
     assert!(inbox.plc.requests() < 10, "{}", inbox.plc.requests());
 }
 
+/// `reputation.rate_limit` holds for what is posted to a DID (an envelope names no sender):
+/// the judge admits each new envelope or refuses it (429), a dry run included; a repeat of one
+/// stored is not counted again and is stored once.
+#[test]
+fn the_judge_limits_envelopes_a_did_is_sent_an_hour_even_in_a_dry_run() {
+    let inbox = start(
+        "",
+        "[policy]\ndry_run = true\n[reputation]\nrate_limit = 2\n",
+    );
+    let to = format!("/inbox/{}", inbox.did);
+    for n in [1, 2] {
+        let (status, answer) = post(inbox.port, &to, "", &envelope(n));
+        assert_eq!(status, 202, "envelope {n}: {answer}");
+    }
+    let (status, answer) = post(inbox.port, &to, "", &envelope(3));
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer.contains("RateLimitExceeded"), "{answer}");
+    let (status, answer) = post(inbox.port, &to, "", &envelope(1));
+    assert!(status / 100 == 2, "a repeat of a stored envelope: {answer}");
+    let new = inbox
+        ._dir
+        .path()
+        .join(US)
+        .join(support::plc::mailbox(&inbox.did))
+        .join("Maildir/new");
+    assert_eq!(std::fs::read_dir(&new).unwrap().count(), 2, "{new:?}");
+}
+
 /// Slow uploads hold the inbox's own share only: with every inbox permit taken by clients
 /// sending a byte at a time, the signing service answers as ever, and each slow upload is
 /// ended after `inbox.upload_timeout` (64 such uploads once made signing answer 503 for 10 s).

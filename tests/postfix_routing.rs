@@ -449,6 +449,108 @@ fn socketmap_lookup(stream: &mut std::net::TcpStream, map: &str, key: &str) -> O
     String::from_utf8(answer).ok()
 }
 
+/// Strangers asking about random DIDs as fast as they can: eight socketmap connections, two
+/// HTTPS inbox clients, two SMTP clients naming ten random DID mailboxes a transaction.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// How many of each answer the strangers got.
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+impl Flood {
+    fn start(maps: u16, http: u16, smtp: u16) -> Flood {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicUsize::new(100_000));
+        let answers: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+        let random = {
+            let next = next.clone();
+            move || plc_did(next.fetch_add(1, Ordering::Relaxed))
+        };
+        let count = {
+            let answers = answers.clone();
+            move |what: String| *answers.lock().unwrap().entry(what).or_default() += 1
+        };
+        let mut threads = Vec::new();
+        for _ in 0..8 {
+            let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", maps)).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("{}@localhost", mailbox(&random()));
+                    let Some(answer) = socketmap_lookup(&mut stream, "atsms_mailbox", &key) else {
+                        break;
+                    };
+                    count(format!(
+                        "socketmap {}",
+                        answer.split(' ').next().unwrap_or("")
+                    ));
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+                    let _ = write!(
+                        s,
+                        "POST /inbox/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+                        random()
+                    );
+                    let mut status = String::new();
+                    let _ = BufReader::new(s).read_line(&mut status);
+                    count(format!("inbox {}", status.split(' ').nth(1).unwrap_or("-")));
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
+            let port = smtp;
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let mut reader = BufReader::new(socket.try_clone().unwrap());
+                    let mut writer = socket;
+                    let mut line = String::new();
+                    let mut say = |text: &str| {
+                        let _ = write!(writer, "{text}\r\n");
+                    };
+                    let _ = reader.read_line(&mut line);
+                    say("HELO flood.example");
+                    say("MAIL FROM:<x@flood.example>");
+                    for _ in 0..10 {
+                        say(&format!("RCPT TO:<{}@localhost>", mailbox(&random())));
+                    }
+                    say("QUIT");
+                    for l in reader.lines().map_while(Result::ok) {
+                        if l.starts_with("550") || l.starts_with("450") || l.starts_with("451") {
+                            count(format!("smtp {}", &l[..3]));
+                        }
+                    }
+                }
+            }));
+        }
+        Flood {
+            stop,
+            threads,
+            answers,
+        }
+    }
+
+    /// Stops the flood: what answers it got.
+    fn stop(self) -> std::collections::BTreeMap<String, usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        self.answers.lock().unwrap().clone()
+    }
+}
+
 /// Outsiders flood every way a DID lookup can be set off from outside — socketmap lookups
 /// from eight connections (Postfix processes), POSTs to the HTTPS inbox, RCPTs through
 /// Postfix from another client — each naming a random DID, which costs the directory a
@@ -458,9 +560,6 @@ fn socketmap_lookup(stream: &mut std::net::TcpStream, map: &str, key: &str) -> O
 /// their client's turn (it once got `451 4.4.3 … budget spent`).
 #[test]
 fn real_did_mailboxes_take_mail_while_strangers_flood_lookups_of_random_dids() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
     let plc = Plc::start();
     let key = SigningKey::generate(Alg::Es256k).unwrap();
     let real = [plc_did(50), plc_did(51)];
@@ -502,77 +601,7 @@ fn real_did_mailboxes_take_mail_while_strangers_flood_lookups_of_random_dids() {
     }
     std::thread::sleep(Duration::from_secs(3)); // past cache.max_age
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let next = Arc::new(AtomicUsize::new(100_000));
-    let answers: Arc<Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
-    let random = {
-        let next = next.clone();
-        move || plc_did(next.fetch_add(1, Ordering::Relaxed))
-    };
-    let count = {
-        let answers = answers.clone();
-        move |what: String| *answers.lock().unwrap().entry(what).or_default() += 1
-    };
-    let mut flood = Vec::new();
-    for _ in 0..8 {
-        let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
-        flood.push(std::thread::spawn(move || {
-            let mut stream = std::net::TcpStream::connect(("127.0.0.1", maps)).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                let key = format!("{}@localhost", mailbox(&random()));
-                let Some(answer) = socketmap_lookup(&mut stream, "atsms_mailbox", &key) else {
-                    break;
-                };
-                count(format!(
-                    "socketmap {}",
-                    answer.split(' ').next().unwrap_or("")
-                ));
-            }
-        }));
-    }
-    for _ in 0..2 {
-        let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
-        flood.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
-                let _ = write!(
-                    s,
-                    "POST /inbox/{} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
-                    random()
-                );
-                let mut status = String::new();
-                let _ = BufReader::new(s).read_line(&mut status);
-                count(format!("inbox {}", status.split(' ').nth(1).unwrap_or("-")));
-            }
-        }));
-    }
-    for _ in 0..2 {
-        let (stop, random, count) = (stop.clone(), random.clone(), count.clone());
-        let port = b.smtp_port;
-        flood.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-                let mut reader = BufReader::new(socket.try_clone().unwrap());
-                let mut writer = socket;
-                let mut line = String::new();
-                let mut say = |text: &str| {
-                    let _ = write!(writer, "{text}\r\n");
-                };
-                let _ = reader.read_line(&mut line);
-                say("HELO flood.example");
-                say("MAIL FROM:<x@flood.example>");
-                for _ in 0..10 {
-                    say(&format!("RCPT TO:<{}@localhost>", mailbox(&random())));
-                }
-                say("QUIT");
-                for l in reader.lines().map_while(Result::ok) {
-                    if l.starts_with("550") || l.starts_with("450") || l.starts_with("451") {
-                        count(format!("smtp {}", &l[..3]));
-                    }
-                }
-            }
-        }));
-    }
+    let flood = Flood::start(maps, http, b.smtp_port);
     // The flood has filled the others' schedule (2 lookups a second) many times over.
     let (flooding, asked_before) = (Instant::now(), plc.requests());
     std::thread::sleep(Duration::from_secs(3));
@@ -584,12 +613,8 @@ fn real_did_mailboxes_take_mail_while_strangers_flood_lookups_of_random_dids() {
         took.push(started.elapsed());
         assert!(ok, "{transcript}");
     }
-    stop.store(true, Ordering::Relaxed);
-    for thread in flood {
-        thread.join().unwrap();
-    }
+    let answers = flood.stop();
     let (flooded, asked) = (flooding.elapsed(), plc.requests() - asked_before);
-    let answers = answers.lock().unwrap().clone();
     println!("while the flood ran: {answers:?}; the real mail took {took:?}");
     for did in &real {
         let delivered = b.wait_for_files(&maildir(did), 2);

@@ -157,6 +157,111 @@ fn config(plc: &Plc, port: u16, reputation: &str, store: &str) -> String {
     )
 }
 
+/// What the labeler says: `spam` and `porn` labels, a `spam` label withdrawn (later, and
+/// within its second), one expired, one signed by a stranger, one on an allowed sender; and
+/// it never answers about `hanging`.
+fn publish_labels(
+    l: &Labeler,
+    [
+        spam,
+        porn,
+        negated,
+        negated_at_once,
+        expired,
+        forged,
+        allowed,
+        hanging,
+    ]: [&str; 8],
+) {
+    l.says(spam, vec![label(&l.key, &l.did, spam, "spam", json!({}))]);
+    l.says(porn, vec![label(&l.key, &l.did, porn, "porn", json!({}))]);
+    l.says(
+        negated,
+        vec![
+            label(
+                &l.key,
+                &l.did,
+                negated,
+                "spam",
+                json!({"cts": datetime(now() - 600)}),
+            ),
+            label(&l.key, &l.did, negated, "spam", json!({"neg": true})),
+        ],
+    );
+    // Labelled and withdrawn within one second.
+    let second = datetime(now() - 120).replace('Z', "");
+    l.says(
+        negated_at_once,
+        vec![
+            label(
+                &l.key,
+                &l.did,
+                negated_at_once,
+                "spam",
+                json!({"cts": format!("{second}.100Z")}),
+            ),
+            label(
+                &l.key,
+                &l.did,
+                negated_at_once,
+                "spam",
+                json!({"neg": true, "cts": format!("{second}.900Z")}),
+            ),
+        ],
+    );
+    l.says(
+        expired,
+        vec![label(
+            &l.key,
+            &l.did,
+            expired,
+            "spam",
+            json!({"exp": datetime(now() - 1)}),
+        )],
+    );
+    let stranger = SigningKey::generate(Alg::Es256k).unwrap();
+    l.says(
+        forged,
+        vec![label(&stranger, &l.did, forged, "spam", json!({}))],
+    );
+    l.says(
+        allowed,
+        vec![label(&l.key, &l.did, allowed, "spam", json!({}))],
+    );
+    l.hangs.lock().unwrap().insert(hanging.to_string());
+}
+
+/// The log's lines for the labels, lists and age decided above.
+fn the_log_says_what_was_decided(daemon: &Daemon, [clean, spam, forged, allowed]: [&str; 4]) {
+    // The last message's line (lines keep their order: the earlier ones are there too).
+    let clean_did = format!("did={} ", clean);
+    let last_line = |log: &str| {
+        log.lines()
+            .any(|l| l.contains(&clean_did) && l.contains(" denied=yes"))
+    };
+    let log = daemon.log_when(last_line);
+    assert!(last_line(&log), "{log}");
+    let spam_line = log
+        .lines()
+        .find(|l| l.contains(&format!("did={}", spam)) && l.contains("atsms=pass"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(spam_line.contains(" label=spam"), "{spam_line}");
+    assert!(spam_line.contains("action=reject"), "{spam_line}");
+    println!("{spam_line}");
+    assert!(
+        log.contains(&format!(
+            "label \"spam\" about {} ignored: signature does not verify",
+            forged
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("did={} ", allowed)) && log.contains(" allowed=yes"),
+        "{log}"
+    );
+    assert!(log.contains(" age=young"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_lists_and_age_decide_with_the_judge() {
     let plc = Plc::start();
@@ -178,69 +283,19 @@ async fn labels_lists_and_age_decide_with_the_judge() {
     ] = senders.iter().collect::<Vec<_>>().try_into().unwrap();
     plc.set_created(&young.0, &datetime(now() - 86_400), 0);
 
-    let l = &labeler;
-    l.says(
-        &spam.0,
-        vec![label(&l.key, &l.did, &spam.0, "spam", json!({}))],
-    );
-    l.says(
-        &porn.0,
-        vec![label(&l.key, &l.did, &porn.0, "porn", json!({}))],
-    );
-    l.says(
-        &negated.0,
-        vec![
-            label(
-                &l.key,
-                &l.did,
-                &negated.0,
-                "spam",
-                json!({"cts": datetime(now() - 600)}),
-            ),
-            label(&l.key, &l.did, &negated.0, "spam", json!({"neg": true})),
-        ],
-    );
-    // Labelled and withdrawn within one second.
-    let second = datetime(now() - 120).replace('Z', "");
-    l.says(
-        &negated_at_once.0,
-        vec![
-            label(
-                &l.key,
-                &l.did,
-                &negated_at_once.0,
-                "spam",
-                json!({"cts": format!("{second}.100Z")}),
-            ),
-            label(
-                &l.key,
-                &l.did,
-                &negated_at_once.0,
-                "spam",
-                json!({"neg": true, "cts": format!("{second}.900Z")}),
-            ),
-        ],
-    );
-    l.says(
-        &expired.0,
-        vec![label(
-            &l.key,
-            &l.did,
+    publish_labels(
+        &labeler,
+        [
+            &spam.0,
+            &porn.0,
+            &negated.0,
+            &negated_at_once.0,
             &expired.0,
-            "spam",
-            json!({"exp": datetime(now() - 1)}),
-        )],
+            &forged.0,
+            &allowed.0,
+            &hanging.0,
+        ],
     );
-    let stranger = SigningKey::generate(Alg::Es256k).unwrap();
-    l.says(
-        &forged.0,
-        vec![label(&stranger, &l.did, &forged.0, "spam", json!({}))],
-    );
-    l.says(
-        &allowed.0,
-        vec![label(&l.key, &l.did, &allowed.0, "spam", json!({}))],
-    );
-    l.hangs.lock().unwrap().insert(hanging.0.clone());
 
     let dir = tempfile::tempdir().unwrap();
     let (deny, allow) = (dir.path().join("deny"), dir.path().join("allow"));
@@ -336,33 +391,7 @@ async fn labels_lists_and_age_decide_with_the_judge() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // The last message's line (lines keep their order: the earlier ones are there too).
-    let clean_did = format!("did={} ", clean.0);
-    let last_line = |log: &str| {
-        log.lines()
-            .any(|l| l.contains(&clean_did) && l.contains(" denied=yes"))
-    };
-    let log = daemon.log_when(last_line);
-    assert!(last_line(&log), "{log}");
-    let spam_line = log
-        .lines()
-        .find(|l| l.contains(&format!("did={}", spam.0)) && l.contains("atsms=pass"))
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!(spam_line.contains(" label=spam"), "{spam_line}");
-    assert!(spam_line.contains("action=reject"), "{spam_line}");
-    println!("{spam_line}");
-    assert!(
-        log.contains(&format!(
-            "label \"spam\" about {} ignored: signature does not verify",
-            forged.0
-        )),
-        "{log}"
-    );
-    assert!(
-        log.contains(&format!("did={} ", allowed.0)) && log.contains(" allowed=yes"),
-        "{log}"
-    );
-    assert!(log.contains(" age=young"), "{log}");
+    the_log_says_what_was_decided(&daemon, [&clean.0, &spam.0, &forged.0, &allowed.0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

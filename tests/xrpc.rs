@@ -199,11 +199,22 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         vector_key(&world, CAROL),
     );
     let good = body("alice@alice.example.com");
+    valid_tokens_on_both_curves(port, &alice, &bob, &good).await;
+    each_bad_token_gets_its_status(&world, port, &alice, &carol, &good).await;
+    a_jti_works_once(port, &alice, &bob, &good).await;
+    bad_bodies_after_authentication(port, &alice).await;
+    other_paths_and_methods(port).await;
+    let signed =
+        format!("xrpc: signed did={ALICE} kid={ALICE}#atproto from=alice@alice.example.com");
+    let log = daemon.log_with(&signed);
+    assert!(log.contains(&signed), "{log}");
+}
 
+async fn valid_tokens_on_both_curves(port: u16, alice: &SigningKey, bob: &SigningKey, good: &str) {
     // Valid, both curves; the answer verifies as a token over what was sent.
     for (did, key, from) in [
-        (ALICE, &alice, "alice@alice.example.com"),
-        (BOB, &bob, "bob@bob.example.org"),
+        (ALICE, alice, "alice@alice.example.com"),
+        (BOB, bob, "bob@bob.example.org"),
     ] {
         let answer = post(
             port,
@@ -231,19 +242,27 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
     let mut claims = Claims::new(ALICE);
     claims.aud = "did:web:signer.test#atsms_signer";
     assert_eq!(
-        post(port, Some(&claims.sign_with(&alice, None)), &good)
+        post(port, Some(&claims.sign_with(alice, None)), good)
             .await
             .0,
         200
     );
+}
 
+async fn each_bad_token_gets_its_status(
+    world: &VectorWorld,
+    port: u16,
+    alice: &SigningKey,
+    carol: &SigningKey,
+    good: &str,
+) {
     // Alice's token with one claim changed, or under another header.
     let alice_with = |change: &dyn Fn(&mut Claims)| {
         let mut claims = Claims::new(ALICE);
         change(&mut claims);
-        Some(claims.sign_with(&alice, None))
+        Some(claims.sign_with(alice, None))
     };
-    let alice_under = |header: &str| Some(Claims::new(ALICE).sign_with(&alice, Some(header)));
+    let alice_under = |header: &str| Some(Claims::new(ALICE).sign_with(alice, Some(header)));
     let erin = SigningKey::from_pkcs8_pem(
         world.keys["did:plc:lerkoofwvhjrikpmkgu5cy7u"]["pkcs8_pem"]
             .as_str()
@@ -251,7 +270,7 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
     )
     .unwrap();
     let high_s = {
-        let token = Claims::new(ALICE).sign_with(&alice, None);
+        let token = Claims::new(ALICE).sign_with(alice, None);
         let (input, sig) = token.rsplit_once('.').unwrap();
         let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
         format!("{input}.{}", b64(&malleate(Alg::Es256k, &sig)))
@@ -346,36 +365,40 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         ("high-S", Some(high_s), 401, "BadJwtSignature"),
         (
             "iss with no signing key here",
-            Some(Claims::new(CAROL).sign_with(&carol, None)),
+            Some(Claims::new(CAROL).sign_with(carol, None)),
             403,
             "NotAuthorized",
         ),
     ];
     for (case, auth, status, name) in &cases {
-        let answer = post(port, auth.as_deref(), &good).await;
+        let answer = post(port, auth.as_deref(), good).await;
         assert_error(&answer, *status, name, case);
     }
+}
 
-    // A jti once: recorded after the signature verified, so a forged copy cannot burn it.
+/// A jti once: recorded after the signature verified, so a forged copy cannot burn it.
+async fn a_jti_works_once(port: u16, alice: &SigningKey, bob: &SigningKey, good: &str) {
     let claims = Claims::new(ALICE);
-    let forged = claims.sign_with(&bob, Some(r#"{"typ":"JWT","alg":"ES256K"}"#));
+    let forged = claims.sign_with(bob, Some(r#"{"typ":"JWT","alg":"ES256K"}"#));
     assert_error(
-        &post(port, Some(&forged), &good).await,
+        &post(port, Some(&forged), good).await,
         401,
         "BadJwtSignature",
         "forged",
     );
-    let token = claims.sign_with(&alice, None);
-    assert_eq!(post(port, Some(&token), &good).await.0, 200);
+    let token = claims.sign_with(alice, None);
+    assert_eq!(post(port, Some(&token), good).await.0, 200);
     assert_error(
-        &post(port, Some(&token), &good).await,
+        &post(port, Some(&token), good).await,
         401,
         "JwtReplayed",
         "replayed",
     );
+}
 
+async fn bad_bodies_after_authentication(port: u16, alice: &SigningKey) {
     // Bad bodies, after authentication.
-    let auth = || Some(Claims::new(ALICE).sign_with(&alice, None));
+    let auth = || Some(Claims::new(ALICE).sign_with(alice, None));
     for (case, bad) in [
         ("not JSON", "{".to_string()),
         ("no h", serde_json::json!({"from": "alice@alice.example.com", "hh": b64(&[1; 32]), "bh": b64(&[2; 32])}).to_string()),
@@ -390,7 +413,9 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
     assert_error(&answer, 400, "UnalignedFrom", "Alice signing as Bob");
     let answer = post(port, auth().as_deref(), &body("alice@evil.example")).await;
     assert_error(&answer, 400, "UnalignedFrom", "Alice at another domain");
+}
 
+async fn other_paths_and_methods(port: u16) {
     // Other paths and methods.
     assert_error(
         &get(port, "/xrpc/com.atproto.server.describeServer").await,
@@ -414,11 +439,6 @@ async fn every_case_of_the_error_table_gets_its_status_and_name() {
         document["service"],
         serde_json::json!([{"id": "#atsms_signer", "type": "AtsmsSignerService", "serviceEndpoint": "https://signer.test"}])
     );
-
-    let signed =
-        format!("xrpc: signed did={ALICE} kid={ALICE}#atproto from=alice@alice.example.com");
-    let log = daemon.log_with(&signed);
-    assert!(log.contains(&signed), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -510,30 +510,18 @@ mod tests {
         );
     }
 
+    /// Each token parses to exactly its own error.
+    fn assert_each_error<const N: usize>(cases: [(String, TokenError); N]) {
+        for (case, error) in cases {
+            assert_eq!(parse(&case, D).unwrap_err(), error, "{case}");
+        }
+    }
+
+    /// The protected header and the compact form (RFC 7515 §7.1).
     #[test]
-    fn each_defect_is_its_own_error() {
+    fn each_header_and_framing_defect_is_its_own_error() {
         use TokenError::*;
-        let cases = [
-            (
-                token(HEADER, &claims(r#","iat":5"#)),
-                RepeatedMember {
-                    part: Part::Claims,
-                    name: "iat".into(),
-                },
-            ),
-            (token(HEADER, "[]"), NotObject(Part::Claims)),
-            (
-                token(HEADER, &claims("").replace("1000", "1000.0")),
-                ClaimNotInteger("iat"),
-            ),
-            (
-                token(HEADER, &claims("").replace("1000", "1e3")),
-                ClaimNotInteger("iat"),
-            ),
-            (
-                token(HEADER, &claims("").replace("1000", "true")),
-                ClaimNotInteger("iat"),
-            ),
+        assert_each_error([
             (
                 token(&HEADER.replace("ES256K", "none"), &claims("")),
                 AlgUnsupported("none".into()),
@@ -545,6 +533,35 @@ mod tests {
             (
                 token(&HEADER.replace("}", r#","crit":["x"]}"#), &claims("")),
                 Crit,
+            ),
+            (
+                format!("{}=", token(HEADER, &claims(""))),
+                Padded(Part::Signature),
+            ),
+            ("a.b".to_string(), NotThreeParts),
+            (
+                token(&HEADER.replace(r#""ES256K""#, "null"), &claims("")),
+                AlgNotString,
+            ),
+        ]);
+    }
+
+    /// The claims: types, values, `iss` against `d=`.
+    #[test]
+    fn each_claim_defect_is_its_own_error() {
+        use TokenError::*;
+        assert_each_error([
+            (
+                token(HEADER, &claims("").replace("1000", "1000.0")),
+                ClaimNotInteger("iat"),
+            ),
+            (
+                token(HEADER, &claims("").replace("1000", "1e3")),
+                ClaimNotInteger("iat"),
+            ),
+            (
+                token(HEADER, &claims("").replace("1000", "true")),
+                ClaimNotInteger("iat"),
             ),
             (
                 token(
@@ -560,19 +577,6 @@ mod tests {
             (
                 token(HEADER, &claims("").replace("0123456789abcdef", "short")),
                 JtiShort,
-            ),
-            (
-                format!("{}=", token(HEADER, &claims(""))),
-                Padded(Part::Signature),
-            ),
-            ("a.b".to_string(), NotThreeParts),
-            // A name spelled with an escape is the same name (RFC 8259 §7).
-            (
-                token(HEADER, &claims(r#","i\u0061t":5"#)),
-                RepeatedMember {
-                    part: Part::Claims,
-                    name: "iat".into(),
-                },
             ),
             (
                 token(HEADER, &claims("").replace("1000", "9223372036854775808")),
@@ -598,9 +602,37 @@ mod tests {
                 token(HEADER, &claims("").replace(r#""a@b.c""#, "{}")),
                 ClaimNotString("from"),
             ),
+        ]);
+        assert_eq!(
+            parse(
+                &token(HEADER, &claims("")),
+                "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
+            )
+            .unwrap_err(),
+            IssNotD
+        );
+    }
+
+    /// The JSON of a part: repeated names, however spelled, and what no JSON value may hold.
+    #[test]
+    fn each_json_defect_is_its_own_error() {
+        use TokenError::*;
+        assert_each_error([
             (
-                token(&HEADER.replace(r#""ES256K""#, "null"), &claims("")),
-                AlgNotString,
+                token(HEADER, &claims(r#","iat":5"#)),
+                RepeatedMember {
+                    part: Part::Claims,
+                    name: "iat".into(),
+                },
+            ),
+            (token(HEADER, "[]"), NotObject(Part::Claims)),
+            // A name spelled with an escape is the same name (RFC 8259 §7).
+            (
+                token(HEADER, &claims(r#","i\u0061t":5"#)),
+                RepeatedMember {
+                    part: Part::Claims,
+                    name: "iat".into(),
+                },
             ),
             // What serde_json's `Value` refused anywhere in a part is still refused, however
             // deep in a member nobody reads.
@@ -627,18 +659,7 @@ mod tests {
                 ),
                 NotObject(Part::Claims),
             ),
-        ];
-        for (case, error) in cases {
-            assert_eq!(parse(&case, D).unwrap_err(), error, "{case}");
-        }
-        assert_eq!(
-            parse(
-                &token(HEADER, &claims("")),
-                "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa"
-            )
-            .unwrap_err(),
-            IssNotD
-        );
+        ]);
     }
 
     #[test]

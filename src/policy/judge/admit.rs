@@ -10,10 +10,12 @@
 //!   judge at end of message, which asks again (an envelope's devices are known only then);
 //! - **one rule a transaction** (the milter, and Exim's RCPT ACL through the socketmap): a
 //!   transaction is judged under the inbox rule of its first recipient, so a recipient under
-//!   another is sent again in a transaction of its own.
+//!   another is sent again in a transaction of its own;
+//! - **how many envelopes a DID is sent** (the HTTPS inbox, before it stores one):
+//!   `reputation.rate_limit` an hour, counted per recipient since an envelope names no sender.
 //!
-//! Never dry-run: a mailbox that does not exist here is refused as an unknown user is,
-//! whatever `policy.dry_run` says (docs/configuration.md).
+//! Never dry-run: a mailbox that does not exist here is refused as an unknown user is, and the
+//! anonymous inbox's limits hold, whatever `policy.dry_run` says (docs/configuration.md).
 
 use super::Settings;
 use super::judgement::Target;
@@ -32,6 +34,9 @@ pub enum Refusal {
     Unavailable(String),
     /// Under another inbox rule than the transaction's first recipient.
     OtherRule,
+    /// More envelopes to this DID than `reputation.rate_limit` an hour (the HTTPS inbox).
+    /// Never dry-run.
+    TooMany,
     /// What policy asks — a verification result's action, an inbox rule, reputation —
     /// `reject` or `tempfail`, in its words. The only refusal a dry run does not carry out.
     Policy(Reply),
@@ -56,6 +61,11 @@ impl Refusal {
                 452,
                 Enhanced(4, 5, 3),
                 "recipient under another inbox rule, send it separately",
+            ),
+            Refusal::TooMany => Reply::new(
+                450,
+                Enhanced(4, 7, 1),
+                "too many envelopes for this DID, try again later",
             ),
             Refusal::Policy(reply) => reply.clone(),
         }
@@ -108,6 +118,18 @@ impl Settings {
         match first {
             Some(first) if first != rule => Err(Refusal::OtherRule),
             _ => Ok(rule),
+        }
+    }
+
+    /// The HTTPS inbox, before it stores an envelope to `recipient` (a DID): within
+    /// `reputation.rate_limit` envelopes an hour, each counted once by its SHA-256 `hash`
+    /// (a repeat of one stored is not counted again). Counted when it is taken.
+    pub async fn admit_envelope(&self, recipient: &str, hash: &str) -> Result<(), Refusal> {
+        match &self.reputation {
+            Some(reputation) if !reputation.inbox_allows(recipient, hash, self.now()).await => {
+                Err(Refusal::TooMany)
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::format::auth_results::{self, Property};
 use crate::format::reply::{Enhanced, Reply};
 use crate::policy::action::Action;
 use crate::policy::inbox::Unmet;
+use crate::policy::replay::ReplaySet;
 use crate::policy::reputation::Assessment;
 use crate::policy::routing::Consent;
 use crate::verification::verify::Verdict;
@@ -196,140 +197,177 @@ pub async fn judge(
         .filter(|_| scope == Scope::EachRecipient || settings.replay_in_milter);
     let mut judgements = Vec::with_capacity(groups.len());
     for group in groups {
-        let mailboxes: Vec<String> = group.iter().map(|&i| targets[i].mailbox.clone()).collect();
-        let mut verdict = verified.verdict.restricted_to(&mailboxes);
-        if let Some(replay) = replay {
-            for mailbox in &mailboxes {
-                replay.check(&mut verdict, mailbox).await;
-            }
-        }
-        let decision = decision::decide(&verdict, &settings.policy);
-        // One transaction is judged under one rule: the first recipient's (the milter keeps
-        // recipients under other rules out of it). A request naming no recipient (an Exim
-        // scanner client may send none) is under none.
-        let rule = group
-            .first()
-            .and_then(|&i| settings.inbox.rule_for(&targets[i].mailbox));
-        let inbox = settings.inbox.check(rule, &verdict);
-        // The DID mailboxes among the recipients: their consent (and, for an EnvelopedData,
-        // that it is encrypted to a device the DID publishes). The milter's RCPT went
-        // through Postfix's atsms_mailbox map and LMTP asked at RCPT, so this is cached; it
-        // is asked again here because an envelope's recipients are known only now.
-        let mut consent: Option<Consent> = None;
-        for &i in &group {
-            let Some(here) = settings
-                .router
-                .consent_of(&targets[i].mailbox, verified.enveloped_to.as_deref())
-                .await
-            else {
-                continue;
-            };
-            consent = Some(match (consent, here) {
-                (Some(Consent::Refused), _) | (_, Consent::Refused) => Consent::Refused,
-                (Some(Consent::Unknown(why)), _) | (_, Consent::Unknown(why)) => {
-                    Consent::Unknown(why)
-                }
-                _ => Consent::Given,
-            });
-        }
-        // What policy asks: the strictest of the result's, the inbox rule's and reputation's
-        // actions (the only ones a dry run does not carry out).
-        let reputation = &verified.reputation;
-        let strictest = |actions: &[Option<Action>]| {
-            actions.iter().flatten().fold(Action::Accept, |a, &b| {
-                if b.strictness() > a.strictness() {
-                    b
-                } else {
-                    a
-                }
-            })
-        };
-        let policy_action = strictest(&[
-            Some(decision.action),
-            inbox.as_ref().map(|u| u.action),
-            reputation.strictest().map(|a| a.action),
-        ]);
-        // What is logged: consent's too (no mailbox is a refusal, an unknown one a deferral).
-        let consent_action = match &consent {
-            Some(Consent::Refused) => Some(Action::Reject),
-            Some(Consent::Unknown(_)) => Some(Action::Tempfail),
-            _ => None,
-        };
-        let action = strictest(&[consent_action, Some(policy_action)]);
-        let dry_run = settings.policy.dry_run;
-        let disposition = match &consent {
-            // A mailbox that does not exist here, whatever a dry run says.
-            Some(Consent::Refused) => Disposition::Refuse(Refusal::NoMailbox),
-            _ if !dry_run && policy_action == Action::Reject => {
-                let why = reason(&decision, inbox.as_ref(), reputation, policy_action);
-                disposition(policy_action, why)
-            }
-            Some(Consent::Unknown(why)) => Disposition::Refuse(Refusal::Unavailable(why.clone())),
-            _ if dry_run => Disposition::Deliver,
-            _ => {
-                let why = reason(&decision, inbox.as_ref(), reputation, policy_action);
-                disposition(policy_action, why)
-            }
-        };
-        let remember = Remember {
-            replay_mailboxes: if replay.is_some() {
-                mailboxes
-            } else {
-                Vec::new()
-            },
-            rate: verdict
-                .best_pass()
-                .and_then(|best| Some((best.did.clone()?, best.passed.as_ref()?.jti.clone()))),
-        };
-        let mut properties = Vec::new();
-        if let Some(consent) = consent {
-            properties.push(Property::new(
-                "atsms-consent",
-                if consent == Consent::Given {
-                    "yes"
-                } else {
-                    "no"
-                },
-            ));
-        }
-        if let Some(kind) = verified.atsms_envelope {
-            properties.push(Property::new("atsms-envelope", kind.as_str()));
-        }
-        for applied in &reputation.applied {
-            let (name, value) = applied.rule.property();
-            properties.push(Property::new(name, value));
-        }
-        let header_value =
-            auth_results::format_value(&settings.authserv_id, &verdict, &properties, "\n");
-        let facts = Facts {
+        let message = Message {
+            origin,
             verified,
             targets,
-            group: &group,
-            verdict: &verdict,
-            decision: &decision,
-            inbox: inbox.as_ref(),
-            action,
         };
-        let log_line = log_line(settings, origin, &facts);
-        crate::infra::metrics::global().message(
-            origin.transport,
-            decision.result.as_str(),
-            action.as_str(),
-        );
-        judgements.push(Judgement {
-            recipients: group,
-            verdict,
-            decision,
-            inbox,
-            action,
-            disposition,
-            atsms_envelope: verified.atsms_envelope.is_some(),
-            header_value,
-            log_line,
-            remember,
-        });
+        judgements.push(judge_group(settings, &message, group, replay.map(|r| &**r)).await);
     }
     judgements
+}
+
+/// What every group of one message's recipients is judged on.
+struct Message<'a> {
+    origin: &'a Origin<'a>,
+    verified: &'a Verified,
+    targets: &'a [Target],
+}
+
+/// The judgement for the recipients `group` (indexes into `message.targets`).
+async fn judge_group(
+    settings: &Settings,
+    message: &Message<'_>,
+    group: Vec<usize>,
+    replay: Option<&ReplaySet>,
+) -> Judgement {
+    let (verified, targets) = (message.verified, message.targets);
+    let mailboxes: Vec<String> = group.iter().map(|&i| targets[i].mailbox.clone()).collect();
+    let mut verdict = verified.verdict.restricted_to(&mailboxes);
+    if let Some(replay) = replay {
+        for mailbox in &mailboxes {
+            replay.check(&mut verdict, mailbox).await;
+        }
+    }
+    let decision = decision::decide(&verdict, &settings.policy);
+    // One transaction is judged under one rule: the first recipient's (the milter keeps
+    // recipients under other rules out of it). A request naming no recipient (an Exim
+    // scanner client may send none) is under none.
+    let rule = group
+        .first()
+        .and_then(|&i| settings.inbox.rule_for(&targets[i].mailbox));
+    let inbox = settings.inbox.check(rule, &verdict);
+    let consent = consent_of(settings, message, &group).await;
+    // What policy asks: the strictest of the result's, the inbox rule's and reputation's
+    // actions (the only ones a dry run does not carry out).
+    let reputation = &verified.reputation;
+    let policy_action = strictest(&[
+        Some(decision.action),
+        inbox.as_ref().map(|u| u.action),
+        reputation.strictest().map(|a| a.action),
+    ]);
+    // What is logged: consent's too (no mailbox is a refusal, an unknown one a deferral).
+    let consent_action = match &consent {
+        Some(Consent::Refused) => Some(Action::Reject),
+        Some(Consent::Unknown(_)) => Some(Action::Tempfail),
+        _ => None,
+    };
+    let action = strictest(&[consent_action, Some(policy_action)]);
+    let why = || reason(&decision, inbox.as_ref(), reputation, policy_action);
+    let disposition = match &consent {
+        // A mailbox that does not exist here, whatever a dry run says.
+        Some(Consent::Refused) => Disposition::Refuse(Refusal::NoMailbox),
+        _ if !settings.policy.dry_run && policy_action == Action::Reject => {
+            disposition(policy_action, why())
+        }
+        Some(Consent::Unknown(why)) => Disposition::Refuse(Refusal::Unavailable(why.clone())),
+        _ if settings.policy.dry_run => Disposition::Deliver,
+        _ => disposition(policy_action, why()),
+    };
+    let remember = Remember {
+        replay_mailboxes: if replay.is_some() {
+            mailboxes
+        } else {
+            Vec::new()
+        },
+        rate: verdict
+            .best_pass()
+            .and_then(|best| Some((best.did.clone()?, best.passed.as_ref()?.jti.clone()))),
+    };
+    let properties = properties(consent, verified);
+    let header_value =
+        auth_results::format_value(&settings.authserv_id, &verdict, &properties, "\n");
+    let facts = Facts {
+        verified,
+        targets,
+        group: &group,
+        verdict: &verdict,
+        decision: &decision,
+        inbox: inbox.as_ref(),
+        action,
+    };
+    let log_line = log_line(settings, message.origin, &facts);
+    crate::infra::metrics::global().message(
+        message.origin.transport,
+        decision.result.as_str(),
+        action.as_str(),
+    );
+    Judgement {
+        recipients: group,
+        verdict,
+        decision,
+        inbox,
+        action,
+        disposition,
+        atsms_envelope: verified.atsms_envelope.is_some(),
+        header_value,
+        log_line,
+        remember,
+    }
+}
+
+/// The consent of the DID mailboxes among `group`'s recipients (and, for an EnvelopedData,
+/// that it is encrypted to a device the DID publishes): refused if any refuses, unknown if
+/// any is unknown; `None` with no DID mailbox among them. The milter's RCPT went through
+/// Postfix's atsms_mailbox map and LMTP asked at RCPT, so this is cached; it is asked again
+/// here because an envelope's recipients are known only now.
+async fn consent_of(
+    settings: &Settings,
+    message: &Message<'_>,
+    group: &[usize],
+) -> Option<Consent> {
+    let mut consent: Option<Consent> = None;
+    for &i in group {
+        let Some(here) = settings
+            .router
+            .consent_of(
+                &message.targets[i].mailbox,
+                message.verified.enveloped_to.as_deref(),
+            )
+            .await
+        else {
+            continue;
+        };
+        consent = Some(match (consent, here) {
+            (Some(Consent::Refused), _) | (_, Consent::Refused) => Consent::Refused,
+            (Some(Consent::Unknown(why)), _) | (_, Consent::Unknown(why)) => Consent::Unknown(why),
+            _ => Consent::Given,
+        });
+    }
+    consent
+}
+
+/// The strictest of `actions` (`accept` when none).
+fn strictest(actions: &[Option<Action>]) -> Action {
+    actions.iter().flatten().fold(Action::Accept, |a, &b| {
+        if b.strictness() > a.strictness() {
+            b
+        } else {
+            a
+        }
+    })
+}
+
+/// The properties our `Authentication-Results` field adds to the verdict's: consent, what an
+/// AT-SMS part carries, each reputation rule applied.
+fn properties(consent: Option<Consent>, verified: &Verified) -> Vec<Property> {
+    let mut properties = Vec::new();
+    if let Some(consent) = consent {
+        let given = if consent == Consent::Given {
+            "yes"
+        } else {
+            "no"
+        };
+        properties.push(Property::new("atsms-consent", given));
+    }
+    if let Some(kind) = verified.atsms_envelope {
+        properties.push(Property::new("atsms-envelope", kind.as_str()));
+    }
+    for applied in &verified.reputation.applied {
+        let (name, value) = applied.rule.property();
+        properties.push(Property::new(name, value));
+    }
+    properties
 }
 
 /// The message was accepted for `judgement`'s recipients (delivered, held or dropped — not

@@ -83,34 +83,14 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             }
             // More input is needed: answers to pipelined commands go out first.
             writer.flush().await?;
-            let (wait, data_timeout) = match state.deadline {
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    (left.min(service.idle_timeout), left <= service.idle_timeout)
-                }
-                None => (service.idle_timeout, false),
-            };
-            buf.reserve(READ_BUFFER);
-            match tokio::time::timeout(wait, reader.read_buf(&mut buf)).await {
-                Err(_) => {
-                    let why = if data_timeout {
-                        "data timeout"
-                    } else {
-                        "idle timeout"
-                    };
-                    let reply = Reply::new(
-                        421,
-                        Enhanced(4, 4, 2),
-                        format!("{host} {why}, closing connection"),
-                    );
+            match read_more(&mut reader, &mut buf, &state, &service).await? {
+                Read::More => continue,
+                Read::End => return Ok(()),
+                Read::TimedOut(reply) => {
                     writer.write_all(reply.to_wire().as_bytes()).await?;
                     writer.flush().await?;
                     return Ok(());
                 }
-                Ok(Err(e)) => return Err(e),
-                // End of input: a message in progress is delivered to nobody.
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(_)) => continue,
             }
         };
         let replies = match event {
@@ -146,49 +126,10 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(());
             }
             Event::Command(Command::Data) => {
-                let ready = match &state.transaction {
-                    None => Err("MAIL first"),
-                    Some(t) if t.recipients.is_empty() => Err("no valid recipients"),
-                    Some(t) if t.incoming.is_some() => Err("BDAT in progress"),
-                    Some(_) => Ok(()),
-                };
-                match ready {
-                    Err(why) => vec![Reply::new(503, Enhanced(5, 5, 1), why)],
-                    Ok(()) => {
-                        if let Some(t) = state.transaction.as_mut() {
-                            t.incoming = Some(Incoming::new(service.max_message_size, &settings));
-                        }
-                        decoder.start_data();
-                        state.receiving = Receiving::Message;
-                        state.deadline = Some(Instant::now() + service.data_timeout);
-                        vec![Reply::new(
-                            354,
-                            Enhanced(2, 0, 0),
-                            "end data with <CR><LF>.<CR><LF>",
-                        )]
-                    }
-                }
+                vec![start_data(&service, &settings, &mut state, &mut decoder)]
             }
             Event::Command(Command::Bdat { size, .. }) => {
-                state.chunk_size = size;
-                match state
-                    .transaction
-                    .as_mut()
-                    .filter(|t| !t.recipients.is_empty())
-                {
-                    Some(t) => {
-                        t.via = "bdat";
-                        t.incoming.get_or_insert_with(|| {
-                            Incoming::new(service.max_message_size, &settings)
-                        });
-                        state.receiving = Receiving::Message;
-                        state
-                            .deadline
-                            .get_or_insert_with(|| Instant::now() + service.data_timeout);
-                    }
-                    // The chunk follows regardless: it is read so the stream stays in step.
-                    None => state.receiving = Receiving::Discarding,
-                }
+                start_chunk(&service, &settings, &mut state, size);
                 Vec::new()
             }
             Event::Command(command) => {
@@ -199,6 +140,99 @@ pub async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             writer.write_all(reply.to_wire().as_bytes()).await?;
         }
         buf.advance(used);
+    }
+}
+
+/// What waiting for more input came to.
+enum Read {
+    More,
+    /// End of input: a message in progress is delivered to nobody.
+    End,
+    /// `lmtp.idle_timeout` or `lmtp.data_timeout` passed: the reply to close with.
+    TimedOut(Reply),
+}
+
+/// Reads more input into `buf` within the idle timeout, or what is left of the data timeout
+/// while a message is being transferred.
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    state: &State,
+    service: &LmtpService,
+) -> io::Result<Read> {
+    let (wait, data_timeout) = match state.deadline {
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            (left.min(service.idle_timeout), left <= service.idle_timeout)
+        }
+        None => (service.idle_timeout, false),
+    };
+    buf.reserve(READ_BUFFER);
+    match tokio::time::timeout(wait, reader.read_buf(buf)).await {
+        Err(_) => {
+            let why = if data_timeout {
+                "data timeout"
+            } else {
+                "idle timeout"
+            };
+            let text = format!("{} {why}, closing connection", service.host);
+            Ok(Read::TimedOut(Reply::new(421, Enhanced(4, 4, 2), text)))
+        }
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(0)) => Ok(Read::End),
+        Ok(Ok(_)) => Ok(Read::More),
+    }
+}
+
+/// DATA (RFC 2033 §4.2): 354 and the message follows, or 503 without a transaction ready.
+fn start_data(
+    service: &LmtpService,
+    settings: &Arc<crate::policy::judge::Settings>,
+    state: &mut State,
+    decoder: &mut Decoder,
+) -> Reply {
+    let ready = match &state.transaction {
+        None => Err("MAIL first"),
+        Some(t) if t.recipients.is_empty() => Err("no valid recipients"),
+        Some(t) if t.incoming.is_some() => Err("BDAT in progress"),
+        Some(_) => Ok(()),
+    };
+    if let Err(why) = ready {
+        return Reply::new(503, Enhanced(5, 5, 1), why);
+    }
+    if let Some(t) = state.transaction.as_mut() {
+        t.incoming = Some(Incoming::new(service.max_message_size, settings));
+    }
+    decoder.start_data();
+    state.receiving = Receiving::Message;
+    state.deadline = Some(Instant::now() + service.data_timeout);
+    Reply::new(354, Enhanced(2, 0, 0), "end data with <CR><LF>.<CR><LF>")
+}
+
+/// BDAT (RFC 3030 §2): the chunk is taken into the transaction, or, with no valid recipient,
+/// read and dropped so the stream stays in step (503 after it).
+fn start_chunk(
+    service: &LmtpService,
+    settings: &Arc<crate::policy::judge::Settings>,
+    state: &mut State,
+    size: u64,
+) {
+    state.chunk_size = size;
+    match state
+        .transaction
+        .as_mut()
+        .filter(|t| !t.recipients.is_empty())
+    {
+        Some(t) => {
+            t.via = "bdat";
+            t.incoming
+                .get_or_insert_with(|| Incoming::new(service.max_message_size, settings));
+            state.receiving = Receiving::Message;
+            state
+                .deadline
+                .get_or_insert_with(|| Instant::now() + service.data_timeout);
+        }
+        None => state.receiving = Receiving::Discarding,
     }
 }
 

@@ -426,15 +426,10 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
     let settings = inbox.lmtp.settings.get();
     let now = settings.now();
     let hash = hex(&job.digest);
-    if let Some(reputation) = &settings.reputation
-        && !reputation.inbox_allows(&job.did, &hash, now).await
-    {
-        return Err(XrpcError::new(
-            429,
-            "RateLimitExceeded",
-            "too many envelopes for this DID; try again later",
-        ));
-    }
+    settings
+        .admit_envelope(&job.did, &hash)
+        .await
+        .map_err(|refusal| refused(&refusal))?;
     let mail = as_mail(&job.envelope, &hash, &job.address, &job.host, now);
     drop(job.envelope);
     let outcome =
@@ -498,6 +493,11 @@ fn refused(refusal: &Refusal) -> XrpcError {
         ),
         // A transaction of its own: never asked here.
         Refusal::OtherRule => XrpcError::new(503, "Unavailable", "try again later"),
+        Refusal::TooMany => XrpcError::new(
+            429,
+            "RateLimitExceeded",
+            "too many envelopes for this DID; try again later",
+        ),
         Refusal::Policy(reply) if reply.is_temporary() => XrpcError::new(
             503,
             "Unavailable",

@@ -7,10 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::ser::SerializeStruct;
 
-use crate::atproto::identity::did_doc::{MailEndpoint, MailHost};
-use crate::atproto::identity::{
-    DidDocument, IdentityError, IdentityResolver, ResolvedDid, ResolvedKey,
-};
+use crate::atproto::identity::{IdentityError, IdentityResolver, ResolvedDid, ResolvedKey};
 use crate::format::crypto::{Alg, SignatureError};
 use crate::format::envelope::tags::TagProblem;
 use crate::format::envelope::token::{TimeError, TokenError};
@@ -19,9 +16,11 @@ use crate::format::envelope::{
     tags, token,
 };
 use crate::format::syntax;
-use crate::format::syntax::ascii_domain;
 
+mod alignment;
 mod floor;
+
+pub use alignment::{aligned_by_handle, vouching_domain};
 
 /// Signatures verified per message; fields beyond this are reported as `permerror` without
 /// any lookup, so a message with thousands of fields costs no more than one with ten.
@@ -347,41 +346,10 @@ impl Verifier {
         if token.kid.did() != claims.iss {
             return reject(AuthResult::Permerror, Reason::KidOtherDid);
         }
-        // Steps 6 to 8. If they fail with a cached document, the DID may have rotated its key:
-        // fetch it again (at most once per DID per five minutes) and, if it changed, judge again.
-        let resolved = match self.key_and_signature(&token, context.now, None).await {
+        // Steps 6 to 8.
+        let resolved = match self.key_with_rotation(&token, context.now).await {
             Ok(resolved) => resolved,
-            Err(rejection) => {
-                let fresh = match rejection.retry_with_fresh_document {
-                    true => match tokio::time::timeout(
-                        self.timeout,
-                        // Rare (a key that failed): boxed, so it does not enlarge every
-                        // message's future.
-                        Box::pin(self.identity.refresh_after_failure(&claims.iss)),
-                    )
-                    .await
-                    {
-                        Ok(Ok(fresh)) => fresh,
-                        // Whether the key rotated cannot be known now: temperror, as DKIM
-                        // answers a key it cannot retrieve for now (RFC 6376 §6.1.2).
-                        Ok(Err(e)) => return reject(AuthResult::Temperror, Reason::Identity(e)),
-                        Err(_) => {
-                            return reject(
-                                AuthResult::Temperror,
-                                Reason::Identity(IdentityError::TimedOut),
-                            );
-                        }
-                    },
-                    false => None,
-                };
-                let Some(document) = fresh else {
-                    return reject(rejection.result, rejection.reason);
-                };
-                match Box::pin(self.key_and_signature(&token, context.now, Some(document))).await {
-                    Ok(resolved) => resolved,
-                    Err(rejection) => return reject(rejection.result, rejection.reason),
-                }
-            }
+            Err((result, reason)) => return reject(result, reason),
         };
         let fail = |reason| {
             let mut v = reject(AuthResult::Fail, reason);
@@ -424,28 +392,6 @@ impl Verifier {
                 exp: claims.exp,
             }),
         }
-    }
-
-    /// Whether `from` is aligned with the DID of `document` (spec section 7), and its checked
-    /// handle: by the handle, or by a DID mailbox its mail host vouches for.
-    pub async fn alignment(
-        &self,
-        from: &Mailbox,
-        document: &DidDocument,
-    ) -> (Option<String>, bool) {
-        let handle = self
-            .identity
-            .checked_handle(document)
-            .await
-            .map(|(handle, _)| handle);
-        if aligned_by_handle(from, handle.as_deref()) {
-            return (handle, true);
-        }
-        let aligned = match vouching_domain(from, document) {
-            Some(domain) => self.identity.mail_host_vouches(&domain).await,
-            None => false,
-        };
-        (handle, aligned)
     }
 }
 
@@ -495,6 +441,38 @@ struct Rejection {
 }
 
 impl Verifier {
+    /// Steps 6 to 8. If they fail with a cached document, the DID may have rotated its key:
+    /// fetch it again (at most once per DID per five minutes) and, if it changed, judge again.
+    async fn key_with_rotation(
+        &self,
+        token: &envelope::Token,
+        now: i64,
+    ) -> Result<ResolvedKey, (AuthResult, Reason)> {
+        let rejection = match self.key_and_signature(token, now, None).await {
+            Ok(resolved) => return Ok(resolved),
+            Err(rejection) => rejection,
+        };
+        if !rejection.retry_with_fresh_document {
+            return Err((rejection.result, rejection.reason));
+        }
+        // Rare (a key that failed): boxed, so it does not enlarge every message's future.
+        let refresh = Box::pin(self.identity.refresh_after_failure(&token.claims.iss));
+        let document = match tokio::time::timeout(self.timeout, refresh).await {
+            Ok(Ok(Some(document))) => document,
+            Ok(Ok(None)) => return Err((rejection.result, rejection.reason)),
+            // Whether the key rotated cannot be known now: temperror, as DKIM answers a key it
+            // cannot retrieve for now (RFC 6376 §6.1.2).
+            Ok(Err(e)) => return Err((AuthResult::Temperror, Reason::Identity(e))),
+            Err(_) => {
+                let timed_out = Reason::Identity(IdentityError::TimedOut);
+                return Err((AuthResult::Temperror, timed_out));
+            }
+        };
+        Box::pin(self.key_and_signature(token, now, Some(document)))
+            .await
+            .map_err(|rejection| (rejection.result, rejection.reason))
+    }
+
     /// Steps 6 (key), 7 (expiry) and 8 (signature), with the cached document or `document`.
     async fn key_and_signature(
         &self,
@@ -566,97 +544,9 @@ impl Verifier {
     }
 }
 
-/// Section 7, rule 1: the From domain is the checked handle (compared in A-label form,
-/// case-insensitively, exactly: a subdomain is not the handle).
-pub fn aligned_by_handle(from: &Mailbox, handle: Option<&str>) -> bool {
-    match (handle, ascii_domain(&from.domain)) {
-        (Some(handle), Some(domain)) => domain.eq_ignore_ascii_case(handle),
-        _ => false,
-    }
-}
-
-/// Section 7, rule 2, the part the document decides: when From is the DID's own mailbox
-/// address (`!` read as `.`, ASCII case folded, never a quoted local part) at the host of its
-/// `smtp://` endpoint (not an IP literal), the domain that must vouch for it by publishing
-/// `_atsms-mail` TXT `v=atsms1`. The `mailto:` address plays no part.
-pub fn vouching_domain(from: &Mailbox, document: &DidDocument) -> Option<String> {
-    if from.local_is_quoted() {
-        return None;
-    }
-    let Some(MailEndpoint::Smtp {
-        host: MailHost::Name(host),
-        ..
-    }) = document.mail_endpoint()
-    else {
-        return None;
-    };
-    let local = from.local.replace('!', ".").to_ascii_lowercase();
-    let domain = ascii_domain(&from.domain)?;
-    (local == document.mailbox_local_part() && domain == host).then_some(domain)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::envelope::fields::parse_mailbox;
-
-    const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
-
-    fn document(endpoint: &str) -> DidDocument {
-        let json = format!(
-            r##"{{"id":"{DID}","service":[{{"id":"#atsms_mail","type":"AtsmsMailService","serviceEndpoint":"{endpoint}"}}]}}"##
-        );
-        DidDocument::parse(json.as_bytes(), DID).unwrap()
-    }
-
-    fn mailbox(address: &str) -> Mailbox {
-        parse_mailbox(format!(" <{address}>").as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn alignment_by_handle_compares_domains_exactly() {
-        let from = mailbox("alice@Alice.Example.COM");
-        assert!(aligned_by_handle(&from, Some("alice.example.com")));
-        assert!(!aligned_by_handle(&from, None));
-        assert!(!aligned_by_handle(
-            &mailbox("a@mail.alice.example.com"),
-            Some("alice.example.com")
-        ));
-        assert!(aligned_by_handle(
-            &mailbox("a@bücher.example"),
-            Some("xn--bcher-kva.example")
-        ));
-    }
-
-    #[test]
-    fn the_mailbox_rule_needs_the_dids_own_address_at_its_smtp_host() {
-        let doc = document("smtp://MX.example.net:25");
-        let dotted = format!("{}@mx.example.net", DID.replace(':', "."));
-        assert_eq!(
-            vouching_domain(&mailbox(&dotted), &doc).as_deref(),
-            Some("mx.example.net")
-        );
-        let bang = format!("{}@Mx.Example.Net", DID.replace(':', "!").to_uppercase());
-        assert_eq!(
-            vouching_domain(&mailbox(&bang), &doc).as_deref(),
-            Some("mx.example.net")
-        );
-        assert_eq!(
-            vouching_domain(&mailbox("alice@mx.example.net"), &doc),
-            None
-        );
-        let elsewhere = format!("{}@other.example", DID.replace(':', "."));
-        assert_eq!(vouching_domain(&mailbox(&elsewhere), &doc), None);
-        let quoted = format!("\"{}\"@mx.example.net", DID.replace(':', "."));
-        assert_eq!(vouching_domain(&mailbox(&quoted), &doc), None);
-        // A mailto: endpoint names an address whose domain never agreed.
-        let mailto = document("mailto:ceo@bank.example");
-        assert_eq!(vouching_domain(&mailbox("ceo@bank.example"), &mailto), None);
-        // An IP literal gives no mailbox address.
-        let ip = document("smtp://192.0.2.1:25");
-        let at_ip = format!("{}@192.0.2.1", DID.replace(':', "."));
-        assert_eq!(vouching_domain(&mailbox(&at_ip), &ip), None);
-    }
 
     fn passing(aligned: bool, rcpt: Option<Vec<String>>) -> SignatureVerdict {
         testing::passing("a@b.example", None, aligned, rcpt)
