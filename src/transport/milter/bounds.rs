@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::coalesce::Coalesced;
+
 /// How long a begun packet may take to arrive whole.
 pub const PACKET_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bytes unfinished packets may declare, all connections together.
@@ -36,16 +38,17 @@ pub const MAX_PACKET: usize = 1024 * 1024 - 1;
 /// The bytes declared by the packets held unfinished now.
 static HELD: AtomicUsize = AtomicUsize::new(0);
 
-/// A listener whose connections are read through [`PacketBounds`].
+/// A listener whose connections are read through [`PacketBounds`] (and written through
+/// [`Coalesced`]: a message's modifications leave with its reply).
 pub struct Bounded<L>(pub L);
 
 impl<L: indymilter::Listener> indymilter::Listener for Bounded<L> {
-    type Io = PacketBounds<L::Io>;
+    type Io = PacketBounds<Coalesced<L::Io>>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
         self.0
             .poll_accept(cx)
-            .map(|r| r.map(|io| PacketBounds::new(io, &HELD, MAX_HELD)))
+            .map(|r| r.map(|io| PacketBounds::new(Coalesced::new(io), &HELD, MAX_HELD)))
     }
 }
 

@@ -2,6 +2,7 @@
 //! logged with the queue id and becomes a tempfail: never a panic, never a silent accept.
 
 mod bounds;
+mod coalesce;
 
 use std::ffi::{CStr, CString};
 use std::future::Future;
