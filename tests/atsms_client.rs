@@ -372,8 +372,13 @@ fn recipient_fp() -> String {
 }
 
 async fn lmtp(plc: &Plc, records: bool) -> RunningLmtp {
+    lmtp_with(plc, records, "").await
+}
+
+/// `extra`: more sections of the configuration.
+async fn lmtp_with(plc: &Plc, records: bool, extra: &str) -> RunningLmtp {
     let toml = format!(
-        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[cache]\nfresh = 1\nmax_age = 1\nerror = 0\nnegative = 0\n[inbox]\nhosts = [\"{US}\"]\natsms_records = {records}\n[policy]\nauthserv_id = \"mx.test\"\n",
+        "[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\n[cache]\nfresh = 1\nmax_age = 1\nerror = 0\nnegative = 0\n[inbox]\nhosts = [\"{US}\"]\natsms_records = {records}\n[policy]\nauthserv_id = \"mx.test\"\n{extra}",
         plc.url()
     );
     RunningLmtp::start_with_config(&Config::from_toml(&toml, "test").unwrap(), NOW).await
@@ -460,6 +465,82 @@ async fn the_dids_inbox_record_and_a_published_device_are_consent() {
     fresh.set_pds_down(false);
     let reply = rcpt(&server, &bang).await;
     assert!(reply.starts_with("250 2.1.5"), "{reply}");
+}
+
+/// A client pointed at this host publishes its inbox as an `https:` endpoint only (it adds a
+/// `mailto:` one only when it has one): the endpoint naming this host's inbox for the DID
+/// (`xrpc.public_url` + `/inbox/` + the DID as `encodeURIComponent` writes it) is consent.
+#[tokio::test]
+async fn an_https_endpoint_naming_this_hosts_inbox_is_consent() {
+    let plc = Plc::start();
+    let bang = format!("did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@{US}");
+    publish(&plc, RECIPIENT, &text("recip.crt.pem"), &recipient_fp());
+    let only = |uri: &str| json!({"$type": "at.atsms.inbox", "endpoints": [{"uri": uri}]});
+    let ours = "[xrpc]\npublic_url = \"https://Inbox.Example.net\"\n";
+    for (endpoint, public_url, taken) in [
+        (
+            "https://inbox.example.net/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            ours,
+            true,
+        ),
+        // Host case, the default port, a DID written without encoding: the same URL.
+        (
+            "https://INBOX.example.net:443/inbox/did:plc:aaaaaaaaaaaaaaaaaaaaaaaa",
+            ours,
+            true,
+        ),
+        // Not configured: this host does not know its public name.
+        (
+            "https://inbox.example.net/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            "",
+            false,
+        ),
+        // Another host, another port, another DID, another path, plain HTTP.
+        (
+            "https://relay.example.org/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            ours,
+            false,
+        ),
+        (
+            "https://inbox.example.net:8443/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            ours,
+            false,
+        ),
+        (
+            "https://inbox.example.net/inbox/did%3Aplc%3Abbbbbbbbbbbbbbbbbbbbbbbb",
+            ours,
+            false,
+        ),
+        (
+            "https://inbox.example.net/x/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            ours,
+            false,
+        ),
+        (
+            "http://inbox.example.net/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            ours,
+            false,
+        ),
+    ] {
+        plc.put_record(RECIPIENT, "at.atsms.inbox", "self", only(endpoint));
+        let server = lmtp_with(&plc, true, public_url).await;
+        let reply = rcpt(&server, &bang).await;
+        let expected = if taken { "250 2.1.5" } else { "550 5.1.1" };
+        assert!(
+            reply.starts_with(expected),
+            "{endpoint} ({public_url:?}): {reply}"
+        );
+    }
+    // Named, but no device published: no consent, as for a mailto: endpoint.
+    plc.put_record(
+        RECIPIENT,
+        "at.atsms.inbox",
+        "self",
+        only("https://inbox.example.net/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa"),
+    );
+    plc.delete_record(RECIPIENT, "at.atsms.x509", &recipient_fp());
+    let server = lmtp_with(&plc, true, ours).await;
+    assert!(rcpt(&server, &bang).await.starts_with("550 5.1.1"));
 }
 
 /// A mail carrying `der` the way the AT-SMS client's SMTP form does: one base64 part, lines

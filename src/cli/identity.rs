@@ -160,6 +160,7 @@ pub(super) fn route(args: RouteArgs) -> ExitCode {
     let timeout = args.resolver.config().timeout();
     let router = routing::Router::new(resolver.clone(), &hosts, timeout)
         .with_atsms_records(inbox.atsms_records)
+        .with_public_url(config.xrpc.public_url.as_ref())
         .with_alias_domains(&alias_domains);
     let address = args.address.trim().to_string();
     let route = rt.block_on(async {

@@ -146,6 +146,8 @@ pub struct Router {
     timeout: Duration,
     /// `inbox.atsms_records`: the DID's `at.atsms.inbox` record consents too.
     atsms_records: bool,
+    /// `xrpc.public_url`: a record's `https:` endpoint naming this host's inbox consents.
+    public_url: Option<Arc<str>>,
     /// `routing.alias_domains`, A-labels: the only domains `atsms_alias` rewrites.
     alias_domains: Arc<Vec<String>>,
     /// `mailto:` targets `atsms_alias` handed out → the address their domain's mail
@@ -167,6 +169,7 @@ impl Router {
             ),
             timeout,
             atsms_records: true,
+            public_url: None,
             alias_domains: Arc::default(),
             pins: moka::sync::Cache::builder()
                 .max_capacity(MAX_PINS)
@@ -191,6 +194,13 @@ impl Router {
     /// Whether the DID's `at.atsms.inbox` record consents too (`inbox.atsms_records`).
     pub fn with_atsms_records(mut self, on: bool) -> Router {
         self.atsms_records = on;
+        self
+    }
+
+    /// This host's HTTPS inbox (`xrpc.public_url`): an `at.atsms.inbox` record listing it for
+    /// the DID consents as a `mailto:` endpoint naming the DID's mailbox here does.
+    pub fn with_public_url(mut self, url: Option<&crate::infra::config::PublicUrl>) -> Router {
+        self.public_url = url.map(|u| Arc::from(u.as_str()));
         self
     }
 
@@ -386,7 +396,8 @@ impl Router {
     /// Whether this host may keep a mailbox for `address`: the DID document's `smtp://`
     /// endpoint names its domain (spec section 9: presence equals consent), or — as the
     /// AT-SMS client consents — the DID's `at.atsms.inbox` record lists exactly that mailbox
-    /// and the DID publishes at least one device certificate (`inbox.atsms_records`).
+    /// (`mailto:`) or this host's HTTPS inbox for the DID (`https:`, `xrpc.public_url`) and
+    /// the DID publishes at least one device certificate (`inbox.atsms_records`).
     pub async fn consent(&self, address: &DidAddress) -> Consent {
         if !self.is_ours(&address.domain) {
             return Consent::Refused;
@@ -408,7 +419,10 @@ impl Router {
             identity.atsms_inbox_for_consent(&did).await
         }));
         let gives = |inbox: &crate::atproto::identity::inbox::AtsmsInbox| {
-            if inbox.names_mailbox(&address.did, &address.domain) && !inbox.devices.is_empty() {
+            let named = inbox.names_mailbox(&address.did, &address.domain)
+                || (self.public_url.as_deref())
+                    .is_some_and(|url| inbox.names_inbox_url(url, &address.did));
+            if named && !inbox.devices.is_empty() {
                 Consent::Given
             } else {
                 Consent::Refused

@@ -24,6 +24,9 @@ const MAX_DEVICES: usize = 100;
 pub struct AtsmsInbox {
     /// The `mailto:` endpoints of the inbox record, addresses as written (no `mailto:`).
     pub mailto: Vec<String>,
+    /// The `https:` endpoints of the inbox record, as written (`names_inbox_url`).
+    #[serde(default)]
+    pub https: Vec<String>,
     /// The published device certificates that passed the checks of spec 5.2 (fingerprint,
     /// subjectAltName naming their record, P-256).
     pub devices: Vec<Device>,
@@ -42,7 +45,11 @@ pub struct Device {
 
 impl cache::Weigh for AtsmsInbox {
     fn weight(&self) -> usize {
-        self.mailto.iter().map(String::len).sum::<usize>()
+        self.mailto
+            .iter()
+            .chain(&self.https)
+            .map(String::len)
+            .sum::<usize>()
             + self
                 .devices
                 .iter()
@@ -61,6 +68,34 @@ impl AtsmsInbox {
             };
             crate::format::address::did_of_local_part(local).as_deref() == Some(did)
                 && crate::format::syntax::ascii_domain(host).as_deref() == Some(domain)
+        })
+    }
+
+    /// Whether the record lists the HTTPS inbox of `did` at `public_url` (a base URL,
+    /// `xrpc.public_url`): an `https:` endpoint that is `public_url` + `/inbox/` + the DID,
+    /// percent-encoded as the AT-SMS client writes it (`encodeURIComponent`) or not — compared
+    /// as URLs (host case, default port) and the DID decoded.
+    pub fn names_inbox_url(&self, public_url: &str, did: &str) -> bool {
+        let Ok(base) = url::Url::parse(public_url) else {
+            return false;
+        };
+        self.https.iter().any(|endpoint| {
+            let Ok(url) = url::Url::parse(endpoint) else {
+                return false;
+            };
+            let same_origin = url.scheme() == base.scheme()
+                && url.host_str() == base.host_str()
+                && url.port_or_known_default() == base.port_or_known_default();
+            let named = url
+                .path()
+                .strip_prefix("/inbox/")
+                .filter(|_| url.query().is_none() && url.fragment().is_none())
+                .and_then(|encoded| {
+                    percent_encoding::percent_decode_str(encoded)
+                        .decode_utf8()
+                        .ok()
+                });
+            same_origin && named.is_some_and(|named| named == did)
         })
     }
 
@@ -116,6 +151,7 @@ impl IdentityResolver {
                 .collect();
             return Ok(Arc::new(AtsmsInbox {
                 mailto: inbox.mailto,
+                https: inbox.https,
                 devices,
             }));
         }
@@ -131,17 +167,21 @@ impl IdentityResolver {
 
     /// One `com.atproto.repo.*` query to the DID's PDS: `None` for a record or repository
     /// that is not there (400 `RecordNotFound`, 404, 410).
-    async fn pds_query(
+    pub(super) async fn pds_query(
         &self,
         document: &DidDocument,
         method: &str,
         query: &[(&str, &str)],
     ) -> Result<Option<serde_json::Value>, IdentityError> {
+        self.pds_get(&pds_url(document, method, query)?).await
+    }
+
+    /// A GET of `url` at a PDS, its JSON answer: `None` for what is not there.
+    pub(super) async fn pds_get(
+        &self,
+        url: &reqwest::Url,
+    ) -> Result<Option<serde_json::Value>, IdentityError> {
         let upstream = Upstream::Pds;
-        let pds = document.pds().ok_or(IdentityError::NoPds)?;
-        let mut url = reqwest::Url::parse(pds).map_err(|_| IdentityError::NoPds)?;
-        url.set_path(&format!("/xrpc/{method}"));
-        url.query_pairs_mut().extend_pairs(query);
         let response = self
             .net
             .get(
@@ -200,6 +240,17 @@ impl IdentityResolver {
             })
             .map(str::to_ascii_lowercase)
             .collect();
+        // Kept only to be compared with this host's own inbox URL (`names_inbox_url`).
+        let https: Vec<String> = record
+            .as_ref()
+            .and_then(|r| r.pointer("/value/endpoints"))
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("uri")?.as_str())
+            .filter(|uri| uri.starts_with("https://") && uri.len() <= 2048)
+            .map(str::to_string)
+            .collect();
         let limit = MAX_DEVICES.to_string();
         let listed = self
             .pds_query(
@@ -227,7 +278,11 @@ impl IdentityResolver {
                 device_of(did, fingerprint, &der)
             })
             .collect();
-        Ok(AtsmsInbox { mailto, devices })
+        Ok(AtsmsInbox {
+            mailto,
+            https,
+            devices,
+        })
     }
 }
 
@@ -253,4 +308,17 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
         .ok()?
         .to_der()
         .ok()
+}
+
+/// The URL of the XRPC query `method` with `query` at the DID's PDS.
+pub(super) fn pds_url(
+    document: &DidDocument,
+    method: &str,
+    query: &[(&str, &str)],
+) -> Result<reqwest::Url, IdentityError> {
+    let pds = document.pds().ok_or(IdentityError::NoPds)?;
+    let mut url = reqwest::Url::parse(pds).map_err(|_| IdentityError::NoPds)?;
+    url.set_path(&format!("/xrpc/{method}"));
+    url.query_pairs_mut().extend_pairs(query);
+    Ok(url)
 }

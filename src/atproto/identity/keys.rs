@@ -116,39 +116,19 @@ impl IdentityResolver {
         kid: &str,
         fingerprint: &str,
     ) -> Result<(Arc<DeviceCertificate>, String, String), IdentityError> {
-        let upstream = Upstream::Pds;
-        let pds = document.pds().ok_or(IdentityError::NoPds)?;
-        let mut url = reqwest::Url::parse(pds).map_err(|_| IdentityError::NoPds)?;
-        url.set_path("/xrpc/com.atproto.repo.getRecord");
-        url.query_pairs_mut()
-            .append_pair("repo", &document.id)
-            .append_pair("collection", DEVICE_CERT_COLLECTION)
-            .append_pair("rkey", fingerprint);
-        let response = self
-            .net
-            .get(
-                url.as_str(),
-                upstream,
-                "application/json",
-                self.max_document_size,
-                0,
-            )
-            .await
-            .map_err(|e| fetch_error(upstream, e))?;
-        match response.status {
-            200..=299 => {}
-            400 | 404 | 410 => return Err(IdentityError::UnknownDevice),
-            status @ (408 | 429 | 500..=599) => {
-                tracing::debug!("{url}: HTTP {status}");
-                return Err(IdentityError::Unavailable(upstream));
-            }
-            status => {
-                tracing::debug!("{url}: HTTP {status}");
-                return Err(IdentityError::Rejected(upstream));
-            }
-        }
-        let record: serde_json::Value =
-            serde_json::from_slice(&response.body).map_err(|_| IdentityError::BadRecord)?;
+        let url = super::inbox::pds_url(
+            document,
+            "com.atproto.repo.getRecord",
+            &[
+                ("repo", &document.id),
+                ("collection", DEVICE_CERT_COLLECTION),
+                ("rkey", fingerprint),
+            ],
+        )?;
+        let record = self
+            .pds_get(&url)
+            .await?
+            .ok_or(IdentityError::UnknownDevice)?;
         let pem = record
             .pointer("/value/certificate")
             .and_then(|c| c.as_str())

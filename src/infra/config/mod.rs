@@ -340,6 +340,26 @@ mod tests {
         assert!(error(&rule("\"did:key:zQ3sh\"")).contains("inbox.rule #1: allow"));
         assert!(error(&rule("\"not a handle\"")).contains("neither a DID"));
         assert!(error("[resolver]\nmail_share = 1.5\n").contains("share from 0 to 1"));
+        let public = |url: &str| {
+            Config::from_toml(&format!("[xrpc]\npublic_url = \"{url}\"\n"), "x")
+                .map(|c| c.xrpc.public_url.unwrap().to_string())
+        };
+        assert_eq!(
+            public("https://Inbox.Example.net:443/").unwrap(),
+            "https://inbox.example.net"
+        );
+        assert_eq!(
+            public("https://inbox.example.net:8443").unwrap(),
+            "https://inbox.example.net:8443"
+        );
+        for bad in [
+            "http://inbox.example.net",
+            "https://inbox.example.net/inbox",
+            "https://inbox.example.net/?x",
+            "inbox.example.net",
+        ] {
+            assert!(public(bad).is_err(), "{bad}");
+        }
         assert!(
             Config::from_toml(
                 "[store]\nredis = \"rediss://u:p@redis.example:6380/\"\nkey_file = \"/k\"\n",

@@ -135,6 +135,10 @@ pub struct XrpcConfig {
     /// Reverse proxies (networks) whose `X-Forwarded-For` names the client: the rightmost
     /// address in it that is not itself one of these. Empty: the peer is the client.
     pub trusted_proxies: Vec<super::Network>,
+    /// This listener's public base URL: an `at.atsms.inbox` record's `https:` endpoint equal
+    /// to it + `/inbox/<the DID, percent-encoded>` consents to mail here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<super::PublicUrl>,
 }
 
 impl Default for XrpcConfig {
@@ -146,6 +150,7 @@ impl Default for XrpcConfig {
             timeout: NonZeroU64::new(10).expect("non-zero"),
             inbox: false,
             trusted_proxies: Vec::new(),
+            public_url: None,
         }
     }
 }

@@ -229,6 +229,39 @@ impl fmt::Display for HttpUrl {
 }
 string_value!(HttpUrl);
 
+/// This XRPC listener's public base URL (`xrpc.public_url`): `https://host[:port]`, no path,
+/// query or fragment; kept as `url` serializes it (host in lower case, no default port).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PublicUrl(String);
+
+impl std::str::FromStr for PublicUrl {
+    type Err = String;
+    fn from_str(text: &str) -> Result<PublicUrl, String> {
+        let parsed = url::Url::parse(text).map_err(|e| format!("\"{text}\": {e}"))?;
+        let bare = parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none();
+        if parsed.scheme() != "https" || parsed.host_str().is_none() || !bare {
+            return Err(format!(
+                "\"{text}\" is not a base URL https://host[:port] (no path, query or fragment)"
+            ));
+        }
+        Ok(PublicUrl(parsed.as_str().trim_end_matches('/').to_string()))
+    }
+}
+
+impl PublicUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PublicUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+string_value!(PublicUrl);
+
 /// An RFC 8601 authserv-id as we write it: an RFC 2045 token (a host name, say).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]

@@ -13,7 +13,7 @@ use crate::policy::reputation::Assessment;
 use crate::policy::routing::Consent;
 use crate::verification::verify::Verdict;
 
-use super::admit::Refusal;
+use super::refusal::Refusal;
 use super::{Settings, Verified};
 
 /// The transaction being judged, for logs and metrics.

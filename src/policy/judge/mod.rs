@@ -8,6 +8,7 @@
 pub mod admit;
 pub mod decision;
 pub mod judgement;
+pub mod refusal;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +26,9 @@ use crate::policy::routing::Router;
 use crate::verification::atsms_parts::EnvelopeKind;
 use crate::verification::verify::{Context, Verdict, Verifier};
 
-pub use admit::{Gate, Refusal};
+pub use admit::Gate;
 pub use judgement::{Judgement, Origin, Scope, Target, judge};
+pub use refusal::Refusal;
 
 /// What a running daemon judges with. Built once per configuration (re)load; a connection
 /// keeps the one it started with.
@@ -95,6 +97,7 @@ impl Settings {
             config.socketmap.timeout(),
         )
         .with_atsms_records(config.inbox.atsms_records)
+        .with_public_url(config.xrpc.public_url.as_ref())
         .with_alias_domains(&config.routing.alias_domains);
         let mut settings = Settings::new(verifier, config.policy.clone());
         settings.limits = config.limits.clone();
