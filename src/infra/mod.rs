@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod device_store;
 pub mod host;
 pub mod http;
 pub mod limit;
