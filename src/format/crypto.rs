@@ -311,6 +311,27 @@ impl PublicKey {
     }
 }
 
+impl PublicKey {
+    /// Verifies a compact 64-byte ES256 signature (JWS, RFC 7518 §3.4) by a P-256 key,
+    /// accepting high-S: the AT-SMS client signs its device tokens through WebCrypto, which
+    /// does not normalise S. Only for those tokens; our envelope format keeps `verify`'s rule.
+    pub fn verify_p256_any_s(
+        &self,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), SignatureError> {
+        let PublicKey::P256(key) = self else {
+            return Err(SignatureError::NotP256);
+        };
+        if signature.len() != 64 {
+            return Err(SignatureError::WrongLength);
+        }
+        let sig = p256::ecdsa::Signature::from_slice(signature)
+            .map_err(|_| SignatureError::OutOfRange)?;
+        key.verify(message, &sig.normalize_s())
+    }
+}
+
 fn decode_base58btc(multibase: &str) -> Result<Vec<u8>, KeyError> {
     let encoded = multibase.strip_prefix('z').ok_or(KeyError::NotBase58btc)?;
     // A key is at most 67 bytes; refuse long strings before decoding (base58 is quadratic).
