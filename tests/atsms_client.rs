@@ -733,7 +733,7 @@ fn the_https_inbox_stores_an_envelope_once_as_the_smtp_path_does() {
     let dir = support::public_tempdir();
     let port = free_port();
     let config = format!(
-        "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\n\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\nmax_message_size = 100000\n\n[inbox]\nhosts = [\"{US}\"]\n\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\n\n[reputation]\nrate_limit = 4\n\n[policy]\nauthserv_id = \"mx.test\"\n\n[store]\njti_file = \"{0}/jti\"\n\n[log]\nlevel = \"debug\"\n",
+        "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\n\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\nmax_message_size = 100000\n\n[inbox]\nhosts = [\"{US}\"]\nstore = \"{0}/inbox\"\n\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\n\n[reputation]\nrate_limit = 4\n\n[policy]\nauthserv_id = \"mx.test\"\n\n[store]\njti_file = \"{0}/jti\"\n\n[log]\nlevel = \"debug\"\n",
         dir.path().display(),
         plc.url()
     );
@@ -902,7 +902,7 @@ fn an_envelope_is_stored_or_not_acknowledged_whatever_is_cancelled() {
     let port = free_port();
     let daemon = Daemon::start(
         &format!(
-            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\ntimeout = 1\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"{US}\"]\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\n[policy]\nauthserv_id = \"mx.test\"\n[store]\njti_file = \"{0}/jti\"\n",
+            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\ntimeout = 1\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"{US}\"]\nstore = \"{0}/inbox\"\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\n[policy]\nauthserv_id = \"mx.test\"\n[store]\njti_file = \"{0}/jti\"\n",
             dir.path().display(),
             plc.url()
         ),

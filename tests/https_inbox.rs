@@ -39,7 +39,7 @@ fn start(xrpc: &str, inbox: &str) -> Inbox {
     let port = free_port();
     let daemon = Daemon::start(
         &format!(
-            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\n{xrpc}\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"{US}\"]\n{inbox}\n[resolver]\nplc_urls = [\"{1}\"]\n[store]\njti_file = \"{0}/jti\"\n",
+            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\n{xrpc}\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"{US}\"]\nstore = \"{0}/inbox\"\n{inbox}\n[resolver]\nplc_urls = [\"{1}\"]\n[store]\njti_file = \"{0}/jti\"\n",
             dir.path().display(),
             plc.url()
         ),

@@ -567,7 +567,7 @@ fn real_did_mailboxes_take_mail_while_strangers_flood_lookups_of_random_dids() {
     let (lmtp, maps, http) = (free_port(), free_port(), free_port());
     let _daemon = Daemon::start(
         &format!(
-            "[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{0}/%d/%n/Maildir\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[xrpc]\nlisten = \"inet:127.0.0.1:{http}\"\ninbox = true\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\nmax_requests_per_second = 4\nmail_share = 0.5\n[cache]\nfresh = 1\nmax_age = 2\n[inbox]\nhosts = [\"localhost\"]\n[policy]\nauthserv_id = \"b.test\"\n[store]\njti_file = \"{0}/jti\"\n",
+            "[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{0}/%d/%n/Maildir\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[xrpc]\nlisten = \"inet:127.0.0.1:{http}\"\ninbox = true\n[resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\nmax_requests_per_second = 4\nmail_share = 0.5\n[cache]\nfresh = 1\nmax_age = 2\n[inbox]\nhosts = [\"localhost\"]\nstore = \"{0}/inbox\"\n[policy]\nauthserv_id = \"b.test\"\n[store]\njti_file = \"{0}/jti\"\n",
             root.path().display(),
             plc.url()
         ),

@@ -175,9 +175,10 @@ fn service(world: &VectorWorld, dir: &std::path::Path) -> (Daemon, u16) {
         );
     }
     let config = format!(
-        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n{}\n[log]\nlevel = \"debug\"\n\n{keys}",
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n{}\n[log]\nlevel = \"debug\"\n\n[store]\njti_file = \"{}/jti\"\n\n{keys}",
         free_port(),
-        world.resolver_toml()
+        world.resolver_toml(),
+        dir.display()
     );
     (Daemon::start(&config, port), port)
 }
@@ -547,9 +548,10 @@ async fn a_rotated_caller_key_is_fetched_again_and_an_unreachable_document_is_50
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = format!(
-        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 2\n\n[cache]\nfresh = 1\nmax_age = 1\nerror = 1\n\n{}{}{}",
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 2\n\n[cache]\nfresh = 1\nmax_age = 1\nerror = 1\n\n[store]\njti_file = \"{}/jti\"\n\n{}{}{}",
         free_port(),
         plc.url(),
+        dir.path().display(),
         signing_key(dir.path(), &caller, &old),
         signing_key(dir.path(), &unknown, &unknown_key),
         signing_key(dir.path(), &gone, &unknown_key),
@@ -643,9 +645,10 @@ async fn requests_over_the_limit_get_503_and_slow_ones_504() {
     }
     let port = free_port();
     let config = format!(
-        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\nmax_concurrent = 2\ntimeout = 3\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 10\n\n[cache]\nfresh = 1\nmax_age = 1\n\n{keys}",
+        "[milter]\nlisten = \"inet:127.0.0.1:{}\"\n\n[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\nservice_did = \"{SERVICE}\"\nmax_concurrent = 2\ntimeout = 3\n\n[resolver]\nplc_urls = [\"{}\"]\nallow_private_addresses = true\ntimeout = 10\n\n[cache]\nfresh = 1\nmax_age = 1\n\n[store]\njti_file = \"{}/jti\"\n\n{keys}",
         free_port(),
-        plc.url()
+        plc.url(),
+        dir.path().display()
     );
     let daemon = Daemon::start(&config, port);
     hang.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -97,6 +97,11 @@ fn seq_of(id: &str) -> Option<u64> {
     Some(secs.parse::<u64>().ok()? * 1_000_000 + usec.parse::<u64>().ok()?)
 }
 
+/// The `seq` of a copy id (0 for what this store did not name).
+pub fn seq_of_id(id: &str) -> u64 {
+    seq_of(id).unwrap_or_default()
+}
+
 /// A copy of `new/`'s file `name` (`<id>,S=<size>`).
 fn copy_of(name: &str) -> Option<Copy> {
     let (id, size) = name.rsplit_once(",S=")?;
@@ -135,6 +140,14 @@ impl DeviceStore {
                 "not a DID and device fingerprint",
             )),
         }
+    }
+
+    /// Whether the envelope `hash` was stored for `did` before (within [`REMEMBER`]).
+    pub fn stored_before(&self, did: &str, hash: &[u8; 32]) -> io::Result<bool> {
+        let Some(did_dir) = self.did_dir(did) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a DID"));
+        };
+        SeenDir::new(self.root.join(did_dir).join("seen.d")).contains(hash, REMEMBER)
     }
 
     /// Keeps `envelope` (its SHA-256 `hash`) once for each device `fingerprints` of `did`,

@@ -439,6 +439,26 @@ impl Router {
 }
 
 impl Router {
+    /// The devices of `did` an envelope is kept for (`at.atsms.x509` certificates within
+    /// their dates at `now`), within `timeout`; records past `cache.max_age` answer while they
+    /// are refreshed. `Err` when they cannot be known now.
+    pub async fn devices_of(&self, did: &str, now: i64) -> Result<Vec<String>, String> {
+        let identity = self.identity.clone();
+        let owned = did.to_string();
+        let fetch = tokio::spawn(crate::atproto::identity::budget::carried(async move {
+            identity.atsms_inbox_for_consent(&owned).await
+        }));
+        match tokio::time::timeout(self.timeout, fetch).await {
+            Ok(Ok(Ok(found))) => Ok(found.value.current_devices(now)),
+            Ok(Ok(Err(e))) if e.is_transient() => Err(e.to_string()),
+            Ok(Ok(Err(_))) => Ok(Vec::new()),
+            Ok(Err(_)) => Err("lookup failed".into()),
+            Err(_) => Err(IdentityError::TimedOut.to_string()),
+        }
+    }
+}
+
+impl Router {
     /// The consent of the recipient `mailbox`, when it is a DID mailbox at one of
     /// `inbox.hosts` (none otherwise: consent is this host's to check for its own mailboxes
     /// only); with the recipients of a CMS EnvelopedData the message carries, consent also

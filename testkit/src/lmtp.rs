@@ -97,7 +97,9 @@ impl RunningLmtp {
         let mut names: Vec<PathBuf> = std::fs::read_dir(folder.join("new"))
             .map(|d| d.map(|e| e.unwrap().path()).collect())
             .unwrap_or_default();
-        names.sort();
+        // In delivery order: by the time and the counter in the unique name
+        // (`<secs>.M<usec>P<pid>Q<n>.<host>`), not by its text (`M99` sorts after `M100`).
+        names.sort_by_key(|p| delivery_order(&p.file_name().unwrap().to_string_lossy()));
         names.iter().map(|p| std::fs::read(p).unwrap()).collect()
     }
 
@@ -182,4 +184,19 @@ pub fn dot_stuffed(message: &[u8]) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
+}
+
+/// The order key of a Maildir unique name `<secs>.M<usec>P<pid>Q<n>.<host>`.
+fn delivery_order(name: &str) -> (u64, u64, u64, String) {
+    let number = |text: &str| -> u64 {
+        text.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    };
+    let secs = number(name);
+    let usec = name.split_once(".M").map_or(0, |(_, rest)| number(rest));
+    let n = name.split_once('Q').map_or(0, |(_, rest)| number(rest));
+    (secs, usec, n, name.to_string())
 }

@@ -41,6 +41,11 @@ pub struct Device {
     pub serial: Vec<u8>,
     /// The certificate, DER (the X.509 floor compares it byte for byte).
     pub der: Vec<u8>,
+    /// The certificate's dates (Unix seconds): a device outside them gets no copy.
+    #[serde(default)]
+    pub not_before: i64,
+    #[serde(default)]
+    pub not_after: i64,
 }
 
 impl cache::Weigh for AtsmsInbox {
@@ -99,6 +104,16 @@ impl AtsmsInbox {
         })
     }
 
+    /// The fingerprints of the devices whose certificates are within their dates at `now`:
+    /// the devices a copy of an envelope is kept for.
+    pub fn current_devices(&self, now: i64) -> Vec<String> {
+        self.devices
+            .iter()
+            .filter(|d| d.not_before <= now && now <= d.not_after)
+            .map(|d| d.fingerprint.clone())
+            .collect()
+    }
+
     /// The device whose certificate has this serial number (a CMS recipient's or signer's
     /// issuerAndSerialNumber; the issuer is the DID itself, the certificates are self-signed).
     pub fn device_by_serial(&self, serial: &[u8]) -> Option<&Device> {
@@ -146,8 +161,8 @@ impl IdentityResolver {
             // The store is not trusted to have checked the certificates: check them again.
             let devices = inbox
                 .devices
-                .into_iter()
-                .filter(|d| device_of(did, &d.fingerprint, &d.der).is_some())
+                .iter()
+                .filter_map(|d| device_of(did, &d.fingerprint, &d.der))
                 .collect();
             return Ok(Arc::new(AtsmsInbox {
                 mailto: inbox.mailto,
@@ -291,12 +306,14 @@ impl IdentityResolver {
 pub fn device_of(did: &str, fingerprint: &str, der: &[u8]) -> Option<Device> {
     use der::Decode;
     let kid = format!("at://{did}/{DEVICE_CERT_COLLECTION}/{fingerprint}");
-    DeviceCertificate::parse_der(der, &kid, fingerprint).ok()?;
+    let checked = DeviceCertificate::parse_der(der, &kid, fingerprint).ok()?;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
     Some(Device {
         fingerprint: fingerprint.to_string(),
         serial: cert.tbs_certificate().serial_number().as_bytes().to_vec(),
         der: der.to_vec(),
+        not_before: checked.not_before,
+        not_after: checked.not_after,
     })
 }
 

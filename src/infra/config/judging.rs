@@ -120,6 +120,12 @@ pub struct InboxConfig {
     pub max_concurrent_posts: std::num::NonZeroUsize,
     /// The HTTPS inbox: seconds a client may take to send a POST's body (slow uploads).
     pub upload_timeout: NonZeroU64,
+    /// Where each device's copies of AT-SMS envelopes are kept (a Maildir per device).
+    pub store: std::path::PathBuf,
+    /// Copies a device may hold; beyond, POST 429 and SMTP/LMTP 452 4.2.2.
+    pub max_envelopes_per_device: std::num::NonZeroUsize,
+    /// Bytes of copies a device may hold; same answers.
+    pub max_bytes_per_device: NonZeroU64,
 }
 
 impl Default for InboxConfig {
@@ -138,6 +144,9 @@ impl Default for InboxConfig {
             },
             max_concurrent_posts: std::num::NonZeroUsize::new(32).expect("non-zero"),
             upload_timeout: NonZeroU64::new(10).expect("non-zero"),
+            store: std::path::PathBuf::from("/var/lib/atsms-milter/inbox"),
+            max_envelopes_per_device: std::num::NonZeroUsize::new(1000).expect("non-zero"),
+            max_bytes_per_device: NonZeroU64::new(64 << 20).expect("non-zero"),
         }
     }
 }

@@ -82,4 +82,13 @@ impl Settings {
             _ => Ok(()),
         }
     }
+
+    /// The devices of `did` an envelope for it is kept for, one copy each (the HTTPS inbox,
+    /// once consent is given): none when the DID publishes no current device.
+    pub async fn devices_of(&self, did: &str) -> Result<Vec<String>, Refusal> {
+        self.router
+            .devices_of(did, self.now())
+            .await
+            .map_err(Refusal::Unavailable)
+    }
 }

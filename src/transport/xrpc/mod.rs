@@ -13,6 +13,7 @@
 
 pub mod client;
 mod did_json;
+mod drain;
 mod error;
 pub mod inbox;
 mod request;
@@ -293,13 +294,28 @@ pub fn router(service: Arc<Service>) -> Router {
             post(sign_envelope_deprecated).fallback(wrong_method),
         )
         .route("/xrpc/_health", get(health).fallback(wrong_method))
-        .route("/inbox/{did}", post(inbox::post).fallback(wrong_method))
         .route(
             "/.well-known/did.json",
             get(did_document).fallback(wrong_method),
         )
+        .merge(inbox_routes())
         .fallback(not_found)
         .with_state(service)
+}
+
+/// The HTTPS inbox and its drain API, with CORS for browser clients.
+fn inbox_routes() -> Router<Arc<Service>> {
+    Router::new()
+        .route("/inbox/{did}", post(inbox::post).fallback(wrong_method))
+        .route(
+            "/messages/{did}/{fp}/list",
+            get(drain::list).fallback(wrong_method),
+        )
+        .route(
+            "/messages/{did}/{fp}/{id}",
+            get(drain::get).delete(drain::delete).fallback(wrong_method),
+        )
+        .layer(drain::cors())
 }
 
 /// Serves the signing service on `listener` until `shutdown`.

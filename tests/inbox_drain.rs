@@ -1,0 +1,291 @@
+//! The drain API the AT-SMS client calls (issue 33, item 3), spoken over loopback HTTP to the
+//! real daemon as the client's `ATSMSWorkerEnvelopeTransport` speaks it: list, get, delete with
+//! the device's own token, signed with the key the client made for the recipient device of
+//! ../shared/vectors/atsms-client (tests/data/atsms-client), whose certificate its DID
+//! publishes on a loopback PDS. Copies are put in the store as the intake will put them
+//! (`DeviceStore` on the daemon's own `inbox.store`).
+
+use atsms_testkit as support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use atsms_milter::format::crypto::{Alg, SigningKey, malleate};
+use atsms_milter::infra::device_store::DeviceStore;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::{Value, json};
+use support::daemon::Daemon;
+use support::plc::Plc;
+use support::postfix::free_port;
+
+const DID: &str = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+const PUBLIC: &str = "https://inbox.example.net";
+const FP: &str = "b8c287336496ab79c9c905291c01e639dc53a49dc80e36f206f1f81d702cbfc1";
+
+fn text(name: &str) -> String {
+    std::fs::read_to_string(support::test_data("atsms-client").join(name)).unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A token as the client's `generateJWT` makes it, with `change` applied to its claims.
+fn token(key: &SigningKey, kid: &str, change: impl Fn(&mut Value)) -> String {
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let header = json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+    let mut claims = json!({
+        "sub": format!("at://{DID}/at.atsms.x509/{kid}"),
+        "iss": DID, "aud": "atsms-api", "iat": now(), "exp": now() + 3600
+    });
+    change(&mut claims);
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    format!("{input}.{}", b64(&key.sign(input.as_bytes())))
+}
+
+/// One request on a fresh connection: the status and the whole answer.
+fn call(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: inbox.test\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// A request with `rest`: its last header lines, the blank line and the body.
+fn call_with_body(port: u16, method: &str, path: &str, rest: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: inbox.test\r\nConnection: close\r\n{rest}"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+fn body(answer: &str) -> Value {
+    serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Authorization: Bearer {token}\r\n")
+}
+
+/// The DID publishes the recipient device's certificate, and an `at.atsms.inbox` record
+/// naming this host's HTTPS inbox for it (as the client writes it when pointed here).
+fn publish_device(plc: &Plc) {
+    plc.set_with_pds(DID, &SigningKey::generate(Alg::Es256).unwrap(), None);
+    plc.put_record(
+        DID,
+        "at.atsms.x509",
+        FP,
+        json!({"$type": "at.atsms.x509", "certificate": text("recip.crt.pem"), "serialNumber": "00", "createdAt": "2026-12-05T00:00:00Z"}),
+    );
+    plc.put_record(
+        DID,
+        "at.atsms.inbox",
+        "self",
+        json!({"$type": "at.atsms.inbox", "endpoints": [{"uri": format!("{PUBLIC}/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa")}]}),
+    );
+}
+
+/// The daemon with the HTTPS inbox at `PUBLIC`: it, its port, its `inbox.store`.
+fn start(plc: &Plc) -> (Daemon, u16, std::path::PathBuf, tempfile::TempDir) {
+    let dir = support::public_tempdir();
+    let store = dir.path().join("inbox");
+    let port = free_port();
+    let daemon = Daemon::start(
+        &format!(
+            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n",
+            dir.path().display(),
+            store.display(),
+            plc.url()
+        ),
+        port,
+    );
+    (daemon, port, store, dir)
+}
+
+#[test]
+fn a_device_drains_its_own_copies_with_its_own_token() {
+    let plc = Plc::start();
+    publish_device(&plc);
+    let (_daemon, port, store, _dir) = start(&plc);
+    // Two envelopes for this device, one for another device of the DID.
+    let other = "cd".repeat(32);
+    let devices = DeviceStore::new(store.clone(), "mx.example.net", 1000, 1 << 26);
+    devices
+        .store(DID, &[FP, &other], b"first envelope", &[1; 32])
+        .unwrap();
+    devices
+        .store(DID, &[FP], b"second envelope", &[2; 32])
+        .unwrap();
+
+    let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let good = token(&key, FP, |_| {});
+    let base = format!("/messages/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{FP}");
+    let (status, answer) = call(
+        port,
+        "GET",
+        &format!("{base}/list?type=atsms-envelope&limit=100"),
+        &bearer(&good),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let messages = body(&answer)["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 2, "{answer}");
+    assert_eq!(messages[0]["messageType"], "atsms-envelope");
+    assert!(messages[0]["seq"].as_u64() <= messages[1]["seq"].as_u64());
+    let id = messages[0]["id"].as_str().unwrap().to_string();
+    // The token may be reused (no jti), and a high-S signature (WebCrypto's) is good too.
+    let (input, sig) = good.rsplit_once('.').unwrap();
+    let high = malleate(Alg::Es256, &URL_SAFE_NO_PAD.decode(sig).unwrap());
+    let high_s = format!("{input}.{}", URL_SAFE_NO_PAD.encode(high));
+    for t in [&good, &high_s] {
+        let (status, answer) = call(port, "GET", &format!("{base}/{id}"), &bearer(t));
+        assert_eq!(status, 200, "{answer}");
+        let message = &body(&answer)["message"];
+        assert_eq!(message["id"], id.as_str());
+        let content = STANDARD
+            .decode(message["encryptedContent"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(content, b"first envelope");
+    }
+    // Deleted for this device only.
+    let (status, answer) = call(port, "DELETE", &format!("{base}/{id}"), &bearer(&good));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(body(&answer)["success"], true);
+    assert_eq!(
+        call(port, "DELETE", &format!("{base}/{id}"), &bearer(&good)).0,
+        404
+    );
+    assert_eq!(
+        call(port, "GET", &format!("{base}/{id}"), &bearer(&good)).0,
+        404
+    );
+    assert_eq!(devices.list(DID, &other, 100).unwrap().len(), 1);
+
+    // Refused: no token, a forged one, an expired one, another audience, another device's
+    // path (403), a token claiming a device the DID does not publish.
+    let stranger = SigningKey::generate(Alg::Es256).unwrap();
+    let cases = [
+        (String::new(), 401, "AuthRequired"),
+        (bearer(&token(&stranger, FP, |_| {})), 401, "InvalidToken"),
+        (
+            bearer(&token(&key, FP, |c| {
+                c["iat"] = json!(now() - 7200);
+                c["exp"] = json!(now() - 3600);
+            })),
+            401,
+            "ExpiredToken",
+        ),
+        (
+            bearer(&token(&key, FP, |c| c["aud"] = json!("did:web:x"))),
+            401,
+            "InvalidToken",
+        ),
+        (bearer(&token(&key, &other, |_| {})), 403, "Forbidden"),
+    ];
+    for (headers, status, name) in &cases {
+        let (got, answer) = call(port, "GET", &format!("{base}/list"), headers);
+        assert_eq!(got, *status, "{name}: {answer}");
+        assert_eq!(body(&answer)["error"], *name, "{answer}");
+    }
+    let unpublished = token(&key, &other, |_| {});
+    let (status, answer) = call(
+        port,
+        "GET",
+        &format!("/messages/{DID}/{other}/list"),
+        &bearer(&unpublished),
+    );
+    assert_eq!(status, 401, "a device the DID does not publish: {answer}");
+
+    // A browser client's preflight.
+    let (status, answer) = call(
+        port,
+        "OPTIONS",
+        &format!("{base}/list"),
+        "Origin: https://app.example\r\nAccess-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: authorization\r\n",
+    );
+    assert_eq!(status, 200, "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("access-control-allow-origin: *"), "{answer}");
+    assert!(lower.contains("delete"), "{answer}");
+}
+
+/// What the client posts to `/inbox/{did}` for a DID with a device (consenting by an
+/// `https:` endpoint naming this host): one copy for the device, which drains exactly the
+/// bytes posted; the same envelope again is kept once; nothing of the poster is stored.
+#[test]
+fn an_envelope_posted_for_a_did_with_a_device_is_kept_for_the_device_once() {
+    let plc = Plc::start();
+    publish_device(&plc);
+    let (_daemon, port, store, _dir) = start(&plc);
+    let envelope = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
+    let posted = json!({"envelope": STANDARD.encode(&envelope)}).to_string();
+    let post = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{posted}",
+        posted.len()
+    );
+    let path = "/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa";
+    let (status, answer) = call_with_body(port, "POST", path, &post);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(body(&answer)["stored"], true, "{answer}");
+    let (status, answer) = call_with_body(port, "POST", path, &post);
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(body(&answer)["stored"], false, "kept once: {answer}");
+
+    let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let auth = bearer(&token(&key, FP, |_| {}));
+    let base = format!("/messages/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{FP}");
+    let (status, answer) = call(port, "GET", &format!("{base}/list"), &auth);
+    assert_eq!(status, 200, "{answer}");
+    let messages = body(&answer)["messages"].as_array().unwrap().clone();
+    assert_eq!(messages.len(), 1, "{answer}");
+    let id = messages[0]["id"].as_str().unwrap();
+    let (_, answer) = call(port, "GET", &format!("{base}/{id}"), &auth);
+    let content = body(&answer)["message"]["encryptedContent"]
+        .as_str()
+        .map(|c| STANDARD.decode(c).unwrap());
+    assert_eq!(content.as_deref(), Some(envelope.as_slice()));
+    // On disk: the envelope's bytes, nothing else (no address, no Received).
+    let new = store
+        .join("did.plc.aaaaaaaaaaaaaaaaaaaaaaaa")
+        .join(FP)
+        .join("new");
+    let files: Vec<Vec<u8>> = std::fs::read_dir(&new)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(files, vec![envelope]);
+}
