@@ -54,23 +54,7 @@ fn token(key: &SigningKey, kid: &str, change: impl Fn(&mut Value)) -> String {
 
 /// One request on a fresh connection: the status and the whole answer.
 fn call(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: inbox.test\r\nConnection: close\r\n{headers}\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
+    call_with_body(port, method, path, &format!("{headers}\r\n"))
 }
 
 /// A request with `rest`: its last header lines, the blank line and the body.

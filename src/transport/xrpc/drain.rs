@@ -23,6 +23,7 @@ use base64::Engine;
 use super::error::XrpcError;
 use crate::atproto::device_token;
 use crate::atproto::identity::budget::{self, Client};
+use crate::infra::device_store::DeviceStore;
 
 /// Copies listed at most per call (the client asks for 100).
 pub const MAX_LIST: usize = 100;
@@ -120,29 +121,41 @@ pub(super) async fn list(
     }
 }
 
+/// Authorizes a call on the copy `id` of the path's device, then runs `op` on the store off
+/// the async runtime.
+async fn on_copy<T: Send + 'static>(
+    service: &super::Service,
+    headers: &HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    (did, fp, id): (String, String, String),
+    op: fn(&DeviceStore, &str, &str, &str) -> std::io::Result<T>,
+) -> Result<T, XrpcError> {
+    let inbox = authorize(service, headers, peer, &did, &fp).await?;
+    let store = inbox.devices.clone();
+    blocking(move || op(&store, &did, &fp, &id)).await
+}
+
+fn no_such_message() -> Response {
+    XrpcError::new(404, "NotFound", "no such message").into_response()
+}
+
 /// `GET /messages/{did}/{fp}/{id}`.
 pub(super) async fn get(
     State(service): State<Arc<super::Service>>,
-    Path((did, fp, id)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
     Extension(peer): Extension<crate::infra::http::Peer>,
     headers: HeaderMap,
 ) -> Response {
-    let inbox = match authorize(&service, &headers, peer.0, &did, &fp).await {
-        Ok(inbox) => inbox,
-        Err(e) => return e.into_response(),
-    };
-    let store = inbox.devices.clone();
-    let wanted = id.clone();
-    let seq = crate::infra::device_store::seq_of_id(&id);
-    match blocking(move || store.get(&did, &fp, &wanted)).await {
+    let id = path.2.clone();
+    match on_copy(&service, &headers, peer.0, path, DeviceStore::get).await {
         Ok(Some(envelope)) => axum::Json(serde_json::json!({"message": {
+            "seq": crate::infra::device_store::seq_of_id(&id),
             "id": id,
-            "seq": seq,
             "messageType": MESSAGE_TYPE,
             "encryptedContent": base64::engine::general_purpose::STANDARD.encode(envelope),
         }}))
         .into_response(),
-        Ok(None) => XrpcError::new(404, "NotFound", "no such message").into_response(),
+        Ok(None) => no_such_message(),
         Err(e) => e.into_response(),
     }
 }
@@ -150,21 +163,16 @@ pub(super) async fn get(
 /// `DELETE /messages/{did}/{fp}/{id}`.
 pub(super) async fn delete(
     State(service): State<Arc<super::Service>>,
-    Path((did, fp, id)): Path<(String, String, String)>,
+    Path(path): Path<(String, String, String)>,
     Extension(peer): Extension<crate::infra::http::Peer>,
     headers: HeaderMap,
 ) -> Response {
-    let inbox = match authorize(&service, &headers, peer.0, &did, &fp).await {
-        Ok(inbox) => inbox,
-        Err(e) => return e.into_response(),
-    };
-    let store = inbox.devices.clone();
-    let wanted = id.clone();
-    match blocking(move || store.delete(&did, &fp, &wanted)).await {
+    let id = path.2.clone();
+    match on_copy(&service, &headers, peer.0, path, DeviceStore::delete).await {
         Ok(true) => {
             axum::Json(serde_json::json!({"success": true, "messageId": id})).into_response()
         }
-        Ok(false) => XrpcError::new(404, "NotFound", "no such message").into_response(),
+        Ok(false) => no_such_message(),
         Err(e) => e.into_response(),
     }
 }
