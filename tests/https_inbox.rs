@@ -70,24 +70,13 @@ fn envelope(n: u32) -> String {
 /// One POST on a fresh connection, with extra header lines: the status line's code and the
 /// whole answer.
 fn post(port: u16, path: &str, headers: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: inbox.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
-        body.len()
+    support::http::raw_request(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: inbox.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n{body}",
+            body.len()
+        ),
     )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
 }
 
 /// Starts a chunked upload of `megabytes` MiB to `path` on its own thread: the status the

@@ -7,10 +7,6 @@
 
 use atsms_testkit as support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use atsms_milter::format::crypto::{Alg, SigningKey, malleate};
 use atsms_milter::infra::device_store::DeviceStore;
 use base64::Engine;
@@ -59,23 +55,10 @@ fn call(port: u16, method: &str, path: &str, headers: &str) -> (u16, String) {
 
 /// A request with `rest`: its last header lines, the blank line and the body.
 fn call_with_body(port: u16, method: &str, path: &str, rest: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: inbox.test\r\nConnection: close\r\n{rest}"
+    support::http::raw_request(
+        port,
+        &format!("{method} {path} HTTP/1.1\r\nHost: inbox.test\r\nConnection: close\r\n{rest}"),
     )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, answer)
 }
 
 fn body(answer: &str) -> Value {

@@ -187,3 +187,23 @@ pub fn query_param(target: &str, name: &str) -> Option<String> {
         (k == name).then(|| v.replace("%3A", ":").replace("%3a", ":"))
     })
 }
+
+/// Sends `request` (the whole HTTP/1.1 request, `Connection: close` in it) to 127.0.0.1:`port`
+/// on a fresh connection, as a hostile or plain client would: the status line's code (0 for
+/// none) and the whole answer.
+pub fn raw_request(port: u16, request: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
