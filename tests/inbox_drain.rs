@@ -7,6 +7,8 @@
 
 use atsms_testkit as support;
 
+use std::time::Duration;
+
 use atsms_milter::format::crypto::{Alg, SigningKey, malleate};
 use atsms_milter::infra::device_store::DeviceStore;
 use base64::Engine;
@@ -255,4 +257,79 @@ fn an_envelope_posted_for_a_did_with_a_device_is_kept_for_the_device_once() {
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .collect();
     assert_eq!(files, vec![envelope]);
+}
+
+/// Push, as the client's `websocket-client.ts` speaks it: `auth` first, `auth_success`, then
+/// `new_message` when a copy is kept for the device, `pong` to `ping`; a bad token closes
+/// with 1008 (the client then does not reconnect), and so does one of another device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_is_told_of_each_new_copy_over_its_socket() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let plc = Plc::start();
+    publish_device(&plc);
+    let (_daemon, port, _store, _dir) = start(&plc);
+    let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let url = format!("ws://127.0.0.1:{port}/ws/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{FP}");
+    let next_json = async |socket: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an answer in time")
+            .expect("the socket open")
+            .unwrap();
+        match message {
+            Message::Text(text) => return serde_json::from_str::<Value>(&text).unwrap(),
+            Message::Close(frame) => return json!({"closed": frame.map(|f| u16::from(f.code))}),
+            _ => continue,
+        }
+    };
+
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let auth = json!({"type": "auth", "token": token(&key, FP, |_| {})});
+    socket
+        .send(Message::Text(auth.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_json(&mut socket).await,
+        json!({"type": "auth_success"})
+    );
+    socket
+        .send(Message::Text(json!({"type": "ping"}).to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await, json!({"type": "pong"}));
+    // An envelope posted for the DID: the device is told.
+    let envelope = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
+    let posted = json!({"envelope": STANDARD.encode(&envelope)}).to_string();
+    let (status, answer) = tokio::task::spawn_blocking(move || {
+        call_with_body(
+            port,
+            "POST",
+            "/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{posted}",
+                posted.len()
+            ),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(next_json(&mut socket).await, json!({"type": "new_message"}));
+
+    // A forged token, and a good one for another device's path: closed with 1008.
+    let stranger = SigningKey::generate(Alg::Es256).unwrap();
+    for bad in [
+        token(&stranger, FP, |_| {}),
+        token(&key, &"cd".repeat(32), |_| {}),
+    ] {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let auth = json!({"type": "auth", "token": bad});
+        socket
+            .send(Message::Text(auth.to_string().into()))
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut socket).await, json!({"closed": 1008}));
+    }
 }

@@ -52,7 +52,10 @@ pub async fn serve(
                 .serve_connection(
                     hyper_util::rt::TokioIo::new(stream),
                     hyper_util::service::TowerToHyperService::new(app),
-                );
+                )
+                // The HTTPS inbox's push sockets (WebSocket): an upgraded connection leaves
+                // this bound for the inbox's own (`transport::xrpc::push`).
+                .with_upgrades();
             if let Err(e) = connection.await {
                 debug!("{what}: connection ended: {e}");
             }

@@ -88,6 +88,8 @@ pub struct Inbox {
     swept: moka::sync::Cache<PathBuf, ()>,
     /// Each device's copies, which the drain API serves.
     pub(super) devices: Arc<crate::infra::device_store::DeviceStore>,
+    /// The devices with a push socket open.
+    pub(super) notifier: Arc<super::push::Notifier>,
 }
 
 impl Inbox {
@@ -110,6 +112,7 @@ impl Inbox {
             lmtp,
             hosts,
             devices,
+            notifier: Arc::default(),
             per_network: RateLimit::new(config.post_rate_per_network, RATE_KEYS),
             per_did: RateLimit::new(config.post_rate_per_did, RATE_KEYS),
             permits: Arc::new(tokio::sync::Semaphore::new(
@@ -491,8 +494,9 @@ async fn copy_for_devices(
     let (did, digest, store) = (job.did.clone(), job.digest, inbox.devices.clone());
     let envelope = job.envelope.clone();
     let count = devices.len();
+    let asked = devices.clone();
     let stored = blocking(move || {
-        let fingerprints: Vec<&str> = devices.iter().map(String::as_str).collect();
+        let fingerprints: Vec<&str> = asked.iter().map(String::as_str).collect();
         store.store(&did, &fingerprints, &envelope, &digest)
     })
     .await;
@@ -507,6 +511,11 @@ async fn copy_for_devices(
             );
             if copies < count {
                 warn!("inbox: {}: not kept for every device: {kept:?}", job.did);
+            }
+            for (fp, kept) in devices.iter().zip(&kept) {
+                if matches!(kept, Kept::Stored(_)) {
+                    inbox.notifier.notify(&job.did, fp);
+                }
             }
         }
         Err(e) => warn!("inbox: {}: device store: {e}", job.did),

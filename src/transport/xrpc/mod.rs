@@ -16,6 +16,7 @@ mod did_json;
 mod drain;
 mod error;
 pub mod inbox;
+mod push;
 mod request;
 
 use std::sync::Arc;
@@ -315,6 +316,7 @@ fn inbox_routes() -> Router<Arc<Service>> {
             "/messages/{did}/{fp}/{id}",
             get(drain::get).delete(drain::delete).fallback(wrong_method),
         )
+        .route("/ws/{did}/{fp}", get(push::socket).fallback(wrong_method))
         .layer(drain::cors())
 }
 

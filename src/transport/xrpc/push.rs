@@ -1,0 +1,230 @@
+//! Push: `GET /ws/{did}/{fp}` (WebSocket, RFC 6455), what makes the AT-SMS client drain as soon
+//! as a copy for its device is kept (it has no poll timer by default; its
+//! `websocket-client.ts`).
+//!
+//! The client sends `{"type":"auth","token":"…"}` first: the device token of the drain API
+//! (`atproto::device_token`), for the path's DID and device. The server answers
+//! `{"type":"auth_success"}`, then `{"type":"new_message"}` each time a copy is kept for that
+//! device, and `{"type":"pong"}` to `{"type":"ping"}`. A bad token closes the socket with code
+//! 1008 (policy violation: the client then does not reconnect); a socket that has not
+//! authenticated within [`AUTH_TIMEOUT`] is closed too. At most [`MAX_PER_DEVICE`] sockets a
+//! device and [`MAX_SOCKETS`] in all (503 before the upgrade). An authenticated socket is
+//! closed when its token expires: the client reconnects with a fresh one.
+//!
+//! Push reaches the sockets of the host that kept the copy (docs/scaling.md: a fleet's
+//! clients drain on start and on their own reconnects; push does not cross hosts).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use super::error::XrpcError;
+use crate::atproto::device_token::{self, DeviceToken};
+use crate::atproto::identity::budget::{self, Client};
+
+/// How long a socket may take to authenticate.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sockets one device may hold open.
+pub const MAX_PER_DEVICE: usize = 4;
+/// Sockets open at most, all devices together.
+pub const MAX_SOCKETS: usize = 4096;
+/// The largest message a client may send (an auth message is about 600 bytes).
+const MAX_MESSAGE: usize = 8 * 1024;
+
+/// Who is listening for new copies: one channel per device with a socket open.
+#[derive(Default)]
+pub struct Notifier {
+    devices: Mutex<HashMap<(String, String), Listening>>,
+    sockets: AtomicUsize,
+}
+
+struct Listening {
+    sender: tokio::sync::watch::Sender<u64>,
+    sockets: usize,
+}
+
+impl Notifier {
+    /// A copy was kept for the device `fp` of `did`: its sockets are told.
+    pub fn notify(&self, did: &str, fp: &str) {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(listening) = devices.get(&(did.to_string(), fp.to_string())) {
+            listening.sender.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// A place for one more socket of the device, if the bounds allow.
+    fn open(self: &Arc<Self>, did: &str, fp: &str) -> Option<Open> {
+        if self.sockets.fetch_add(1, Ordering::Relaxed) >= MAX_SOCKETS {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let key = (did.to_string(), fp.to_string());
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let listening = devices.entry(key.clone()).or_insert_with(|| Listening {
+            sender: tokio::sync::watch::channel(0).0,
+            sockets: 0,
+        });
+        if listening.sockets >= MAX_PER_DEVICE {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        listening.sockets += 1;
+        Some(Open {
+            notifier: self.clone(),
+            receiver: listening.sender.subscribe(),
+            key,
+        })
+    }
+}
+
+/// One open socket's place; given back when dropped.
+struct Open {
+    notifier: Arc<Notifier>,
+    receiver: tokio::sync::watch::Receiver<u64>,
+    key: (String, String),
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.notifier.sockets.fetch_sub(1, Ordering::Relaxed);
+        let mut devices = self
+            .notifier
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(listening) = devices.get_mut(&self.key) {
+            listening.sockets -= 1;
+            if listening.sockets == 0 {
+                devices.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// `GET /ws/{did}/{fp}`.
+pub(super) async fn socket(
+    State(service): State<Arc<super::Service>>,
+    Path((did, fp)): Path<(String, String)>,
+    Extension(peer): Extension<crate::infra::http::Peer>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(inbox) = service.inbox.clone() else {
+        return XrpcError::new(404, "NotFound", "not found").into_response();
+    };
+    let Some(open) = inbox.notifier.open(&did, &fp) else {
+        return XrpcError::new(503, "NotEnoughResources", "too many sockets").into_response();
+    };
+    let client = service
+        .client_ip(peer.0, &headers)
+        .map_or(Client::UNKNOWN, Client::network);
+    upgrade
+        .max_message_size(MAX_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, service, open, did, fp, client))
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+fn json(value: serde_json::Value) -> Message {
+    Message::Text(value.to_string().into())
+}
+
+/// The first message: the device's token, checked as the drain API checks it.
+async fn authenticate(
+    socket: &mut WebSocket,
+    service: &super::Service,
+    did: &str,
+    fp: &str,
+    client: Client,
+) -> Result<DeviceToken, &'static str> {
+    let first = match tokio::time::timeout(AUTH_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(_) => return Err("expected an auth message"),
+        Err(_) => return Err("no auth message in time"),
+    };
+    let message: serde_json::Value =
+        serde_json::from_str(first.as_str()).map_err(|_| "not JSON")?;
+    let token = match (message["type"].as_str(), message["token"].as_str()) {
+        (Some("auth"), Some(token)) => token,
+        _ => return Err("expected an auth message"),
+    };
+    let now = crate::infra::clock::unix_now();
+    let token =
+        device_token::parse(Some(&format!("Bearer {token}")), now).map_err(|_| "invalid token")?;
+    token
+        .for_path(did, fp)
+        .map_err(|_| "token of another device")?;
+    let identity = service.signing.get().verifier.identity().clone();
+    let verified = budget::with_client(client, token.verify(&identity, now));
+    match tokio::time::timeout(service.timeout, verified).await {
+        Ok(Ok(())) => Ok(token),
+        _ => Err("invalid token"),
+    }
+}
+
+async fn serve(
+    mut socket: WebSocket,
+    service: Arc<super::Service>,
+    mut open: Open,
+    did: String,
+    fp: String,
+    client: Client,
+) {
+    let token = match authenticate(&mut socket, &service, &did, &fp, client).await {
+        Ok(token) => token,
+        // 1008, policy violation: the client does not reconnect with the same token.
+        Err(why) => return close(socket, 1008, why).await,
+    };
+    if socket
+        .send(json(serde_json::json!({"type": "auth_success"})))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let expires = tokio::time::Instant::now()
+        + Duration::from_secs(
+            (token.exp + device_token::LEEWAY - crate::infra::clock::unix_now()).max(0) as u64,
+        );
+    loop {
+        tokio::select! {
+            changed = open.receiver.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if socket.send(json(serde_json::json!({"type": "new_message"}))).await.is_err() {
+                    return;
+                }
+            }
+            received = socket.recv() => match received {
+                Some(Ok(Message::Text(text))) => {
+                    let ping = serde_json::from_str::<serde_json::Value>(text.as_str())
+                        .is_ok_and(|m| m["type"] == "ping");
+                    if ping && socket.send(json(serde_json::json!({"type": "pong"}))).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            // The token's hour is over: 1001 (going away), which the client reconnects after,
+            // with a fresh token (it does not after 1000 or 1008).
+            () = tokio::time::sleep_until(expires) => {
+                return close(socket, 1001, "token expired").await;
+            }
+        }
+    }
+}
