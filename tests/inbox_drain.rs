@@ -63,6 +63,18 @@ fn call_with_body(port: u16, method: &str, path: &str, rest: &str) -> (u16, Stri
     )
 }
 
+/// The value of `atsms_inbox_envelopes_total` for `event` (0 when absent).
+fn envelopes(metrics: u16, event: &str) -> u64 {
+    let (_, page) = support::http::raw_request(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    );
+    let line = format!("atsms_inbox_envelopes_total{{event=\"{event}\",reason=\"\"}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
 fn body(answer: &str) -> Value {
     serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or(Value::Null)
 }
@@ -89,28 +101,30 @@ fn publish_device(plc: &Plc) {
     );
 }
 
-/// The daemon with the HTTPS inbox at `PUBLIC`: it, its port, its `inbox.store`.
-fn start(plc: &Plc) -> (Daemon, u16, std::path::PathBuf, tempfile::TempDir) {
+/// The daemon with the HTTPS inbox at `PUBLIC`: it, its port, its `inbox.store`, and the
+/// port of its metrics.
+fn start(plc: &Plc) -> (Daemon, u16, std::path::PathBuf, tempfile::TempDir, u16) {
     let dir = support::public_tempdir();
     let store = dir.path().join("inbox");
     let port = free_port();
+    let metrics = free_port();
     let daemon = Daemon::start(
         &format!(
-            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n",
+            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
             dir.path().display(),
             store.display(),
             plc.url()
         ),
         port,
     );
-    (daemon, port, store, dir)
+    (daemon, port, store, dir, metrics)
 }
 
 #[test]
 fn a_device_drains_its_own_copies_with_its_own_token() {
     let plc = Plc::start();
     publish_device(&plc);
-    let (_daemon, port, store, _dir) = start(&plc);
+    let (_daemon, port, store, _dir, metrics) = start(&plc);
     // Two envelopes for this device, one for another device of the DID.
     let other = "cd".repeat(32);
     let devices = DeviceStore::new(store.clone(), "mx.example.net", 1000, 1 << 26);
@@ -154,6 +168,7 @@ fn a_device_drains_its_own_copies_with_its_own_token() {
     let (status, answer) = call(port, "DELETE", &format!("{base}/{id}"), &bearer(&good));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(body(&answer)["success"], true);
+    assert_eq!(envelopes(metrics, "drained"), 1);
     assert_eq!(
         call(port, "DELETE", &format!("{base}/{id}"), &bearer(&good)).0,
         404
@@ -219,7 +234,7 @@ fn a_device_drains_its_own_copies_with_its_own_token() {
 fn an_envelope_posted_for_a_did_with_a_device_is_kept_for_the_device_once() {
     let plc = Plc::start();
     publish_device(&plc);
-    let (_daemon, port, store, _dir) = start(&plc);
+    let (_daemon, port, store, _dir, metrics) = start(&plc);
     let envelope = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
     let posted = json!({"envelope": STANDARD.encode(&envelope)}).to_string();
     let post = format!(
@@ -233,6 +248,13 @@ fn an_envelope_posted_for_a_did_with_a_device_is_kept_for_the_device_once() {
     let (status, answer) = call_with_body(port, "POST", path, &post);
     assert_eq!(status, 202, "{answer}");
     assert_eq!(body(&answer)["stored"], false, "kept once: {answer}");
+    assert_eq!(
+        (
+            envelopes(metrics, "stored"),
+            envelopes(metrics, "duplicate")
+        ),
+        (1, 1)
+    );
 
     let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
     let auth = bearer(&token(&key, FP, |_| {}));
@@ -268,7 +290,7 @@ async fn the_device_is_told_of_each_new_copy_over_its_socket() {
     use tokio_tungstenite::tungstenite::Message;
     let plc = Plc::start();
     publish_device(&plc);
-    let (_daemon, port, _store, _dir) = start(&plc);
+    let (_daemon, port, _store, _dir, _metrics) = start(&plc);
     let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
     let url = format!("ws://127.0.0.1:{port}/ws/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{FP}");
     let next_json = async |socket: &mut tokio_tungstenite::WebSocketStream<_>| loop {

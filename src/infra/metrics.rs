@@ -29,6 +29,8 @@ pub struct Metrics {
     lmtp_connections: AtomicI64,
     /// (map, answer) → socketmap lookups.
     socketmap_lookups: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// (event, reason) → AT-SMS envelopes of the HTTPS inbox and its device copies.
+    inbox_envelopes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -77,6 +79,12 @@ impl Metrics {
     /// A socketmap lookup: the map and the answer (`ok`, `notfound`, `temp`, `perm`).
     pub fn socketmap_lookup(&self, map: &'static str, answer: &'static str) {
         bump(&self.socketmap_lookups, (map, answer));
+    }
+
+    /// An AT-SMS envelope event: `stored` (a device copy), `duplicate`, `drained` (a copy
+    /// deleted by its device), `refused` (with its `reason`; "" for the others).
+    pub fn inbox_envelope(&self, event: &'static str, reason: &'static str) {
+        bump(&self.inbox_envelopes, (event, reason));
     }
 
     /// `status`: "saved", "rejected", "deferred", "failed".
@@ -155,6 +163,17 @@ impl Metrics {
         {
             out.push_str(&format!(
                 "atsms_lmtp_deliveries_total{{status=\"{status}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP atsms_inbox_envelopes_total AT-SMS envelopes of the HTTPS inbox and device copies, by event and reason.\n# TYPE atsms_inbox_envelopes_total counter\n");
+        for ((event, reason), n) in self
+            .inbox_envelopes
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "atsms_inbox_envelopes_total{{event=\"{event}\",reason=\"{reason}\"}} {n}\n"
             ));
         }
         out.push_str("# HELP atsms_socketmap_lookups_total Postfix table lookups, by map and answer.\n# TYPE atsms_socketmap_lookups_total counter\n");

@@ -170,6 +170,7 @@ pub(super) async fn delete(
     let id = path.2.clone();
     match on_copy(&service, &headers, peer.0, path, DeviceStore::delete).await {
         Ok(true) => {
+            crate::infra::metrics::global().inbox_envelope("drained", "");
             axum::Json(serde_json::json!({"success": true, "messageId": id})).into_response()
         }
         Ok(false) => no_such_message(),

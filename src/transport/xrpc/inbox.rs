@@ -189,11 +189,26 @@ pub(super) async fn post(
             axum::Json(serde_json::json!({"stored": stored.0, "sha256": stored.1})),
         )
             .into_response(),
-        Ok(Err(e)) => e.into_response(),
+        Ok(Err(e)) => {
+            crate::infra::metrics::global().inbox_envelope("refused", refusal_reason(e.status));
+            e.into_response()
+        }
         // Not acknowledged: if the storing goes on and ends well, the client's retry is told
         // it is stored already.
         Err(_) => XrpcError::new(503, "Unavailable", "not stored in time; try again later")
             .into_response(),
+    }
+}
+
+/// The `reason` label of a refused POST, by its status.
+fn refusal_reason(status: u16) -> &'static str {
+    match status {
+        400 => "invalid",
+        404 => "no_inbox",
+        408 => "timeout",
+        413 => "size",
+        429 => "rate",
+        _ => "unavailable",
     }
 }
 
@@ -438,6 +453,7 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
     })
     .await;
     if stored.unwrap_or(false) {
+        crate::infra::metrics::global().inbox_envelope("duplicate", "");
         return Ok(false);
     }
     let now = settings.now();
@@ -502,7 +518,7 @@ async fn copy_for_devices(
     .await;
     let hash = hex(&job.digest);
     match stored {
-        Ok(Stored::Duplicate) => {}
+        Ok(Stored::Duplicate) => crate::infra::metrics::global().inbox_envelope("duplicate", ""),
         Ok(Stored::Devices(kept)) => {
             let copies = kept.iter().filter(|k| matches!(k, Kept::Stored(_))).count();
             info!(
@@ -512,9 +528,15 @@ async fn copy_for_devices(
             if copies < count {
                 warn!("inbox: {}: not kept for every device: {kept:?}", job.did);
             }
+            let metrics = crate::infra::metrics::global();
             for (fp, kept) in devices.iter().zip(&kept) {
-                if matches!(kept, Kept::Stored(_)) {
-                    inbox.notifier.notify(&job.did, fp);
+                match kept {
+                    Kept::Stored(_) => {
+                        metrics.inbox_envelope("stored", "");
+                        inbox.notifier.notify(&job.did, fp);
+                    }
+                    Kept::OverQuota => metrics.inbox_envelope("refused", "quota"),
+                    Kept::Failed(_) => metrics.inbox_envelope("refused", "store"),
                 }
             }
         }
