@@ -424,3 +424,46 @@ fn every_command_has_help() {
         );
     }
 }
+
+/// `inbox list|show|purge`: the operator's view of the AT-SMS device copies, read from the
+/// store's files as the daemon keeps them.
+#[test]
+fn inbox_lists_shows_and_purges_device_copies() {
+    use atsms_milter::infra::device_store::DeviceStore;
+    let dir = tempfile::tempdir().unwrap();
+    let did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+    let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+    let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 10, 1 << 20);
+    store.store(did, &[&a, &b], b"sealed", &[1; 32]).unwrap();
+    let inbox = |more: &[&str]| {
+        let mut all = vec![
+            "inbox".to_string(),
+            "--store".into(),
+            dir.path().display().to_string(),
+        ];
+        all.extend(more.iter().map(|s| s.to_string()));
+        run(&all, None)
+    };
+    assert_eq!(json(&inbox(&["list"])), serde_json::json!([did]));
+    let devices = json(&inbox(&["list", did]));
+    assert_eq!(devices["devices"][0]["fingerprint"], a.as_str());
+    assert_eq!(devices["devices"][1]["copies"], 1);
+    assert_eq!(devices["devices"][1]["bytes"], 6);
+    let shown = json(&inbox(&["show", &format!("{did}/{a}")]));
+    assert_eq!(shown["devices"][0]["copies"][0]["size"], 6);
+    let purged = json(&inbox(&["purge", &format!("{did}/{a}")]));
+    assert_eq!(purged["purged"], 1);
+    assert_eq!(store.list(did, &a, 10).unwrap(), vec![]);
+    assert_eq!(
+        store.list(did, &b, 10).unwrap().len(),
+        1,
+        "the other device's copy stays"
+    );
+    let bad = inbox(&["purge", &format!("{did}/../x")]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -16,6 +16,7 @@ use crate::infra::config::{CacheConfig, Config, DEFAULT_CONFIG_PATH, ResolverCon
 use crate::verification::verify::Verifier;
 
 mod identity;
+mod inbox;
 mod signing;
 mod verifying;
 
@@ -70,6 +71,8 @@ enum Command {
     Route(RouteArgs),
     /// Ask a running daemon for its identity cache statistics, or drop a DID from its cache.
     Cache(CacheArgs),
+    /// The AT-SMS device copies kept in inbox.store: list, show, purge.
+    Inbox(inbox::InboxArgs),
 }
 
 #[derive(Args, Debug)]
@@ -308,6 +311,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Resolve(args) => resolve(args),
         Command::Route(args) => route(args),
         Command::Cache(args) => cache(args),
+        Command::Inbox(args) => inbox::inbox(args),
     }
 }
 

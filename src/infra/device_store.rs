@@ -307,6 +307,61 @@ impl DeviceStore {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// The DIDs with a folder in the store (the operator's `inbox list`).
+    pub fn dids(&self) -> io::Result<Vec<String>> {
+        let mut dids: Vec<String> = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    crate::format::address::did_of_local_part(&e.file_name().to_string_lossy())
+                })
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        dids.sort();
+        Ok(dids)
+    }
+
+    /// The devices of `did` with a folder in the store, each with its usage.
+    pub fn devices(&self, did: &str) -> io::Result<Vec<(String, Usage)>> {
+        let Some(dir) = self.did_dir(did) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a DID"));
+        };
+        let mut fingerprints: Vec<String> = match std::fs::read_dir(self.root.join(dir)) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| is_fingerprint(name))
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        fingerprints.sort();
+        fingerprints
+            .into_iter()
+            .map(|fp| {
+                let copies = self.read_new(did, &fp)?;
+                let usage = Usage {
+                    count: copies.len(),
+                    bytes: copies.iter().map(|c| c.size).sum(),
+                };
+                Ok((fp, usage))
+            })
+            .collect()
+    }
+
+    /// Deletes every copy of one device (the operator's `inbox purge`): how many.
+    pub fn purge(&self, did: &str, fp: &str) -> io::Result<usize> {
+        let mut gone = 0;
+        for copy in self.read_new(did, fp)? {
+            if self.delete(did, fp, &copy.id)? {
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
 }
 
 #[cfg(test)]
@@ -422,6 +477,28 @@ mod tests {
             vec![],
             "a device never stored for"
         );
+    }
+
+    #[test]
+    fn the_operator_sees_dids_devices_and_purges_one_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 10, 1 << 20);
+        let (a, b) = (fp(1), fp(2));
+        store.store(DID, &[&a, &b], b"one", &hash(1)).unwrap();
+        store.store(DID, &[&a], b"two!", &hash(2)).unwrap();
+        assert_eq!(store.dids().unwrap(), vec![DID.to_string()]);
+        let devices = store.devices(DID).unwrap();
+        assert_eq!(
+            devices,
+            vec![
+                (a.clone(), Usage { count: 2, bytes: 7 }),
+                (b.clone(), Usage { count: 1, bytes: 3 })
+            ]
+        );
+        assert_eq!(store.purge(DID, &a).unwrap(), 2);
+        assert_eq!(store.list(DID, &a, 10).unwrap(), vec![]);
+        assert_eq!(store.list(DID, &b, 10).unwrap().len(), 1);
+        assert_eq!(store.usage_of(DID, &a).unwrap(), Usage::default());
     }
 
     #[test]
