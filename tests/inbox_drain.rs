@@ -104,13 +104,18 @@ fn publish_device(plc: &Plc) {
 /// The daemon with the HTTPS inbox at `PUBLIC`: it, its port, its `inbox.store`, and the
 /// port of its metrics.
 fn start(plc: &Plc) -> (Daemon, u16, std::path::PathBuf, tempfile::TempDir, u16) {
+    start_with(plc, "")
+}
+
+/// `start`, with more lines for `[inbox]`.
+fn start_with(plc: &Plc, inbox: &str) -> (Daemon, u16, std::path::PathBuf, tempfile::TempDir, u16) {
     let dir = support::public_tempdir();
     let store = dir.path().join("inbox");
     let port = free_port();
     let metrics = free_port();
     let daemon = Daemon::start(
         &format!(
-            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n{inbox}\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
             dir.path().display(),
             store.display(),
             plc.url()
@@ -354,4 +359,50 @@ async fn the_device_is_told_of_each_new_copy_over_its_socket() {
             .unwrap();
         assert_eq!(next_json(&mut socket).await, json!({"closed": 1008}));
     }
+}
+
+/// A device over its quota gets no more copies: with every device of the DID over it the POST
+/// is refused (429) and nothing is stored; once its device drains, it is taken again.
+#[test]
+fn a_device_over_its_quota_is_refused_until_it_drains() {
+    let plc = Plc::start();
+    publish_device(&plc);
+    let (_daemon, port, _store, _dir, metrics) = start_with(&plc, "max_envelopes_per_device = 1");
+    let post = |envelope: &[u8]| {
+        let posted = json!({"envelope": STANDARD.encode(envelope)}).to_string();
+        call_with_body(
+            port,
+            "POST",
+            "/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+            &format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{posted}",
+                posted.len()
+            ),
+        )
+    };
+    let first = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
+    let mut second = first.clone();
+    let last = second.len() - 1;
+    second[last] ^= 1; // another envelope of the same shape
+    assert_eq!(post(&first).0, 202);
+    let (status, answer) = post(&second);
+    assert_eq!(status, 429, "{answer}");
+    assert!(answer.contains("quota"), "{answer}");
+    let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let auth = bearer(&token(&key, FP, |_| {}));
+    let base = format!("/messages/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{FP}");
+    let (_, listed) = call(port, "GET", &format!("{base}/list"), &auth);
+    let listed = body(&listed)["messages"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1);
+    let id = listed[0]["id"].as_str().unwrap();
+    assert_eq!(call(port, "DELETE", &format!("{base}/{id}"), &auth).0, 200);
+    assert_eq!(post(&second).0, 202, "taken once the device drained");
+    let (_, page) = support::http::raw_request(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        page.contains("atsms_inbox_envelopes_total{event=\"refused\",reason=\"quota\"} 1"),
+        "{page}"
+    );
 }

@@ -246,6 +246,26 @@ impl DeviceStore {
         }
     }
 
+    /// Whether every one of `fingerprints` (at least one) is over its quota for a copy of
+    /// `size` bytes more: then the envelope is refused rather than kept for nobody.
+    pub fn all_over_quota(
+        &self,
+        did: &str,
+        fingerprints: &[String],
+        size: u64,
+    ) -> io::Result<bool> {
+        if fingerprints.is_empty() {
+            return Ok(false);
+        }
+        for fp in fingerprints {
+            let usage = self.usage_of(did, fp)?;
+            if usage.count < self.max_envelopes && usage.bytes + size <= self.max_bytes {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// A device's usage now.
     pub fn usage_of(&self, did: &str, fp: &str) -> io::Result<Usage> {
         let key = (did.to_string(), fp.to_string());

@@ -462,6 +462,26 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
         .admit_envelope(&job.did, &hash)
         .await
         .map_err(|refusal| refused(&refusal))?;
+    // The devices that get a copy, known before anything is stored: when every one is over
+    // its quota, nothing is (429).
+    let devices = match settings.devices_of(&job.did).await {
+        Ok(devices) => devices,
+        Err(refusal) => {
+            warn!("inbox: {}: devices unknown now: {refusal:?}", job.did);
+            Vec::new()
+        }
+    };
+    let (store, did, size) = (inbox.devices.clone(), job.did.clone(), job.envelope.len());
+    let asked = devices.clone();
+    let full = blocking(move || store.all_over_quota(&did, &asked, size as u64)).await;
+    if full.unwrap_or(false) {
+        crate::infra::metrics::global().inbox_envelope("refused", "quota");
+        return Err(XrpcError::new(
+            429,
+            "RateLimitExceeded",
+            "every device of this DID is over its quota; try again later",
+        ));
+    }
     let mail = as_mail(&job.envelope, &hash, &job.address, &job.host, now);
     let outcome =
         crate::transport::lmtp::delivery::deliver_message(&inbox.lmtp, "", &job.address, &mail)
@@ -470,7 +490,7 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
     answer(&outcome, &job.did, &hash)?;
     // Judged and delivered as mail: each device the DID publishes gets its copy too, which it
     // drains (drain.rs).
-    copy_for_devices(&inbox, &settings, &job).await;
+    copy_for_devices(&inbox, &job, devices).await;
     if let Err(e) = blocking({
         let seen = seen.clone();
         move || seen.insert(&digest)
@@ -487,26 +507,14 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
     Ok(true)
 }
 
-/// Keeps the envelope once for each device the DID publishes now (`infra::device_store`),
-/// after the judge took it. Not yet part of the answer (issue 33: intake device-first is the
-/// next step): a device over its quota, or a failure, is logged.
-async fn copy_for_devices(
-    inbox: &Arc<Inbox>,
-    settings: &crate::policy::judge::Settings,
-    job: &Job,
-) {
+/// Keeps the envelope once for each of the DID's current `devices` (`infra::device_store`),
+/// after the judge took it. A device over its quota while others are not, or a failure, is
+/// logged and counted; the answer is the others' (every device over: 429 before delivery).
+async fn copy_for_devices(inbox: &Arc<Inbox>, job: &Job, devices: Vec<String>) {
     use crate::infra::device_store::{Kept, Stored};
-    let devices = match settings.devices_of(&job.did).await {
-        Ok(devices) if devices.is_empty() => return,
-        Ok(devices) => devices,
-        Err(refusal) => {
-            warn!(
-                "inbox: {}: devices unknown now, no device copy: {:?}",
-                job.did, refusal
-            );
-            return;
-        }
-    };
+    if devices.is_empty() {
+        return;
+    }
     let (did, digest, store) = (job.did.clone(), job.digest, inbox.devices.clone());
     let envelope = job.envelope.clone();
     let count = devices.len();
