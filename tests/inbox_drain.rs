@@ -311,6 +311,12 @@ async fn the_device_is_told_of_each_new_copy_over_its_socket() {
         }
     };
 
+    // Strangers holding sockets open on the device's path without a token take none of its
+    // places.
+    let mut strangers = Vec::new();
+    for _ in 0..6 {
+        strangers.push(tokio_tungstenite::connect_async(&url).await.unwrap().0);
+    }
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let auth = json!({"type": "auth", "token": token(&key, FP, |_| {})});
     socket
@@ -344,6 +350,23 @@ async fn the_device_is_told_of_each_new_copy_over_its_socket() {
     .unwrap();
     assert_eq!(status, 202, "{answer}");
     assert_eq!(next_json(&mut socket).await, json!({"type": "new_message"}));
+    // The device's own places are bounded: four sockets, then 1013 (try again later).
+    let mut own = Vec::new();
+    for _ in 0..3 {
+        let (mut more, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        more.send(Message::Text(auth.to_string().into()))
+            .await
+            .unwrap();
+        assert_eq!(next_json(&mut more).await, json!({"type": "auth_success"}));
+        own.push(more);
+    }
+    let (mut fifth, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    fifth
+        .send(Message::Text(auth.to_string().into()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut fifth).await, json!({"closed": 1013}));
+    drop(strangers);
 
     // A forged token, and a good one for another device's path: closed with 1008.
     let stranger = SigningKey::generate(Alg::Es256).unwrap();

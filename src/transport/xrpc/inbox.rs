@@ -128,6 +128,23 @@ impl Inbox {
     }
 }
 
+impl Inbox {
+    /// One more request from `client`'s network (a POST, a push socket): within
+    /// `inbox.post_rate_per_network`, or 429 with when to try again.
+    pub(super) fn admit_network(&self, client: Client) -> Result<(), XrpcError> {
+        self.per_network
+            .check(client, Instant::now())
+            .map_err(|limited| {
+                XrpcError::new(
+                    429,
+                    "RateLimitExceeded",
+                    "too many requests from your network; try again later",
+                )
+                .retry_after(limited.retry_after)
+            })
+    }
+}
+
 /// The mail the client's SMTP form would send (spec/inbound-delivery.md §4): one base64
 /// `application/atsms-envelope` part. No sender address: the envelope is sealed; no
 /// `Received`: the poster's address is not kept.
@@ -168,14 +185,8 @@ pub(super) async fn post(
     let client = service
         .client_ip(peer.0, &headers)
         .map_or(Client::UNKNOWN, Client::network);
-    if let Err(limited) = inbox.per_network.check(client, Instant::now()) {
-        return XrpcError::new(
-            429,
-            "RateLimitExceeded",
-            "too many requests from your network; try again later",
-        )
-        .retry_after(limited.retry_after)
-        .into_response();
+    if let Err(limited) = inbox.admit_network(client) {
+        return limited.into_response();
     }
     let Ok(_permit) = inbox.permits.clone().try_acquire_owned() else {
         crate::warn_throttled!("inbox: more than inbox.max_concurrent_posts at once; one refused");

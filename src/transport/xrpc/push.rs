@@ -7,9 +7,11 @@
 //! `{"type":"auth_success"}`, then `{"type":"new_message"}` each time a copy is kept for that
 //! device, and `{"type":"pong"}` to `{"type":"ping"}`. A bad token closes the socket with code
 //! 1008 (policy violation: the client then does not reconnect); a socket that has not
-//! authenticated within [`AUTH_TIMEOUT`] is closed too. At most [`MAX_PER_DEVICE`] sockets a
-//! device and [`MAX_SOCKETS`] in all (503 before the upgrade). An authenticated socket is
-//! closed when its token expires: the client reconnects with a fresh one.
+//! authenticated within [`AUTH_TIMEOUT`] is closed too. Each socket opened counts against its
+//! client network's `inbox.post_rate_per_network`, at most [`MAX_SOCKETS`] are open in all
+//! (503 before the upgrade), and a device holds at most [`MAX_PER_DEVICE`] authenticated
+//! sockets (1013 after; only its own token takes one of its places). An authenticated socket
+//! is closed (1001) when its token expires: the client reconnects with a fresh one.
 //!
 //! Push reaches the sockets of the host that kept the copy (docs/scaling.md: a fleet's
 //! clients drain on start and on their own reconnects; push does not cross hosts).
@@ -59,12 +61,20 @@ impl Notifier {
         }
     }
 
-    /// A place for one more socket of the device, if the bounds allow.
-    fn open(self: &Arc<Self>, did: &str, fp: &str) -> Option<Open> {
+    /// A place for one more socket, authenticated or not, if the bound allows.
+    fn open(self: &Arc<Self>) -> Option<Socket> {
         if self.sockets.fetch_add(1, Ordering::Relaxed) >= MAX_SOCKETS {
             self.sockets.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
+        Some(Socket {
+            notifier: self.clone(),
+        })
+    }
+
+    /// The authenticated device's place among its own sockets: only a device's own token
+    /// takes one, so nobody else can fill its places.
+    fn listen(self: &Arc<Self>, did: &str, fp: &str) -> Option<Listener> {
         let key = (did.to_string(), fp.to_string());
         let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
         let listening = devices.entry(key.clone()).or_insert_with(|| Listening {
@@ -72,11 +82,10 @@ impl Notifier {
             sockets: 0,
         });
         if listening.sockets >= MAX_PER_DEVICE {
-            self.sockets.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         listening.sockets += 1;
-        Some(Open {
+        Some(Listener {
             notifier: self.clone(),
             receiver: listening.sender.subscribe(),
             key,
@@ -84,16 +93,26 @@ impl Notifier {
     }
 }
 
-/// One open socket's place; given back when dropped.
-struct Open {
+/// One open socket's place among all; given back when dropped.
+struct Socket {
+    notifier: Arc<Notifier>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.notifier.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An authenticated socket's place among its device's; given back when dropped.
+struct Listener {
     notifier: Arc<Notifier>,
     receiver: tokio::sync::watch::Receiver<u64>,
     key: (String, String),
 }
 
-impl Drop for Open {
+impl Drop for Listener {
     fn drop(&mut self) {
-        self.notifier.sockets.fetch_sub(1, Ordering::Relaxed);
         let mut devices = self
             .notifier
             .devices
@@ -119,15 +138,20 @@ pub(super) async fn socket(
     let Some(inbox) = service.inbox.clone() else {
         return XrpcError::new(404, "NotFound", "not found").into_response();
     };
-    let Some(open) = inbox.notifier.open(&did, &fp) else {
-        return XrpcError::new(503, "NotEnoughResources", "too many sockets").into_response();
-    };
+    // Each socket opened counts against its network's rate, as a POST does: unauthenticated
+    // sockets from one network cannot take the places of all.
     let client = service
         .client_ip(peer.0, &headers)
         .map_or(Client::UNKNOWN, Client::network);
+    if let Err(limited) = inbox.admit_network(client) {
+        return limited.into_response();
+    }
+    let Some(place) = inbox.notifier.open() else {
+        return XrpcError::new(503, "NotEnoughResources", "too many sockets").into_response();
+    };
     upgrade
         .max_message_size(MAX_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, service, open, did, fp, client))
+        .on_upgrade(move |socket| serve(socket, service, place, did, fp, client))
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
@@ -178,7 +202,7 @@ async fn authenticate(
 async fn serve(
     mut socket: WebSocket,
     service: Arc<super::Service>,
-    mut open: Open,
+    _place: Socket,
     did: String,
     fp: String,
     client: Client,
@@ -187,6 +211,13 @@ async fn serve(
         Ok(token) => token,
         // 1008, policy violation: the client does not reconnect with the same token.
         Err(why) => return close(socket, 1008, why).await,
+    };
+    let Some(inbox) = service.inbox.clone() else {
+        return;
+    };
+    let Some(mut open) = inbox.notifier.listen(&did, &fp) else {
+        // 1013, try again later: the device has its sockets open already.
+        return close(socket, 1013, "too many sockets for this device").await;
     };
     if socket
         .send(json(serde_json::json!({"type": "auth_success"})))
