@@ -170,6 +170,23 @@ fn as_mail(envelope: &[u8], hash: &str, mailbox: &str, host: &str, now: i64) -> 
     .into_bytes()
 }
 
+/// The inbox and the client's network for a request (a POST, a push socket), once it is
+/// counted against that network's rate: 404 without an inbox, 429 over the rate.
+pub(super) fn admitted(
+    service: &super::Service,
+    peer: crate::infra::http::Peer,
+    headers: &HeaderMap,
+) -> Result<(Arc<Inbox>, Client), XrpcError> {
+    let Some(inbox) = service.inbox.clone() else {
+        return Err(XrpcError::new(404, "NotFound", "not found"));
+    };
+    let client = service
+        .client_ip(peer.0, headers)
+        .map_or(Client::UNKNOWN, Client::network);
+    inbox.admit_network(client)?;
+    Ok((inbox, client))
+}
+
 /// `POST /inbox/{did}`.
 pub(super) async fn post(
     State(service): State<Arc<super::Service>>,
@@ -178,16 +195,11 @@ pub(super) async fn post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(inbox) = service.inbox.clone() else {
-        return XrpcError::new(404, "NotFound", "not found").into_response();
-    };
     // Every POST counts against its network's rate, before anything is read or looked up.
-    let client = service
-        .client_ip(peer.0, &headers)
-        .map_or(Client::UNKNOWN, Client::network);
-    if let Err(limited) = inbox.admit_network(client) {
-        return limited.into_response();
-    }
+    let (inbox, client) = match admitted(&service, peer, &headers) {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
+    };
     let Ok(_permit) = inbox.permits.clone().try_acquire_owned() else {
         crate::warn_throttled!("inbox: more than inbox.max_concurrent_posts at once; one refused");
         return XrpcError::new(503, "NotEnoughResources", "too many requests at once")

@@ -135,17 +135,12 @@ pub(super) async fn socket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let Some(inbox) = service.inbox.clone() else {
-        return XrpcError::new(404, "NotFound", "not found").into_response();
-    };
     // Each socket opened counts against its network's rate, as a POST does: unauthenticated
     // sockets from one network cannot take the places of all.
-    let client = service
-        .client_ip(peer.0, &headers)
-        .map_or(Client::UNKNOWN, Client::network);
-    if let Err(limited) = inbox.admit_network(client) {
-        return limited.into_response();
-    }
+    let (inbox, client) = match super::inbox::admitted(&service, peer, &headers) {
+        Ok(admitted) => admitted,
+        Err(e) => return e.into_response(),
+    };
     let Some(place) = inbox.notifier.open() else {
         return XrpcError::new(503, "NotEnoughResources", "too many sockets").into_response();
     };
