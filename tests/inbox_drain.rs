@@ -1,9 +1,10 @@
 //! The drain API the AT-SMS client calls (issue 33, item 3), spoken over loopback HTTP to the
 //! real daemon as the client's `ATSMSWorkerEnvelopeTransport` speaks it: list, get, delete with
-//! the device's own token, signed with the key the client made for the recipient device of
-//! ../shared/vectors/atsms-client (tests/data/atsms-client), whose certificate its DID
-//! publishes on a loopback PDS. Copies are put in the store as the intake will put them
-//! (`DeviceStore` on the daemon's own `inbox.store`).
+//! the device's own token, signed with the key the client made for its recipient device (the
+//! project's copy in tests/data/atsms-client, origin in tests/data/SOURCES.md), whose
+//! certificate its DID publishes on a loopback PDS; push over WebSocket; copies put in the
+//! store by a POST, or as the intake puts them (`DeviceStore` on the daemon's own
+//! `inbox.store`).
 
 use atsms_testkit as support;
 
