@@ -99,13 +99,19 @@ fn json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Resul
     serde_json::from_slice(&bytes).map_err(|_| TokenError::Invalid(what))
 }
 
-/// Reads `authorization` (the header's value) and checks the token's claims as of `now`.
+/// Reads `authorization` (the header's value: `Bearer <token>`, as the signing service reads
+/// it) and checks the token's claims as of `now`.
 pub fn parse(authorization: Option<&str>, now: i64) -> Result<DeviceToken, TokenError> {
-    let token = authorization
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(TokenError::Missing)?;
+    let token =
+        crate::atproto::service_auth::bearer(authorization).map_err(|_| TokenError::Missing)?;
+    parse_token(token, now)
+}
+
+/// Checks a token's claims as of `now` (a push socket's `auth` message carries it bare).
+pub fn parse_token(token: &str, now: i64) -> Result<DeviceToken, TokenError> {
+    if token.is_empty() {
+        return Err(TokenError::Missing);
+    }
     if token.len() > MAX_TOKEN {
         return Err(TokenError::Invalid("too long"));
     }

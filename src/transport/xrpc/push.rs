@@ -181,8 +181,7 @@ async fn authenticate(
         _ => return Err("expected an auth message"),
     };
     let now = crate::infra::clock::unix_now();
-    let token =
-        device_token::parse(Some(&format!("Bearer {token}")), now).map_err(|_| "invalid token")?;
+    let token = device_token::parse_token(token, now).map_err(|_| "invalid token")?;
     token
         .for_path(did, fp)
         .map_err(|_| "token of another device")?;
