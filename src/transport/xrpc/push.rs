@@ -144,7 +144,14 @@ pub(super) async fn socket(
     let Some(place) = inbox.notifier.open() else {
         return XrpcError::new(503, "NotEnoughResources", "too many sockets").into_response();
     };
+    // What one socket may hold, authenticated or not: a read buffer and a frame of
+    // `MAX_MESSAGE` (the library's defaults are 128 KiB and 16 MiB), and what waits to be
+    // written to a client that does not read (then sending waits, it does not grow).
     upgrade
+        .read_buffer_size(MAX_MESSAGE)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
         .max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| serve(socket, service, place, did, fp, client))
 }
