@@ -413,27 +413,39 @@ impl Router {
     /// Consent by the DID's AT-SMS records, within `timeout` (the fetch goes on); records
     /// past `cache.max_age` answer while they are refreshed.
     async fn record_consent(&self, address: &DidAddress) -> Consent {
+        let inbox = match self.atsms_inbox(&address.did).await {
+            Ok(Some(inbox)) => inbox,
+            Ok(None) => return Consent::Refused,
+            Err(why) => return Consent::Unknown(why),
+        };
+        let named = inbox.names_mailbox(&address.did, &address.domain)
+            || (self.public_url.as_deref())
+                .is_some_and(|url| inbox.names_inbox_url(url, &address.did));
+        if named && !inbox.devices.is_empty() {
+            Consent::Given
+        } else {
+            Consent::Refused
+        }
+    }
+
+    /// The DID's AT-SMS records (`at.atsms.inbox`, `at.atsms.x509`), within `timeout` (the
+    /// fetch goes on, on a task of its own); records past `cache.max_age` answer while they are
+    /// refreshed. `Ok(None)`: it has none (or they are not to be had); `Err`: not known now.
+    async fn atsms_inbox(
+        &self,
+        did: &str,
+    ) -> Result<Option<Arc<crate::atproto::identity::inbox::AtsmsInbox>>, String> {
         let identity = self.identity.clone();
-        let did = address.did.clone();
+        let did = did.to_string();
         let fetch = tokio::spawn(crate::atproto::identity::budget::carried(async move {
             identity.atsms_inbox_for_consent(&did).await
         }));
-        let gives = |inbox: &crate::atproto::identity::inbox::AtsmsInbox| {
-            let named = inbox.names_mailbox(&address.did, &address.domain)
-                || (self.public_url.as_deref())
-                    .is_some_and(|url| inbox.names_inbox_url(url, &address.did));
-            if named && !inbox.devices.is_empty() {
-                Consent::Given
-            } else {
-                Consent::Refused
-            }
-        };
         match tokio::time::timeout(self.timeout, fetch).await {
-            Ok(Ok(Ok(found))) => gives(&found.value),
-            Ok(Ok(Err(e))) if e.is_transient() => Consent::Unknown(e.to_string()),
-            Ok(Ok(Err(_))) => Consent::Refused,
-            Ok(Err(_)) => Consent::Unknown("lookup failed".into()),
-            Err(_) => Consent::Unknown(IdentityError::TimedOut.to_string()),
+            Ok(Ok(Ok(found))) => Ok(Some(found.value)),
+            Ok(Ok(Err(e))) if e.is_transient() => Err(e.to_string()),
+            Ok(Ok(Err(_))) => Ok(None),
+            Ok(Err(_)) => Err("lookup failed".into()),
+            Err(_) => Err(IdentityError::TimedOut.to_string()),
         }
     }
 }
@@ -443,18 +455,11 @@ impl Router {
     /// their dates at `now`), within `timeout`; records past `cache.max_age` answer while they
     /// are refreshed. `Err` when they cannot be known now.
     pub async fn devices_of(&self, did: &str, now: i64) -> Result<Vec<String>, String> {
-        let identity = self.identity.clone();
-        let owned = did.to_string();
-        let fetch = tokio::spawn(crate::atproto::identity::budget::carried(async move {
-            identity.atsms_inbox_for_consent(&owned).await
-        }));
-        match tokio::time::timeout(self.timeout, fetch).await {
-            Ok(Ok(Ok(found))) => Ok(found.value.current_devices(now)),
-            Ok(Ok(Err(e))) if e.is_transient() => Err(e.to_string()),
-            Ok(Ok(Err(_))) => Ok(Vec::new()),
-            Ok(Err(_)) => Err("lookup failed".into()),
-            Err(_) => Err(IdentityError::TimedOut.to_string()),
-        }
+        Ok(self
+            .atsms_inbox(did)
+            .await?
+            .map(|inbox| inbox.current_devices(now))
+            .unwrap_or_default())
     }
 }
 
@@ -481,15 +486,10 @@ impl Router {
         if for_this.is_empty() {
             return Some(Consent::Refused);
         }
-        let identity = self.identity.clone();
-        let did = address.did.clone();
-        let fetch = tokio::spawn(crate::atproto::identity::budget::carried(async move {
-            identity.atsms_inbox_for_consent(&did).await
-        }));
-        Some(match tokio::time::timeout(self.timeout, fetch).await {
-            Ok(Ok(Ok(found))) => {
+        Some(match self.atsms_inbox(&address.did).await {
+            Ok(Some(inbox)) => {
                 let published = |r: &&crate::verification::atsms_parts::Recipient| {
-                    found.value.device_by_serial(&r.serial).is_some()
+                    inbox.device_by_serial(&r.serial).is_some()
                 };
                 if for_this.iter().all(published) {
                     Consent::Given
@@ -497,10 +497,8 @@ impl Router {
                     Consent::Refused
                 }
             }
-            Ok(Ok(Err(e))) if e.is_transient() => Consent::Unknown(e.to_string()),
-            Ok(Ok(Err(_))) => Consent::Refused,
-            Ok(Err(_)) => Consent::Unknown("lookup failed".into()),
-            Err(_) => Consent::Unknown(IdentityError::TimedOut.to_string()),
+            Ok(None) => Consent::Refused,
+            Err(why) => Consent::Unknown(why),
         })
     }
 }
