@@ -70,26 +70,14 @@ async fn authorize(
     Ok(inbox)
 }
 
-/// Runs store work off the async runtime; an I/O error is a 500 of its own.
+/// Runs store work off the async runtime (`inbox::blocking`); an I/O error is a 500.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, XrpcError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => {
-            tracing::warn!("inbox: device store: {e}");
-            Err(XrpcError::new(
-                500,
-                "InternalServerError",
-                "the store failed",
-            ))
-        }
-        Err(_) => Err(XrpcError::new(
-            500,
-            "InternalServerError",
-            "the store failed",
-        )),
-    }
+    super::inbox::blocking(work).await.map_err(|e| {
+        tracing::warn!("inbox: device store: {e}");
+        XrpcError::new(500, "InternalServerError", "the store failed")
+    })
 }
 
 /// `GET /messages/{did}/{fp}/list`.

@@ -513,7 +513,7 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
     answer(&outcome, &job.did, &hash)?;
     // Judged and delivered as mail: each device the DID publishes gets its copy too, which it
     // drains (drain.rs).
-    copy_for_devices(&inbox, &job, devices).await;
+    copy_for_devices(&inbox, job, devices).await;
     if let Err(e) = blocking({
         let seen = seen.clone();
         move || seen.insert(&digest)
@@ -533,24 +533,25 @@ async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
 /// Keeps the envelope once for each of the DID's current `devices` (`infra::device_store`),
 /// after the judge took it. A device over its quota while others are not, or a failure, is
 /// logged and counted; the answer is the others' (every device over: 429 before delivery).
-async fn copy_for_devices(inbox: &Arc<Inbox>, job: &Job, devices: Vec<String>) {
+async fn copy_for_devices(inbox: &Arc<Inbox>, job: Job, devices: Vec<String>) {
     use crate::infra::device_store::{Kept, Stored};
     if devices.is_empty() {
         return;
     }
-    let (did, digest, store) = (job.did.clone(), job.digest, inbox.devices.clone());
-    let envelope = job.envelope.clone();
-    let count = devices.len();
-    let asked = devices.clone();
+    let (did, store, count) = (job.did.clone(), inbox.devices.clone(), devices.len());
+    let (envelope, digest) = (job.envelope, job.digest);
     let stored = blocking(move || {
-        let fingerprints: Vec<&str> = asked.iter().map(String::as_str).collect();
-        store.store(&did, &fingerprints, &envelope, &digest)
+        let fingerprints: Vec<&str> = devices.iter().map(String::as_str).collect();
+        let stored = store.store(&did, &fingerprints, &envelope, &digest)?;
+        Ok((stored, devices))
     })
     .await;
-    let hash = hex(&job.digest);
+    let hash = hex(&digest);
     match stored {
-        Ok(Stored::Duplicate) => crate::infra::metrics::global().inbox_envelope("duplicate", ""),
-        Ok(Stored::Devices(kept)) => {
+        Ok((Stored::Duplicate, _)) => {
+            crate::infra::metrics::global().inbox_envelope("duplicate", "")
+        }
+        Ok((Stored::Devices(kept), devices)) => {
             let copies = kept.iter().filter(|k| matches!(k, Kept::Stored(_))).count();
             info!(
                 "inbox: {hash} kept for {copies} of {count} devices of {}",
@@ -576,7 +577,7 @@ async fn copy_for_devices(inbox: &Arc<Inbox>, job: &Job, devices: Vec<String>) {
 }
 
 /// Runs file work off the async runtime.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
     tokio::task::spawn_blocking(work)
