@@ -30,6 +30,9 @@ use crate::infra::store::SeenDir;
 /// answered as stored, not kept again).
 pub const REMEMBER: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Devices whose usage is kept in memory at most (about 150 bytes each).
+const MAX_KNOWN: usize = 100_000;
+
 /// One device's copy, as the inbox API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copy {
@@ -277,7 +280,12 @@ impl DeviceStore {
             count: copies.len(),
             bytes: copies.iter().map(|c| c.size).sum(),
         };
-        Ok(*self.lock().entry(key).or_insert(usage))
+        let mut known = self.lock();
+        // Bounded: past `MAX_KNOWN` devices, what is known is read again from the folders.
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        Ok(*known.entry(key).or_insert(usage))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Usage>> {
