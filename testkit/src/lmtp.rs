@@ -186,8 +186,11 @@ pub fn dot_stuffed(message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The order key of a Maildir unique name `<secs>.M<usec>P<pid>Q<n>.<host>`.
-fn delivery_order(name: &str) -> (u64, u64, u64, String) {
+/// The order in which Maildir files were delivered, from their unique names: ours
+/// (`<secs>.M<usec>P<pid>Q<n>.<host>`), Dovecot's (`<secs>.M<usec>P<pid>.<host>`) and
+/// Postfix's (`<secs>.V<dev>I<inode>M<usec>.<host>`) — by the time and our counter, not by
+/// the text (`M99` sorts after `M100`).
+pub fn delivery_order(name: &str) -> (u64, u64, u64, String) {
     let number = |text: &str| -> u64 {
         text.chars()
             .take_while(char::is_ascii_digit)
@@ -196,7 +199,8 @@ fn delivery_order(name: &str) -> (u64, u64, u64, String) {
             .unwrap_or(0)
     };
     let secs = number(name);
-    let usec = name.split_once(".M").map_or(0, |(_, rest)| number(rest));
-    let n = name.split_once('Q').map_or(0, |(_, rest)| number(rest));
+    let unique = name.split_once('.').map_or("", |(_, rest)| rest);
+    let usec = unique.split_once('M').map_or(0, |(_, rest)| number(rest));
+    let n = unique.split_once('Q').map_or(0, |(_, rest)| number(rest));
     (secs, usec, n, name.to_string())
 }

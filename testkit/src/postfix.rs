@@ -232,7 +232,8 @@ milter_default_action = tempfail
         self.wait_for_files(&self.new_dir(mailbox), count)
     }
 
-    /// Waits until `count` files are in `dir` (a `new/`); returns their contents by name.
+    /// Waits until `count` files are in `dir` (a `new/`); returns their contents in delivery
+    /// order.
     pub fn wait_for_files(&self, dir: &Path, count: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -240,7 +241,11 @@ milter_default_action = tempfail
                 .map(|d| d.map(|e| e.unwrap().path()).collect())
                 .unwrap_or_default();
             if files.len() >= count {
-                files.sort();
+                files.sort_by_key(|f| {
+                    crate::lmtp::delivery_order(
+                        &f.file_name().unwrap_or_default().to_string_lossy(),
+                    )
+                });
                 return files.iter().map(|f| std::fs::read(f).unwrap()).collect();
             }
             assert!(
