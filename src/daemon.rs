@@ -366,8 +366,8 @@ impl Listeners {
             Some(l) if l.listen.is_some() => {
                 let listen = l.listen.as_ref().expect("checked");
                 let listener = bind(listen, l.socket_mode, l.socket_group.as_deref()).await?;
-                let service =
-                    LmtpService::new(shared.clone(), l, crate::infra::host::name(), true)?;
+                let host = crate::infra::host::name();
+                let service = LmtpService::new(shared.clone(), l, &config.inbox, host, true)?;
                 service.clean_known_maildirs();
                 Some((listener, Arc::new(service)))
             }
@@ -447,6 +447,7 @@ fn xrpc_service(
             Arc::new(LmtpService::new(
                 runtime.settings.clone(),
                 &lmtp_config,
+                &config.inbox,
                 host,
                 true,
             )?)
@@ -645,6 +646,7 @@ pub async fn serve_stdio(config: Config) -> Result<(), String> {
     let service = Arc::new(LmtpService::new(
         shared,
         &lmtp_config,
+        &config.inbox,
         crate::infra::host::name(),
         false,
     )?);

@@ -434,7 +434,7 @@ fn inbox_lists_shows_and_purges_device_copies() {
     let did = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
     let (a, b) = ("ab".repeat(32), "cd".repeat(32));
     let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 10, 1 << 20);
-    store.store(did, &[&a, &b], b"sealed", &[1; 32]).unwrap();
+    store.store(did, &[&a, &b], b"sealed").unwrap();
     let inbox = |more: &[&str]| {
         let mut all = vec![
             "inbox".to_string(),

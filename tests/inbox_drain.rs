@@ -102,44 +102,61 @@ fn publish_device(plc: &Plc) {
     );
 }
 
-/// The daemon with the HTTPS inbox at `PUBLIC`: it, its port, its `inbox.store`, and the
-/// port of its metrics.
-fn start(plc: &Plc) -> (Daemon, u16, std::path::PathBuf, tempfile::TempDir, u16) {
+/// The daemon with the HTTPS inbox at `PUBLIC` and an LMTP listener, as a destination runs.
+struct Destination {
+    _daemon: Daemon,
+    _dir: tempfile::TempDir,
+    /// The XRPC listener's port.
+    port: u16,
+    lmtp: u16,
+    /// `inbox.store`.
+    store: std::path::PathBuf,
+    maildirs: std::path::PathBuf,
+    metrics: u16,
+}
+
+fn start(plc: &Plc) -> Destination {
     start_with(plc, "")
 }
 
 /// `start`, with more lines for `[inbox]`.
-fn start_with(plc: &Plc, inbox: &str) -> (Daemon, u16, std::path::PathBuf, tempfile::TempDir, u16) {
+fn start_with(plc: &Plc, inbox: &str) -> Destination {
     let dir = support::public_tempdir();
     let store = dir.path().join("inbox");
-    let port = free_port();
-    let metrics = free_port();
+    let (port, lmtp, metrics) = (free_port(), free_port(), free_port());
     let daemon = Daemon::start(
         &format!(
-            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n{inbox}\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n{inbox}\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
             dir.path().display(),
             store.display(),
             plc.url()
         ),
         port,
     );
-    (daemon, port, store, dir, metrics)
+    Destination {
+        _daemon: daemon,
+        port,
+        lmtp,
+        store,
+        maildirs: dir.path().to_path_buf(),
+        _dir: dir,
+        metrics,
+    }
 }
 
 #[test]
 fn a_device_drains_its_own_copies_with_its_own_token() {
     let plc = Plc::start();
     publish_device(&plc);
-    let (_daemon, port, store, _dir, metrics) = start(&plc);
+    let dest = start(&plc);
+    let (port, store, metrics) = (dest.port, dest.store.clone(), dest.metrics);
     // Two envelopes for this device, one for another device of the DID.
     let other = "cd".repeat(32);
     let devices = DeviceStore::new(store.clone(), "mx.example.net", 1000, 1 << 26);
     devices
-        .store(DID, &[FP, &other], b"first envelope", &[1; 32])
+        .store(DID, &[FP, &other], b"first envelope")
         .unwrap();
-    devices
-        .store(DID, &[FP], b"second envelope", &[2; 32])
-        .unwrap();
+    devices.store(DID, &[FP], b"second envelope").unwrap();
 
     let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
     let good = token(&key, FP, |_| {});
@@ -240,7 +257,8 @@ fn a_device_drains_its_own_copies_with_its_own_token() {
 fn an_envelope_posted_for_a_did_with_a_device_is_kept_for_the_device_once() {
     let plc = Plc::start();
     publish_device(&plc);
-    let (_daemon, port, store, _dir, metrics) = start(&plc);
+    let dest = start(&plc);
+    let (port, store, metrics) = (dest.port, dest.store.clone(), dest.metrics);
     let envelope = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
     let posted = json!({"envelope": STANDARD.encode(&envelope)}).to_string();
     let post = format!(
@@ -287,6 +305,163 @@ fn an_envelope_posted_for_a_did_with_a_device_is_kept_for_the_device_once() {
     assert_eq!(files, vec![envelope]);
 }
 
+/// The mail the client's SMTP form sends (its inbound-delivery spec §4): one base64
+/// `application/atsms-envelope` part, lines of 76.
+fn client_mail(envelope: &[u8]) -> Vec<u8> {
+    let encoded = STANDARD.encode(envelope);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "From: <x@client.example>\r\nTo: <{MAILBOX}>\r\nSubject: ATSMS\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/atsms-envelope\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        lines.join("\r\n")
+    )
+    .into_bytes()
+}
+
+/// The DID's mailbox here, as the client's `mailto:` names it.
+const MAILBOX: &str = "did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@mx.example.net";
+
+/// `envelope` by LMTP (swaks, as an MTA hands it over) to the DID's mailbox: the reply to
+/// the end of the data.
+fn by_lmtp(dest: &Destination, envelope: &[u8]) -> String {
+    let (transcript, _) = support::swaks(
+        &dest.maildirs,
+        dest.lmtp,
+        "x@client.example",
+        MAILBOX,
+        &client_mail(envelope),
+        &["--protocol", "LMTP"],
+    );
+    // The reply after the data: the first server line after the client's ".".
+    transcript
+        .lines()
+        .skip_while(|l| l.trim() != "-> .")
+        .find(|l| l.starts_with('<'))
+        .map(|l| l.trim_start_matches(['<', '*', '-', ' ']).to_string())
+        .unwrap_or_else(|| panic!("no reply to the data: {transcript}"))
+}
+
+/// `envelope` by `POST /inbox/{did}`: the status and the answer.
+fn by_post(dest: &Destination, envelope: &[u8]) -> (u16, String) {
+    let posted = json!({"envelope": STANDARD.encode(envelope)}).to_string();
+    call_with_body(
+        dest.port,
+        "POST",
+        "/inbox/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa",
+        &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{posted}",
+            posted.len()
+        ),
+    )
+}
+
+/// A device's copies, through the drain API with its own token: each copy's bytes.
+fn drained(dest: &Destination, key: &SigningKey, fp: &str) -> Vec<(String, Vec<u8>)> {
+    let auth = bearer(&token(key, fp, |_| {}));
+    let base = format!("/messages/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{fp}");
+    let (status, answer) = call(dest.port, "GET", &format!("{base}/list"), &auth);
+    assert_eq!(status, 200, "{answer}");
+    body(&answer)["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_str().unwrap().to_string();
+            let (_, answer) = call(dest.port, "GET", &format!("{base}/{id}"), &auth);
+            let content = body(&answer)["message"]["encryptedContent"]
+                .as_str()
+                .map(|c| STANDARD.decode(c).unwrap())
+                .unwrap();
+            (id, content)
+        })
+        .collect()
+}
+
+/// The DID's second device, made by OpenSSL as the client makes one (`testkit::device`).
+fn publish_second_device(plc: &Plc) -> support::device::Device {
+    let device = support::device::make(DID);
+    plc.put_record(
+        DID,
+        "at.atsms.x509",
+        &device.fingerprint,
+        json!({"$type": "at.atsms.x509", "certificate": device.cert_pem, "serialNumber": "00", "createdAt": "2026-12-05T00:00:00Z"}),
+    );
+    device
+}
+
+/// Issue 33 item 2: one intake for both carriers. The same envelope by SMTP (LMTP, as the
+/// MTA hands it over) and by POST, in either order, is kept once for each of the DID's two
+/// devices, byte for byte what was posted; each device drains its own copy; the DID mailbox's
+/// Maildir holds each envelope once.
+#[test]
+fn the_same_envelope_by_smtp_and_by_post_is_kept_once_for_each_device() {
+    let plc = Plc::start();
+    publish_device(&plc);
+    let device = publish_second_device(&plc);
+    let second_fp = device.fingerprint.clone();
+    let dest = start(&plc);
+    let first = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
+    let mut second = first.clone();
+    let last = second.len() - 1;
+    second[last] ^= 1;
+
+    // SMTP first, then POST of the same envelope.
+    let reply = by_lmtp(&dest, &first);
+    assert!(
+        reply.starts_with("250 2.0.0") && reply.contains("Saved"),
+        "{reply}"
+    );
+    let (status, answer) = by_post(&dest, &first);
+    assert_eq!(
+        (status, body(&answer)["stored"].clone()),
+        (202, json!(false)),
+        "{answer}"
+    );
+    // POST first, then SMTP; then SMTP again.
+    let (status, answer) = by_post(&dest, &second);
+    assert_eq!(
+        (status, body(&answer)["stored"].clone()),
+        (202, json!(true)),
+        "{answer}"
+    );
+    for _ in 0..2 {
+        let reply = by_lmtp(&dest, &second);
+        assert!(
+            reply.starts_with("250 2.0.0") && reply.contains("already stored"),
+            "{reply}"
+        );
+    }
+
+    let recip = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let sender = SigningKey::from_pkcs8_pem(&device.key_pem).unwrap();
+    for (key, fp) in [(&recip, FP), (&sender, second_fp.as_str())] {
+        let copies: Vec<Vec<u8>> = drained(&dest, key, fp).into_iter().map(|c| c.1).collect();
+        assert_eq!(copies, vec![first.clone(), second.clone()], "device {fp}");
+    }
+    // One device drains its copy of the first: the other device still has both.
+    let (id, _) = drained(&dest, &recip, FP).remove(0);
+    let path = format!("/messages/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{FP}/{id}");
+    let auth = bearer(&token(&recip, FP, |_| {}));
+    assert_eq!(call(dest.port, "DELETE", &path, &auth).0, 200);
+    assert_eq!(drained(&dest, &recip, FP).len(), 1);
+    assert_eq!(drained(&dest, &sender, &second_fp).len(), 2);
+    // The DID mailbox's Maildir: each envelope once (the judge's copy, as any mail).
+    let maildir = dest
+        .maildirs
+        .join("mx.example.net/did.plc.aaaaaaaaaaaaaaaaaaaaaaaa/Maildir/new");
+    assert_eq!(std::fs::read_dir(&maildir).unwrap().count(), 2);
+    assert_eq!(
+        (
+            envelopes(dest.metrics, "stored"),
+            envelopes(dest.metrics, "duplicate")
+        ),
+        (4, 3)
+    );
+}
+
 /// Push, as the client's `websocket-client.ts` speaks it: `auth` first, `auth_success`, then
 /// `new_message` when a copy is kept for the device, `pong` to `ping`; a bad token closes
 /// with 1008 (the client then does not reconnect), and so does one of another device.
@@ -296,7 +471,8 @@ async fn the_device_is_told_of_each_new_copy_over_its_socket() {
     use tokio_tungstenite::tungstenite::Message;
     let plc = Plc::start();
     publish_device(&plc);
-    let (_daemon, port, _store, _dir, _metrics) = start(&plc);
+    let dest = start(&plc);
+    let port = dest.port;
     let key = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
     let url = format!("ws://127.0.0.1:{port}/ws/did%3Aplc%3Aaaaaaaaaaaaaaaaaaaaaaaaa/{FP}");
     let next_json = async |socket: &mut tokio_tungstenite::WebSocketStream<_>| loop {
@@ -391,7 +567,8 @@ async fn the_device_is_told_of_each_new_copy_over_its_socket() {
 fn a_device_over_its_quota_is_refused_until_it_drains() {
     let plc = Plc::start();
     publish_device(&plc);
-    let (_daemon, port, _store, _dir, metrics) = start_with(&plc, "max_envelopes_per_device = 1");
+    let dest = start_with(&plc, "max_envelopes_per_device = 1");
+    let (port, metrics) = (dest.port, dest.metrics);
     let post = |envelope: &[u8]| {
         let posted = json!({"envelope": STANDARD.encode(envelope)}).to_string();
         call_with_body(
@@ -421,12 +598,17 @@ fn a_device_over_its_quota_is_refused_until_it_drains() {
     let id = listed[0]["id"].as_str().unwrap();
     assert_eq!(call(port, "DELETE", &format!("{base}/{id}"), &auth).0, 200);
     assert_eq!(post(&second).0, 202, "taken once the device drained");
+    // By SMTP: 452 4.2.2 while every device is over its quota (RFC 3463: mailbox full).
+    let mut third = first.clone();
+    third[last] ^= 2;
+    let reply = by_lmtp(&dest, &third);
+    assert!(reply.starts_with("452 4.2.2"), "{reply}");
     let (_, page) = support::http::raw_request(
         metrics,
         "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
     );
     assert!(
-        page.contains("atsms_inbox_envelopes_total{event=\"refused\",reason=\"quota\"} 1"),
+        page.contains("atsms_inbox_envelopes_total{event=\"refused\",reason=\"quota\"} 2"),
         "{page}"
     );
 }

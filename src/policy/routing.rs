@@ -209,7 +209,8 @@ impl Router {
         self.timeout
     }
 
-    fn is_ours(&self, host: &str) -> bool {
+    /// Whether `host` is one of `inbox.hosts`.
+    pub fn is_ours(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| h == host)
     }
 

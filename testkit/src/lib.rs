@@ -9,6 +9,7 @@
 #![recursion_limit = "256"]
 
 pub mod daemon;
+pub mod device;
 pub mod dns;
 pub mod dovecot;
 pub mod exim;

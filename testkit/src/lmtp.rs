@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atsms_milter::atproto::identity::IdentityResolver;
-use atsms_milter::infra::config::{CacheConfig, LmtpConfig, PolicyConfig, ResolverConfig};
+use atsms_milter::infra::config::{
+    CacheConfig, InboxConfig, LmtpConfig, PolicyConfig, ResolverConfig,
+};
 use atsms_milter::infra::socket::{self, SocketSpec};
 use atsms_milter::policy::judge::Settings;
 use atsms_milter::transport::lmtp::{self, LmtpService};
@@ -42,12 +44,20 @@ impl RunningLmtp {
                 10_000, None,
             )));
         }
-        RunningLmtp::serve(settings, &config, dir).await
+        RunningLmtp::serve(settings, &config, InboxConfig::default(), dir).await
     }
 
-    async fn serve(settings: Settings, config: &LmtpConfig, dir: tempfile::TempDir) -> RunningLmtp {
+    /// Device copies (`inbox.store`) go below the server's directory, whatever `inbox` says.
+    async fn serve(
+        settings: Settings,
+        config: &LmtpConfig,
+        mut inbox: InboxConfig,
+        dir: tempfile::TempDir,
+    ) -> RunningLmtp {
+        inbox.store = dir.path().join("inbox");
         let shared = atsms_milter::infra::live::Live::new(Arc::new(settings));
-        let service = Arc::new(LmtpService::new(shared, config, "lmtp.test".into(), true).unwrap());
+        let service =
+            Arc::new(LmtpService::new(shared, config, &inbox, "lmtp.test".into(), true).unwrap());
         let listener = socket::bind(&SocketSpec::parse("inet:127.0.0.1:0").unwrap(), 0o660, None)
             .await
             .unwrap();
@@ -81,7 +91,7 @@ impl RunningLmtp {
                 10_000, None,
             )));
         }
-        RunningLmtp::serve(settings, &lmtp, dir).await
+        RunningLmtp::serve(settings, &lmtp, config.inbox.clone(), dir).await
     }
 
     pub fn maildir(&self, user: &str) -> PathBuf {

@@ -236,8 +236,9 @@ impl PartScanner {
     }
 
     /// What the AT-SMS part carries (none: no AT-SMS part), and its content when it is a
-    /// CMS structure (a SignedData for the X.509 floor, with the content a detached one
-    /// signs; an EnvelopedData for its recipients). Asked once the body has ended.
+    /// whole envelope: a CMS structure (a SignedData for the X.509 floor, with the content a
+    /// detached one signs; an EnvelopedData for its recipients) or a sealed envelope (its
+    /// CBOR bytes in `der`). Asked once the body has ended.
     pub fn envelope(
         &self,
     ) -> Option<(
@@ -266,13 +267,17 @@ impl PartScanner {
             return Some((EnvelopeKind::Malformed, None));
         };
         match crate::verification::atsms_parts::classify(&content) {
-            kind @ (EnvelopeKind::CmsSigned | EnvelopeKind::CmsEnveloped) => Some((
-                kind,
-                Some(CmsInput {
-                    der: content,
-                    detached: None,
-                }),
-            )),
+            // A whole envelope: its bytes (a device's copy keeps them, `lmtp::devices`).
+            kind
+            @ (EnvelopeKind::CmsSigned | EnvelopeKind::CmsEnveloped | EnvelopeKind::Sealed) => {
+                Some((
+                    kind,
+                    Some(CmsInput {
+                        der: content,
+                        detached: None,
+                    }),
+                ))
+            }
             kind => Some((kind, None)),
         }
     }

@@ -11,7 +11,7 @@
 //! - **one rule a transaction** (the milter, and Exim's RCPT ACL through the socketmap): a
 //!   transaction is judged under the inbox rule of its first recipient, so a recipient under
 //!   another is sent again in a transaction of its own;
-//! - **how many envelopes a DID is sent** (the HTTPS inbox, before it stores one):
+//! - **how many envelopes a DID is sent** (LMTP and the HTTPS inbox, before one is stored):
 //!   `reputation.rate_limit` an hour, counted per recipient since an envelope names no sender.
 //!
 //! Never dry-run: a mailbox that does not exist here is refused as an unknown user is, and the
@@ -71,7 +71,7 @@ impl Settings {
         }
     }
 
-    /// The HTTPS inbox, before it stores an envelope to `recipient` (a DID): within
+    /// Before an envelope to `recipient` (a DID) is stored, by either carrier: within
     /// `reputation.rate_limit` envelopes an hour, each counted once by its SHA-256 `hash`
     /// (a repeat of one stored is not counted again). Counted when it is taken.
     pub async fn admit_envelope(&self, recipient: &str, hash: &str) -> Result<(), Refusal> {
@@ -81,6 +81,14 @@ impl Settings {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The DID whose mailbox here `mailbox` (folded, as `Target::mailbox`) is: a DID mailbox
+    /// at one of `inbox.hosts`. Its envelopes are kept for its devices too.
+    pub fn did_of_mailbox(&self, mailbox: &str) -> Option<String> {
+        DidAddress::parse(mailbox)
+            .filter(|a| self.router.is_ours(&a.domain))
+            .map(|a| a.did)
     }
 
     /// The devices of `did` an envelope for it is kept for, one copy each (the HTTPS inbox,

@@ -479,6 +479,7 @@ mod tests {
             verdict: Verdict { signatures },
             resolve_time: Duration::from_millis(3),
             atsms_envelope: None,
+            envelope: None,
             enveloped_to: None,
             reputation: Assessment::default(),
         }

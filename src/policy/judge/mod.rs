@@ -215,6 +215,9 @@ pub struct Verified {
     /// The device certificates a CMS EnvelopedData is encrypted to (consent: a DID mailbox
     /// takes one only when it names a device that DID publishes).
     pub enveloped_to: Option<Vec<crate::verification::atsms_parts::Recipient>>,
+    /// The envelope's bytes when the AT-SMS part is a whole one (sealed, EnvelopedData, a
+    /// SignedData with its content): what each of a DID's devices is kept a copy of.
+    pub envelope: Option<Vec<u8>>,
     /// What reputation says of the sender of a passing signature.
     pub reputation: Assessment,
 }
@@ -419,16 +422,23 @@ impl MessageSession {
             },
             _ => Assessment::default(),
         };
+        let enveloped_to = match &envelope {
+            Some((EnvelopeKind::CmsEnveloped, Some(input))) => {
+                crate::verification::atsms_parts::enveloped_recipients(&input.der)
+            }
+            _ => None,
+        };
+        let (atsms_envelope, envelope_bytes) = match envelope {
+            Some((kind, Some(input))) if input.detached.is_none() => (Some(kind), Some(input.der)),
+            Some((kind, _)) => (Some(kind), None),
+            None => (None, None),
+        };
         Verified {
             verdict,
             resolve_time: started.elapsed(),
-            enveloped_to: match &envelope {
-                Some((EnvelopeKind::CmsEnveloped, Some(input))) => {
-                    crate::verification::atsms_parts::enveloped_recipients(&input.der)
-                }
-                _ => None,
-            },
-            atsms_envelope: envelope.map(|(kind, _)| kind),
+            enveloped_to,
+            atsms_envelope,
+            envelope: envelope_bytes,
             reputation,
         }
     }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{error, info, warn};
 
 use super::LmtpService;
+use super::devices::Admission;
 use super::incoming::Incoming;
 use super::recipient::Recipient;
 use crate::format::auth_results;
@@ -84,6 +85,10 @@ pub enum Outcome {
     Refused(crate::policy::judge::Refusal),
     /// Over a size (`lmtp.max_message_size`, the header section's limits).
     TooLarge(String),
+    /// An AT-SMS envelope stored for this DID before (its SHA-256): not written again.
+    Duplicate(String),
+    /// Every device of the DID is over its quota (`inbox.max_*_per_device`).
+    OverQuota,
     /// The disk is full.
     Full,
     /// Spooling or writing failed otherwise.
@@ -95,6 +100,14 @@ impl Outcome {
         match self {
             Outcome::Saved(id) => Reply::new(250, Enhanced(2, 0, 0), format!("{id} Saved")),
             Outcome::Refused(refusal) => refusal.reply(),
+            Outcome::Duplicate(hash) => {
+                Reply::new(250, Enhanced(2, 0, 0), format!("{hash} already stored"))
+            }
+            Outcome::OverQuota => Reply::new(
+                452,
+                Enhanced(4, 2, 2),
+                "every device of this DID is over its quota, try again later",
+            ),
             Outcome::TooLarge(why) => Reply::new(552, Enhanced(5, 3, 4), why.clone()),
             Outcome::Full => Reply::new(452, Enhanced(4, 3, 1), "insufficient system storage"),
             Outcome::Failed => Reply::new(451, Enhanced(4, 3, 0), "temporary delivery failure"),
@@ -173,7 +186,12 @@ async fn deliver_outcomes(
     };
     let judgements =
         judgement::judge(settings, &origin, &verified, &targets, Scope::EachRecipient).await;
-    let groups = copies(&t, &unique, &judgements, &kept_headers);
+    let mut admissions = admit_devices(service, settings, &verified, &unique, &judgements).await;
+    let written: Vec<bool> = admissions
+        .iter()
+        .map(|a| matches!(a, None | Some(Admission::Keep(_))))
+        .collect();
+    let groups = copies(&t, &unique, &judgements, &written, &kept_headers);
     let mut stored: Vec<Option<(String, Result<String, DeliveryError>)>> =
         (0..unique.len()).map(|_| None).collect();
     for (head, copies) in groups {
@@ -186,28 +204,17 @@ async fn deliver_outcomes(
             stored[index] = Some((shown, result));
         }
     }
+    let envelope = verified.envelope.map(Arc::new);
     let mut by_mailbox: Vec<Outcome> = Vec::with_capacity(unique.len());
-    for ((recipient, judgement), stored) in unique.iter().zip(&judgements).zip(stored) {
-        let (outcome, shown) = match (judgement.refusal(), stored) {
-            (Some(refusal), _) => (Outcome::Refused(refusal.clone()), "-".to_string()),
-            (None, None) => (Outcome::Failed, "-".to_string()),
-            (None, Some((shown, result))) => {
-                let outcome = match result {
-                    Ok(id) => {
-                        judgement::accepted(settings, judgement).await;
-                        Outcome::Saved(id)
-                    }
-                    Err(e) => {
-                        error!("lmtp: delivery to <{}> failed: {e}", recipient.address);
-                        match e {
-                            DeliveryError::Full(_) => Outcome::Full,
-                            DeliveryError::Io(_) => Outcome::Failed,
-                        }
-                    }
-                };
-                (outcome, shown)
-            }
+    for (i, ((recipient, judgement), stored)) in
+        unique.iter().zip(&judgements).zip(stored).enumerate()
+    {
+        let step = Step {
+            judgement,
+            stored,
+            admission: admissions[i].take(),
         };
+        let (outcome, shown) = outcome_of(service, settings, recipient, step, &envelope).await;
         let reply = outcome.reply().for_recipient(&recipient.address);
         info!(
             "{} via={} size={size} folder={} reply=\"{}\"",
@@ -229,20 +236,111 @@ async fn deliver_outcomes(
         .collect()
 }
 
+/// Asks the device intake (`devices`) of each recipient that is a DID mailbox here and is
+/// delivered a whole envelope: once per DID, in the DIDs' order (two transactions holding two
+/// DIDs' places never wait for each other). `None`: the Maildir alone, as any mail.
+async fn admit_devices(
+    service: &Arc<LmtpService>,
+    settings: &Arc<Settings>,
+    verified: &crate::policy::judge::Verified,
+    unique: &[&Recipient],
+    judgements: &[judgement::Judgement],
+) -> Vec<Option<Admission>> {
+    let mut admissions: Vec<Option<Admission>> = unique.iter().map(|_| None).collect();
+    let Some(envelope) = &verified.envelope else {
+        return admissions;
+    };
+    let mut asked: Vec<(String, usize)> = Vec::new();
+    for (index, (recipient, judgement)) in unique.iter().zip(judgements).enumerate() {
+        if judgement.disposition != Disposition::Deliver {
+            continue;
+        }
+        if let Some(did) = settings.did_of_mailbox(&recipient.mailbox)
+            && !asked.iter().any(|(d, _)| *d == did)
+        {
+            asked.push((did, index));
+        }
+    }
+    asked.sort();
+    for (did, index) in asked {
+        admissions[index] = Some(service.devices.admit(settings, &did, envelope).await);
+    }
+    admissions
+}
+
+/// One recipient at the end: its judgement, its Maildir copy, what the device intake said.
+struct Step<'a> {
+    judgement: &'a judgement::Judgement,
+    stored: Option<(String, Result<String, DeliveryError>)>,
+    admission: Option<Admission>,
+}
+
+/// A recipient's outcome and the folder shown in the log: the device copies are kept once
+/// its Maildir copy is written (`devices`), then what is accepted is remembered.
+async fn outcome_of(
+    service: &Arc<LmtpService>,
+    settings: &Arc<Settings>,
+    recipient: &Recipient,
+    step: Step<'_>,
+    envelope: &Option<Arc<Vec<u8>>>,
+) -> (Outcome, String) {
+    let none = || "-".to_string();
+    if let Some(refusal) = step.judgement.refusal() {
+        return (Outcome::Refused(refusal.clone()), none());
+    }
+    let pending = match step.admission {
+        Some(Admission::Keep(pending)) => Some(pending),
+        Some(Admission::Duplicate(hash)) => return (Outcome::Duplicate(hash), none()),
+        Some(Admission::OverQuota) => return (Outcome::OverQuota, none()),
+        Some(Admission::Refused(refusal)) => return (Outcome::Refused(refusal), none()),
+        Some(Admission::Failed) => return (Outcome::Failed, none()),
+        None => None,
+    };
+    let Some((shown, result)) = step.stored else {
+        return (Outcome::Failed, none());
+    };
+    let id = match result {
+        Ok(id) => id,
+        Err(e) => {
+            error!("lmtp: delivery to <{}> failed: {e}", recipient.address);
+            let outcome = match e {
+                DeliveryError::Full(_) => Outcome::Full,
+                DeliveryError::Io(_) => Outcome::Failed,
+            };
+            return (outcome, shown);
+        }
+    };
+    if let (Some(pending), Some(envelope)) = (pending, envelope) {
+        let hash = pending.hash();
+        if !service.devices.keep(pending, envelope.clone()).await {
+            // The Maildir copy is written; the retry this asks for writes it again.
+            error!(
+                "lmtp: {hash} for <{}>: no device copy written",
+                recipient.address
+            );
+            return (Outcome::Failed, shown);
+        }
+    }
+    judgement::accepted(settings, step.judgement).await;
+    (Outcome::Saved(id), shown)
+}
+
 /// The copies to write, grouped by their head: copies that end up byte-identical (the
 /// judge's header value the same, no Delivered-To naming one recipient) are written once and
 /// linked (issue: many recipients, one write); each group is one blocking task. Refused
-/// recipients get none.
+/// recipients get none, nor those `written` says not to write (an envelope stored before, its
+/// devices over quota: `devices`).
 fn copies(
     t: &Transaction,
     unique: &[&Recipient],
     judgements: &[judgement::Judgement],
+    written: &[bool],
     kept_headers: &[u8],
 ) -> Vec<(Vec<u8>, Vec<Copy>)> {
     let single = t.recipients.len() == 1;
     let mut groups: Vec<(Vec<u8>, Vec<Copy>)> = Vec::new();
     for (index, (recipient, judgement)) in unique.iter().zip(judgements).enumerate() {
-        if judgement.refuses() {
+        if judgement.refuses() || !written[index] {
             continue;
         }
         let (folder, subfolder) =

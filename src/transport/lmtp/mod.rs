@@ -1,9 +1,11 @@
 //! LMTP mode (RFC 2033): a delivery agent that verifies each message exactly as the milter
 //! does and writes each recipient's copy durably into a Maildir. Three parts: the protocol as
 //! a pure decoder (`protocol`), the server loop that reads and answers (`server`), and
-//! delivery (`delivery`), which asks the one judge and writes through `maildir`.
+//! delivery (`delivery`), which asks the one judge and writes through `maildir`; an AT-SMS
+//! envelope for a DID mailbox is also kept for each of the DID's devices (`devices`).
 
 pub mod delivery;
+pub mod devices;
 pub mod incoming;
 pub mod protocol;
 pub mod recipient;
@@ -37,6 +39,8 @@ pub struct LmtpService {
     /// For one whole DATA or BDAT transfer.
     pub data_timeout: Duration,
     pub host: String,
+    /// AT-SMS envelopes' device copies (`devices`), shared with the HTTPS inbox.
+    pub devices: Arc<devices::Devices>,
     syncer: Arc<DirSyncer>,
     /// Daemon mode cleans stale `tmp/` files of each folder on first use; `--stdio` (one
     /// process per delivery) never touches other deliveries' files.
@@ -48,10 +52,12 @@ impl LmtpService {
     pub fn new(
         settings: SharedSettings,
         config: &LmtpConfig,
+        inbox: &crate::infra::config::InboxConfig,
         host: String,
         clean_tmp: bool,
     ) -> Result<LmtpService, String> {
         Ok(LmtpService {
+            devices: Arc::new(devices::Devices::new(inbox, &host)),
             settings,
             mailboxes: std::sync::RwLock::new(Arc::new(Mailboxes::new(config)?)),
             max_message_size: config.max_message_size,

@@ -3,10 +3,11 @@
 //! `at.atsms.inbox` record). The envelope is stored exactly as the SMTP path stores it: made
 //! into the mail the client's SMTP form sends (one `application/atsms-envelope` part) and
 //! handed to LMTP's delivery — the same consent check (the DID mailbox at one of
-//! `inbox.hosts`), judge and Maildir, one copy. Answers: 202 stored (or already stored: the
-//! same SHA-256), 400 not an envelope, 404 no consent for that DID here, 408 the body took
-//! too long, 413 over the cap, 429 over a rate (with `Retry-After`), 503 too many at once,
-//! or the store or the DID's PDS unavailable.
+//! `inbox.hosts`), judge, Maildir and device copies (`lmtp::devices`: one copy a device,
+//! one intake for both carriers). Answers: 202 stored (or already stored: the same SHA-256,
+//! by either carrier), 400 not an envelope, 404 no consent for that DID here, 408 the body
+//! took too long, 413 over the cap, 429 over a rate (with `Retry-After`) or every device
+//! over its quota, 503 too many at once, or the store or the DID's PDS unavailable.
 //!
 //! Who reaches it: anyone on the HTTP port, without credentials, by design. What one client
 //! could make us spend, and the bound, in the order a POST meets them:
@@ -24,18 +25,17 @@
 //!   one copy of what it was sent (and, while storing, the mail made of it);
 //! - a mailbox: `inbox.post_rate_per_did` POSTs per DID (and `reputation.rate_limit`
 //!   envelopes an hour, when set); a repeat is stored once (SHA-256, one file per envelope
-//!   in a `SeenDir` beside the Maildir: one `stat` whatever its size, off the runtime);
+//!   in the device store's seen set: one `stat` whatever its size, off the runtime), and
+//!   each device's copies are within its quota;
 //! - half-done work: the storing runs on a task of its own, so a client gone or a timeout
 //!   never cancels it half-way; an envelope is acknowledged (202) only once stored, and two
-//!   POSTs of the same envelope wait for each other, so neither is told "already stored"
-//!   before it is;
+//!   deliveries of the same envelope (POSTs, or a POST and SMTP) wait for each other, so
+//!   neither is told "already stored" before it is;
 //! - learning who has a mailbox here: 404 says no more than the DID's own public records do;
 //! - being recorded: the sender's address is not kept with the envelope (their spec §7): no
 //!   `Received` field, no log line with the peer's address.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -50,16 +50,13 @@ use tracing::{info, warn};
 use super::error::XrpcError;
 use super::request::read_json_body;
 use crate::atproto::identity::budget::{self, Client};
+use crate::infra::device_store::notify::Notifier;
 use crate::infra::limit::RateLimit;
-use crate::infra::store::SeenDir;
 use crate::policy::judge::{Gate, Refusal};
 use crate::transport::lmtp::LmtpService;
 use crate::transport::lmtp::delivery::Outcome;
 use crate::verification::atsms_parts::EnvelopeKind;
 
-/// How long a stored envelope is remembered as stored (a client retrying after a lost answer
-/// does so within minutes; a week is generous).
-const REMEMBER: Duration = Duration::from_secs(7 * 86_400);
 /// The largest sealed envelope: the client's largest padding bucket (64 KiB) and the CBOR
 /// and AEAD framing around it (sealed-sender §5), with room to spare.
 pub const MAX_SEALED: usize = 64 * 1024 + 1024;
@@ -68,8 +65,6 @@ pub const MAX_SEALED: usize = 64 * 1024 + 1024;
 pub const MAX_CMS: usize = 1024 * 1024;
 /// The largest body read: the base64 of `MAX_CMS` and the JSON around it.
 pub const MAX_BODY: usize = MAX_CMS.div_ceil(3) * 4 + 1024;
-/// The directory of stored envelopes' hashes in a DID's Maildir.
-const SEEN_DIR: &str = "atsms-inbox-seen.d";
 /// Client networks and DIDs a rate is kept for at most.
 const RATE_KEYS: u64 = 100_000;
 
@@ -82,14 +77,10 @@ pub struct Inbox {
     per_did: RateLimit<String>,
     permits: Arc<tokio::sync::Semaphore>,
     upload_timeout: Duration,
-    /// The envelopes being stored: a second POST of one waits for the first to end.
-    in_flight: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<()>>>,
-    /// Seen directories swept of old entries in the last hour.
-    swept: moka::sync::Cache<PathBuf, ()>,
-    /// Each device's copies, which the drain API serves.
+    /// Each device's copies (LMTP's, which keeps them), which the drain API serves.
     pub(super) devices: Arc<crate::infra::device_store::DeviceStore>,
     /// The devices with a push socket open.
-    pub(super) notifier: Arc<super::push::Notifier>,
+    pub(super) notifier: Arc<Notifier>,
 }
 
 impl Inbox {
@@ -98,32 +89,17 @@ impl Inbox {
         hosts: Vec<String>,
         config: &crate::infra::config::InboxConfig,
     ) -> Inbox {
-        let host = hosts
-            .first()
-            .cloned()
-            .unwrap_or_else(crate::infra::host::name);
-        let devices = Arc::new(crate::infra::device_store::DeviceStore::new(
-            config.store.clone(),
-            &host,
-            config.max_envelopes_per_device.get(),
-            config.max_bytes_per_device.get(),
-        ));
         Inbox {
+            devices: lmtp.devices.store.clone(),
+            notifier: lmtp.devices.notifier.clone(),
             lmtp,
             hosts,
-            devices,
-            notifier: Arc::default(),
             per_network: RateLimit::new(config.post_rate_per_network, RATE_KEYS),
             per_did: RateLimit::new(config.post_rate_per_did, RATE_KEYS),
             permits: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_posts.get(),
             )),
             upload_timeout: Duration::from_secs(config.upload_timeout.get()),
-            in_flight: Mutex::new(HashMap::new()),
-            swept: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
         }
     }
 }
@@ -213,7 +189,11 @@ pub(super) async fn post(
         )
             .into_response(),
         Ok(Err(e)) => {
-            crate::infra::metrics::global().inbox_envelope("refused", refusal_reason(e.status));
+            // A 429 is counted where it is decided: the DID's rate below, the envelopes a DID
+            // is sent and the devices' quotas by the device intake (`lmtp::devices`).
+            if e.status != 429 {
+                crate::infra::metrics::global().inbox_envelope("refused", refusal_reason(e.status));
+            }
             e.into_response()
         }
         // Not acknowledged: if the storing goes on and ends well, the client's retry is told
@@ -253,6 +233,7 @@ async fn accept(
     // Consent from the path first: nothing of the body is read for a DID with no inbox here.
     let (address, host) = inbox.mailbox(&local).await?;
     if let Err(limited) = inbox.per_did.check(did.to_string(), Instant::now()) {
+        crate::infra::metrics::global().inbox_envelope("refused", "rate");
         return Err(XrpcError::new(
             429,
             "RateLimitExceeded",
@@ -301,20 +282,23 @@ async fn accept(
     }
     // (An EnvelopedData's consent also needs it encrypted to a device the DID publishes:
     // the judge asks that of the message, whose recipients it reads.)
-    let digest: [u8; 32] = Sha256::digest(&envelope).into();
-    let job = Job {
-        did: did.to_string(),
-        address,
-        host,
-        envelope,
-        digest,
-    };
+    let hash = hex(&Sha256::digest(&envelope));
+    let mail = as_mail(
+        &envelope,
+        &hash,
+        &address,
+        &host,
+        crate::infra::clock::unix_now(),
+    );
+    drop(envelope);
     // On a task of its own: what cancels this request (a timeout, a client gone) never
     // cancels the storing half-way.
-    let hash = hex(&digest);
-    match tokio::spawn(budget::carried(store_once(inbox.clone(), job))).await {
-        Ok(Ok(stored)) => Ok((stored, hash)),
-        Ok(Err(e)) => Err(e),
+    let lmtp = inbox.lmtp.clone();
+    let delivered = tokio::spawn(budget::carried(async move {
+        crate::transport::lmtp::delivery::deliver_message(&lmtp, "", &address, &mail).await
+    }));
+    match delivered.await {
+        Ok(outcome) => answer(&outcome, did, &hash).map(|stored| (stored, hash)),
         Err(_) => Err(XrpcError::new(
             500,
             "InternalServerError",
@@ -408,190 +392,22 @@ impl Inbox {
     }
 }
 
-/// One envelope to store for one DID mailbox.
-struct Job {
-    did: String,
-    address: String,
-    host: String,
-    envelope: Vec<u8>,
-    digest: [u8; 32],
-}
+/// Runs file work off the async runtime (the drain's too).
+pub(super) use crate::transport::lmtp::devices::blocking;
 
-/// An envelope being stored: taken off the in-flight set however the storing ends (stored,
-/// refused, panicked), which wakes the POSTs of the same envelope waiting for it.
-struct InFlight {
-    inbox: Arc<Inbox>,
-    digest: [u8; 32],
-    _done: tokio::sync::watch::Sender<()>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.inbox
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.digest);
-    }
-}
-
-/// Stores `job` unless it is stored already: `Ok(true)` newly stored, `Ok(false)` stored
-/// before. One store of an envelope at a time; another waits for it, then looks again.
-async fn store_once(inbox: Arc<Inbox>, job: Job) -> Result<bool, XrpcError> {
-    let _in_flight = loop {
-        let waiting = {
-            let mut in_flight = inbox.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            match in_flight.get(&job.digest) {
-                Some(done) => Err(done.clone()),
-                None => {
-                    let (done, waiting) = tokio::sync::watch::channel(());
-                    in_flight.insert(job.digest, waiting);
-                    Ok(done)
-                }
-            }
-        };
-        match waiting {
-            Ok(done) => {
-                break InFlight {
-                    inbox: inbox.clone(),
-                    digest: job.digest,
-                    _done: done,
-                };
-            }
-            // Ends when the other store does (its sender dropped).
-            Err(mut other) => while other.changed().await.is_ok() {},
-        }
-    };
-    let settings = inbox.lmtp.settings.get();
-    let recipient = inbox
-        .lmtp
-        .mailboxes()
-        .resolve(&job.address)
-        .map_err(|_| not_here())?;
-    let seen = Arc::new(SeenDir::new(recipient.maildir.join(SEEN_DIR)));
-    let digest = job.digest;
-    let stored = blocking({
-        let seen = seen.clone();
-        move || seen.contains(&digest, REMEMBER)
-    })
-    .await;
-    if stored.unwrap_or(false) {
-        crate::infra::metrics::global().inbox_envelope("duplicate", "");
-        return Ok(false);
-    }
-    let now = settings.now();
-    let hash = hex(&job.digest);
-    settings
-        .admit_envelope(&job.did, &hash)
-        .await
-        .map_err(|refusal| refused(&refusal))?;
-    // The devices that get a copy, known before anything is stored: when every one is over
-    // its quota, nothing is (429).
-    let devices = match settings.devices_of(&job.did).await {
-        Ok(devices) => devices,
-        Err(refusal) => {
-            warn!("inbox: {}: devices unknown now: {refusal:?}", job.did);
-            Vec::new()
-        }
-    };
-    let (store, did, size) = (inbox.devices.clone(), job.did.clone(), job.envelope.len());
-    let asked = devices.clone();
-    let full = blocking(move || store.all_over_quota(&did, &asked, size as u64)).await;
-    if full.unwrap_or(false) {
-        crate::infra::metrics::global().inbox_envelope("refused", "quota");
-        return Err(XrpcError::new(
-            429,
-            "RateLimitExceeded",
-            "every device of this DID is over its quota; try again later",
-        ));
-    }
-    let mail = as_mail(&job.envelope, &hash, &job.address, &job.host, now);
-    let outcome =
-        crate::transport::lmtp::delivery::deliver_message(&inbox.lmtp, "", &job.address, &mail)
-            .await;
-    drop(mail);
-    answer(&outcome, &job.did, &hash)?;
-    // Judged and delivered as mail: each device the DID publishes gets its copy too, which it
-    // drains (drain.rs).
-    copy_for_devices(&inbox, job, devices).await;
-    if let Err(e) = blocking({
-        let seen = seen.clone();
-        move || seen.insert(&digest)
-    })
-    .await
-    {
-        warn!("inbox: cannot note {hash} as stored (a repeat would be stored again): {e}");
-    }
-    let dir = recipient.maildir.join(SEEN_DIR);
-    if !inbox.swept.contains_key(&dir) {
-        inbox.swept.insert(dir, ());
-        tokio::task::spawn_blocking(move || seen.sweep(REMEMBER));
-    }
-    Ok(true)
-}
-
-/// Keeps the envelope once for each of the DID's current `devices` (`infra::device_store`),
-/// after the judge took it. A device over its quota while others are not, or a failure, is
-/// logged and counted; the answer is the others' (every device over: 429 before delivery).
-async fn copy_for_devices(inbox: &Arc<Inbox>, job: Job, devices: Vec<String>) {
-    use crate::infra::device_store::{Kept, Stored};
-    if devices.is_empty() {
-        return;
-    }
-    let (did, store, count) = (job.did.clone(), inbox.devices.clone(), devices.len());
-    let (envelope, digest) = (job.envelope, job.digest);
-    let stored = blocking(move || {
-        let fingerprints: Vec<&str> = devices.iter().map(String::as_str).collect();
-        let stored = store.store(&did, &fingerprints, &envelope, &digest)?;
-        Ok((stored, devices))
-    })
-    .await;
-    let hash = hex(&digest);
-    match stored {
-        Ok((Stored::Duplicate, _)) => {
-            crate::infra::metrics::global().inbox_envelope("duplicate", "")
-        }
-        Ok((Stored::Devices(kept), devices)) => {
-            let copies = kept.iter().filter(|k| matches!(k, Kept::Stored(_))).count();
-            info!(
-                "inbox: {hash} kept for {copies} of {count} devices of {}",
-                job.did
-            );
-            if copies < count {
-                warn!("inbox: {}: not kept for every device: {kept:?}", job.did);
-            }
-            let metrics = crate::infra::metrics::global();
-            for (fp, kept) in devices.iter().zip(&kept) {
-                match kept {
-                    Kept::Stored(_) => {
-                        metrics.inbox_envelope("stored", "");
-                        inbox.notifier.notify(&job.did, fp);
-                    }
-                    Kept::OverQuota => metrics.inbox_envelope("refused", "quota"),
-                    Kept::Failed(_) => metrics.inbox_envelope("refused", "store"),
-                }
-            }
-        }
-        Err(e) => warn!("inbox: {}: device store: {e}", job.did),
-    }
-}
-
-/// Runs file work off the async runtime.
-pub(super) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
-}
-
-/// What became of the envelope, as the inbox's answer.
-fn answer(outcome: &Outcome, did: &str, hash: &str) -> Result<(), XrpcError> {
+/// What became of the envelope, as the inbox's answer: newly stored or stored before.
+fn answer(outcome: &Outcome, did: &str, hash: &str) -> Result<bool, XrpcError> {
     match outcome {
         Outcome::Saved(_) => {
             info!("inbox: stored {hash} for {did}");
-            Ok(())
+            Ok(true)
         }
+        Outcome::Duplicate(_) => Ok(false),
+        Outcome::OverQuota => Err(XrpcError::new(
+            429,
+            "RateLimitExceeded",
+            "every device of this DID is over its quota; try again later",
+        )),
         Outcome::Refused(refusal) => Err(refused(refusal)),
         Outcome::TooLarge(why) => Err(XrpcError::new(413, "PayloadTooLarge", why.clone())),
         Outcome::Full | Outcome::Failed => {

@@ -8,18 +8,15 @@
 //! device, and `{"type":"pong"}` to `{"type":"ping"}`. A bad token closes the socket with code
 //! 1008 (policy violation: the client then does not reconnect); a socket that has not
 //! authenticated within [`AUTH_TIMEOUT`] is closed too. Each socket opened counts against its
-//! client network's `inbox.post_rate_per_network`, at most [`MAX_SOCKETS`] are open in all
-//! (503 before the upgrade), and a device holds at most [`MAX_PER_DEVICE`] authenticated
+//! client network's `inbox.post_rate_per_network`, at most `notify::MAX_SOCKETS` are open in
+//! all (503 before the upgrade), and a device holds at most `notify::MAX_PER_DEVICE` authenticated
 //! sockets (1013 after; only its own token takes one of its places). An authenticated socket
 //! is closed (1001) when its token expires: the client reconnects with a fresh one.
 //!
 //! Push reaches the sockets of the host that kept the copy (docs/scaling.md: a fleet's
 //! clients drain on start and on their own reconnects; push does not cross hosts).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -30,102 +27,12 @@ use axum::response::{IntoResponse, Response};
 use super::error::XrpcError;
 use crate::atproto::device_token::{self, DeviceToken};
 use crate::atproto::identity::budget::{self, Client};
+use crate::infra::device_store::notify::Socket;
 
 /// How long a socket may take to authenticate.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Sockets one device may hold open.
-pub const MAX_PER_DEVICE: usize = 4;
-/// Sockets open at most, all devices together.
-pub const MAX_SOCKETS: usize = 4096;
 /// The largest message a client may send (an auth message is about 600 bytes).
 const MAX_MESSAGE: usize = 8 * 1024;
-
-/// Who is listening for new copies: one channel per device with a socket open.
-#[derive(Default)]
-pub struct Notifier {
-    devices: Mutex<HashMap<(String, String), Listening>>,
-    sockets: AtomicUsize,
-}
-
-struct Listening {
-    sender: tokio::sync::watch::Sender<u64>,
-    sockets: usize,
-}
-
-impl Notifier {
-    /// A copy was kept for the device `fp` of `did`: its sockets are told.
-    pub fn notify(&self, did: &str, fp: &str) {
-        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(listening) = devices.get(&(did.to_string(), fp.to_string())) {
-            listening.sender.send_modify(|n| *n += 1);
-        }
-    }
-
-    /// A place for one more socket, authenticated or not, if the bound allows.
-    fn open(self: &Arc<Self>) -> Option<Socket> {
-        if self.sockets.fetch_add(1, Ordering::Relaxed) >= MAX_SOCKETS {
-            self.sockets.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Socket {
-            notifier: self.clone(),
-        })
-    }
-
-    /// The authenticated device's place among its own sockets: only a device's own token
-    /// takes one, so nobody else can fill its places.
-    fn listen(self: &Arc<Self>, did: &str, fp: &str) -> Option<Listener> {
-        let key = (did.to_string(), fp.to_string());
-        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
-        let listening = devices.entry(key.clone()).or_insert_with(|| Listening {
-            sender: tokio::sync::watch::channel(0).0,
-            sockets: 0,
-        });
-        if listening.sockets >= MAX_PER_DEVICE {
-            return None;
-        }
-        listening.sockets += 1;
-        Some(Listener {
-            notifier: self.clone(),
-            receiver: listening.sender.subscribe(),
-            key,
-        })
-    }
-}
-
-/// One open socket's place among all; given back when dropped.
-struct Socket {
-    notifier: Arc<Notifier>,
-}
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        self.notifier.sockets.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// An authenticated socket's place among its device's; given back when dropped.
-struct Listener {
-    notifier: Arc<Notifier>,
-    receiver: tokio::sync::watch::Receiver<u64>,
-    key: (String, String),
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let mut devices = self
-            .notifier
-            .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(listening) = devices.get_mut(&self.key) {
-            listening.sockets -= 1;
-            if listening.sockets == 0 {
-                devices.remove(&self.key);
-            }
-        }
-    }
-}
 
 /// `GET /ws/{did}/{fp}`.
 pub(super) async fn socket(

@@ -4,7 +4,8 @@
 use super::*;
 
 /// What a file given to `verify-cms` holds, read into a SignedData (DER) and, for a
-/// multipart/signed, its detached content.
+/// multipart/signed, its detached content; also a whole AT-SMS part as the MIME scanner
+/// read it (`der` then holds a sealed envelope's CBOR when that is what it carries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CmsInput {
     pub der: Vec<u8>,

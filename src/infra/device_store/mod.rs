@@ -17,6 +17,8 @@
 //!
 //! Everything here blocks on the file system: callers run it off the async runtime.
 
+pub mod notify;
+
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -50,15 +52,6 @@ pub enum Kept {
     /// The device is over its quota (count or bytes).
     OverQuota,
     Failed(DeliveryError),
-}
-
-/// What became of an envelope for a DID.
-#[derive(Debug)]
-pub enum Stored {
-    /// Stored for this DID before (within [`REMEMBER`]): nothing kept again.
-    Duplicate,
-    /// Per device, in the order given.
-    Devices(Vec<Kept>),
 }
 
 /// A device's usage: copies and their bytes.
@@ -147,27 +140,37 @@ impl DeviceStore {
 
     /// Whether the envelope `hash` was stored for `did` before (within [`REMEMBER`]).
     pub fn stored_before(&self, did: &str, hash: &[u8; 32]) -> io::Result<bool> {
-        let Some(did_dir) = self.did_dir(did) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a DID"));
-        };
-        SeenDir::new(self.root.join(did_dir).join("seen.d")).contains(hash, REMEMBER)
+        self.seen(did)?.contains(hash, REMEMBER)
     }
 
-    /// Keeps `envelope` (its SHA-256 `hash`) once for each device `fingerprints` of `did`,
-    /// unless it was stored for the DID before.
+    /// Notes the envelope `hash` as stored for `did` (once every copy of it is written): a
+    /// repeat within [`REMEMBER`] is then not kept again.
+    pub fn mark_stored(&self, did: &str, hash: &[u8; 32]) -> io::Result<()> {
+        self.seen(did)?.insert(hash)
+    }
+
+    /// Forgets what was stored for `did` longer than [`REMEMBER`] ago.
+    pub fn sweep_seen(&self, did: &str) -> io::Result<()> {
+        self.seen(did)?.sweep(REMEMBER).map(|_| ())
+    }
+
+    fn seen(&self, did: &str) -> io::Result<SeenDir> {
+        match self.did_dir(did) {
+            Some(dir) => Ok(SeenDir::new(self.root.join(dir).join("seen.d"))),
+            None => Err(io::Error::new(io::ErrorKind::InvalidInput, "not a DID")),
+        }
+    }
+
+    /// Keeps `envelope` once for each device `fingerprints` of `did` (whether it was
+    /// stored before is the caller's to ask first: `stored_before`).
     pub fn store(
         &self,
         did: &str,
         fingerprints: &[&str],
         envelope: &[u8],
-        hash: &[u8; 32],
-    ) -> io::Result<Stored> {
-        let Some(did_dir) = self.did_dir(did) else {
+    ) -> io::Result<Vec<Kept>> {
+        if self.did_dir(did).is_none() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a DID"));
-        };
-        let seen = SeenDir::new(self.root.join(&did_dir).join("seen.d"));
-        if seen.contains(hash, REMEMBER)? {
-            return Ok(Stored::Duplicate);
         }
         let mut kept: Vec<Option<Kept>> = fingerprints.iter().map(|_| None).collect();
         let mut folders = Vec::new();
@@ -205,11 +208,7 @@ impl DeviceStore {
                 Err(e) => Kept::Failed(e),
             });
         }
-        let kept: Vec<Kept> = kept.into_iter().flatten().collect();
-        if kept.iter().any(|k| matches!(k, Kept::Stored(_))) {
-            seen.insert(hash)?;
-        }
-        Ok(Stored::Devices(kept))
+        Ok(kept.into_iter().flatten().collect())
     }
 
     /// A device's copies, oldest first, at most `limit`.
@@ -411,21 +410,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 1000, 1 << 26);
         let (a, b) = (fp(1), fp(2));
-        let Stored::Devices(kept) = store.store(DID, &[&a, &b], b"sealed", &hash(1)).unwrap()
-        else {
-            panic!("stored before");
-        };
+        assert!(!store.stored_before(DID, &hash(1)).unwrap());
+        let kept = store.store(DID, &[&a, &b], b"sealed").unwrap();
         assert!(
             kept.iter().all(|k| matches!(k, Kept::Stored(_))),
             "{kept:?}"
         );
-        let second = store.store(DID, &[&a, &b], b"second", &hash(2)).unwrap();
-        assert!(matches!(second, Stored::Devices(_)));
-        // Once per DID: the same envelope again is a duplicate.
-        assert!(matches!(
-            store.store(DID, &[&a, &b], b"sealed", &hash(1)).unwrap(),
-            Stored::Duplicate
-        ));
+        store.mark_stored(DID, &hash(1)).unwrap();
+        let second = store.store(DID, &[&a, &b], b"second").unwrap();
+        assert!(matches!(second[..], [Kept::Stored(_), Kept::Stored(_)]));
+        // Once per DID: the same envelope is known as stored, for this DID only.
+        assert!(store.stored_before(DID, &hash(1)).unwrap());
+        assert!(!store.stored_before(DID, &hash(2)).unwrap());
+        assert!(
+            !store
+                .stored_before("did:plc:bbbbbbbbbbbbbbbbbbbbbbbb", &hash(1))
+                .unwrap()
+        );
         let listed = store.list(DID, &a, 100).unwrap();
         assert_eq!(listed.len(), 2);
         assert!(listed[0].seq <= listed[1].seq, "oldest first: {listed:?}");
@@ -462,26 +463,29 @@ mod tests {
         let (a, b) = (fp(1), fp(2));
         {
             let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 2, 1 << 26);
-            store.store(DID, &[&a], b"one", &hash(1)).unwrap();
+            store.store(DID, &[&a], b"one").unwrap();
         }
         // A new store (a restart) reads device a's usage from its folder.
         let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 2, 1 << 26);
-        store.store(DID, &[&a, &b], b"two", &hash(2)).unwrap();
-        let Stored::Devices(kept) = store.store(DID, &[&a, &b], b"three", &hash(3)).unwrap() else {
-            panic!()
-        };
+        store.store(DID, &[&a, &b], b"two").unwrap();
+        let kept = store.store(DID, &[&a, &b], b"three").unwrap();
         assert!(matches!(kept[0], Kept::OverQuota), "{kept:?}");
         assert!(matches!(kept[1], Kept::Stored(_)), "{kept:?}");
         let small = DeviceStore::new(dir.path().join("small"), "mx.test", 100, 10);
-        let Stored::Devices(kept) = small.store(DID, &[&a], &[0; 11], &hash(4)).unwrap() else {
-            panic!()
-        };
+        let kept = small.store(DID, &[&a], &[0; 11]).unwrap();
         assert!(matches!(kept[0], Kept::OverQuota), "bytes too");
-        // Over quota everywhere: nothing stored, so not remembered as stored either.
-        assert!(matches!(
-            small.store(DID, &[&a], &[0; 5], &hash(4)).unwrap(),
-            Stored::Devices(_)
-        ));
+        assert!(
+            small
+                .all_over_quota(DID, std::slice::from_ref(&a), 11)
+                .unwrap()
+        );
+        assert!(
+            !small
+                .all_over_quota(DID, std::slice::from_ref(&a), 10)
+                .unwrap()
+        );
+        let kept = small.store(DID, &[&a], &[0; 5]).unwrap();
+        assert!(matches!(kept[0], Kept::Stored(_)));
     }
 
     #[test]
@@ -489,10 +493,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 10, 1 << 20);
         for bad_did in ["did:plc:../../etc", "not-a-did", "did:web:a.example/x"] {
-            assert!(
-                store.store(bad_did, &[&fp(1)], b"x", &hash(1)).is_err(),
-                "{bad_did}"
-            );
+            assert!(store.store(bad_did, &[&fp(1)], b"x").is_err(), "{bad_did}");
         }
         assert!(store.list(DID, "../x", 10).is_err());
         assert!(store.list(DID, &fp(0xab).to_uppercase(), 10).is_err());
@@ -512,8 +513,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DeviceStore::new(dir.path().to_path_buf(), "mx.test", 10, 1 << 20);
         let (a, b) = (fp(1), fp(2));
-        store.store(DID, &[&a, &b], b"one", &hash(1)).unwrap();
-        store.store(DID, &[&a], b"two!", &hash(2)).unwrap();
+        store.store(DID, &[&a, &b], b"one").unwrap();
+        store.store(DID, &[&a], b"two!").unwrap();
         assert_eq!(store.dids().unwrap(), vec![DID.to_string()]);
         let devices = store.devices(DID).unwrap();
         assert_eq!(
