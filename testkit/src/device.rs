@@ -9,6 +9,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 /// A device: its private key (PKCS#8 PEM), certificate (PEM) and fingerprint.
+#[derive(Clone)]
 pub struct Device {
     pub key_pem: String,
     pub cert_pem: String,

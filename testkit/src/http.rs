@@ -192,12 +192,23 @@ pub fn query_param(target: &str, name: &str) -> Option<String> {
 /// on a fresh connection, as a hostile or plain client would: the status line's code (0 for
 /// none) and the whole answer.
 pub fn raw_request(port: u16, request: &str) -> (u16, String) {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    exchange(stream, request)
+}
+
+/// As `raw_request`; `None` when nothing listens or no status came back (a server killed
+/// under it).
+pub fn try_raw_request(port: u16, request: &str) -> Option<(u16, String)> {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    Some(exchange(stream, request)).filter(|(status, _)| *status != 0)
+}
+
+fn exchange(mut stream: std::net::TcpStream, request: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
+    let _ = stream.write_all(request.as_bytes());
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     let status = answer
