@@ -111,6 +111,8 @@ struct Destination {
     /// The XRPC listener's port.
     port: u16,
     lmtp: u16,
+    /// The socketmap's port (Postfix's `atsms_mailbox`).
+    maps: u16,
     /// `inbox.store`.
     store: std::path::PathBuf,
     maildirs: std::path::PathBuf,
@@ -125,9 +127,9 @@ fn start(plc: &Plc) -> Destination {
 fn start_with(plc: &Plc, inbox: &str) -> Destination {
     let dir = support::public_tempdir();
     let store = dir.path().join("inbox");
-    let (port, lmtp, metrics) = (free_port(), free_port(), free_port());
+    let (port, lmtp, metrics, maps) = (free_port(), free_port(), free_port(), free_port());
     let config = format!(
-        "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n{inbox}\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+        "[xrpc]\nlisten = \"inet:127.0.0.1:{port}\"\ninbox = true\npublic_url = \"{PUBLIC}\"\n[socketmap]\nlisten = \"inet:127.0.0.1:{maps}\"\n[lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{0}/%d/%n/Maildir\"\n[inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{1}\"\n{inbox}\n[resolver]\nplc_urls = [\"{2}\"]\nallow_private_addresses = true\n[store]\njti_file = \"{0}/jti\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
         dir.path().display(),
         store.display(),
         plc.url()
@@ -137,6 +139,7 @@ fn start_with(plc: &Plc, inbox: &str) -> Destination {
         config,
         port,
         lmtp,
+        maps,
         store,
         maildirs: dir.path().to_path_buf(),
         _dir: dir,
@@ -462,6 +465,60 @@ fn the_same_envelope_by_smtp_and_by_post_is_kept_once_for_each_device() {
     );
 }
 
+/// The same by real SMTP: the client's SMTP form sent to Postfix, which takes the DID mailbox
+/// by our `atsms_mailbox` map and hands it to our LMTP — kept once for the device; the same
+/// envelope POSTed is already stored, and sent by SMTP again, Postfix is told "already
+/// stored" by our LMTP (no second copy anywhere).
+#[test]
+fn an_envelope_by_smtp_through_postfix_is_kept_for_the_device_once() {
+    let plc = Plc::start();
+    publish_device(&plc);
+    let dest = start(&plc);
+    let postfix = support::postfix::Postfix::start(
+        &[],
+        &format!(
+            "myhostname = b.test\nvirtual_mailbox_domains = mx.example.net\nvirtual_mailbox_maps = socketmap:inet:127.0.0.1:{}:atsms_mailbox\nvirtual_transport = lmtp:inet:127.0.0.1:{}\n",
+            dest.maps, dest.lmtp
+        ),
+    );
+    let envelope = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
+    let mail = client_mail(&envelope);
+    let (transcript, ok) = postfix.swaks("x@client.example", MAILBOX, &mail);
+    assert!(ok, "{transcript}");
+    let recip = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while drained(&dest, &recip, FP).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            postfix.maillog()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, answer) = by_post(&dest, &envelope);
+    assert_eq!(
+        (status, body(&answer)["stored"].clone()),
+        (202, json!(false)),
+        "{answer}"
+    );
+    let (transcript, ok) = postfix.swaks("x@client.example", MAILBOX, &mail);
+    assert!(ok, "{transcript}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !postfix.maillog().contains("already stored") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            postfix.maillog()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let copies: Vec<Vec<u8>> = drained(&dest, &recip, FP)
+        .into_iter()
+        .map(|c| c.1)
+        .collect();
+    assert_eq!(copies, vec![envelope]);
+}
+
 /// Push, as the client's `websocket-client.ts` speaks it: `auth` first, `auth_success`, then
 /// `new_message` when a copy is kept for the device, `pong` to `ping`; a bad token closes
 /// with 1008 (the client then does not reconnect), and so does one of another device.
@@ -526,6 +583,13 @@ async fn the_device_is_told_of_each_new_copy_over_its_socket() {
     .await
     .unwrap();
     assert_eq!(status, 202, "{answer}");
+    assert_eq!(next_json(&mut socket).await, json!({"type": "new_message"}));
+    // Another by SMTP (LMTP, as the MTA hands it over): the same intake tells the device.
+    let mut other = envelope.clone();
+    let last = other.len() - 1;
+    other[last] ^= 1;
+    let reply = tokio::task::block_in_place(|| by_lmtp(&dest, &other));
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
     assert_eq!(next_json(&mut socket).await, json!({"type": "new_message"}));
     // The device's own places are bounded: four sockets, then 1013 (try again later).
     let mut own = Vec::new();
@@ -765,9 +829,5 @@ fn kill_9_at_any_moment_loses_nothing_acknowledged_and_shows_nothing_half_writte
         assert_eq!(drained, expected, "the drain serves what the folder holds");
     }
     assert!(acked.len() >= 30, "{} acknowledged", acked.len());
-    eprintln!(
-        "{} sent, {} acknowledged, 3 kills",
-        sent.len(),
-        acked.len()
-    );
+    eprintln!("{} sent, {} acknowledged, 3 kills", sent.len(), acked.len());
 }

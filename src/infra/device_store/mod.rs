@@ -9,7 +9,9 @@
 //! into `tmp/` with O_EXCL, fdatasync, linked into each device's `new/`, the directories
 //! synced) before it is acknowledged, so `kill -9` at any moment loses nothing acknowledged and
 //! never shows a half-written copy. Its id is its Maildir unique name (`<secs>.M<usec>P<pid>Q<n>.
-//! <host>`), its `seq` the microseconds in that name: the order the copies were stored in.
+//! <host>`) and its size (`-S<size>`, so a GET or DELETE finds the file by one `stat`, not a
+//! listing of the device's folder), its `seq` the microseconds in that name: the order the
+//! copies were stored in.
 //!
 //! Quotas per device (`inbox.max_envelopes_per_device`, `inbox.max_bytes_per_device`) are
 //! counted in memory, each device's usage read from its `new/` once (a listing of at most the
@@ -98,14 +100,25 @@ pub fn seq_of_id(id: &str) -> u64 {
     seq_of(id).unwrap_or_default()
 }
 
-/// A copy of `new/`'s file `name` (`<id>,S=<size>`).
+/// A copy of `new/`'s file `name` (`<unique name>,S=<size>`): its id is `<unique name>-S<size>`,
+/// so a copy's file is known from its id alone (`file_of`: one `stat`, not a listing).
 fn copy_of(name: &str) -> Option<Copy> {
-    let (id, size) = name.rsplit_once(",S=")?;
+    let (unique, size) = name.rsplit_once(",S=")?;
     Some(Copy {
-        id: id.to_string(),
-        seq: seq_of(id)?,
+        id: format!("{unique}-S{size}"),
+        seq: seq_of(unique)?,
         size: size.parse().ok()?,
     })
+}
+
+/// The file name in `new/` of the copy `id` (`<unique name>-S<size>` → `<unique name>,S=<size>`).
+fn file_of(id: &str) -> Option<(String, u64)> {
+    let (unique, size) = id.rsplit_once("-S")?;
+    let bytes: u64 = size
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| size.parse().ok())??;
+    Some((format!("{unique},S={size}"), bytes))
 }
 
 impl DeviceStore {
@@ -197,10 +210,11 @@ impl DeviceStore {
         for (&i, result) in taking.iter().zip(written) {
             kept[i] = Some(match result {
                 Ok(delivered) => {
+                    let size = envelope.len() as u64;
                     let copy = Copy {
                         seq: seq_of(&delivered.id).unwrap_or_default(),
-                        id: delivered.id,
-                        size: envelope.len() as u64,
+                        id: format!("{}-S{size}", delivered.id),
+                        size,
                     };
                     self.count(did, fingerprints[i], 1, copy.size as i64);
                     Kept::Stored(copy)
@@ -236,8 +250,7 @@ impl DeviceStore {
         let Some(path) = self.copy_path(did, fp, id)? else {
             return Ok(false);
         };
-        let size =
-            copy_of(&path.file_name().unwrap_or_default().to_string_lossy()).map_or(0, |c| c.size);
+        let size = file_of(id).map_or(0, |(_, size)| size);
         match std::fs::remove_file(&path) {
             Ok(()) => {
                 self.count(did, fp, -1, -(size as i64));
@@ -317,18 +330,18 @@ impl DeviceStore {
         Ok(copies)
     }
 
-    /// The file of a device's copy `id`, found by its name in `new/`.
+    /// The file of a device's copy `id` (`None`: not a copy this store names), whether or not
+    /// it is there.
     fn copy_path(&self, did: &str, fp: &str, id: &str) -> io::Result<Option<PathBuf>> {
-        if !is_copy_id(id) {
+        let Some((name, _)) = file_of(id).filter(|_| is_copy_id(id)) else {
             return Ok(None);
-        }
-        let new = self.root.join(self.folder_path(did, fp)?).join("new");
-        let copy = self
-            .read_new(did, fp)?
-            .into_iter()
-            .find(|c| c.id == id)
-            .map(|c| new.join(format!("{},S={}", c.id, c.size)));
-        Ok(copy)
+        };
+        Ok(Some(
+            self.root
+                .join(self.folder_path(did, fp)?)
+                .join("new")
+                .join(name),
+        ))
     }
 
     pub fn root(&self) -> &Path {
@@ -538,12 +551,19 @@ mod tests {
         );
         assert_eq!(seq_of("garbage"), None);
         assert_eq!(
-            copy_of("1765000000.M5P1Q0.mx.test,S=42"),
+            copy_of("1765000000.M5P1Q0.my-Sx.test,S=42"),
             Some(Copy {
-                id: "1765000000.M5P1Q0.mx.test".into(),
+                id: "1765000000.M5P1Q0.my-Sx.test-S42".into(),
                 seq: 1_765_000_000_000_005,
                 size: 42
             })
         );
+        // The id gives the file back, whatever the host name holds.
+        assert_eq!(
+            file_of("1765000000.M5P1Q0.my-Sx.test-S42"),
+            Some(("1765000000.M5P1Q0.my-Sx.test,S=42".into(), 42))
+        );
+        assert_eq!(file_of("1765000000.M5P1Q0.my-Sx.test"), None);
+        assert_eq!(file_of("x-S"), None);
     }
 }
