@@ -519,6 +519,91 @@ fn an_envelope_by_smtp_through_postfix_is_kept_for_the_device_once() {
     assert_eq!(copies, vec![envelope]);
 }
 
+/// One device's copy that cannot be written (its `tmp/` taken by a file) while the
+/// other's can: not acknowledged, by either carrier (503, 451), nothing noted as stored; once
+/// it can be written, the retry stores it — the device that missed it gets it, the one that
+/// had it gets it twice (at least once, never lost).
+#[test]
+fn a_device_copy_that_cannot_be_written_is_not_acknowledged_and_the_retry_stores_it() {
+    let plc = Plc::start();
+    publish_device(&plc);
+    let device = publish_second_device(&plc);
+    let dest = start(&plc);
+    let first = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
+    let mut second = first.clone();
+    let last = second.len() - 1;
+    second[last] ^= 1;
+    // The device's `new/` can be read (its count known), its `tmp/` cannot be written.
+    let folder = dest.store.join("did.plc.aaaaaaaaaaaaaaaaaaaaaaaa").join(FP);
+    std::fs::create_dir_all(folder.join("new")).unwrap();
+    std::fs::write(folder.join("tmp"), b"in the way").unwrap();
+    let (status, answer) = by_post(&dest, &first);
+    assert_eq!(status, 503, "{answer}");
+    let reply = by_lmtp(&dest, &second);
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    std::fs::remove_file(folder.join("tmp")).unwrap();
+    let (status, answer) = by_post(&dest, &first);
+    assert_eq!(
+        (status, body(&answer)["stored"].clone()),
+        (202, json!(true)),
+        "{answer}"
+    );
+    let reply = by_lmtp(&dest, &second);
+    assert!(reply.contains("Saved"), "{reply}");
+    let recip = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let copies: Vec<Vec<u8>> = drained(&dest, &recip, FP)
+        .into_iter()
+        .map(|c| c.1)
+        .collect();
+    assert!(
+        copies == [first.clone(), second.clone()],
+        "{} copies",
+        copies.len()
+    );
+    let other = SigningKey::from_pkcs8_pem(&device.key_pem).unwrap();
+    let copies: Vec<Vec<u8>> = drained(&dest, &other, &device.fingerprint)
+        .into_iter()
+        .map(|c| c.1)
+        .collect();
+    // Compared by their last byte (what tells them apart), not printed whole.
+    let mut tags: Vec<u8> = copies.iter().map(|c| c[c.len() - 1]).collect();
+    tags.sort();
+    let mut expected = vec![first[last], first[last], second[last], second[last]];
+    expected.sort();
+    assert_eq!(tags, expected);
+}
+
+/// A sealed envelope's sender is `none` to the host; filed as junk by the judge
+/// (`policy.on_none = "junk"`), it still reaches the devices, which open it and check its
+/// sender themselves; the Maildir's copy is in `.Junk`.
+#[test]
+fn an_envelope_filed_as_junk_still_reaches_the_devices() {
+    let plc = Plc::start();
+    publish_device(&plc);
+    let dest = start_with(&plc, "[policy]\non_none = \"junk\"");
+    let envelope = std::fs::read(support::test_data("atsms-client").join("envelope.cbor")).unwrap();
+    let (status, answer) = by_post(&dest, &envelope);
+    assert_eq!(
+        (status, body(&answer)["stored"].clone()),
+        (202, json!(true)),
+        "{answer}"
+    );
+    let recip = SigningKey::from_pkcs8_pem(&text("recip.key.pem")).unwrap();
+    let copies: Vec<Vec<u8>> = drained(&dest, &recip, FP)
+        .into_iter()
+        .map(|c| c.1)
+        .collect();
+    assert_eq!(copies, vec![envelope.clone()]);
+    let junk = dest
+        .maildirs
+        .join("mx.example.net/did.plc.aaaaaaaaaaaaaaaaaaaaaaaa/Maildir/.Junk/new");
+    assert_eq!(std::fs::read_dir(&junk).unwrap().count(), 1);
+    // Kept once: the repeat is a duplicate, not a second junk copy.
+    let (_, answer) = by_post(&dest, &envelope);
+    assert_eq!(body(&answer)["stored"], false, "{answer}");
+    assert_eq!(std::fs::read_dir(&junk).unwrap().count(), 1);
+}
+
 /// Push, as the client's `websocket-client.ts` speaks it: `auth` first, `auth_success`, then
 /// `new_message` when a copy is kept for the device, `pong` to `ping`; a bad token closes
 /// with 1008 (the client then does not reconnect), and so does one of another device.
@@ -662,6 +747,19 @@ fn a_device_over_its_quota_is_refused_until_it_drains() {
     let id = listed[0]["id"].as_str().unwrap();
     assert_eq!(call(port, "DELETE", &format!("{base}/{id}"), &auth).0, 200);
     assert_eq!(post(&second).0, 202, "taken once the device drained");
+    // Full again; the operator purges the device with the command (another process): the
+    // daemon's count sees it before it would refuse.
+    let mut fourth = first.clone();
+    fourth[last] ^= 4;
+    assert_eq!(post(&fourth).0, 429);
+    let purged = std::process::Command::new(support::binary())
+        .args(["inbox", "--store"])
+        .arg(&dest.store)
+        .args(["purge", &format!("{DID}/{FP}")])
+        .output()
+        .unwrap();
+    assert!(purged.status.success(), "{purged:?}");
+    assert_eq!(post(&fourth).0, 202, "taken once purged by the command");
     // By SMTP: 452 4.2.2 while every device is over its quota (RFC 3463: mailbox full).
     let mut third = first.clone();
     third[last] ^= 2;
@@ -672,7 +770,7 @@ fn a_device_over_its_quota_is_refused_until_it_drains() {
         "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
     );
     assert!(
-        page.contains("atsms_inbox_envelopes_total{event=\"refused\",reason=\"quota\"} 2"),
+        page.contains("atsms_inbox_envelopes_total{event=\"refused\",reason=\"quota\"} 3"),
         "{page}"
     );
 }

@@ -24,8 +24,10 @@ const MAX_PART_HEADER: usize = 16 * 1024;
 /// Deepest nesting of multiparts followed.
 const MAX_DEPTH: usize = 16;
 /// Most of an AT-SMS part kept (transfer-encoded): a sealed envelope is at most 64 KiB
-/// (88 KiB in base64); a longer part is reported malformed rather than held.
-pub const MAX_CAPTURE: usize = 1024 * 1024;
+/// (88 KiB in base64), a CMS structure 1 MiB (the HTTPS inbox's `MAX_CMS`: 1.37 MiB in
+/// base64 lines of 76 and their line ends); a longer part is reported malformed rather than
+/// held.
+pub const MAX_CAPTURE: usize = 1536 * 1024;
 
 /// Whether a Content-Type (and the part's Content-Disposition) names an AT-SMS client message.
 pub fn is_atsms_part(content_type: &str, disposition: Option<&str>) -> bool {

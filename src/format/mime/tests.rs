@@ -290,3 +290,24 @@ fn a_signature_not_by_a_device_or_not_s_mime_is_not_ours() {
     let broken = text.replacen("MII", "!!!", 1);
     assert_eq!(detached(&ct, broken.as_bytes(), &[]), None);
 }
+
+#[test]
+fn the_largest_envelope_taken_fits_the_capture_in_base64_lines() {
+    // 1 MiB (the HTTPS inbox's largest CMS structure) as a client writes it: base64 in lines
+    // of 76 and CRLF. Held whole, not reported malformed.
+    use base64::Engine;
+    let bytes = vec![0x5a; 1024 * 1024];
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let body = lines.join("\r\n") + "\r\n";
+    let (_, scanner) = PartScanner::new(Some("application/atsms-envelope"), None, Some("base64"));
+    let mut scanner = scanner.unwrap();
+    scanner.update(body.as_bytes());
+    let capture = scanner.capture.as_ref().unwrap();
+    assert!(!capture.overflow);
+    assert_eq!(capture.clone().content(), Some(bytes));
+}

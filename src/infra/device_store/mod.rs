@@ -189,10 +189,7 @@ impl DeviceStore {
         let mut folders = Vec::new();
         let mut taking = Vec::new();
         for (i, fp) in fingerprints.iter().enumerate() {
-            let usage = self.usage_of(did, fp)?;
-            if usage.count >= self.max_envelopes
-                || usage.bytes + envelope.len() as u64 > self.max_bytes
-            {
+            if self.over_quota(did, fp, envelope.len() as u64)? {
                 kept[i] = Some(Kept::OverQuota);
                 continue;
             }
@@ -273,12 +270,33 @@ impl DeviceStore {
             return Ok(false);
         }
         for fp in fingerprints {
-            let usage = self.usage_of(did, fp)?;
-            if usage.count < self.max_envelopes && usage.bytes + size <= self.max_bytes {
+            if !self.over_quota(did, fp, size)? {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// Whether one more copy of `size` bytes would put the device over its quota. The usage
+    /// kept in memory counts this process's copies; copies drained or purged elsewhere (the
+    /// `inbox purge` command, another host on a shared store) show when the folder is read
+    /// again, which a refusal always does first: a device is never refused on a stale count.
+    /// (Deliveries at the same instant may each pass the check: the quota can be passed by
+    /// the copies in progress at once.)
+    fn over_quota(&self, did: &str, fp: &str, size: u64) -> io::Result<bool> {
+        let over = |u: Usage| u.count >= self.max_envelopes || u.bytes + size > self.max_bytes;
+        if !over(self.usage_of(did, fp)?) {
+            return Ok(false);
+        }
+        let copies = self.read_new(did, fp)?;
+        let usage = Usage {
+            count: copies.len(),
+            bytes: copies.iter().map(|c| c.size).sum(),
+        };
+        if let Some(known) = self.lock().get_mut(&(did.to_string(), fp.to_string())) {
+            *known = usage;
+        }
+        Ok(over(usage))
     }
 
     /// A device's usage now.

@@ -252,7 +252,7 @@ async fn admit_devices(
     };
     let mut asked: Vec<(String, usize)> = Vec::new();
     for (index, (recipient, judgement)) in unique.iter().zip(judgements).enumerate() {
-        if judgement.disposition != Disposition::Deliver {
+        if judgement.refuses() {
             continue;
         }
         if let Some(did) = settings.did_of_mailbox(&recipient.mailbox)

@@ -14,12 +14,15 @@
 //! Order and durability: the Maildir copy and every device copy are written (each synced)
 //! before the envelope is noted as stored and before the 250 / 202; a failure in between
 //! leaves it not noted, so the sender's retry stores it again (at least once, never lost).
-//! Only what the judge delivers is kept for devices (junk goes to the Maildir's `.Junk`
-//! alone). A second DID mailbox of the same DID in one transaction (two of `inbox.hosts`)
+//! What the judge accepts is kept for the devices, junk included: the host cannot see inside
+//! a sealed envelope (its sender is `none` here), the device opens it and checks the sender's
+//! signature itself. A second DID mailbox of the same DID in one transaction (two of `inbox.hosts`)
 //! gets its Maildir copy; the devices get theirs once.
 //!
 //! With `lmtp --stdio` (a process per delivery) the wait for each other is per process: two
-//! deliveries of one envelope at the same instant may both be kept (a duplicate, never a loss).
+//! deliveries of one envelope at the same instant may both be kept (a duplicate, never a loss),
+//! and the push sockets of the daemon are not told (the device finds the copy when it next
+//! drains).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -205,7 +208,8 @@ impl Devices {
     }
 
     /// Keeps the admitted envelope for its devices, notes it as stored and tells the devices'
-    /// sockets. `false`: not one copy could be written of those asked (nothing noted).
+    /// sockets. `false`: a device's copy could not be written (nothing noted: the sender is
+    /// asked to try again).
     pub async fn keep(self: &Arc<Self>, pending: Pending, envelope: Arc<Vec<u8>>) -> bool {
         let Pending {
             did,
@@ -219,7 +223,10 @@ impl Devices {
         let kept = blocking(move || {
             let refs: Vec<&str> = asked.iter().map(String::as_str).collect();
             let kept = store.store(&owned, &refs, &envelope)?;
-            if fingerprints_kept(&kept) > 0 || refs.is_empty() {
+            // Noted only when no device's copy failed: the retry a failure asks for must find
+            // it not stored (the devices that got it may then get it twice, never none).
+            let failed = kept.iter().any(|k| matches!(k, Kept::Failed(_)));
+            if !failed && (fingerprints_kept(&kept) > 0 || refs.is_empty()) {
                 store.mark_stored(&owned, &digest)?;
             }
             Ok(kept)
@@ -235,7 +242,8 @@ impl Devices {
         };
         self.tell(&did, &fingerprints, &kept, &hash);
         self.sweep(&did);
-        fingerprints.is_empty() || fingerprints_kept(&kept) > 0
+        let failed = kept.iter().any(|k| matches!(k, Kept::Failed(_)));
+        !failed && (fingerprints.is_empty() || fingerprints_kept(&kept) > 0)
     }
 
     /// Counts and logs what became of each device's copy; wakes the sockets of those kept.
