@@ -1,5 +1,6 @@
 //! Wire formats and their pure parsers: the AT-SMS envelope, keys and signatures, MIME,
-//! messages, addresses, syntax, SMTP replies and `Authentication-Results`.
+//! messages, addresses, syntax, SMTP replies and `Authentication-Results`; the AT-SMS client's
+//! sealed envelope.
 
 pub mod address;
 pub mod auth_results;
@@ -8,4 +9,5 @@ pub mod envelope;
 pub mod message;
 pub mod mime;
 pub mod reply;
+pub mod sealed;
 pub mod syntax;

@@ -50,8 +50,9 @@ pub(crate) const ID_MESSAGE_DIGEST: ObjectIdentifier =
 /// commonName (X.520).
 pub(crate) const ID_CN: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.3");
 
-/// The largest sealed envelope the AT-SMS wire format makes (its largest padding bucket).
-pub const MAX_SEALED: usize = 64 * 1024;
+/// The largest sealed envelope the AT-SMS wire format makes (its largest padding bucket and
+/// the framing around it).
+pub const MAX_SEALED: usize = crate::format::sealed::MAX_SEALED;
 /// The largest CMS structure read (a message is bounded by the MTA; this bounds the parse).
 pub const MAX_CMS: usize = 16 * 1024 * 1024;
 
@@ -90,73 +91,9 @@ pub fn classify(bytes: &[u8]) -> EnvelopeKind {
     }
 }
 
-/// A sealed envelope's shape (AT-SMS wire format): a deterministic-CBOR array of five, version
-/// 1; mode 1 (to a device's prekey): suite, `enc` of 32 bytes, ciphertext; mode 2 (symmetric):
-/// a tag of 8 bytes, a nonce of 24, ciphertext. Nothing after it; at most `MAX_SEALED`.
-/// Hand-read: five heads of one strict profile (no maps, tags, floats or indefinite lengths,
-/// shortest forms only), which a general CBOR decoder would accept more loosely.
+/// A sealed envelope's shape (`format::sealed::shape`).
 pub fn sealed_shape(bytes: &[u8]) -> bool {
-    fn head(bytes: &[u8], at: &mut usize) -> Option<(u8, u64)> {
-        let first = *bytes.get(*at)?;
-        *at += 1;
-        let (major, info) = (first >> 5, first & 0x1f);
-        let value = match info {
-            0..=23 => return Some((major, u64::from(info))),
-            24..=27 => {
-                let n = 1usize << (info - 24);
-                let raw = bytes.get(*at..*at + n)?;
-                *at += n;
-                raw.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
-            }
-            _ => return None,
-        };
-        // Shortest form only (deterministic CBOR).
-        let shortest = match info {
-            24 => value >= 24,
-            25 => value > 0xff,
-            26 => value > 0xffff,
-            _ => value > 0xffff_ffff,
-        };
-        shortest.then_some((major, value))
-    }
-    fn uint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-        match head(bytes, at)? {
-            (0, v) => Some(v),
-            _ => None,
-        }
-    }
-    fn bstr(bytes: &[u8], at: &mut usize) -> Option<usize> {
-        let (0x02, len) = head(bytes, at)? else {
-            return None;
-        };
-        let len = usize::try_from(len).ok()?;
-        bytes.get(*at..at.checked_add(len)?)?;
-        *at += len;
-        Some(len)
-    }
-    let check = || -> Option<()> {
-        let mut at = 0;
-        if bytes.len() > MAX_SEALED || head(bytes, &mut at)? != (4, 5) {
-            return None;
-        }
-        if uint(bytes, &mut at)? != 1 {
-            return None;
-        }
-        match uint(bytes, &mut at)? {
-            1 => {
-                uint(bytes, &mut at)?;
-                (bstr(bytes, &mut at)? == 32).then_some(())?;
-            }
-            2 => {
-                (bstr(bytes, &mut at)? == 8).then_some(())?;
-                (bstr(bytes, &mut at)? == 24).then_some(())?;
-            }
-            _ => return None,
-        }
-        bstr(bytes, &mut at)?;
-        (at == bytes.len()).then_some(())
-    };
-    check().is_some()
+    crate::format::sealed::shape(bytes)
 }
 
 /// Whether `der` is a SignedData whose SignerIdentifier names a device certificate (an
@@ -382,12 +319,17 @@ mod tests {
             assert!(!sealed_shape(&bad), "{bad:02x?}");
             assert_eq!(classify(&bad), EnvelopeKind::Malformed);
         }
-        // Over the largest bucket.
-        let mut huge = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x20];
-        huge.extend([7u8; 32]);
-        huge.extend([0x5a, 0x00, 0x01, 0x00, 0x00]);
-        huge.extend(vec![0u8; 65536]);
-        assert!(!sealed_shape(&huge));
+        // The largest bucket (64 KiB and the AEAD's tag) is taken; past it, not.
+        let sealed = |ct: usize| {
+            let mut e = vec![0x85, 0x01, 0x01, 0x01, 0x58, 0x20];
+            e.extend([7u8; 32]);
+            e.push(0x5a);
+            e.extend((ct as u32).to_be_bytes());
+            e.extend(vec![0u8; ct]);
+            e
+        };
+        assert!(sealed_shape(&sealed(65536 + 16)));
+        assert!(!sealed_shape(&sealed(65536 + 16 + 100)));
     }
 
     #[test]
