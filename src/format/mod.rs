@@ -4,8 +4,10 @@
 
 pub mod address;
 pub mod auth_results;
+pub mod ber;
 pub mod crypto;
 pub mod envelope;
+pub mod enveloped;
 pub mod message;
 pub mod mime;
 pub mod reply;

@@ -23,6 +23,7 @@ pub use signed::{
 };
 pub use smime::{CmsInput, Found, find_in_message, read_input};
 
+use crate::format::ber;
 use cms::content_info::ContentInfo;
 use cms::enveloped_data::{KeyAgreeRecipientIdentifier, RecipientIdentifier, RecipientInfo};
 use cms::signed_data::SignedData;
@@ -209,82 +210,6 @@ fn common_name(name: &x509_cert::name::Name) -> Option<String> {
                 })
                 .ok()
         })
-}
-
-/// A minimal BER reader for the outer layers of a CMS structure: tags and lengths, definite
-/// or indefinite (X.690 §8.1.3.6), never the values. Hand-written because the der crate
-/// reads DER only, and the AT-SMS client writes EnvelopedData with indefinite lengths.
-pub(crate) mod ber {
-    #[derive(Debug, Clone, Copy)]
-    pub struct Tlv {
-        pub tag: u8,
-        /// Where the TLV starts (its tag).
-        pub start: usize,
-        pub content_start: usize,
-        /// None: indefinite length (the content runs to an end-of-contents pair).
-        pub content_end: Option<usize>,
-    }
-
-    /// Reads one tag and length at `at` (low tag numbers only, as CMS uses), moving `at` past
-    /// them (to the content; past the content is `content_end`, or `skip`).
-    pub fn tlv(bytes: &[u8], at: &mut usize) -> Option<Tlv> {
-        let start = *at;
-        let tag = *bytes.get(*at)?;
-        if tag & 0x1f == 0x1f {
-            return None;
-        }
-        let first = *bytes.get(*at + 1)?;
-        *at += 2;
-        let content_end = match first {
-            0x80 => {
-                // Indefinite: constructed only.
-                (tag & 0x20 != 0).then_some(())?;
-                None
-            }
-            0..=0x7f => Some(*at + usize::from(first)),
-            _ => {
-                let n = usize::from(first & 0x7f);
-                if n > 4 {
-                    return None;
-                }
-                let raw = bytes.get(*at..*at + n)?;
-                *at += n;
-                let len = raw.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b));
-                Some(at.checked_add(len)?)
-            }
-        };
-        if content_end.is_some_and(|end| end > bytes.len()) {
-            return None;
-        }
-        Some(Tlv {
-            tag,
-            start,
-            content_start: *at,
-            content_end,
-        })
-    }
-
-    /// Where the element `tlv` ends (past its end-of-contents when indefinite), bounded in
-    /// depth.
-    pub fn skip(bytes: &[u8], element: Tlv) -> Option<usize> {
-        fn end(bytes: &[u8], tlv: Tlv, depth: usize) -> Option<usize> {
-            if let Some(end) = tlv.content_end {
-                return Some(end);
-            }
-            if depth > 32 {
-                return None;
-            }
-            let mut at = tlv.content_start;
-            loop {
-                if bytes.get(at..at + 2)? == [0, 0] {
-                    return Some(at + 2);
-                }
-                let inner = super::ber::tlv(bytes, &mut at)?;
-                at = end(bytes, inner, depth + 1)?;
-            }
-        }
-        end(bytes, element, 0)
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,284 @@
+//! CMS EnvelopedData (RFC 5652 §6) as the AT-SMS client makes it, opened with a device's key
+//! (what this project read of its code: docs/research/atsms-client-sending.md §6):
+//!
+//! - one `KeyAgreeRecipientInfo` (RFC 5652 §6.2.2) per recipient certificate: ECDH-ES with an
+//!   ephemeral P-256 key (`dhSinglePass-stdDH-sha256kdf-scheme`, RFC 5753 §3.1), the key
+//!   derived by the ANSI X9.63 KDF with SHA-256 over `ECC-CMS-SharedInfo` (RFC 5753 §7.2),
+//!   the content key wrapped with AES-256 key wrap (RFC 3394);
+//! - the content encrypted with AES-256-CBC (RFC 3565), PKCS #7 padding;
+//! - the outer layers in BER with indefinite lengths and the content in chunks (`format::ber`).
+//!
+//! Like the client, every recipient entry is tried with the device's key (the `rid` is not
+//! compared: a wrong key fails the key wrap's integrity check), and the `keyInfo` of the
+//! SharedInfo is tried without parameters, then with NULL ones.
+
+use aws_lc_rs::cipher::{AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey};
+use aws_lc_rs::iv::FixedLength;
+use aws_lc_rs::key_wrap::{AES_256 as KW_AES_256, KeyEncryptionKey, KeyWrap};
+use cms::enveloped_data::{OriginatorIdentifierOrKey, RecipientInfo, RecipientInfos};
+use der::asn1::ObjectIdentifier;
+use der::{Decode, Encode};
+use sha2::{Digest, Sha256};
+
+use super::ber;
+
+/// id-envelopedData (RFC 5652 §6.1).
+pub const ID_ENVELOPED_DATA: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.3");
+/// dhSinglePass-stdDH-sha256kdf-scheme (RFC 5753 §7.1.4).
+pub const DH_SHA256_KDF: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.1.11.1");
+/// id-aes256-wrap (RFC 3394 §3).
+pub const ID_AES256_WRAP: ObjectIdentifier =
+    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.45");
+/// id-aes256-CBC (RFC 3565 §4.1).
+pub const ID_AES256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
+/// The largest content decrypted (a SignedData of a 64 KiB bucket, with room).
+pub const MAX_CONTENT: usize = 1024 * 1024;
+
+/// Why an EnvelopedData was not opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopedError {
+    #[error("not a CMS EnvelopedData")]
+    Shape,
+    #[error("not encrypted to this device (no recipient entry opens with its key)")]
+    NotForThisDevice,
+    #[error("a key agreement or content encryption other than the AT-SMS client's")]
+    Unsupported,
+    #[error("the content does not decrypt")]
+    Content,
+}
+
+/// What an EnvelopedData carries, read from its BER.
+struct Parts {
+    infos: RecipientInfos,
+    /// The content-encryption algorithm's IV (AES-256-CBC only).
+    iv: [u8; 16],
+    encrypted: Vec<u8>,
+}
+
+fn read(bytes: &[u8]) -> Option<Parts> {
+    let mut at = 0;
+    let outer = ber::tlv(bytes, &mut at)?;
+    // The whole structure, to its last end-of-contents, and nothing after.
+    (outer.tag == 0x30 && ber::skip(bytes, outer)? == bytes.len()).then_some(())?;
+    let oid = ber::tlv(bytes, &mut at)?;
+    let oid_end = oid.content_end?;
+    (oid.tag == 0x06
+        && ObjectIdentifier::from_bytes(&bytes[oid.content_start..oid_end]).ok()?
+            == ID_ENVELOPED_DATA)
+        .then_some(())?;
+    at = oid_end;
+    (ber::tlv(bytes, &mut at)?.tag == 0xa0).then_some(())?;
+    (ber::tlv(bytes, &mut at)?.tag == 0x30).then_some(())?;
+    let version = ber::tlv(bytes, &mut at)?;
+    (version.tag == 0x02).then_some(())?;
+    at = version.content_end?;
+    let mut set = ber::tlv(bytes, &mut at)?;
+    if set.tag == 0xa0 {
+        at = ber::skip(bytes, set)?; // originatorInfo
+        set = ber::tlv(bytes, &mut at)?;
+    }
+    (set.tag == 0x31).then_some(())?;
+    let infos = RecipientInfos::from_der(bytes.get(set.start..set.content_end?)?).ok()?;
+    at = set.content_end?;
+    // EncryptedContentInfo: contentType, contentEncryptionAlgorithm, [0] encryptedContent.
+    (ber::tlv(bytes, &mut at)?.tag == 0x30).then_some(())?;
+    let content_type = ber::tlv(bytes, &mut at)?;
+    at = content_type.content_end?;
+    let algorithm_tlv = ber::tlv(bytes, &mut at)?;
+    let algorithm_end = algorithm_tlv.content_end?;
+    let algorithm = x509_cert::spki::AlgorithmIdentifierOwned::from_der(
+        bytes.get(algorithm_tlv.start..algorithm_end)?,
+    )
+    .ok()?;
+    at = algorithm_end;
+    let iv = match (&algorithm.oid, &algorithm.parameters) {
+        (oid, Some(params)) if *oid == ID_AES256_CBC => {
+            let iv = params.decode_as::<der::asn1::OctetString>().ok()?;
+            <[u8; 16]>::try_from(iv.as_bytes()).ok()?
+        }
+        _ => return None,
+    };
+    let content = ber::tlv(bytes, &mut at)?;
+    (content.tag & 0xdf == 0x80).then_some(())?;
+    let encrypted = ber::octets(bytes, content, MAX_CONTENT + 16)?;
+    Some(Parts {
+        infos,
+        iv,
+        encrypted,
+    })
+}
+
+/// The SharedInfo of RFC 5753 §7.2 for AES-256 key wrap: `keyInfo` (parameters absent, or
+/// NULL), `entityUInfo` the ukm when given, `suppPubInfo` the key length in bits (256).
+fn shared_info(ukm: Option<&[u8]>, null_parameters: bool) -> Option<Vec<u8>> {
+    use der::asn1::{ContextSpecific, OctetString};
+    let key_info = x509_cert::spki::AlgorithmIdentifierOwned {
+        oid: ID_AES256_WRAP,
+        parameters: null_parameters.then(|| der::Any::from(der::asn1::Null)),
+    };
+    let mut content = key_info.to_der().ok()?;
+    if let Some(ukm) = ukm {
+        let entity = ContextSpecific {
+            tag_number: der::TagNumber(0),
+            tag_mode: der::TagMode::Explicit,
+            value: OctetString::new(ukm).ok()?,
+        };
+        content.extend(entity.to_der().ok()?);
+    }
+    let supp = ContextSpecific {
+        tag_number: der::TagNumber(2),
+        tag_mode: der::TagMode::Explicit,
+        value: OctetString::new(256u32.to_be_bytes().to_vec()).ok()?,
+    };
+    content.extend(supp.to_der().ok()?);
+    let mut out = vec![0x30];
+    let len = der::Length::try_from(content.len()).ok()?;
+    out.extend(len.to_der().ok()?);
+    out.extend(content);
+    Some(out)
+}
+
+/// ANSI X9.63 KDF with SHA-256 (SEC 1 §3.6.1) for a 32-byte key: one block.
+fn kek(z: &[u8], shared_info: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(z);
+    hash.update(1u32.to_be_bytes());
+    hash.update(shared_info);
+    hash.finalize().into()
+}
+
+/// The content-encryption key, if an entry of `info` opens with `key`.
+fn content_key(
+    info: &cms::enveloped_data::KeyAgreeRecipientInfo,
+    key: &p256::SecretKey,
+) -> Result<[u8; 32], EnvelopedError> {
+    if info.key_enc_alg.oid != DH_SHA256_KDF {
+        return Err(EnvelopedError::Unsupported);
+    }
+    let wrap = info.key_enc_alg.parameters.as_ref().and_then(|p| {
+        p.decode_as::<x509_cert::spki::AlgorithmIdentifierOwned>()
+            .ok()
+    });
+    if wrap.is_none_or(|w| w.oid != ID_AES256_WRAP) {
+        return Err(EnvelopedError::Unsupported);
+    }
+    let OriginatorIdentifierOrKey::OriginatorKey(originator) = &info.originator else {
+        return Err(EnvelopedError::Unsupported);
+    };
+    let point = originator
+        .public_key
+        .as_bytes()
+        .ok_or(EnvelopedError::Shape)?;
+    let theirs = p256::PublicKey::from_sec1_bytes(point).map_err(|_| EnvelopedError::Shape)?;
+    let z = p256::ecdh::diffie_hellman(key.to_nonzero_scalar(), theirs.as_affine());
+    let ukm = info.ukm.as_ref().map(|u| u.as_bytes());
+    for null_parameters in [false, true] {
+        let shared = shared_info(ukm, null_parameters).ok_or(EnvelopedError::Shape)?;
+        let kek = kek(z.raw_secret_bytes(), &shared);
+        for encrypted in info.recipient_enc_keys.iter() {
+            let Ok(unwrapping) = KeyEncryptionKey::new(&KW_AES_256, &kek) else {
+                continue;
+            };
+            let mut out = [0u8; 40];
+            if let Ok(cek) = unwrapping.unwrap(encrypted.enc_key.as_bytes(), &mut out)
+                && let Ok(cek) = <[u8; 32]>::try_from(&*cek)
+            {
+                return Ok(cek);
+            }
+        }
+    }
+    Err(EnvelopedError::NotForThisDevice)
+}
+
+/// Opens `bytes` (an EnvelopedData, BER) with the device's `key`: the content (for a one-shot
+/// message, a SignedData).
+pub fn decrypt(bytes: &[u8], key: &p256::SecretKey) -> Result<Vec<u8>, EnvelopedError> {
+    let parts = read(bytes).ok_or(EnvelopedError::Shape)?;
+    let mut unsupported = false;
+    let mut cek = None;
+    for info in parts.infos.0.iter() {
+        let RecipientInfo::Kari(kari) = info else {
+            unsupported = true;
+            continue;
+        };
+        match content_key(kari, key) {
+            Ok(key) => {
+                cek = Some(key);
+                break;
+            }
+            Err(EnvelopedError::Unsupported) => unsupported = true,
+            Err(_) => {}
+        }
+    }
+    let Some(cek) = cek else {
+        return Err(if unsupported {
+            EnvelopedError::Unsupported
+        } else {
+            EnvelopedError::NotForThisDevice
+        });
+    };
+    let key = UnboundCipherKey::new(&AES_256, &cek).map_err(|_| EnvelopedError::Content)?;
+    let decrypting =
+        PaddedBlockDecryptingKey::cbc_pkcs7(key).map_err(|_| EnvelopedError::Content)?;
+    let mut content = parts.encrypted;
+    let context = DecryptionContext::Iv128(FixedLength::from(parts.iv));
+    let len = decrypting
+        .decrypt(&mut content, context)
+        .map_err(|_| EnvelopedError::Content)?
+        .len();
+    content.truncate(len);
+    Ok(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::pkcs8::DecodePrivateKey;
+
+    fn vector(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/atsms-client")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    fn recipient() -> p256::SecretKey {
+        let pem = String::from_utf8(vector("recip.key.pem")).unwrap();
+        p256::SecretKey::from_pkcs8_pem(&pem).unwrap()
+    }
+
+    #[test]
+    fn the_clients_one_shot_opens_with_the_recipients_key_to_its_signed_data() {
+        let content = decrypt(&vector("oneshot.der"), &recipient()).unwrap();
+        // A SignedData (id-signedData) whose content is the message's.
+        assert_eq!(&content[4..15], &[6, 9, 42, 134, 72, 134, 247, 13, 1, 7, 2]);
+        let inner = vector("oneshot.content");
+        assert!(content.windows(inner.len()).any(|w| w == inner));
+        // A device the message is not for.
+        let other = p256::SecretKey::from_slice(&[7; 32]).unwrap();
+        assert_eq!(
+            decrypt(&vector("oneshot.der"), &other),
+            Err(EnvelopedError::NotForThisDevice)
+        );
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_structure_is_refused_without_panic() {
+        let der = vector("oneshot.der");
+        assert_eq!(
+            decrypt(&vector("signed.der"), &recipient()),
+            Err(EnvelopedError::Shape)
+        );
+        for cut in (0..der.len()).step_by(37) {
+            assert!(decrypt(&der[..cut], &recipient()).is_err(), "{cut}");
+        }
+        for at in (0..der.len()).step_by(53) {
+            let mut bad = der.clone();
+            bad[at] ^= 0x40;
+            let _ = decrypt(&bad, &recipient());
+        }
+    }
+}
