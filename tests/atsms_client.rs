@@ -968,3 +968,87 @@ fn an_envelope_is_stored_or_not_acknowledged_whatever_is_cancelled() {
     };
     assert_eq!(with("policy.atsms-envelope=cms-signed"), 2);
 }
+
+/// A device directory as `device new --receive` makes it: the recipient device of the client's
+/// artefacts (its key, its prekey secret), each readable by its owner only.
+fn recipient_device() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("device.key", data("recip.key.pem")),
+        ("prekey-2026-12-01T00:00:00.000Z.key", data("prekey.sk")),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    dir
+}
+
+/// `open` with the device's directory: the client's envelope opens layer by layer (the sealed
+/// envelope with the prekey, the EnvelopedData with the device key, the SignedData by the X.509
+/// floor) to the sender and the text — proof that this project reads the client's layers as
+/// the client writes them. `ok` only while the sender's certificate is published.
+#[test]
+fn open_reads_the_clients_envelope_as_its_recipient_device() {
+    let plc = Plc::start();
+    publish(&plc, SENDER, &text("sender.crt.pem"), &text("sender.fp"));
+    let device = recipient_device();
+    let open = |input: &[u8]| {
+        let file = device.path().join("input");
+        std::fs::write(&file, input).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+            .args(["open", "--json", "--device"])
+            .arg(device.path())
+            .args([
+                "--plc-url",
+                &plc.url(),
+                "--allow-private-addresses",
+                "--now",
+            ])
+            .arg(NOW.to_string())
+            .arg(&file)
+            .output()
+            .unwrap();
+        let value: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+        });
+        (out.status.code(), value)
+    };
+    let (code, v) = open(&data("envelope.cbor"));
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["sender_did"], SENDER);
+    assert_eq!(v["sender_fingerprint"], text("sender.fp"));
+    assert_eq!(v["content_type"], 2);
+    assert!(v["text"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    // The bare EnvelopedData, as a device without a prekey is sent it.
+    let (code, v) = open(&data("oneshot.der"));
+    assert_eq!((code, v["ok"].clone()), (Some(0), json!(true)), "{v}");
+    assert_eq!(v["text"], "hello from the real ATSMS client code");
+    // Tampered: not opened.
+    let mut bad = data("envelope.cbor");
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let (code, v) = open(&bad);
+    assert_eq!((code, v["ok"].clone()), (Some(1), json!(false)), "{v}");
+    // The sender's certificate withdrawn: opened, but not ok.
+    plc.delete_record(SENDER, "at.atsms.x509", &text("sender.fp"));
+    let (code, v) = open(&data("envelope.cbor"));
+    assert_eq!((code, v["ok"].clone()), (Some(1), json!(false)), "{v}");
+    assert_eq!(v["sender_did"], SENDER);
+    // A key others can read is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        device.path().join("device.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let (_, v) = open(&data("envelope.cbor"));
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("readable by others")),
+        "{v}"
+    );
+}

@@ -17,6 +17,7 @@ use crate::verification::verify::Verifier;
 
 mod identity;
 mod inbox;
+mod open;
 mod signing;
 mod verifying;
 
@@ -73,6 +74,9 @@ enum Command {
     Cache(CacheArgs),
     /// The AT-SMS device copies kept in inbox.store: list, show, purge.
     Inbox(inbox::InboxArgs),
+    /// Open an AT-SMS envelope with a device's keys (sealed, then encrypted, then signed) and
+    /// print its sender and text; ok only when the sender's device is published.
+    Open(open::OpenArgs),
 }
 
 #[derive(Args, Debug)]
@@ -312,6 +316,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Route(args) => route(args),
         Command::Cache(args) => cache(args),
         Command::Inbox(args) => inbox::inbox(args),
+        Command::Open(args) => open::open(args),
     }
 }
 

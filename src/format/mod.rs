@@ -3,6 +3,7 @@
 //! sealed envelope.
 
 pub mod address;
+pub mod atsms_content;
 pub mod auth_results;
 pub mod ber;
 pub mod crypto;

@@ -1,0 +1,209 @@
+//! `atsms-milter open --device DIR FILE [--json]`: what a device that drained an envelope
+//! reads of it, layer by layer as the AT-SMS client opens it — the sealed envelope with the
+//! device's prekeys (current, then the previous week's: `format::sealed`), the EnvelopedData
+//! with the device's key (`format::enveloped`), then the SignedData by the X.509 floor: `ok`
+//! only when the signer's device certificate is published by its DID, as the client requires.
+//! Prints the sender and the text (`format::atsms_content`).
+//!
+//! The device's directory holds `device.key` (PKCS#8 P-256) and `prekey-<createdAt>.key` (the
+//! X25519 prekey secrets, PKCS#8 PEM or 32 raw bytes), refused when others can read them.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::{ResolverArgs, exit, fail, read_input, runtime};
+use crate::format::envelope::AuthResult;
+use crate::format::{atsms_content, enveloped, sealed};
+
+#[derive(Args, Debug)]
+pub(super) struct OpenArgs {
+    /// The device's directory: device.key and its prekey-*.key.
+    #[arg(long, value_name = "DIR")]
+    device: PathBuf,
+    /// A sealed envelope or a CMS EnvelopedData, as a device drains it; standard input when
+    /// absent.
+    file: Option<PathBuf>,
+    /// {"ok", "sender_did", "sender_fingerprint", "content_type", "text", "error"}.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    resolver: ResolverArgs,
+}
+
+/// What `open` found.
+#[derive(Debug, Default, serde::Serialize)]
+struct Opened {
+    ok: bool,
+    sender_did: Option<String>,
+    sender_fingerprint: Option<String>,
+    content_type: Option<u64>,
+    text: Option<String>,
+    error: Option<String>,
+    /// The sender's publication could not be checked now (exit 75, as `verify`).
+    #[serde(skip)]
+    temporary: bool,
+}
+
+/// The device's keys: its certificate's key and its prekey secrets, newest first.
+struct DeviceKeys {
+    key: p256::SecretKey,
+    prekeys: Vec<[u8; 32]>,
+}
+
+fn secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(format!(
+            "{} is readable by others (chmod o-r; mode 0600 or 0640)",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// An X25519 secret: 32 raw bytes, or PKCS#8 (RFC 8410) in PEM.
+fn x25519_secret(raw: &[u8]) -> Option<[u8; 32]> {
+    if let Ok(secret) = <[u8; 32]>::try_from(raw) {
+        return Some(secret);
+    }
+    let (label, der) = der::pem::decode_vec(raw).ok()?;
+    // PrivateKeyInfo { version 0, AlgorithmIdentifier { id-X25519 }, OCTET STRING { OCTET
+    // STRING (32) } }: 48 bytes, the key last.
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    (label == "PRIVATE KEY" && der.len() == 48 && der[..16] == PREFIX)
+        .then(|| <[u8; 32]>::try_from(&der[16..]).ok())?
+}
+
+fn device_keys(dir: &Path) -> Result<DeviceKeys, String> {
+    use p256::pkcs8::DecodePrivateKey;
+    let pem = String::from_utf8(secret_file(&dir.join("device.key"))?)
+        .map_err(|_| "device.key: not PEM".to_string())?;
+    let key = p256::SecretKey::from_pkcs8_pem(&pem)
+        .map_err(|e| format!("device.key: not a PKCS#8 P-256 key ({e})"))?;
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("prekey-") && name.ends_with(".key")
+        })
+        .collect();
+    // `prekey-<createdAt>.key`: the newest name last in text order.
+    names.sort();
+    names.reverse();
+    let prekeys = names
+        .iter()
+        .map(|p| {
+            x25519_secret(&secret_file(p)?)
+                .ok_or_else(|| format!("{}: not an X25519 secret", p.display()))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(DeviceKeys { key, prekeys })
+}
+
+/// Opens `raw` with `keys`: the SignedData inside, and the content type it came as.
+fn unwrap_layers(raw: &[u8], keys: &DeviceKeys) -> Result<(u64, Vec<u8>), String> {
+    // A bare EnvelopedData (a device without a prekey is sent one) starts as DER does.
+    let (content_type, enveloped) = if raw.first() == Some(&0x30) {
+        (sealed::CONTENT_CMS, raw.to_vec())
+    } else {
+        sealed::open(raw, &keys.prekeys).map_err(|e| e.to_string())?
+    };
+    if content_type != sealed::CONTENT_CMS {
+        return Err(format!(
+            "content type {content_type}: not a one-shot message"
+        ));
+    }
+    let signed = enveloped::decrypt(&enveloped, &keys.key).map_err(|e| e.to_string())?;
+    Ok((content_type, signed))
+}
+
+async fn open_all(args: &OpenArgs, raw: &[u8]) -> Opened {
+    let mut opened = Opened::default();
+    let keys = match device_keys(&args.device) {
+        Ok(keys) => keys,
+        Err(e) => {
+            opened.error = Some(e);
+            return opened;
+        }
+    };
+    let (content_type, signed) = match unwrap_layers(raw, &keys) {
+        Ok(layers) => layers,
+        Err(e) => {
+            opened.error = Some(e);
+            return opened;
+        }
+    };
+    opened.content_type = Some(content_type);
+    let resolver = match args.resolver.resolver() {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            opened.error = Some(e);
+            return opened;
+        }
+    };
+    let floor =
+        crate::verification::atsms_parts::verify(&resolver, &signed, None, args.resolver.now())
+            .await;
+    opened.sender_did = floor.did.clone();
+    opened.sender_fingerprint = floor.fingerprint.clone();
+    if let Ok(checked) = crate::verification::atsms_parts::check_signed(&signed, None) {
+        match atsms_content::parse(&checked.content) {
+            Some(content) => opened.text = content.text,
+            None => opened.error = Some("the content is not the client's version 2".into()),
+        }
+    }
+    opened.ok = floor.result == AuthResult::Pass && opened.error.is_none();
+    opened.temporary = floor.result == AuthResult::Temperror;
+    if floor.result != AuthResult::Pass {
+        opened.error = Some(format!(
+            "the sender's signature: {}{}",
+            floor.result,
+            floor.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+        ));
+    }
+    opened
+}
+
+pub(super) fn open(args: OpenArgs) -> ExitCode {
+    let mut raw = Vec::new();
+    if let Err(e) = read_input(args.file.as_ref())
+        .and_then(|mut r| r.read_to_end(&mut raw).map_err(|e| e.to_string()))
+    {
+        return fail(exit::NO_INPUT, e);
+    }
+    let Ok(rt) = runtime() else {
+        return fail(exit::SOFTWARE, "cannot start the async runtime");
+    };
+    let opened = rt.block_on(open_all(&args, &raw));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&opened).unwrap_or_else(|_| "{}".into())
+        );
+    } else if opened.ok {
+        println!(
+            "from {}\n\n{}",
+            opened.sender_did.as_deref().unwrap_or("-"),
+            opened.text.as_deref().unwrap_or("")
+        );
+    } else {
+        eprintln!(
+            "atsms-milter: not opened: {}",
+            opened.error.as_deref().unwrap_or("unknown")
+        );
+    }
+    ExitCode::from(match (opened.ok, opened.temporary) {
+        (true, _) => exit::PASS,
+        (false, true) => exit::TEMPFAIL,
+        (false, false) => exit::NO_PASS,
+    })
+}

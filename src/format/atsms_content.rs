@@ -1,0 +1,226 @@
+//! The AT-SMS client's message content, version 2 (its `format/content.ts`; spec/message-format.md;
+//! what this project read of them: docs/research/atsms-client-sending.md §4): a CBOR array of
+//! twelve, `[v=2, salt(16), convoId(33), createdAt, replaces, topicId, inReplyTo, expires,
+//! ephemeral, fallback, extensions{…}, body[parts]]`, a text part `[1, [0, {"text": …}]]`, the
+//! recipients in extension 1.
+//!
+//! Read under the client's strict profile (definite lengths, shortest heads, no negative
+//! integers, floats or tags, map keys unsigned or text in their encoded order, depth ≤ 16) by
+//! a small reader of its own: a general CBOR decoder takes more than the client writes or
+//! reads, and DAG-CBOR (the crate at hand) allows text map keys only.
+
+use super::sealed::head;
+
+/// The extension holding the recipient DIDs.
+pub const EXT_RECIPIENTS: u64 = 1;
+/// The part kind of text.
+pub const PART_TEXT: u64 = 1;
+
+/// A CBOR item of the client's profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Uint(u64),
+    Bytes(Vec<u8>),
+    Text(String),
+    Array(Vec<Value>),
+    Map(Vec<(Value, Value)>),
+    Bool(bool),
+    Null,
+}
+
+/// What `open` and a receiver read of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    /// Milliseconds since the epoch, by the sender's clock.
+    pub created_at: u64,
+    pub convo_id: Vec<u8>,
+    pub ephemeral: bool,
+    /// Extension 1: every recipient DID (the sender not among them).
+    pub recipients: Option<Vec<String>>,
+    /// The text parts, joined by a new line.
+    pub text: Option<String>,
+}
+
+fn item(bytes: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
+    if depth > 16 {
+        return None;
+    }
+    let start = *at;
+    let (major, arg) = head(bytes, at)?;
+    let len = |arg: u64| usize::try_from(arg).ok();
+    Some(match major {
+        0 => Value::Uint(arg),
+        2 | 3 => {
+            let end = at.checked_add(len(arg)?)?;
+            let raw = bytes.get(*at..end)?.to_vec();
+            *at = end;
+            if major == 2 {
+                Value::Bytes(raw)
+            } else {
+                Value::Text(String::from_utf8(raw).ok()?)
+            }
+        }
+        4 => {
+            let n = len(arg)?;
+            // Each item takes at least a byte: no count past what is left.
+            (n <= bytes.len() - *at).then_some(())?;
+            Value::Array(
+                (0..n)
+                    .map(|_| item(bytes, at, depth + 1))
+                    .collect::<Option<_>>()?,
+            )
+        }
+        5 => {
+            let n = len(arg)?;
+            (n <= bytes.len() - *at).then_some(())?;
+            let mut entries = Vec::with_capacity(n);
+            let mut previous: Option<&[u8]> = None;
+            for _ in 0..n {
+                let key_start = *at;
+                let key = item(bytes, at, depth + 1)?;
+                matches!(key, Value::Uint(_) | Value::Text(_)).then_some(())?;
+                let encoded = &bytes[key_start..*at];
+                // Keys in their encoded order (shorter first), none twice.
+                if let Some(previous) = previous {
+                    ((previous.len(), previous) < (encoded.len(), encoded)).then_some(())?;
+                }
+                previous = Some(encoded);
+                entries.push((key, item(bytes, at, depth + 1)?));
+            }
+            Value::Map(entries)
+        }
+        7 => match bytes[start] {
+            0xf4 => Value::Bool(false),
+            0xf5 => Value::Bool(true),
+            0xf6 => Value::Null,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// One CBOR item of the profile, the whole of `bytes`.
+pub fn decode(bytes: &[u8]) -> Option<Value> {
+    let mut at = 0;
+    let value = item(bytes, &mut at, 0)?;
+    (at == bytes.len()).then_some(value)
+}
+
+/// Reads a version 2 content as the client's receiving path checks it (arity, version, salt,
+/// conversation id, types of the fixed fields, each part's shape).
+pub fn parse(bytes: &[u8]) -> Option<Content> {
+    let Value::Array(fields) = decode(bytes)? else {
+        return None;
+    };
+    let [
+        Value::Uint(2),
+        Value::Bytes(salt),
+        Value::Bytes(convo_id),
+        Value::Uint(created_at),
+        _replaces,
+        _topic,
+        _in_reply_to,
+        _expires,
+        Value::Bool(ephemeral),
+        Value::Text(_fallback),
+        Value::Map(extensions),
+        body,
+    ] = fields.as_slice()
+    else {
+        return None;
+    };
+    (salt.len() == 16 && convo_id.len() == 33 && matches!(convo_id[0], 1 | 2)).then_some(())?;
+    let recipients = match extensions
+        .iter()
+        .find(|(k, _)| *k == Value::Uint(EXT_RECIPIENTS))
+    {
+        None => None,
+        Some((_, Value::Array(dids))) => Some(
+            dids.iter()
+                .map(|d| match d {
+                    Value::Text(did) => Some(did.clone()),
+                    _ => None,
+                })
+                .collect::<Option<Vec<_>>>()?,
+        ),
+        Some(_) => return None,
+    };
+    let parts = match body {
+        Value::Null => Vec::new(),
+        Value::Array(parts) => parts.clone(),
+        _ => return None,
+    };
+    let mut texts = Vec::new();
+    for part in &parts {
+        let Value::Array(part) = part else {
+            return None;
+        };
+        let [Value::Uint(kind), Value::Array(content)] = part.as_slice() else {
+            return None;
+        };
+        if let (PART_TEXT, [Value::Uint(0), Value::Map(inline)]) = (*kind, content.as_slice())
+            && let Some((_, Value::Text(text))) = inline
+                .iter()
+                .find(|(k, _)| *k == Value::Text("text".into()))
+        {
+            texts.push(text.clone());
+        }
+    }
+    Some(Content {
+        created_at: *created_at,
+        convo_id: convo_id.clone(),
+        ephemeral: *ephemeral,
+        recipients,
+        text: (!texts.is_empty()).then(|| texts.join("\n")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vector(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/atsms-client")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_clients_content_reads_as_its_receiving_path_reads_it() {
+        for name in ["content.cbor", "oneshot.content"] {
+            let content = parse(&vector(name)).unwrap_or_else(|| panic!("{name}"));
+            assert!(content.text.is_some(), "{name}: {content:?}");
+            assert_eq!(content.convo_id.len(), 33);
+            assert!(!content.recipients.unwrap_or_default().is_empty(), "{name}");
+        }
+        let content = parse(&vector("oneshot.content")).unwrap();
+        assert_eq!(
+            content.text.as_deref(),
+            Some("hello from the real ATSMS client code")
+        );
+    }
+
+    #[test]
+    fn what_the_profile_refuses_is_refused_and_nothing_panics() {
+        // A negative integer, a float, a tag, an indefinite array, keys out of order.
+        for bad in [
+            &[0x20][..],
+            &[0xfa, 0, 0, 0, 0],
+            &[0xc0, 0x00],
+            &[0x9f, 0xff],
+            &[0xa2, 0x61, 0x62, 0x00, 0x61, 0x61, 0x00],
+            &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+        ] {
+            assert_eq!(decode(bad), None, "{bad:02x?}");
+        }
+        let good = vector("content.cbor");
+        for cut in 0..good.len() {
+            assert!(parse(&good[..cut]).is_none());
+        }
+        let deep: Vec<u8> = std::iter::repeat_n(0x81, 64).chain([0x00]).collect();
+        assert_eq!(decode(&deep), None);
+    }
+}
