@@ -1052,3 +1052,159 @@ fn open_reads_the_clients_envelope_as_its_recipient_device() {
         "{v}"
     );
 }
+
+/// `device new`: a device as the client makes one — its fingerprint what the AT-SMS spec's own
+/// OpenSSL pipeline computes, keys readable by their owner only, the X25519 prekey readable by
+/// OpenSSL, `bundleSig` verifying with the device key over the record's own strings — and
+/// the printed `at.atsms.x509` record, published as printed, makes a SignedData OpenSSL signs
+/// with the device pass the X.509 floor. `device rotate` keeps two prekeys.
+#[test]
+fn device_new_makes_what_the_client_publishes_and_openssl_signs_with_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let plc = Plc::start();
+    plc.set_with_pds(SENDER, &SigningKey::generate(Alg::Es256).unwrap(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let device = dir.path().join("alice");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let made = run(&[
+        "device",
+        "new",
+        "--did",
+        SENDER,
+        "--out",
+        device.to_str().unwrap(),
+        "--receive",
+    ]);
+    let fp = made["fingerprint"].as_str().unwrap().to_string();
+    let mode = |name: &str| {
+        std::fs::metadata(device.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("device.key"), 0o600);
+    let openssl = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&device)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let theirs = openssl(
+        "openssl x509 -in device.crt -pubkey -noout | openssl pkey -pubin -outform DER | tail -c 65 | sha256sum",
+    );
+    assert!(theirs.starts_with(&fp), "{theirs} {fp}");
+    let text = openssl("openssl x509 -in device.crt -noout -text");
+    assert!(
+        text.contains(&format!("URI:at://{SENDER}/at.atsms.x509/{fp}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("CA:FALSE") && text.contains("Key Agreement"),
+        "{text}"
+    );
+    assert!(openssl("openssl pkey -in prekey-*.key -noout -text").contains("X25519"));
+
+    // bundleSig: ECDSA P-256 by the device key over the CBOR array of the record's values.
+    let prekey = &made["records"]["at.atsms.prekey"];
+    let bytes = |v: &Value| {
+        base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(v["$bytes"].as_str().unwrap())
+            .unwrap()
+    };
+    let input = atsms_milter::atproto::device::bundle_input(
+        &bytes(&prekey["signedPrekey"]).try_into().unwrap(),
+        &bytes(&prekey["signingPk"]).try_into().unwrap(),
+        prekey["createdAt"].as_str().unwrap(),
+        prekey["expiresAt"].as_str().unwrap(),
+    );
+    let cert_pem = std::fs::read_to_string(device.join("device.crt")).unwrap();
+    let cert = <x509_cert::Certificate as der::DecodePem>::from_pem(&cert_pem).unwrap();
+    let point = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
+    let verifying = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
+    let signature = p256::ecdsa::Signature::from_slice(&bytes(&prekey["bundleSig"])).unwrap();
+    use p256::ecdsa::signature::Verifier as _;
+    verifying
+        .verify(&input, &signature)
+        .expect("bundleSig verifies");
+
+    // Published as printed: OpenSSL's SignedData by the device passes the floor.
+    plc.put_record(
+        SENDER,
+        "at.atsms.x509",
+        &fp,
+        made["records"]["at.atsms.x509"].clone(),
+    );
+    std::fs::write(device.join("content"), b"hello").unwrap();
+    openssl(
+        "openssl cms -sign -binary -nodetach -noattr -md sha256 -in content -signer device.crt -inkey device.key -outform DER -out signed.der",
+    );
+    let (out, v) = run_cms(&plc, &std::fs::read(device.join("signed.der")).unwrap());
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(
+        (v["result"].as_str(), v["did"].as_str()),
+        (Some("pass"), Some(SENDER))
+    );
+    assert_eq!(v["fingerprint"], fp);
+
+    // Two prekeys kept: the new one and the one before it.
+    for _ in 0..2 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let rotated = run(&["device", "rotate", device.to_str().unwrap()]);
+        assert_eq!(rotated["fingerprint"], fp);
+    }
+    let prekeys = std::fs::read_dir(&device)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("prekey-")
+        })
+        .count();
+    assert_eq!(prekeys, 2);
+}
+
+/// `verify-cms --json` of `der` against `plc`, as of now (the device was made now).
+fn run_cms(plc: &Plc, der: &[u8]) -> (Output, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("signed.der");
+    std::fs::write(&file, der).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .args([
+            "verify-cms",
+            "--json",
+            "--plc-url",
+            &plc.url(),
+            "--allow-private-addresses",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, value)
+}

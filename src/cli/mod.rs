@@ -15,6 +15,7 @@ use crate::format::message;
 use crate::infra::config::{CacheConfig, Config, DEFAULT_CONFIG_PATH, ResolverConfig};
 use crate::verification::verify::Verifier;
 
+mod device;
 mod identity;
 mod inbox;
 mod open;
@@ -74,6 +75,9 @@ enum Command {
     Cache(CacheArgs),
     /// The AT-SMS device copies kept in inbox.store: list, show, purge.
     Inbox(inbox::InboxArgs),
+    /// Make a device this service holds for a sending identity, or its next prekey; prints the
+    /// records to publish.
+    Device(device::DeviceArgs),
     /// Open an AT-SMS envelope with a device's keys (sealed, then encrypted, then signed) and
     /// print its sender and text; ok only when the sender's device is published.
     Open(open::OpenArgs),
@@ -317,6 +321,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cache(args) => cache(args),
         Command::Inbox(args) => inbox::inbox(args),
         Command::Open(args) => open::open(args),
+        Command::Device(args) => device::run(args),
     }
 }
 

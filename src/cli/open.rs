@@ -16,8 +16,10 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::{ResolverArgs, exit, fail, read_input, runtime};
+use crate::format::atsms_content;
 use crate::format::envelope::AuthResult;
-use crate::format::{atsms_content, enveloped, sealed};
+use crate::format::enveloped;
+use crate::format::sealed;
 
 #[derive(Args, Debug)]
 pub(super) struct OpenArgs {

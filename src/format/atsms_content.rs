@@ -9,7 +9,7 @@
 //! a small reader of its own: a general CBOR decoder takes more than the client writes or
 //! reads, and DAG-CBOR (the crate at hand) allows text map keys only.
 
-use super::sealed::head;
+use crate::format::sealed::head;
 
 /// The extension holding the recipient DIDs.
 pub const EXT_RECIPIENTS: u64 = 1;

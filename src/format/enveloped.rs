@@ -20,7 +20,7 @@ use der::asn1::ObjectIdentifier;
 use der::{Decode, Encode};
 use sha2::{Digest, Sha256};
 
-use super::ber;
+use crate::format::ber;
 
 /// id-envelopedData (RFC 5652 §6.1).
 pub const ID_ENVELOPED_DATA: ObjectIdentifier =

@@ -91,7 +91,7 @@ fn bstr<'a>(bytes: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
 }
 
 /// Appends a CBOR head (shortest form).
-fn write_head(out: &mut Vec<u8>, major: u8, value: u64) {
+pub(crate) fn write_head(out: &mut Vec<u8>, major: u8, value: u64) {
     let m = major << 5;
     match value {
         0..=23 => out.push(m | value as u8),

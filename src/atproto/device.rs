@@ -1,0 +1,252 @@
+//! Devices this service holds for a sending identity, made as the AT-SMS client makes its own
+//! (its `p256-endpoint-certificate.ts`, `dcgka/records.ts`; spec/identity-devices.md §2–§4; what
+//! this project read of them: docs/research/atsms-client-sending.md §1–§2):
+//!
+//! - a P-256 key and its self-signed certificate: subject and issuer `CN=<did>`, a random
+//!   positive serial of 16 bytes, Basic Constraints CA:FALSE and Key Usage digitalSignature +
+//!   keyAgreement (both critical), Extended Key Usage serverAuth, clientAuth, emailProtection,
+//!   Subject Alternative Name the URI `at://<did>/at.atsms.x509/<fingerprint>`; the
+//!   fingerprint the SHA-256 of the raw public point (`04‖X‖Y`), the record key;
+//! - the `at.atsms.x509` record that publishes it;
+//! - a prekey bundle (`at.atsms.prekey`, same record key): an X25519 key the sealed envelopes
+//!   are sealed to (`format::sealed`), an Ed25519 key the client's conversations would sign
+//!   with (one-shot messages do not: its secret is not kept), the dates, and `bundleSig`, an
+//!   ECDSA P-256 signature by the device key over the CBOR array `[signedPrekey, signingPk,
+//!   createdAt, expiresAt]`, 64 bytes `r‖s`.
+
+use std::time::Duration;
+
+use base64::Engine;
+use der::{Encode, EncodePem};
+use p256::ecdsa::signature::Signer;
+use p256::pkcs8::{EncodePrivateKey, LineEnding};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::builder::{Builder, CertificateBuilder};
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+};
+use x509_cert::ext::{Extension, ToExtension};
+use x509_cert::name::Name;
+
+/// How long a prekey bundle is good for (the client's `prekeyTtlMs`).
+pub const PREKEY_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// serverAuth, clientAuth, emailProtection (RFC 5280 §4.2.1.12).
+const EKU: [der::asn1::ObjectIdentifier; 3] = [
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.1"),
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.2"),
+    der::asn1::ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.4"),
+];
+
+/// A device made for `did`.
+pub struct NewDevice {
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+    pub cert_pem: String,
+    pub fingerprint: String,
+    /// The `at.atsms.x509` record, as `com.atproto.repo.putRecord` takes it.
+    pub record: Value,
+}
+
+/// A prekey made for a device.
+pub struct NewPrekey {
+    /// The X25519 secret, PKCS#8 PEM (RFC 8410).
+    pub secret_pem: String,
+    pub created_at: String,
+    /// The `at.atsms.prekey` record.
+    pub record: Value,
+}
+
+/// The fingerprint of a device key: lower-case hex SHA-256 of the raw public point.
+pub fn fingerprint(key: &p256::PublicKey) -> String {
+    let point = key.to_sec1_bytes();
+    Sha256::digest(&point)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// ISO 8601 with milliseconds and `Z`, as JavaScript's `toISOString` writes it.
+pub fn iso_time(unix_millis: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_millis) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+/// The device certificate's profile: self-signed, the extensions the client writes.
+struct DeviceProfile {
+    subject: Name,
+    uri: String,
+}
+
+impl BuilderProfile for DeviceProfile {
+    fn get_issuer(&self, subject: &Name) -> Name {
+        subject.clone()
+    }
+
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+
+    fn build_extensions(
+        &self,
+        _spk: x509_cert::spki::SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: x509_cert::spki::SubjectPublicKeyInfoRef<'_>,
+        tbs: &x509_cert::TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        let subject = tbs.subject();
+        let none = Vec::new();
+        let uri = der::asn1::Ia5String::new(&self.uri)?;
+        Ok(vec![
+            BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            }
+            .to_extension(subject, &none)?,
+            KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyAgreement)
+                .to_extension(subject, &none)?,
+            ExtendedKeyUsage(EKU.to_vec()).to_extension(subject, &none)?,
+            SubjectAltName(vec![GeneralName::UniformResourceIdentifier(uri)])
+                .to_extension(subject, &none)?,
+        ])
+    }
+}
+
+/// A new device for `did`, its certificate good for `days` from `now` (Unix seconds).
+pub fn new_device(did: &str, days: u32, now: i64) -> Result<NewDevice, String> {
+    let key = loop {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+        if let Ok(key) = p256::ecdsa::SigningKey::from_slice(&bytes) {
+            break key;
+        }
+    };
+    let public = p256::PublicKey::from(key.verifying_key());
+    let fp = fingerprint(&public);
+    let subject: Name = format!("CN={did}")
+        .parse()
+        .map_err(|e| format!("CN={did}: {e}"))?;
+    let mut serial = [0u8; 16];
+    getrandom::fill(&mut serial).map_err(|e| e.to_string())?;
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01; // positive, and no leading zero byte to strip
+    let not_before =
+        der::asn1::GeneralizedTime::from_unix_duration(Duration::from_secs(now.max(0) as u64))
+            .map_err(|e| e.to_string())?;
+    let not_after = der::asn1::GeneralizedTime::from_unix_duration(Duration::from_secs(
+        now.max(0) as u64 + u64::from(days) * 86_400,
+    ))
+    .map_err(|e| e.to_string())?;
+    let validity = x509_cert::time::Validity::new(not_before.into(), not_after.into());
+    let spki =
+        x509_cert::spki::SubjectPublicKeyInfoOwned::from_key(&public).map_err(|e| e.to_string())?;
+    let profile = DeviceProfile {
+        subject,
+        uri: format!("at://{did}/at.atsms.x509/{fp}"),
+    };
+    let serial_number =
+        x509_cert::serial_number::SerialNumber::new(&serial).map_err(|e| e.to_string())?;
+    let builder = CertificateBuilder::new(profile, serial_number, validity, spki)
+        .map_err(|e| e.to_string())?;
+    let certificate = builder
+        .build::<_, p256::ecdsa::DerSignature>(&key)
+        .map_err(|e| e.to_string())?;
+    let cert_pem = certificate
+        .to_pem(LineEnding::LF)
+        .map_err(|e| e.to_string())?;
+    let key_pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| e.to_string())?
+        .to_string();
+    let serial_hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let record = json!({
+        "$type": "at.atsms.x509",
+        "certificate": cert_pem,
+        "serialNumber": serial_hex,
+        "validUntil": iso_time((now + i64::from(days) * 86_400) * 1000),
+        "createdAt": iso_time(now * 1000),
+    });
+    let _ = certificate.to_der();
+    Ok(NewDevice {
+        key_pem,
+        cert_pem,
+        fingerprint: fp,
+        record,
+    })
+}
+
+/// The PKCS#8 (RFC 8410) of an X25519 secret.
+fn x25519_pkcs8(secret: &[u8; 32]) -> String {
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(secret);
+    der::pem::encode_string("PRIVATE KEY", der::pem::LineEnding::LF, &der).unwrap_or_default()
+}
+
+/// The bytes `bundleSig` signs: the CBOR array `[signedPrekey, signingPk, createdAt,
+/// expiresAt]`.
+pub fn bundle_input(
+    prekey: &[u8; 32],
+    signing: &[u8; 32],
+    created: &str,
+    expires: &str,
+) -> Vec<u8> {
+    let mut out = vec![0x84];
+    for bytes in [&prekey[..], &signing[..]] {
+        crate::format::sealed::write_head(&mut out, 2, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+    }
+    for text in [created, expires] {
+        crate::format::sealed::write_head(&mut out, 3, text.len() as u64);
+        out.extend_from_slice(text.as_bytes());
+    }
+    out
+}
+
+/// A new prekey bundle for the device whose key is `device_key`, good for `PREKEY_TTL` from
+/// `now_millis`.
+pub fn new_prekey(
+    device_key: &p256::ecdsa::SigningKey,
+    now_millis: i64,
+) -> Result<NewPrekey, String> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+    let prekey = crate::format::sealed::public_key(&secret).map_err(|e| e.to_string())?;
+    let signing = {
+        use aws_lc_rs::signature::KeyPair;
+        let pair = aws_lc_rs::signature::Ed25519KeyPair::generate().map_err(|e| e.to_string())?;
+        <[u8; 32]>::try_from(pair.public_key().as_ref()).map_err(|e| e.to_string())?
+    };
+    let created = iso_time(now_millis);
+    let expires = iso_time(now_millis + PREKEY_TTL.as_millis() as i64);
+    let signature: p256::ecdsa::Signature =
+        device_key.sign(&bundle_input(&prekey, &signing, &created, &expires));
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD_NO_PAD.encode(b);
+    let record = json!({
+        "$type": "at.atsms.prekey",
+        "signedPrekey": {"$bytes": b64(&prekey)},
+        "signingPk": {"$bytes": b64(&signing)},
+        "bundleSig": {"$bytes": b64(&signature.to_bytes())},
+        "createdAt": created,
+        "expiresAt": expires,
+    });
+    Ok(NewPrekey {
+        secret_pem: x25519_pkcs8(&secret),
+        created_at: created,
+        record,
+    })
+}
