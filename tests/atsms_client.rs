@@ -1208,3 +1208,105 @@ fn run_cms(plc: &Plc, der: &[u8]) -> (Output, Value) {
     let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out, value)
 }
+
+/// What this project seals, layer by layer as the client does (content v2 → SignedData by the
+/// sender's device → EnvelopedData to the recipient's device → HPKE to its prekey), opens with
+/// `open` as the recipient device (sender published: ok, the text back); OpenSSL decrypts the
+/// EnvelopedData with the recipient's key and verifies the SignedData inside — an
+/// implementation not ours reads each CMS layer.
+#[test]
+fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
+    use atsms_milter::format::{atsms_content, enveloped, sealed, signed};
+    let plc = Plc::start();
+    let dir = tempfile::tempdir().unwrap();
+    let make = |did: &str, name: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+            .args(["device", "new", "--did", did, "--receive", "--out"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let (sender, recipient) = (make(SENDER, "sender"), make(RECIPIENT, "recipient"));
+    plc.set_with_pds(SENDER, &SigningKey::generate(Alg::Es256).unwrap(), None);
+    plc.put_record(
+        SENDER,
+        "at.atsms.x509",
+        sender["fingerprint"].as_str().unwrap(),
+        sender["records"]["at.atsms.x509"].clone(),
+    );
+    let cert = |name: &str| {
+        let pem = std::fs::read_to_string(dir.path().join(name).join("device.crt")).unwrap();
+        <x509_cert::Certificate as der::DecodePem>::from_pem(&pem).unwrap()
+    };
+    let key_pem = std::fs::read_to_string(dir.path().join("sender/device.key")).unwrap();
+    let key = <p256::ecdsa::SigningKey as p256::pkcs8::DecodePrivateKey>::from_pkcs8_pem(&key_pem)
+        .unwrap();
+    let content = atsms_content::encode_text(
+        SENDER,
+        &[RECIPIENT.to_string()],
+        "sealed here, opened there",
+        1_765_000_000_000,
+        [3; 16],
+    );
+    let signed_der = signed::sign(&content, &cert("sender"), &key).unwrap();
+    let enveloped_der = enveloped::encrypt(&signed_der, &[cert("recipient")]).unwrap();
+    let prekey = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(
+            recipient["records"]["at.atsms.prekey"]["signedPrekey"]["$bytes"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let sealed_bytes = sealed::seal(&prekey, sealed::CONTENT_CMS, &enveloped_der).unwrap();
+    std::fs::write(dir.path().join("sealed.cbor"), &sealed_bytes).unwrap();
+    std::fs::write(dir.path().join("enveloped.der"), &enveloped_der).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .args(["open", "--json", "--device"])
+        .arg(dir.path().join("recipient"))
+        .args(["--plc-url", &plc.url(), "--allow-private-addresses"])
+        .arg(dir.path().join("sealed.cbor"))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (out.status.code(), v["ok"].clone()),
+        (Some(0), json!(true)),
+        "{v}"
+    );
+    assert_eq!(v["sender_did"], SENDER);
+    assert_eq!(v["text"], "sealed here, opened there");
+
+    let openssl = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let inner = openssl(
+        "openssl cms -decrypt -inform DER -in enveloped.der -recip recipient/device.crt -inkey recipient/device.key -binary",
+    );
+    assert_eq!(inner, signed_der, "OpenSSL decrypts to the SignedData");
+    std::fs::write(dir.path().join("signed.der"), &inner).unwrap();
+    let verified = openssl(
+        "openssl cms -verify -inform DER -in signed.der -binary -CAfile sender/device.crt -purpose any",
+    );
+    assert_eq!(
+        verified, content,
+        "OpenSSL verifies the signature and gives the content"
+    );
+}

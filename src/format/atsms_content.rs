@@ -175,6 +175,73 @@ pub fn parse(bytes: &[u8]) -> Option<Content> {
     })
 }
 
+/// The conversation id of a one-shot message among `participants` (the sender and every
+/// recipient): `0x01 ‖ SHA-256("atsms/convo/oneshot/v2" ‖ for each DID, sorted and without
+/// repeats: its length (u16, big-endian) ‖ it)` (the client's `oneShotConvoIdV2`).
+pub fn one_shot_convo_id(participants: &[&str]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut dids: Vec<&str> = participants.to_vec();
+    dids.sort_unstable();
+    dids.dedup();
+    let mut hash = Sha256::new();
+    hash.update(b"atsms/convo/oneshot/v2");
+    for did in dids {
+        hash.update((did.len() as u16).to_be_bytes());
+        hash.update(did.as_bytes());
+    }
+    let mut out = vec![0x01];
+    out.extend_from_slice(&hash.finalize());
+    out
+}
+
+/// A one-shot text message from `sender` to `recipients`, as the client encodes one: version
+/// 2, a random salt, the conversation id of all of them, the recipients extension (every
+/// recipient sees the whole list: the signature binds it), one text part.
+pub fn encode_text(
+    sender: &str,
+    recipients: &[String],
+    text: &str,
+    created_at_ms: u64,
+    salt: [u8; 16],
+) -> Vec<u8> {
+    use crate::format::sealed::write_head;
+    let mut participants: Vec<&str> = vec![sender];
+    participants.extend(recipients.iter().map(String::as_str));
+    let convo = one_shot_convo_id(&participants);
+    let mut out = Vec::with_capacity(128 + text.len() + recipients.len() * 40);
+    let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+        write_head(out, 2, b.len() as u64);
+        out.extend_from_slice(b);
+    };
+    let string = |out: &mut Vec<u8>, t: &str| {
+        write_head(out, 3, t.len() as u64);
+        out.extend_from_slice(t.as_bytes());
+    };
+    write_head(&mut out, 4, 12);
+    write_head(&mut out, 0, 2);
+    bytes(&mut out, &salt);
+    bytes(&mut out, &convo);
+    write_head(&mut out, 0, created_at_ms);
+    out.extend([0xf6, 0xf6, 0xf6, 0xf6]); // replaces, topicId, inReplyTo, expires
+    out.push(0xf4); // ephemeral: false
+    string(&mut out, ""); // fallback
+    write_head(&mut out, 5, 1);
+    write_head(&mut out, 0, EXT_RECIPIENTS);
+    write_head(&mut out, 4, recipients.len() as u64);
+    for did in recipients {
+        string(&mut out, did);
+    }
+    write_head(&mut out, 4, 1); // body: one part
+    write_head(&mut out, 4, 2);
+    write_head(&mut out, 0, PART_TEXT);
+    write_head(&mut out, 4, 2);
+    write_head(&mut out, 0, 0); // inline
+    write_head(&mut out, 5, 1);
+    string(&mut out, "text");
+    string(&mut out, text);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +268,24 @@ mod tests {
             content.text.as_deref(),
             Some("hello from the real ATSMS client code")
         );
+    }
+
+    #[test]
+    fn the_clients_conversation_id_is_made_again_and_what_is_encoded_reads_back() {
+        // The client's own message: its conversation id from its sender and recipients.
+        let content = parse(&vector("oneshot.content")).unwrap();
+        let sender = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
+        let mut participants = vec![sender.to_string()];
+        participants.extend(content.recipients.clone().unwrap());
+        let refs: Vec<&str> = participants.iter().map(String::as_str).collect();
+        assert_eq!(one_shot_convo_id(&refs), content.convo_id);
+        let recipients = vec!["did:plc:bbb".to_string(), "did:web:x.example".to_string()];
+        let encoded = encode_text(sender, &recipients, "héllo", 1_765_000_000_000, [9; 16]);
+        let read = parse(&encoded).unwrap();
+        assert_eq!(read.text.as_deref(), Some("héllo"));
+        assert_eq!(read.recipients, Some(recipients));
+        assert_eq!(read.created_at, 1_765_000_000_000);
+        assert!(!read.ephemeral);
     }
 
     #[test]

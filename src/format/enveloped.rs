@@ -231,6 +231,135 @@ pub fn decrypt(bytes: &[u8], key: &p256::SecretKey) -> Result<Vec<u8>, Enveloped
     Ok(content)
 }
 
+/// id-data (RFC 5652 §4): what the client's EnvelopedData says it holds, a SignedData's DER.
+pub const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+/// id-ecPublicKey and prime256v1 (RFC 5480 §2.1.1): the originator key's algorithm, with the
+/// curve named (the client reads it from there, having no recipient certificate at hand).
+const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const PRIME256V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+
+fn random<const N: usize>() -> Result<[u8; N], EnvelopedError> {
+    let mut out = [0u8; N];
+    getrandom::fill(&mut out).map_err(|_| EnvelopedError::Unsupported)?;
+    Ok(out)
+}
+
+/// One KeyAgreeRecipientInfo for `certificate` (a device's), the content key `cek` wrapped
+/// for it with a fresh ephemeral key and a 64-byte ukm, as the client makes one.
+fn recipient_info(
+    certificate: &x509_cert::Certificate,
+    cek: &[u8; 32],
+) -> Result<RecipientInfo, EnvelopedError> {
+    use cms::enveloped_data::{
+        KeyAgreeRecipientIdentifier, KeyAgreeRecipientInfo, OriginatorPublicKey,
+        RecipientEncryptedKey,
+    };
+    let tbs = certificate.tbs_certificate();
+    let theirs = p256::PublicKey::from_sec1_bytes(
+        tbs.subject_public_key_info().subject_public_key.raw_bytes(),
+    )
+    .map_err(|_| EnvelopedError::Unsupported)?;
+    let ephemeral = loop {
+        if let Ok(key) = p256::SecretKey::from_slice(&random::<32>()?) {
+            break key;
+        }
+    };
+    let z = p256::ecdh::diffie_hellman(ephemeral.to_nonzero_scalar(), theirs.as_affine());
+    let ukm = random::<64>()?;
+    let shared = shared_info(Some(&ukm), false).ok_or(EnvelopedError::Shape)?;
+    let kek = kek(z.raw_secret_bytes(), &shared);
+    let wrapping =
+        KeyEncryptionKey::new(&KW_AES_256, &kek).map_err(|_| EnvelopedError::Unsupported)?;
+    let mut wrapped = [0u8; 40];
+    let wrapped = wrapping
+        .wrap(cek, &mut wrapped)
+        .map_err(|_| EnvelopedError::Unsupported)?
+        .to_vec();
+    let der_err = |_| EnvelopedError::Shape;
+    let point = ephemeral.public_key().to_sec1_bytes();
+    let wrap_alg = x509_cert::spki::AlgorithmIdentifierOwned {
+        oid: ID_AES256_WRAP,
+        parameters: None,
+    };
+    Ok(RecipientInfo::Kari(KeyAgreeRecipientInfo {
+        version: cms::content_info::CmsVersion::V3,
+        originator: OriginatorIdentifierOrKey::OriginatorKey(OriginatorPublicKey {
+            algorithm: x509_cert::spki::AlgorithmIdentifierOwned {
+                oid: ID_EC_PUBLIC_KEY,
+                parameters: Some(der::Any::from(PRIME256V1)),
+            },
+            public_key: der::asn1::BitString::from_bytes(&point).map_err(der_err)?,
+        }),
+        ukm: Some(der::asn1::OctetString::new(ukm.to_vec()).map_err(der_err)?),
+        key_enc_alg: x509_cert::spki::AlgorithmIdentifierOwned {
+            oid: DH_SHA256_KDF,
+            parameters: Some(der::Any::encode_from(&wrap_alg).map_err(der_err)?),
+        },
+        recipient_enc_keys: vec![RecipientEncryptedKey {
+            rid: KeyAgreeRecipientIdentifier::IssuerAndSerialNumber(
+                cms::cert::IssuerAndSerialNumber {
+                    issuer: tbs.issuer().clone(),
+                    serial_number: tbs.serial_number().clone(),
+                },
+            ),
+            enc_key: der::asn1::OctetString::new(wrapped).map_err(der_err)?,
+        }],
+    }))
+}
+
+/// `content` encrypted to each of `recipients` (devices' certificates) as the client encrypts
+/// a one-shot message: AES-256-CBC under a fresh key, one KeyAgreeRecipientInfo a
+/// certificate. DER (the client reads BER, of which DER is a part).
+pub fn encrypt(
+    content: &[u8],
+    recipients: &[x509_cert::Certificate],
+) -> Result<Vec<u8>, EnvelopedError> {
+    use aws_lc_rs::cipher::{EncryptionContext, PaddedBlockEncryptingKey};
+    use cms::enveloped_data::{EncryptedContentInfo, EnvelopedData};
+    let der_err = |_| EnvelopedError::Shape;
+    let cek = random::<32>()?;
+    let iv = random::<16>()?;
+    let key = UnboundCipherKey::new(&AES_256, &cek).map_err(|_| EnvelopedError::Content)?;
+    let encrypting =
+        PaddedBlockEncryptingKey::cbc_pkcs7(key).map_err(|_| EnvelopedError::Content)?;
+    let mut encrypted = content.to_vec();
+    encrypting
+        .less_safe_encrypt(
+            &mut encrypted,
+            EncryptionContext::Iv128(FixedLength::from(iv)),
+        )
+        .map_err(|_| EnvelopedError::Content)?;
+    let infos = recipients
+        .iter()
+        .map(|c| recipient_info(c, &cek))
+        .collect::<Result<Vec<_>, _>>()?;
+    let enveloped = EnvelopedData {
+        version: cms::content_info::CmsVersion::V2,
+        originator_info: None,
+        recip_infos: RecipientInfos::try_from(infos).map_err(der_err)?,
+        encrypted_content: EncryptedContentInfo {
+            content_type: ID_DATA,
+            content_enc_alg: x509_cert::spki::AlgorithmIdentifierOwned {
+                oid: ID_AES256_CBC,
+                parameters: Some(
+                    der::Any::encode_from(
+                        &der::asn1::OctetString::new(iv.to_vec()).map_err(der_err)?,
+                    )
+                    .map_err(der_err)?,
+                ),
+            },
+            encrypted_content: Some(der::asn1::OctetString::new(encrypted).map_err(der_err)?),
+        },
+        unprotected_attrs: None,
+    };
+    cms::content_info::ContentInfo {
+        content_type: ID_ENVELOPED_DATA,
+        content: der::Any::encode_from(&enveloped).map_err(der_err)?,
+    }
+    .to_der()
+    .map_err(der_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,4 +13,5 @@ pub mod message;
 pub mod mime;
 pub mod reply;
 pub mod sealed;
+pub mod signed;
 pub mod syntax;
