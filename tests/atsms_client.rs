@@ -10,6 +10,7 @@
 use atsms_testkit as support;
 
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::Duration;
 
 use atsms_milter::format::crypto::{Alg, SigningKey};
@@ -1309,4 +1310,76 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
         verified, content,
         "OpenSSL verifies the signature and gives the content"
     );
+}
+
+/// The devices a sender seals to: each current device of the recipient with its prekey
+/// checked as the client's sender checks it — one published by `device new --receive` counts,
+/// a device without a prekey record or with a forged one gets none (and is said why).
+#[tokio::test]
+async fn a_recipients_devices_are_sealed_to_only_with_a_valid_prekey() {
+    use atsms_milter::atproto::identity::IdentityResolver;
+    use atsms_milter::infra::config::{CacheConfig, ResolverConfig};
+    let plc = Plc::start();
+    plc.set_with_pds(RECIPIENT, &SigningKey::generate(Alg::Es256).unwrap(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut fingerprints = Vec::new();
+    for (name, prekey) in [
+        ("good", "as made"),
+        ("none", "absent"),
+        ("forged", "forged"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+            .args(["device", "new", "--did", RECIPIENT, "--receive", "--out"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let fp = made["fingerprint"].as_str().unwrap().to_string();
+        plc.put_record(
+            RECIPIENT,
+            "at.atsms.x509",
+            &fp,
+            made["records"]["at.atsms.x509"].clone(),
+        );
+        let mut record = made["records"]["at.atsms.prekey"].clone();
+        match prekey {
+            "absent" => {}
+            "forged" => {
+                record["expiresAt"] = json!("2099-01-01T00:00:00.000Z");
+                plc.put_record(RECIPIENT, "at.atsms.prekey", &fp, record);
+            }
+            _ => plc.put_record(RECIPIENT, "at.atsms.prekey", &fp, record),
+        }
+        fingerprints.push((
+            fp,
+            made["records"]["at.atsms.prekey"]["signedPrekey"]["$bytes"].clone(),
+        ));
+    }
+    let config = ResolverConfig {
+        plc_urls: vec![plc.url().parse().unwrap()],
+        allow_private_addresses: true,
+        ..Default::default()
+    };
+    let resolver = Arc::new(IdentityResolver::new(&config, &CacheConfig::default()).unwrap());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let devices = resolver.device_prekeys(RECIPIENT, now).await.unwrap();
+    assert_eq!(devices.len(), 3);
+    let of = |fp: &str| {
+        devices
+            .iter()
+            .find(|(d, _)| d.fingerprint == fp)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let good = of(&fingerprints[0].0).expect("the good device's prekey");
+    assert_eq!(
+        json!(base64::engine::general_purpose::STANDARD_NO_PAD.encode(good.key)),
+        fingerprints[0].1
+    );
+    assert_eq!(of(&fingerprints[1].0), Err("no prekey record".to_string()));
+    assert!(of(&fingerprints[2].0).unwrap_err().contains("bundleSig"));
 }

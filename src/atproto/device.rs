@@ -250,3 +250,142 @@ pub fn new_prekey(
         record,
     })
 }
+
+/// A device's prekey as its `at.atsms.prekey` record publishes it, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prekey {
+    /// The X25519 key envelopes to the device are sealed to.
+    pub key: [u8; 32],
+    /// When it stops being good (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// Why a prekey record does not count (the client then treats the device as having none).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrekeyError {
+    #[error("not an at.atsms.prekey record of the client's shape")]
+    Shape,
+    #[error("bundleSig does not verify with the device's certificate")]
+    Signature,
+    #[error("expired")]
+    Expired,
+}
+
+/// A `{"$bytes": base64}` value (padded or not) of exactly `N` bytes.
+fn record_bytes<const N: usize>(value: &Value) -> Option<[u8; N]> {
+    let text = value.get("$bytes")?.as_str()?;
+    let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(text.trim_end_matches('='))
+        .ok()?;
+    <[u8; N]>::try_from(decoded.as_slice()).ok()
+}
+
+/// Unix seconds of an RFC 3339 time.
+fn unix_time(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+}
+
+/// Checks a prekey record (its `value`) as the client's `verifyPrekeyRecord` does: the shape,
+/// `bundleSig` by the key of the device's certificate (`device_der`) over the CBOR array of the
+/// record's own values — ECDSA P-256 with SHA-256, `r‖s`, high-S accepted as WebCrypto and noble
+/// sign — and not expired at `now`.
+pub fn verify_prekey(value: &Value, device_der: &[u8], now: i64) -> Result<Prekey, PrekeyError> {
+    use der::Decode;
+    if value.get("$type").and_then(Value::as_str) != Some("at.atsms.prekey") {
+        return Err(PrekeyError::Shape);
+    }
+    let shape = || -> Option<_> {
+        Some((
+            record_bytes::<32>(value.get("signedPrekey")?)?,
+            record_bytes::<32>(value.get("signingPk")?)?,
+            record_bytes::<64>(value.get("bundleSig")?)?,
+            value.get("createdAt")?.as_str()?,
+            value.get("expiresAt")?.as_str()?,
+        ))
+    };
+    let (prekey, signing, signature, created, expires) = shape().ok_or(PrekeyError::Shape)?;
+    let expires_at = unix_time(expires).ok_or(PrekeyError::Shape)?;
+    let cert = x509_cert::Certificate::from_der(device_der).map_err(|_| PrekeyError::Shape)?;
+    let point = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
+    let key = crate::format::crypto::PublicKey::from_sec1(crate::format::crypto::Alg::Es256, point)
+        .map_err(|_| PrekeyError::Shape)?;
+    key.verify_p256_any_s(
+        &bundle_input(&prekey, &signing, created, expires),
+        &signature,
+    )
+    .map_err(|_| PrekeyError::Signature)?;
+    if expires_at <= now {
+        return Err(PrekeyError::Expired);
+    }
+    Ok(Prekey {
+        key: prekey,
+        expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::DecodePem;
+    use p256::pkcs8::DecodePrivateKey;
+
+    fn device() -> (NewDevice, p256::ecdsa::SigningKey, Vec<u8>) {
+        let made = new_device("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", 30, 1_765_000_000).unwrap();
+        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&made.key_pem).unwrap();
+        let der = x509_cert::Certificate::from_pem(&made.cert_pem)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        (made, key, der)
+    }
+
+    #[test]
+    fn a_bundle_made_here_verifies_with_its_device_and_no_other() {
+        let (_, key, der) = device();
+        let now_ms = 1_765_000_000_000;
+        let made = new_prekey(&key, now_ms).unwrap();
+        let prekey = verify_prekey(&made.record, &der, now_ms / 1000).unwrap();
+        assert_eq!(
+            prekey.expires_at,
+            now_ms / 1000 + PREKEY_TTL.as_secs() as i64
+        );
+        // Expired, at its end.
+        assert_eq!(
+            verify_prekey(&made.record, &der, prekey.expires_at),
+            Err(PrekeyError::Expired)
+        );
+        // Another device's certificate, a changed date, a missing `$bytes`.
+        let (_, _, other) = device();
+        assert_eq!(
+            verify_prekey(&made.record, &other, 0),
+            Err(PrekeyError::Signature)
+        );
+        let mut changed = made.record.clone();
+        changed["expiresAt"] = json!("2099-01-01T00:00:00.000Z");
+        assert_eq!(
+            verify_prekey(&changed, &der, 0),
+            Err(PrekeyError::Signature)
+        );
+        let mut bare = made.record.clone();
+        bare["signedPrekey"] = json!("AAAA");
+        assert_eq!(verify_prekey(&bare, &der, 0), Err(PrekeyError::Shape));
+    }
+
+    #[test]
+    fn a_high_s_bundle_signature_is_accepted_as_the_client_makes_them() {
+        let (_, key, der) = device();
+        let made = new_prekey(&key, 1_765_000_000_000).unwrap();
+        let mut record = made.record.clone();
+        let sig = record_bytes::<64>(&record["bundleSig"]).unwrap();
+        let flipped = crate::format::crypto::malleate(crate::format::crypto::Alg::Es256, &sig);
+        record["bundleSig"] =
+            json!({"$bytes": base64::engine::general_purpose::STANDARD.encode(flipped)});
+        assert!(verify_prekey(&record, &der, 1_765_000_000).is_ok());
+    }
+}

@@ -301,6 +301,70 @@ impl IdentityResolver {
     }
 }
 
+/// The prekey records' collection (rkey: the device fingerprint).
+pub const PREKEY_COLLECTION: &str = "at.atsms.prekey";
+
+/// A current device of a DID and what its prekey record says: the key to seal to, or why it
+/// has none the client would seal to (then the device gets no sealed copy).
+pub type DevicePrekey = (Device, Result<crate::atproto::device::Prekey, String>);
+
+impl IdentityResolver {
+    /// The devices of `did` current at `now` (certificate within its dates), each with its
+    /// prekey checked as the client's sender checks it (`atproto::device::verify_prekey`).
+    /// Asked when sending, not cached: a prekey rotates weekly and a stale one seals to a key
+    /// the device may have dropped.
+    pub async fn device_prekeys(
+        self: &Arc<Self>,
+        did: &str,
+        now: i64,
+    ) -> Result<Vec<DevicePrekey>, IdentityError> {
+        let inbox = self.atsms_inbox(did).await?.value;
+        let document = self.resolve_did(did).await?.value;
+        let limit = MAX_DEVICES.to_string();
+        let listed = self
+            .pds_query(
+                &document.document,
+                "com.atproto.repo.listRecords",
+                &[
+                    ("repo", did),
+                    ("collection", PREKEY_COLLECTION),
+                    ("limit", &limit),
+                ],
+            )
+            .await?;
+        let prefix = format!("at://{did}/{PREKEY_COLLECTION}/");
+        let records: Vec<(&str, &serde_json::Value)> = listed
+            .as_ref()
+            .and_then(|l| l.get("records"))
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+            .take(MAX_DEVICES)
+            .filter_map(|r| {
+                Some((
+                    r.get("uri")?.as_str()?.strip_prefix(&prefix)?,
+                    r.get("value")?,
+                ))
+            })
+            .collect();
+        Ok(inbox
+            .devices
+            .iter()
+            .filter(|d| d.not_before <= now && now <= d.not_after)
+            .map(|device| {
+                let prekey = match records.iter().find(|(fp, _)| *fp == device.fingerprint) {
+                    Some((_, value)) => {
+                        crate::atproto::device::verify_prekey(value, &device.der, now)
+                            .map_err(|e| e.to_string())
+                    }
+                    None => Err("no prekey record".to_string()),
+                };
+                (device.clone(), prekey)
+            })
+            .collect())
+    }
+}
+
 /// A device certificate (DER) as its record `fingerprint` of `did` publishes it, checked as
 /// spec 5.2 checks a signing device (fingerprint, subjectAltName, P-256), or none.
 pub fn device_of(did: &str, fingerprint: &str, der: &[u8]) -> Option<Device> {
