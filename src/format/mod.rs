@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod enveloped;
 pub mod message;
 pub mod mime;
+pub mod one_shot;
 pub mod reply;
 pub mod sealed;
 pub mod signed;
