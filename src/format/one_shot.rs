@@ -7,7 +7,10 @@
 //! about 200) sealed to its prekey (`format::sealed`). Pure: what to send where is the
 //! caller's.
 
-use crate::format::{atsms_content, enveloped, sealed, signed};
+use crate::format::atsms_content;
+use crate::format::enveloped;
+use crate::format::sealed;
+use crate::format::signed;
 
 /// The sending device this service holds.
 pub struct Sender<'a> {
