@@ -59,3 +59,47 @@ pub fn seal_for(signed_der: &[u8], device: &Device<'_>) -> Result<Vec<u8>, Compo
         &enveloped,
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_device_opens_its_own_copy_of_the_one_signed_message() {
+        use der::DecodePem;
+        use p256::pkcs8::DecodePrivateKey;
+        let made = |did: &str| {
+            let d = crate::atproto::device::new_device(did, 30, 1_765_000_000).unwrap();
+            (
+                x509_cert::Certificate::from_pem(&d.cert_pem).unwrap(),
+                p256::ecdsa::SigningKey::from_pkcs8_pem(&d.key_pem).unwrap(),
+            )
+        };
+        let (sender_cert, sender_key) = made("did:plc:ssssssssssssssssssssssss");
+        let sender = Sender {
+            did: "did:plc:ssssssssssssssssssssssss",
+            certificate: &sender_cert,
+            key: &sender_key,
+        };
+        let recipients = vec!["did:plc:aaaaaaaaaaaaaaaaaaaaaaaa".to_string()];
+        let signed_der = sign_text(&sender, &recipients, "one signature", 1).unwrap();
+        for secret in [[1u8; 32], [2u8; 32]] {
+            let (cert, key) = made(&recipients[0]);
+            let prekey = sealed::public_key(&secret).unwrap();
+            let copy = seal_for(
+                &signed_der,
+                &Device {
+                    certificate: &cert,
+                    prekey: &prekey,
+                },
+            )
+            .unwrap();
+            let (kind, body) = sealed::open(&copy, &[secret]).unwrap();
+            assert_eq!(kind, sealed::CONTENT_CMS);
+            let key = p256::SecretKey::from(key.as_nonzero_scalar());
+            assert_eq!(enveloped::decrypt(&body, &key).unwrap(), signed_der);
+            // Another device's prekey does not open it.
+            assert!(sealed::open(&copy, &[[9; 32]]).is_err());
+        }
+    }
+}
