@@ -1058,7 +1058,7 @@ fn open_reads_the_clients_envelope_as_its_recipient_device() {
 /// OpenSSL pipeline computes, keys readable by their owner only, the X25519 prekey readable by
 /// OpenSSL, `bundleSig` verifying with the device key over the record's own strings — and
 /// the printed `at.atsms.x509` record, published as printed, makes a SignedData OpenSSL signs
-/// with the device pass the X.509 floor. `device rotate` keeps two prekeys.
+/// with the device pass the X.509 floor. `device rotate` keeps three prekeys.
 #[test]
 fn device_new_makes_what_the_client_publishes_and_openssl_signs_with_it() {
     use std::os::unix::fs::PermissionsExt;
@@ -1171,8 +1171,8 @@ fn device_new_makes_what_the_client_publishes_and_openssl_signs_with_it() {
     );
     assert_eq!(v["fingerprint"], fp);
 
-    // Two prekeys kept: the new one and the one before it.
-    for _ in 0..2 {
+    // Three prekeys kept: the new one and the two before it.
+    for _ in 0..3 {
         std::thread::sleep(std::time::Duration::from_millis(5));
         let rotated = run(&["device", "rotate", device.to_str().unwrap()]);
         assert_eq!(rotated["fingerprint"], fp);
@@ -1187,7 +1187,7 @@ fn device_new_makes_what_the_client_publishes_and_openssl_signs_with_it() {
                 .starts_with("prekey-")
         })
         .count();
-    assert_eq!(prekeys, 2);
+    assert_eq!(prekeys, 3);
 }
 
 /// `verify-cms --json` of `der` against `plc`, as of now (the device was made now).
@@ -1283,6 +1283,39 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
     );
     assert_eq!(v["sender_did"], SENDER);
     assert_eq!(v["text"], "sealed here, opened there");
+    // Signed by the sender, but its conversation id is another sender's (a message replayed
+    // into another thread): the client drops it, so `open` says not ok and shows no text.
+    let forged = atsms_content::encode_text(
+        "did:plc:someoneelsesomeoneelseso",
+        &[RECIPIENT.to_string()],
+        "not my thread",
+        1_765_000_000_000,
+        [4; 16],
+    );
+    let forged = signed::sign(&forged, &cert("sender"), &key).unwrap();
+    let forged = enveloped::encrypt(&forged, &[cert("recipient")]).unwrap();
+    let forged = sealed::seal(&prekey, sealed::CONTENT_CMS, &forged).unwrap();
+    std::fs::write(dir.path().join("forged.cbor"), &forged).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .args(["open", "--json", "--device"])
+        .arg(dir.path().join("recipient"))
+        .args(["--plc-url", &plc.url(), "--allow-private-addresses"])
+        .arg(dir.path().join("forged.cbor"))
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (out.status.code(), v["ok"].clone()),
+        (Some(1), json!(false)),
+        "{v}"
+    );
+    assert_eq!(v["text"], Value::Null);
+    assert!(
+        v["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("conversation id")),
+        "{v}"
+    );
 
     let openssl = |script: &str| {
         let out = Command::new("sh")

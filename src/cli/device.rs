@@ -23,7 +23,8 @@ pub(super) struct DeviceArgs {
 enum DeviceCommand {
     /// Make a device: DIR/device.key (0600), DIR/device.crt, with --receive a prekey.
     New(NewArgs),
-    /// Make the next prekey (a week's), keeping the previous one for the grace week.
+    /// Make the next prekey (a week's), keeping the two before it (the grace week, and one
+    /// made but perhaps not yet published).
     Rotate {
         /// The device's directory.
         dir: PathBuf,
@@ -118,7 +119,9 @@ fn rotate(dir: &Path) -> Result<Value, String> {
         &dir.join(prekey_name(&prekey.created_at)),
         &prekey.secret_pem,
     )?;
-    // Two generations are kept: the new one and the one before it (the grace week).
+    // Three generations are kept: the new one, the one before it (the grace week), and the
+    // one before that (a rotation made twice before publishing must not drop the published
+    // one's secret).
     let mut prekeys: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -128,7 +131,7 @@ fn rotate(dir: &Path) -> Result<Value, String> {
         })
         .collect();
     prekeys.sort();
-    for old in prekeys.iter().rev().skip(2) {
+    for old in prekeys.iter().rev().skip(3) {
         std::fs::remove_file(old).map_err(|e| format!("{}: {e}", old.display()))?;
     }
     Ok(json!({"fingerprint": fingerprint, "records": {"at.atsms.prekey": prekey.record}}))

@@ -65,6 +65,12 @@ fn secret_file(path: &Path) -> Result<Vec<u8>, String> {
             path.display()
         ));
     }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} is writable by its group or others (chmod go-w)",
+            path.display()
+        ));
+    }
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -128,6 +134,23 @@ fn unwrap_layers(raw: &[u8], keys: &DeviceKeys) -> Result<(u64, Vec<u8>), String
     Ok((content_type, signed))
 }
 
+/// What the client's receiving path drops a one-shot message for after its signature: no
+/// recipients extension, or a conversation id that is not the one of the signer and those
+/// recipients (a message replayed into another thread), or an ephemeral message.
+fn thread_problem(signer: &str, content: &atsms_content::Content) -> Option<&'static str> {
+    let Some(recipients) = &content.recipients else {
+        return Some("no recipients extension");
+    };
+    let mut participants = vec![signer];
+    participants.extend(recipients.iter().map(String::as_str));
+    if atsms_content::one_shot_convo_id(&participants) != content.convo_id {
+        return Some("the conversation id is not the signer's and the recipients'");
+    }
+    content
+        .ephemeral
+        .then_some("an ephemeral message (the client drops it unread)")
+}
+
 async fn open_all(args: &OpenArgs, raw: &[u8]) -> Opened {
     let mut opened = Opened::default();
     let keys = match device_keys(&args.device) {
@@ -159,11 +182,18 @@ async fn open_all(args: &OpenArgs, raw: &[u8]) -> Opened {
     opened.sender_fingerprint = floor.fingerprint.clone();
     if let Ok(checked) = crate::verification::atsms_parts::check_signed(&signed, None) {
         match atsms_content::parse(&checked.content) {
-            Some(content) => opened.text = content.text,
+            Some(content) => match thread_problem(&checked.did, &content) {
+                None => opened.text = content.text,
+                Some(problem) => opened.error = Some(problem.into()),
+            },
             None => opened.error = Some("the content is not the client's version 2".into()),
         }
     }
     opened.ok = floor.result == AuthResult::Pass && opened.error.is_none();
+    if !opened.ok {
+        // What is not the sender's, or not as sent, is not shown as a message.
+        opened.text = None;
+    }
     opened.temporary = floor.result == AuthResult::Temperror;
     if floor.result != AuthResult::Pass {
         opened.error = Some(format!(
@@ -177,10 +207,21 @@ async fn open_all(args: &OpenArgs, raw: &[u8]) -> Opened {
 
 pub(super) fn open(args: OpenArgs) -> ExitCode {
     let mut raw = Vec::new();
-    if let Err(e) = read_input(args.file.as_ref())
-        .and_then(|mut r| r.read_to_end(&mut raw).map_err(|e| e.to_string()))
-    {
+    // At most what a device is sent: a sealed envelope, or an EnvelopedData of the HTTPS
+    // inbox's largest.
+    let max = crate::transport::xrpc::inbox::MAX_CMS as u64;
+    if let Err(e) = read_input(args.file.as_ref()).and_then(|r| {
+        r.take(max + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| e.to_string())
+    }) {
         return fail(exit::NO_INPUT, e);
+    }
+    if raw.len() as u64 > max {
+        return fail(
+            exit::NO_INPUT,
+            format!("larger than {max} bytes: not an envelope"),
+        );
     }
     let Ok(rt) = runtime() else {
         return fail(exit::SOFTWARE, "cannot start the async runtime");

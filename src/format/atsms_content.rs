@@ -5,7 +5,8 @@
 //! recipients in extension 1.
 //!
 //! Read under the client's strict profile (definite lengths, shortest heads, no negative
-//! integers, floats or tags, map keys unsigned or text in their encoded order, depth ≤ 16) by
+//! integers, floats or tags, integers below 2^53, map keys unsigned or text in the byte order
+//! of their encodings, depth ≤ 16) by
 //! a small reader of its own: a general CBOR decoder takes more than the client writes or
 //! reads, and DAG-CBOR (the crate at hand) allows text map keys only.
 
@@ -49,6 +50,8 @@ fn item(bytes: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
     let (major, arg) = head(bytes, at)?;
     let len = |arg: u64| usize::try_from(arg).ok();
     Some(match major {
+        // JavaScript's safe integers: the client refuses larger ones.
+        0 if arg > (1 << 53) - 1 => return None,
         0 => Value::Uint(arg),
         2 | 3 => {
             let end = at.checked_add(len(arg)?)?;
@@ -73,16 +76,17 @@ fn item(bytes: &[u8], at: &mut usize, depth: usize) -> Option<Value> {
         5 => {
             let n = len(arg)?;
             (n <= bytes.len() - *at).then_some(())?;
-            let mut entries = Vec::with_capacity(n);
+            let mut entries = Vec::with_capacity(n.min(64));
             let mut previous: Option<&[u8]> = None;
             for _ in 0..n {
                 let key_start = *at;
                 let key = item(bytes, at, depth + 1)?;
                 matches!(key, Value::Uint(_) | Value::Text(_)).then_some(())?;
                 let encoded = &bytes[key_start..*at];
-                // Keys in their encoded order (shorter first), none twice.
+                // Keys in the byte order of their encodings, none twice (the client's
+                // `compareBytes`).
                 if let Some(previous) = previous {
-                    ((previous.len(), previous) < (encoded.len(), encoded)).then_some(())?;
+                    (previous < encoded).then_some(())?;
                 }
                 previous = Some(encoded);
                 entries.push((key, item(bytes, at, depth + 1)?));
@@ -297,6 +301,9 @@ mod tests {
             &[0xc0, 0x00],
             &[0x9f, 0xff],
             &[0xa2, 0x61, 0x62, 0x00, 0x61, 0x61, 0x00],
+            // Text before a number: 0x61 > 0x19 in byte order.
+            &[0xa2, 0x61, 0x61, 0x00, 0x19, 0x01, 0x00, 0x00],
+            &[0x1b, 0x00, 0x20, 0, 0, 0, 0, 0, 0],
             &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
         ] {
             assert_eq!(decode(bad), None, "{bad:02x?}");
@@ -305,6 +312,8 @@ mod tests {
         for cut in 0..good.len() {
             assert!(parse(&good[..cut]).is_none());
         }
+        // A number key of three bytes before a text key of two: byte order, as the client.
+        assert!(decode(&[0xa2, 0x19, 0x01, 0x00, 0x00, 0x61, 0x61, 0x00]).is_some());
         let deep: Vec<u8> = std::iter::repeat_n(0x81, 64).chain([0x00]).collect();
         assert_eq!(decode(&deep), None);
     }

@@ -32,6 +32,9 @@ pub const ID_AES256_WRAP: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.45");
 /// id-aes256-CBC (RFC 3565 §4.1).
 pub const ID_AES256_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.1.42");
+/// Recipient entries read at most (the client's own one-shot puts every device of every
+/// recipient in one EnvelopedData).
+pub const MAX_RECIPIENT_INFOS: usize = 1024;
 /// The largest content decrypted (a SignedData of a 64 KiB bucket, with room).
 pub const MAX_CONTENT: usize = 1024 * 1024;
 
@@ -80,6 +83,8 @@ fn read(bytes: &[u8]) -> Option<Parts> {
     }
     (set.tag == 0x31).then_some(())?;
     let infos = RecipientInfos::from_der(bytes.get(set.start..set.content_end?)?).ok()?;
+    // Each entry costs an ECDH to try: no more than a message to many devices has.
+    (infos.0.len() <= MAX_RECIPIENT_INFOS).then_some(())?;
     at = set.content_end?;
     // EncryptedContentInfo: contentType, contentEncryptionAlgorithm, [0] encryptedContent.
     (ber::tlv(bytes, &mut at)?.tag == 0x30).then_some(())?;

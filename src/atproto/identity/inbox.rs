@@ -320,48 +320,33 @@ impl IdentityResolver {
     ) -> Result<Vec<DevicePrekey>, IdentityError> {
         let inbox = self.atsms_inbox(did).await?.value;
         let document = self.resolve_did(did).await?.value;
-        let limit = MAX_DEVICES.to_string();
-        let listed = self
-            .pds_query(
-                &document.document,
-                "com.atproto.repo.listRecords",
-                &[
-                    ("repo", did),
-                    ("collection", PREKEY_COLLECTION),
-                    ("limit", &limit),
-                ],
-            )
-            .await?;
-        let prefix = format!("at://{did}/{PREKEY_COLLECTION}/");
-        let records: Vec<(&str, &serde_json::Value)> = listed
-            .as_ref()
-            .and_then(|l| l.get("records"))
-            .and_then(|r| r.as_array())
-            .into_iter()
-            .flatten()
-            .take(MAX_DEVICES)
-            .filter_map(|r| {
-                Some((
-                    r.get("uri")?.as_str()?.strip_prefix(&prefix)?,
-                    r.get("value")?,
-                ))
-            })
-            .collect();
-        Ok(inbox
+        let mut out = Vec::new();
+        // One getRecord a current device, as the client's sender asks (a listing could leave a
+        // current device's record on a later page behind those of withdrawn ones).
+        for device in inbox
             .devices
             .iter()
             .filter(|d| d.not_before <= now && now <= d.not_after)
-            .map(|device| {
-                let prekey = match records.iter().find(|(fp, _)| *fp == device.fingerprint) {
-                    Some((_, value)) => {
-                        crate::atproto::device::verify_prekey(value, &device.der, now)
-                            .map_err(|e| e.to_string())
-                    }
-                    None => Err("no prekey record".to_string()),
-                };
-                (device.clone(), prekey)
-            })
-            .collect())
+        {
+            let record = self
+                .pds_query(
+                    &document.document,
+                    "com.atproto.repo.getRecord",
+                    &[
+                        ("repo", did),
+                        ("collection", PREKEY_COLLECTION),
+                        ("rkey", &device.fingerprint),
+                    ],
+                )
+                .await?;
+            let prekey = match record.as_ref().and_then(|r| r.get("value")) {
+                Some(value) => crate::atproto::device::verify_prekey(value, &device.der, now)
+                    .map_err(|e| e.to_string()),
+                None => Err("no prekey record".to_string()),
+            };
+            out.push((device.clone(), prekey));
+        }
+        Ok(out)
     }
 }
 
