@@ -271,6 +271,19 @@ fn seal_per_device(c: &mut Criterion) {
     group.bench_function("seal_per_device", |b| {
         b.iter(|| one_shot::seal_for(&signed, &target).unwrap())
     });
+    // Its two parts: the EnvelopedData to the device's certificate, the HPKE seal of it.
+    group.bench_function("enveloped_encrypt", |b| {
+        b.iter(|| {
+            atsms_milter::format::enveloped::encrypt(&signed, std::slice::from_ref(&recipient_cert))
+                .unwrap()
+        })
+    });
+    let enveloped =
+        atsms_milter::format::enveloped::encrypt(&signed, std::slice::from_ref(&recipient_cert))
+            .unwrap();
+    group.bench_function("hpke_seal", |b| {
+        b.iter(|| atsms_milter::format::sealed::seal(&prekey, 2, &enveloped).unwrap())
+    });
     group.finish();
 }
 
