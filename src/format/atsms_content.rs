@@ -250,24 +250,21 @@ pub fn encode_text(
 mod tests {
     use super::*;
 
-    fn vector(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/atsms-client")
-                .join(name),
-        )
-        .unwrap()
-    }
+    const CONTENT: &[u8] = include_bytes!("../../tests/data/atsms-client/content.cbor");
+    const ONESHOT_CONTENT: &[u8] = include_bytes!("../../tests/data/atsms-client/oneshot.content");
 
     #[test]
     fn the_clients_content_reads_as_its_receiving_path_reads_it() {
-        for name in ["content.cbor", "oneshot.content"] {
-            let content = parse(&vector(name)).unwrap_or_else(|| panic!("{name}"));
+        for (name, bytes) in [
+            ("content.cbor", CONTENT),
+            ("oneshot.content", ONESHOT_CONTENT),
+        ] {
+            let content = parse(bytes).unwrap_or_else(|| panic!("{name}"));
             assert!(content.text.is_some(), "{name}: {content:?}");
             assert_eq!(content.convo_id.len(), 33);
             assert!(!content.recipients.unwrap_or_default().is_empty(), "{name}");
         }
-        let content = parse(&vector("oneshot.content")).unwrap();
+        let content = parse(ONESHOT_CONTENT).unwrap();
         assert_eq!(
             content.text.as_deref(),
             Some("hello from the real ATSMS client code")
@@ -277,7 +274,7 @@ mod tests {
     #[test]
     fn the_clients_conversation_id_is_made_again_and_what_is_encoded_reads_back() {
         // The client's own message: its conversation id from its sender and recipients.
-        let content = parse(&vector("oneshot.content")).unwrap();
+        let content = parse(ONESHOT_CONTENT).unwrap();
         let sender = "did:plc:ewvi7nxzyoun6zhxrhs64oiz";
         let mut participants = vec![sender.to_string()];
         participants.extend(content.recipients.clone().unwrap());
@@ -308,7 +305,7 @@ mod tests {
         ] {
             assert_eq!(decode(bad), None, "{bad:02x?}");
         }
-        let good = vector("content.cbor");
+        let good = CONTENT;
         for cut in 0..good.len() {
             assert!(parse(&good[..cut]).is_none());
         }

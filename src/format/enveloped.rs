@@ -375,47 +375,40 @@ mod tests {
     use super::*;
     use p256::pkcs8::DecodePrivateKey;
 
-    fn vector(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/atsms-client")
-                .join(name),
-        )
-        .unwrap()
-    }
+    const ONESHOT: &[u8] = include_bytes!("../../tests/data/atsms-client/oneshot.der");
+    const ONESHOT_CONTENT: &[u8] = include_bytes!("../../tests/data/atsms-client/oneshot.content");
+    const SIGNED: &[u8] = include_bytes!("../../tests/data/atsms-client/signed.der");
+    const RECIPIENT_KEY: &[u8] = include_bytes!("../../tests/data/atsms-client/recip.key.pem");
 
     fn recipient() -> p256::SecretKey {
-        let pem = String::from_utf8(vector("recip.key.pem")).unwrap();
+        let pem = String::from_utf8(RECIPIENT_KEY.to_vec()).unwrap();
         p256::SecretKey::from_pkcs8_pem(&pem).unwrap()
     }
 
     #[test]
     fn the_clients_one_shot_opens_with_the_recipients_key_to_its_signed_data() {
-        let content = decrypt(&vector("oneshot.der"), &recipient()).unwrap();
+        let content = decrypt(ONESHOT, &recipient()).unwrap();
         // A SignedData (id-signedData) whose content is the message's.
         assert_eq!(&content[4..15], &[6, 9, 42, 134, 72, 134, 247, 13, 1, 7, 2]);
-        let inner = vector("oneshot.content");
+        let inner = ONESHOT_CONTENT;
         assert!(content.windows(inner.len()).any(|w| w == inner));
         // A device the message is not for.
         let other = p256::SecretKey::from_slice(&[7; 32]).unwrap();
         assert_eq!(
-            decrypt(&vector("oneshot.der"), &other),
+            decrypt(ONESHOT, &other),
             Err(EnvelopedError::NotForThisDevice)
         );
     }
 
     #[test]
     fn a_damaged_or_foreign_structure_is_refused_without_panic() {
-        let der = vector("oneshot.der");
-        assert_eq!(
-            decrypt(&vector("signed.der"), &recipient()),
-            Err(EnvelopedError::Shape)
-        );
+        let der = ONESHOT;
+        assert_eq!(decrypt(SIGNED, &recipient()), Err(EnvelopedError::Shape));
         for cut in (0..der.len()).step_by(37) {
             assert!(decrypt(&der[..cut], &recipient()).is_err(), "{cut}");
         }
         for at in (0..der.len()).step_by(53) {
-            let mut bad = der.clone();
+            let mut bad = der.to_vec();
             bad[at] ^= 0x40;
             let _ = decrypt(&bad, &recipient());
         }

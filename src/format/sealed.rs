@@ -275,17 +275,12 @@ pub fn public_key(secret: &[u8; 32]) -> Result<[u8; 32], SealedError> {
 mod tests {
     use super::*;
 
-    fn vector(name: &str) -> Vec<u8> {
-        std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/data/atsms-client")
-                .join(name),
-        )
-        .unwrap()
-    }
+    const ENVELOPE: &[u8] = include_bytes!("../../tests/data/atsms-client/envelope.cbor");
+    const PREKEY: &[u8] = include_bytes!("../../tests/data/atsms-client/prekey.sk");
+    const ONESHOT: &[u8] = include_bytes!("../../tests/data/atsms-client/oneshot.der");
 
     fn prekey() -> [u8; 32] {
-        vector("prekey.sk").try_into().unwrap()
+        PREKEY.try_into().unwrap()
     }
 
     fn hex(text: &str) -> Vec<u8> {
@@ -342,15 +337,15 @@ mod tests {
 
     #[test]
     fn the_clients_envelope_opens_with_its_prekey_to_the_enveloped_data() {
-        let (content_type, body) = open(&vector("envelope.cbor"), &[[7; 32], prekey()]).unwrap();
+        let (content_type, body) = open(ENVELOPE, &[[7; 32], prekey()]).unwrap();
         assert_eq!(content_type, CONTENT_CMS);
         assert_eq!(
             body,
-            vector("oneshot.der"),
+            ONESHOT.to_vec(),
             "the body is the one-shot EnvelopedData"
         );
         assert_eq!(
-            open(&vector("envelope.cbor"), &[[7; 32]]),
+            open(ENVELOPE, &[[7; 32]]),
             Err(SealedError::NotForThisDevice)
         );
     }
@@ -379,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_tampered_or_misshapen_envelope_is_refused_without_panic() {
-        let sealed = vector("envelope.cbor");
+        let sealed = ENVELOPE.to_vec();
         for at in [0, 1, 4, 6, 40, sealed.len() - 1] {
             let mut bad = sealed.clone();
             bad[at] ^= 1;
