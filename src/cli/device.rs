@@ -70,6 +70,22 @@ fn write_secret(path: &Path, contents: &str) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// A device directory's prekey secrets (`prekey-<createdAt>.key`), newest first: the names
+/// sort as their times do.
+pub(super) fn prekey_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("prekey-") && name.ends_with(".key")
+        })
+        .collect();
+    names.sort();
+    names.reverse();
+    Ok(names)
+}
+
 /// The file name of a prekey made at `created_at` (ISO time: names sort as times do).
 fn prekey_name(created_at: &str) -> String {
     format!("prekey-{created_at}.key")
@@ -122,16 +138,7 @@ fn rotate(dir: &Path) -> Result<Value, String> {
     // Three generations are kept: the new one, the one before it (the grace week), and the
     // one before that (a rotation made twice before publishing must not drop the published
     // one's secret).
-    let mut prekeys: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| e.to_string())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("prekey-") && name.ends_with(".key")
-        })
-        .collect();
-    prekeys.sort();
-    for old in prekeys.iter().rev().skip(3) {
+    for old in prekey_files(dir)?.iter().skip(3) {
         std::fs::remove_file(old).map_err(|e| format!("{}: {e}", old.display()))?;
     }
     Ok(json!({"fingerprint": fingerprint, "records": {"at.atsms.prekey": prekey.record}}))

@@ -96,18 +96,7 @@ fn device_keys(dir: &Path) -> Result<DeviceKeys, String> {
         .map_err(|_| "device.key: not PEM".to_string())?;
     let key = p256::SecretKey::from_pkcs8_pem(&pem)
         .map_err(|e| format!("device.key: not a PKCS#8 P-256 key ({e})"))?;
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            name.starts_with("prekey-") && name.ends_with(".key")
-        })
-        .collect();
-    // `prekey-<createdAt>.key`: the newest name last in text order.
-    names.sort();
-    names.reverse();
-    let prekeys = names
+    let prekeys = super::device::prekey_files(dir)?
         .iter()
         .map(|p| {
             x25519_secret(&secret_file(p)?)
