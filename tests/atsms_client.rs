@@ -970,6 +970,44 @@ fn an_envelope_is_stored_or_not_acknowledged_whatever_is_cancelled() {
     assert_eq!(with("policy.atsms-envelope=cms-signed"), 2);
 }
 
+/// `atsms-milter open --json --device DEVICE FILE` against `plc` (as of `now`, when given): the
+/// exit status and the JSON.
+fn open_json(
+    plc: &Plc,
+    device: &std::path::Path,
+    file: &std::path::Path,
+    now: Option<i64>,
+) -> (Option<i32>, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_atsms-milter"));
+    cmd.args(["open", "--json", "--device"]).arg(device).args([
+        "--plc-url",
+        &plc.url(),
+        "--allow-private-addresses",
+    ]);
+    if let Some(now) = now {
+        cmd.args(["--now", &now.to_string()]);
+    }
+    let out = cmd.arg(file).output().unwrap();
+    let value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), value)
+}
+
+/// `atsms-milter device new --did DID --receive --out DIR`: what it prints.
+fn device_new(did: &str, dir: &std::path::Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
+        .args(["device", "new", "--did", did, "--receive", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// A device directory as `device new --receive` makes it: the recipient device of the client's
 /// artefacts (its key, its prekey secret), each readable by its owner only.
 fn recipient_device() -> tempfile::TempDir {
@@ -998,23 +1036,7 @@ fn open_reads_the_clients_envelope_as_its_recipient_device() {
     let open = |input: &[u8]| {
         let file = device.path().join("input");
         std::fs::write(&file, input).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-            .args(["open", "--json", "--device"])
-            .arg(device.path())
-            .args([
-                "--plc-url",
-                &plc.url(),
-                "--allow-private-addresses",
-                "--now",
-            ])
-            .arg(NOW.to_string())
-            .arg(&file)
-            .output()
-            .unwrap();
-        let value: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
-        });
-        (out.status.code(), value)
+        open_json(&plc, device.path(), &file, Some(NOW))
     };
     let (code, v) = open(&data("envelope.cbor"));
     assert_eq!(code, Some(0), "{v}");
@@ -1220,19 +1242,7 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
     use atsms_milter::format::{atsms_content, enveloped, sealed, signed};
     let plc = Plc::start();
     let dir = tempfile::tempdir().unwrap();
-    let make = |did: &str, name: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-            .args(["device", "new", "--did", did, "--receive", "--out"])
-            .arg(dir.path().join(name))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
+    let make = |did: &str, name: &str| device_new(did, &dir.path().join(name));
     let (sender, recipient) = (make(SENDER, "sender"), make(RECIPIENT, "recipient"));
     plc.set_with_pds(SENDER, &SigningKey::generate(Alg::Es256).unwrap(), None);
     plc.put_record(
@@ -1268,19 +1278,13 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
     std::fs::write(dir.path().join("sealed.cbor"), &sealed_bytes).unwrap();
     std::fs::write(dir.path().join("enveloped.der"), &enveloped_der).unwrap();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-        .args(["open", "--json", "--device"])
-        .arg(dir.path().join("recipient"))
-        .args(["--plc-url", &plc.url(), "--allow-private-addresses"])
-        .arg(dir.path().join("sealed.cbor"))
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (out.status.code(), v["ok"].clone()),
-        (Some(0), json!(true)),
-        "{v}"
+    let (code, v) = open_json(
+        &plc,
+        &dir.path().join("recipient"),
+        &dir.path().join("sealed.cbor"),
+        None,
     );
+    assert_eq!((code, v["ok"].clone()), (Some(0), json!(true)), "{v}");
     assert_eq!(v["sender_did"], SENDER);
     assert_eq!(v["text"], "sealed here, opened there");
     // Signed by the sender, but its conversation id is another sender's (a message replayed
@@ -1296,19 +1300,13 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
     let forged = enveloped::encrypt(&forged, &[cert("recipient")]).unwrap();
     let forged = sealed::seal(&prekey, sealed::CONTENT_CMS, &forged).unwrap();
     std::fs::write(dir.path().join("forged.cbor"), &forged).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-        .args(["open", "--json", "--device"])
-        .arg(dir.path().join("recipient"))
-        .args(["--plc-url", &plc.url(), "--allow-private-addresses"])
-        .arg(dir.path().join("forged.cbor"))
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (out.status.code(), v["ok"].clone()),
-        (Some(1), json!(false)),
-        "{v}"
+    let (code, v) = open_json(
+        &plc,
+        &dir.path().join("recipient"),
+        &dir.path().join("forged.cbor"),
+        None,
     );
+    assert_eq!((code, v["ok"].clone()), (Some(1), json!(false)), "{v}");
     assert_eq!(v["text"], Value::Null);
     assert!(
         v["error"]
@@ -1361,12 +1359,7 @@ async fn a_recipients_devices_are_sealed_to_only_with_a_valid_prekey() {
         ("none", "absent"),
         ("forged", "forged"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-            .args(["device", "new", "--did", RECIPIENT, "--receive", "--out"])
-            .arg(dir.path().join(name))
-            .output()
-            .unwrap();
-        let made: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let made = device_new(RECIPIENT, &dir.path().join(name));
         let fp = made["fingerprint"].as_str().unwrap().to_string();
         plc.put_record(
             RECIPIENT,
