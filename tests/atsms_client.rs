@@ -1297,8 +1297,14 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
         [4; 16],
     );
     let forged = signed::sign(&forged, &cert("sender"), &key).unwrap();
-    let forged = enveloped::encrypt(&forged, &[cert("recipient")]).unwrap();
-    let forged = sealed::seal(&prekey, sealed::CONTENT_CMS, &forged).unwrap();
+    let forged = atsms_milter::format::one_shot::seal_for(
+        &forged,
+        &atsms_milter::format::one_shot::Device {
+            certificate: &cert("recipient"),
+            prekey: &prekey.clone().try_into().unwrap(),
+        },
+    )
+    .unwrap();
     std::fs::write(dir.path().join("forged.cbor"), &forged).unwrap();
     let (code, v) = open_json(
         &plc,

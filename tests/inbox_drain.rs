@@ -308,20 +308,9 @@ fn an_envelope_posted_for_a_did_with_a_device_is_kept_for_the_device_once() {
     assert_eq!(files, vec![envelope]);
 }
 
-/// The mail the client's SMTP form sends (its inbound-delivery spec §4): one base64
-/// `application/atsms-envelope` part, lines of 76.
+/// The mail the client's SMTP form sends to the DID's mailbox.
 fn client_mail(envelope: &[u8]) -> Vec<u8> {
-    let encoded = STANDARD.encode(envelope);
-    let lines: Vec<&str> = encoded
-        .as_bytes()
-        .chunks(76)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
-    format!(
-        "From: <x@client.example>\r\nTo: <{MAILBOX}>\r\nSubject: ATSMS\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/atsms-envelope\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
-        lines.join("\r\n")
-    )
-    .into_bytes()
+    support::device::client_mail(MAILBOX, envelope)
 }
 
 /// The DID's mailbox here, as the client's `mailto:` names it.

@@ -89,3 +89,20 @@ pub fn make(did: &str) -> Device {
         fingerprint,
     }
 }
+
+/// The mail the AT-SMS client's SMTP form sends to `to` (its inbound-delivery spec §4): one
+/// base64 `application/atsms-envelope` part, lines of 76 (no dot-stuffing needed).
+pub fn client_mail(to: &str, envelope: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(envelope);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "From: <x@client.example>\r\nTo: <{to}>\r\nSubject: ATSMS\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/atsms-envelope\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n",
+        lines.join("\r\n")
+    )
+    .into_bytes()
+}

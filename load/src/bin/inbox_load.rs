@@ -136,19 +136,12 @@ async fn poster(port: u16, work: Vec<(String, Vec<u8>)>) {
     }
 }
 
-/// The mail the client's SMTP form sends, dot-stuffing not needed (base64 lines).
-fn client_mail(did: &str, envelope: &[u8]) -> String {
-    let encoded = STANDARD.encode(envelope);
-    let lines: Vec<&str> = encoded
-        .as_bytes()
-        .chunks(76)
-        .map(|c| std::str::from_utf8(c).unwrap())
-        .collect();
+/// The mail the client's SMTP form sends to `did`'s mailbox here, and the end of the data.
+fn client_mail(did: &str, envelope: &[u8]) -> Vec<u8> {
     let mailbox = format!("{}@{HOST}", did.replace(':', "!"));
-    format!(
-        "From: <x@client.bench>\r\nTo: <{mailbox}>\r\nSubject: ATSMS\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: application/atsms-envelope\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b1--\r\n.\r\n",
-        lines.join("\r\n")
-    )
+    let mut mail = atsms_testkit::device::client_mail(&mailbox, envelope);
+    mail.extend_from_slice(b".\r\n");
+    mail
 }
 
 async fn reply(stream: &mut BufReader<TcpStream>) -> String {
@@ -176,7 +169,7 @@ async fn lmtp_sender(port: u16, work: Vec<(String, Vec<u8>)>) {
             assert!(r.starts_with('2') || r.starts_with('3'), "{r}");
         }
         let mail = client_mail(&did, &envelope);
-        stream.get_mut().write_all(mail.as_bytes()).await.unwrap();
+        stream.get_mut().write_all(&mail).await.unwrap();
         let r = reply(&mut stream).await;
         assert!(r.starts_with("250"), "{r}");
     }
