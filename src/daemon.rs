@@ -424,18 +424,33 @@ impl Listeners {
     }
 }
 
-/// The signing service, and with `xrpc.inbox` the HTTPS inbox, which stores as LMTP does:
-/// through the LMTP service when it runs here, else one of its own.
+/// The signing service, with `[[device]]` the PDS-side sender, and with `xrpc.inbox` the HTTPS
+/// inbox, which stores as LMTP does: through the LMTP service when it runs here, else one of
+/// its own.
 fn xrpc_service(
     config: &Config,
     runtime: &Runtime,
     lmtp: Option<&Arc<LmtpService>>,
 ) -> Result<crate::transport::xrpc::Service, String> {
-    let service = crate::transport::xrpc::Service::new(
+    let mut service = crate::transport::xrpc::Service::new(
         runtime.signing.clone(),
         &config.xrpc,
         &config.store.jti_file,
     )?;
+    if !config.devices.is_empty() {
+        let identity = runtime.settings.get().verifier.identity().clone();
+        let sender = crate::sending::Sender::new(config, identity)?;
+        info!(
+            "sendMessage: holding devices for {}",
+            config
+                .devices
+                .iter()
+                .map(|d| d.did.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        service = service.with_sender(Arc::new(sender));
+    }
     if !config.xrpc.inbox {
         return Ok(service);
     }
@@ -507,6 +522,13 @@ fn spawn_services(
         });
     }
     if let Some((listener, service)) = listeners.xrpc {
+        if let Some(sender) = service.sender() {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                sender.run_outbox(stop).await;
+                Ok(())
+            });
+        }
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
             crate::transport::xrpc::run(listener, service, stop)

@@ -9,7 +9,8 @@
 //!
 //! The rooms, grouped by what they are for, and the direction of their arrows are in
 //! docs/architecture.md: `transport` (the protocols), `policy` (the judge and what it weighs),
-//! `verification` (a message to a `Verdict`), `atproto` (identities, service auth), `format`
+//! `verification` (a message to a `Verdict`), `sending` (the PDS-side sender: sign once, seal
+//! for every recipient device, deliver), `atproto` (identities, service auth), `format`
 //! (wire formats, pure), `infra` (what every room stands on); `cli`, `daemon` and `fuzzing` are
 //! the program's entry points.
 
@@ -21,5 +22,6 @@ pub mod format;
 pub mod fuzzing;
 pub mod infra;
 pub mod policy;
+pub mod sending;
 pub mod transport;
 pub mod verification;

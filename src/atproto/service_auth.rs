@@ -30,6 +30,8 @@ pub const SIGN_ENVELOPE: &str = "org.atsms-milter.mail.signEnvelope";
 /// The method's first name, inside a namespace this project does not control: still served
 /// for one release (a token for it must name it as its `lxm`), deprecated (docs/signing.md).
 pub const SIGN_ENVELOPE_DEPRECATED: &str = "at.atsms.mail.signEnvelope";
+/// The PDS-side sender's method (`sending`): sign once, seal for every recipient device.
+pub const SEND_MESSAGE: &str = "org.atsms-milter.mail.sendMessage";
 /// The service id of the signing service in its DID document (`<service_did>#atsms_signer`).
 pub const SERVICE_ID: &str = "atsms_signer";
 /// The furthest ahead `exp` may be (what `com.atproto.server.getServiceAuth` grants at most).

@@ -23,7 +23,7 @@ mod signing;
 mod verifying;
 
 use identity::{resolve, route};
-use signing::{keygen, sign};
+use signing::{keygen, send, sign};
 use verifying::{verify, verify_cms};
 
 /// Exit statuses of `verify` (and the other commands where they fit): sysexits.h.
@@ -81,6 +81,27 @@ enum Command {
     /// Open an AT-SMS envelope with a device's keys (sealed, then encrypted, then signed) and
     /// print its sender and text; ok only when the sender's device is published.
     Open(open::OpenArgs),
+    /// Send a text through a sending service (sendMessage): signed once by the device it
+    /// holds for you, sealed for every device of every recipient; prints its answer (JSON).
+    Send(SendArgs),
+}
+
+#[derive(Args, Debug)]
+struct SendArgs {
+    /// The sending service's base URL.
+    #[arg(long, value_name = "URL")]
+    remote: String,
+    /// The service token from your PDS (com.atproto.server.getServiceAuth with the service's
+    /// DID as aud and lxm org.atsms-milter.mail.sendMessage).
+    #[arg(long, value_name = "JWT")]
+    service_auth: String,
+    /// A recipient DID; repeatable.
+    #[arg(long, value_name = "DID", required = true)]
+    to: Vec<String>,
+    /// The text; else FILE, else standard input.
+    #[arg(long, value_name = "TEXT", conflicts_with = "file")]
+    text: Option<String>,
+    file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -322,6 +343,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Inbox(args) => inbox::inbox(args),
         Command::Open(args) => open::open(args),
         Command::Device(args) => device::run(args),
+        Command::Send(args) => send(args),
     }
 }
 

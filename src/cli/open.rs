@@ -56,24 +56,6 @@ struct DeviceKeys {
     prekeys: Vec<[u8; 32]>,
 }
 
-fn secret_file(path: &Path) -> Result<Vec<u8>, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if meta.permissions().mode() & 0o004 != 0 {
-        return Err(format!(
-            "{} is readable by others (chmod o-r; mode 0600 or 0640)",
-            path.display()
-        ));
-    }
-    if meta.permissions().mode() & 0o022 != 0 {
-        return Err(format!(
-            "{} is writable by its group or others (chmod go-w)",
-            path.display()
-        ));
-    }
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 /// An X25519 secret: 32 raw bytes, or PKCS#8 (RFC 8410) in PEM.
 fn x25519_secret(raw: &[u8]) -> Option<[u8; 32]> {
     if let Ok(secret) = <[u8; 32]>::try_from(raw) {
@@ -92,14 +74,14 @@ fn x25519_secret(raw: &[u8]) -> Option<[u8; 32]> {
 
 fn device_keys(dir: &Path) -> Result<DeviceKeys, String> {
     use p256::pkcs8::DecodePrivateKey;
-    let pem = String::from_utf8(secret_file(&dir.join("device.key"))?)
+    let pem = String::from_utf8(crate::infra::secret::read(&dir.join("device.key"))?)
         .map_err(|_| "device.key: not PEM".to_string())?;
     let key = p256::SecretKey::from_pkcs8_pem(&pem)
         .map_err(|e| format!("device.key: not a PKCS#8 P-256 key ({e})"))?;
     let prekeys = super::device::prekey_files(dir)?
         .iter()
         .map(|p| {
-            x25519_secret(&secret_file(p)?)
+            x25519_secret(&crate::infra::secret::read(p)?)
                 .ok_or_else(|| format!("{}: not an X25519 secret", p.display()))
         })
         .collect::<Result<_, _>>()?;

@@ -123,3 +123,51 @@ pub(super) fn keygen(args: KeygenArgs) -> ExitCode {
         Err(e) => fail(exit::SOFTWARE, e),
     }
 }
+
+/// `send --remote --service-auth --to …`: the service's answer on standard output; exit 0
+/// when no recipient failed, 1 when one did, 75 when the service could not answer now.
+pub(super) fn send(args: SendArgs) -> ExitCode {
+    use crate::transport::xrpc::client::{ClientError, send_remote};
+    let text = match &args.text {
+        Some(text) => text.clone(),
+        None => {
+            let mut text = String::new();
+            let read = read_input(args.file.as_ref()).and_then(|mut input| {
+                input
+                    .by_ref()
+                    .take(crate::sending::MAX_TEXT as u64 + 1)
+                    .read_to_string(&mut text)
+                    .map_err(|e| format!("the text: {e}"))
+            });
+            if let Err(e) = read {
+                return fail(exit::NO_INPUT, e);
+            }
+            text
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(exit::TEMPFAIL, e),
+    };
+    match rt.block_on(send_remote(
+        &args.remote,
+        &args.service_auth,
+        &args.to,
+        &text,
+    )) {
+        Ok(output) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&output).unwrap_or_default()
+            );
+            let failed = output
+                .results
+                .iter()
+                .any(|r| r.status == crate::sending::Status::Failed);
+            ExitCode::from(if failed { exit::NO_PASS } else { exit::PASS })
+        }
+        Err(ClientError::Temporary(why)) => fail(exit::TEMPFAIL, why),
+        Err(ClientError::Refused(why)) => fail(exit::NO_PASS, why),
+        Err(ClientError::Wrong(why)) => fail(exit::SOFTWARE, why),
+    }
+}

@@ -107,6 +107,11 @@ impl<K: Hash + Eq + Send + Sync + Clone + 'static> RateLimit<K> {
         }
     }
 
+    /// The rate it allows.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
     /// Counts one event of `key` at `now`, unless it is above the rate.
     pub fn check(&self, key: K, now: Instant) -> Result<(), Limited> {
         let interval = self.rate.interval();

@@ -24,7 +24,8 @@ const MAX_DEVICES: usize = 100;
 pub struct AtsmsInbox {
     /// The `mailto:` endpoints of the inbox record, addresses as written (no `mailto:`).
     pub mailto: Vec<String>,
-    /// The `https:` endpoints of the inbox record, as written (`names_inbox_url`).
+    /// The web endpoints of the inbox record (`https:`, and `http:` a sender reaches only
+    /// under `resolver.allow_private_addresses`), as written, in the record's order.
     #[serde(default)]
     pub https: Vec<String>,
     /// The published device certificates that passed the checks of spec 5.2 (fingerprint,
@@ -255,7 +256,9 @@ impl IdentityResolver {
             })
             .map(str::to_ascii_lowercase)
             .collect();
-        // Kept only to be compared with this host's own inbox URL (`names_inbox_url`).
+        // Compared with this host's own inbox URL (`names_inbox_url`) and, when sending, the
+        // first one the untrusted client may reach is where envelopes are posted (`http:` only
+        // under `resolver.allow_private_addresses`, as for every fetch: `Net::check_url`).
         let https: Vec<String> = record
             .as_ref()
             .and_then(|r| r.pointer("/value/endpoints"))
@@ -263,7 +266,9 @@ impl IdentityResolver {
             .into_iter()
             .flatten()
             .filter_map(|e| e.get("uri")?.as_str())
-            .filter(|uri| uri.starts_with("https://") && uri.len() <= 2048)
+            .filter(|uri| {
+                (uri.starts_with("https://") || uri.starts_with("http://")) && uri.len() <= 2048
+            })
             .map(str::to_string)
             .collect();
         let limit = MAX_DEVICES.to_string();

@@ -143,6 +143,16 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// What is asked of a URL.
+#[derive(Clone, Copy)]
+enum Method<'a> {
+    Get {
+        accept: &'a str,
+    },
+    /// A JSON body (an envelope to an inbox).
+    PostJson(&'a [u8]),
+}
+
 /// An HTTP answer whose body was read within the size limit.
 #[derive(Debug)]
 pub struct HttpResponse {
@@ -252,8 +262,35 @@ impl Net {
         max_body: usize,
         max_redirects: usize,
     ) -> Result<HttpResponse, FetchError> {
-        self.get_bounded(url, upstream, accept, Body::Whole(max_body), max_redirects)
-            .await
+        self.exchange(
+            url,
+            upstream,
+            Method::Get { accept },
+            Body::Whole(max_body),
+            max_redirects,
+        )
+        .await
+    }
+
+    /// POST of a JSON body, the answer's body read within `max_body`; only a 307 or 308
+    /// redirect is followed (RFC 9110 §15.4.8, §15.4.9: the method and body are kept), at most
+    /// `max_redirects`, each checked as the first URL was.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        upstream: Upstream,
+        json: &[u8],
+        max_body: usize,
+        max_redirects: usize,
+    ) -> Result<HttpResponse, FetchError> {
+        self.exchange(
+            url,
+            upstream,
+            Method::PostJson(json),
+            Body::Whole(max_body),
+            max_redirects,
+        )
+        .await
     }
 
     /// GET the first `max` bytes of an answer (a PLC audit log's first entry): a longer body
@@ -265,15 +302,15 @@ impl Net {
         accept: &str,
         max: usize,
     ) -> Result<HttpResponse, FetchError> {
-        self.get_bounded(url, upstream, accept, Body::Prefix(max), 0)
+        self.exchange(url, upstream, Method::Get { accept }, Body::Prefix(max), 0)
             .await
     }
 
-    async fn get_bounded(
+    async fn exchange(
         &self,
         url: &str,
         upstream: Upstream,
-        accept: &str,
+        method: Method<'_>,
         body_limit: Body,
         max_redirects: usize,
     ) -> Result<HttpResponse, FetchError> {
@@ -309,11 +346,17 @@ impl Net {
                 .await
                 .map_err(|_| FetchError::new(FetchErrorKind::Transient, "shutting down"))?;
             let sent = std::time::Instant::now();
-            let response = http
-                .get(url.clone())
-                .header(reqwest::header::ACCEPT, accept)
-                .send()
-                .await;
+            let request = match method {
+                Method::Get { accept } => http
+                    .get(url.clone())
+                    .header(reqwest::header::ACCEPT, accept),
+                Method::PostJson(json) => http
+                    .post(url.clone())
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(json.to_vec()),
+            };
+            let response = request.send().await;
             let response = match response {
                 Ok(r) => {
                     let outcome = match r.status().as_u16() {
@@ -338,7 +381,11 @@ impl Net {
                 }
             };
             let status = response.status();
-            if status.is_redirection() && redirects < max_redirects {
+            let follow = match method {
+                Method::Get { .. } => status.is_redirection(),
+                Method::PostJson(_) => matches!(status.as_u16(), 307 | 308),
+            };
+            if follow && redirects < max_redirects {
                 let next = response
                     .headers()
                     .get(reqwest::header::LOCATION)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Action, AuthservId, Network};
+use super::{Action, AuthservId, Network, TcpAddress};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -213,6 +213,45 @@ impl Default for SigningConfig {
             rcpt_claim: false,
             networks: Vec::new(),
             on_error: OnSignError::Tempfail,
+        }
+    }
+}
+
+/// One `[[device]]`: a device this service holds for a sending identity (`device new`): the
+/// key and certificate `sendMessage` signs with for that DID.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub did: String,
+    /// `device.key` (PKCS#8 P-256, refused if others may read it) and `device.crt`.
+    pub dir: PathBuf,
+}
+
+/// `org.atsms-milter.mail.sendMessage`: the PDS-side sender's bounds and where it delivers.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendConfig {
+    /// Recipient DIDs a call may name (at most 100).
+    pub max_recipients: std::num::NonZeroUsize,
+    /// Calls a sending DID may make.
+    pub rate_limit: crate::infra::limit::Rate,
+    /// Deliveries to try again (`queued`), one file each, kept across restarts.
+    pub queue: PathBuf,
+    /// The local MTA `mailto:` deliveries are handed to (SMTP, no TLS, no AUTH: the MTA must
+    /// relay for this host, as for any local submission).
+    pub smtp: TcpAddress,
+}
+
+impl Default for SendConfig {
+    fn default() -> SendConfig {
+        SendConfig {
+            max_recipients: std::num::NonZeroUsize::new(100).expect("non-zero"),
+            rate_limit: crate::infra::limit::Rate {
+                count: 60,
+                per: std::time::Duration::from_secs(60),
+            },
+            queue: PathBuf::from("/var/lib/atsms-milter/outbox"),
+            smtp: TcpAddress(std::net::SocketAddr::from(([127, 0, 0, 1], 25))),
         }
     }
 }

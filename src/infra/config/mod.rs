@@ -46,6 +46,10 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub inbox: InboxConfig,
     pub signing: SigningConfig,
+    /// `[[device]]`: devices held for sending identities (`sendMessage`).
+    #[serde(rename = "device", skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceConfig>,
+    pub send: SendConfig,
     pub xrpc: XrpcConfig,
     pub exim: EximConfig,
     pub reputation: ReputationConfig,
@@ -139,6 +143,25 @@ impl Config {
                  with its maildir"
                     .into(),
             );
+        }
+        if self.send.max_recipients.get() > 100 {
+            return Err("send.max_recipients: at most 100".into());
+        }
+        for (i, device) in self.devices.iter().enumerate() {
+            if crate::format::syntax::supported_did_method(&device.did).is_none() {
+                return Err(format!(
+                    "device #{}: \"{}\" is not a DID",
+                    i + 1,
+                    device.did
+                ));
+            }
+            if self.devices[..i].iter().any(|d| d.did == device.did) {
+                return Err(format!(
+                    "device #{}: {} has a device already (one held device per DID)",
+                    i + 1,
+                    device.did
+                ));
+            }
         }
         if let Some(did) = &self.xrpc.service_did
             && !did.starts_with("did:")

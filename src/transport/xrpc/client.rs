@@ -41,42 +41,14 @@ pub async fn sign_remote(
     if !rcpt.is_empty() {
         body["rcpt"] = serde_json::json!(rcpt);
     }
-    let endpoint = format!(
-        "{}/xrpc/{}",
-        url.trim_end_matches('/'),
-        crate::atproto::service_auth::SIGN_ENVELOPE
-    );
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| ClientError::Temporary(e.to_string()))?;
-    let response = client
-        .post(&endpoint)
-        .bearer_auth(jwt)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| ClientError::Temporary(format!("{endpoint}: {e}")))?;
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| ClientError::Temporary(e.to_string()))?;
-    if !status.is_success() {
-        let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let why = format!(
-            "signing service: {status} {}: {}",
-            error["error"].as_str().unwrap_or("?"),
-            error["message"].as_str().unwrap_or(text.trim())
-        );
-        return Err(if status.is_server_error() {
-            ClientError::Temporary(why)
-        } else {
-            ClientError::Refused(why)
-        });
-    }
+    let text = call(
+        url,
+        crate::atproto::service_auth::SIGN_ENVELOPE,
+        jwt,
+        body.to_string(),
+        "signing service",
+    )
+    .await?;
     let output: SignEnvelopeOutput = serde_json::from_str(&text)
         .map_err(|e| ClientError::Temporary(format!("signing service: unreadable answer: {e}")))?;
     let token = crate::format::envelope::token::parse(&output.token, &output.did)
@@ -88,4 +60,69 @@ pub async fn sign_remote(
         ));
     }
     Ok((output.did, output.token))
+}
+
+/// One XRPC procedure call to the service at `url`: its answer's body, or why not (`who`
+/// names the service in the reasons).
+async fn call(
+    url: &str,
+    method: &str,
+    jwt: &str,
+    body: String,
+    who: &str,
+) -> Result<String, ClientError> {
+    let endpoint = format!("{}/xrpc/{method}", url.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ClientError::Temporary(e.to_string()))?;
+    let response = client
+        .post(&endpoint)
+        .bearer_auth(jwt)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| ClientError::Temporary(format!("{endpoint}: {e}")))?;
+    let status = response.status();
+    let text = response
+        .text()
+        .await
+        .map_err(|e| ClientError::Temporary(e.to_string()))?;
+    if !status.is_success() {
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let why = format!(
+            "{who}: {status} {}: {}",
+            error["error"].as_str().unwrap_or("?"),
+            error["message"].as_str().unwrap_or(text.trim())
+        );
+        return Err(if status.is_server_error() {
+            ClientError::Temporary(why)
+        } else {
+            ClientError::Refused(why)
+        });
+    }
+    Ok(text)
+}
+
+/// Asks the sending service at `url` to send `text` to `to` with `jwt` (a service token for
+/// `org.atsms-milter.mail.sendMessage`): its answer.
+pub async fn send_remote(
+    url: &str,
+    jwt: &str,
+    to: &[String],
+    text: &str,
+) -> Result<crate::sending::SendOutput, ClientError> {
+    let body = serde_json::json!({ "to": to, "text": text }).to_string();
+    let answer = call(
+        url,
+        crate::atproto::service_auth::SEND_MESSAGE,
+        jwt,
+        body,
+        "sending service",
+    )
+    .await?;
+    serde_json::from_str(&answer)
+        .map_err(|e| ClientError::Wrong(format!("sending service: unreadable answer: {e}")))
 }

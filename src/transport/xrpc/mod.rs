@@ -18,6 +18,7 @@ mod error;
 pub mod inbox;
 mod push;
 mod request;
+mod send;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use crate::atproto::identity::budget::Client;
 use crate::atproto::service_auth::{
-    AuthError, Authenticator, Caller, JtiSet, SIGN_ENVELOPE, SIGN_ENVELOPE_DEPRECATED,
+    AuthError, Authenticator, Caller, JtiSet, SEND_MESSAGE, SIGN_ENVELOPE, SIGN_ENVELOPE_DEPRECATED,
 };
 use crate::format::envelope::sign::{Covered, field_value};
 use crate::infra::live::Live;
@@ -78,6 +79,8 @@ pub struct Service {
     inbox: Option<Arc<inbox::Inbox>>,
     /// `xrpc.trusted_proxies`: peers whose `X-Forwarded-For` names the client.
     trusted_proxies: Vec<crate::infra::config::Network>,
+    /// The PDS-side sender (`sendMessage`), when a `[[device]]` is held.
+    sender: Option<Arc<crate::sending::Sender>>,
 }
 
 impl Service {
@@ -99,7 +102,19 @@ impl Service {
             timeout: Duration::from_secs(config.timeout.get()),
             inbox: None,
             trusted_proxies: config.trusted_proxies.clone(),
+            sender: None,
         })
+    }
+
+    /// The PDS-side sender it serves (its outbox is tried again by the daemon).
+    pub fn sender(&self) -> Option<Arc<crate::sending::Sender>> {
+        self.sender.clone()
+    }
+
+    /// Serves `sendMessage` too.
+    pub fn with_sender(mut self, sender: Arc<crate::sending::Sender>) -> Service {
+        self.sender = Some(sender);
+        self
     }
 
     /// Serves the HTTPS inbox too (`xrpc.inbox`).
@@ -220,6 +235,40 @@ async fn serve_sign(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    serve(&service, peer, &headers, service.sign(lxm, &headers, body)).await
+}
+
+async fn send_message(
+    State(service): State<Arc<Service>>,
+    Extension(peer): Extension<crate::infra::http::Peer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(sender) = service.sender.clone() else {
+        return XrpcError::new(
+            403,
+            "NotAuthorized",
+            "no device is held here for any sender ([[device]])",
+        )
+        .into_response();
+    };
+    // Deliveries not finished a second before the call's deadline are queued instead.
+    let budget = service
+        .timeout
+        .saturating_sub(Duration::from_secs(1))
+        .max(Duration::from_millis(500));
+    let work = service.send_message(&sender, &headers, body, budget);
+    serve(&service, peer, &headers, work).await
+}
+
+/// One call: a permit of `xrpc.max_concurrent`, the caller's budget client for lookups, the
+/// deadline `xrpc.timeout`, the answer or the error.
+async fn serve<T: serde::Serialize>(
+    service: &Service,
+    peer: crate::infra::http::Peer,
+    headers: &HeaderMap,
+    work: impl std::future::Future<Output = Result<T, XrpcError>>,
+) -> Response {
     let Ok(_permit) = service.permits.clone().try_acquire_owned() else {
         crate::warn_throttled!("xrpc: more than xrpc.max_concurrent requests; one refused");
         return XrpcError::new(
@@ -231,11 +280,10 @@ async fn serve_sign(
     };
     // The caller's lookups take its network's turn of the directory's budget.
     let client = service
-        .client_ip(peer.0, &headers)
+        .client_ip(peer.0, headers)
         .map_or(Client::UNKNOWN, Client::network);
-    let signed =
-        crate::atproto::identity::budget::with_client(client, service.sign(lxm, &headers, body));
-    match tokio::time::timeout(service.timeout, signed).await {
+    let work = crate::atproto::identity::budget::with_client(client, work);
+    match tokio::time::timeout(service.timeout, work).await {
         Ok(Ok(output)) => Json(output).into_response(),
         Ok(Err(e)) => {
             if e.status >= 500 {
@@ -257,6 +305,7 @@ async fn health() -> Json<serde_json::Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "methods": {
             SIGN_ENVELOPE: "current",
+            SEND_MESSAGE: "current",
             SIGN_ENVELOPE_DEPRECATED: format!(
                 "deprecated: use {SIGN_ENVELOPE}; served until the next release"
             ),
@@ -293,6 +342,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route(
             &format!("/xrpc/{SIGN_ENVELOPE_DEPRECATED}"),
             post(sign_envelope_deprecated).fallback(wrong_method),
+        )
+        .route(
+            &format!("/xrpc/{SEND_MESSAGE}"),
+            post(send_message).fallback(wrong_method),
         )
         .route("/xrpc/_health", get(health).fallback(wrong_method))
         .route(
