@@ -3,7 +3,7 @@
 # then runs the driver, which finds target/release/atsms-milter beside itself.
 # Usage: scripts/bench/load.sh DRIVER [driver arguments]
 #   DRIVER: milter_load, signing_load, scanner_load, socketmap_load, xrpc_load, inbox_load,
-#           postfix_e2e, identity_memory, soak (each file's first lines say what it measures)
+#           send_load, postfix_e2e, identity_memory, soak (each file's first lines say what it measures)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 driver=${1:?usage: scripts/bench/load.sh DRIVER [arguments]}

@@ -13,14 +13,10 @@
 //!
 //! Content type 2 is a one-shot message: `body` is a CMS EnvelopedData (`format::enveloped`).
 //! Every CBOR item here is of the client's strict profile (definite lengths, shortest heads),
-//! read by hand: a general decoder would take what the client refuses. The HPKE itself is the
-//! `hpke` crate's.
+//! read by hand: a general decoder would take what the client refuses. The HPKE itself is
+//! `format::hpke`.
 
-use hpke::kem::X25519HkdfSha256;
-use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
-
-type Aead = hpke::aead::ChaCha20Poly1305;
-type Kdf = hpke::kdf::HkdfSha256;
+use crate::format::hpke;
 
 /// HPKE `info` (the client's `SEAL_ASYM_INFO`).
 pub const INFO: &[u8] = b"atsms-seal:v1";
@@ -168,42 +164,11 @@ fn to_device(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 pub fn open(bytes: &[u8], secrets: &[[u8; 32]]) -> Result<(u64, Vec<u8>), SealedError> {
     let (enc, ct) = to_device(bytes).ok_or(SealedError::Shape)?;
     for secret in secrets {
-        if let Some(plaintext) = hpke_open(secret, enc, INFO, ct, &AAD) {
+        if let Some(plaintext) = hpke::open(secret, enc, INFO, &AAD, ct) {
             return read_plaintext(&plaintext).ok_or(SealedError::Plaintext);
         }
     }
     Err(SealedError::NotForThisDevice)
-}
-
-/// RFC 9180 §6.1 OpenBase with this suite: the plaintext, or none when it does not open.
-fn hpke_open(secret: &[u8; 32], enc: &[u8], info: &[u8], ct: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-    let key = <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(secret).ok()?;
-    let enc = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(enc).ok()?;
-    hpke::single_shot_open::<Aead, Kdf, X25519HkdfSha256>(&OpModeR::Base, &key, &enc, info, ct, aad)
-        .ok()
-}
-
-/// RFC 9180 §6.1 SealBase with this suite, the ephemeral key drawn from `rng`: `enc` and the
-/// ciphertext (its tag last).
-fn hpke_seal(
-    recipient: &[u8],
-    info: &[u8],
-    plaintext: &[u8],
-    aad: &[u8],
-    rng: &mut impl hpke::rand_core::CryptoRng,
-) -> Result<(Vec<u8>, Vec<u8>), SealedError> {
-    let key = <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(recipient)
-        .map_err(|_| SealedError::Key)?;
-    let (enc, ct) = hpke::single_shot_seal_with_rng::<Aead, Kdf, X25519HkdfSha256>(
-        &OpModeS::Base,
-        &key,
-        info,
-        plaintext,
-        aad,
-        rng,
-    )
-    .map_err(|_| SealedError::Key)?;
-    Ok((enc.to_bytes().to_vec(), ct))
 }
 
 /// `[content type, body, pad]`, the pad all zeros, nothing after (the client's
@@ -249,8 +214,7 @@ pub fn pad_to_bucket(content_type: u64, body: &[u8]) -> Result<Vec<u8>, SealedEr
 /// Seals `body` of `content_type` to a device's prekey `recipient` (X25519 public key).
 pub fn seal(recipient: &[u8], content_type: u64, body: &[u8]) -> Result<Vec<u8>, SealedError> {
     let plaintext = pad_to_bucket(content_type, body)?;
-    let mut rng = hpke::rand_core::UnwrapErr(getrandom::SysRng);
-    let (enc, ct) = hpke_seal(recipient, INFO, &plaintext, &AAD, &mut rng)?;
+    let (enc, ct) = hpke::seal(recipient, INFO, &AAD, &plaintext).map_err(|_| SealedError::Key)?;
     let mut out = Vec::with_capacity(ct.len() + 48);
     write_head(&mut out, 4, 5);
     out.extend([0x01, 0x01, 0x01]);
@@ -263,12 +227,7 @@ pub fn seal(recipient: &[u8], content_type: u64, body: &[u8]) -> Result<Vec<u8>,
 
 /// The X25519 public key of a prekey secret.
 pub fn public_key(secret: &[u8; 32]) -> Result<[u8; 32], SealedError> {
-    let key =
-        <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(secret).map_err(|_| SealedError::Key)?;
-    let public = <X25519HkdfSha256 as Kem>::sk_to_pk(&key).to_bytes();
-    let mut out = [0u8; 32];
-    out.copy_from_slice(&public);
-    Ok(out)
+    hpke::public_key(secret).map_err(|_| SealedError::Key)
 }
 
 #[cfg(test)]
@@ -281,58 +240,6 @@ mod tests {
 
     fn prekey() -> [u8; 32] {
         PREKEY.try_into().unwrap()
-    }
-
-    fn hex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
-    }
-
-    /// Hands out fixed bytes: the ephemeral key material of a test vector.
-    struct Fixed(Vec<u8>);
-
-    impl hpke::rand_core::TryRng for Fixed {
-        type Error = std::convert::Infallible;
-        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-            unreachable!()
-        }
-        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-            unreachable!()
-        }
-        fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
-            let n = dest.len();
-            dest.copy_from_slice(&self.0[..n]);
-            self.0.drain(..n);
-            Ok(())
-        }
-    }
-
-    impl hpke::rand_core::TryCryptoRng for Fixed {}
-
-    /// RFC 9180 appendix A.2.1 (DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305,
-    /// base mode), its first encryption: what this file seals and opens with is RFC 9180's.
-    #[test]
-    fn hpke_is_rfc_9180s_by_its_test_vector() {
-        let ikm_e = hex("909a9b35d3dc4713a5e72a4da274b55d3d3821a37e5d099e74a647db583a904b");
-        let pk_r = hex("4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a");
-        let sk_r: [u8; 32] =
-            hex("8057991eef8f1f1af18f4a9491d16a1ce333f695d4db8e38da75975c4478e0fb")
-                .try_into()
-                .unwrap();
-        let info = hex("4f6465206f6e2061204772656369616e2055726e");
-        let enc = hex("1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a");
-        let aad = hex("436f756e742d30");
-        let pt = hex("4265617574792069732074727574682c20747275746820626561757479");
-        let ct = hex(
-            "1c5250d8034ec2b784ba2cfd69dbdb8af406cfe3ff938e131f0def8c8b60b4db21993c62ce81883d2dd1b51a28",
-        );
-        let (sealed_enc, sealed_ct) =
-            hpke_seal(&pk_r, &info, &pt, &aad, &mut Fixed(ikm_e)).unwrap();
-        assert_eq!((sealed_enc, sealed_ct), (enc.clone(), ct.clone()));
-        assert_eq!(hpke_open(&sk_r, &enc, &info, &ct, &aad), Some(pt));
-        assert_eq!(public_key(&sk_r).unwrap().to_vec(), pk_r);
     }
 
     #[test]

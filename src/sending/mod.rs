@@ -25,7 +25,9 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::atproto::identity::IdentityResolver;
-use crate::format::{enveloped, one_shot, sealed};
+use crate::format::enveloped;
+use crate::format::one_shot;
+use crate::format::sealed;
 use crate::infra::config::Config;
 use crate::infra::limit::RateLimit;
 use deliver::{Carrier, DeliveryError, Handed, Route};

@@ -111,6 +111,30 @@ impl Config {
         Config::from_toml(&text, &display)
     }
 
+    /// `[send]` and `[[device]]`: at most 100 recipients, one held device per DID.
+    fn validate_sending(&self) -> Result<(), String> {
+        if self.send.max_recipients.get() > 100 {
+            return Err("send.max_recipients: at most 100".into());
+        }
+        for (i, device) in self.devices.iter().enumerate() {
+            if crate::format::syntax::supported_did_method(&device.did).is_none() {
+                return Err(format!(
+                    "device #{}: \"{}\" is not a DID",
+                    i + 1,
+                    device.did
+                ));
+            }
+            if self.devices[..i].iter().any(|d| d.did == device.did) {
+                return Err(format!(
+                    "device #{}: {} has a device already (one held device per DID)",
+                    i + 1,
+                    device.did
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Rules between keys, which no single value's type can hold.
     pub fn validate(&self) -> Result<(), String> {
         if self.resolver.plc_urls.is_empty() {
@@ -144,25 +168,7 @@ impl Config {
                     .into(),
             );
         }
-        if self.send.max_recipients.get() > 100 {
-            return Err("send.max_recipients: at most 100".into());
-        }
-        for (i, device) in self.devices.iter().enumerate() {
-            if crate::format::syntax::supported_did_method(&device.did).is_none() {
-                return Err(format!(
-                    "device #{}: \"{}\" is not a DID",
-                    i + 1,
-                    device.did
-                ));
-            }
-            if self.devices[..i].iter().any(|d| d.did == device.did) {
-                return Err(format!(
-                    "device #{}: {} has a device already (one held device per DID)",
-                    i + 1,
-                    device.did
-                ));
-            }
-        }
+        self.validate_sending()?;
         if let Some(did) = &self.xrpc.service_did
             && !did.starts_with("did:")
         {
