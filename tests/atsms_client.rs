@@ -1355,6 +1355,7 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
 #[tokio::test]
 async fn a_recipients_devices_are_sealed_to_only_with_a_valid_prekey() {
     use atsms_milter::atproto::identity::IdentityResolver;
+    use atsms_milter::atproto::identity::inbox::NoPrekey;
     use atsms_milter::infra::config::{CacheConfig, ResolverConfig};
     let plc = Plc::start();
     plc.set_with_pds(RECIPIENT, &SigningKey::generate(Alg::Es256).unwrap(), None);
@@ -1397,7 +1398,7 @@ async fn a_recipients_devices_are_sealed_to_only_with_a_valid_prekey() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let devices = resolver.device_prekeys(RECIPIENT, now).await.unwrap();
+    let devices = resolver.device_prekeys(RECIPIENT, now, 100).await.unwrap();
     assert_eq!(devices.len(), 3);
     let of = |fp: &str| {
         devices
@@ -1412,6 +1413,14 @@ async fn a_recipients_devices_are_sealed_to_only_with_a_valid_prekey() {
         json!(base64::engine::general_purpose::STANDARD_NO_PAD.encode(good.key)),
         fingerprints[0].1
     );
-    assert_eq!(of(&fingerprints[1].0), Err("no prekey record".to_string()));
-    assert!(of(&fingerprints[2].0).unwrap_err().contains("bundleSig"));
+    assert_eq!(
+        of(&fingerprints[1].0),
+        Err(NoPrekey::Invalid("no prekey record".to_string()))
+    );
+    assert!(
+        of(&fingerprints[2].0)
+            .unwrap_err()
+            .to_string()
+            .contains("bundleSig")
+    );
 }

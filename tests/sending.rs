@@ -286,6 +286,10 @@ fn one_message_to_three_dids_is_opened_by_each_of_their_six_devices_exactly_once
         log.contains("from=<did.plc.ssssssssssssssssssssssss@mx.example.net>"),
         "MAIL FROM the sender's DID mailbox here: {log}"
     );
+    assert!(
+        log.contains("mail=2 rcpt=2 data=2"),
+        "the recipient's two envelopes in one SMTP session: {log}"
+    );
 
     for (did, fp, dir) in &world.devices {
         let copies = opened(&world.plc, &svc.store, did, fp, dir);
@@ -441,4 +445,55 @@ fn a_delivery_that_cannot_finish_now_is_queued_and_survives_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// One recipient's two devices, its inbox taking the first envelope posted and not the second
+/// (503): `queued`, the device served not served again — the retry posts once, for the other
+/// device — and each device then holds exactly one copy it opens.
+#[test]
+fn a_device_that_could_not_be_served_now_is_served_later_and_the_other_not_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let world = world();
+    let svc = service(&world, &ports(), free_port(), "");
+    let inbox_port = svc.port;
+    let posts = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = posts.clone();
+    // Forwards to our inbox (307) but for the second POST, which it cannot take now.
+    let flaky = HttpServer::start(std::sync::Arc::new(move |target: &str| {
+        if count.fetch_add(1, Ordering::SeqCst) == 1 {
+            Reply::json(503, r#"{"error":"Unavailable"}"#)
+        } else {
+            Reply::Headers(
+                vec![("location", format!("http://127.0.0.1:{inbox_port}{target}"))],
+                Box::new(Reply::json(307, "{}")),
+            )
+        }
+    }));
+    world
+        .plc
+        .put_record(R2, "at.atsms.inbox", "self", inbox_record(&flaky.url(), R2));
+    let (code, answer, stderr) = send(&world, svc.port, &[R2], "one now, one later");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(answer["results"][0]["status"], "queued", "{answer}");
+    assert_eq!(answer["results"][0]["devices"], 2, "{answer}");
+    let store = DeviceStore::new(svc.store.clone(), "mx.example.net", 1000, 1 << 26);
+    let mine: Vec<_> = world.devices.iter().filter(|d| d.0 == R2).collect();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while std::fs::read_dir(&svc.queue).unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "{}", svc.daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        3,
+        "two, then one for the device left"
+    );
+    for (did, fp, dir) in &mine {
+        let copies = opened(&world.plc, &svc.store, did, fp, dir);
+        assert_eq!(copies.len(), 2, "{copies:?}");
+        let ok: Vec<_> = copies.iter().filter(|c| c["ok"] == true).collect();
+        assert_eq!(ok.len(), 1, "{copies:?}");
+        assert_eq!(ok[0]["text"], "one now, one later");
+    }
+    drop(store);
 }

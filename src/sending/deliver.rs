@@ -2,8 +2,10 @@
 //! §3–§5): `POST {"envelope": base64}` to the DID's first web endpoint through the untrusted
 //! HTTP client (its address policy, timeouts, 307/308 only, no private addresses), else the
 //! mail the client's SMTP form is (one base64 `application/atsms-envelope` part) handed to
-//! the local MTA for the DID's `mailto:` — which must name the recipient's own DID mailbox: a
-//! DID's record cannot make this host mail anyone else.
+//! the local MTA for the DID's `mailto:` — which must name the recipient's own DID mailbox at a
+//! domain whose mail goes to public addresses: a DID's record cannot make this host mail anyone
+//! else, nor steer the MTA at an internal host. The address is handed over as the record spells
+//! it (`did!plc!…` is RFC 5321 atext; Postfix takes it as it is when it has a domain).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,7 +56,9 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn of(inbox: &AtsmsInbox, did: &str) -> Route {
+    /// `allow_http`: an `http:` endpoint may be used (`resolver.allow_private_addresses`, as
+    /// for every fetch); else the first `https:` one.
+    pub fn of(inbox: &AtsmsInbox, did: &str, allow_http: bool) -> Route {
         let mailto = inbox.mailto.iter().find(|address| {
             address.rsplit_once('@').is_some_and(|(local, domain)| {
                 crate::format::address::did_of_local_part(local).as_deref() == Some(did)
@@ -64,8 +68,12 @@ impl Route {
                         .all(|b| b.is_ascii_alphanumeric() || b"!#.-_".contains(&b))
             })
         });
+        let web = inbox
+            .https
+            .iter()
+            .find(|u| u.starts_with("https://") || (allow_http && u.starts_with("http://")));
         Route {
-            web: inbox.https.first().cloned(),
+            web: web.cloned(),
             mailto: mailto.cloned(),
         }
     }
@@ -82,36 +90,16 @@ pub struct Carrier<'a> {
     pub mta: SocketAddr,
     /// This host's name, for EHLO.
     pub helo: &'a str,
+    /// This host's mail domains (`inbox.hosts`): mail to them stays here, nothing to vet.
+    pub own: &'a [String],
+    /// Sessions with the MTA at once, all calls and retries together: its smtpd processes
+    /// are inbound mail's too.
+    pub sessions: &'a tokio::sync::Semaphore,
 }
 
 impl Carrier<'_> {
-    /// Hands `envelope` over by `route`, the web endpoint first; the `mailto:` when the web
-    /// one refused, could not now, or is absent. `from` is the sending DID's mailbox here.
-    pub async fn deliver(
-        &self,
-        route: &Route,
-        from: &str,
-        envelope: &[u8],
-    ) -> Result<Handed, DeliveryError> {
-        let mut error = DeliveryError::Refused("no endpoint in its at.atsms.inbox record".into());
-        if let Some(url) = &route.web {
-            match self.post(url, envelope).await {
-                Ok(()) => return Ok(Handed::Posted),
-                Err(e) => error = e,
-            }
-        }
-        if let Some(to) = &route.mailto {
-            match self.mail(from, to, envelope).await {
-                Ok(()) => return Ok(Handed::Mailed),
-                // The web endpoint's "not now" outranks the MTA's "no": it is tried again.
-                Err(e) if !error.is_temporary() || e.is_temporary() => error = e,
-                Err(_) => {}
-            }
-        }
-        Err(error)
-    }
-
-    async fn post(&self, url: &str, envelope: &[u8]) -> Result<(), DeliveryError> {
+    /// POSTs `envelope` to the web inbox `url`.
+    pub async fn post(&self, url: &str, envelope: &[u8]) -> Result<(), DeliveryError> {
         use base64::Engine;
         let body = serde_json::json!({
             "envelope": base64::engine::general_purpose::STANDARD.encode(envelope)
@@ -121,7 +109,7 @@ impl Carrier<'_> {
             .net
             .post_json(
                 url,
-                Upstream::Service,
+                Upstream::Inbox,
                 body.as_bytes(),
                 MAX_ANSWER,
                 MAX_REDIRECTS,
@@ -147,13 +135,41 @@ impl Carrier<'_> {
         }
     }
 
-    async fn mail(&self, from: &str, to: &str, envelope: &[u8]) -> Result<(), DeliveryError> {
+    /// Mails each of `envelopes` to `to` (the recipient's own DID mailbox) from `from` through
+    /// the local MTA, one transaction each in one session: an answer each, in order. A domain
+    /// not this host's must send its mail to public addresses (`Net::vetted_mail_exchange`),
+    /// so a record cannot steer the MTA at an internal host.
+    pub async fn mail_all(
+        &self,
+        from: &str,
+        to: &str,
+        envelopes: &[&[u8]],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let all = |e: DeliveryError| envelopes.iter().map(|_| Err(e.clone())).collect();
+        let domain = to.rsplit_once('@').map_or("", |(_, d)| d);
+        if !self.own.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+            match self.net.vetted_mail_exchange(domain).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return all(DeliveryError::Refused(format!(
+                        "mail for {domain} would go to an address this host may not reach"
+                    )));
+                }
+                Err(e) if e.kind == FetchErrorKind::Transient => {
+                    return all(DeliveryError::Temporary(e.message));
+                }
+                Err(e) => return all(DeliveryError::Refused(e.message)),
+            }
+        }
+        let Ok(_session) = self.sessions.acquire().await else {
+            return all(DeliveryError::Temporary("shutting down".into()));
+        };
+        let at = format!("smtp {}", self.mta);
+        let temporary = |e: mail_send::Error| DeliveryError::Temporary(format!("{at}: {e}"));
         let host = match self.mta.ip() {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
         };
-        let at = format!("smtp {}", self.mta);
-        let temporary = |e: mail_send::Error| DeliveryError::Temporary(format!("{at}: {e}"));
         let builder = mail_send::SmtpClientBuilder::new_with_tls_connector(
             host,
             self.mta.port(),
@@ -162,22 +178,47 @@ impl Carrier<'_> {
         .implicit_tls(false)
         .helo_host(self.helo)
         .timeout(SMTP_TIMEOUT);
-        let mut client = builder.connect_plain().await.map_err(temporary)?;
-        let body = message(from, to, envelope);
-        let sent = client
-            .send(mail_send::smtp::message::Message::new(
-                from,
-                [to],
-                body.as_slice(),
-            ))
-            .await;
-        let _ = client.quit().await;
-        sent.map(|_| ()).map_err(|e| match e {
-            mail_send::Error::UnexpectedReply(reply) if reply.code >= 500 => {
-                DeliveryError::Refused(format!("{at}: {} {}", reply.code, reply.message))
+        let mut client = match builder.connect_plain().await {
+            Ok(client) => client,
+            Err(e) => return all(temporary(e)),
+        };
+        let mut answers = Vec::with_capacity(envelopes.len());
+        let mut broken = None;
+        for envelope in envelopes {
+            if let Some(e) = &broken {
+                answers.push(Err(DeliveryError::Temporary(format!("{at}: {e}"))));
+                continue;
             }
-            e => temporary(e),
-        })
+            let body = message(from, to, envelope);
+            let sent = client
+                .send(mail_send::smtp::message::Message::new(
+                    from,
+                    [to],
+                    body.as_slice(),
+                ))
+                .await;
+            answers.push(match sent {
+                Ok(_) => Ok(()),
+                Err(mail_send::Error::UnexpectedReply(reply)) => {
+                    // A refused transaction: the session goes on after RSET.
+                    if client.rset().await.is_err() {
+                        broken = Some("the session ended".to_string());
+                    }
+                    let said = format!("{at}: {} {}", reply.code, reply.message);
+                    Err(if reply.code >= 500 {
+                        DeliveryError::Refused(said)
+                    } else {
+                        DeliveryError::Temporary(said)
+                    })
+                }
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    Err(temporary(e))
+                }
+            });
+        }
+        let _ = client.quit().await;
+        answers
     }
 }
 
@@ -238,16 +279,28 @@ mod tests {
                     "did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@localhost",
                     "did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@mx.example.net",
                 ],
-                &["https://a.example/inbox/x", "https://b.example/inbox/x"],
+                &[
+                    "http://127.0.0.1/inbox/x",
+                    "https://a.example/inbox/x",
+                    "https://b.example/inbox/x",
+                ],
             ),
             DID,
+            false,
         );
         assert_eq!(
             route.mailto.as_deref(),
             Some("did!plc!aaaaaaaaaaaaaaaaaaaaaaaa@mx.example.net")
         );
         assert_eq!(route.web.as_deref(), Some("https://a.example/inbox/x"));
-        assert!(Route::of(&inbox(&["victim@example.com"], &[]), DID).is_empty());
+        assert!(Route::of(&inbox(&["victim@example.com"], &[]), DID, false).is_empty());
+        // Plain http only where every fetch may use it (allow_private_addresses).
+        let http = inbox(&[], &["http://127.0.0.1/inbox/x"]);
+        assert!(Route::of(&http, DID, false).is_empty());
+        assert_eq!(
+            Route::of(&http, DID, true).web.as_deref(),
+            Some("http://127.0.0.1/inbox/x")
+        );
     }
 
     #[test]

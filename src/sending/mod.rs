@@ -30,12 +30,20 @@ use crate::format::one_shot;
 use crate::format::sealed;
 use crate::infra::config::Config;
 use crate::infra::limit::RateLimit;
-use deliver::{Carrier, DeliveryError, Handed, Route};
+use deliver::{Carrier, DeliveryError, Route};
 pub use held::HeldDevice;
 use outbox::{Outbox, Pending};
 
-/// Recipients worked on at once in one call.
+use crate::atproto::identity::inbox::NoPrekey;
+
+/// Recipients worked on at once in one call, and queued deliveries tried at once.
 const RECIPIENTS_AT_ONCE: usize = 16;
+const RETRIES_AT_ONCE: usize = 8;
+/// Devices of one recipient sent a copy (the rest are said in `reason`): a DID may publish a
+/// hundred, each a seal and a POST of this host's.
+pub const MAX_DEVICES: usize = 32;
+/// Sessions with the local MTA at once.
+const MTA_SESSIONS: usize = 4;
 /// A text longer than the largest bucket cannot be sealed, whatever else it carries.
 pub const MAX_TEXT: usize = 64 * 1024;
 /// Room kept in the bucket for a recipient certificate's issuer name longer than the sender's
@@ -51,6 +59,16 @@ pub enum Status {
     /// The local MTA took it, or it is kept to be tried again.
     Queued,
     Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Delivered => "delivered",
+            Status::Queued => "queued",
+            Status::Failed => "failed",
+        }
+    }
 }
 
 /// One recipient's line of the answer.
@@ -94,10 +112,11 @@ pub struct Sender {
     rate: RateLimit<String>,
     max_recipients: usize,
     mta: SocketAddr,
-    /// The domain of the sending DIDs' mailboxes here (the first of `inbox.hosts`).
-    mail_domain: String,
+    /// This host's mail domains (`inbox.hosts`); the sending DIDs' mailboxes are at the first.
+    mail_domains: Vec<String>,
     helo: String,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
+    mta_sessions: tokio::sync::Semaphore,
 }
 
 /// How one recipient's try went.
@@ -106,6 +125,8 @@ struct Tally {
     devices: usize,
     posted: usize,
     mailed: usize,
+    /// Devices served by an earlier try (the outbox's).
+    earlier: usize,
     /// Devices that got no copy, and why (no valid prekey; refused).
     missed: Vec<String>,
     /// Why some could not go now.
@@ -122,11 +143,15 @@ impl Sender {
             let loaded = HeldDevice::load(&device.did, &device.dir)?;
             held.insert(device.did.clone(), Arc::new(loaded));
         }
-        let hosts = config.inbox.hosts();
-        let mail_domain = hosts
+        let mut mail_domains: Vec<String> = config
+            .inbox
+            .hosts()
             .iter()
-            .find_map(|h| crate::format::syntax::ascii_domain(h))
-            .unwrap_or_else(|| "localhost".into());
+            .filter_map(|h| crate::format::syntax::ascii_domain(h))
+            .collect();
+        if mail_domains.is_empty() {
+            mail_domains.push("localhost".into());
+        }
         Ok(Sender {
             held,
             identity,
@@ -134,8 +159,9 @@ impl Sender {
             max_recipients: config.send.max_recipients.get(),
             mta: config.send.smtp.0,
             helo: crate::infra::host::name(),
-            mail_domain,
-            outbox: Outbox::open(&config.send.queue)?,
+            mail_domains,
+            outbox: Arc::new(Outbox::open(&config.send.queue)?),
+            mta_sessions: tokio::sync::Semaphore::new(MTA_SESSIONS),
         })
     }
 
@@ -175,14 +201,61 @@ impl Sender {
             .iter()
             .map(|did| self.first_try(&message_id, from, did, &signed, deadline))
             .collect();
-        let results = futures::stream::iter(tries)
+        let tried: Vec<(RecipientResult, Option<Pending>)> = futures::stream::iter(tries)
             .buffered(RECIPIENTS_AT_ONCE)
-            .collect::<Vec<_>>()
+            .collect()
             .await;
+        let results = self.keep(tried).await;
+        for r in &results {
+            info!(
+                "send: {message_id} from={from} to={} status={} devices={}{}",
+                r.did,
+                r.status.as_str(),
+                r.devices,
+                r.reason
+                    .as_deref()
+                    .map(|why| format!(" reason=\"{why}\""))
+                    .unwrap_or_default()
+            );
+        }
         Ok(SendOutput {
             message_id,
             results,
         })
+    }
+
+    /// Keeps every pending delivery of a call in the outbox, in one batch off the runtime's
+    /// threads (one sync of the folder); a recipient whose delivery cannot be kept fails.
+    async fn keep(&self, tried: Vec<(RecipientResult, Option<Pending>)>) -> Vec<RecipientResult> {
+        let pending: Vec<Pending> = tried.iter().filter_map(|(_, p)| p.clone()).collect();
+        if pending.is_empty() {
+            return tried.into_iter().map(|(r, _)| r).collect();
+        }
+        let outbox = self.outbox.clone();
+        let kept = tokio::task::spawn_blocking(move || outbox.put_all(&pending))
+            .await
+            .unwrap_or_default();
+        let mut kept = kept.into_iter();
+        tried
+            .into_iter()
+            .map(|(mut result, pending)| {
+                if pending.is_some() {
+                    let answer = kept.next().unwrap_or_else(|| {
+                        Err(outbox::KeepError::Io(std::io::Error::other("not written")))
+                    });
+                    if let Err(e) = answer {
+                        warn!(
+                            "send.queue: a delivery to {} cannot be kept: {e}",
+                            result.did
+                        );
+                        let why = result.reason.take().unwrap_or_default();
+                        result.status = Status::Failed;
+                        result.reason = Some(format!("{why}; it cannot be queued: {e}"));
+                    }
+                }
+                result
+            })
+            .collect()
     }
 
     fn rate_of(&self) -> crate::infra::limit::Rate {
@@ -217,7 +290,8 @@ impl Sender {
         Ok(out)
     }
 
-    /// The call's try for one recipient: cut at `deadline`, what is left kept for later.
+    /// The call's try for one recipient, cut at `deadline`: its result, and what to keep for
+    /// later when some of it could not go now.
     async fn first_try(
         &self,
         message_id: &str,
@@ -225,7 +299,7 @@ impl Sender {
         to: &str,
         signed: &[u8],
         deadline: Instant,
-    ) -> RecipientResult {
+    ) -> (RecipientResult, Option<Pending>) {
         let done = Mutex::new(BTreeSet::new());
         let tried =
             tokio::time::timeout_at(deadline.into(), self.attempt(from, to, signed, &done)).await;
@@ -234,7 +308,7 @@ impl Sender {
             ..Tally::default()
         });
         let now = crate::infra::clock::unix_now();
-        let pending = || Pending {
+        let pending = Pending {
             message_id: message_id.to_string(),
             from: from.to_string(),
             to: to.to_string(),
@@ -243,78 +317,16 @@ impl Sender {
                 base64::engine::general_purpose::STANDARD.encode(signed)
             },
             done: done
-                .lock()
+                .into_inner()
                 .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .cloned()
+                .into_iter()
                 .collect(),
             attempts: 0,
             first_at: now,
             next_at: now,
             last_error: String::new(),
         };
-        let result = self.settle(to, tally, now, pending);
-        info!(
-            "send: {message_id} from={from} to={to} status={} devices={}{}",
-            serde_json::to_value(result.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            result.devices,
-            result
-                .reason
-                .as_deref()
-                .map(|r| format!(" reason=\"{r}\""))
-                .unwrap_or_default()
-        );
-        result
-    }
-
-    /// What a try came to; a temporary failure is kept in the outbox (made by `pending`).
-    fn settle(
-        &self,
-        to: &str,
-        tally: Tally,
-        now: i64,
-        pending: impl FnOnce() -> Pending,
-    ) -> RecipientResult {
-        let result = |status, reason: Option<String>| RecipientResult {
-            did: to.to_string(),
-            status,
-            devices: tally.devices,
-            reason,
-        };
-        let missed = (!tally.missed.is_empty()).then(|| tally.missed.join("; "));
-        if let Some(why) = &tally.failed {
-            return result(Status::Failed, Some(why.clone()));
-        }
-        if let Some(why) = &tally.temporary {
-            let kept = pending()
-                .after_try(now, why.clone())
-                .ok_or_else(|| "too old".to_string())
-                .and_then(|p| self.outbox.put(&p).map_err(|e| e.to_string()));
-            return match kept {
-                Ok(()) => result(
-                    Status::Queued,
-                    Some(format!("{why}; it will be tried again")),
-                ),
-                Err(e) => {
-                    warn!("send.queue: cannot keep a delivery to {to}: {e}");
-                    result(
-                        Status::Failed,
-                        Some(format!("{why}; cannot be queued: {e}")),
-                    )
-                }
-            };
-        }
-        match (tally.posted, tally.mailed) {
-            (0, 0) => result(
-                Status::Failed,
-                Some(missed.unwrap_or_else(|| "no device".into())),
-            ),
-            (_, 0) => result(Status::Delivered, missed),
-            _ => result(Status::Queued, missed),
-        }
+        settle(to, tally, now, pending)
     }
 
     /// One try for `to`: its inbox record and devices, an envelope for each device with a valid
@@ -328,23 +340,23 @@ impl Sender {
     ) -> Tally {
         let lookup = |e: crate::atproto::identity::IdentityError, what: &str| {
             let why = format!("{what}: {e}");
-            if e.is_transient() {
-                Tally {
-                    temporary: Some(why),
-                    ..Tally::default()
-                }
+            let (temporary, failed) = if e.is_transient() {
+                (Some(why), None)
             } else {
-                Tally {
-                    failed: Some(why),
-                    ..Tally::default()
-                }
+                (None, Some(why))
+            };
+            Tally {
+                temporary,
+                failed,
+                ..Tally::default()
             }
         };
         let inbox = match self.identity.atsms_inbox(to).await {
             Ok(found) => found.value,
             Err(e) => return lookup(e, "its at.atsms.inbox record"),
         };
-        let route = Route::of(&inbox, to);
+        let net = self.identity.net();
+        let route = Route::of(&inbox, to, net.allow_private());
         if route.is_empty() {
             return Tally {
                 failed: Some("no at.atsms.inbox record with an endpoint this host may use".into()),
@@ -352,125 +364,163 @@ impl Sender {
             };
         }
         let now = crate::infra::clock::unix_now();
-        let devices = match self.identity.device_prekeys(to, now).await {
+        let devices = match self.identity.device_prekeys(to, now, MAX_DEVICES).await {
             Ok(devices) => devices,
             Err(e) => return lookup(e, "its devices"),
         };
-        if devices.is_empty() {
-            return Tally {
-                failed: Some("no current device (at.atsms.x509)".into()),
-                ..Tally::default()
-            };
-        }
         let mut tally = Tally::default();
-        let mut ready = Vec::new();
+        if inbox.current_devices(now).len() > MAX_DEVICES {
+            tally.missed.push(format!(
+                "more than {MAX_DEVICES} current devices: the first {MAX_DEVICES} served"
+            ));
+        }
+        let already: BTreeSet<String> = done.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut sealed = Vec::new();
         for (device, prekey) in &devices {
+            let short = short(&device.fingerprint);
             match prekey {
-                Ok(prekey) => ready.push((device, prekey.key)),
-                Err(why) => tally
-                    .missed
-                    .push(format!("device {}: {why}", short(&device.fingerprint))),
+                Ok(_) if already.contains(&device.fingerprint) => tally.earlier += 1,
+                Ok(prekey) => match seal_to(signed, device, &prekey.key) {
+                    Ok(envelope) => sealed.push((device.fingerprint.clone(), envelope)),
+                    Err(why) => tally.missed.push(format!("device {short}: {why}")),
+                },
+                Err(NoPrekey::Unavailable(why)) => {
+                    tally
+                        .temporary
+                        .get_or_insert(format!("device {short}: {why}"));
+                }
+                Err(NoPrekey::Invalid(why)) => tally.missed.push(format!("device {short}: {why}")),
             }
         }
-        if ready.is_empty() {
-            tally.failed = Some(format!(
-                "no device with a valid prekey ({})",
-                tally.missed.join("; ")
-            ));
+        tally.devices = sealed.len() + tally.earlier;
+        if tally.devices == 0 && tally.temporary.is_none() {
+            tally.failed = Some(if devices.is_empty() {
+                "no current device (at.atsms.x509)".into()
+            } else {
+                format!(
+                    "no device with a valid prekey ({})",
+                    tally.missed.join("; ")
+                )
+            });
             return tally;
         }
-        tally.devices = ready.len();
-        let from_mailbox = format!(
-            "{}@{}",
-            crate::format::address::local_part_of_did(from),
-            self.mail_domain
-        );
         let carrier = Carrier {
-            net: self.identity.net(),
+            net,
             mta: self.mta,
             helo: &self.helo,
+            own: &self.mail_domains,
+            sessions: &self.mta_sessions,
         };
-        let already: BTreeSet<String> = done.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let handed = futures::future::join_all(
-            ready
-                .iter()
-                .filter(|(device, _)| !already.contains(&device.fingerprint))
-                .map(|(device, prekey)| async {
-                    let outcome = self
-                        .hand_over(&carrier, &route, &from_mailbox, signed, device, prekey)
-                        .await;
-                    if outcome.is_ok() {
-                        done.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(device.fingerprint.clone());
-                    }
-                    (device.fingerprint.clone(), outcome)
-                }),
-        )
-        .await;
-        tally.posted = already.len();
-        for (fingerprint, outcome) in handed {
-            match outcome {
-                Ok(Handed::Posted) => tally.posted += 1,
-                Ok(Handed::Mailed) => tally.mailed += 1,
-                Err(DeliveryError::Temporary(why)) => {
-                    tally.temporary.get_or_insert(why);
-                }
-                Err(DeliveryError::Refused(why)) => tally
-                    .missed
-                    .push(format!("device {}: {why}", short(&fingerprint))),
-            }
-        }
+        self.hand_over(&carrier, &route, from, &sealed, done, &mut tally)
+            .await;
         tally
     }
 
+    /// Hands each sealed envelope over: by POST to the web endpoint, all at once; those it did
+    /// not take by mail in one session. Counts each device's outcome in `tally`.
     async fn hand_over(
         &self,
         carrier: &Carrier<'_>,
         route: &Route,
-        from_mailbox: &str,
-        signed: &[u8],
-        device: &crate::atproto::identity::inbox::Device,
-        prekey: &[u8; 32],
-    ) -> Result<Handed, DeliveryError> {
-        use der::Decode;
-        let certificate = x509_cert::Certificate::from_der(&device.der)
-            .map_err(|e| DeliveryError::Refused(format!("its certificate: {e}")))?;
-        let envelope = one_shot::seal_for(
-            signed,
-            &one_shot::Device {
-                certificate: &certificate,
-                prekey,
-            },
-        )
-        .map_err(|e| DeliveryError::Refused(e.to_string()))?;
-        carrier.deliver(route, from_mailbox, &envelope).await
+        from: &str,
+        sealed: &[(String, Vec<u8>)],
+        done: &Mutex<BTreeSet<String>>,
+        tally: &mut Tally,
+    ) {
+        let served = |fingerprint: &str| {
+            done.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(fingerprint.to_string());
+        };
+        let mut left: Vec<(&String, &Vec<u8>, DeliveryError)> = Vec::new();
+        match &route.web {
+            Some(url) => {
+                let posts = sealed.iter().map(|(fp, envelope)| async move {
+                    (fp, envelope, carrier.post(url, envelope).await)
+                });
+                for (fp, envelope, posted) in futures::future::join_all(posts).await {
+                    match posted {
+                        Ok(()) => {
+                            served(fp);
+                            tally.posted += 1;
+                        }
+                        Err(e) => left.push((fp, envelope, e)),
+                    }
+                }
+            }
+            None => left.extend(sealed.iter().map(|(fp, envelope)| {
+                (
+                    fp,
+                    envelope,
+                    DeliveryError::Refused("no web endpoint".into()),
+                )
+            })),
+        }
+        if let (Some(address), false) = (&route.mailto, left.is_empty()) {
+            let from_mailbox = format!(
+                "{}@{}",
+                crate::format::address::local_part_of_did(from),
+                self.mail_domains[0]
+            );
+            let envelopes: Vec<&[u8]> = left.iter().map(|(_, e, _)| e.as_slice()).collect();
+            let mailed = carrier.mail_all(&from_mailbox, address, &envelopes).await;
+            for ((fp, _, web), mail) in left.iter_mut().zip(mailed) {
+                match mail {
+                    Ok(()) => {
+                        served(fp);
+                        tally.mailed += 1;
+                    }
+                    // The web endpoint's "not now" outranks the MTA's "no": tried again.
+                    Err(e) if !web.is_temporary() || e.is_temporary() => *web = e,
+                    Err(_) => {}
+                }
+            }
+            left.retain(|(fp, _, _)| !done.lock().unwrap_or_else(|e| e.into_inner()).contains(*fp));
+        }
+        for (fp, _, e) in left {
+            match e {
+                DeliveryError::Temporary(why) => {
+                    tally.temporary.get_or_insert(why);
+                }
+                DeliveryError::Refused(why) => {
+                    tally.missed.push(format!("device {}: {why}", short(fp)))
+                }
+            }
+        }
     }
 
-    /// Tries again every queued delivery that is due, until `stop`: delivered or refused for
-    /// good ones are forgotten, the others wait longer, those too old are given up (logged).
+    /// Tries again the queued deliveries that are due, a few at once, until `stop`: those
+    /// delivered or refused for good are forgotten, the others wait longer, those too old
+    /// are given up (logged).
     pub async fn run_outbox(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         loop {
-            for pending in self.outbox.due(Some(crate::infra::clock::unix_now())) {
-                if *stop.borrow() {
-                    return;
-                }
-                self.retry(pending).await;
-            }
+            let outbox = self.outbox.clone();
+            let now = crate::infra::clock::unix_now();
+            let due = tokio::task::spawn_blocking(move || outbox.due(now, 4 * RETRIES_AT_ONCE))
+                .await
+                .unwrap_or_default();
+            let busy = !due.is_empty();
+            let retries = futures::stream::iter(due.into_iter().map(|p| self.retry(p)))
+                .buffer_unordered(RETRIES_AT_ONCE)
+                .collect::<Vec<()>>();
             tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = retries => {}
                 _ = stop.changed() => return,
+            }
+            if !busy {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    _ = stop.changed() => return,
+                }
             }
         }
     }
 
     async fn retry(&self, pending: Pending) {
         use base64::Engine;
+        let (id, to) = (pending.message_id.clone(), pending.to.clone());
         let Ok(signed) = base64::engine::general_purpose::STANDARD.decode(&pending.signed) else {
-            warn!(
-                "send.queue: {} to {}: damaged; dropped",
-                pending.message_id, pending.to
-            );
+            warn!("send.queue: {id} to {to}: damaged; dropped");
             let _ = self.outbox.remove(&pending);
             return;
         };
@@ -486,9 +536,8 @@ impl Sender {
             ..Tally::default()
         });
         let now = crate::infra::clock::unix_now();
-        let (id, to) = (pending.message_id.clone(), pending.to.clone());
         if let Some(why) = tally.temporary {
-            let mut next = pending;
+            let mut next = pending.clone();
             next.done = done
                 .into_inner()
                 .unwrap_or_else(|e| e.into_inner())
@@ -496,7 +545,11 @@ impl Sender {
                 .collect();
             match next.after_try(now, why.clone()) {
                 Some(next) => {
-                    if let Err(e) = self.outbox.put(&next) {
+                    let outbox = self.outbox.clone();
+                    let kept = tokio::task::spawn_blocking(move || outbox.put_all(&[next]))
+                        .await
+                        .unwrap_or_default();
+                    if let Some(Err(e)) = kept.into_iter().next() {
                         warn!("send.queue: {id} to {to}: cannot keep it: {e}");
                     }
                 }
@@ -505,7 +558,7 @@ impl Sender {
                         "send: {id} to={to}: given up after {} s: {why}",
                         outbox::MAX_AGE
                     );
-                    let _ = self.outbox.remove(&pending_named(&id, &to));
+                    let _ = self.outbox.remove(&pending);
                 }
             }
             return;
@@ -513,27 +566,78 @@ impl Sender {
         match &tally.failed {
             Some(why) => warn!("send: {id} to={to}: refused on a later try: {why}"),
             None => info!(
-                "send: {id} to={to} delivered on a later try (posted={} mailed={})",
-                tally.posted, tally.mailed
+                "send: {id} to={to} delivered on a later try (posted={} mailed={} earlier={})",
+                tally.posted, tally.mailed, tally.earlier
             ),
         }
-        let _ = self.outbox.remove(&pending_named(&id, &to));
+        let _ = self.outbox.remove(&pending);
     }
 }
 
-/// A `Pending` that names the file of `message_id` to `to` (to remove it).
-fn pending_named(message_id: &str, to: &str) -> Pending {
-    Pending {
-        message_id: message_id.to_string(),
-        from: String::new(),
-        to: to.to_string(),
-        signed: String::new(),
-        done: Vec::new(),
-        attempts: 0,
-        first_at: 0,
-        next_at: 0,
-        last_error: String::new(),
+/// What a try came to: the recipient's line of the answer, and the delivery to keep when
+/// some of it could not go now.
+fn settle(
+    to: &str,
+    tally: Tally,
+    now: i64,
+    pending: Pending,
+) -> (RecipientResult, Option<Pending>) {
+    let result = |status, reason: Option<String>| RecipientResult {
+        did: to.to_string(),
+        status,
+        devices: tally.devices,
+        reason,
+    };
+    let missed = (!tally.missed.is_empty()).then(|| tally.missed.join("; "));
+    if let Some(why) = &tally.failed {
+        return (result(Status::Failed, Some(why.clone())), None);
     }
+    if let Some(why) = &tally.temporary {
+        let why = match &missed {
+            Some(missed) => format!("{why}; {missed}"),
+            None => why.clone(),
+        };
+        return match pending.after_try(now, why.clone()) {
+            Some(pending) => (
+                result(
+                    Status::Queued,
+                    Some(format!("{why}; it will be tried again")),
+                ),
+                Some(pending),
+            ),
+            None => (result(Status::Failed, Some(why)), None),
+        };
+    }
+    match (tally.posted + tally.earlier, tally.mailed) {
+        (0, 0) => (
+            result(
+                Status::Failed,
+                Some(missed.unwrap_or_else(|| "no device".into())),
+            ),
+            None,
+        ),
+        (_, 0) => (result(Status::Delivered, missed), None),
+        _ => (result(Status::Queued, missed), None),
+    }
+}
+
+/// The signed message sealed for one device.
+fn seal_to(
+    signed: &[u8],
+    device: &crate::atproto::identity::inbox::Device,
+    prekey: &[u8; 32],
+) -> Result<Vec<u8>, String> {
+    use der::Decode;
+    let certificate = x509_cert::Certificate::from_der(&device.der)
+        .map_err(|e| format!("its certificate: {e}"))?;
+    one_shot::seal_for(
+        signed,
+        &one_shot::Device {
+            certificate: &certificate,
+            prekey,
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Refuses a message whose one-recipient EnvelopedData would not fit the largest bucket.

@@ -2,11 +2,17 @@
 //! be delivered now, kept across restarts as Postfix keeps its deferred queue — the signed
 //! message (sealed afresh at each try, to the prekeys published then), the devices it already
 //! reached, the tries and the next one. Written whole or not at all (a temporary file synced,
-//! renamed, the folder synced); a file that cannot be read is set aside (`.bad`), never lost.
+//! renamed, the folder synced once a batch); a file that cannot be read is set aside (`.bad`),
+//! never lost. The folder is read once, at start; from then on an index in memory says what is
+//! due (no scan of the folder every round), and bounds it: at most `MAX_PENDING` deliveries,
+//! `MAX_PENDING_PER_SENDER` of one sending DID (beyond, a delivery that cannot go now fails).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// How long a message is tried before it is given up (Postfix's `maximal_queue_lifetime` is
 /// five days; a chat message two days late is worth less).
@@ -14,8 +20,9 @@ pub const MAX_AGE: i64 = 2 * 86_400;
 /// The first try again, in seconds; each next waits twice as long, at most an hour.
 const FIRST_RETRY: i64 = 10;
 const LONGEST_WAIT: i64 = 3600;
-/// Files read per scan.
-const MAX_SCAN: usize = 10_000;
+/// Deliveries kept at most, in all and of one sending DID.
+pub const MAX_PENDING: usize = 10_000;
+pub const MAX_PENDING_PER_SENDER: usize = 1_000;
 
 /// One recipient's pending delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,23 +56,43 @@ impl Pending {
         (self.next_at - self.first_at <= MAX_AGE).then_some(self)
     }
 
+    /// `<message id>-<SHA-256 of the recipient DID, 32 hex>.json`: unique per recipient, of
+    /// a fixed length whatever the DID (a did:web may be long, and any two spellings differ).
     fn file_name(&self) -> String {
-        let to: String = self
-            .to
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        let to: String = Sha256::digest(self.to.as_bytes())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
             .collect();
-        format!("{}-{to}.json", self.message_id)
+        let id: String = self
+            .message_id
+            .chars()
+            .filter(char::is_ascii_hexdigit)
+            .take(64)
+            .collect();
+        format!("{id}-{to}.json")
     }
 }
 
-/// The folder of pending deliveries.
+/// Why a delivery was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum KeepError {
+    #[error("send.queue holds {0} deliveries already (its limit)")]
+    Full(usize),
+    #[error("send.queue holds {0} deliveries of this sender already (its limit)")]
+    SenderFull(usize),
+    #[error("send.queue: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The folder of pending deliveries, and its index.
 pub struct Outbox {
     dir: PathBuf,
+    /// File name → (when due, sending DID).
+    index: Mutex<BTreeMap<String, (i64, String)>>,
 }
 
 impl Outbox {
-    /// The folder `dir`, made (0700) when missing.
+    /// The folder `dir`, made (0700) when missing, read once.
     pub fn open(dir: &Path) -> Result<Outbox, String> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -73,62 +100,127 @@ impl Outbox {
             .mode(0o700)
             .create(dir)
             .map_err(|e| format!("send.queue {}: {e}", dir.display()))?;
-        Ok(Outbox {
+        let outbox = Outbox {
             dir: dir.to_path_buf(),
-        })
+            index: Mutex::new(BTreeMap::new()),
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("send.queue: {e}"))?;
+        let mut index = BTreeMap::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".json")
+                && !name.starts_with('.')
+                && let Some(pending) = outbox.read(&name)
+            {
+                index.insert(name, (pending.next_at, pending.from));
+            }
+        }
+        *outbox.lock() = index;
+        Ok(outbox)
     }
 
-    /// Keeps `pending` (replacing its earlier state) durably.
-    pub fn put(&self, pending: &Pending) -> std::io::Result<()> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (i64, String)>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The deliveries kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps each of `pending` (replacing its earlier state) durably, within the bounds: one
+    /// answer each, in order. Blocking (files synced): call it off the runtime's threads.
+    pub fn put_all(&self, pending: &[Pending]) -> Vec<Result<(), KeepError>> {
+        let answers: Vec<Result<(), KeepError>> = pending.iter().map(|p| self.write(p)).collect();
+        if answers.iter().any(Result::is_ok) {
+            // One sync of the folder makes every rename of the batch durable.
+            if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
+                let why = e.to_string();
+                return answers
+                    .into_iter()
+                    .map(|a| a.and(Err(KeepError::Io(std::io::Error::other(why.clone())))))
+                    .collect();
+            }
+        }
+        answers
+    }
+
+    fn write(&self, pending: &Pending) -> Result<(), KeepError> {
         use std::io::Write;
         let name = pending.file_name();
+        {
+            let index = self.lock();
+            if !index.contains_key(&name) {
+                if index.len() >= MAX_PENDING {
+                    return Err(KeepError::Full(index.len()));
+                }
+                let of_sender = index.values().filter(|(_, f)| *f == pending.from).count();
+                if of_sender >= MAX_PENDING_PER_SENDER {
+                    return Err(KeepError::SenderFull(of_sender));
+                }
+            }
+        }
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&serde_json::to_vec(pending).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, self.dir.join(&name))?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        self.lock()
+            .insert(name, (pending.next_at, pending.from.clone()));
+        Ok(())
     }
 
     /// Forgets `pending` (delivered, refused, or given up).
     pub fn remove(&self, pending: &Pending) -> std::io::Result<()> {
-        match std::fs::remove_file(self.dir.join(pending.file_name())) {
+        let name = pending.file_name();
+        self.lock().remove(&name);
+        match std::fs::remove_file(self.dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// The pending deliveries due at `now`; every one when `now` is `None`.
-    pub fn due(&self, now: Option<i64>) -> Vec<Pending> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut due = Vec::new();
-        for entry in entries.flatten().take(MAX_SCAN) {
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            let read = std::fs::read(&path)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
-                .filter(|p| p.file_name() == name);
-            match read {
-                Some(pending) if now.is_none_or(|now| pending.next_at <= now) => due.push(pending),
-                Some(_) => {}
-                None => {
-                    tracing::error!(
-                        "send.queue: {} cannot be read; set aside as .bad",
-                        path.display()
-                    );
-                    let _ = std::fs::rename(&path, path.with_extension("bad"));
+    /// Up to `max` deliveries due at `now`, the longest due first. Blocking (files read).
+    pub fn due(&self, now: i64, max: usize) -> Vec<Pending> {
+        let mut names: Vec<(i64, String)> = self
+            .lock()
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(name, (at, _))| (*at, name.clone()))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .take(max)
+            .filter_map(|(_, name)| {
+                let read = self.read(&name);
+                if read.is_none() {
+                    self.lock().remove(&name);
                 }
-            }
+                read
+            })
+            .collect()
+    }
+
+    /// The delivery in the file `name`; one that cannot be read is set aside as `.bad`.
+    fn read(&self, name: &str) -> Option<Pending> {
+        let path = self.dir.join(name);
+        let read = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
+            .filter(|p| p.file_name() == name);
+        if read.is_none() && path.exists() {
+            tracing::error!(
+                "send.queue: {} cannot be read; set aside as .bad",
+                path.display()
+            );
+            let _ = std::fs::rename(&path, path.with_extension("bad"));
         }
-        due.sort_by_key(|p| p.next_at);
-        due
+        read
     }
 }
 
@@ -156,26 +248,61 @@ mod tests {
         let outbox = Outbox::open(&dir.path().join("q")).unwrap();
         let p = pending().after_try(1000, "503".into()).unwrap();
         assert_eq!(p.next_at, 1010);
-        outbox.put(&p).unwrap();
-        assert!(outbox.due(Some(1009)).is_empty());
-        assert_eq!(outbox.due(Some(1010)), vec![p.clone()]);
+        assert!(outbox.put_all(std::slice::from_ref(&p))[0].is_ok());
+        assert!(outbox.due(1009, 10).is_empty());
+        assert_eq!(outbox.due(1010, 10), vec![p.clone()]);
         // Another reading of the folder (a restart) finds it.
-        assert_eq!(
-            Outbox::open(&dir.path().join("q")).unwrap().due(None),
-            vec![p.clone()]
-        );
+        let again = Outbox::open(&dir.path().join("q")).unwrap();
+        assert_eq!(again.due(i64::MAX, 10), vec![p.clone()]);
         let p2 = p.clone().after_try(1010, "503".into()).unwrap();
         assert_eq!(p2.next_at, 1030);
-        outbox.put(&p2).unwrap();
-        assert_eq!(outbox.due(None), vec![p2.clone()], "replaced, not added");
+        assert!(outbox.put_all(std::slice::from_ref(&p2))[0].is_ok());
+        assert_eq!(
+            outbox.due(i64::MAX, 10),
+            vec![p2.clone()],
+            "replaced, not added"
+        );
         let mut late = p2.clone();
         late.attempts = 40;
         assert_eq!(late.after_try(1000 + MAX_AGE, "503".into()), None);
         outbox.remove(&p2).unwrap();
-        assert!(outbox.due(None).is_empty());
-        // A damaged file is set aside, not lost and not retried.
+        assert!(outbox.is_empty());
+        // A damaged file is set aside at start, not lost and not retried.
         std::fs::write(dir.path().join("q").join("x.json"), b"{").unwrap();
-        assert!(outbox.due(None).is_empty());
+        assert!(Outbox::open(&dir.path().join("q")).unwrap().is_empty());
         assert!(dir.path().join("q").join("x.bad").exists());
+    }
+
+    #[test]
+    fn two_did_webs_that_differ_only_in_punctuation_are_two_files_and_the_queue_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let mut a = pending();
+        a.to = "did:web:a-b.example".into();
+        let mut b = pending();
+        b.to = "did:web:a.b.example".into();
+        let mut long = pending();
+        long.to = format!("did:web:{}", "x".repeat(250));
+        for answer in outbox.put_all(&[a, b, long]) {
+            answer.unwrap();
+        }
+        assert_eq!(outbox.len(), 3);
+        let mut many = Vec::new();
+        for n in 0..MAX_PENDING_PER_SENDER {
+            let mut p = pending();
+            p.to = format!("did:plc:{n:0>24}");
+            many.push(p);
+        }
+        let answers = outbox.put_all(&many);
+        assert!(
+            answers[..MAX_PENDING_PER_SENDER - 3]
+                .iter()
+                .all(Result::is_ok)
+        );
+        assert!(matches!(
+            answers.last(),
+            Some(Err(KeepError::SenderFull(_)))
+        ));
+        assert_eq!(outbox.len(), MAX_PENDING_PER_SENDER);
     }
 }

@@ -34,6 +34,9 @@ pub enum Upstream {
     MailHost,
     /// A labeler, or another service a DID document names.
     Service,
+    /// A recipient's AT-SMS web inbox, posted envelopes by the sender (`sending`): its own
+    /// permits, so a slow inbox cannot take those verification's lookups need.
+    Inbox,
 }
 
 impl Upstream {
@@ -45,6 +48,7 @@ impl Upstream {
             Upstream::Handle => "handle",
             Upstream::MailHost => "mail host",
             Upstream::Service => "service",
+            Upstream::Inbox => "AT-SMS inbox",
         }
     }
 }
@@ -119,6 +123,7 @@ fn not_found(upstream: Upstream) -> &'static str {
         Upstream::Handle => "handle does not exist",
         Upstream::MailHost => "mail host does not exist",
         Upstream::Service => "service host does not exist",
+        Upstream::Inbox => "inbox host does not exist",
     }
 }
 

@@ -309,30 +309,55 @@ impl IdentityResolver {
 /// The prekey records' collection (rkey: the device fingerprint).
 pub const PREKEY_COLLECTION: &str = "at.atsms.prekey";
 
+/// Why a device has no prekey to seal to now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoPrekey {
+    /// Its record could not be read now: try again later.
+    #[error("its prekey record: {0}")]
+    Unavailable(String),
+    /// None the client would seal to: absent, forged, expired.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// A current device of a DID and what its prekey record says: the key to seal to, or why it
-/// has none the client would seal to (then the device gets no sealed copy).
-pub type DevicePrekey = (Device, Result<crate::atproto::device::Prekey, String>);
+/// has none (then the device gets no sealed copy).
+pub type DevicePrekey = (Device, Result<crate::atproto::device::Prekey, NoPrekey>);
+
+/// How long a checked prekey is used without asking again: a device keeps its previous
+/// prekey for a grace week after rotating, so minutes cost nothing; a device withdrawn goes
+/// with its certificate (the inbox facts' own lifetime).
+pub(super) const PREKEY_FRESH: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl IdentityResolver {
     /// The devices of `did` current at `now` (certificate within its dates), each with its
-    /// prekey checked as the client's sender checks it (`atproto::device::verify_prekey`).
-    /// Asked when sending, not cached: a prekey rotates weekly and a stale one seals to a key
-    /// the device may have dropped.
+    /// prekey checked as the client's sender checks it (`atproto::device::verify_prekey`), at
+    /// most `max` of them. One device's record that cannot be read now is that device's
+    /// `Unavailable`, not the DID's. A checked prekey is kept `PREKEY_FRESH`.
     pub async fn device_prekeys(
         self: &Arc<Self>,
         did: &str,
         now: i64,
+        max: usize,
     ) -> Result<Vec<DevicePrekey>, IdentityError> {
         let inbox = self.atsms_inbox(did).await?.value;
         let document = self.resolve_did(did).await?.value;
-        let mut out = Vec::new();
-        // One getRecord a current device, as the client's sender asks (a listing could leave a
-        // current device's record on a later page behind those of withdrawn ones).
-        for device in inbox
+        let current = inbox
             .devices
             .iter()
             .filter(|d| d.not_before <= now && now <= d.not_after)
-        {
+            .take(max);
+        // One getRecord a current device, as the client's sender asks (a listing could leave a
+        // current device's record on a later page behind those of withdrawn ones), at once.
+        let asked = current.map(|device| async {
+            let key = (
+                did.to_string(),
+                device.fingerprint.clone(),
+                device.der.clone(),
+            );
+            if let Some(prekey) = self.prekeys.get(&key).filter(|p| p.expires_at > now) {
+                return (device.clone(), Ok(prekey));
+            }
             let record = self
                 .pds_query(
                     &document.document,
@@ -343,15 +368,23 @@ impl IdentityResolver {
                         ("rkey", &device.fingerprint),
                     ],
                 )
-                .await?;
-            let prekey = match record.as_ref().and_then(|r| r.get("value")) {
-                Some(value) => crate::atproto::device::verify_prekey(value, &device.der, now)
-                    .map_err(|e| e.to_string()),
-                None => Err("no prekey record".to_string()),
+                .await;
+            let prekey = match record {
+                Ok(Some(record)) => match record.get("value") {
+                    Some(value) => crate::atproto::device::verify_prekey(value, &device.der, now)
+                        .map_err(|e| NoPrekey::Invalid(e.to_string())),
+                    None => Err(NoPrekey::Invalid("no prekey record".into())),
+                },
+                Ok(None) => Err(NoPrekey::Invalid("no prekey record".into())),
+                Err(e) if e.is_transient() => Err(NoPrekey::Unavailable(e.to_string())),
+                Err(e) => Err(NoPrekey::Invalid(e.to_string())),
             };
-            out.push((device.clone(), prekey));
-        }
-        Ok(out)
+            if let Ok(prekey) = &prekey {
+                self.prekeys.insert(key, prekey.clone());
+            }
+            (device.clone(), prekey)
+        });
+        Ok(futures::future::join_all(asked).await)
     }
 }
 

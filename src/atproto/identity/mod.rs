@@ -144,6 +144,9 @@ pub struct IdentityResolver {
     /// Keys decoded from documents, by their type and multibase text (`keys.rs`): at most
     /// `PARSED_KEYS`, about 150 bytes each.
     parsed_keys: moka::sync::Cache<String, PublicKey>,
+    /// Recipients' devices' checked prekeys, by (DID, fingerprint, certificate), for
+    /// `inbox::PREKEY_FRESH` (`device_prekeys`).
+    prekeys: moka::sync::Cache<(String, String, Vec<u8>), crate::atproto::device::Prekey>,
     /// DIDs refreshed after a failure recently (ROTATION_CHECK_INTERVAL).
     rotation_checks: moka::sync::Cache<String, ()>,
     /// PLC directories that answered 429, and until when they asked us to stay away.
@@ -190,6 +193,10 @@ impl IdentityResolver {
             handles: TimedCache::new(cache, 1, 8),
             mail_hosts: TimedCache::new(cache, 1, 8),
             parsed_keys: moka::sync::Cache::new(PARSED_KEYS),
+            prekeys: moka::sync::Cache::builder()
+                .max_capacity(cache.max_entries)
+                .time_to_live(inbox::PREKEY_FRESH)
+                .build(),
             rotation_checks: moka::sync::Cache::builder()
                 .max_capacity(cache.max_entries)
                 .time_to_live(ROTATION_CHECK_INTERVAL)

@@ -211,6 +211,7 @@ impl Net {
             Upstream::Handle,
             Upstream::MailHost,
             Upstream::Service,
+            Upstream::Inbox,
         ]
         .into_iter()
         .map(|kind| (kind, Arc::new(tokio::sync::Semaphore::new(limit))))
@@ -272,7 +273,8 @@ impl Net {
         .await
     }
 
-    /// POST of a JSON body, the answer's body read within `max_body`; only a 307 or 308
+    /// POST of a JSON body, the first `max_body` bytes of the answer read (a longer one is cut,
+    /// not refused: what was posted was taken or not by the status); only a 307 or 308
     /// redirect is followed (RFC 9110 §15.4.8, §15.4.9: the method and body are kept), at most
     /// `max_redirects`, each checked as the first URL was.
     pub async fn post_json(
@@ -287,7 +289,7 @@ impl Net {
             url,
             upstream,
             Method::PostJson(json),
-            Body::Whole(max_body),
+            Body::Prefix(max_body),
             max_redirects,
         )
         .await
