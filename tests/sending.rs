@@ -374,6 +374,31 @@ fn what_cannot_be_sent_is_refused_and_said_why() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("RateLimitExceeded"), "{stderr}");
     assert!(std::fs::read_dir(&svc.queue).unwrap().next().is_none());
+    // Every error name given here is one the published lexicon lists.
+    let lexicon: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs/lexicons/org/atsms-milter/mail/sendMessage.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(lexicon["id"], LXM);
+    let listed: Vec<&str> = lexicon["defs"]["main"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "InvalidRequest",
+        "PayloadTooLarge",
+        "NotAuthorized",
+        "BadJwtLexiconMethod",
+        "RateLimitExceeded",
+    ] {
+        assert!(listed.contains(&name), "{name} is not in the lexicon");
+    }
 }
 
 /// A destination that cannot take the envelope now (503) or answers too slowly: the call still
