@@ -476,3 +476,12 @@ pub fn print_row(size: &str, connections: usize, daemon: &Daemon, r: &Run) {
         r.peak_rss_kib as f64 / 1024.0
     );
 }
+
+/// The n-th DID of a load run: `did:plc:` and 24 base32 letters.
+pub fn did(n: usize) -> String {
+    let letters: String = format!("{n:0>24}")
+        .bytes()
+        .map(|d| (b'a' + (d - b'0')) as char)
+        .collect();
+    format!("did:plc:{letters}")
+}

@@ -10,6 +10,7 @@
 
 use atsms_testkit::http::{HttpServer, Reply};
 use atsms_testkit::load as common;
+use atsms_testkit::load::did;
 use atsms_testkit::plc::Plc;
 
 use std::os::unix::fs::PermissionsExt;
@@ -30,15 +31,6 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// The n-th DID: `did:plc:` and 24 base32 letters.
-fn did(n: usize) -> String {
-    let letters: String = format!("{n:0>24}")
-        .bytes()
-        .map(|d| (b'a' + (d - b'0')) as char)
-        .collect();
-    format!("did:plc:{letters}")
 }
 
 /// A service token for sendMessage, as a PDS's getServiceAuth makes it.
