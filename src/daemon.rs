@@ -229,6 +229,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if socketmap_fixed(old) != socketmap_fixed(new) {
         changed.push("socketmap.listen, socket_mode, socket_group or max_connections");
     }
+    if old.devices != new.devices || old.send != new.send {
+        changed.push("[[device]] or [send]");
+    }
     if old.exim != new.exim {
         changed.push("[exim]");
     }

@@ -508,3 +508,32 @@ fn a_device_that_could_not_be_served_now_is_served_later_and_the_other_not_again
     }
     drop(store);
 }
+
+/// A web inbox that cannot take the envelope now and says when to ask again (`429`,
+/// `Retry-After: 3600`): `queued`, and the try again waits the hour asked, not the backoff's
+/// ten seconds.
+#[test]
+fn a_web_inboxs_retry_after_is_honoured() {
+    let world = world();
+    let svc = service(&world, &ports(), free_port(), "");
+    let busy = HttpServer::start(std::sync::Arc::new(|_: &str| {
+        Reply::Headers(
+            vec![("retry-after", "3600".to_string())],
+            Box::new(Reply::json(429, r#"{"error":"RateLimitExceeded"}"#)),
+        )
+    }));
+    world
+        .plc
+        .put_record(R1, "at.atsms.inbox", "self", inbox_record(&busy.url(), R1));
+    let (code, answer, stderr) = send(&world, svc.port, &[R1], "later, as asked");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(answer["results"][0]["status"], "queued", "{answer}");
+    let files: Vec<_> = std::fs::read_dir(&svc.queue).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    let kept: Value = serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
+    let wait = kept["next_at"].as_i64().unwrap() - now();
+    assert!(
+        (3500..=3600).contains(&wait),
+        "next try in {wait} s: {kept}"
+    );
+}

@@ -39,11 +39,14 @@ pub enum DeliveryError {
     /// Could not now (timeouts, 5xx answers, 4xx replies): try again later.
     #[error("{0}")]
     Temporary(String),
+    /// Could not now, and said when to ask again (`Retry-After`, seconds; RFC 9110 §10.2.3).
+    #[error("{0}")]
+    Later(String, u64),
 }
 
 impl DeliveryError {
     pub fn is_temporary(&self) -> bool {
-        matches!(self, DeliveryError::Temporary(_))
+        !matches!(self, DeliveryError::Refused(_))
     }
 }
 
@@ -130,7 +133,10 @@ impl Carrier<'_> {
         };
         match answer.status {
             200..=299 => Ok(()),
-            408 | 429 | 500..=599 => Err(DeliveryError::Temporary(said())),
+            408 | 429 | 500..=599 => Err(match answer.retry_after {
+                Some(after) => DeliveryError::Later(said(), after),
+                None => DeliveryError::Temporary(said()),
+            }),
             _ => Err(DeliveryError::Refused(said())),
         }
     }

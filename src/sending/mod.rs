@@ -131,6 +131,8 @@ struct Tally {
     missed: Vec<String>,
     /// Why some could not go now.
     temporary: Option<String>,
+    /// The longest `Retry-After` an inbox asked for (seconds).
+    retry_after: Option<u64>,
     /// Why none could go, for good.
     failed: Option<String>,
 }
@@ -470,8 +472,9 @@ impl Sender {
                         served(fp);
                         tally.mailed += 1;
                     }
-                    // The web endpoint's "not now" outranks the MTA's "no": tried again.
-                    Err(e) if !web.is_temporary() || e.is_temporary() => *web = e,
+                    // The web endpoint's "not now" (and its Retry-After) outranks the MTA's
+                    // answer: it is tried again.
+                    Err(e) if !web.is_temporary() => *web = e,
                     Err(_) => {}
                 }
             }
@@ -481,6 +484,10 @@ impl Sender {
             match e {
                 DeliveryError::Temporary(why) => {
                     tally.temporary.get_or_insert(why);
+                }
+                DeliveryError::Later(why, after) => {
+                    tally.temporary.get_or_insert(why);
+                    tally.retry_after = tally.retry_after.max(Some(after));
                 }
                 DeliveryError::Refused(why) => {
                     tally.missed.push(format!("device {}: {why}", short(fp)))
@@ -543,7 +550,7 @@ impl Sender {
                 .unwrap_or_else(|e| e.into_inner())
                 .into_iter()
                 .collect();
-            match next.after_try(now, why.clone()) {
+            match next.after_try(now, why.clone(), tally.retry_after) {
                 Some(next) => {
                     let outbox = self.outbox.clone();
                     let kept = tokio::task::spawn_blocking(move || outbox.put_all(&[next]))
@@ -597,7 +604,7 @@ fn settle(
             Some(missed) => format!("{why}; {missed}"),
             None => why.clone(),
         };
-        return match pending.after_try(now, why.clone()) {
+        return match pending.after_try(now, why.clone(), tally.retry_after) {
             Some(pending) => (
                 result(
                     Status::Queued,

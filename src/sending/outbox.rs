@@ -45,14 +45,16 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// After one more try that could not finish: when to try again, or `None` when it is too
-    /// old to try any more.
-    pub fn after_try(mut self, now: i64, why: String) -> Option<Pending> {
+    /// After one more try that could not finish: when to try again — the backoff, or later
+    /// when the destination asked (`retry_after` seconds, at most the longest wait) — or
+    /// `None` when it is too old to try any more.
+    pub fn after_try(mut self, now: i64, why: String, retry_after: Option<u64>) -> Option<Pending> {
         self.attempts += 1;
         self.last_error = why;
         let shift = self.attempts.saturating_sub(1).min(20);
-        let wait = FIRST_RETRY.saturating_mul(1 << shift).min(LONGEST_WAIT);
-        self.next_at = now + wait;
+        let backoff = FIRST_RETRY.saturating_mul(1 << shift);
+        let asked = retry_after.map_or(0, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        self.next_at = now + backoff.max(asked).min(LONGEST_WAIT);
         (self.next_at - self.first_at <= MAX_AGE).then_some(self)
     }
 
@@ -246,7 +248,7 @@ mod tests {
     fn a_pending_delivery_survives_waits_longer_each_try_and_is_given_up_when_old() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(&dir.path().join("q")).unwrap();
-        let p = pending().after_try(1000, "503".into()).unwrap();
+        let p = pending().after_try(1000, "503".into(), None).unwrap();
         assert_eq!(p.next_at, 1010);
         assert!(outbox.put_all(std::slice::from_ref(&p))[0].is_ok());
         assert!(outbox.due(1009, 10).is_empty());
@@ -254,8 +256,23 @@ mod tests {
         // Another reading of the folder (a restart) finds it.
         let again = Outbox::open(&dir.path().join("q")).unwrap();
         assert_eq!(again.due(i64::MAX, 10), vec![p.clone()]);
-        let p2 = p.clone().after_try(1010, "503".into()).unwrap();
+        let p2 = p.clone().after_try(1010, "503".into(), None).unwrap();
         assert_eq!(p2.next_at, 1030);
+        // A destination's Retry-After is honoured, up to the longest wait.
+        assert_eq!(
+            p.clone()
+                .after_try(1010, "429".into(), Some(600))
+                .unwrap()
+                .next_at,
+            1610
+        );
+        assert_eq!(
+            p.clone()
+                .after_try(1010, "429".into(), Some(u64::MAX))
+                .unwrap()
+                .next_at,
+            1010 + LONGEST_WAIT
+        );
         assert!(outbox.put_all(std::slice::from_ref(&p2))[0].is_ok());
         assert_eq!(
             outbox.due(i64::MAX, 10),
@@ -264,7 +281,7 @@ mod tests {
         );
         let mut late = p2.clone();
         late.attempts = 40;
-        assert_eq!(late.after_try(1000 + MAX_AGE, "503".into()), None);
+        assert_eq!(late.after_try(1000 + MAX_AGE, "503".into(), None), None);
         outbox.remove(&p2).unwrap();
         assert!(outbox.is_empty());
         // A damaged file is set aside at start, not lost and not retried.
