@@ -157,6 +157,8 @@ struct Service {
     daemon: Daemon,
     config: String,
     port: u16,
+    /// The metrics listener's port.
+    metrics: u16,
     store: PathBuf,
     queue: PathBuf,
 }
@@ -191,6 +193,7 @@ fn postfix(ports: &Ports) -> support::postfix::Postfix {
 fn service(world: &World, ports: &Ports, smtp: u16, send: &str) -> Service {
     let d = world.dir.path();
     let Ports { xrpc, lmtp, maps } = *ports;
+    let metrics = free_port();
     let config = format!(
         "[xrpc]\nlisten = \"inet:127.0.0.1:{xrpc}\"\ninbox = true\nservice_did = \"{SERVICE}\"\ntimeout = 5\n\
          [[device]]\ndid = \"{SENDER}\"\ndir = \"{0}/sender\"\n\
@@ -199,7 +202,8 @@ fn service(world: &World, ports: &Ports, smtp: u16, send: &str) -> Service {
          [lmtp]\nlisten = \"inet:127.0.0.1:{lmtp}\"\nmaildir = \"{0}/mail/%d/%n/Maildir\"\n\
          [inbox]\nhosts = [\"mx.example.net\"]\nstore = \"{0}/store\"\n\
          [resolver]\nplc_urls = [\"{1}\"]\nallow_private_addresses = true\n\
-         [store]\njti_file = \"{0}/jti\"\nreplay_file = \"{0}/replay\"\n",
+         [store]\njti_file = \"{0}/jti\"\nreplay_file = \"{0}/replay\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
         d.display(),
         world.plc.url()
     );
@@ -207,6 +211,7 @@ fn service(world: &World, ports: &Ports, smtp: u16, send: &str) -> Service {
         daemon: Daemon::start(&config, xrpc),
         config,
         port: xrpc,
+        metrics,
         store: d.join("store"),
         queue: d.join("outbox"),
     }
@@ -304,6 +309,20 @@ fn one_message_to_three_dids_is_opened_by_each_of_their_six_devices_exactly_once
         assert_eq!(ok.len(), 1, "{did} {fp} opens exactly one: {copies:?}");
         assert_eq!(ok[0]["sender_did"], SENDER);
         assert_eq!(ok[0]["text"], "hello, six devices");
+    }
+    let (_, metrics) = support::http::raw_request(
+        svc.metrics,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    for line in [
+        "atsms_send_recipients_total{status=\"delivered\",try=\"first\"} 2",
+        "atsms_send_recipients_total{status=\"queued\",try=\"first\"} 1",
+        "atsms_send_envelopes_total{carrier=\"post\",outcome=\"taken\"} 4",
+        "atsms_send_envelopes_total{carrier=\"post\",outcome=\"refused\"} 2",
+        "atsms_send_envelopes_total{carrier=\"mail\",outcome=\"taken\"} 2",
+        "atsms_send_queue 0",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
     }
     drop(svc);
 }

@@ -31,6 +31,12 @@ pub struct Metrics {
     socketmap_lookups: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// (event, reason) → AT-SMS envelopes of the HTTPS inbox and its device copies.
     inbox_envelopes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// (status, try) → recipients of `sendMessage`, at the call and at later tries.
+    send_recipients: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// (carrier, outcome) → envelopes the sender handed over, or tried to.
+    send_envelopes: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Deliveries waiting in `send.queue`.
+    send_queue: AtomicI64,
 }
 
 pub fn global() -> &'static Metrics {
@@ -88,6 +94,24 @@ impl Metrics {
     }
 
     /// `status`: "saved", "rejected", "deferred", "failed".
+    /// A recipient's status (`delivered`, `queued`, `failed`, `given_up`) at its `try`
+    /// (`first`: the call; `retry`: the outbox).
+    pub fn send_recipient(&self, status: &'static str, try_: &'static str) {
+        bump(&self.send_recipients, (status, try_));
+    }
+
+    /// An envelope's hand-over by `carrier` (`post`, `mail`): `taken`, `refused`, `temporary`.
+    pub fn send_envelope(&self, carrier: &'static str, outcome: &'static str) {
+        bump(&self.send_envelopes, (carrier, outcome));
+    }
+
+    pub fn set_send_queue(&self, waiting: usize) {
+        self.send_queue.store(
+            i64::try_from(waiting).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
     pub fn lmtp_delivery(&self, status: &'static str) {
         bump(&self.lmtp_deliveries, status);
     }
@@ -176,6 +200,32 @@ impl Metrics {
                 "atsms_inbox_envelopes_total{{event=\"{event}\",reason=\"{reason}\"}} {n}\n"
             ));
         }
+        out.push_str("# HELP atsms_send_recipients_total Recipients of sendMessage, by status and try.\n# TYPE atsms_send_recipients_total counter\n");
+        for ((status, try_), n) in self
+            .send_recipients
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "atsms_send_recipients_total{{status=\"{status}\",try=\"{try_}\"}} {n}\n"
+            ));
+        }
+        out.push_str("# HELP atsms_send_envelopes_total Envelopes the sender handed over, by carrier and outcome.\n# TYPE atsms_send_envelopes_total counter\n");
+        for ((carrier, outcome), n) in self
+            .send_envelopes
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+        {
+            out.push_str(&format!(
+                "atsms_send_envelopes_total{{carrier=\"{carrier}\",outcome=\"{outcome}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP atsms_send_queue Deliveries waiting in send.queue.\n# TYPE atsms_send_queue gauge\natsms_send_queue {}\n",
+            self.send_queue.load(Ordering::Relaxed)
+        ));
         out.push_str("# HELP atsms_socketmap_lookups_total Postfix table lookups, by map and answer.\n# TYPE atsms_socketmap_lookups_total counter\n");
         for ((map, answer), n) in self
             .socketmap_lookups

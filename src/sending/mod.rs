@@ -209,6 +209,7 @@ impl Sender {
             .await;
         let results = self.keep(tried).await;
         for r in &results {
+            crate::infra::metrics::global().send_recipient(r.status.as_str(), "first");
             info!(
                 "send: {message_id} from={from} to={} status={} devices={}{}",
                 r.did,
@@ -441,6 +442,7 @@ impl Sender {
                     (fp, envelope, carrier.post(url, envelope).await)
                 });
                 for (fp, envelope, posted) in futures::future::join_all(posts).await {
+                    crate::infra::metrics::global().send_envelope("post", outcome(&posted));
                     match posted {
                         Ok(()) => {
                             served(fp);
@@ -467,6 +469,7 @@ impl Sender {
             let envelopes: Vec<&[u8]> = left.iter().map(|(_, e, _)| e.as_slice()).collect();
             let mailed = carrier.mail_all(&from_mailbox, address, &envelopes).await;
             for ((fp, _, web), mail) in left.iter_mut().zip(mailed) {
+                crate::infra::metrics::global().send_envelope("mail", outcome(&mail));
                 match mail {
                     Ok(()) => {
                         served(fp);
@@ -552,6 +555,7 @@ impl Sender {
                 .collect();
             match next.after_try(now, why.clone(), tally.retry_after) {
                 Some(next) => {
+                    crate::infra::metrics::global().send_recipient("queued", "retry");
                     let outbox = self.outbox.clone();
                     let kept = tokio::task::spawn_blocking(move || outbox.put_all(&[next]))
                         .await
@@ -561,6 +565,7 @@ impl Sender {
                     }
                 }
                 None => {
+                    crate::infra::metrics::global().send_recipient("given_up", "retry");
                     warn!(
                         "send: {id} to={to}: given up after {} s: {why}",
                         outbox::MAX_AGE
@@ -570,6 +575,12 @@ impl Sender {
             }
             return;
         }
+        let status = match (&tally.failed, tally.mailed) {
+            (Some(_), _) => Status::Failed,
+            (None, 0) => Status::Delivered,
+            (None, _) => Status::Queued,
+        };
+        crate::infra::metrics::global().send_recipient(status.as_str(), "retry");
         match &tally.failed {
             Some(why) => warn!("send: {id} to={to}: refused on a later try: {why}"),
             None => info!(
@@ -625,6 +636,15 @@ fn settle(
         ),
         (_, 0) => (result(Status::Delivered, missed), None),
         _ => (result(Status::Queued, missed), None),
+    }
+}
+
+/// A hand-over's outcome, as the metrics name it.
+fn outcome(handed: &Result<(), DeliveryError>) -> &'static str {
+    match handed {
+        Ok(()) => "taken",
+        Err(DeliveryError::Refused(_)) => "refused",
+        Err(_) => "temporary",
     }
 }
 

@@ -118,7 +118,13 @@ impl Outbox {
             }
         }
         *outbox.lock() = index;
+        outbox.counted();
         Ok(outbox)
+    }
+
+    /// The `atsms_send_queue` gauge, set to the deliveries kept.
+    fn counted(&self) {
+        crate::infra::metrics::global().set_send_queue(self.len());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (i64, String)>> {
@@ -173,6 +179,7 @@ impl Outbox {
         std::fs::rename(&tmp, self.dir.join(&name))?;
         self.lock()
             .insert(name, (pending.next_at, pending.from.clone()));
+        self.counted();
         Ok(())
     }
 
@@ -180,6 +187,7 @@ impl Outbox {
     pub fn remove(&self, pending: &Pending) -> std::io::Result<()> {
         let name = pending.file_name();
         self.lock().remove(&name);
+        self.counted();
         match std::fs::remove_file(self.dir.join(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -202,6 +210,7 @@ impl Outbox {
                 let read = self.read(&name);
                 if read.is_none() {
                     self.lock().remove(&name);
+                    self.counted();
                 }
                 read
             })
