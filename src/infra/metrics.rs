@@ -189,54 +189,38 @@ impl Metrics {
                 "atsms_lmtp_deliveries_total{{status=\"{status}\"}} {n}\n"
             ));
         }
-        out.push_str("# HELP atsms_inbox_envelopes_total AT-SMS envelopes of the HTTPS inbox and device copies, by event and reason.\n# TYPE atsms_inbox_envelopes_total counter\n");
-        for ((event, reason), n) in self
-            .inbox_envelopes
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-        {
-            out.push_str(&format!(
-                "atsms_inbox_envelopes_total{{event=\"{event}\",reason=\"{reason}\"}} {n}\n"
-            ));
-        }
-        out.push_str("# HELP atsms_send_recipients_total Recipients of sendMessage, by status and try.\n# TYPE atsms_send_recipients_total counter\n");
-        for ((status, try_), n) in self
-            .send_recipients
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-        {
-            out.push_str(&format!(
-                "atsms_send_recipients_total{{status=\"{status}\",try=\"{try_}\"}} {n}\n"
-            ));
-        }
-        out.push_str("# HELP atsms_send_envelopes_total Envelopes the sender handed over, by carrier and outcome.\n# TYPE atsms_send_envelopes_total counter\n");
-        for ((carrier, outcome), n) in self
-            .send_envelopes
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-        {
-            out.push_str(&format!(
-                "atsms_send_envelopes_total{{carrier=\"{carrier}\",outcome=\"{outcome}\"}} {n}\n"
-            ));
-        }
+        counter_pairs(
+            &mut out,
+            "atsms_inbox_envelopes_total",
+            "AT-SMS envelopes of the HTTPS inbox and device copies, by event and reason.",
+            ("event", "reason"),
+            &self.inbox_envelopes,
+        );
+        counter_pairs(
+            &mut out,
+            "atsms_send_recipients_total",
+            "Recipients of sendMessage, by status and try.",
+            ("status", "try"),
+            &self.send_recipients,
+        );
+        counter_pairs(
+            &mut out,
+            "atsms_send_envelopes_total",
+            "Envelopes the sender handed over, by carrier and outcome.",
+            ("carrier", "outcome"),
+            &self.send_envelopes,
+        );
         out.push_str(&format!(
             "# HELP atsms_send_queue Deliveries waiting in send.queue.\n# TYPE atsms_send_queue gauge\natsms_send_queue {}\n",
             self.send_queue.load(Ordering::Relaxed)
         ));
-        out.push_str("# HELP atsms_socketmap_lookups_total Postfix table lookups, by map and answer.\n# TYPE atsms_socketmap_lookups_total counter\n");
-        for ((map, answer), n) in self
-            .socketmap_lookups
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default()
-        {
-            out.push_str(&format!(
-                "atsms_socketmap_lookups_total{{map=\"{map}\",answer=\"{answer}\"}} {n}\n"
-            ));
-        }
+        counter_pairs(
+            &mut out,
+            "atsms_socketmap_lookups_total",
+            "Postfix table lookups, by map and answer.",
+            ("map", "answer"),
+            &self.socketmap_lookups,
+        );
         out.push_str("# HELP atsms_open_connections Open connections, by mode.\n# TYPE atsms_open_connections gauge\n");
         out.push_str(&format!(
             "atsms_open_connections{{mode=\"milter\"}} {}\n",
@@ -247,6 +231,23 @@ impl Metrics {
             self.lmtp_connections.load(Ordering::Relaxed)
         ));
         out
+    }
+}
+
+/// A counter with two labels `labels`, one line a pair of values.
+fn counter_pairs(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    labels: (&str, &str),
+    counts: &Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+) {
+    out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+    for ((a, b), n) in counts.lock().map(|m| m.clone()).unwrap_or_default() {
+        out.push_str(&format!(
+            "{name}{{{}=\"{a}\",{}=\"{b}\"}} {n}\n",
+            labels.0, labels.1
+        ));
     }
 }
 
