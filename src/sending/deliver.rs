@@ -142,7 +142,8 @@ impl Carrier<'_> {
     }
 
     /// Mails each of `envelopes` to `to` (the recipient's own DID mailbox) from `from` through
-    /// the local MTA, one transaction each in one session: an answer each, in order. A domain
+    /// the local MTA, one transaction each in one session: an answer each, in order, and
+    /// `taken(i)` the moment the MTA took the i-th (a cut session keeps what it did). A domain
     /// not this host's must send its mail to public addresses (`Net::vetted_mail_exchange`),
     /// so a record cannot steer the MTA at an internal host.
     pub async fn mail_all(
@@ -150,6 +151,7 @@ impl Carrier<'_> {
         from: &str,
         to: &str,
         envelopes: &[&[u8]],
+        taken: &(dyn Fn(usize) + Sync),
     ) -> Vec<Result<(), DeliveryError>> {
         let all = |e: DeliveryError| envelopes.iter().map(|_| Err(e.clone())).collect();
         let domain = to.rsplit_once('@').map_or("", |(_, d)| d);
@@ -190,7 +192,7 @@ impl Carrier<'_> {
         };
         let mut answers = Vec::with_capacity(envelopes.len());
         let mut broken = None;
-        for envelope in envelopes {
+        for (i, envelope) in envelopes.iter().enumerate() {
             if let Some(e) = &broken {
                 answers.push(Err(DeliveryError::Temporary(format!("{at}: {e}"))));
                 continue;
@@ -204,7 +206,10 @@ impl Carrier<'_> {
                 ))
                 .await;
             answers.push(match sent {
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    taken(i);
+                    Ok(())
+                }
                 Err(mail_send::Error::UnexpectedReply(reply)) => {
                     // A refused transaction: the session goes on after RSET.
                     if client.rset().await.is_err() {

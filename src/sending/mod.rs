@@ -381,8 +381,11 @@ impl Sender {
         let mut sealed = Vec::new();
         for (device, prekey) in &devices {
             let short = short(&device.fingerprint);
+            if already.contains(&device.fingerprint) {
+                tally.earlier += 1;
+                continue;
+            }
             match prekey {
-                Ok(_) if already.contains(&device.fingerprint) => tally.earlier += 1,
                 Ok(prekey) => match seal_to(signed, device, &prekey.key) {
                     Ok(envelope) => sealed.push((device.fingerprint.clone(), envelope)),
                     Err(why) => tally.missed.push(format!("device {short}: {why}")),
@@ -430,24 +433,28 @@ impl Sender {
         done: &Mutex<BTreeSet<String>>,
         tally: &mut Tally,
     ) {
+        // Each device is noted served the moment its envelope is taken, so a try cut at its
+        // deadline keeps what it did (the rest is tried again, not the served sent twice).
         let served = |fingerprint: &str| {
             done.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(fingerprint.to_string());
         };
+        let served = &served;
         let mut left: Vec<(&String, &Vec<u8>, DeliveryError)> = Vec::new();
         match &route.web {
             Some(url) => {
                 let posts = sealed.iter().map(|(fp, envelope)| async move {
-                    (fp, envelope, carrier.post(url, envelope).await)
+                    let posted = carrier.post(url, envelope).await;
+                    if posted.is_ok() {
+                        served(fp);
+                    }
+                    (fp, envelope, posted)
                 });
                 for (fp, envelope, posted) in futures::future::join_all(posts).await {
                     crate::infra::metrics::global().send_envelope("post", outcome(&posted));
                     match posted {
-                        Ok(()) => {
-                            served(fp);
-                            tally.posted += 1;
-                        }
+                        Ok(()) => tally.posted += 1,
                         Err(e) => left.push((fp, envelope, e)),
                     }
                 }
@@ -467,14 +474,14 @@ impl Sender {
                 self.mail_domains[0]
             );
             let envelopes: Vec<&[u8]> = left.iter().map(|(_, e, _)| e.as_slice()).collect();
-            let mailed = carrier.mail_all(&from_mailbox, address, &envelopes).await;
-            for ((fp, _, web), mail) in left.iter_mut().zip(mailed) {
+            let taken = |i: usize| served(left[i].0);
+            let mailed = carrier
+                .mail_all(&from_mailbox, address, &envelopes, &taken)
+                .await;
+            for ((_, _, web), mail) in left.iter_mut().zip(mailed) {
                 crate::infra::metrics::global().send_envelope("mail", outcome(&mail));
                 match mail {
-                    Ok(()) => {
-                        served(fp);
-                        tally.mailed += 1;
-                    }
+                    Ok(()) => tally.mailed += 1,
                     // The web endpoint's "not now" (and its Retry-After) outranks the MTA's
                     // answer: it is tried again.
                     Err(e) if !web.is_temporary() => *web = e,
@@ -561,6 +568,8 @@ impl Sender {
                         .await
                         .unwrap_or_default();
                     if let Some(Err(e)) = kept.into_iter().next() {
+                        // Not tried again at once (the file still says it is due), nor lost.
+                        self.outbox.postpone(&pending, now + 60);
                         warn!("send.queue: {id} to {to}: cannot keep it: {e}");
                     }
                 }
@@ -575,14 +584,18 @@ impl Sender {
             }
             return;
         }
-        let status = match (&tally.failed, tally.mailed) {
-            (Some(_), _) => Status::Failed,
-            (None, 0) => Status::Delivered,
-            (None, _) => Status::Queued,
+        let status = match (&tally.failed, tally.posted + tally.earlier, tally.mailed) {
+            (Some(_), _, _) | (None, 0, 0) => Status::Failed,
+            (None, _, 0) => Status::Delivered,
+            (None, _, _) => Status::Queued,
         };
         crate::infra::metrics::global().send_recipient(status.as_str(), "retry");
-        match &tally.failed {
+        match tally.failed.as_ref().filter(|_| status == Status::Failed) {
             Some(why) => warn!("send: {id} to={to}: refused on a later try: {why}"),
+            None if status == Status::Failed => warn!(
+                "send: {id} to={to}: refused on a later try: {}",
+                tally.missed.join("; ")
+            ),
             None => info!(
                 "send: {id} to={to} delivered on a later try (posted={} mailed={} earlier={})",
                 tally.posted, tally.mailed, tally.earlier

@@ -144,15 +144,12 @@ impl Outbox {
     /// answer each, in order. Blocking (files synced): call it off the runtime's threads.
     pub fn put_all(&self, pending: &[Pending]) -> Vec<Result<(), KeepError>> {
         let answers: Vec<Result<(), KeepError>> = pending.iter().map(|p| self.write(p)).collect();
-        if answers.iter().any(Result::is_ok) {
-            // One sync of the folder makes every rename of the batch durable.
-            if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
-                let why = e.to_string();
-                return answers
-                    .into_iter()
-                    .map(|a| a.and(Err(KeepError::Io(std::io::Error::other(why.clone())))))
-                    .collect();
-            }
+        // One sync of the folder makes every rename of the batch durable. Should it fail, the
+        // files are there and indexed all the same: they are tried (said, not undone).
+        if answers.iter().any(Result::is_ok)
+            && let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all())
+        {
+            tracing::error!("send.queue: cannot sync {}: {e}", self.dir.display());
         }
         answers
     }
@@ -160,8 +157,10 @@ impl Outbox {
     fn write(&self, pending: &Pending) -> Result<(), KeepError> {
         use std::io::Write;
         let name = pending.file_name();
-        {
-            let index = self.lock();
+        // The slot is taken under the lock (concurrent batches cannot all pass the bounds), and
+        // given back when the file cannot be written.
+        let earlier = {
+            let mut index = self.lock();
             if !index.contains_key(&name) {
                 if index.len() >= MAX_PENDING {
                     return Err(KeepError::Full(index.len()));
@@ -171,26 +170,44 @@ impl Outbox {
                     return Err(KeepError::SenderFull(of_sender));
                 }
             }
+            index.insert(name.clone(), (pending.next_at, pending.from.clone()))
+        };
+        let written = (|| {
+            let tmp = self.dir.join(format!(".{name}.tmp"));
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&serde_json::to_vec(pending).map_err(std::io::Error::other)?)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, self.dir.join(&name))
+        })();
+        if written.is_err() {
+            let mut index = self.lock();
+            match earlier {
+                Some(earlier) => index.insert(name, earlier),
+                None => index.remove(&name),
+            };
         }
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec(pending).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(&name))?;
-        self.lock()
-            .insert(name, (pending.next_at, pending.from.clone()));
         self.counted();
-        Ok(())
+        Ok(written?)
+    }
+
+    /// Puts off `pending` until `at` in memory only (its file could not be rewritten): not
+    /// tried again at once; a restart reads the file's time again.
+    pub fn postpone(&self, pending: &Pending, at: i64) {
+        if let Some(entry) = self.lock().get_mut(&pending.file_name()) {
+            entry.0 = at;
+        }
     }
 
     /// Forgets `pending` (delivered, refused, or given up).
     pub fn remove(&self, pending: &Pending) -> std::io::Result<()> {
         let name = pending.file_name();
-        self.lock().remove(&name);
-        self.counted();
-        match std::fs::remove_file(self.dir.join(name)) {
+        match std::fs::remove_file(self.dir.join(&name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            _ => {
+                self.lock().remove(&name);
+                self.counted();
+                Ok(())
+            }
         }
     }
 
@@ -208,7 +225,8 @@ impl Outbox {
             .take(max)
             .filter_map(|(_, name)| {
                 let read = self.read(&name);
-                if read.is_none() {
+                // Gone, or set aside as `.bad`: out of the index; unreadable now: kept.
+                if read.is_none() && !self.dir.join(&name).exists() {
                     self.lock().remove(&name);
                     self.counted();
                 }
@@ -220,11 +238,12 @@ impl Outbox {
     /// The delivery in the file `name`; one that cannot be read is set aside as `.bad`.
     fn read(&self, name: &str) -> Option<Pending> {
         let path = self.dir.join(name);
-        let read = std::fs::read(&path)
+        // A file that cannot be read now (no descriptor left, say) stays for a later round.
+        let bytes = std::fs::read(&path).ok()?;
+        let read = serde_json::from_slice::<Pending>(&bytes)
             .ok()
-            .and_then(|b| serde_json::from_slice::<Pending>(&b).ok())
             .filter(|p| p.file_name() == name);
-        if read.is_none() && path.exists() {
+        if read.is_none() {
             tracing::error!(
                 "send.queue: {} cannot be read; set aside as .bad",
                 path.display()
