@@ -368,10 +368,12 @@ impl Listeners {
         let lmtp = match &config.lmtp {
             Some(l) if l.listen.is_some() => {
                 let listen = l.listen.as_ref().expect("checked");
-                let listener = bind(listen, l.socket_mode, l.socket_group.as_deref()).await?;
                 let host = crate::infra::host::name();
                 let service = LmtpService::new(shared.clone(), l, &config.inbox, host, true)?;
+                // Before the socket is bound: once it is, a client (or a readiness check) may
+                // connect and look while stale files are still there.
                 service.clean_known_maildirs();
+                let listener = bind(listen, l.socket_mode, l.socket_group.as_deref()).await?;
                 Some((listener, Arc::new(service)))
             }
             _ => None,
