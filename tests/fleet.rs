@@ -20,9 +20,7 @@ use support::vectors::VectorWorld;
 
 const DIDS: usize = 100;
 
-fn now() -> i64 {
-    atsms_milter::infra::clock::unix_now()
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 fn config(port: u16, resolver: &str, redis: &Redis) -> String {
     format!(

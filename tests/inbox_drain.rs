@@ -27,12 +27,7 @@ fn text(name: &str) -> String {
     std::fs::read_to_string(support::test_data("atsms-client").join(name)).unwrap()
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 /// A token as the client's `generateJWT` makes it, with `change` applied to its claims.
 fn token(key: &SigningKey, kid: &str, change: impl Fn(&mut Value)) -> String {

@@ -6,7 +6,6 @@
 use atsms_testkit as support;
 
 use std::io::{Read, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use atsms_milter::format::crypto::{Alg, SigningKey};
 use indymilter_test::{EomAction, Status};
@@ -17,12 +16,7 @@ use support::plc::Plc;
 use support::postfix::free_port;
 use support::signing::signed_message;
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 /// A sender with a published key.
 fn sender(plc: &Plc, n: usize) -> (String, SigningKey) {

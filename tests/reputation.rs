@@ -7,7 +7,7 @@ use atsms_testkit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use atsms_milter::format::crypto::{Alg, SigningKey};
 use base64::Engine;
@@ -21,12 +21,7 @@ use support::plc::Plc;
 use support::postfix::free_port;
 use support::signing::signed_message;
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 fn datetime(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)

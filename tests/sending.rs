@@ -29,12 +29,7 @@ const R3: &str = "did:plc:cccccccccccccccccccccccc";
 const SERVICE: &str = "did:web:sender.test";
 const LXM: &str = "org.atsms-milter.mail.sendMessage";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 /// A service token as a PDS's `com.atproto.server.getServiceAuth` makes it.
 fn service_token(key: &SigningKey, iss: &str, lxm: &str) -> String {

@@ -5,7 +5,7 @@
 
 use atsms_testkit as support;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use atsms_milter::format::crypto::{Alg, SigningKey, malleate};
 use base64::Engine;
@@ -24,12 +24,7 @@ const LXM: &str = "org.atsms-milter.mail.signEnvelope";
 /// The method's first name, served for one release as a deprecated alias.
 const OLD_LXM: &str = "at.atsms.mail.signEnvelope";
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)

@@ -26,12 +26,7 @@ use tokio::net::TcpStream;
 const PUBLIC: &str = "https://inbox.bench";
 const HOST: &str = "mx.bench";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 fn encoded(did: &str) -> String {
     did.replace(':', "%3A")

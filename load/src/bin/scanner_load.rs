@@ -24,12 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 const LABELER: &str = "did:plc:ar7c4by46qjdydhdevvrndac";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 /// A signed label as a labeler serves it.
 fn label(key: &SigningKey, val: &str) -> serde_json::Value {

@@ -26,12 +26,7 @@ use serde_json::json;
 
 const SERVICE: &str = "did:web:sender.bench";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 /// A service token for sendMessage, as a PDS's getServiceAuth makes it.
 fn token(key: &SigningKey, iss: &str, n: usize) -> String {

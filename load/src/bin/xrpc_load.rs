@@ -25,12 +25,7 @@ const DID: &str = "did:plc:ofurdhfyhjhgomvfygxergep";
 const SERVICE: &str = "did:web:signer.test";
 const FROM: &str = "alice@alice.example.com";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use atsms_milter::infra::clock::unix_now as now;
 
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
