@@ -156,13 +156,16 @@ pub fn parse_token(token: &str, now: i64) -> Result<DeviceToken, TokenError> {
     if !audience_ok {
         return Err(TokenError::Invalid("aud is not atsms-api"));
     }
-    if claims.exp - claims.iat > MAX_LIFETIME || claims.exp <= claims.iat {
+    // Checked arithmetic: `iat` and `exp` are the token's, any i64 (a wrapped difference
+    // would let `exp` near i64::MAX pass as an hour).
+    let lifetime = claims.exp.checked_sub(claims.iat);
+    if lifetime.is_none_or(|l| l > MAX_LIFETIME || l <= 0) {
         return Err(TokenError::Invalid("lives longer than an hour"));
     }
-    if claims.iat > now + LEEWAY {
+    if claims.iat > now.saturating_add(LEEWAY) {
         return Err(TokenError::Invalid("issued in the future"));
     }
-    if claims.exp + LEEWAY < now {
+    if claims.exp.saturating_add(LEEWAY) < now {
         return Err(TokenError::Expired);
     }
     let signature = URL_SAFE_NO_PAD
@@ -292,6 +295,15 @@ mod tests {
         ));
         assert!(matches!(
             with("iss", "did:plc:bbbbbbbbbbbbbbbbbbbbbbbb".into()),
+            Err(TokenError::Invalid(_))
+        ));
+        // Times at the ends of i64: refused, not wrapped into an hour (nor a panic).
+        assert!(matches!(
+            with("exp", i64::MAX.into()),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            with("iat", i64::MIN.into()),
             Err(TokenError::Invalid(_))
         ));
         let aged = |exp: i64| {

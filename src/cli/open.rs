@@ -146,12 +146,18 @@ async fn open_all(args: &OpenArgs, raw: &[u8]) -> Opened {
             return opened;
         }
     };
-    let floor =
-        crate::verification::atsms_parts::verify(&resolver, &signed, None, args.resolver.now())
-            .await;
+    // The signature checked once; its content read, and its publication asked (the floor).
+    let checked = crate::verification::atsms_parts::check_signed(&signed, None);
+    let floor = match &checked {
+        Ok(checked) => {
+            crate::verification::atsms_parts::published(&resolver, checked, args.resolver.now())
+                .await
+        }
+        Err(e) => crate::verification::atsms_parts::FloorVerdict::unchecked(e),
+    };
     opened.sender_did = floor.did.clone();
     opened.sender_fingerprint = floor.fingerprint.clone();
-    if let Ok(checked) = crate::verification::atsms_parts::check_signed(&signed, None) {
+    if let Ok(checked) = &checked {
         match atsms_content::parse(&checked.content) {
             Some(content) => match thread_problem(&checked.did, &content) {
                 None => opened.text = content.text,

@@ -92,7 +92,10 @@ pub fn is_copy_id(id: &str) -> bool {
 fn seq_of(id: &str) -> Option<u64> {
     let (secs, rest) = id.split_once(".M")?;
     let usec: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    Some(secs.parse::<u64>().ok()? * 1_000_000 + usec.parse::<u64>().ok()?)
+    secs.parse::<u64>()
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(usec.parse::<u64>().ok()?)
 }
 
 /// The `seq` of a copy id (0 for what this store did not name).
@@ -568,6 +571,7 @@ mod tests {
             Some(1_765_000_000_123_456)
         );
         assert_eq!(seq_of("garbage"), None);
+        assert_eq!(seq_of("18446744073709551.M1P1Q1.x"), None, "no overflow");
         assert_eq!(
             copy_of("1765000000.M5P1Q0.my-Sx.test,S=42"),
             Some(Copy {

@@ -134,10 +134,13 @@ async fn serve(
     {
         return;
     }
-    let expires = tokio::time::Instant::now()
-        + Duration::from_secs(
-            (token.exp + device_token::LEEWAY - crate::infra::clock::unix_now()).max(0) as u64,
-        );
+    // At most the token's hour and its leeway from now, whatever it says (no overflow).
+    let left = token
+        .exp
+        .saturating_add(device_token::LEEWAY)
+        .saturating_sub(crate::infra::clock::unix_now())
+        .clamp(0, device_token::MAX_LIFETIME + device_token::LEEWAY);
+    let expires = tokio::time::Instant::now() + Duration::from_secs(left as u64);
     loop {
         tokio::select! {
             changed = open.receiver.changed() => {

@@ -226,13 +226,20 @@ pub async fn verify(
 ) -> FloorVerdict {
     match check_signed(der, detached) {
         Ok(signed) => published(identity, &signed, now).await,
-        Err(e) => FloorVerdict {
+        Err(e) => FloorVerdict::unchecked(&e),
+    }
+}
+
+impl FloorVerdict {
+    /// The verdict on a SignedData whose signature could not be checked.
+    pub fn unchecked(e: &FloorError) -> FloorVerdict {
+        FloorVerdict {
             result: e.result(),
             did: None,
             fingerprint: None,
             published: None,
             reason: Some(e.to_string()),
-        },
+        }
     }
 }
 
