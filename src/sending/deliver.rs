@@ -21,15 +21,6 @@ const MAX_REDIRECTS: usize = 2;
 /// How long the MTA may take for any one step of a transaction.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where one device's envelope went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handed {
-    /// The inbox said 2xx: stored for the device.
-    Posted,
-    /// The local MTA took it (250) for the `mailto:`.
-    Mailed,
-}
-
 /// Why an envelope did not go.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {

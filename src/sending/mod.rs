@@ -184,6 +184,13 @@ impl Sender {
             .held
             .get(from)
             .ok_or_else(|| SendError::NotHeld(from.to_string()))?;
+        if held.not_after < crate::infra::clock::unix_now() {
+            // No recipient would take what it signs: said, not sent.
+            return Err(SendError::Internal(format!(
+                "the device held for {from} has an expired certificate: make a new one \
+                 (atsms-milter device new) and publish it"
+            )));
+        }
         let to = self.recipients(to)?;
         if text.is_empty() {
             return Err(SendError::Invalid("text: empty".into()));
@@ -601,7 +608,11 @@ impl Sender {
                 tally.posted, tally.mailed, tally.earlier
             ),
         }
-        let _ = self.outbox.remove(&pending);
+        if let Err(e) = self.outbox.remove(&pending) {
+            // Not tried again at once (and so not sent twice straight away).
+            self.outbox.postpone(&pending, now + 3600);
+            warn!("send.queue: {id} to {to}: done, but cannot be removed: {e}");
+        }
     }
 }
 

@@ -19,8 +19,9 @@
 //!   inbox here costs no byte of body), under the PLC budget's share for what is not mail and
 //!   in the turn of the client's network (`identity::budget`), cached like documents;
 //! - memory: the body is read up to `MAX_BODY` (the base64 of the largest envelope taken, a
-//!   CMS structure of `MAX_CMS`; a sealed envelope, at most the client's 64 KiB bucket and
-//!   its framing, `MAX_SEALED`, is refused past that once decoded), within
+//!   CMS structure of `MAX_CMS`; a sealed envelope larger than the client's 64 KiB bucket and
+//!   its framing, `format::sealed::MAX_SEALED`, is not of its shape: refused once decoded),
+//!   within
 //!   `inbox.upload_timeout`; the base64 is decoded in the body's own buffer, so a POST holds
 //!   one copy of what it was sent (and, while storing, the mail made of it);
 //! - a mailbox: `inbox.post_rate_per_did` POSTs per DID (and `reputation.rate_limit`
@@ -57,9 +58,6 @@ use crate::transport::lmtp::LmtpService;
 use crate::transport::lmtp::delivery::Outcome;
 use crate::verification::atsms_parts::EnvelopeKind;
 
-/// The largest sealed envelope: the client's largest padding bucket (64 KiB) and the CBOR
-/// and AEAD framing around it (sealed-sender §5), with room to spare.
-pub const MAX_SEALED: usize = 64 * 1024 + 1024;
 /// The largest CMS structure taken (an EnvelopedData or SignedData the client's SMTP form
 /// carries; the MIME scanner keeps an AT-SMS part of at most as much).
 pub const MAX_CMS: usize = 1024 * 1024;
@@ -176,12 +174,12 @@ pub(super) async fn post(
         Ok(admitted) => admitted,
         Err(e) => return e.into_response(),
     };
-    let Ok(_permit) = inbox.permits.clone().try_acquire_owned() else {
+    let Ok(permit) = inbox.permits.clone().try_acquire_owned() else {
         crate::warn_throttled!("inbox: more than inbox.max_concurrent_posts at once; one refused");
         return XrpcError::new(503, "NotEnoughResources", "too many requests at once")
             .into_response();
     };
-    let accepted = budget::with_client(client, accept(&inbox, &did, &headers, body));
+    let accepted = budget::with_client(client, accept(&inbox, &did, &headers, body, permit));
     match tokio::time::timeout(service.timeout, accepted).await {
         Ok(Ok(stored)) => (
             axum::http::StatusCode::ACCEPTED,
@@ -225,6 +223,7 @@ async fn accept(
     did: &str,
     headers: &HeaderMap,
     body: Body,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(bool, String), XrpcError> {
     let local = match crate::format::syntax::supported_did_method(did) {
         Some(_) if !did.contains('%') => crate::format::address::local_part_of_did(did),
@@ -266,19 +265,13 @@ async fn accept(
     if envelope.len() > max {
         return Err(too_large(max));
     }
-    let kind = crate::verification::atsms_parts::classify(&envelope);
-    match kind {
-        EnvelopeKind::Malformed => {
-            return Err(XrpcError::new(
-                400,
-                "InvalidEnvelope",
-                "not an AT-SMS envelope (a sealed envelope or a CMS structure)",
-            ));
-        }
-        EnvelopeKind::Sealed if envelope.len() > MAX_SEALED => {
-            return Err(too_large(MAX_SEALED));
-        }
-        _ => {}
+    // (A sealed envelope larger than the largest bucket is not of the sealed shape.)
+    if crate::verification::atsms_parts::classify(&envelope) == EnvelopeKind::Malformed {
+        return Err(XrpcError::new(
+            400,
+            "InvalidEnvelope",
+            "not an AT-SMS envelope (a sealed envelope or a CMS structure)",
+        ));
     }
     // (An EnvelopedData's consent also needs it encrypted to a device the DID publishes:
     // the judge asks that of the message, whose recipients it reads.)
@@ -292,9 +285,11 @@ async fn accept(
     );
     drop(envelope);
     // On a task of its own: what cancels this request (a timeout, a client gone) never
-    // cancels the storing half-way.
+    // cancels the storing half-way. The POST's permit goes with it: a storing that outlives
+    // its request still counts against `inbox.max_concurrent_posts`.
     let lmtp = inbox.lmtp.clone();
     let delivered = tokio::spawn(budget::carried(async move {
+        let _permit = permit;
         crate::transport::lmtp::delivery::deliver_message(&lmtp, "", &address, &mail).await
     }));
     match delivered.await {

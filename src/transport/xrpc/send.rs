@@ -2,7 +2,8 @@
 //! sender's way in. Authenticated as `signEnvelope` is (atproto service auth, `lxm` this
 //! method), the token's `iss` a DID this service holds a device for; then the body
 //! `{"to": [DID, …], "text": "…"}` is handed to `sending::Sender`, whose answer is returned as
-//! it is. Each `SendError` is one XRPC error.
+//! it is, on a task of its own (never cancelled half-way). Each `SendError` is one XRPC
+//! error.
 
 use std::time::{Duration, Instant};
 
@@ -43,7 +44,7 @@ impl super::Service {
     /// One `sendMessage` call, within `budget` (what is not delivered by then is queued).
     pub(super) async fn send_message(
         &self,
-        sender: &Sender,
+        sender: &std::sync::Arc<Sender>,
         headers: &HeaderMap,
         body: Body,
         budget: Duration,
@@ -60,8 +61,21 @@ impl super::Service {
         let body = read_json_body(headers, body, MAX_BODY).await?;
         let input: Input = serde_json::from_slice(&body)
             .map_err(|e| XrpcError::invalid(format!("the body is not sendMessage's input: {e}")))?;
-        Ok(sender
-            .send(&caller.did, &input.to, &input.text, started + budget)
-            .await?)
+        // On a task of its own: a client gone or the call's timeout never cancels the sending
+        // half-way (a recipient neither delivered nor queued); it ends by its own deadline.
+        let sender = sender.clone();
+        let sending = tokio::spawn(crate::atproto::identity::budget::carried(async move {
+            sender
+                .send(&caller.did, &input.to, &input.text, started + budget)
+                .await
+        }));
+        match sending.await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => Err(XrpcError::new(
+                500,
+                "InternalServerError",
+                "the message could not be sent",
+            )),
+        }
     }
 }
