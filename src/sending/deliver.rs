@@ -236,13 +236,6 @@ fn plain_only() -> tokio_rustls::TlsConnector {
 /// The mail the AT-SMS client's SMTP form is (inbound-delivery spec §4): one base64
 /// `application/atsms-envelope` part in lines of 76, CRLF.
 pub fn message(from: &str, to: &str, envelope: &[u8]) -> Vec<u8> {
-    use base64::Engine;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(envelope);
-    let mut lines = String::with_capacity(encoded.len() + encoded.len() / 38 + 2);
-    for chunk in encoded.as_bytes().chunks(76) {
-        lines.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        lines.push_str("\r\n");
-    }
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();
@@ -250,14 +243,11 @@ pub fn message(from: &str, to: &str, envelope: &[u8]) -> Vec<u8> {
     let _ = getrandom::fill(&mut unique);
     let unique: String = unique.iter().map(|b| format!("{b:02x}")).collect();
     let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
-    format!(
+    let head = format!(
         "From: <{from}>\r\nTo: <{to}>\r\nDate: {date}\r\nMessage-ID: <{unique}@{domain}>\r\n\
-         Subject: ATSMS\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"atsms-{unique}\"\r\n\r\n\
-         --atsms-{unique}\r\nContent-Type: application/atsms-envelope\r\n\
-         Content-Transfer-Encoding: base64\r\n\r\n{lines}--atsms-{unique}--\r\n"
-    )
-    .into_bytes()
+         Subject: ATSMS\r\n"
+    );
+    crate::format::mime::envelope_mail(&head, &format!("atsms-{unique}"), envelope)
 }
 
 #[cfg(test)]

@@ -12,9 +12,11 @@
 //! (mail-parser) want the whole message in memory.
 
 mod detached;
+mod write;
 
 use crate::verification::atsms_parts::CmsInput;
 use detached::{Detached, Stage};
+pub use write::envelope_mail;
 
 /// Longest line kept for matching a boundary (RFC 2046 boundaries are at most 70 characters;
 /// longer lines are body text and are not looked at beyond this).

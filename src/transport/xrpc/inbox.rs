@@ -130,18 +130,12 @@ fn as_mail(envelope: &[u8], hash: &str, mailbox: &str, host: &str, now: i64) -> 
                 .ok()
         })
         .unwrap_or_default();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(envelope);
-    let lines: Vec<&str> = encoded
-        .as_bytes()
-        .chunks(76)
-        .map(|c| std::str::from_utf8(c).unwrap_or_default())
-        .collect();
-    format!(
-        "Message-ID: <{hash}@{host}>\r\nDate: {date}\r\nFrom: AT-SMS inbox <MAILER-DAEMON@{host}>\r\nTo: <{mailbox}>\r\nSubject: AT-SMS message\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"atsms-{}\"\r\n\r\n--atsms-{0}\r\nContent-Type: application/atsms-envelope\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--atsms-{0}--\r\n",
-        &hash[..16],
-        lines.join("\r\n")
-    )
-    .into_bytes()
+    let head = format!(
+        "Message-ID: <{hash}@{host}>\r\nDate: {date}\r\nFrom: AT-SMS inbox <MAILER-DAEMON@{host}>\r\nTo: <{mailbox}>\r\nSubject: AT-SMS message\r\n"
+    );
+    // The hash is hex (ours): its first 16 characters are 16 bytes.
+    let boundary = format!("atsms-{}", hash.get(..16).unwrap_or(hash));
+    crate::format::mime::envelope_mail(&head, &boundary, envelope)
 }
 
 /// The inbox and the client's network for a request (a POST, a push socket), once it is
