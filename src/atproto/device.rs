@@ -63,10 +63,7 @@ pub struct NewPrekey {
 /// The fingerprint of a device key: lower-case hex SHA-256 of the raw public point.
 pub fn fingerprint(key: &p256::PublicKey) -> String {
     let point = key.to_sec1_bytes();
-    Sha256::digest(&point)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::format::hex::hex(&Sha256::digest(&point))
 }
 
 /// ISO 8601 with milliseconds and `Z`, as JavaScript's `toISOString` writes it.
@@ -170,7 +167,7 @@ pub fn new_device(did: &str, days: u32, now: i64) -> Result<NewDevice, String> {
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| e.to_string())?
         .to_string();
-    let serial_hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+    let serial_hex: String = crate::format::hex::hex(&serial);
     let record = json!({
         "$type": "at.atsms.x509",
         "certificate": cert_pem,

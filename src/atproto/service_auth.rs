@@ -493,7 +493,7 @@ impl JtiSet {
         if let Some(shared) = &self.shared {
             // Another instance of the fleet may have seen it; a Redis that cannot answer
             // leaves this instance's memory as the only guard (logged by the store).
-            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            let hex: String = crate::format::hex::hex(&hash);
             if shared.claim(&format!("jti:{hex}"), ttl).await == Some(false) {
                 return false;
             }

@@ -9,6 +9,7 @@ pub mod ber;
 pub mod crypto;
 pub mod envelope;
 pub mod enveloped;
+pub mod hex;
 pub mod hpke;
 pub mod message;
 pub mod mime;

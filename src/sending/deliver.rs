@@ -241,7 +241,7 @@ pub fn message(from: &str, to: &str, envelope: &[u8]) -> Vec<u8> {
         .unwrap_or_default();
     let mut unique = [0u8; 12];
     let _ = getrandom::fill(&mut unique);
-    let unique: String = unique.iter().map(|b| format!("{b:02x}")).collect();
+    let unique: String = crate::format::hex::hex(&unique);
     let domain = from.rsplit_once('@').map_or("localhost", |(_, d)| d);
     let head = format!(
         "From: <{from}>\r\nTo: <{to}>\r\nDate: {date}\r\nMessage-ID: <{unique}@{domain}>\r\n\

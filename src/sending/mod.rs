@@ -206,7 +206,7 @@ impl Sender {
         let signed = one_shot::sign_text(&held.sender(), &to, text, now_ms)
             .map_err(|e| SendError::Internal(e.to_string()))?;
         fits(&signed, &held.certificate)?;
-        let message_id = hex(&Sha256::digest(&signed));
+        let message_id = crate::format::hex::hex(&Sha256::digest(&signed));
         let tries: Vec<_> = to
             .iter()
             .map(|did| self.first_try(&message_id, from, did, &signed, deadline))
@@ -598,10 +598,6 @@ fn fits(signed: &[u8], own: &x509_cert::Certificate) -> Result<(), SendError> {
     sealed::pad_to_bucket(sealed::CONTENT_CMS, &room)
         .map(|_| ())
         .map_err(|_| SendError::TooLarge)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A fingerprint's first 16 hex digits, for reasons and logs.

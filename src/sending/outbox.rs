@@ -61,10 +61,7 @@ impl Pending {
     /// `<message id>-<SHA-256 of the recipient DID, 32 hex>.json`: unique per recipient, of
     /// a fixed length whatever the DID (a did:web may be long, and any two spellings differ).
     fn file_name(&self) -> String {
-        let to: String = Sha256::digest(self.to.as_bytes())[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let to = crate::format::hex::hex(&Sha256::digest(self.to.as_bytes())[..16]);
         let id: String = self
             .message_id
             .chars()

@@ -97,7 +97,7 @@ impl DeviceCertificate {
             .as_bytes()
             .ok_or(CertError::BitString)?;
         let key = PublicKey::from_sec1(Alg::Es256, point).map_err(CertError::Key)?;
-        let actual = hex(&Sha256::digest(key.uncompressed_point()));
+        let actual = crate::format::hex::hex(&Sha256::digest(key.uncompressed_point()));
         if actual != fingerprint {
             return Err(CertError::Fingerprint);
         }
@@ -140,8 +140,4 @@ impl DeviceCertificate {
         }
         Ok(())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

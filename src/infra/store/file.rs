@@ -25,10 +25,7 @@ impl SeenFile {
 
     fn hashed(key: &str) -> String {
         use sha2::Digest;
-        sha2::Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::format::hex::hex(&sha2::Sha256::digest(key.as_bytes()))
     }
 
     pub fn warn(&self, e: &std::io::Error) {
@@ -118,7 +115,7 @@ impl SeenFile {
     /// Appends an entry already hashed, without waiting for the disk: it outlives the
     /// process (a restart), not a crash of the machine.
     pub fn append(&self, hash: &[u8; 32], expiry: i64, now: i64) -> std::io::Result<()> {
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hex: String = crate::format::hex::hex(hash);
         self.add_line(&format!("{expiry} {hex}\n"), now).map(drop)
     }
 
@@ -171,7 +168,7 @@ impl SeenDir {
     }
 
     fn path(&self, hash: &[u8; 32]) -> std::path::PathBuf {
-        let name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let name: String = crate::format::hex::hex(hash);
         self.dir.join(name)
     }
 

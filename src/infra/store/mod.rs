@@ -104,10 +104,6 @@ pub fn read_key(path: &Path) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl SharedStore {
     /// A store on the Redis at `url`, its entries authenticated with the fleet key in
     /// `key_file` (required: see the module's text).
@@ -138,7 +134,8 @@ impl SharedStore {
 
     /// The value as stored: `<hex HMAC>.<value>`.
     fn seal(&self, key: &str, value: &str) -> String {
-        let mac = hex(&self.hmac(key, value.as_bytes()).finalize().into_bytes());
+        let mac =
+            crate::format::hex::hex(&self.hmac(key, value.as_bytes()).finalize().into_bytes());
         format!("{mac}.{value}")
     }
 

@@ -30,10 +30,6 @@ fn message_hash(did: &str, jti: &str) -> [u8; 32] {
         .into()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn window_key(did: &str, now: i64) -> String {
     format!("{did}:{}", now.div_euclid(HOUR))
 }
@@ -71,7 +67,9 @@ impl RateCounter {
             .map_or(0, |n| n.load(Ordering::Relaxed));
         let counted = self.counted.contains_key(&message)
             || match &self.shared {
-                Some(shared) => shared.counted(&hex(&message)).await == Some(true),
+                Some(shared) => {
+                    shared.counted(&crate::format::hex::hex(&message)).await == Some(true)
+                }
                 None => false,
             };
         fleet.unwrap_or(0).max(own) + u64::from(!counted) > limit
@@ -83,7 +81,7 @@ impl RateCounter {
         let message = message_hash(did, jti);
         let key = window_key(did, now);
         if let Some(shared) = &self.shared {
-            let once = hex(&message);
+            let once = crate::format::hex::hex(&message);
             let _ = shared
                 .count_once(
                     &format!("rate:{key}"),

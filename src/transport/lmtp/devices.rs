@@ -73,7 +73,7 @@ pub struct Pending {
 impl Pending {
     /// The envelope's SHA-256, in hex.
     pub fn hash(&self) -> String {
-        hex(&self.digest)
+        crate::format::hex::hex(&self.digest)
     }
 }
 
@@ -93,10 +93,6 @@ impl Drop for InFlight {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.key);
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs file work off the async runtime.
@@ -169,7 +165,7 @@ impl Devices {
         match blocking(move || store.stored_before(&owned, &digest)).await {
             Ok(true) => {
                 metrics.inbox_envelope("duplicate", "");
-                return Admission::Duplicate(hex(&digest));
+                return Admission::Duplicate(crate::format::hex::hex(&digest));
             }
             Ok(false) => {}
             Err(e) => {
@@ -177,7 +173,10 @@ impl Devices {
                 return Admission::Failed;
             }
         }
-        if let Err(refusal) = settings.admit_envelope(did, &hex(&digest)).await {
+        if let Err(refusal) = settings
+            .admit_envelope(did, &crate::format::hex::hex(&digest))
+            .await
+        {
             metrics.inbox_envelope("refused", "rate");
             return Admission::Refused(refusal);
         }
@@ -217,7 +216,7 @@ impl Devices {
             fingerprints,
             _in_flight,
         } = pending;
-        let hash = hex(&digest);
+        let hash = crate::format::hex::hex(&digest);
         let store = self.store.clone();
         let (owned, asked) = (did.clone(), fingerprints.clone());
         let kept = blocking(move || {

@@ -269,7 +269,7 @@ async fn accept(
     }
     // (An EnvelopedData's consent also needs it encrypted to a device the DID publishes:
     // the judge asks that of the message, whose recipients it reads.)
-    let hash = hex(&Sha256::digest(&envelope));
+    let hash = crate::format::hex::hex(&Sha256::digest(&envelope));
     let mail = as_mail(
         &envelope,
         &hash,
@@ -294,10 +294,6 @@ async fn accept(
             "the envelope could not be stored",
         )),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The envelope of `{"envelope": "<base64>"}`, decoded in the body's own buffer: a POST

@@ -71,10 +71,7 @@ impl Verifier {
                 aligned,
                 rcpt: None,
                 // The same SignedData to the same mailbox twice is a replay.
-                jti: Sha256::digest(der)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
+                jti: crate::format::hex::hex(&Sha256::digest(der)),
                 // Remembered for a week, or until the certificate expires.
                 exp: signed.certificate.not_after.min(now + 7 * 86_400),
             }),
