@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use der::{Encode, EncodePem};
+use der::EncodePem;
 use p256::ecdsa::signature::Signer;
 use p256::pkcs8::{EncodePrivateKey, LineEnding};
 use serde_json::{Value, json};
@@ -58,6 +58,16 @@ pub struct NewPrekey {
     pub created_at: String,
     /// The `at.atsms.prekey` record.
     pub record: Value,
+}
+
+/// A device's key, `dir/device.key` (PKCS#8 P-256 PEM), refused when others may read it
+/// (`infra::secret`): the one reading of it, for `send`, `open` and `device rotate`.
+pub fn read_key(dir: &std::path::Path) -> Result<p256::ecdsa::SigningKey, String> {
+    use p256::pkcs8::DecodePrivateKey;
+    let pem = String::from_utf8(crate::infra::secret::read(&dir.join("device.key"))?)
+        .map_err(|_| "device.key is not PEM".to_string())?;
+    p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
+        .map_err(|e| format!("device.key is not a PKCS#8 P-256 key ({e})"))
 }
 
 /// The fingerprint of a device key: lower-case hex SHA-256 of the raw public point.
@@ -175,7 +185,6 @@ pub fn new_device(did: &str, days: u32, now: i64) -> Result<NewDevice, String> {
         "validUntil": iso_time((now + i64::from(days) * 86_400) * 1000),
         "createdAt": iso_time(now * 1000),
     });
-    let _ = certificate.to_der();
     Ok(NewDevice {
         key_pem,
         cert_pem,
@@ -329,7 +338,7 @@ pub fn verify_prekey(value: &Value, device_der: &[u8], now: i64) -> Result<Preke
 #[cfg(test)]
 mod tests {
     use super::*;
-    use der::DecodePem;
+    use der::{DecodePem, Encode};
     use p256::pkcs8::DecodePrivateKey;
 
     fn device() -> (NewDevice, p256::ecdsa::SigningKey, Vec<u8>) {

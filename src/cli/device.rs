@@ -103,7 +103,7 @@ fn new(args: NewArgs) -> Result<Value, String> {
         .map_err(|e| format!("device.crt: {e}"))?;
     let mut records = json!({"at.atsms.x509": made.record});
     if args.receive {
-        let key = device_key(&args.out)?;
+        let key = device::read_key(&args.out)?;
         let prekey = device::new_prekey(&key, now)?;
         write_secret(
             &args.out.join(prekey_name(&prekey.created_at)),
@@ -120,15 +120,8 @@ fn new(args: NewArgs) -> Result<Value, String> {
     Ok(json!({"did": args.did, "fingerprint": made.fingerprint, "records": records}))
 }
 
-fn device_key(dir: &Path) -> Result<p256::ecdsa::SigningKey, String> {
-    use p256::pkcs8::DecodePrivateKey;
-    let pem = std::fs::read_to_string(dir.join("device.key"))
-        .map_err(|e| format!("{}/device.key: {e}", dir.display()))?;
-    p256::ecdsa::SigningKey::from_pkcs8_pem(&pem).map_err(|e| format!("device.key: {e}"))
-}
-
 fn rotate(dir: &Path) -> Result<Value, String> {
-    let key = device_key(dir)?;
+    let key = device::read_key(dir)?;
     let fingerprint = device::fingerprint(&p256::PublicKey::from(key.verifying_key()));
     let prekey = device::new_prekey(&key, now_millis())?;
     write_secret(

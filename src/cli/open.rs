@@ -73,11 +73,7 @@ fn x25519_secret(raw: &[u8]) -> Option<[u8; 32]> {
 }
 
 fn device_keys(dir: &Path) -> Result<DeviceKeys, String> {
-    use p256::pkcs8::DecodePrivateKey;
-    let pem = String::from_utf8(crate::infra::secret::read(&dir.join("device.key"))?)
-        .map_err(|_| "device.key: not PEM".to_string())?;
-    let key = p256::SecretKey::from_pkcs8_pem(&pem)
-        .map_err(|e| format!("device.key: not a PKCS#8 P-256 key ({e})"))?;
+    let key = p256::SecretKey::from(crate::atproto::device::read_key(dir)?.as_nonzero_scalar());
     let prekeys = super::device::prekey_files(dir)?
         .iter()
         .map(|p| {

@@ -240,7 +240,7 @@ pub fn decrypt(bytes: &[u8], key: &p256::SecretKey) -> Result<Vec<u8>, Enveloped
 pub const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
 /// id-ecPublicKey and prime256v1 (RFC 5480 §2.1.1): the originator key's algorithm, with the
 /// curve named (the client reads it from there, having no recipient certificate at hand).
-const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+pub const ID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 const PRIME256V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 
 fn random<const N: usize>() -> Result<[u8; N], EnvelopedError> {

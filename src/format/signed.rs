@@ -17,8 +17,9 @@ use x509_cert::spki::AlgorithmIdentifierOwned;
 
 /// id-signedData (RFC 5652 §5.1).
 pub const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
-const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+/// id-sha256 (RFC 5754 §2.2) and ecdsa-with-SHA256 (RFC 5754 §3.3).
+pub const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+pub const ECDSA_WITH_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
 
 /// `content` signed by the device whose certificate is `certificate` and key `key`.
 pub fn sign(

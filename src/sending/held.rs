@@ -22,12 +22,8 @@ impl HeldDevice {
     pub fn load(did: &str, dir: &Path) -> Result<HeldDevice, String> {
         use der::DecodePem;
         use der::Encode;
-        use p256::pkcs8::DecodePrivateKey;
         let where_ = |what: &str| format!("device {did} ({}): {what}", dir.display());
-        let pem = String::from_utf8(crate::infra::secret::read(&dir.join("device.key"))?)
-            .map_err(|_| where_("device.key is not PEM"))?;
-        let key = p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
-            .map_err(|e| where_(&format!("device.key is not a PKCS#8 P-256 key ({e})")))?;
+        let key = crate::atproto::device::read_key(dir).map_err(|e| where_(&e))?;
         let crt = std::fs::read(dir.join("device.crt"))
             .map_err(|e| where_(&format!("device.crt: {e}")))?;
         let certificate = x509_cert::Certificate::from_pem(&crt)

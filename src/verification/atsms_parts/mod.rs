@@ -30,19 +30,10 @@ use cms::signed_data::SignedData;
 use der::Decode;
 use der::oid::ObjectIdentifier;
 
-/// id-signedData and id-envelopedData (RFC 5652 §5.1, §6.1).
-pub(crate) const ID_SIGNED_DATA: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
-pub(crate) const ID_ENVELOPED_DATA: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.3");
-/// id-sha256 (RFC 5754 §2.2) and ecdsa-with-SHA256 (RFC 5754 §3.3; RFC 5753 lets
-/// id-ecPublicKey stand for it).
-pub(crate) const ID_SHA256: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
-pub(crate) const ECDSA_WITH_SHA256: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
-pub(crate) const ID_EC_PUBLIC_KEY: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// The CMS object identifiers, where the CMS structures are made (RFC 5652 §5.1, §6.1; RFC
+/// 5754; RFC 5753 lets id-ecPublicKey stand for ecdsa-with-SHA256).
+pub(crate) use crate::format::enveloped::{ID_EC_PUBLIC_KEY, ID_ENVELOPED_DATA};
+pub(crate) use crate::format::signed::{ECDSA_WITH_SHA256, ID_SHA256, ID_SIGNED_DATA};
 /// The content-type and message-digest signed attributes (RFC 5652 §11.1, §11.2).
 pub(crate) const ID_CONTENT_TYPE: ObjectIdentifier =
     ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
