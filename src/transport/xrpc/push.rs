@@ -110,7 +110,7 @@ async fn authenticate(
 async fn serve(
     mut socket: WebSocket,
     service: Arc<super::Service>,
-    _place: Socket,
+    mut place: Socket,
     did: String,
     fp: String,
     client: Client,
@@ -120,6 +120,7 @@ async fn serve(
         // 1008, policy violation: the client does not reconnect with the same token.
         Err(why) => return close(socket, 1008, why).await,
     };
+    place.authenticated();
     let Some(inbox) = service.inbox.clone() else {
         return;
     };
