@@ -1275,15 +1275,19 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
         )
         .unwrap();
     let sealed_bytes = sealed::seal(&prekey, sealed::CONTENT_CMS, &enveloped_der).unwrap();
-    std::fs::write(dir.path().join("sealed.cbor"), &sealed_bytes).unwrap();
     std::fs::write(dir.path().join("enveloped.der"), &enveloped_der).unwrap();
+    // `open` as the recipient device of what is written to `name`.
+    let open_as_recipient = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+        open_json(
+            &plc,
+            &dir.path().join("recipient"),
+            &dir.path().join(name),
+            None,
+        )
+    };
 
-    let (code, v) = open_json(
-        &plc,
-        &dir.path().join("recipient"),
-        &dir.path().join("sealed.cbor"),
-        None,
-    );
+    let (code, v) = open_as_recipient("sealed.cbor", &sealed_bytes);
     assert_eq!((code, v["ok"].clone()), (Some(0), json!(true)), "{v}");
     assert_eq!(v["sender_did"], SENDER);
     assert_eq!(v["text"], "sealed here, opened there");
@@ -1305,13 +1309,7 @@ fn what_is_sealed_here_opens_with_open_and_its_cms_with_openssl() {
         },
     )
     .unwrap();
-    std::fs::write(dir.path().join("forged.cbor"), &forged).unwrap();
-    let (code, v) = open_json(
-        &plc,
-        &dir.path().join("recipient"),
-        &dir.path().join("forged.cbor"),
-        None,
-    );
+    let (code, v) = open_as_recipient("forged.cbor", &forged);
     assert_eq!((code, v["ok"].clone()), (Some(1), json!(false)), "{v}");
     assert_eq!(v["text"], Value::Null);
     assert!(
