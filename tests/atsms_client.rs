@@ -993,11 +993,10 @@ fn open_json(
     (out.status.code(), value)
 }
 
-/// `atsms-milter device new --did DID --receive --out DIR`: what it prints.
-fn device_new(did: &str, dir: &std::path::Path) -> Value {
+/// `atsms-milter ARGS`, which must succeed: the JSON it prints.
+fn run_ok(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-        .args(["device", "new", "--did", did, "--receive", "--out"])
-        .arg(dir)
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -1006,6 +1005,12 @@ fn device_new(did: &str, dir: &std::path::Path) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `atsms-milter device new --did DID --receive --out DIR`: what it prints.
+fn device_new(did: &str, dir: &std::path::Path) -> Value {
+    let dir = dir.to_str().unwrap();
+    run_ok(&["device", "new", "--did", did, "--receive", "--out", dir])
 }
 
 /// A device directory as `device new --receive` makes it: the recipient device of the client's
@@ -1088,18 +1093,7 @@ fn device_new_makes_what_the_client_publishes_and_openssl_signs_with_it() {
     plc.set_with_pds(SENDER, &SigningKey::generate(Alg::Es256).unwrap(), None);
     let dir = tempfile::tempdir().unwrap();
     let device = dir.path().join("alice");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_atsms-milter"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()
-    };
+    let run = run_ok;
     let made = run(&[
         "device",
         "new",
